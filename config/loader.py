@@ -1,0 +1,417 @@
+"""Load the settings from defaults < YAML file < environment, collecting every problem at once.
+
+Each leaf setting has a dotted path (``backend.url``) and an environment name: the specification's bare
+names for the top-level fields it defines (``OPTIMIZATION_INTERVAL``), else ``CCTV_OPTIMIZER_`` followed by
+the path in upper case with ``__`` between sections (``CCTV_OPTIMIZER_BACKEND__URL``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import math
+import os
+import re
+import types
+import typing
+from collections.abc import Iterator, Mapping
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from config.errors import ConfigError, Problem
+from config.settings import Settings
+
+ENV_PREFIX = "CCTV_OPTIMIZER_"
+CONFIG_ENV = "CCTV_OPTIMIZER_CONFIG"
+DEFAULT_SOURCE = "default"
+_TRUE = frozenset({"1", "true", "yes", "on"})
+_FALSE = frozenset({"0", "false", "no", "off"})
+_DANGEROUS_ROOTS = tuple(
+    Path(p)
+    for p in (
+        "/",
+        "/etc",
+        "/var",
+        "/usr",
+        "/bin",
+        "/sbin",
+        "/lib",
+        "/boot",
+        "/proc",
+        "/sys",
+        "/dev",
+        "/root",
+        "/home",
+        "/opt",
+        "/tmp",
+        "/dev/shm",
+        "/run",
+    )
+)
+_PROCESS_SPEC = re.compile(r"^(pid|unit|port|name):(.+)$")
+_WINDOW = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)-([01]\d|2[0-3]):([0-5]\d)$")
+SQLITE_MAGIC = b"SQLite format 3\x00"
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class Leaf:
+    """One setting of the schema: where it sits, its type, its variable name and its bounds."""
+
+    path: str
+    env: str
+    type: Any
+    default: Any
+    meta: Mapping[str, Any]
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class LoadedSettings:
+    """The effective settings and, for every leaf, where its value came from."""
+
+    settings: Settings
+    sources: Mapping[str, str]
+    leaves: tuple[Leaf, ...]
+
+
+def iter_leaves(cls: type[Any] = Settings, prefix: str = "") -> Iterator[Leaf]:
+    """Walk the settings dataclasses and yield every leaf setting."""
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        tp = hints[f.name]
+        path = f"{prefix}{f.name}"
+        if dataclasses.is_dataclass(tp):
+            yield from iter_leaves(typing.cast(type[Any], tp), prefix=f"{path}.")
+            continue
+        env = f.metadata.get("env") or ENV_PREFIX + path.upper().replace(".", "__")
+        yield Leaf(path=path, env=env, type=tp, default=f.default, meta=f.metadata)
+
+
+def _optional_inner(tp: Any) -> tuple[Any, bool]:
+    """Return (inner type, allows None) for ``X | None`` annotations."""
+    if isinstance(tp, types.UnionType) or typing.get_origin(tp) is typing.Union:
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        return args[0], True
+    return tp, False
+
+
+def _convert(leaf: Leaf, raw: Any, from_env: bool) -> Any:
+    """Convert a raw value to the leaf's type, raising ValueError with a message naming what is wrong."""
+    tp, nullable = _optional_inner(leaf.type)
+    if raw is None or (from_env and raw == "" and nullable):
+        if nullable:
+            return None
+        raise ValueError("a value is required")
+    if tp is bool:
+        if isinstance(raw, bool):
+            return raw
+        if isinstance(raw, str) and raw.strip().lower() in _TRUE | _FALSE:
+            return raw.strip().lower() in _TRUE
+        raise ValueError(f"expected true or false, got {raw!r}")
+    if tp is int:
+        if isinstance(raw, (bool, float)):
+            raise ValueError(f"expected a whole number, got {raw!r}")
+        try:
+            value: Any = int(str(raw).strip().replace("_", ""))
+        except ValueError:
+            raise ValueError(f"expected a whole number, got {raw!r}") from None
+    elif tp is float:
+        if isinstance(raw, bool):
+            raise ValueError(f"expected a number, got {raw!r}")
+        try:
+            value = float(str(raw).strip())
+        except ValueError:
+            raise ValueError(f"expected a number, got {raw!r}") from None
+        if not math.isfinite(value):
+            raise ValueError(f"expected a finite number, got {raw!r}")
+    elif tp is str:
+        if not isinstance(raw, str):
+            raise ValueError(f"expected text, got {raw!r}")
+        value = raw
+    elif tp is Path:
+        if not isinstance(raw, str) or not raw:
+            raise ValueError(f"expected a path, got {raw!r}")
+        value = Path(raw)
+    elif isinstance(tp, type) and issubclass(tp, Enum):
+        try:
+            value = tp(str(raw).strip().lower())
+        except ValueError:
+            allowed = ", ".join(str(m.value) for m in tp)
+            raise ValueError(f"expected one of {allowed}, got {raw!r}") from None
+    elif typing.get_origin(tp) is tuple:
+        if from_env and isinstance(raw, str):
+            items = [s.strip() for s in raw.split(",") if s.strip()]
+        elif isinstance(raw, list) and all(isinstance(x, str) for x in raw):
+            items = list(raw)
+        else:
+            raise ValueError(f"expected a list of text, got {raw!r}")
+        value = tuple(items)
+    else:  # pragma: no cover - schema error, caught by the schema test
+        raise TypeError(f"unsupported setting type {tp!r} at {leaf.path}")
+    lo, hi = leaf.meta.get("min"), leaf.meta.get("max")
+    if lo is not None and value < lo:
+        raise ValueError(f"must be at least {lo}, got {value}")
+    if hi is not None and value > hi:
+        raise ValueError(f"must be at most {hi}, got {value}")
+    choices = leaf.meta.get("choices")
+    if choices is not None:
+        value = str(value).lower()
+        if value not in choices:
+            raise ValueError(f"expected one of {', '.join(choices)}, got {raw!r}")
+    return value
+
+
+def _flatten_yaml(data: Mapping[str, Any], prefix: str = "") -> Iterator[tuple[str, Any]]:
+    """Yield (dotted path, value) for every leaf of a nested YAML mapping."""
+    for key, value in data.items():
+        path = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            yield from _flatten_yaml(value, prefix=f"{path}.")
+        else:
+            yield path, value
+
+
+def _read_yaml(path: Path, problems: list[Problem]) -> dict[str, Any]:
+    """Read the YAML file as a flat {dotted path: value} mapping, recording problems."""
+    source = f"file {path}"
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        problems.append(
+            Problem(path="config", message=f"cannot read the file: {exc.strerror}", source=source)
+        )
+        return {}
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        problems.append(Problem(path="config", message=f"not valid YAML{where}", source=source))
+        return {}
+    if data is None:
+        return {}
+    if not isinstance(data, Mapping):
+        problems.append(Problem(path="config", message="the top level must be a mapping", source=source))
+        return {}
+    flat: dict[str, Any] = {}
+    for key, value in _flatten_yaml(data):
+        flat[key.replace("-", "_")] = value
+    return flat
+
+
+def _legacy_yaml_key(leaf: Leaf) -> str | None:
+    """Top-level specification settings may also be written in YAML by their lower-case variable name."""
+    env = leaf.meta.get("env")
+    return str(env).lower() if env else None
+
+
+def load_settings(
+    environ: Mapping[str, str] | None = None, config_file: Path | None = None
+) -> LoadedSettings:
+    """Build the effective settings; raise ConfigError listing every problem found."""
+    env = dict(os.environ if environ is None else environ)
+    problems: list[Problem] = []
+    leaves = tuple(iter_leaves())
+    by_path = {leaf.path: leaf for leaf in leaves}
+    values: dict[str, Any] = {leaf.path: leaf.default for leaf in leaves}
+    sources: dict[str, str] = {leaf.path: DEFAULT_SOURCE for leaf in leaves}
+
+    if config_file is None and env.get(CONFIG_ENV):
+        config_file = Path(env[CONFIG_ENV])
+    if config_file is not None:
+        source = f"file {config_file}"
+        aliases = {k: leaf for leaf in leaves if (k := _legacy_yaml_key(leaf))}
+        for key, raw in _read_yaml(config_file, problems).items():
+            leaf = by_path.get(key) or aliases.get(key)
+            if leaf is None:
+                problems.append(Problem(path=key, message="unknown setting", source=source))
+                continue
+            try:
+                values[leaf.path] = _convert(leaf, raw, from_env=False)
+                sources[leaf.path] = source
+            except ValueError as exc:
+                problems.append(Problem(path=leaf.path, message=str(exc), source=source))
+
+    by_env = {leaf.env: leaf for leaf in leaves}
+    for name, raw in sorted(env.items()):
+        leaf = by_env.get(name)
+        if leaf is None:
+            if name.startswith(ENV_PREFIX) and name != CONFIG_ENV:
+                problems.append(Problem(path=name, message="unknown setting", source=f"env {name}"))
+            continue
+        try:
+            values[leaf.path] = _convert(leaf, raw, from_env=True)
+            sources[leaf.path] = f"env {name}"
+        except ValueError as exc:
+            problems.append(Problem(path=leaf.path, message=str(exc), source=f"env {name}"))
+
+    if values["state.directory"] is None:
+        state_dirs = env.get("STATE_DIRECTORY", "")
+        first = state_dirs.split(":")[0] if state_dirs else ""
+        values["state.directory"] = Path(first) if first else Path("state")
+        sources["state.directory"] = "env STATE_DIRECTORY" if first else DEFAULT_SOURCE
+
+    settings = _build(Settings, values)
+    if not problems:
+        problems.extend(validate(settings, sources, env))
+    if problems:
+        raise ConfigError(problems)
+    return LoadedSettings(settings=settings, sources=sources, leaves=leaves)
+
+
+def _build(cls: type[Any], values: Mapping[str, Any], prefix: str = "") -> Any:
+    """Instantiate the nested dataclasses from the flat values."""
+    hints = typing.get_type_hints(cls)
+    kwargs: dict[str, Any] = {}
+    for f in dataclasses.fields(cls):
+        tp = hints[f.name]
+        path = f"{prefix}{f.name}"
+        if dataclasses.is_dataclass(tp):
+            kwargs[f.name] = _build(typing.cast(type[Any], tp), values, prefix=f"{path}.")
+        else:
+            kwargs[f.name] = values[path]
+    return cls(**kwargs)
+
+
+def parse_listen(listen: str) -> tuple[str, int]:
+    """Split ``host:port`` (``[::1]:port`` for IPv6) and check both parts."""
+    host, sep, port_text = listen.rpartition(":")
+    if not sep or not host:
+        raise ValueError(f"expected host:port, got {listen!r}")
+    host = host.strip("[]")
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        if host != "localhost":
+            raise ValueError(f"expected an IP address or localhost, got {host!r}") from None
+    try:
+        port = int(port_text)
+    except ValueError:
+        raise ValueError(f"expected a port number, got {port_text!r}") from None
+    if not 0 <= port <= 65535:
+        raise ValueError(f"port must be 0..65535, got {port}")
+    return host, port
+
+
+def is_loopback(host: str) -> bool:
+    """True for 127.0.0.0/8, ::1 and localhost."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def credential_path(environ: Mapping[str, str], name: str) -> Path | None:
+    """The systemd credential file NAME when the service was given one."""
+    directory = environ.get("CREDENTIALS_DIRECTORY")
+    if not directory:
+        return None
+    candidate = Path(directory) / name
+    return candidate if candidate.is_file() else None
+
+
+def _validate_url(url: str) -> str | None:
+    """Return a message when the URL is not an http(s) URL with a host."""
+    match = re.match(r"^https?://([^/:]+|\[[0-9a-fA-F:]+\])(:\d{1,5})?(/.*)?$", url)
+    return None if match else f"expected an http:// or https:// URL, got {url!r}"
+
+
+def validate(settings: Settings, sources: Mapping[str, str], environ: Mapping[str, str]) -> list[Problem]:
+    """Cross-field and safety checks that a single value's type and bounds cannot express."""
+    problems: list[Problem] = []
+
+    def add(path: str, message: str) -> None:
+        problems.append(Problem(path=path, message=message, source=sources.get(path, DEFAULT_SOURCE)))
+
+    try:
+        host, _port = parse_listen(settings.api.listen)
+    except ValueError as exc:
+        add("api.listen", str(exc))
+    else:
+        has_token = settings.api.token_file is not None or credential_path(environ, "api-token") is not None
+        if not is_loopback(host) and not has_token:
+            add("api.listen", "a non-loopback address needs a token (api.token_file or credential api-token)")
+    for path, url in (
+        ("backend.url", settings.backend.url),
+        ("backend.mediamtx_url", settings.backend.mediamtx_url),
+    ):
+        if (msg := _validate_url(url)) is not None:
+            add(path, msg)
+    for endpoint in settings.backend.hot_endpoints:
+        if not endpoint.startswith("/"):
+            add("backend.hot_endpoints", f"each endpoint must be a path starting with /, got {endpoint!r}")
+    process = settings.backend.process
+    if process is not None and not _PROCESS_SPEC.match(process):
+        add("backend.process", "expected pid:FILE, unit:NAME, port:N or name:PATTERN")
+    elif process is not None and process.startswith("port:") and not process[5:].isdigit():
+        add("backend.process", "port: needs a port number")
+    if settings.detection.samples_required > settings.detection.window_samples:
+        add("detection.samples_required", "must not exceed detection.window_samples")
+    if settings.sampler.min_interval_ms > settings.sampler.max_interval_ms:
+        add("sampler.min_interval_ms", "must not exceed sampler.max_interval_ms")
+    if settings.engine.cooldown_seconds > settings.engine.cooldown_max_seconds:
+        add("engine.cooldown_seconds", "must not exceed engine.cooldown_max_seconds")
+    if not _WINDOW.match(settings.strategies.database.vacuum_window):
+        add("strategies.database.vacuum_window", "expected HH:MM-HH:MM")
+
+    hls = settings.backend.hls_directory
+    if not hls.is_absolute():
+        add("backend.hls_directory", "must be an absolute path")
+    else:
+        resolved = Path(os.path.normpath(hls))
+        state = Path(os.path.abspath(settings.state_directory))
+        if resolved in _DANGEROUS_ROOTS:
+            add(
+                "backend.hls_directory",
+                f"refusing to prune inside {resolved}: name the stream directory itself",
+            )
+        elif resolved == state or state.is_relative_to(resolved) or resolved.is_relative_to(state):
+            add("backend.hls_directory", "must not overlap the state directory")
+
+    database = settings.backend.database
+    if database is not None:
+        if database.exists() and database.is_file():
+            try:
+                with database.open("rb") as fh:
+                    header = fh.read(16)
+            except OSError as exc:
+                add("backend.database", f"cannot read the file: {exc.strerror}")
+            else:
+                if header and header != SQLITE_MAGIC:
+                    add("backend.database", "is not a SQLite database file")
+        elif database.exists():
+            add("backend.database", "is not a regular file")
+
+    memory = settings.strategies.memory
+    if memory.restart_command is not None and not settings.engine.allow_disruptive:
+        add(
+            "strategies.memory.restart_command",
+            "a backend restart command needs the explicit opt-in engine.allow_disruptive=true",
+        )
+    return problems
+
+
+def read_secret(path: Path | None, environ: Mapping[str, str], credential: str) -> str | None:
+    """Read a secret from its file, or from the systemd credential of that name; None when neither is set.
+
+    Raises ConfigError (never showing the contents) when the configured file cannot be read or is empty.
+    """
+    source = "setting"
+    if path is None:
+        path = credential_path(environ, credential)
+        source = f"credential {credential}"
+    if path is None:
+        return None
+    try:
+        text = path.read_text(encoding="utf-8").strip()
+    except OSError as exc:
+        raise ConfigError(
+            [Problem(path=credential, message=f"cannot read {path}: {exc.strerror}", source=source)]
+        ) from None
+    if not text:
+        raise ConfigError([Problem(path=credential, message=f"{path} is empty", source=source)])
+    return text

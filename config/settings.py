@@ -1,0 +1,228 @@
+"""The daemon's settings: frozen dataclasses, one per section, with their defaults and bounds.
+
+Field metadata drives the loader: ``env`` overrides the derived environment variable name (the
+original specification's names), ``min``/``max`` bound numbers, ``choices`` restrict strings, ``secret``
+marks a path whose contents must never be shown.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+
+class Mode(StrEnum):
+    """How far the daemon may go: only look, plan without writing, or act."""
+
+    OBSERVE = "observe"
+    DRY_RUN = "dry_run"
+    ENFORCE = "enforce"
+
+
+def _f(default: Any, **meta: Any) -> Any:
+    """Declare a field with a default and loader metadata."""
+    if isinstance(default, (list, dict, set)):
+        raise TypeError("mutable defaults are not allowed")
+    return field(default=default, metadata=meta)
+
+
+MIB = 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ApiSettings:
+    """The HTTP API: where it listens and how writes are authorised."""
+
+    listen: str = _f("127.0.0.1:9877")
+    token_file: Path | None = _f(None, secret=True)
+    client_max_size: int = _f(64 * 1024, min=1024, max=16 * MIB)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StateSettings:
+    """Where the state database lives and how much history it keeps."""
+
+    directory: Path | None = _f(None)
+    retention_days: int = _f(30, min=1, max=3650)
+    max_history_rows: int = _f(20000, min=100, max=10_000_000)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BackendSettings:
+    """The CCTV backend the daemon watches: its URL, database, HLS directory, credentials and process."""
+
+    url: str = _f("http://127.0.0.1:3000")
+    database: Path | None = _f(None)
+    hls_directory: Path = _f(Path("/dev/shm/mediamtx-live"))
+    admin_username: str | None = _f(None)
+    admin_password_file: Path | None = _f(None, secret=True)
+    api_key_file: Path | None = _f(None, secret=True)
+    process: str | None = _f(None)
+    mediamtx_url: str = _f("http://127.0.0.1:9997")
+    hot_endpoints: tuple[str, ...] = _f(("/api/cameras/active", "/api/areas/public"))
+    timeout_seconds: float = _f(5.0, min=0.1, max=120.0)
+    timezone_offset_hours: float = _f(7.0, min=-14.0, max=14.0)
+    user_agent: str = _f("cctv-optimizer/0.1")
+    requests_per_minute: int = _f(30, min=1, max=90)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DetectionSettings:
+    """Windowed detection: arm when N of the last M samples are above the enter threshold."""
+
+    samples_required: int = _f(3, min=1, max=100)
+    window_samples: int = _f(5, min=1, max=100)
+    exit_ratio: float = _f(0.9, min=0.1, max=1.0)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class EngineSettings:
+    """The decision engine's gates and limits."""
+
+    mode: Mode = _f(Mode.ENFORCE)
+    plan_timeout_seconds: float = _f(10.0, min=0.1, max=600.0)
+    apply_timeout_seconds: float = _f(30.0, min=0.1, max=3600.0)
+    cooldown_seconds: float = _f(300.0, min=0.0, max=86400.0)
+    cooldown_max_seconds: float = _f(3600.0, min=0.0, max=7 * 86400.0)
+    budget_actions: int = _f(6, min=1, max=1000)
+    budget_window_seconds: float = _f(3600.0, min=1.0, max=7 * 86400.0)
+    breaker_failures: int = _f(3, min=1, max=100)
+    allow_disruptive: bool = _f(False)
+    revert_on_exit: bool = _f(False)
+    stop_timeout_seconds: float = _f(20.0, min=1.0, max=600.0)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SamplerSettings:
+    """Bounds of the adaptive sample interval and the size of the rolling windows."""
+
+    min_interval_ms: int = _f(1000, min=100, max=600_000)
+    max_interval_ms: int = _f(30000, min=100, max=3_600_000)
+    window_size: int = _f(120, min=10, max=10_000)
+    source_timeout_seconds: float = _f(4.0, min=0.1, max=60.0)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DatabaseOptions:
+    """Options of the database strategy."""
+
+    enabled: bool = _f(True)
+    mode: Mode | None = _f(None)
+    wal_limit_bytes: int = _f(64 * MIB, min=4096, max=1 << 40)
+    busy_timeout_ms: int = _f(1000, min=0, max=60_000)
+    optimize_interval_seconds: float = _f(86400.0, min=60.0, max=30 * 86400.0)
+    quick_check_interval_seconds: float = _f(7 * 86400.0, min=60.0, max=90 * 86400.0)
+    settle_seconds: float = _f(5.0, min=0.0, max=3600.0)
+    retention_enabled: bool = _f(False)
+    retention_days: int = _f(90, min=1, max=3650)
+    retention_batch_rows: int = _f(500, min=1, max=100_000)
+    vacuum_enabled: bool = _f(False)
+    vacuum_window: str = _f("03:00-05:00")
+    vacuum_min_freelist_ratio: float = _f(0.25, min=0.0, max=1.0)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MemoryOptions:
+    """Options of the memory strategy."""
+
+    enabled: bool = _f(True)
+    mode: Mode | None = _f(None)
+    hls_stale_age_seconds: float = _f(120.0, min=10.0, max=86400.0)
+    hls_budget_bytes: int = _f(512 * MIB, min=MIB, max=1 << 40)
+    shm_used_ratio: float = _f(0.8, min=0.05, max=1.0)
+    backend_rss_limit_bytes: int = _f(768 * MIB, min=16 * MIB, max=1 << 40)
+    own_budget_bytes: int = _f(128 * MIB, min=16 * MIB, max=1 << 34)
+    cache_entries_limit: int = _f(5000, min=10, max=10_000_000)
+    restart_command: str | None = _f(None)
+    restart_min_interval_seconds: float = _f(86400.0, min=60.0, max=30 * 86400.0)
+    settle_seconds: float = _f(10.0, min=0.0, max=3600.0)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CpuOptions:
+    """Options of the cpu strategy."""
+
+    enabled: bool = _f(True)
+    mode: Mode | None = _f(None)
+    load_per_core: float = _f(1.5, min=0.1, max=100.0)
+    psi_some_avg10: float = _f(40.0, min=0.0, max=100.0)
+    recorder_pattern: str = _f("-segment_time")
+    recorder_nice: int = _f(10, min=1, max=19)
+    recorder_ionice_idle: bool = _f(False)
+    settle_seconds: float = _f(15.0, min=0.0, max=3600.0)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ConnectionOptions:
+    """Options of the connection strategy."""
+
+    enabled: bool = _f(True)
+    mode: Mode | None = _f(None)
+    session_timeout_seconds: float = _f(15.0, min=1.0, max=3600.0)
+    stuck_session_seconds: float = _f(120.0, min=10.0, max=86400.0)
+    close_wait_threshold: int = _f(50, min=1, max=1_000_000)
+    established_floor: int = _f(500, min=1, max=10_000_000)
+    baseline_factor: float = _f(3.0, min=1.0, max=100.0)
+    kick_idle_readers: bool = _f(False)
+    settle_seconds: float = _f(5.0, min=0.0, max=3600.0)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CacheOptions:
+    """Options of the cache strategy."""
+
+    enabled: bool = _f(True)
+    mode: Mode | None = _f(None)
+    hit_rate_floor: float = _f(0.3, min=0.0, max=1.0)
+    min_lookups: int = _f(50, min=1, max=10_000_000)
+    entries_limit: int = _f(2000, min=10, max=10_000_000)
+    response_time_floor_ms: float = _f(500.0, min=1.0, max=600_000.0)
+    baseline_factor: float = _f(3.0, min=1.0, max=100.0)
+    settle_seconds: float = _f(10.0, min=0.0, max=3600.0)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StrategiesSettings:
+    """Per-strategy options, and third-party strategies to load."""
+
+    database: DatabaseOptions = field(default_factory=DatabaseOptions)
+    memory: MemoryOptions = field(default_factory=MemoryOptions)
+    cpu: CpuOptions = field(default_factory=CpuOptions)
+    connection: ConnectionOptions = field(default_factory=ConnectionOptions)
+    cache: CacheOptions = field(default_factory=CacheOptions)
+    plugins: tuple[str, ...] = _f(())
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Settings:
+    """The whole effective configuration of the daemon."""
+
+    enable_performance_optimization: bool = _f(True, env="ENABLE_PERFORMANCE_OPTIMIZATION")
+    optimization_interval: int = _f(30000, env="OPTIMIZATION_INTERVAL", min=1000, max=86_400_000)
+    memory_threshold: float = _f(0.8, env="MEMORY_THRESHOLD", min=0.05, max=1.0)
+    cpu_threshold: float = _f(0.9, env="CPU_THRESHOLD", min=0.05, max=1.0)
+    gc_threshold: float = _f(0.7, env="GC_THRESHOLD", min=0.05, max=1.0)
+    enable_gc: bool = _f(True, env="ENABLE_GC")
+    enable_connection_pooling: bool = _f(True, env="ENABLE_CONNECTION_POOLING")
+    enable_caching: bool = _f(True, env="ENABLE_CACHING")
+    log_level: str = _f("info", env="LOG_LEVEL", choices=("debug", "info", "warning", "error"))
+    sample_interval: int = _f(5000, min=100, max=3_600_000)
+    api: ApiSettings = field(default_factory=ApiSettings)
+    state: StateSettings = field(default_factory=StateSettings)
+    backend: BackendSettings = field(default_factory=BackendSettings)
+    detection: DetectionSettings = field(default_factory=DetectionSettings)
+    engine: EngineSettings = field(default_factory=EngineSettings)
+    sampler: SamplerSettings = field(default_factory=SamplerSettings)
+    strategies: StrategiesSettings = field(default_factory=StrategiesSettings)
+
+    @property
+    def effective_mode(self) -> Mode:
+        """The global mode: observe when optimization is switched off."""
+        return self.engine.mode if self.enable_performance_optimization else Mode.OBSERVE
+
+    @property
+    def state_directory(self) -> Path:
+        """The state directory (resolved by the loader; ./state when nothing said otherwise)."""
+        return self.state.directory if self.state.directory is not None else Path("state")

@@ -1,0 +1,196 @@
+"""Find the backend process (pid file, systemd unit, listening port or name) and sample its tree.
+
+Discovery is the expensive part (it may scan /proc), so it is done once and repeated only when the
+process is gone. The listening ports are read at discovery too: they do not change while it runs.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+import psutil
+
+from metrics.errors import SamplingError
+from metrics.snapshot import ProcessSample
+
+_LISTEN = "0A"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ProcessSpec:
+    """How to find the backend: ``pid:FILE``, ``unit:NAME``, ``port:N`` or ``name:PATTERN``."""
+
+    kind: str
+    value: str
+
+    @classmethod
+    def parse(cls, text: str) -> ProcessSpec:
+        """Parse the configured text (already validated by config)."""
+        kind, _, value = text.partition(":")
+        return cls(kind=kind, value=value)
+
+    def __str__(self) -> str:
+        return f"{self.kind}:{self.value}"
+
+
+def listening_inodes(port: int, proc_root: Path = Path("/proc")) -> set[str]:
+    """Socket inodes listening on ``port`` (from /proc/net/tcp and tcp6)."""
+    inodes: set[str] = set()
+    want = f"{port:04X}"
+    for name in ("tcp", "tcp6"):
+        try:
+            with (proc_root / "net" / name).open(encoding="ascii") as fh:
+                next(fh, None)
+                for line in fh:
+                    fields = line.split()
+                    if len(fields) > 9 and fields[3] == _LISTEN and fields[1].rsplit(":", 1)[1] == want:
+                        inodes.add(fields[9])
+        except OSError:
+            continue
+    return inodes
+
+
+def pid_owning_inodes(inodes: set[str], proc_root: Path = Path("/proc")) -> int | None:
+    """The lowest PID holding one of the socket inodes (a scan of /proc/*/fd; done at discovery only)."""
+    if not inodes:
+        return None
+    targets = {f"socket:[{i}]" for i in inodes}
+    for entry in sorted((e for e in os.listdir(proc_root) if e.isdigit()), key=int):
+        fd_dir = proc_root / entry / "fd"
+        try:
+            for fd in os.listdir(fd_dir):
+                try:
+                    if os.readlink(fd_dir / fd) in targets:
+                        return int(entry)
+                except OSError:
+                    continue
+        except OSError:
+            continue
+    return None
+
+
+def _unit_pid(unit: str) -> int | None:
+    """The main PID of a systemd unit, from systemctl."""
+    name = unit if "." in unit else f"{unit}.service"
+    try:
+        out = subprocess.run(
+            ["systemctl", "show", "--property=MainPID", "--value", name],
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=False,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    text = out.stdout.strip()
+    return int(text) if text.isdigit() and int(text) > 0 else None
+
+
+def discover_pid(spec: ProcessSpec, proc_root: Path = Path("/proc")) -> int:
+    """Find the backend's PID by its spec, or raise SamplingError saying what was tried."""
+    pid: int | None = None
+    if spec.kind == "pid":
+        try:
+            text = Path(spec.value).read_text(encoding="ascii").strip()
+        except OSError as exc:
+            raise SamplingError(f"cannot read pid file {spec.value}: {exc.strerror}") from None
+        pid = int(text) if text.isdigit() else None
+    elif spec.kind == "unit":
+        pid = _unit_pid(spec.value)
+    elif spec.kind == "port":
+        pid = pid_owning_inodes(listening_inodes(int(spec.value), proc_root), proc_root)
+    elif spec.kind == "name":
+        pattern = re.compile(spec.value)
+        for proc in psutil.process_iter(["cmdline"]):
+            cmdline = " ".join(proc.info.get("cmdline") or [])
+            if cmdline and pattern.search(cmdline) and proc.pid != os.getpid():
+                pid = proc.pid
+                break
+    if pid is None or not psutil.pid_exists(pid):
+        raise SamplingError(f"backend process not found by {spec}")
+    return pid
+
+
+class ProcessReader:
+    """Samples the backend process tree; rediscovers the process when it is gone."""
+
+    name = "process"
+
+    def __init__(self, spec: ProcessSpec, proc_root: Path = Path("/proc")) -> None:
+        self._spec = spec
+        self._proc_root = proc_root
+        self._process: psutil.Process | None = None
+        self._listen_ports: tuple[int, ...] = ()
+        self._last: tuple[float, float] | None = None
+
+    @property
+    def listen_ports(self) -> tuple[int, ...]:
+        """The ports the backend listened on at discovery."""
+        return self._listen_ports
+
+    @property
+    def pid(self) -> int | None:
+        """The backend's PID when it is known."""
+        return self._process.pid if self._process is not None else None
+
+    def _discover(self) -> psutil.Process:
+        pid = discover_pid(self._spec, self._proc_root)
+        process = psutil.Process(pid)
+        try:
+            ports = sorted(
+                {
+                    c.laddr.port
+                    for c in process.net_connections(kind="tcp")
+                    if c.status == psutil.CONN_LISTEN and c.laddr
+                }
+            )
+        except psutil.Error:
+            ports = []
+        self._listen_ports = tuple(ports)
+        self._process = process
+        self._last = None
+        return process
+
+    def read(self, now: float) -> ProcessSample:
+        """Take one sample of the backend's tree (blocking; run in a worker thread)."""
+        process = self._process
+        if process is None or not process.is_running():
+            process = self._discover()
+        try:
+            with process.oneshot():
+                rss = process.memory_info().rss
+                times = process.cpu_times()
+                cpu = times.user + times.system
+                try:
+                    open_files = process.num_fds()
+                except psutil.AccessDenied:
+                    open_files = -1
+            children = process.children(recursive=True)
+            tree_rss = rss
+            for child in children:
+                try:
+                    tree_rss += child.memory_info().rss
+                except psutil.Error:
+                    continue
+        except psutil.NoSuchProcess:
+            self._process = None
+            raise SamplingError(f"backend process {process.pid} exited") from None
+        except psutil.Error as exc:
+            raise SamplingError(f"cannot read backend process {process.pid}: {exc}") from None
+        ratio = 0.0
+        if self._last is not None and now > self._last[0]:
+            ratio = max(0.0, (cpu - self._last[1]) / (now - self._last[0]))
+        self._last = (now, cpu)
+        return ProcessSample(
+            pid=process.pid,
+            rss_bytes=rss,
+            tree_rss_bytes=tree_rss,
+            cpu_ratio=ratio,
+            children=len(children),
+            open_files=open_files,
+            listen_ports=self._listen_ports,
+        )

@@ -1,0 +1,244 @@
+"""The immutable Snapshot the sampler publishes, and its parts (one per source)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+
+_EMPTY: Mapping[str, float] = MappingProxyType({})
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PsiSample:
+    """Pressure stall information: share of time (percent, avg10) some or all tasks stalled."""
+
+    cpu_some: float
+    memory_some: float
+    memory_full: float
+    io_some: float
+    io_full: float
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class HostSample:
+    """Host-wide figures."""
+
+    cpu_ratio: float
+    cpu_count: int
+    memory_total_bytes: int
+    memory_available_bytes: int
+    memory_used_ratio: float
+    swap_used_ratio: float
+    load: tuple[float, float, float]
+    uptime_seconds: float
+    psi: PsiSample | None
+    net_rx_bytes_per_second: float
+    net_tx_bytes_per_second: float
+    disk_read_bytes_per_second: float
+    disk_write_bytes_per_second: float
+    shm_total_bytes: int
+    shm_used_bytes: int
+
+    @property
+    def load_per_core(self) -> float:
+        """One-minute load divided by the number of cores."""
+        return self.load[0] / max(1, self.cpu_count)
+
+    @property
+    def shm_used_ratio(self) -> float:
+        """Share of /dev/shm in use."""
+        return self.shm_used_bytes / self.shm_total_bytes if self.shm_total_bytes else 0.0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ProcessSample:
+    """The backend's process tree."""
+
+    pid: int
+    rss_bytes: int
+    tree_rss_bytes: int
+    cpu_ratio: float
+    children: int
+    open_files: int
+    listen_ports: tuple[int, ...]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TcpSample:
+    """TCP sockets of the backend's ports, counted per state (lower-case state names)."""
+
+    ports: tuple[int, ...]
+    by_state: Mapping[str, int]
+    total: int
+    method: str
+
+    def get(self, state: str) -> int:
+        """The count for one state, zero when absent."""
+        return self.by_state.get(state, 0)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ProbeSample:
+    """One round of HTTP probes of the backend."""
+
+    available: bool
+    response_time_seconds: float | None
+    endpoint_seconds: Mapping[str, float]
+    requests: int
+    errors: int
+    bytes_received: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CacheStatsSample:
+    """The backend response cache's counters, normalised from either JSON shape."""
+
+    hits: int
+    misses: int
+    sets: int
+    evictions: int
+    size: int
+    max_size: int | None
+    hit_rate: float
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TableStat:
+    """Row count and oldest timestamp text of one backend table."""
+
+    rows: int
+    oldest: str | None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DatabaseSample:
+    """The backend's SQLite file."""
+
+    file_bytes: int
+    wal_bytes: int
+    page_size: int
+    page_count: int
+    freelist_count: int
+    journal_mode: str
+    probe_seconds: float
+    busy: bool
+    tables: Mapping[str, TableStat] = field(default_factory=lambda: MappingProxyType({}))
+
+    @property
+    def freelist_ratio(self) -> float:
+        """Share of pages on the freelist."""
+        return self.freelist_count / self.page_count if self.page_count else 0.0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class HlsSample:
+    """MediaMTX's HLS directory."""
+
+    bytes: int
+    files: int
+    streams: int
+    oldest_segment_age_seconds: float | None
+    stale_files: int
+    stale_bytes: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MediaMtxSample:
+    """MediaMTX paths and readers from its control API."""
+
+    paths: int
+    ready_paths: int
+    readers: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SessionSample:
+    """Viewer sessions in the backend database."""
+
+    active: int
+    stuck: int
+    oldest_heartbeat_age_seconds: float | None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class OwnSample:
+    """The daemon's own footprint."""
+
+    rss_bytes: int
+    cpu_seconds: float
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SourceStatus:
+    """Whether one source answered in this sample, and why not."""
+
+    name: str
+    up: bool
+    error: str | None
+    duration_seconds: float
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Snapshot:
+    """Everything one sample saw. Parts are None when their source was unavailable."""
+
+    seq: int
+    monotonic: float
+    wall_time: float
+    duration_seconds: float
+    host: HostSample | None
+    backend: ProcessSample | None
+    tcp: TcpSample | None
+    probe: ProbeSample | None
+    cache: CacheStatsSample | None
+    database: DatabaseSample | None
+    hls: HlsSample | None
+    mediamtx: MediaMtxSample | None
+    sessions: SessionSample | None
+    own: OwnSample | None
+    sources: Mapping[str, SourceStatus]
+
+    def signals(self) -> Mapping[str, float]:
+        """The flat numeric signals strategies detect on and the engine verifies against."""
+        out: dict[str, float] = {}
+        if self.host is not None:
+            h = self.host
+            out["cpu_ratio"] = h.cpu_ratio
+            out["memory_used_ratio"] = h.memory_used_ratio
+            out["load_per_core"] = h.load_per_core
+            out["shm_used_ratio"] = h.shm_used_ratio
+            if h.psi is not None:
+                out["psi_cpu_some"] = h.psi.cpu_some
+                out["psi_memory_some"] = h.psi.memory_some
+        if self.backend is not None:
+            out["backend_rss_bytes"] = float(self.backend.rss_bytes)
+            out["backend_cpu_ratio"] = self.backend.cpu_ratio
+        if self.tcp is not None:
+            out["tcp_established"] = float(self.tcp.get("established"))
+            out["tcp_close_wait"] = float(self.tcp.get("close_wait"))
+            out["tcp_time_wait"] = float(self.tcp.get("time_wait"))
+        if self.probe is not None:
+            out["backend_up"] = 1.0 if self.probe.available else 0.0
+            if self.probe.response_time_seconds is not None:
+                out["response_time_seconds"] = self.probe.response_time_seconds
+        if self.cache is not None:
+            out["cache_hit_rate"] = self.cache.hit_rate
+            out["cache_entries"] = float(self.cache.size)
+            out["cache_lookups"] = float(self.cache.hits + self.cache.misses)
+        if self.database is not None:
+            out["wal_bytes"] = float(self.database.wal_bytes)
+            out["database_bytes"] = float(self.database.file_bytes)
+            out["freelist_ratio"] = self.database.freelist_ratio
+            out["database_probe_seconds"] = self.database.probe_seconds
+        if self.hls is not None:
+            out["hls_bytes"] = float(self.hls.bytes)
+            out["hls_stale_files"] = float(self.hls.stale_files)
+        if self.sessions is not None:
+            out["sessions_active"] = float(self.sessions.active)
+            out["sessions_stuck"] = float(self.sessions.stuck)
+        if self.mediamtx is not None:
+            out["mediamtx_readers"] = float(self.mediamtx.readers)
+        if self.own is not None:
+            out["own_rss_bytes"] = float(self.own.rss_bytes)
+        return MappingProxyType(out) if out else _EMPTY

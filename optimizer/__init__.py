@@ -1,0 +1,1 @@
+"""The composition root, decision engine, scheduler, state, HTTP API, CLI and lifecycle."""

@@ -1,0 +1,1 @@
+"""Strategies: the contract, the five built-ins and the small actions that write."""
