@@ -179,9 +179,7 @@ def _read_yaml(path: Path, problems: list[Problem]) -> dict[str, Any]:
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
-        problems.append(
-            Problem(path="config", message=f"cannot read the file: {exc.strerror}", source=source)
-        )
+        problems.append(Problem(path="config", message=f"cannot read the file: {exc.strerror}", source=source))
         return {}
     try:
         data = yaml.safe_load(text)
@@ -207,9 +205,7 @@ def _legacy_yaml_key(leaf: Leaf) -> str | None:
     return str(env).lower() if env else None
 
 
-def load_settings(
-    environ: Mapping[str, str] | None = None, config_file: Path | None = None
-) -> LoadedSettings:
+def load_settings(environ: Mapping[str, str] | None = None, config_file: Path | None = None) -> LoadedSettings:
     """Build the effective settings; raise ConfigError listing every problem found."""
     env = dict(os.environ if environ is None else environ)
     problems: list[Problem] = []

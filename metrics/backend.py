@@ -141,9 +141,7 @@ def parse_cache_stats(data: Mapping[str, Any]) -> CacheStatsSample:
         sets=_as_int(inner, "sets"),
         evictions=_as_int(inner, "evictions") + _as_int(inner, "invalidations") + _as_int(inner, "deletes"),
         size=_as_int(inner, "size"),
-        max_size=int(max_size)
-        if isinstance(max_size, (int, float)) and not isinstance(max_size, bool)
-        else None,
+        max_size=int(max_size) if isinstance(max_size, (int, float)) and not isinstance(max_size, bool) else None,
         hit_rate=max(0.0, min(1.0, hit_rate)),
     )
 
@@ -236,9 +234,7 @@ class BackendClient:
             ) as resp:
                 data = await resp.content.read(MAX_BODY_BYTES + 1)
                 if len(data) > MAX_BODY_BYTES:
-                    raise BackendError(
-                        f"{path} answered more than {MAX_BODY_BYTES} bytes", status=resp.status
-                    )
+                    raise BackendError(f"{path} answered more than {MAX_BODY_BYTES} bytes", status=resp.status)
                 if resp.status == 429:
                     self._budget.pause(parse_retry_after(resp.headers.get("Retry-After")))
                     raise BackendError(f"{path} is rate limited (429)", status=429)

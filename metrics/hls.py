@@ -56,9 +56,7 @@ def is_writing(name: str) -> bool:
     return name.endswith(_WRITING_SUFFIXES)
 
 
-def stream_stale_files(
-    directory: Path, stale_age: float, now: float
-) -> tuple[list[StaleFile], int, int, float]:
+def stream_stale_files(directory: Path, stale_age: float, now: float) -> tuple[list[StaleFile], int, int, float]:
     """Scan one stream directory: (stale files, bytes, file count, oldest segment age)."""
     files: list[tuple[str, os.stat_result]] = []
     refs: set[str] = set()
@@ -74,9 +72,7 @@ def stream_stale_files(
             files.append((entry.name, st))
             if entry.name.endswith(".m3u8"):
                 try:
-                    refs |= playlist_references(
-                        Path(entry.path).read_text(encoding="utf-8", errors="replace")
-                    )
+                    refs |= playlist_references(Path(entry.path).read_text(encoding="utf-8", errors="replace"))
                 except OSError:
                     continue
                 if now - st.st_mtime < stale_age:

@@ -25,9 +25,7 @@ def connect_readonly(path: Path, busy_timeout_ms: int) -> sqlite3.Connection:
     if not path.is_file():
         raise SamplingError(f"database {path} does not exist")
     try:
-        conn = sqlite3.connect(
-            f"file:{path}?mode=ro", uri=True, timeout=busy_timeout_ms / 1000, isolation_level=None
-        )
+        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=busy_timeout_ms / 1000, isolation_level=None)
     except sqlite3.Error as exc:
         raise SamplingError(f"cannot open database {path}: {exc}") from None
     conn.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
@@ -102,9 +100,7 @@ class DatabaseReader:
             conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
             probe = time.perf_counter() - started
             self.last_sessions = self._sessions(conn)
-            if self._tables and (
-                self._tables_read_at is None or now - self._tables_read_at >= self._table_interval
-            ):
+            if self._tables and (self._tables_read_at is None or now - self._tables_read_at >= self._table_interval):
                 self._table_stats = MappingProxyType(self._read_tables(conn))
                 self._tables_read_at = now
         except sqlite3.DatabaseError as exc:
