@@ -172,6 +172,7 @@ class BackendClient:
         self._login_backoff = LOGIN_BACKOFF_SECONDS
         self._login_lock = asyncio.Lock()
         self._session: aiohttp.ClientSession | None = None
+        self._last_cache: tuple[float, CacheStatsSample] | None = None
 
     @property
     def budget(self) -> RequestBudget:
@@ -316,15 +317,27 @@ class BackendClient:
             return parse_json_object(resp.body, path)
         raise BackendError(f"{method} {path} still unauthorised after logging in again", status=401)
 
-    async def cache_stats(self) -> CacheStatsSample:
-        """Read the response cache's counters (falls back to the admin duplicate on 404)."""
+    async def cache_stats(self, max_age: float = 60.0) -> CacheStatsSample:
+        """Read the response cache's counters (falls back to the admin duplicate on 404).
+
+        When the request budget is spent, the previous reading (no older than ``max_age``) stands in:
+        keeping under the backend's rate limit matters more than a fresh counter.
+        """
         try:
-            data = await self.admin("GET", "/api/cache/stats")
+            try:
+                data = await self.admin("GET", "/api/cache/stats")
+            except BackendError as exc:
+                if exc.status != 404:
+                    raise
+                data = await self.admin("GET", "/api/admin/cache/stats")
         except BackendError as exc:
-            if exc.status != 404:
-                raise
-            data = await self.admin("GET", "/api/admin/cache/stats")
-        return parse_cache_stats(data)
+            last = self._last_cache
+            if exc.status == 429 and last is not None and self._clock() - last[0] <= max_age:
+                return last[1]
+            raise
+        sample = parse_cache_stats(data)
+        self._last_cache = (self._clock(), sample)
+        return sample
 
     async def probe(self, hot_endpoints: tuple[str, ...]) -> ProbeSample:
         """GET /health and the hot endpoints; the mean time of the hot ones is the response time."""

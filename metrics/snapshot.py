@@ -220,6 +220,8 @@ class Snapshot:
             out["tcp_time_wait"] = float(self.tcp.get("time_wait"))
         if self.probe is not None:
             out["backend_up"] = 1.0 if self.probe.available else 0.0
+            out["probe_requests"] = float(self.probe.requests)
+            out["probe_errors"] = float(self.probe.errors)
             if self.probe.response_time_seconds is not None:
                 out["response_time_seconds"] = self.probe.response_time_seconds
         if self.cache is not None:

@@ -1,0 +1,358 @@
+"""The HTTP API (aiohttp): the specification's two endpoints, Prometheus, health, strategies and history.
+
+Reads are open; every write needs ``Authorization: Bearer <token>``, compared in constant time. Errors
+are JSON ``{"error": {"code", "message"}}`` with the right status, never a traceback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import os
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import structlog
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+
+from config.settings import Mode, Settings
+from optimizer.engine import Engine, EngineStopping
+from optimizer.state import StateStore
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+log = structlog.get_logger("api")
+
+
+class ApiError(Exception):
+    """A request the API refuses, with its HTTP status and a stable code."""
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+
+
+def error_body(code: str, message: str) -> dict[str, Any]:
+    """The one error shape."""
+    return {"error": {"code": code, "message": message}}
+
+
+def iso_now(wall: float) -> str:
+    """An ISO 8601 UTC timestamp with milliseconds."""
+    return datetime.fromtimestamp(wall, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+@dataclass(slots=True)
+class ApiContext:
+    """What the handlers read: the engine, the store, the registry, the settings and the daemon's facts."""
+
+    engine: Engine
+    store: StateStore
+    registry: CollectorRegistry
+    settings: Callable[[], Settings]
+    token: str | None
+    started_wall: float
+    wall: Callable[[], float]
+    health: Callable[[], tuple[bool, str]]
+    status: Callable[[], dict[str, Any]]
+    alertmanager: Callable[[dict[str, Any]], Awaitable[dict[str, Any]]] | None = None
+    dashboard_html: bytes | None = None
+
+
+CTX: web.AppKey[ApiContext] = web.AppKey("ctx", ApiContext)
+
+
+@web.middleware
+async def errors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Turn every failure into the JSON error shape; log unexpected ones with their traceback."""
+    try:
+        return await handler(request)
+    except ApiError as exc:
+        return web.json_response(error_body(exc.code, exc.message), status=exc.status)
+    except web.HTTPRequestEntityTooLarge:
+        return web.json_response(error_body("body_too_large", "request body is too large"), status=413)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status, "http_error")
+        return web.json_response(error_body(code, exc.reason or "error"), status=exc.status)
+    except Exception:
+        log.exception("api_handler_crashed", path=request.path, method=request.method)
+        return web.json_response(error_body("internal", "internal error; see the daemon's log"), status=500)
+
+
+def require_token(request: web.Request) -> None:
+    """Check the bearer token in constant time; raise 401 otherwise."""
+    token = request.app[CTX].token
+    header = request.headers.get("Authorization", "")
+    scheme, _, given = header.partition(" ")
+    if token is None:
+        raise ApiError(401, "unauthorized", "writes need a token and none is configured")
+    if scheme.lower() != "bearer" or not given:
+        raise ApiError(401, "unauthorized", "missing bearer token")
+    if not hmac.compare_digest(given.strip().encode(), token.encode()):
+        raise ApiError(401, "unauthorized", "invalid bearer token")
+
+
+async def read_json_object(request: web.Request, *, optional: bool) -> dict[str, Any]:
+    """Parse the body as a JSON object (empty allowed when optional); 400 with a clear message otherwise."""
+    raw = await request.read()
+    if not raw.strip():
+        if optional:
+            return {}
+        raise ApiError(400, "invalid_body", "a JSON object body is required")
+    try:
+        data = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        raise ApiError(400, "invalid_json", "the body is not valid JSON") from None
+    if not isinstance(data, dict):
+        raise ApiError(400, "invalid_body", "the body must be a JSON object")
+    return data
+
+
+# handlers -------------------------------------------------------------------------------------------------------
+
+
+def _strategy_view(ctx: ApiContext, name: str) -> dict[str, Any]:
+    engine = ctx.engine
+    rt = engine.runtimes[name]
+    return {
+        "name": name,
+        "enabled": rt.enabled,
+        "mode": str(engine.mode_of(rt)),
+        "modeOverride": str(rt.mode_override) if rt.mode_override else None,
+        "armed": rt.detector.armed,
+        "armedBy": list(rt.detector.armed_signals),
+        "cooldownSeconds": rt.cooldown,
+        "cooldownLeftSeconds": round(engine.cooldown_left(rt), 3),
+        "budgetLeft": engine.budget_left(rt),
+        "breakerOpen": rt.breaker_open,
+        "breakerReason": rt.breaker_reason,
+        "consecutiveFailures": rt.consecutive_failures,
+        "score": round(rt.score, 3),
+        "lastOutcome": rt.last_outcome,
+        "lastVerdict": rt.last_verdict,
+        "triggers": [
+            {"signal": t.signal, "enter": t.enter, "exit": t.exit, "above": t.above}
+            for t in rt.strategy.triggers(engine.baselines)
+        ],
+        "findings": [f.as_dict() for f in engine.findings.values() if f.strategy == name],
+    }
+
+
+def _sum_window(engine: Engine, signal: str) -> float:
+    return sum(engine.windows.values(signal))
+
+
+async def performance_metrics(request: web.Request) -> web.Response:
+    """GET /performance-metrics: the specification's JSON shape, plus strategies and sources."""
+    ctx = request.app[CTX]
+    engine = ctx.engine
+    settings = ctx.settings()
+    now = ctx.wall()
+    count, ok, avg_ms, last = await _stats(ctx)
+    snap = engine.latest
+    host = snap.host if snap else None
+    probe = snap.probe if snap else None
+    requests = _sum_window(engine, "probe_requests")
+    errors = _sum_window(engine, "probe_errors")
+    recent = await _recent(ctx)
+    body = {
+        "workerId": os.getpid(),
+        "timestamp": iso_now(now),
+        "performance": {
+            "isEnabled": settings.enable_performance_optimization,
+            "isOptimizing": engine.optimizing,
+            "lastOptimization": int(last * 1000) if last else None,
+            "optimizationCount": count,
+            "successRate": round(ok / count, 4) if count else 0.0,
+            "averageDuration": round(avg_ms, 3),
+        },
+        "currentMetrics": {
+            "memoryUsage": round(host.memory_used_ratio, 4) if host else None,
+            "cpuUsage": round(host.cpu_ratio, 4) if host else None,
+            "activeConnections": snap.tcp.get("established") if snap and snap.tcp else None,
+            "responseTime": round(probe.response_time_seconds * 1000, 3)
+            if probe and probe.response_time_seconds is not None
+            else None,
+            "throughput": round(host.net_rx_bytes_per_second + host.net_tx_bytes_per_second, 1) if host else None,
+            "errorRate": round(errors / requests, 4) if requests else 0.0,
+            "systemLoad": list(host.load) if host else [0.0, 0.0, 0.0],
+            "uptime": round(now - ctx.started_wall, 3),
+        },
+        "recentOptimizations": recent,
+        "mode": str(engine.global_mode),
+        "strategies": {name: _strategy_view(ctx, name) for name in engine.strategy_names()},
+        "sources": {
+            name: {"up": s.up, "error": s.error, "durationSeconds": round(s.duration_seconds, 4)}
+            for name, s in (snap.sources.items() if snap else ())
+        },
+        "findings": [f.as_dict() for f in engine.findings.values()],
+    }
+    return web.json_response(body)
+
+
+async def _stats(ctx: ApiContext) -> tuple[int, int, float, float | None]:
+
+    return await asyncio.to_thread(ctx.store.decision_stats)
+
+
+async def _recent(ctx: ApiContext, limit: int = 10) -> list[dict[str, Any]]:
+
+    rows = await asyncio.to_thread(ctx.store.recent_decisions, limit)
+    return [r.as_dict() for r in rows]
+
+
+async def performance_optimize(request: web.Request) -> web.Response:
+    """POST /performance-optimize: run a round now (or join the running one)."""
+    require_token(request)
+    ctx = request.app[CTX]
+    body = await read_json_object(request, optional=True)
+    unknown = set(body) - {"strategy", "dryRun"}
+    if unknown:
+        raise ApiError(400, "invalid_body", f"unknown field(s): {', '.join(sorted(unknown))}")
+    strategy = body.get("strategy")
+    if strategy is not None and not isinstance(strategy, str):
+        raise ApiError(400, "invalid_body", "strategy must be a string")
+    if strategy is not None and strategy not in ctx.engine.runtimes:
+        known = ", ".join(ctx.engine.strategy_names())
+        raise ApiError(400, "unknown_strategy", f"unknown strategy {strategy[:64]!r}; known: {known}")
+    dry_run = body.get("dryRun", False)
+    if not isinstance(dry_run, bool):
+        raise ApiError(400, "invalid_body", "dryRun must be true or false")
+    try:
+        result = await ctx.engine.request_round(trigger="manual", strategy=strategy, dry_run=dry_run, manual=True)
+    except EngineStopping:
+        raise ApiError(503, "stopping", "the daemon is stopping") from None
+    return web.json_response(
+        {
+            "message": "Optimization round joined" if result.joined else "Optimization round completed",
+            "worker": os.getpid(),
+            "timestamp": iso_now(ctx.wall()),
+            "runId": result.run_id,
+            "joined": result.joined,
+            "decisions": list(result.decision_ids),
+        }
+    )
+
+
+async def metrics_handler(request: web.Request) -> web.Response:
+    """GET /metrics: the daemon's own registry, from the cached snapshot."""
+    ctx = request.app[CTX]
+    payload = generate_latest(ctx.registry)
+    return web.Response(body=payload, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+async def health(request: web.Request) -> web.Response:
+    """GET /health: 200 while the decision loop's heartbeat is fresh, else 503 with the reason."""
+    ctx = request.app[CTX]
+    ok, reason = ctx.health()
+    body = {"status": "ok" if ok else "unhealthy", "reason": reason, **ctx.status()}
+    return web.json_response(body, status=200 if ok else 503)
+
+
+async def strategies(request: web.Request) -> web.Response:
+    """GET /strategies: each strategy's state, score, cooldown and breaker, and the baselines."""
+    ctx = request.app[CTX]
+    return web.json_response(
+        {
+            "strategies": [_strategy_view(ctx, n) for n in ctx.engine.strategy_names()],
+            "baselines": dict(ctx.engine.baselines),
+        }
+    )
+
+
+def _strategy_name(request: web.Request) -> str:
+    name = request.match_info["name"]
+    if name not in request.app[CTX].engine.runtimes:
+        raise ApiError(404, "unknown_strategy", f"unknown strategy {name[:64]!r}")
+    return name
+
+
+async def strategy_mode(request: web.Request) -> web.Response:
+    """POST /strategies/{name}/mode {"mode": "observe"|"dry_run"|"enforce"}."""
+    require_token(request)
+    name = _strategy_name(request)
+    body = await read_json_object(request, optional=False)
+    raw = body.get("mode")
+    try:
+        mode = Mode(raw) if isinstance(raw, str) else None
+    except ValueError:
+        mode = None
+    if mode is None:
+        raise ApiError(400, "invalid_mode", "mode must be one of observe, dry_run, enforce")
+    ctx = request.app[CTX]
+    await ctx.engine.set_mode(name, mode)
+    return web.json_response(_strategy_view(ctx, name))
+
+
+async def strategy_reset(request: web.Request) -> web.Response:
+    """POST /strategies/{name}/reset: close the breaker and clear the failures."""
+    require_token(request)
+    name = _strategy_name(request)
+    ctx = request.app[CTX]
+    await ctx.engine.reset(name)
+    return web.json_response(_strategy_view(ctx, name))
+
+
+async def optimizations(request: web.Request) -> web.Response:
+    """GET /optimizations?after=ID&limit=N&strategy=NAME: the decision history, oldest first."""
+
+    ctx = request.app[CTX]
+    try:
+        after = int(request.query.get("after", "0"))
+        limit = int(request.query.get("limit", "100"))
+    except ValueError:
+        raise ApiError(400, "invalid_query", "after and limit must be whole numbers") from None
+    if after < 0 or not 1 <= limit <= 1000:
+        raise ApiError(400, "invalid_query", "after must be >= 0 and limit within 1..1000")
+    strategy = request.query.get("strategy")
+    rows = await asyncio.to_thread(ctx.store.decisions, after=after, limit=limit, strategy=strategy)
+    items = [r.as_dict() for r in rows]
+    return web.json_response({"items": items, "last": items[-1]["id"] if items else after})
+
+
+async def alertmanager(request: web.Request) -> web.Response:
+    """POST /alertmanager: the Alertmanager webhook (version 4)."""
+    require_token(request)
+    ctx = request.app[CTX]
+    if ctx.alertmanager is None:
+        raise ApiError(404, "not_found", "the Alertmanager receiver is not enabled")
+    body = await read_json_object(request, optional=False)
+    return web.json_response(await ctx.alertmanager(body))
+
+
+async def dashboard(request: web.Request) -> web.Response:
+    """GET /: the dashboard page."""
+    ctx = request.app[CTX]
+    if ctx.dashboard_html is None:
+        raise ApiError(404, "not_found", "no dashboard")
+    return web.Response(body=ctx.dashboard_html, content_type="text/html", charset="utf-8")
+
+
+ROUTES: tuple[tuple[str, str, Handler], ...] = (
+    ("GET", "/", dashboard),
+    ("GET", "/performance-metrics", performance_metrics),
+    ("POST", "/performance-optimize", performance_optimize),
+    ("GET", "/metrics", metrics_handler),
+    ("GET", "/health", health),
+    ("GET", "/strategies", strategies),
+    ("POST", "/strategies/{name}/mode", strategy_mode),
+    ("POST", "/strategies/{name}/reset", strategy_reset),
+    ("GET", "/optimizations", optimizations),
+    ("POST", "/alertmanager", alertmanager),
+)
+
+
+def build_app(ctx: ApiContext, *, client_max_size: int) -> web.Application:
+    """The aiohttp application with every route and the error middleware."""
+    app = web.Application(middlewares=[errors_middleware], client_max_size=client_max_size)
+    app[CTX] = ctx
+    for method, path, handler in ROUTES:
+        app.router.add_route(method, path, handler)
+    return app

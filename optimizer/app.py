@@ -1,0 +1,527 @@
+"""The composition root: builds every part with explicit arguments and runs the daemon's lifecycle.
+
+States: starting -> running -> stopping -> stopped. SIGTERM/SIGINT stop cleanly (the running round may
+finish, within a bound); SIGHUP reloads the configuration and keeps the old one when the new one is
+invalid. Under systemd it sends READY=1, STATUS= and WATCHDOG=1 (only while the decision loop is fresh).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import secrets
+import signal
+import socket
+from collections.abc import Mapping
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import structlog
+from aiohttp import web
+from apscheduler.schedulers.asyncio import AsyncIOScheduler
+from prometheus_client import CollectorRegistry
+from prometheus_client.process_collector import ProcessCollector
+
+from config.errors import ConfigError, Problem
+from config.loader import LoadedSettings, load_settings, parse_listen, read_secret
+from config.settings import Settings
+from metrics.backend import BackendClient, Credentials
+from metrics.hls import HlsReader
+from metrics.host import HostReader
+from metrics.mediamtx import MediaMtxClient
+from metrics.process import ProcessReader, ProcessSpec
+from metrics.prometheus import DaemonMetrics, SnapshotCollector
+from metrics.sampler import Sampler, Sources
+from metrics.snapshot import Snapshot
+from metrics.sqlite import DatabaseReader
+from metrics.tcp import TcpCounter, make_tcp_counter
+from metrics.window import Windows
+from optimizer.api import ApiContext, build_app
+from optimizer.clock import Clock, SystemClock
+from optimizer.engine import Engine, EngineStopping
+from optimizer.logs import REDACTOR, configure_logging
+from optimizer.registry import Dependencies, build_strategies
+from optimizer.sdnotify import SystemdNotifier
+from optimizer.state import StateStore
+
+VERSION = "0.1.0"
+log = structlog.get_logger("daemon")
+
+# tables the backend never cleans, with the column that dates their rows (TARGET.md)
+UNCLEANED_TABLES: tuple[tuple[str, str], ...] = (
+    ("viewer_sessions", "started_at"),
+    ("viewer_session_history", "started_at"),
+    ("viewer_session_history_archive", "started_at"),
+    ("playback_viewer_sessions", "started_at"),
+    ("playback_token_sessions", "expires_at"),
+    ("playback_token_audit_logs", "created_at"),
+    ("login_attempts", "attempt_time"),
+    ("token_blacklist", "expires_at"),
+    ("camera_source_lifecycle_events", "created_at"),
+    ("recording_maintenance_events", "created_at"),
+)
+
+
+class LifecycleState(StrEnum):
+    """Where the daemon is in its life."""
+
+    STARTING = "starting"
+    RUNNING = "running"
+    STOPPING = "stopping"
+    STOPPED = "stopped"
+
+
+def url_port(url: str) -> int:
+    """The port of an http(s) URL, defaulting by scheme."""
+    parts = urlsplit(url)
+    return parts.port or (443 if parts.scheme == "https" else 80)
+
+
+def resolve_api_token(settings: Settings, environ: Mapping[str, str]) -> tuple[str, str]:
+    """The write token and where it came from; generated into the state directory when none is configured."""
+    token = read_secret(settings.api.token_file, environ, "api-token")
+    if token is not None:
+        return token, "configured"
+    path = settings.state_directory / "api-token"
+    try:
+        if path.is_file():
+            text = path.read_text(encoding="utf-8").strip()
+            if text:
+                return text, f"generated {path}"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fresh = secrets.token_hex(32)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(fresh + "\n")
+        return fresh, f"generated {path}"
+    except OSError as exc:
+        # the state directory is read-only: writes over the API will need a configured token
+        log.warning("api_token_not_persisted", path=str(path), error=exc.strerror)
+        return secrets.token_hex(32), "ephemeral"
+
+
+class Daemon:
+    """The running daemon: sampler, engine, scheduler, API, state and lifecycle."""
+
+    def __init__(
+        self,
+        loaded: LoadedSettings,
+        *,
+        environ: Mapping[str, str] | None = None,
+        config_file: Path | None = None,
+        clock: Clock | None = None,
+        notifier: SystemdNotifier | None = None,
+        tcp_counter: TcpCounter | None = None,
+        proc_root: Path = Path("/proc"),
+        autostart_loops: bool = True,
+    ) -> None:
+        self.loaded = loaded
+        self.settings = loaded.settings
+        self._environ = dict(os.environ if environ is None else environ)
+        self._config_file = config_file
+        self.clock = clock or SystemClock()
+        self._notifier = notifier or SystemdNotifier(self._environ)
+        self._tcp_counter = tcp_counter
+        self._proc_root = proc_root
+        self._autostart = autostart_loops
+        self.state = LifecycleState.STARTING
+        self._stop_event = asyncio.Event()
+        self._reload_pending = False
+        self._reload_task: asyncio.Task[None] | None = None
+        self._sample_task: asyncio.Task[None] | None = None
+        self._sample_wakeup = asyncio.Event()
+        self._scheduler: AsyncIOScheduler | None = None
+        self._runner: web.AppRunner | None = None
+        self.started_wall = self.clock.wall()
+        self.last_sample_at: float | None = None
+        self.sample_interval = self.settings.sample_interval / 1000
+        self.api_host = ""
+        self.api_port = 0
+        self.token = ""
+
+    # building ----------------------------------------------------------------------------------------------------
+
+    def _build(self) -> None:
+        s = self.settings
+        env = self._environ
+        self.token, token_source = resolve_api_token(s, env)
+        password = read_secret(s.backend.admin_password_file, env, "backend-admin-password")
+        api_key = read_secret(s.backend.api_key_file, env, "backend-api-key")
+        REDACTOR.register(self.token, password, api_key)
+        self.token_source = token_source
+        self.store = StateStore(
+            s.state_directory,
+            retention_days=s.state.retention_days,
+            max_history_rows=s.state.max_history_rows,
+            wall_clock=self.clock.wall,
+        )
+        self.registry = CollectorRegistry()
+        self.metrics = DaemonMetrics(self.registry)
+        self.registry.register(SnapshotCollector(lambda: self.engine.latest, VERSION))
+        ProcessCollector(registry=self.registry, namespace="cctv_optimizer")
+        self.backend = BackendClient(
+            s.backend.url,
+            Credentials(username=s.backend.admin_username, password=password, api_key=api_key),
+            user_agent=s.backend.user_agent,
+            timeout_seconds=s.backend.timeout_seconds,
+            requests_per_minute=s.backend.requests_per_minute,
+            clock=self.clock.monotonic,
+        )
+        self.mediamtx = MediaMtxClient(s.backend.mediamtx_url, s.backend.timeout_seconds)
+        process_spec = ProcessSpec.parse(s.backend.process or f"port:{url_port(s.backend.url)}")
+        self.process = ProcessReader(process_spec, self._proc_root)
+        self.hls = HlsReader(s.backend.hls_directory, s.strategies.memory.hls_stale_age_seconds)
+        database = (
+            DatabaseReader(
+                s.backend.database,
+                timezone_offset_hours=s.backend.timezone_offset_hours,
+                stuck_session_seconds=s.strategies.connection.stuck_session_seconds,
+                tables=UNCLEANED_TABLES,
+            )
+            if s.backend.database is not None
+            else None
+        )
+        self.sampler = Sampler(
+            Sources(
+                host=HostReader(self._proc_root),
+                tcp=self._tcp_counter or make_tcp_counter(self._proc_root),
+                process=self.process,
+                backend=self.backend,
+                database=database,
+                hls=self.hls,
+                mediamtx=self.mediamtx,
+                hot_endpoints=s.backend.hot_endpoints,
+                extra_ports=frozenset({url_port(s.backend.url), url_port(s.backend.mediamtx_url)}),
+            ),
+            source_timeout_seconds=s.sampler.source_timeout_seconds,
+            clock=self.clock.monotonic,
+            wall_clock=self.clock.wall,
+        )
+        self.windows = Windows(s.sampler.window_size)
+        self.engine = Engine(
+            build_strategies(s, self._deps()),
+            engine=s.engine,
+            detection=s.detection,
+            global_mode=s.effective_mode,
+            windows=self.windows,
+            store=self.store,
+            metrics=self.metrics,
+            clock=self.clock,
+        )
+
+    def _deps(self) -> Dependencies:
+        return Dependencies(
+            backend=self.backend,
+            hls=self.hls,
+            process=self.process,
+            windows=self.windows if hasattr(self, "windows") else Windows(self.settings.sampler.window_size),
+            monotonic=self.clock.monotonic,
+        )
+
+    # lifecycle ---------------------------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Build, open state, bind the API, take a first sample, start the loops, tell systemd we are ready."""
+        self._build()
+        await asyncio.to_thread(self.store.open)
+        if self.store.moved_aside is not None:
+            log.warning("state_corrupt_moved_aside", moved_to=str(self.store.moved_aside))
+        if not self.store.healthy:
+            log.warning("state_unavailable", error=self.store.last_error)
+        await self.engine.load()
+        host, port = parse_listen(self.settings.api.listen)
+        app = build_app(
+            ApiContext(
+                engine=self.engine,
+                store=self.store,
+                registry=self.registry,
+                settings=lambda: self.settings,
+                token=self.token,
+                started_wall=self.started_wall,
+                wall=self.clock.wall,
+                health=self.health,
+                status=self.status,
+            ),
+            client_max_size=self.settings.api.client_max_size,
+        )
+        self._runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=5.0)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, host, port, reuse_address=True)
+        await site.start()
+        server = site._server
+        sockets = getattr(server, "sockets", None) or []
+        self.api_host = host
+        self.api_port = sockets[0].getsockname()[1] if sockets else port
+        await self.sample_now()
+        self.state = LifecycleState.RUNNING
+        if self._autostart:
+            self._start_loops()
+        log.info(
+            "daemon_started",
+            version=VERSION,
+            api=f"http://{self.api_url_host}:{self.api_port}",
+            mode=str(self.engine.global_mode),
+            strategies=self.engine.strategy_names(),
+            token=self.token_source,
+            state=str(self.store.path),
+        )
+        self._notifier.ready(status=self._status_line())
+
+    @property
+    def api_url_host(self) -> str:
+        """The API host as it goes in a URL."""
+        return f"[{self.api_host}]" if ":" in self.api_host else self.api_host
+
+    def _start_loops(self) -> None:
+        self._sample_task = asyncio.create_task(self._sample_loop())
+        scheduler = AsyncIOScheduler()
+        interval = self.settings.optimization_interval / 1000
+        scheduler.add_job(
+            self._scheduled_round, "interval", seconds=interval, id="round", max_instances=1, coalesce=True
+        )
+        period = self._notifier.watchdog_interval()
+        if period is not None:
+            scheduler.add_job(self._watchdog, "interval", seconds=period, id="watchdog", max_instances=1, coalesce=True)
+        scheduler.start()
+        self._scheduler = scheduler
+
+    async def _scheduled_round(self) -> None:
+        """The periodic decision round."""
+        try:
+            await self.engine.request_round(trigger="scheduled")
+        except EngineStopping:
+            return
+        except Exception:
+            log.exception("round_crashed")
+        self._notifier.status(self._status_line())
+
+    async def _watchdog(self) -> None:
+        """Ping systemd's watchdog only while the decision loop and the sampler are fresh."""
+        ok, reason = self.health()
+        if ok:
+            self._notifier.watchdog()
+        else:
+            log.warning("watchdog_withheld", reason=reason)
+
+    async def _sample_loop(self) -> None:
+        while not self._stop_event.is_set():
+            self._sample_wakeup.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._sample_wakeup.wait(), self.sample_interval)
+            if self._stop_event.is_set():
+                break
+            try:
+                await self.sample_now()
+            except Exception:
+                log.exception("sample_crashed")
+
+    async def sample_now(self) -> Snapshot:
+        """Take one sample, publish it to the engine and metrics, and adapt the interval."""
+        previous = self.engine.latest
+        snapshot = await self.sampler.sample()
+        self._log_source_changes(previous, snapshot)
+        self.engine.on_snapshot(snapshot)
+        self.metrics.observe_snapshot(snapshot)
+        self.last_sample_at = self.clock.monotonic()
+        self._adapt_interval()
+        return snapshot
+
+    def _log_source_changes(self, previous: Snapshot | None, current: Snapshot) -> None:
+        for name, status in current.sources.items():
+            before = previous.sources.get(name) if previous is not None else None
+            if before is None or before.up != status.up:
+                if status.up:
+                    log.info("source_up", source=name)
+                else:
+                    log.warning("source_down", source=name, error=status.error)
+
+    def _adapt_interval(self) -> None:
+        """Stretch the sample interval while every signal is far from its threshold; tighten near one."""
+        s = self.settings
+        base = s.sample_interval / 1000
+        low, high = s.sampler.min_interval_ms / 1000, s.sampler.max_interval_ms / 1000
+        proximity = 0.0
+        for rt in self.engine.runtimes.values():
+            for spec in rt.strategy.triggers(self.engine.baselines):
+                value = self.windows.last(spec.signal)
+                if value is None or spec.enter == 0:
+                    continue
+                ratio = value / spec.enter if spec.above else (spec.enter / value if value > 0 else 2.0)
+                proximity = max(proximity, ratio)
+        if proximity >= 0.8 or any(rt.detector.armed for rt in self.engine.runtimes.values()):
+            target = max(low, min(base, self.sample_interval / 2))
+        elif proximity < 0.5:
+            target = min(high, max(base, self.sample_interval * 1.25))
+        else:
+            target = base
+        self.sample_interval = max(low, min(high, target))
+        self.metrics.sample_interval.set(self.sample_interval)
+
+    def health(self) -> tuple[bool, str]:
+        """Whether the decision loop and the sampler are alive, and why not."""
+        if self.state is not LifecycleState.RUNNING:
+            return False, f"daemon is {self.state}"
+        now = self.clock.monotonic()
+        s = self.settings
+        sample_limit = 3 * s.sampler.max_interval_ms / 1000 + s.sampler.source_timeout_seconds
+        if self.last_sample_at is None or now - self.last_sample_at > sample_limit:
+            return False, "no fresh sample"
+        round_limit = (
+            2 * s.optimization_interval / 1000
+            + len(self.engine.runtimes) * (s.engine.plan_timeout_seconds + s.engine.apply_timeout_seconds)
+            + 10
+        )
+        if now - self.engine.heartbeat > round_limit:
+            return False, "decision loop is stuck or stopped"
+        if not self.store.healthy:
+            return True, f"degraded: {self.store.last_error}"
+        return True, "ok"
+
+    def status(self) -> dict[str, Any]:
+        """Facts for /health."""
+        last = self.engine.last_round
+        return {
+            "state": str(self.state),
+            "mode": str(self.engine.global_mode),
+            "rounds": self.engine.rounds_run,
+            "lastRunId": last.run_id if last else None,
+            "sampleIntervalSeconds": round(self.sample_interval, 3),
+            "stateHealthy": self.store.healthy,
+            "stateError": self.store.last_error,
+        }
+
+    def _status_line(self) -> str:
+        last = self.engine.last_round
+        return f"mode={self.engine.global_mode} rounds={self.engine.rounds_run} last_run={last.run_id if last else '-'}"
+
+    def request_stop(self) -> None:
+        """Ask the daemon to stop (signal handler)."""
+        self._stop_event.set()
+        self._sample_wakeup.set()
+
+    def request_reload(self) -> None:
+        """Ask for a configuration reload; a storm of requests is coalesced into one."""
+        if self._reload_task is not None and not self._reload_task.done():
+            self._reload_pending = True
+            return
+        self._reload_task = asyncio.create_task(self._reload())
+
+    async def _reload(self) -> None:
+        while True:
+            self._reload_pending = False
+            self._notifier.reloading()
+            try:
+                loaded = await asyncio.to_thread(load_settings, self._environ_for_reload(), self._config_file)
+                self._apply_reload(loaded)
+            except ConfigError as exc:
+                log.error(
+                    "config_reload_failed", problems=[str(p) for p in exc.problems], kept="previous configuration"
+                )
+            self._notifier.ready(status=self._status_line())
+            if not self._reload_pending:
+                return
+
+    def _environ_for_reload(self) -> dict[str, str]:
+        # the process environment cannot change under us; a reload re-reads the YAML file
+        return dict(self._environ)
+
+    def _apply_reload(self, loaded: LoadedSettings) -> None:
+        old, new = self.settings, loaded.settings
+        restart_needed = [
+            name
+            for name, a, b in (
+                ("api", old.api, new.api),
+                ("state", old.state, new.state),
+                ("backend", old.backend, new.backend),
+            )
+            if a != b
+        ]
+        self.loaded = loaded
+        self.settings = new
+        configure_logging(new.log_level)
+        self.engine.global_mode = new.effective_mode
+        fresh = {s.name: (s, mode, enabled) for s, mode, enabled in build_strategies(new, self._deps())}
+        for name, rt in self.engine.runtimes.items():
+            if name in fresh:
+                rt.strategy, rt.config_mode, rt.enabled = fresh[name]
+        if self._scheduler is not None and old.optimization_interval != new.optimization_interval:
+            self._scheduler.reschedule_job("round", trigger="interval", seconds=new.optimization_interval / 1000)
+        log.info("config_reloaded", mode=str(new.effective_mode), restart_needed=restart_needed or None)
+
+    async def stop(self) -> None:
+        """Stop the loops, let the running round finish, optionally revert, close the API, flush state."""
+        if self.state in (LifecycleState.STOPPING, LifecycleState.STOPPED):
+            return
+        self.state = LifecycleState.STOPPING
+        self._notifier.stopping()
+        log.info("daemon_stopping")
+        self.request_stop()
+        if self._scheduler is not None:
+            self._scheduler.shutdown(wait=False)
+        await self.engine.stop(self.settings.engine.stop_timeout_seconds)
+        if self.settings.engine.revert_on_exit:
+            count = await self.engine.revert_all()
+            log.info("reverted_on_exit", changes=count)
+        if self._sample_task is not None:
+            try:
+                await asyncio.wait_for(self._sample_task, self.settings.sampler.source_timeout_seconds + 1)
+            except (TimeoutError, asyncio.CancelledError):
+                self._sample_task.cancel()
+        if self._runner is not None:
+            await self._runner.cleanup()
+        await self.backend.close()
+        await self.mediamtx.close()
+        for rt in self.engine.runtimes.values():
+            await rt.strategy.close()
+        await asyncio.to_thread(self.store.close)
+        self.state = LifecycleState.STOPPED
+        log.info("daemon_stopped")
+
+    async def run(self) -> int:
+        """Run until SIGTERM/SIGINT; returns the exit status."""
+        loop = asyncio.get_running_loop()
+        await self.start()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.request_stop)
+        loop.add_signal_handler(signal.SIGHUP, self.request_reload)
+        try:
+            await self._stop_event.wait()
+        finally:
+            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+                loop.remove_signal_handler(sig)
+            await self.stop()
+        return 0
+
+
+def run_daemon(config_file: Path | None, environ: Mapping[str, str] | None = None) -> int:
+    """Load the configuration and run the daemon; 78 on configuration errors."""
+    env = dict(os.environ if environ is None else environ)
+    try:
+        loaded = load_settings(env, config_file)
+    except ConfigError as exc:
+        configure_logging("info")
+        log.error("config_invalid", problems=[str(p) for p in exc.problems])
+        return 78
+    configure_logging(loaded.settings.log_level)
+    daemon = Daemon(loaded, environ=env, config_file=config_file)
+    try:
+        return asyncio.run(daemon.run())
+    except ConfigError as exc:
+        log.error("config_invalid", problems=[str(p) for p in exc.problems])
+        return 78
+    except OSError as exc:
+        log.error("startup_failed", error=f"{exc.__class__.__name__}: {exc}")
+        return 1
+    except KeyboardInterrupt:
+        return 0
+
+
+def hostname() -> str:
+    """This host's name, for display."""
+    return socket.gethostname()
+
+
+__all__ = ["Daemon", "LifecycleState", "Problem", "run_daemon"]

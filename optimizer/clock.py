@@ -1,0 +1,51 @@
+"""Clocks: monotonic time for intervals, wall time for display and persistence; a fake one for tests."""
+
+from __future__ import annotations
+
+import time
+from typing import Protocol
+
+
+class Clock(Protocol):
+    """The time source the engine and the daemon use."""
+
+    def monotonic(self) -> float:
+        """Seconds on a clock that never goes back."""
+        ...
+
+    def wall(self) -> float:
+        """Seconds since the epoch."""
+        ...
+
+
+class SystemClock:
+    """The real clocks."""
+
+    def monotonic(self) -> float:
+        """time.monotonic()."""
+        return time.monotonic()
+
+    def wall(self) -> float:
+        """time.time()."""
+        return time.time()
+
+
+class FakeClock:
+    """A clock that moves only when told to."""
+
+    def __init__(self, start_wall: float = 1_800_000_000.0, start_monotonic: float = 1000.0) -> None:
+        self._wall = start_wall
+        self._mono = start_monotonic
+
+    def monotonic(self) -> float:
+        """The fake monotonic time."""
+        return self._mono
+
+    def wall(self) -> float:
+        """The fake wall time."""
+        return self._wall
+
+    def advance(self, seconds: float) -> None:
+        """Move both clocks forward."""
+        self._wall += seconds
+        self._mono += seconds

@@ -1,0 +1,780 @@
+"""The decision engine: detect on windows, plan, gate, apply with a journal, verify, learn.
+
+One executor: rounds run one at a time; a request that arrives while a round runs joins it. Manual
+and Alertmanager triggers skip detection but never the gates (mode, cooldown, budget, breaker).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+import structlog
+
+from config.settings import DetectionSettings, EngineSettings, Mode
+from metrics.prometheus import DaemonMetrics
+from metrics.snapshot import Snapshot
+from metrics.window import Windows
+from optimizer.clock import Clock
+from optimizer.state import StateStore
+from strategies.base import (
+    ApplyResult,
+    Direction,
+    Finding,
+    Plan,
+    Strategy,
+    StrategyContext,
+    StrategyError,
+    TriggerSpec,
+)
+
+_RANK = {Mode.OBSERVE: 0, Mode.DRY_RUN: 1, Mode.ENFORCE: 2}
+SCORE_HISTORY = 10
+
+
+class Outcome(StrEnum):
+    """What became of a strategy's turn in a round."""
+
+    APPLIED = "applied"
+    FAILED = "failed"
+    TIMEOUT = "timeout"
+    ERROR = "error"
+    DRY_RUN = "dry_run"
+    OBSERVED = "observed"
+    NOTHING_TO_DO = "nothing_to_do"
+    SKIPPED_COOLDOWN = "skipped_cooldown"
+    SKIPPED_BUDGET = "skipped_budget"
+    BLOCKED_BREAKER = "blocked_breaker"
+    BLOCKED_DISRUPTIVE = "blocked_disruptive"
+
+
+ATTEMPTS = frozenset({Outcome.APPLIED, Outcome.FAILED, Outcome.TIMEOUT, Outcome.ERROR})
+FAILURES = frozenset({Outcome.FAILED, Outcome.TIMEOUT, Outcome.ERROR})
+
+
+class Verdict(StrEnum):
+    """The measured effect of an applied plan after its settle time."""
+
+    IMPROVED = "improved"
+    NEUTRAL = "neutral"
+    REGRESSED = "regressed"
+
+
+def most_restrictive(*modes: Mode | None) -> Mode:
+    """The least permissive of the given modes (observe < dry_run < enforce)."""
+    present = [m for m in modes if m is not None]
+    return min(present, key=lambda m: _RANK[m]) if present else Mode.ENFORCE
+
+
+def judge(before: float, after: float, direction: Direction, amount: float) -> tuple[Verdict, float]:
+    """Compare the expected signal before and after: (verdict, the change in the good direction)."""
+    good = (before - after) if direction is Direction.DOWN else (after - before)
+    amount = abs(amount)
+    if good >= max(0.5 * amount, 1e-12):
+        return Verdict.IMPROVED, good
+    if good <= -max(0.25 * amount, 0.05 * abs(before), 1e-12):
+        return Verdict.REGRESSED, good
+    return Verdict.NEUTRAL, good
+
+
+@dataclass(slots=True)
+class Detector:
+    """Hysteresis over the windows: arm on N of M samples past enter, disarm when all are back past exit."""
+
+    armed: bool = False
+    armed_signals: tuple[str, ...] = ()
+
+    def update(self, specs: Sequence[TriggerSpec], windows: Windows, detection: DetectionSettings) -> bool:
+        """Re-evaluate on the current windows; returns whether the strategy is armed."""
+        n, m = detection.samples_required, detection.window_samples
+        firing: list[str] = []
+        for spec in specs:
+            values = windows.values(spec.signal, m)
+            hits = sum(1 for v in values if (v >= spec.enter if spec.above else v <= spec.enter))
+            if hits >= n:
+                firing.append(spec.signal)
+        if firing:
+            self.armed = True
+            self.armed_signals = tuple(firing)
+        elif self.armed:
+            calm = True
+            for spec in specs:
+                last = windows.last(spec.signal)
+                if last is not None and (last >= spec.exit if spec.above else last <= spec.exit):
+                    calm = False
+            if calm:
+                self.armed = False
+                self.armed_signals = ()
+        return self.armed
+
+
+@dataclass(slots=True)
+class Pending:
+    """An applied plan waiting for its settle time to be verified."""
+
+    decision_id: int | None
+    journal_id: int | None
+    strategy: str
+    plan: Plan
+    result: ApplyResult
+    before: float
+    due: float
+
+
+@dataclass(slots=True)
+class StrategyRuntime:
+    """A strategy with what the engine learned about it (persisted in the state database)."""
+
+    strategy: Strategy
+    config_mode: Mode | None
+    enabled: bool
+    base_cooldown: float
+    cooldown: float
+    detector: Detector = field(default_factory=Detector)
+    mode_override: Mode | None = None
+    scores: list[int] = field(default_factory=list)
+    consecutive_failures: int = 0
+    breaker_open: bool = False
+    breaker_reason: str | None = None
+    last_attempt: float | None = None
+    attempts: list[float] = field(default_factory=list)
+    last_outcome: str | None = None
+    last_verdict: str | None = None
+
+    @property
+    def name(self) -> str:
+        """The strategy's name."""
+        return self.strategy.name
+
+    @property
+    def score(self) -> float:
+        """Mean of recent verdicts: +1 improved, 0 neutral, -1 regressed or failed."""
+        return sum(self.scores) / len(self.scores) if self.scores else 0.0
+
+    def to_state(self) -> dict[str, Any]:
+        """What survives a restart."""
+        return {
+            "mode_override": str(self.mode_override) if self.mode_override else None,
+            "scores": self.scores,
+            "cooldown": self.cooldown,
+            "consecutive_failures": self.consecutive_failures,
+            "breaker_open": self.breaker_open,
+            "breaker_reason": self.breaker_reason,
+            "last_attempt": self.last_attempt,
+            "attempts": self.attempts,
+            "last_outcome": self.last_outcome,
+            "last_verdict": self.last_verdict,
+        }
+
+    def load_state(self, data: Mapping[str, Any]) -> None:
+        """Restore what a previous run learned."""
+        mode = data.get("mode_override")
+        self.mode_override = Mode(mode) if mode else None
+        self.scores = [int(x) for x in data.get("scores", [])][-SCORE_HISTORY:]
+        self.cooldown = float(data.get("cooldown", self.cooldown))
+        self.consecutive_failures = int(data.get("consecutive_failures", 0))
+        self.breaker_open = bool(data.get("breaker_open", False))
+        self.breaker_reason = data.get("breaker_reason")
+        last = data.get("last_attempt")
+        self.last_attempt = float(last) if last is not None else None
+        self.attempts = [float(x) for x in data.get("attempts", [])]
+        self.last_outcome = data.get("last_outcome")
+        self.last_verdict = data.get("last_verdict")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RoundResult:
+    """One finished round."""
+
+    run_id: str
+    trigger: str
+    started_wall: float
+    duration_seconds: float
+    decision_ids: tuple[int, ...]
+    joined: bool = False
+
+
+class EngineStopping(Exception):
+    """The engine no longer starts rounds."""
+
+
+class Engine:
+    """Runs decision rounds over the strategies, gates and records them, verifies their effect."""
+
+    def __init__(
+        self,
+        strategies: Sequence[tuple[Strategy, Mode | None, bool]],
+        *,
+        engine: EngineSettings,
+        detection: DetectionSettings,
+        global_mode: Mode,
+        windows: Windows,
+        store: StateStore,
+        metrics: DaemonMetrics,
+        clock: Clock,
+        log: Any = None,
+    ) -> None:
+        self._settings = engine
+        self._detection = detection
+        self.global_mode = global_mode
+        self.windows = windows
+        self._store = store
+        self._metrics = metrics
+        self._clock = clock
+        self._log = log if log is not None else structlog.get_logger("engine")
+        self.runtimes: dict[str, StrategyRuntime] = {
+            s.name: StrategyRuntime(
+                strategy=s,
+                config_mode=mode,
+                enabled=enabled,
+                base_cooldown=engine.cooldown_seconds,
+                cooldown=engine.cooldown_seconds,
+            )
+            for s, mode, enabled in strategies
+        }
+        self.latest: Snapshot | None = None
+        self.baselines: dict[str, float] = {}
+        self.findings: dict[str, Finding] = {}
+        self._pending: list[Pending] = []
+        self._current: asyncio.Future[RoundResult] | None = None
+        self._lock = asyncio.Lock()
+        self._stopping = False
+        self._verify_task: asyncio.Task[None] | None = None
+        self.rounds_run = 0
+        self.last_round: RoundResult | None = None
+        self.heartbeat = clock.monotonic()
+
+    # lifecycle and state -------------------------------------------------------------------------------------------
+
+    async def load(self) -> None:
+        """Restore strategy state from the store and reconcile interrupted journal records."""
+        saved = await asyncio.to_thread(self._store.load_strategies)
+        for name, data in saved.items():
+            if name in self.runtimes:
+                self.runtimes[name].load_state(data)
+        for rt in self.runtimes.values():
+            self._publish(rt)
+        await self.reconcile()
+
+    async def reconcile(self) -> None:
+        """Settle journal intents without a done record: the daemon stopped in the middle of an apply."""
+        for entry in await asyncio.to_thread(self._store.journal, "intent"):
+            rt = self.runtimes.get(entry.strategy)
+            if rt is None:
+                await asyncio.to_thread(self._store.journal_finish, entry.id, "reconciled", {"note": "strategy gone"})
+                continue
+            try:
+                plan = Plan.from_dict(entry.plan)
+                note = await asyncio.wait_for(rt.strategy.reconcile(plan), self._settings.apply_timeout_seconds)
+                status = "reconciled"
+            except (StrategyError, TimeoutError, KeyError, ValueError) as exc:
+                note = f"reconcile failed: {exc}"
+                status = "reconcile_failed"
+            await asyncio.to_thread(self._store.journal_finish, entry.id, status, {"note": note})
+            if entry.decision_id is not None:
+                await asyncio.to_thread(
+                    self._store.update_decision, entry.decision_id, outcome="interrupted", error=note
+                )
+            self._log.warning(
+                "journal_reconciled", strategy=entry.strategy, journal_id=entry.id, status=status, note=note
+            )
+
+    async def stop(self, grace: float) -> None:
+        """Start no more rounds; let the running one finish within ``grace`` seconds."""
+        self._stopping = True
+        current = self._current
+        if current is not None and not current.done():
+            try:
+                await asyncio.wait_for(asyncio.shield(current), grace)
+            except TimeoutError:
+                self._log.warning("round_cut_at_stop", grace_seconds=grace)
+                current.cancel()
+            except Exception:  # the round's own failure was logged where it happened
+                pass
+        if self._verify_task is not None and not self._verify_task.done():
+            try:
+                await asyncio.wait_for(asyncio.shield(self._verify_task), grace)
+            except (TimeoutError, Exception):
+                self._verify_task.cancel()
+
+    async def revert_all(self) -> int:
+        """Revert every pending reversible change (revert_on_exit); returns how many were reverted."""
+        count = 0
+        for pending in list(self._pending):
+            reversible = pending.plan.reversible and pending.result.changes
+            if reversible and await self._revert(pending, reason="revert_on_exit"):
+                count += 1
+        self._pending.clear()
+        return count
+
+    def strategy_names(self) -> list[str]:
+        """Names of the strategies, in order."""
+        return list(self.runtimes)
+
+    def mode_of(self, rt: StrategyRuntime, dry_run: bool = False) -> Mode:
+        """The mode a strategy runs in now."""
+        return most_restrictive(self.global_mode, rt.mode_override or rt.config_mode, Mode.DRY_RUN if dry_run else None)
+
+    async def set_mode(self, name: str, mode: Mode) -> None:
+        """Change one strategy's mode at run time (persisted)."""
+        rt = self.runtimes[name]
+        rt.mode_override = mode
+        self._log.info("strategy_mode_changed", strategy=name, mode=str(mode))
+        await self._save(rt)
+
+    async def reset(self, name: str) -> None:
+        """Re-arm a strategy: close its breaker, clear failures, restore the base cooldown."""
+        rt = self.runtimes[name]
+        was_open = rt.breaker_open
+        rt.breaker_open = False
+        rt.breaker_reason = None
+        rt.consecutive_failures = 0
+        rt.cooldown = rt.base_cooldown
+        rt.last_attempt = None
+        self._log.info("strategy_reset", strategy=name, breaker_was_open=was_open)
+        await self._save(rt)
+
+    async def _save(self, rt: StrategyRuntime) -> None:
+        self._publish(rt)
+        await asyncio.to_thread(self._store.save_strategy, rt.name, rt.to_state())
+
+    def _publish(self, rt: StrategyRuntime) -> None:
+        self._metrics.breaker_open.labels(rt.name).set(1 if rt.breaker_open else 0)
+        self._metrics.armed.labels(rt.name).set(1 if rt.detector.armed else 0)
+        self._metrics.cooldown.labels(rt.name).set(rt.cooldown)
+        self._metrics.score.labels(rt.name).set(rt.score)
+
+    def cooldown_left(self, rt: StrategyRuntime) -> float:
+        """Seconds until the strategy may act again."""
+        if rt.last_attempt is None:
+            return 0.0
+        return max(0.0, rt.last_attempt + rt.cooldown - self._clock.wall())
+
+    def budget_left(self, rt: StrategyRuntime) -> int:
+        """Attempts left in the rolling budget window."""
+        horizon = self._clock.wall() - self._settings.budget_window_seconds
+        rt.attempts = [t for t in rt.attempts if t > horizon]
+        return max(0, self._settings.budget_actions - len(rt.attempts))
+
+    # samples and verification ------------------------------------------------------------------------------------
+
+    def on_snapshot(self, snapshot: Snapshot) -> None:
+        """Take a new sample into the windows; start verifying plans whose settle time has passed."""
+        self.latest = snapshot
+        self.windows.push(snapshot.monotonic, snapshot.signals())
+        if any(p.due <= snapshot.monotonic for p in self._pending) and (
+            self._verify_task is None or self._verify_task.done()
+        ):
+            self._verify_task = asyncio.create_task(self.verify_due())
+
+    async def verify_due(self) -> None:
+        """Judge every plan whose settle time has passed; revert regressions that can be undone."""
+        async with self._lock:
+            now = self._clock.monotonic()
+            due = [p for p in self._pending if p.due <= now]
+            self._pending = [p for p in self._pending if p.due > now]
+            for pending in due:
+                await self._verify(pending)
+
+    async def _verify(self, pending: Pending) -> None:
+        rt = self.runtimes[pending.strategy]
+        expected = pending.plan.expected
+        if expected is None:
+            return
+        after = self.windows.last(expected.signal)
+        if after is None:
+            detail: dict[str, Any] = {"signal": expected.signal, "before": pending.before, "after": None}
+            verdict = Verdict.NEUTRAL
+        else:
+            verdict, good = judge(pending.before, after, expected.direction, expected.amount)
+            detail = {
+                "signal": expected.signal,
+                "before": pending.before,
+                "after": after,
+                "change": good,
+                "expected": expected.amount,
+            }
+        reverted = False
+        if verdict is Verdict.REGRESSED and pending.plan.reversible:
+            reverted = await self._revert(pending, reason="regressed")
+        detail["reverted"] = reverted
+        self._metrics.verdicts.labels(rt.name, str(verdict)).inc()
+        rt.last_verdict = str(verdict)
+        rt.scores = ([*rt.scores, {Verdict.IMPROVED: 1, Verdict.NEUTRAL: 0, Verdict.REGRESSED: -1}[verdict]])[
+            -SCORE_HISTORY:
+        ]
+        if verdict is Verdict.IMPROVED:
+            rt.consecutive_failures = 0
+            rt.cooldown = max(rt.base_cooldown, rt.cooldown / 2)
+        elif verdict is Verdict.NEUTRAL:
+            rt.cooldown = min(self._settings.cooldown_max_seconds, max(rt.cooldown, 1.0) * 2)
+            self._log.info("strategy_backed_off", strategy=rt.name, cooldown_seconds=rt.cooldown, reason="no effect")
+        else:
+            self._count_failure(rt, f"regressed {expected.signal}")
+        if pending.decision_id is not None:
+            await asyncio.to_thread(
+                self._store.update_decision, pending.decision_id, verdict=str(verdict), verdict_detail=detail
+            )
+        self._log.info(
+            "effect_verified", strategy=rt.name, decision_id=pending.decision_id, verdict=str(verdict), **detail
+        )
+        await self._save(rt)
+
+    async def _revert(self, pending: Pending, reason: str) -> bool:
+        rt = self.runtimes[pending.strategy]
+        try:
+            result = await asyncio.wait_for(rt.strategy.revert(pending.result), self._settings.apply_timeout_seconds)
+        except (StrategyError, TimeoutError) as exc:
+            self._log.warning("revert_failed", strategy=rt.name, reason=reason, error=str(exc) or "timeout")
+            return False
+        except Exception:
+            self._log.exception("revert_crashed", strategy=rt.name, reason=reason)
+            return False
+        self._metrics.reverts.labels(rt.name).inc()
+        if pending.journal_id is not None:
+            await asyncio.to_thread(self._store.journal_finish, pending.journal_id, "reverted", result.as_dict())
+        self._log.warning(
+            "change_reverted",
+            strategy=rt.name,
+            reason=reason,
+            changes=[f"{c.target}: {c.before} -> {c.after}" for c in result.changes],
+        )
+        return True
+
+    def _count_failure(self, rt: StrategyRuntime, why: str) -> None:
+        rt.consecutive_failures += 1
+        if rt.consecutive_failures >= self._settings.breaker_failures and not rt.breaker_open:
+            rt.breaker_open = True
+            rt.breaker_reason = f"{rt.consecutive_failures} consecutive failures or regressions (last: {why})"
+            self._log.error("breaker_opened", strategy=rt.name, reason=rt.breaker_reason)
+
+    # rounds ------------------------------------------------------------------------------------------------------
+
+    async def request_round(
+        self, *, trigger: str, strategy: str | None = None, dry_run: bool = False, manual: bool = False
+    ) -> RoundResult:
+        """Run a round, or join the one already running."""
+        current = self._current
+        if current is not None and not current.done():
+            result = await asyncio.shield(current)
+            return RoundResult(
+                run_id=result.run_id,
+                trigger=result.trigger,
+                started_wall=result.started_wall,
+                duration_seconds=result.duration_seconds,
+                decision_ids=result.decision_ids,
+                joined=True,
+            )
+        if self._stopping:
+            raise EngineStopping("the daemon is stopping")
+        future: asyncio.Future[RoundResult] = asyncio.ensure_future(
+            self._round(trigger=trigger, only=strategy, dry_run=dry_run, manual=manual)
+        )
+        self._current = future
+        return await asyncio.shield(future)
+
+    @property
+    def optimizing(self) -> bool:
+        """Whether a round is running."""
+        return self._current is not None and not self._current.done()
+
+    async def _round(self, *, trigger: str, only: str | None, dry_run: bool, manual: bool) -> RoundResult:
+        async with self._lock:
+            run_id = uuid.uuid4().hex[:16]
+            started = time.perf_counter()
+            started_wall = self._clock.wall()
+            self.heartbeat = self._clock.monotonic()
+            ids: list[int] = []
+            disruptive_used = False
+            snapshot = self.latest
+            for rt in self.runtimes.values():
+                if only is not None and rt.name != only:
+                    continue
+                if not rt.enabled or snapshot is None:
+                    continue
+                decision_id, used = await self._turn(
+                    rt,
+                    snapshot,
+                    run_id=run_id,
+                    trigger=trigger,
+                    dry_run=dry_run,
+                    manual=manual,
+                    disruptive_used=disruptive_used,
+                )
+                disruptive_used = disruptive_used or used
+                if decision_id is not None:
+                    ids.append(decision_id)
+            duration = time.perf_counter() - started
+            self.rounds_run += 1
+            self._metrics.rounds.labels(trigger.split(":", maxsplit=1)[0]).inc()
+            self._metrics.round_duration.observe(duration)
+            self._metrics.last_round.set(self._clock.wall())
+            self.heartbeat = self._clock.monotonic()
+            result = RoundResult(
+                run_id=run_id,
+                trigger=trigger,
+                started_wall=started_wall,
+                duration_seconds=duration,
+                decision_ids=tuple(ids),
+            )
+            self.last_round = result
+            return result
+
+    def _update_findings(self, rt: StrategyRuntime, ctx: StrategyContext) -> None:
+        try:
+            current = {f.id: f for f in rt.strategy.findings(ctx)}
+        except Exception:
+            self._log.exception("findings_crashed", strategy=rt.name)
+            return
+        for fid, finding in current.items():
+            if fid not in self.findings:
+                self._log.warning(
+                    "finding_appeared",
+                    strategy=rt.name,
+                    finding=fid,
+                    summary=finding.summary,
+                    **{f"evidence_{k}": v for k, v in finding.evidence.items()},
+                )
+        for fid in [f for f, v in self.findings.items() if v.strategy == rt.name and f not in current]:
+            self._log.info("finding_cleared", strategy=rt.name, finding=fid)
+            del self.findings[fid]
+        self.findings.update(current)
+        self._metrics.findings.labels(rt.name).set(len(current))
+
+    async def _turn(
+        self,
+        rt: StrategyRuntime,
+        snapshot: Snapshot,
+        *,
+        run_id: str,
+        trigger: str,
+        dry_run: bool,
+        manual: bool,
+        disruptive_used: bool,
+    ) -> tuple[int | None, bool]:
+        """One strategy's turn: detect, plan, gate, apply. Returns (decision id, used a disruptive action)."""
+        specs = rt.strategy.triggers(self.baselines)
+        was_armed = rt.detector.armed
+        armed = rt.detector.update(specs, self.windows, self._detection)
+        if armed != was_armed:
+            self._log.info(
+                "strategy_armed" if armed else "strategy_disarmed",
+                strategy=rt.name,
+                signals=list(rt.detector.armed_signals),
+            )
+        ctx = StrategyContext(
+            snapshot=snapshot,
+            windows=self.windows,
+            armed=rt.detector.armed_signals,
+            manual=manual,
+            now=self._clock.monotonic(),
+            baselines=dict(self.baselines),
+        )
+        self._update_findings(rt, ctx)
+        self._publish(rt)
+        if not armed and not manual:
+            return None, False
+        signals = snapshot.signals()
+        trig_values = {s.signal: signals.get(s.signal) for s in specs}
+        thresholds = {s.signal: {"enter": s.enter, "exit": s.exit} for s in specs}
+        mode = self.mode_of(rt, dry_run)
+        started = time.perf_counter()
+
+        async def record(
+            outcome: Outcome, reason: str, plan: Plan | None = None, error: str | None = None
+        ) -> int | None:
+            return await self._record(
+                rt,
+                run_id=run_id,
+                trigger=trigger,
+                mode=mode,
+                outcome=outcome,
+                reason=reason,
+                plan=plan,
+                error=error,
+                signals=trig_values,
+                thresholds=thresholds,
+                started=started,
+                manual=manual,
+            )
+
+        if mode is Mode.OBSERVE:
+            return await record(Outcome.OBSERVED, f"armed by {', '.join(ctx.armed) or trigger}; observe mode"), False
+        if rt.breaker_open:
+            return await record(Outcome.BLOCKED_BREAKER, rt.breaker_reason or "circuit breaker open"), False
+        try:
+            plan = await asyncio.wait_for(rt.strategy.plan(ctx), self._settings.plan_timeout_seconds)
+        except TimeoutError:
+            self._count_failure(rt, "plan timed out")
+            await self._save(rt)
+            return await record(
+                Outcome.TIMEOUT, "plan timed out", error=f"plan exceeded {self._settings.plan_timeout_seconds} s"
+            ), False
+        except StrategyError as exc:
+            self._log.warning("plan_failed", strategy=rt.name, error=str(exc))
+            return await record(Outcome.FAILED, "plan failed", error=str(exc)), False
+        except Exception as exc:
+            self._log.exception("plan_crashed", strategy=rt.name)
+            self._count_failure(rt, f"plan crashed: {exc.__class__.__name__}")
+            await self._save(rt)
+            return await record(Outcome.ERROR, "plan crashed", error=f"{exc.__class__.__name__}: {exc}"), False
+        if plan is None or not plan.changes:
+            if manual:
+                return await record(Outcome.NOTHING_TO_DO, "nothing to do"), False
+            return None, False
+        if mode is Mode.DRY_RUN:
+            return await record(Outcome.DRY_RUN, plan.reason, plan), False
+        if plan.disruptive and (not self._settings.allow_disruptive or disruptive_used):
+            why = (
+                "disruptive changes are not enabled"
+                if not self._settings.allow_disruptive
+                else "one disruptive action per round"
+            )
+            return await record(Outcome.BLOCKED_DISRUPTIVE, f"{plan.reason} ({why})", plan), False
+        left = self.cooldown_left(rt)
+        if left > 0:
+            return await record(Outcome.SKIPPED_COOLDOWN, f"{plan.reason} (cooldown: {left:.0f} s left)", plan), False
+        if self.budget_left(rt) <= 0:
+            return await record(Outcome.SKIPPED_BUDGET, f"{plan.reason} (action budget spent)", plan), False
+        return await self._apply(rt, plan, record=record, signals=signals), plan.disruptive
+
+    async def _apply(self, rt: StrategyRuntime, plan: Plan, *, record: Any, signals: Mapping[str, float]) -> int | None:
+        decision_id: int | None = await record(Outcome.APPLIED, plan.reason, plan)
+        journal_id = await asyncio.to_thread(
+            self._store.journal_intent, decision_id=decision_id, strategy=rt.name, plan=plan.as_dict()
+        )
+        now = self._clock.wall()
+        rt.last_attempt = now
+        rt.attempts.append(now)
+        started = time.perf_counter()
+        outcome = Outcome.APPLIED
+        error: str | None = None
+        result: ApplyResult | None = None
+        try:
+            result = await asyncio.wait_for(rt.strategy.apply(plan), self._settings.apply_timeout_seconds)
+        except TimeoutError:
+            outcome, error = Outcome.TIMEOUT, f"apply exceeded {self._settings.apply_timeout_seconds} s"
+        except StrategyError as exc:
+            outcome, error = Outcome.FAILED, str(exc)
+            self._log.warning("apply_failed", strategy=rt.name, error=error)
+        except Exception as exc:
+            outcome, error = Outcome.ERROR, f"{exc.__class__.__name__}: {exc}"
+            self._log.exception("apply_crashed", strategy=rt.name)
+        duration_ms = (time.perf_counter() - started) * 1000
+        changes = [c.as_dict() for c in (result.changes if result else plan.changes)]
+        if journal_id is not None:
+            await asyncio.to_thread(
+                self._store.journal_finish,
+                journal_id,
+                "done" if result is not None else "failed",
+                result.as_dict() if result is not None else {"error": error},
+            )
+        if decision_id is not None:
+            await asyncio.to_thread(
+                self._store.update_decision,
+                decision_id,
+                outcome=str(outcome),
+                error=error,
+                changes=changes if result is not None else None,
+                duration_ms=duration_ms,
+            )
+        rt.last_outcome = str(outcome)
+        self._metrics.actions.labels(rt.name, plan.action, str(outcome), str(Mode.ENFORCE)).inc()
+        if outcome in FAILURES:
+            rt.scores = [*rt.scores, -1][-SCORE_HISTORY:]
+            self._count_failure(rt, error or str(outcome))
+        log = self._log.warning if outcome in FAILURES else self._log.info
+        log(
+            "change_applied" if result is not None else "change_failed",
+            strategy=rt.name,
+            decision_id=decision_id,
+            outcome=str(outcome),
+            error=error,
+            detail=result.detail if result else None,
+            changes=[f"{c['target']}: {c['before']} -> {c['after']}" for c in changes],
+            duration_ms=round(duration_ms, 2),
+        )
+        if result is not None and plan.expected is not None and result.changes:
+            before = signals.get(plan.expected.signal)
+            if before is not None:
+                self._pending.append(
+                    Pending(
+                        decision_id=decision_id,
+                        journal_id=journal_id,
+                        strategy=rt.name,
+                        plan=plan,
+                        result=result,
+                        before=before,
+                        due=self._clock.monotonic() + plan.expected.settle_seconds,
+                    )
+                )
+        await self._save(rt)
+        return decision_id
+
+    async def _record(
+        self,
+        rt: StrategyRuntime,
+        *,
+        run_id: str,
+        trigger: str,
+        mode: Mode,
+        outcome: Outcome,
+        reason: str,
+        plan: Plan | None,
+        error: str | None,
+        signals: Mapping[str, Any],
+        thresholds: Mapping[str, Any],
+        started: float,
+        manual: bool,
+    ) -> int | None:
+        """One history row and one log line per decision; repeated identical skips are not written again."""
+        if outcome is not Outcome.APPLIED:
+            self._metrics.actions.labels(rt.name, plan.action if plan else "none", str(outcome), str(mode)).inc()
+        repeat = (
+            not manual
+            and outcome in (Outcome.SKIPPED_COOLDOWN, Outcome.SKIPPED_BUDGET, Outcome.BLOCKED_BREAKER, Outcome.OBSERVED)
+            and rt.last_outcome == str(outcome)
+        )
+        if outcome is not Outcome.APPLIED:
+            rt.last_outcome = str(outcome)
+        if repeat:
+            return None
+        duration_ms = (time.perf_counter() - started) * 1000
+        changes = [c.as_dict() for c in plan.changes] if plan else []
+        decision_id = await asyncio.to_thread(
+            self._store.add_decision,
+            run_id=run_id,
+            strategy=rt.name,
+            trigger=trigger,
+            mode=str(mode),
+            action=plan.action if plan else "none",
+            reason=reason,
+            signals=signals,
+            thresholds=thresholds,
+            changes=changes,
+            outcome=str(outcome),
+            error=error,
+            duration_ms=duration_ms,
+            expected=plan.expected.as_dict() if plan and plan.expected else None,
+        )
+        self._log.info(
+            "decision",
+            decision_id=decision_id,
+            run_id=run_id,
+            strategy=rt.name,
+            trigger=trigger,
+            mode=str(mode),
+            outcome=str(outcome),
+            reason=reason,
+            signals=dict(signals),
+            thresholds=dict(thresholds),
+            changes=[f"{c['target']}: {c['before']} -> {c['after']}" for c in changes],
+            error=error,
+            duration_ms=round(duration_ms, 2),
+        )
+        return decision_id

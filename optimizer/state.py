@@ -1,0 +1,465 @@
+"""The daemon's state: an embedded SQLite file (WAL mode) with history, journal, strategy state, baselines.
+
+All methods block; callers run them in a worker thread. A corrupt file is moved aside and a fresh one
+started. When the directory is read-only or full, writes fail softly: the store keeps going in memory,
+``healthy`` turns False and ``last_error`` says why, so the daemon keeps running and reports it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+SCHEMA_VERSION = 1
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS decisions (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    run_id TEXT NOT NULL,
+    at REAL NOT NULL,
+    strategy TEXT NOT NULL,
+    trigger TEXT NOT NULL,
+    mode TEXT NOT NULL,
+    action TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    signals TEXT NOT NULL,
+    thresholds TEXT NOT NULL,
+    changes TEXT NOT NULL,
+    outcome TEXT NOT NULL,
+    error TEXT,
+    duration_ms REAL NOT NULL,
+    expected TEXT,
+    verdict TEXT,
+    verdict_detail TEXT
+);
+CREATE INDEX IF NOT EXISTS decisions_strategy ON decisions (strategy, id);
+CREATE TABLE IF NOT EXISTS journal (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    decision_id INTEGER,
+    strategy TEXT NOT NULL,
+    plan TEXT NOT NULL,
+    status TEXT NOT NULL,
+    result TEXT,
+    at REAL NOT NULL,
+    updated REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS journal_status ON journal (status);
+CREATE TABLE IF NOT EXISTS strategy_state (name TEXT PRIMARY KEY, data TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS baselines (
+    signal TEXT NOT NULL,
+    hour INTEGER NOT NULL,
+    value REAL NOT NULL,
+    samples INTEGER NOT NULL,
+    updated REAL NOT NULL,
+    PRIMARY KEY (signal, hour)
+);
+"""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DecisionRecord:
+    """One row of the decision history."""
+
+    id: int
+    run_id: str
+    at: float
+    strategy: str
+    trigger: str
+    mode: str
+    action: str
+    reason: str
+    signals: Mapping[str, Any]
+    thresholds: Mapping[str, Any]
+    changes: list[dict[str, Any]]
+    outcome: str
+    error: str | None
+    duration_ms: float
+    expected: Mapping[str, Any] | None
+    verdict: str | None
+    verdict_detail: Mapping[str, Any] | None
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-ready form for the API."""
+        return {
+            "id": self.id,
+            "runId": self.run_id,
+            "timestamp": int(self.at * 1000),
+            "strategy": self.strategy,
+            "trigger": self.trigger,
+            "mode": self.mode,
+            "action": self.action,
+            "reason": self.reason,
+            "signals": dict(self.signals),
+            "thresholds": dict(self.thresholds),
+            "changes": self.changes,
+            "outcome": self.outcome,
+            "error": self.error,
+            "durationMs": round(self.duration_ms, 3),
+            "expected": dict(self.expected) if self.expected else None,
+            "verdict": self.verdict,
+            "verdictDetail": dict(self.verdict_detail) if self.verdict_detail else None,
+        }
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class JournalEntry:
+    """A journal record: the plan about to be applied, and its status."""
+
+    id: int
+    decision_id: int | None
+    strategy: str
+    plan: Mapping[str, Any]
+    status: str
+    result: Mapping[str, Any] | None
+    at: float
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"), sort_keys=True, default=str)
+
+
+def _loads(text: str | None) -> Any:
+    return json.loads(text) if text else None
+
+
+class StateStore:
+    """The state database; thread-safe (one connection behind a lock)."""
+
+    def __init__(
+        self,
+        directory: Path,
+        *,
+        retention_days: int = 30,
+        max_history_rows: int = 20000,
+        wall_clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._dir = directory
+        self._path = directory / "state.db"
+        self._retention = retention_days * 86400.0
+        self._max_rows = max_history_rows
+        self._wall = wall_clock
+        self._lock = threading.Lock()
+        self._conn: sqlite3.Connection | None = None
+        self._inserts = 0
+        self.healthy = True
+        self.last_error: str | None = None
+        self.moved_aside: Path | None = None
+        self._memory_fallback = False
+
+    @property
+    def path(self) -> Path:
+        """The database file."""
+        return self._path
+
+    def open(self) -> None:
+        """Open (creating or recovering) the database; never raises for a bad file or directory."""
+        with self._lock:
+            try:
+                self._dir.mkdir(parents=True, exist_ok=True)
+                self._conn = self._open_checked()
+            except sqlite3.DatabaseError as exc:
+                if "not a database" in str(exc) or "malformed" in str(exc) or "corrupt" in str(exc):
+                    self.moved_aside = self._move_aside()
+                    try:
+                        self._conn = self._open_checked()
+                        return
+                    except (sqlite3.Error, OSError) as again:
+                        exc = sqlite3.DatabaseError(str(again))
+                self._fallback(f"cannot open {self._path}: {exc}")
+            except OSError as exc:
+                self._fallback(f"cannot use {self._dir}: {exc.strerror}")
+
+    def _fallback(self, message: str) -> None:
+        """Keep running on an in-memory database and say so."""
+        self.healthy = False
+        self.last_error = message
+        self._memory_fallback = True
+        self._conn = sqlite3.connect(":memory:", check_same_thread=False, isolation_level=None)
+        self._conn.executescript(_SCHEMA)
+
+    def _open_checked(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(self._path, check_same_thread=False, isolation_level=None, timeout=5)
+        try:
+            result = conn.execute("PRAGMA quick_check").fetchone()
+            if result is None or result[0] != "ok":
+                raise sqlite3.DatabaseError(f"database disk image is malformed: {result}")
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")
+            conn.execute("PRAGMA busy_timeout=5000")
+            conn.executescript(_SCHEMA)
+            conn.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+        except sqlite3.Error:
+            conn.close()
+            raise
+        return conn
+
+    def _move_aside(self) -> Path:
+        stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(self._wall()))
+        target = self._path.with_name(f"state.db.corrupt-{stamp}")
+        for suffix in ("", "-wal", "-shm"):
+            src = Path(f"{self._path}{suffix}")
+            if src.exists():
+                os.replace(src, Path(f"{target}{suffix}"))
+        return target
+
+    def close(self) -> None:
+        """Checkpoint and close."""
+        with self._lock:
+            if self._conn is not None:
+                try:
+                    if not self._memory_fallback:
+                        self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+                except sqlite3.Error:
+                    pass
+                self._conn.close()
+                self._conn = None
+
+    def _write(self, sql: str, args: tuple[Any, ...] = ()) -> int | None:
+        """Run one write; on failure mark the store unhealthy and return None."""
+        with self._lock:
+            if self._conn is None:
+                return None
+            try:
+                cur = self._conn.execute(sql, args)
+            except sqlite3.Error as exc:
+                self.healthy = False
+                self.last_error = f"state write failed: {exc}"
+                return None
+            if not self._memory_fallback:
+                self.healthy = True
+                self.last_error = None
+            return cur.lastrowid
+
+    def _read(self, sql: str, args: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+        with self._lock:
+            if self._conn is None:
+                return []
+            try:
+                return self._conn.execute(sql, args).fetchall()
+            except sqlite3.Error as exc:
+                self.last_error = f"state read failed: {exc}"
+                return []
+
+    # decisions -------------------------------------------------------------------------------------------------
+
+    def add_decision(
+        self,
+        *,
+        run_id: str,
+        strategy: str,
+        trigger: str,
+        mode: str,
+        action: str,
+        reason: str,
+        signals: Mapping[str, Any],
+        thresholds: Mapping[str, Any],
+        changes: list[dict[str, Any]],
+        outcome: str,
+        error: str | None,
+        duration_ms: float,
+        expected: Mapping[str, Any] | None,
+    ) -> int | None:
+        """Insert a decision row; returns its id."""
+        row_id = self._write(
+            "INSERT INTO decisions (run_id, at, strategy, trigger, mode, action, reason, signals, thresholds, changes,"
+            " outcome, error, duration_ms, expected) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                run_id,
+                self._wall(),
+                strategy,
+                trigger,
+                mode,
+                action,
+                reason,
+                _dumps(signals),
+                _dumps(thresholds),
+                _dumps(changes),
+                outcome,
+                error,
+                duration_ms,
+                _dumps(expected) if expected else None,
+            ),
+        )
+        self._inserts += 1
+        if self._inserts % 100 == 0:
+            self.trim()
+        return row_id
+
+    def update_decision(
+        self,
+        decision_id: int,
+        *,
+        outcome: str | None = None,
+        error: str | None = None,
+        changes: list[dict[str, Any]] | None = None,
+        duration_ms: float | None = None,
+        verdict: str | None = None,
+        verdict_detail: Mapping[str, Any] | None = None,
+    ) -> None:
+        """Fill in what is known later: the outcome of an apply, or the verdict after the settle time."""
+        sets: list[str] = []
+        args: list[Any] = []
+        for column, value in (
+            ("outcome", outcome),
+            ("error", error),
+            ("changes", _dumps(changes) if changes is not None else None),
+            ("duration_ms", duration_ms),
+            ("verdict", verdict),
+            ("verdict_detail", _dumps(verdict_detail) if verdict_detail is not None else None),
+        ):
+            if value is not None:
+                sets.append(f"{column} = ?")
+                args.append(value)
+        if sets:
+            self._write(f"UPDATE decisions SET {', '.join(sets)} WHERE id = ?", (*args, decision_id))
+
+    _COLUMNS = (
+        "id, run_id, at, strategy, trigger, mode, action, reason, signals, thresholds, changes, outcome, error,"
+        " duration_ms, expected, verdict, verdict_detail"
+    )
+
+    @staticmethod
+    def _record(row: tuple[Any, ...]) -> DecisionRecord:
+        return DecisionRecord(
+            id=row[0],
+            run_id=row[1],
+            at=row[2],
+            strategy=row[3],
+            trigger=row[4],
+            mode=row[5],
+            action=row[6],
+            reason=row[7],
+            signals=_loads(row[8]) or {},
+            thresholds=_loads(row[9]) or {},
+            changes=_loads(row[10]) or [],
+            outcome=row[11],
+            error=row[12],
+            duration_ms=row[13],
+            expected=_loads(row[14]),
+            verdict=row[15],
+            verdict_detail=_loads(row[16]),
+        )
+
+    def decisions(self, *, after: int = 0, limit: int = 100, strategy: str | None = None) -> list[DecisionRecord]:
+        """Decisions with id > after, oldest first."""
+        if strategy is None:
+            rows = self._read(f"SELECT {self._COLUMNS} FROM decisions WHERE id > ? ORDER BY id LIMIT ?", (after, limit))
+        else:
+            rows = self._read(
+                f"SELECT {self._COLUMNS} FROM decisions WHERE id > ? AND strategy = ? ORDER BY id LIMIT ?",
+                (after, strategy, limit),
+            )
+        return [self._record(r) for r in rows]
+
+    def recent_decisions(self, limit: int = 10) -> list[DecisionRecord]:
+        """The newest decisions, newest first."""
+        rows = self._read(f"SELECT {self._COLUMNS} FROM decisions ORDER BY id DESC LIMIT ?", (limit,))
+        return [self._record(r) for r in rows]
+
+    def decision(self, decision_id: int) -> DecisionRecord | None:
+        """One decision by id."""
+        rows = self._read(f"SELECT {self._COLUMNS} FROM decisions WHERE id = ?", (decision_id,))
+        return self._record(rows[0]) if rows else None
+
+    def decision_stats(self) -> tuple[int, int, float, float | None]:
+        """(count of applied attempts, successes, mean duration ms, wall time of the last one)."""
+        rows = self._read(
+            "SELECT count(*), sum(outcome = 'applied'), avg(duration_ms), max(at) FROM decisions"
+            " WHERE outcome IN ('applied', 'failed', 'timeout', 'error')"
+        )
+        if not rows or rows[0][0] == 0:
+            return 0, 0, 0.0, None
+        count, ok, avg, last = rows[0]
+        return int(count), int(ok or 0), float(avg or 0.0), last
+
+    def trim(self) -> None:
+        """Apply retention: age and row-count limits on history and finished journal records."""
+        cutoff = self._wall() - self._retention
+        self._write("DELETE FROM decisions WHERE at < ?", (cutoff,))
+        self._write(
+            "DELETE FROM decisions WHERE id <= (SELECT max(id) FROM decisions) - ?",
+            (self._max_rows,),
+        )
+        self._write("DELETE FROM journal WHERE status != 'intent' AND updated < ?", (cutoff,))
+
+    # journal ---------------------------------------------------------------------------------------------------
+
+    def journal_intent(self, *, decision_id: int | None, strategy: str, plan: Mapping[str, Any]) -> int | None:
+        """Record that a plan is about to be applied (before any write)."""
+        now = self._wall()
+        return self._write(
+            "INSERT INTO journal (decision_id, strategy, plan, status, at, updated) VALUES (?, ?, ?, 'intent', ?, ?)",
+            (decision_id, strategy, _dumps(plan), now, now),
+        )
+
+    def journal_finish(self, entry_id: int, status: str, result: Mapping[str, Any] | None = None) -> None:
+        """Close a journal record: done, failed, reverted or reconciled."""
+        self._write(
+            "UPDATE journal SET status = ?, result = coalesce(?, result), updated = ? WHERE id = ?",
+            (status, _dumps(result) if result is not None else None, self._wall(), entry_id),
+        )
+
+    def journal(self, status: str | None = None) -> list[JournalEntry]:
+        """Journal records, optionally with one status."""
+        if status is None:
+            rows = self._read("SELECT id, decision_id, strategy, plan, status, result, at FROM journal ORDER BY id")
+        else:
+            rows = self._read(
+                "SELECT id, decision_id, strategy, plan, status, result, at FROM journal WHERE status = ? ORDER BY id",
+                (status,),
+            )
+        return [
+            JournalEntry(
+                id=r[0],
+                decision_id=r[1],
+                strategy=r[2],
+                plan=_loads(r[3]) or {},
+                status=r[4],
+                result=_loads(r[5]),
+                at=r[6],
+            )
+            for r in rows
+        ]
+
+    # strategy state and baselines ----------------------------------------------------------------------------------
+
+    def save_strategy(self, name: str, data: Mapping[str, Any]) -> None:
+        """Persist one strategy's learned state."""
+        self._write(
+            "INSERT INTO strategy_state (name, data) VALUES (?, ?) ON CONFLICT(name) DO UPDATE SET data = excluded.data",
+            (name, _dumps(data)),
+        )
+
+    def load_strategies(self) -> dict[str, dict[str, Any]]:
+        """All persisted strategy states."""
+        return {name: _loads(data) or {} for name, data in self._read("SELECT name, data FROM strategy_state")}
+
+    def save_baseline(self, signal: str, hour: int, value: float, samples: int) -> None:
+        """Persist a learned baseline (hour -1: all hours)."""
+        self._write(
+            "INSERT INTO baselines (signal, hour, value, samples, updated) VALUES (?, ?, ?, ?, ?)"
+            " ON CONFLICT(signal, hour) DO UPDATE SET value = excluded.value, samples = excluded.samples,"
+            " updated = excluded.updated",
+            (signal, hour, value, samples, self._wall()),
+        )
+
+    def load_baselines(self) -> dict[tuple[str, int], tuple[float, int]]:
+        """All persisted baselines: (signal, hour) -> (value, samples)."""
+        return {(r[0], r[1]): (r[2], r[3]) for r in self._read("SELECT signal, hour, value, samples FROM baselines")}
+
+    def size_bytes(self) -> int:
+        """Bytes on disk of the state database and its WAL."""
+        total = 0
+        for suffix in ("", "-wal"):
+            try:
+                total += os.stat(f"{self._path}{suffix}").st_size
+            except OSError:
+                continue
+        return total

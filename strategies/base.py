@@ -1,0 +1,254 @@
+"""The strategy contract: detect on windows, plan read-only, apply after re-reading, revert saved values.
+
+Dry-run, timeouts, cooldowns, budgets, verification and the breaker belong to the engine; a strategy
+only says what it watches (its triggers), what it would change (a Plan), and how to do and undo it.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from enum import StrEnum
+from types import MappingProxyType
+from typing import Any, ClassVar
+
+from metrics.snapshot import Snapshot
+from metrics.window import Windows
+
+JsonValue = Any
+_EMPTY: Mapping[str, JsonValue] = MappingProxyType({})
+
+
+class StrategyError(Exception):
+    """An expected failure of a strategy (busy database, backend 500, permission denied): a warning, no traceback."""
+
+
+class Risk(StrEnum):
+    """Safe changes run by default; disruptive ones only when enabled by configuration."""
+
+    SAFE = "safe"
+    DISRUPTIVE = "disruptive"
+
+
+class Direction(StrEnum):
+    """Which way the expected metric should move."""
+
+    DOWN = "down"
+    UP = "up"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Change:
+    """One change a plan makes: its target, the value before and after, whether it can be undone, its risk."""
+
+    target: str
+    action: str
+    before: str
+    after: str
+    reversible: bool
+    risk: Risk = Risk.SAFE
+
+    def as_dict(self) -> dict[str, JsonValue]:
+        """A JSON-ready form for history rows and the API."""
+        return {
+            "target": self.target,
+            "action": self.action,
+            "before": self.before,
+            "after": self.after,
+            "reversible": self.reversible,
+            "risk": str(self.risk),
+        }
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ExpectedEffect:
+    """What should happen after the change: this signal moves this way by this much within this time."""
+
+    signal: str
+    direction: Direction
+    amount: float
+    settle_seconds: float
+
+    def as_dict(self) -> dict[str, JsonValue]:
+        """A JSON-ready form."""
+        return {
+            "signal": self.signal,
+            "direction": str(self.direction),
+            "amount": self.amount,
+            "settle_seconds": self.settle_seconds,
+        }
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Plan:
+    """What a strategy would do and why; ``params`` carries what apply() needs (JSON-ready, for the journal)."""
+
+    strategy: str
+    reason: str
+    changes: tuple[Change, ...]
+    expected: ExpectedEffect | None = None
+    params: Mapping[str, JsonValue] = field(default_factory=lambda: _EMPTY)
+
+    @property
+    def reversible(self) -> bool:
+        """Whether every change can be undone."""
+        return all(c.reversible for c in self.changes)
+
+    @property
+    def disruptive(self) -> bool:
+        """Whether any change is disruptive."""
+        return any(c.risk is Risk.DISRUPTIVE for c in self.changes)
+
+    @property
+    def action(self) -> str:
+        """The main action's name (the metric label)."""
+        return self.changes[0].action if self.changes else "none"
+
+    def as_dict(self) -> dict[str, JsonValue]:
+        """A JSON-ready form, for the journal and the history."""
+        return {
+            "strategy": self.strategy,
+            "reason": self.reason,
+            "changes": [c.as_dict() for c in self.changes],
+            "expected": self.expected.as_dict() if self.expected else None,
+            "params": dict(self.params),
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, JsonValue]) -> Plan:
+        """Rebuild a plan from its journal record."""
+        expected = data.get("expected")
+        return cls(
+            strategy=str(data["strategy"]),
+            reason=str(data["reason"]),
+            changes=tuple(change_from_dict(c) for c in data.get("changes", [])),
+            expected=ExpectedEffect(
+                signal=str(expected["signal"]),
+                direction=Direction(expected["direction"]),
+                amount=float(expected["amount"]),
+                settle_seconds=float(expected["settle_seconds"]),
+            )
+            if isinstance(expected, Mapping)
+            else None,
+            params=MappingProxyType(dict(data.get("params") or {})),
+        )
+
+
+def change_from_dict(data: Mapping[str, JsonValue]) -> Change:
+    """Rebuild a change from its JSON form."""
+    return Change(
+        target=str(data["target"]),
+        action=str(data["action"]),
+        before=str(data["before"]),
+        after=str(data["after"]),
+        reversible=bool(data["reversible"]),
+        risk=Risk(data.get("risk", "safe")),
+    )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ApplyResult:
+    """What apply() did: the changes as actually made, a short detail, and what revert() needs."""
+
+    changes: tuple[Change, ...]
+    detail: str
+    revert_data: Mapping[str, JsonValue] = field(default_factory=lambda: _EMPTY)
+
+    def as_dict(self) -> dict[str, JsonValue]:
+        """A JSON-ready form, for the journal."""
+        return {
+            "changes": [c.as_dict() for c in self.changes],
+            "detail": self.detail,
+            "revert_data": dict(self.revert_data),
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, JsonValue]) -> ApplyResult:
+        """Rebuild from the journal."""
+        return cls(
+            changes=tuple(change_from_dict(c) for c in data.get("changes", [])),
+            detail=str(data.get("detail", "")),
+            revert_data=MappingProxyType(dict(data.get("revert_data") or {})),
+        )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TriggerSpec:
+    """A signal the strategy watches, with its enter and (lower) exit thresholds."""
+
+    signal: str
+    enter: float
+    exit: float
+    above: bool = True
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Finding:
+    """Advice with evidence and no change; the id is stable while the condition lasts."""
+
+    id: str
+    strategy: str
+    severity: str
+    summary: str
+    evidence: Mapping[str, JsonValue] = field(default_factory=lambda: _EMPTY)
+
+    def as_dict(self) -> dict[str, JsonValue]:
+        """A JSON-ready form."""
+        return {
+            "id": self.id,
+            "strategy": self.strategy,
+            "severity": self.severity,
+            "summary": self.summary,
+            "evidence": dict(self.evidence),
+        }
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StrategyContext:
+    """What a strategy sees when it plans: the latest snapshot, the windows, and why it is asked."""
+
+    snapshot: Snapshot
+    windows: Windows
+    armed: tuple[str, ...]
+    manual: bool
+    now: float
+    baselines: Mapping[str, float] = field(default_factory=lambda: MappingProxyType({}))
+
+
+class Strategy(ABC):
+    """A pluggable optimisation. Subclasses set ``name`` and document themselves in their docstring."""
+
+    name: ClassVar[str]
+
+    @abstractmethod
+    def triggers(self, baselines: Mapping[str, float]) -> Sequence[TriggerSpec]:
+        """The signals that arm this strategy, with thresholds (which may depend on learned baselines)."""
+
+    def findings(self, ctx: StrategyContext) -> Sequence[Finding]:
+        """Advice from the current state; none by default."""
+        return ()
+
+    @abstractmethod
+    async def plan(self, ctx: StrategyContext) -> Plan | None:
+        """Read the current state and return a Plan, or None when there is nothing to do. Never writes."""
+
+    @abstractmethod
+    async def apply(self, plan: Plan) -> ApplyResult:
+        """Re-read the live values, then make the changes; raise StrategyError on an expected failure."""
+
+    async def revert(self, result: ApplyResult) -> ApplyResult:
+        """Restore the values saved by apply(); irreversible changes cannot be reverted."""
+        raise StrategyError(f"{self.name}: these changes cannot be reverted")
+
+    async def reconcile(self, plan: Plan) -> str:
+        """Settle a plan whose apply was interrupted (the daemon died); say what was found and done."""
+        return "nothing to reconcile: the changes are idempotent or irreversible"
+
+    def describe(self) -> str:
+        """The user documentation: the class docstring."""
+        return (self.__class__.__doc__ or "").strip()
+
+    async def close(self) -> None:
+        """Release anything held (HTTP sessions, connections)."""
+        return None
