@@ -1,0 +1,299 @@
+"""Benchmark of TCP connection counting: sock_diag netlink vs /proc/net/tcp vs psutil.
+
+Opens N idle loopback connections to a listener on 127.0.0.1 (the client ends live in a child process, so
+each process needs only N file descriptors), times each way of counting the listener port's sockets by
+state (median of --repeat runs), checks that the three agree exactly, and writes the figures as JSON.
+
+    python bench/bench_tcp.py [--sizes 100,1000,10000] [--repeat 7] [--out bench/results/tcp_counting.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import select
+import socket
+import statistics
+import struct
+import subprocess
+import sys
+import time
+import tracemalloc
+from collections import Counter
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import psutil
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from metrics.tcp import NetlinkTcpCounter, ProcNetTcpCounter, TcpState  # noqa: E402
+
+DEFAULT_OUT = ROOT / "bench" / "results" / "tcp_counting.json"
+FD_MARGIN = 256
+SETUP_TIMEOUT_S = 60.0
+GOAL_RATIO = 1 / 20
+# Abortive close (RST): both ends vanish at once instead of leaving N sockets in TIME_WAIT for a minute.
+LINGER_RESET = struct.pack("ii", 1, 0)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MethodResult:
+    """One counting method's figures at one size."""
+
+    median_s: float
+    counts: dict[str, int]
+    peak_alloc_bytes: int
+
+
+def raise_fd_limit(needed: int) -> None:
+    """Raise RLIMIT_NOFILE to at least ``needed`` (the hard limit too when allowed)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft >= needed:
+        return
+    if hard != resource.RLIM_INFINITY and hard < needed:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (needed, needed))
+            return
+        except (ValueError, OSError):
+            raise SystemExit(f"need {needed} file descriptors, hard limit is {hard}") from None
+    resource.setrlimit(resource.RLIMIT_NOFILE, (needed, hard))
+
+
+def run_child(host: str, port: int, count: int) -> None:
+    """Child mode: open ``count`` connections, say 'ready', hold them until stdin closes."""
+    raise_fd_limit(count + FD_MARGIN)
+    clients = []
+    try:
+        for _ in range(count):
+            clients.append(socket.create_connection((host, port), timeout=SETUP_TIMEOUT_S))
+        sys.stdout.write("ready\n")
+        sys.stdout.flush()
+        sys.stdin.read()
+    finally:
+        for client in clients:
+            client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, LINGER_RESET)
+            client.close()
+
+
+@contextmanager
+def idle_connections(count: int) -> Iterator[int]:
+    """Hold ``count`` established loopback connections open; yield the listener's port."""
+    raise_fd_limit(count + FD_MARGIN)
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    accepted: list[socket.socket] = []
+    child: subprocess.Popen[str] | None = None
+    try:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(min(count, 4096))
+        listener.settimeout(SETUP_TIMEOUT_S)
+        port = int(listener.getsockname()[1])
+        child = subprocess.Popen(
+            [sys.executable, __file__, "--child", f"127.0.0.1:{port}:{count}"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        while len(accepted) < count:
+            accepted.append(listener.accept()[0])
+        assert child.stdout is not None
+        ready, _, _ = select.select([child.stdout], [], [], SETUP_TIMEOUT_S)
+        if not ready or child.stdout.readline().strip() != "ready":
+            raise RuntimeError("the client process did not get ready")
+        yield port
+    finally:
+        for server_end in accepted:
+            server_end.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, LINGER_RESET)
+            server_end.close()
+        listener.close()
+        if child is not None:
+            stop_child(child)
+
+
+def stop_child(child: subprocess.Popen[str]) -> None:
+    """Let the child close its ends and exit; kill it if it does not within a few seconds."""
+    try:
+        if child.stdin is not None:
+            child.stdin.close()
+        child.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        child.kill()
+        child.wait()
+    finally:
+        if child.stdout is not None:
+            child.stdout.close()
+
+
+def psutil_counts(ports: frozenset[int]) -> dict[str, int]:
+    """Count with psutil the way the daemon would have without metrics.tcp."""
+    tally = Counter(
+        conn.status.lower()
+        for conn in psutil.net_connections(kind="tcp")
+        if not ports.isdisjoint((getattr(conn.laddr, "port", None), getattr(conn.raddr, "port", None)))
+    )
+    return {state.value: tally.get(state.value, 0) for state in TcpState}
+
+
+def measure(count_once: Callable[[], dict[str, int]], repeat: int) -> MethodResult:
+    """Time ``count_once`` (median of ``repeat`` after one warm-up) and its peak Python allocation."""
+    counts = count_once()
+    timings = []
+    for _ in range(repeat):
+        started = time.perf_counter()
+        count_once()
+        timings.append(time.perf_counter() - started)
+    tracemalloc.start()
+    try:
+        count_once()
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    return MethodResult(median_s=statistics.median(timings), counts=counts, peak_alloc_bytes=peak)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SizeResult:
+    """The three methods' figures at one size."""
+
+    netlink: MethodResult
+    proc: MethodResult
+    psutil: MethodResult
+    netlink_method: str
+
+    @property
+    def counts_agree(self) -> bool:
+        """Tell whether all three methods gave the same counts."""
+        return self.netlink.counts == self.proc.counts == self.psutil.counts
+
+    @property
+    def ratio_netlink_vs_psutil(self) -> float:
+        """Return netlink's time as a fraction of psutil's."""
+        return self.netlink.median_s / self.psutil.median_s
+
+    def as_json(self) -> dict[str, object]:
+        """Return the JSON row for this size."""
+        return {
+            "netlink_s": self.netlink.median_s,
+            "proc_s": self.proc.median_s,
+            "psutil_s": self.psutil.median_s,
+            "ratio_netlink_vs_psutil": self.ratio_netlink_vs_psutil,
+            "ratio_proc_vs_psutil": self.proc.median_s / self.psutil.median_s,
+            "counts_agree": self.counts_agree,
+            "counts": self.psutil.counts,
+            "netlink_method": self.netlink_method,
+            "peak_alloc_bytes": {
+                "netlink": self.netlink.peak_alloc_bytes,
+                "proc": self.proc.peak_alloc_bytes,
+                "psutil": self.psutil.peak_alloc_bytes,
+            },
+        }
+
+
+def bench_size(size: int, repeat: int, netlink: NetlinkTcpCounter, proc: ProcNetTcpCounter) -> SizeResult:
+    """Run all three methods against ``size`` idle connections."""
+    with idle_connections(size) as port:
+        ports = frozenset({port})
+
+        def by_netlink() -> dict[str, int]:
+            return {state.value: n for state, n in netlink.count(ports).by_state.items()}
+
+        def by_proc() -> dict[str, int]:
+            return {state.value: n for state, n in proc.count(ports).by_state.items()}
+
+        return SizeResult(
+            netlink=measure(by_netlink, repeat),
+            proc=measure(by_proc, repeat),
+            psutil=measure(lambda: psutil_counts(ports), repeat),
+            netlink_method=netlink.method.value,
+        )
+
+
+def machine_info() -> dict[str, object]:
+    """Describe the machine the figures come from."""
+    model = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text(encoding="utf-8").splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "psutil": psutil.__version__,
+        "cpu_model": model,
+        "cpu_count": os.cpu_count(),
+        "tcp_sockets_before": sum(1 for _ in _table_lines()),
+    }
+
+
+def _table_lines() -> Iterator[bytes]:
+    """Yield the socket lines of /proc/net/tcp and tcp6 (to note how busy the machine was)."""
+    for name in ("tcp", "tcp6"):
+        try:
+            with open(f"/proc/net/{name}", "rb") as table:
+                table.readline()
+                yield from table
+        except OSError:
+            continue
+
+
+def print_table(results: dict[int, SizeResult]) -> None:
+    """Print the figures as a small table."""
+    print(f"{'size':>7} {'netlink ms':>11} {'proc ms':>9} {'psutil ms':>10} {'nl/psutil':>10} {'agree':>6}")
+    for size, row in results.items():
+        print(
+            f"{size:>7} {row.netlink.median_s * 1e3:>11.2f} {row.proc.median_s * 1e3:>9.2f}"
+            f" {row.psutil.median_s * 1e3:>10.2f} {row.ratio_netlink_vs_psutil:>10.4f} {row.counts_agree!s:>6}"
+        )
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the benchmark; exit 1 when the counts disagree."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--sizes", default="100,1000,10000", help="comma-separated connection counts")
+    parser.add_argument("--repeat", type=int, default=7, help="timed runs per method (median reported)")
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="where to write the JSON figures")
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.child:
+        host, port, count = args.child.rsplit(":", 2)
+        run_child(host, int(port), int(count))
+        return 0
+    sizes = sorted({int(size) for size in args.sizes.split(",") if size.strip()})
+    if not sizes or min(sizes) < 1 or args.repeat < 1:
+        parser.error("sizes and --repeat must be positive")
+    machine = machine_info()
+    netlink = NetlinkTcpCounter()
+    proc = ProcNetTcpCounter()
+    started = time.perf_counter()
+    try:
+        results = {size: bench_size(size, args.repeat, netlink, proc) for size in sizes}
+    finally:
+        netlink.close()
+    machine["max_rss_bytes"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    report: dict[str, object] = {
+        "machine": machine,
+        "repeat": args.repeat,
+        "wall_s": time.perf_counter() - started,
+        "goal": f"netlink_s <= psutil_s * {GOAL_RATIO:g} at the largest size",
+        "goal_met": results[sizes[-1]].ratio_netlink_vs_psutil <= GOAL_RATIO,
+        "results": {str(size): row.as_json() for size, row in results.items()},
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    print_table(results)
+    print(f"goal met: {report['goal_met']}; written to {args.out}")
+    return 0 if all(row.counts_agree for row in results.values()) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
