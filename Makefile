@@ -31,7 +31,7 @@ bench: $(STAMP)
 	@echo "make bench: the benchmark suite is not built yet (see the performance issue); nothing was measured."
 
 demo: $(STAMP)
-	$(PY) -m optimizer.demo
+	$(PY) -m testbed.demo
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -125,18 +125,47 @@ class DatabaseOptions:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class MemoryOptions:
-    """Options of the memory strategy."""
+    """Options of the memory strategy (``CCTV_OPTIMIZER_STRATEGIES__MEMORY__<FIELD>``).
+
+    - ``hls_stale_age_seconds``: an unreferenced HLS file older than this is stale and may be pruned.
+    - ``hls_budget_bytes``: the HLS directory's size above which the strategy arms.
+    - ``hls_prune_max_files``: at most this many files are removed in one action.
+    - ``shm_used_ratio``: the share of /dev/shm in use above which the strategy arms.
+    - ``backend_rss_limit_bytes``: the backend's RSS above which the strategy arms.
+    - ``backend_kill_bytes``: pm2's ``max_memory_restart`` (1 GiB in production): the hard kill to get ahead of.
+    - ``restart_lead_seconds``: steady RSS growth that reaches the kill within this time also arms the strategy.
+    - ``growth_min_span_seconds``: growth is trusted only over samples spanning at least this long.
+    - ``own_budget_bytes``: the daemon's own memory budget; GC_THRESHOLD of it is the self-cleanup line.
+    - ``cache_entries_limit``: backend response-cache entries above which junk is invalidated (or the cache cleared).
+    - ``cache_junk_prefixes``: URL path prefixes to invalidate first (comma-separated; empty: the hot endpoints).
+    - ``restart_command``: graceful backend restart, e.g. ``pm2 reload rafnet-cctv-backend`` (disruptive, opt-in).
+    - ``restart_min_interval_seconds``: at most one restart in this long.
+    - ``restart_quiet_max_viewers``: a moment is quiet when at most this many viewers are watching.
+    - ``restart_urgent_seconds``: restart even when not quiet once the projected kill is this close.
+    - ``restart_timeout_seconds``: how long the command and the old process's exit may take.
+    - ``restart_settle_seconds``: when the backend's RSS is measured again after a restart.
+    - ``settle_seconds``: when the effect of the safe actions is measured.
+    """
 
     enabled: bool = _f(True)
     mode: Mode | None = _f(None)
     hls_stale_age_seconds: float = _f(120.0, min=10.0, max=86400.0)
     hls_budget_bytes: int = _f(512 * MIB, min=MIB, max=1 << 40)
+    hls_prune_max_files: int = _f(10_000, min=1, max=10_000_000)
     shm_used_ratio: float = _f(0.8, min=0.05, max=1.0)
     backend_rss_limit_bytes: int = _f(768 * MIB, min=16 * MIB, max=1 << 40)
+    backend_kill_bytes: int = _f(1024 * MIB, min=32 * MIB, max=1 << 40)
+    restart_lead_seconds: float = _f(3600.0, min=0.0, max=7 * 86400.0)
+    growth_min_span_seconds: float = _f(300.0, min=1.0, max=7 * 86400.0)
     own_budget_bytes: int = _f(128 * MIB, min=16 * MIB, max=1 << 34)
     cache_entries_limit: int = _f(5000, min=10, max=10_000_000)
+    cache_junk_prefixes: tuple[str, ...] = _f(())
     restart_command: str | None = _f(None)
     restart_min_interval_seconds: float = _f(86400.0, min=60.0, max=30 * 86400.0)
+    restart_quiet_max_viewers: int = _f(2, min=0, max=1_000_000)
+    restart_urgent_seconds: float = _f(900.0, min=0.0, max=7 * 86400.0)
+    restart_timeout_seconds: float = _f(20.0, min=1.0, max=3600.0)
+    restart_settle_seconds: float = _f(120.0, min=0.0, max=3600.0)
     settle_seconds: float = _f(10.0, min=0.0, max=3600.0)
 
 

@@ -404,7 +404,7 @@ class Daemon:
 
     def request_reload(self) -> None:
         """Ask for a configuration reload; a storm of requests is coalesced into one."""
-        if self._reload_task is not None and not self._reload_task.done():
+        if self.state is not LifecycleState.RUNNING or (self._reload_task is not None and not self._reload_task.done()):
             self._reload_pending = True
             return
         self._reload_task = asyncio.create_task(self._reload())
@@ -483,11 +483,15 @@ class Daemon:
     async def run(self) -> int:
         """Run until SIGTERM/SIGINT; returns the exit status."""
         loop = asyncio.get_running_loop()
-        await self.start()
+        # handlers go in before start-up, so a signal during start-up is not the default (fatal) action
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.request_stop)
         loop.add_signal_handler(signal.SIGHUP, self.request_reload)
         try:
+            await self.start()
+            if self._reload_pending:
+                self._reload_pending = False
+                self.request_reload()
             await self._stop_event.wait()
         finally:
             for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):

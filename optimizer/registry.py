@@ -52,6 +52,10 @@ def build_strategies(settings: Settings, deps: Dependencies) -> list[tuple[Strat
         )
     else:
         log.info("strategy_skipped", strategy="database", reason="backend.database is not configured")
+    # memory strategy goes here
+    # cpu strategy goes here
+    # connection strategy goes here
+    # cache strategy goes here
     out.extend(load_plugins(s.plugins, settings, deps))
     return out
 

@@ -1,0 +1,141 @@
+"""The database strategy against the testbed's real SQLite file in WAL mode."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from pathlib import Path
+
+from testbed.harness import TestbedProcess
+from tests.harness import daemon_env, running_daemon, sample_times
+
+LIMIT = 2 * 1024 * 1024
+
+
+def wal_size(tb: TestbedProcess) -> int:
+    """Bytes of the testbed database's WAL file."""
+    try:
+        return os.stat(f"{tb.database}-wal").st_size
+    except FileNotFoundError:
+        return 0
+
+
+def env_for(tb: TestbedProcess, tmp_path: Path, **extra: str) -> dict[str, str]:
+    """Daemon environment with a small WAL limit and an immediate settle time."""
+    return daemon_env(
+        tb,
+        tmp_path / "state",
+        CCTV_OPTIMIZER_STRATEGIES__DATABASE__WAL_LIMIT_BYTES=str(LIMIT),
+        CCTV_OPTIMIZER_STRATEGIES__DATABASE__SETTLE_SECONDS="0",
+        **extra,
+    )
+
+
+async def test_grown_wal_is_truncated_once_the_trigger_holds(testbed: TestbedProcess, tmp_path: Path) -> None:
+    """A WAL past its limit is checkpointed and truncated in the round after N of M samples, and the row says so."""
+    testbed.scenario("wal_growth", mb=4)
+    before = wal_size(testbed)
+    assert before > LIMIT
+    async with running_daemon(env_for(testbed, tmp_path)) as daemon:
+        # one sample above the limit is not enough (N=2 of M=3)
+        result = await daemon.engine.request_round(trigger="scheduled")
+        assert result.decision_ids == ()
+        assert wal_size(testbed) >= LIMIT
+        await sample_times(daemon, 1)
+        result = await daemon.engine.request_round(trigger="scheduled")
+        assert len(result.decision_ids) == 1
+        assert wal_size(testbed) < LIMIT
+        await daemon.sample_now()
+        await daemon.engine.verify_due()
+        row = daemon.store.decision(result.decision_ids[0])
+        assert row is not None
+        assert row.strategy == "database"
+        assert row.outcome == "applied"
+        assert row.mode == "enforce"
+        assert row.signals["wal_bytes"] >= before * 0.9
+        assert row.thresholds["wal_bytes"]["enter"] == LIMIT
+        wal_change = next(c for c in row.changes if c["action"] == "wal_checkpoint")
+        assert wal_change["after"] == "0.0 MiB"
+        assert row.verdict == "improved"
+        assert row.verdict_detail is not None and row.verdict_detail["after"] < LIMIT
+        journal = daemon.store.journal()
+        assert [e.status for e in journal] == ["done"]
+    with sqlite3.connect(testbed.database) as conn:
+        assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+async def test_observe_mode_changes_nothing(testbed: TestbedProcess, tmp_path: Path) -> None:
+    """ENABLE_PERFORMANCE_OPTIMIZATION=false records the armed strategy but leaves the WAL alone."""
+    testbed.scenario("wal_growth", mb=4)
+    before = wal_size(testbed)
+    async with running_daemon(env_for(testbed, tmp_path, ENABLE_PERFORMANCE_OPTIMIZATION="false")) as daemon:
+        await sample_times(daemon, 2)
+        result = await daemon.engine.request_round(trigger="scheduled")
+        row = daemon.store.decision(result.decision_ids[0])
+        assert row is not None and row.outcome == "observed" and row.mode == "observe"
+        assert row.changes == []
+    assert wal_size(testbed) >= before
+
+
+async def test_dry_run_plans_but_changes_nothing(testbed: TestbedProcess, tmp_path: Path) -> None:
+    """In dry_run the plan is recorded with its changes and the WAL keeps its size."""
+    testbed.scenario("wal_growth", mb=4)
+    before = wal_size(testbed)
+    env = env_for(testbed, tmp_path, CCTV_OPTIMIZER_STRATEGIES__DATABASE__MODE="dry_run")
+    async with running_daemon(env) as daemon:
+        await sample_times(daemon, 2)
+        result = await daemon.engine.request_round(trigger="scheduled")
+        row = daemon.store.decision(result.decision_ids[0])
+        assert row is not None and row.outcome == "dry_run"
+        assert row.changes[0]["action"] == "wal_checkpoint"
+        assert daemon.store.journal() == []
+    assert wal_size(testbed) >= before
+
+
+async def test_nothing_happens_below_the_limit(testbed: TestbedProcess, tmp_path: Path) -> None:
+    """With the WAL under its limit, rounds record nothing."""
+    async with running_daemon(env_for(testbed, tmp_path)) as daemon:
+        await sample_times(daemon, 3)
+        result = await daemon.engine.request_round(trigger="scheduled")
+        assert result.decision_ids == ()
+        assert daemon.store.decisions() == []
+
+
+async def test_no_second_action_within_the_cooldown(testbed: TestbedProcess, tmp_path: Path) -> None:
+    """After acting, a WAL grown again inside the cooldown is recorded as skipped, not checkpointed."""
+    testbed.scenario("wal_growth", mb=4)
+    async with running_daemon(env_for(testbed, tmp_path)) as daemon:
+        await sample_times(daemon, 1)
+        first = await daemon.engine.request_round(trigger="scheduled")
+        assert daemon.store.decision(first.decision_ids[0]).outcome == "applied"  # type: ignore[union-attr]
+        testbed.scenario("wal_growth", mb=4)
+        grown = wal_size(testbed)
+        await sample_times(daemon, 2)
+        second = await daemon.engine.request_round(trigger="scheduled")
+        row = daemon.store.decision(second.decision_ids[0])
+        assert row is not None and row.outcome == "skipped_cooldown"
+        assert wal_size(testbed) >= grown * 0.9
+
+
+async def test_busy_database_fails_cleanly(testbed: TestbedProcess, tmp_path: Path) -> None:
+    """A reader pinning the WAL makes TRUNCATE give up: recorded as failed with the reason, data intact."""
+    testbed.scenario("wal_growth", mb=4)
+    reader = sqlite3.connect(testbed.database, isolation_level=None)
+    try:
+        reader.execute("BEGIN")
+        reader.execute("SELECT count(*) FROM cameras").fetchone()
+        env = env_for(testbed, tmp_path, CCTV_OPTIMIZER_STRATEGIES__DATABASE__BUSY_TIMEOUT_MS="50")
+        async with running_daemon(env) as daemon:
+            await sample_times(daemon, 1)
+            result = await daemon.engine.request_round(trigger="scheduled")
+            row = daemon.store.decision(result.decision_ids[0])
+            assert row is not None and row.outcome == "failed"
+            assert row.error is not None and "busy" in row.error
+            assert [e.status for e in daemon.store.journal()] == ["failed"]
+            assert daemon.engine.runtimes["database"].consecutive_failures == 1
+    finally:
+        reader.execute("COMMIT")
+        reader.close()
+    with sqlite3.connect(testbed.database) as conn:
+        assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"

@@ -1,0 +1,205 @@
+"""In-process tests of the testbed's building blocks (no subprocess)."""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+from pathlib import Path
+
+import pytest
+
+from testbed.auth import LoginGuard, TokenError, TokenIssuer, csrf_valid, decode_jwt, encode_jwt
+from testbed.cache import ResponseCache
+from testbed.hls import HlsWriter, scan_hls
+from testbed.localtime import LocalClock
+from testbed.ratelimit import RateLimiter, RouteClass, route_class
+
+
+class FakeClock:
+    """A monotonic clock the test moves by hand."""
+
+    def __init__(self) -> None:
+        """Start at an arbitrary instant."""
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        """The current fake instant."""
+        return self.now
+
+
+def test_jwt_round_trip_and_rejections() -> None:
+    """An HS256 token decodes with its secret; a wrong secret, tampering or expiry is refused."""
+    secret = b"s" * 32
+    token = encode_jwt({"id": 1, "exp": time.time() + 60}, secret)
+    assert decode_jwt(token, secret)["id"] == 1
+    with pytest.raises(TokenError, match="signature"):
+        decode_jwt(token, b"x" * 32)
+    header, body, signature = token.split(".")
+    with pytest.raises(TokenError):
+        decode_jwt(f"{header}.{body}x.{signature}", secret)
+    expired = encode_jwt({"id": 1, "exp": time.time() - 1}, secret)
+    with pytest.raises(TokenError, match="expired"):
+        decode_jwt(expired, secret)
+    with pytest.raises(TokenError, match="malformed"):
+        decode_jwt("not-a-token", secret)
+
+
+def test_token_issuer_keeps_access_and_refresh_apart() -> None:
+    """A refresh token is not accepted as an access token, nor the reverse; lifetimes are as configured."""
+    issuer = TokenIssuer(b"k" * 32, access_ttl=3600, refresh_ttl=7 * 86400)
+    user = {"id": 1, "username": "admin", "role": "admin"}
+    access, refresh = issuer.access_token(user), issuer.refresh_token(user)
+    payload = issuer.verify(access, kind="access")
+    assert payload["exp"] - payload["iat"] == 3600
+    assert issuer.verify(refresh, kind="refresh")["exp"] - payload["iat"] == 7 * 86400
+    with pytest.raises(TokenError):
+        issuer.verify(refresh, kind="access")
+    with pytest.raises(TokenError):
+        issuer.verify(access, kind="refresh")
+
+
+def test_login_guard_locks_user_after_five_and_ip_after_ten() -> None:
+    """Five failures lock the username, ten lock the IP, and the lock lifts after the window."""
+    clock = FakeClock()
+    guard = LoginGuard(lockout_seconds=1800, clock=clock)
+    for _ in range(4):
+        guard.record_failure("admin", "10.0.0.1")
+    assert guard.check("admin", "10.0.0.1") is None
+    guard.record_failure("ADMIN", "10.0.0.1")
+    lock = guard.check("admin", "10.0.0.2")
+    assert lock is not None
+    assert (lock.scope, lock.retry_after) == ("user", 1800)
+    for index in range(5):
+        guard.record_failure(f"user{index}", "10.0.0.1")
+    ip_lock = guard.check("someone-else", "10.0.0.1")
+    assert ip_lock is not None
+    assert ip_lock.scope == "ip"
+    clock.now += 1801
+    assert guard.check("admin", "10.0.0.1") is None
+
+
+def test_rate_limiter_sliding_window_and_retry_after() -> None:
+    """The limit-th request passes, the next is refused with the seconds until the oldest leaves."""
+    clock = FakeClock()
+    limiter = RateLimiter(scale=0.03, clock=clock)
+    assert limiter.limits == {RouteClass.DEFAULT: 3, RouteClass.ADMIN: 2, RouteClass.AUTH: 1}
+    for remaining in (2, 1, 0):
+        decision = limiter.hit("1.2.3.4", RouteClass.DEFAULT)
+        assert (decision.allowed, decision.remaining) == (True, remaining)
+        clock.now += 10
+    refused = limiter.hit("1.2.3.4", RouteClass.DEFAULT)
+    assert (refused.allowed, refused.retry_after) == (False, 30)
+    assert limiter.hit("5.6.7.8", RouteClass.DEFAULT).allowed
+    assert limiter.hit("1.2.3.4", RouteClass.AUTH).allowed
+    clock.now += 30
+    assert limiter.hit("1.2.3.4", RouteClass.DEFAULT).allowed
+
+
+def test_route_classes() -> None:
+    """/health and control routes are unlimited; auth and admin paths have their own classes."""
+    assert route_class("/health") is None
+    assert route_class("/_testbed/state") is None
+    assert route_class("/api/auth/login") is RouteClass.AUTH
+    assert route_class("/api/admin/cache/stats") is RouteClass.ADMIN
+    assert route_class("/api/cache/stats") is RouteClass.DEFAULT
+    assert route_class("/api/viewer/stats") is RouteClass.DEFAULT
+
+
+def test_cache_ttl_invalidate_sweep_and_stats() -> None:
+    """Entries expire after the TTL, invalidation is by path prefix, stats count every operation."""
+    clock = FakeClock()
+    cache = ResponseCache(ttl_seconds=30, clock=clock)
+    assert cache.get("/api/cameras/active") is None
+    cache.set("/api/cameras/active", b"{}", "application/json")
+    cache.set("/api/cameras/active?_=1", b"{}", "application/json")
+    cache.set("/api/areas/public", b"{}", "application/json")
+    assert cache.get("/api/cameras/active") is not None
+    assert cache.stats() == {
+        "hits": 1,
+        "misses": 1,
+        "sets": 3,
+        "deletes": 0,
+        "invalidations": 0,
+        "hitRate": "50.00%",
+        "size": 3,
+    }
+    assert cache.invalidate("/api/cameras") == 2
+    assert cache.keys() == ["/api/areas/public"]
+    clock.now += 31
+    assert cache.sweep() == 1
+    assert cache.size == 0
+    cache.set("/x", b"1", "text/plain")
+    clock.now += 31
+    assert cache.get("/x") is None
+    assert cache.stats()["deletes"] == 4
+
+
+def test_cache_legacy_shape_is_bounded() -> None:
+    """The older shape reports evictions, maxSize and a numeric hitRate, and evicts past maxSize."""
+    cache = ResponseCache(ttl_seconds=30, max_size=2)
+    for key in ("/a", "/b", "/c"):
+        cache.set(key, b"", "application/json")
+    cache.get("/c")
+    cache.get("/a")
+    assert cache.stats(legacy=True) == {
+        "hits": 1,
+        "misses": 1,
+        "sets": 3,
+        "evictions": 1,
+        "size": 2,
+        "maxSize": 2,
+        "hitRate": 50.0,
+    }
+
+
+def test_csrf_double_submit_rules() -> None:
+    """Both values must be present, 64 hex characters and equal."""
+    value = "ab" * 32
+    assert csrf_valid(value, value)
+    assert not csrf_valid(value, "cd" * 32)
+    assert not csrf_valid(None, value)
+    assert not csrf_valid("zz" * 32, "zz" * 32)
+    assert not csrf_valid("ab" * 16, "ab" * 16)
+
+
+def test_local_clock_strings() -> None:
+    """Local strings use the configured offset and the backend's format; zone labels are readable."""
+    clock = LocalClock(7)
+    text = clock.local()
+    assert re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d", text)
+    skew = (clock.parse_local(text) - clock.now()).total_seconds()
+    assert -2 <= skew <= 0
+    assert clock.timezone_name() == "Asia/Jakarta"
+    assert LocalClock(5.5).timezone_name() == "UTC+05:30"
+    assert clock.iso_utc().endswith("Z")
+
+
+def test_hls_writer_rotates_and_scan_finds_stale(tmp_path: Path) -> None:
+    """The writer keeps `segment_count` segments and deletes older ones; scan_hls spots only stale files."""
+    writer = HlsWriter(tmp_path, segment_seconds=2, segment_count=3, segment_bytes=1024)
+    writer.set_streams(["cam-a"])
+    for _ in range(6):
+        writer.tick()
+    directory = tmp_path / "cam-a"
+    names = sorted(os.listdir(directory))
+    segments = [name for name in names if re.fullmatch(r"[0-9a-f]{12}_video_seg\d+\.mp4", name)]
+    assert len(segments) == 3
+    assert sum(name.endswith(".mp4.tmp") for name in names) == 1
+    assert {"index.m3u8", "video_stream.m3u8"} <= set(names)
+    playlist = (directory / "video_stream.m3u8").read_text()
+    assert "#EXT-X-MEDIA-SEQUENCE:3" in playlist
+    assert all(segment in playlist for segment in segments)
+    old = time.time() - 600
+    orphan = directory / "0123456789ab_video_seg1.mp4"
+    orphan.write_bytes(b"x" * 10)
+    os.utime(orphan, (old, old))
+    outside = tmp_path.parent / f"{tmp_path.name}-outside"
+    outside.mkdir()
+    (outside / "victim.mp4").write_bytes(b"y")
+    (directory / "link.mp4").symlink_to(outside / "victim.mp4")
+    for path in directory.iterdir():
+        os.utime(path, (old, old), follow_symlinks=False)
+    scan = scan_hls(tmp_path, stale_age_seconds=60)
+    assert (scan.stale_files, scan.stale_bytes) == (1, 10)
+    assert scan.files == len(names) + 1
