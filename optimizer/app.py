@@ -40,6 +40,7 @@ from metrics.sqlite import DatabaseReader
 from metrics.tcp import TcpCounter, make_tcp_counter
 from metrics.window import Windows
 from optimizer.api import ApiContext, build_app
+from optimizer.baselines import ALL_HOURS, BaselineLearner, BaselineRecord
 from optimizer.clock import Clock, SystemClock
 from optimizer.engine import Engine, EngineStopping
 from optimizer.logs import REDACTOR, configure_logging
@@ -141,6 +142,7 @@ class Daemon:
         self.api_host = ""
         self.api_port = 0
         self.token = ""
+        self._background: set[asyncio.Future[None]] = set()
 
     # building ----------------------------------------------------------------------------------------------------
 
@@ -201,6 +203,7 @@ class Daemon:
             wall_clock=self.clock.wall,
         )
         self.windows = Windows(s.sampler.window_size)
+        self.baselines = BaselineLearner()
         self.engine = Engine(
             build_strategies(s, self._deps()),
             engine=s.engine,
@@ -219,6 +222,7 @@ class Daemon:
             process=self.process,
             windows=self.windows if hasattr(self, "windows") else Windows(self.settings.sampler.window_size),
             monotonic=self.clock.monotonic,
+            trim_history=self.store.trim,
         )
 
     # lifecycle ---------------------------------------------------------------------------------------------------
@@ -232,6 +236,7 @@ class Daemon:
         if not self.store.healthy:
             log.warning("state_unavailable", error=self.store.last_error)
         await self.engine.load()
+        self.baselines.load(await asyncio.to_thread(self.store.load_baselines))
         host, port = parse_listen(self.settings.api.listen)
         app = build_app(
             ApiContext(
@@ -323,11 +328,33 @@ class Daemon:
         previous = self.engine.latest
         snapshot = await self.sampler.sample()
         self._log_source_changes(previous, snapshot)
+        self._learn(snapshot)
         self.engine.on_snapshot(snapshot)
         self.metrics.observe_snapshot(snapshot)
         self.last_sample_at = self.clock.monotonic()
         self._adapt_interval()
         return snapshot
+
+    def _learn(self, snapshot: Snapshot) -> None:
+        """Feed the baselines; persist a finished hour of day, and the last hour's every 60 samples."""
+        records = self.baselines.observe(snapshot.wall_time, snapshot.signals())
+        if snapshot.seq % 60 == 0:
+            records.extend(self.baselines.last_hour().values())
+        current = self.baselines.current(snapshot.wall_time)
+        self.engine.baselines = current
+        for name, value in current.items():
+            self.metrics.baseline.labels(name).set(value)
+        if records:
+            self._persist_baselines(records)
+
+    def _persist_baselines(self, records: list[BaselineRecord]) -> None:
+        def save() -> None:
+            for r in records:
+                self.store.save_baseline(r.signal, r.hour if r.hour >= 0 else ALL_HOURS, r.value, r.samples)
+
+        task = asyncio.get_running_loop().run_in_executor(None, save)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     def _log_source_changes(self, previous: Snapshot | None, current: Snapshot) -> None:
         for name, status in current.sources.items():
@@ -476,6 +503,8 @@ class Daemon:
         await self.mediamtx.close()
         for rt in self.engine.runtimes.values():
             await rt.strategy.close()
+        if self._background:
+            await asyncio.gather(*self._background, return_exceptions=True)
         await asyncio.to_thread(self.store.close)
         self.state = LifecycleState.STOPPED
         log.info("daemon_stopped")

@@ -130,6 +130,13 @@ class DatabaseStrategy(Strategy):
         )
         return Plan(strategy=self.name, reason=reason, changes=tuple(changes), expected=expected, params=params)
 
+    async def reconcile(self, plan: Plan) -> str:
+        """An interrupted checkpoint or optimize left nothing half-done (SQLite makes each atomic): report the WAL now."""
+        wal = await asyncio.to_thread(sql.wal_bytes, self._path)
+        limit = int(plan.params.get("limit", self._o.wal_limit_bytes))
+        state = "over" if wal >= limit else "under"
+        return f"WAL is {_mib(wal)} now, {state} its limit of {_mib(limit)}; the checkpoint will run again when needed"
+
     async def apply(self, plan: Plan) -> ApplyResult:
         """Re-read the WAL size, checkpoint PASSIVE then TRUNCATE if still over; optimize when planned."""
         return await asyncio.to_thread(self._apply_blocking, plan)

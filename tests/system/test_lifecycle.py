@@ -4,95 +4,20 @@ from __future__ import annotations
 
 import json
 import os
-import queue
 import signal
 import socket
 import subprocess
 import sys
-import threading
-import time
 import urllib.request
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from testbed.harness import TestbedProcess
+from tests.harness import daemon_process
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-class DaemonProcess:
-    """``cctv-optimizer run`` in a subprocess, with its JSON log lines collected."""
-
-    def __init__(self, env: dict[str, str], *args: str) -> None:
-        full_env = {**os.environ, **env, "PYTHONPATH": str(ROOT)}
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "optimizer.cli", *args, "run"],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            env=full_env,
-            text=True,
-        )
-        self.lines: queue.Queue[dict[str, Any]] = queue.Queue()
-        self.seen: list[dict[str, Any]] = []
-        self.raw: list[str] = []
-        self._pump_thread = threading.Thread(target=self._pump, daemon=True)
-        self._pump_thread.start()
-
-    def close(self) -> None:
-        """Kill if still running, then release the pipe."""
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(timeout=10)
-        self._pump_thread.join(timeout=10)
-        if self.proc.stdout is not None:
-            self.proc.stdout.close()
-
-    def _pump(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            self.raw.append(line)
-            try:
-                self.lines.put(json.loads(line))
-            except ValueError:
-                continue
-
-    def wait_event(self, name: str, timeout: float = 20.0) -> dict[str, Any]:
-        """Block until a log line with this event name arrives (or fail)."""
-        for event in self.seen:
-            if event.get("event") == name:
-                self.seen.remove(event)
-                return event
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            try:
-                event = self.lines.get(timeout=max(0.01, deadline - time.monotonic()))
-            except queue.Empty:
-                break
-            if event.get("event") == name:
-                return event
-            self.seen.append(event)
-        raise AssertionError(f"no {name} event within {timeout} s; output:\n{''.join(self.raw[-30:])}")
-
-    def stop(self) -> int:
-        """SIGTERM and wait (bounded)."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        return self.proc.wait(timeout=30)
-
-
-@contextmanager
-def daemon_process(env: dict[str, str], *args: str) -> Iterator[DaemonProcess]:
-    """A daemon process that is always stopped at the end."""
-    d = DaemonProcess(env, *args)
-    try:
-        yield d
-    finally:
-        d.close()
 
 
 def base_env(tb: TestbedProcess, tmp_path: Path) -> dict[str, str]:

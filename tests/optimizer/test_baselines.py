@@ -1,0 +1,81 @@
+"""Learning the normal: last-hour p95, per-hour-of-day baselines, persistence and bounded memory."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from optimizer.baselines import ALL_HOURS, BaselineLearner
+from optimizer.state import StateStore
+
+HOUR = 3600.0
+
+
+def hour_from(wall: float) -> int:
+    """A deterministic hour of day (UTC) for the tests."""
+    return int(wall // HOUR) % 24
+
+
+def test_no_baseline_before_enough_samples() -> None:
+    """With fewer than min_samples values there is no baseline."""
+    learner = BaselineLearner(["x"], min_samples=10, hour_of=hour_from)
+    for i in range(9):
+        learner.observe(i * 10.0, {"x": 1.0})
+    assert learner.current(90.0) == {}
+
+
+def test_last_hour_p95_and_its_window() -> None:
+    """The baseline is the p95 of the last hour; older values fall out."""
+    learner = BaselineLearner(["x"], min_samples=10, hour_of=hour_from)
+    for i in range(100):
+        learner.observe(i * 10.0, {"x": float(i)})  # 0..99 within 1000 s
+    assert learner.current(1000.0)["x"] == 94.0
+    for i in range(100):
+        learner.observe(4000.0 + i * 10.0, {"x": 5.0})  # an hour later: only the new values remain
+    assert learner.current(5000.0)["x"] == 5.0
+
+
+def test_hour_of_day_baseline_takes_over_the_next_day() -> None:
+    """A busy evening learned yesterday is the baseline at that hour today, not the quiet last hour."""
+    learner = BaselineLearner(["rt"], min_samples=5, hour_of=hour_from)
+    records = []
+    wall = 20 * HOUR  # hour 20: busy
+    while wall < 21 * HOUR:
+        records += learner.observe(wall, {"rt": 0.8})
+        wall += 60
+    while wall < 44 * HOUR:  # the rest of the day is quiet
+        records += learner.observe(wall, {"rt": 0.1})
+        wall += 60
+    assert any(r.hour == 20 and r.value == 0.8 for r in records)
+    # the next day at hour 20, the last hour was quiet but the learned evening is busy
+    assert learner.current(44 * HOUR + 10)["rt"] == 0.8
+    assert learner.current(43 * HOUR + 10)["rt"] == 0.1
+
+
+def test_baselines_survive_a_restart(tmp_path: Path) -> None:
+    """Per-hour baselines persisted in the state database are loaded by a new learner."""
+    store = StateStore(tmp_path)
+    store.open()
+    learner = BaselineLearner(["rt"], min_samples=5, hour_of=hour_from)
+    wall = 3 * HOUR
+    records = []
+    while wall < 4 * HOUR + 60:
+        records += learner.observe(wall, {"rt": 0.3})
+        wall += 60
+    for r in records:
+        store.save_baseline(r.signal, r.hour, r.value, r.samples)
+    store.close()
+    again = StateStore(tmp_path)
+    again.open()
+    fresh = BaselineLearner(["rt"], min_samples=5, hour_of=hour_from)
+    fresh.load(again.load_baselines())
+    assert fresh.current(27 * HOUR + 5)["rt"] == 0.3
+    assert (("rt", ALL_HOURS) in again.load_baselines()) is False
+    again.close()
+
+
+def test_memory_is_bounded() -> None:
+    """However long it runs, the learner holds at most max_points per signal and per hour."""
+    learner = BaselineLearner(["x"], max_points=100, min_samples=5, hour_of=hour_from)
+    for i in range(10_000):
+        learner.observe(i * 0.1, {"x": float(i)})
+    assert learner.footprint() <= 200
