@@ -36,6 +36,12 @@ class Windows:
                 series = self._series[name] = deque(maxlen=self._size)
             series.append((at, value))
 
+    def retain(self, names: Iterable[str]) -> None:
+        """Drop every series not named (their source stopped reporting)."""
+        keep = set(names)
+        for name in [n for n in self._series if n not in keep]:
+            del self._series[name]
+
     def names(self) -> list[str]:
         """Signals seen so far."""
         return sorted(self._series)
@@ -51,7 +57,10 @@ class Windows:
         if not series:
             return []
         items = [v for _, v in series]
-        return items[-last:] if last else items
+        if last is None:
+            return items
+        # items[-0:] would be the whole series, not the last zero values
+        return items[-last:] if last > 0 else []
 
     def points(self, name: str, since: float | None = None) -> list[tuple[float, float]]:
         """(time, value) pairs of a signal, optionally only those at or after ``since``."""

@@ -39,9 +39,11 @@ from metrics.snapshot import Snapshot
 from metrics.sqlite import DatabaseReader
 from metrics.tcp import TcpCounter, make_tcp_counter
 from metrics.window import Windows
+from optimizer.alertmanager import AlertmanagerReceiver
 from optimizer.api import ApiContext, build_app
 from optimizer.baselines import ALL_HOURS, BaselineLearner, BaselineRecord
 from optimizer.clock import Clock, SystemClock
+from optimizer.dashboard import load_dashboard
 from optimizer.engine import Engine, EngineStopping
 from optimizer.logs import REDACTOR, configure_logging
 from optimizer.registry import Dependencies, build_strategies
@@ -223,6 +225,7 @@ class Daemon:
             windows=self.windows if hasattr(self, "windows") else Windows(self.settings.sampler.window_size),
             monotonic=self.clock.monotonic,
             trim_history=self.store.trim,
+            state_directory=self.settings.state_directory,
         )
 
     # lifecycle ---------------------------------------------------------------------------------------------------
@@ -238,6 +241,9 @@ class Daemon:
         await self.engine.load()
         self.baselines.load(await asyncio.to_thread(self.store.load_baselines))
         host, port = parse_listen(self.settings.api.listen)
+        self.alertmanager = AlertmanagerReceiver(
+            self.engine, lambda: self.settings.alertmanager, monotonic=self.clock.monotonic
+        )
         app = build_app(
             ApiContext(
                 engine=self.engine,
@@ -249,6 +255,8 @@ class Daemon:
                 wall=self.clock.wall,
                 health=self.health,
                 status=self.status,
+                alertmanager=self.alertmanager,
+                dashboard_html=load_dashboard(),
             ),
             client_max_size=self.settings.api.client_max_size,
         )
@@ -372,7 +380,7 @@ class Daemon:
         low, high = s.sampler.min_interval_ms / 1000, s.sampler.max_interval_ms / 1000
         proximity = 0.0
         for rt in self.engine.runtimes.values():
-            for spec in rt.strategy.triggers(self.engine.baselines):
+            for spec in self.engine.triggers_of(rt):
                 value = self.windows.last(spec.signal)
                 if value is None or spec.enter == 0:
                     continue
@@ -469,7 +477,7 @@ class Daemon:
         self.loaded = loaded
         self.settings = new
         configure_logging(new.log_level)
-        self.engine.global_mode = new.effective_mode
+        self.engine.update_settings(new.engine, new.detection, new.effective_mode)
         fresh = {s.name: (s, mode, enabled) for s, mode, enabled in build_strategies(new, self._deps())}
         for name, rt in self.engine.runtimes.items():
             if name in fresh:

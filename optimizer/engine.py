@@ -145,6 +145,7 @@ class StrategyRuntime:
     attempts: list[float] = field(default_factory=list)
     last_outcome: str | None = None
     last_verdict: str | None = None
+    last_row: str | None = None
 
     @property
     def name(self) -> str:
@@ -275,6 +276,11 @@ class Engine:
             except (StrategyError, TimeoutError, KeyError, ValueError) as exc:
                 note = f"reconcile failed: {exc}"
                 status = "reconcile_failed"
+            except Exception as exc:
+                # A bug in one strategy's reconcile must not keep the daemon from starting.
+                self._log.exception("reconcile_crashed", strategy=entry.strategy, journal_id=entry.id)
+                note = f"reconcile failed: {exc.__class__.__name__}: {exc}"
+                status = "reconcile_failed"
             await asyncio.to_thread(self._store.journal_finish, entry.id, status, {"note": note})
             if entry.decision_id is not None:
                 await asyncio.to_thread(
@@ -324,6 +330,7 @@ class Engine:
         """Change one strategy's mode at run time (persisted)."""
         rt = self.runtimes[name]
         rt.mode_override = mode
+        rt.last_row = None
         self._log.info("strategy_mode_changed", strategy=name, mode=str(mode))
         await self._save(rt)
 
@@ -336,6 +343,7 @@ class Engine:
         rt.consecutive_failures = 0
         rt.cooldown = rt.base_cooldown
         rt.last_attempt = None
+        rt.last_row = None
         self._log.info("strategy_reset", strategy=name, breaker_was_open=was_open)
         await self._save(rt)
 
@@ -363,10 +371,33 @@ class Engine:
 
     # samples and verification ------------------------------------------------------------------------------------
 
+    def triggers_of(self, rt: StrategyRuntime) -> Sequence[TriggerSpec]:
+        """A strategy's triggers for display and interval tuning; empty (never raising) when they crash."""
+        try:
+            return rt.strategy.triggers(self.baselines)
+        except Exception:
+            return ()
+
+    def update_settings(self, engine: EngineSettings, detection: DetectionSettings, global_mode: Mode) -> None:
+        """Apply reloaded engine and detection settings (SIGHUP) without losing what was learned."""
+        self._settings = engine
+        self._detection = detection
+        self.global_mode = global_mode
+        for rt in self.runtimes.values():
+            if rt.base_cooldown != engine.cooldown_seconds:
+                rt.base_cooldown = engine.cooldown_seconds
+                rt.cooldown = min(max(rt.cooldown, engine.cooldown_seconds), engine.cooldown_max_seconds)
+
     def on_snapshot(self, snapshot: Snapshot) -> None:
-        """Take a new sample into the windows; start verifying plans whose settle time has passed."""
+        """Take a new sample into the windows; start verifying plans whose settle time has passed.
+
+        Signals a snapshot lacks (their source is down) are dropped from the windows: stale values must not
+        keep a strategy armed or arm it later.
+        """
         self.latest = snapshot
-        self.windows.push(snapshot.monotonic, snapshot.signals())
+        signals = snapshot.signals()
+        self.windows.push(snapshot.monotonic, signals)
+        self.windows.retain(signals.keys())
         if any(p.due <= snapshot.monotonic for p in self._pending) and (
             self._verify_task is None or self._verify_task.done()
         ):
@@ -412,6 +443,8 @@ class Engine:
             rt.consecutive_failures = 0
             rt.cooldown = max(rt.base_cooldown, rt.cooldown / 2)
         elif verdict is Verdict.NEUTRAL:
+            # Neither a failure nor a regression: the run the breaker counts is broken.
+            rt.consecutive_failures = 0
             rt.cooldown = min(self._settings.cooldown_max_seconds, max(rt.cooldown, 1.0) * 2)
             self._log.info("strategy_backed_off", strategy=rt.name, cooldown_seconds=rt.cooldown, reason="no effect")
         else:
@@ -558,9 +591,20 @@ class Engine:
         disruptive_used: bool,
     ) -> tuple[int | None, bool]:
         """One strategy's turn: detect, plan, gate, apply. Returns (decision id, used a disruptive action)."""
-        specs = rt.strategy.triggers(self.baselines)
+        specs: Sequence[TriggerSpec]
+        try:
+            specs = rt.strategy.triggers(self.baselines)
+        except Exception as exc:
+            # A plugin bug must not cost the other strategies their turn: count it, detect on nothing.
+            self._log.exception("triggers_crashed", strategy=rt.name)
+            self._count_failure(rt, f"triggers crashed: {exc.__class__.__name__}")
+            await self._save(rt)
+            specs = ()
         was_armed = rt.detector.armed
         armed = rt.detector.update(specs, self.windows, self._detection)
+        if was_armed and not armed:
+            # The episode is over: a skip in the next one is a new fact worth a row.
+            rt.last_row = None
         if armed != was_armed:
             self._log.info(
                 "strategy_armed" if armed else "strategy_disarmed",
@@ -611,7 +655,6 @@ class Engine:
             plan = await asyncio.wait_for(rt.strategy.plan(ctx), self._settings.plan_timeout_seconds)
         except TimeoutError:
             self._count_failure(rt, "plan timed out")
-            await self._save(rt)
             return await record(
                 Outcome.TIMEOUT, "plan timed out", error=f"plan exceeded {self._settings.plan_timeout_seconds} s"
             ), False
@@ -621,7 +664,6 @@ class Engine:
         except Exception as exc:
             self._log.exception("plan_crashed", strategy=rt.name)
             self._count_failure(rt, f"plan crashed: {exc.__class__.__name__}")
-            await self._save(rt)
             return await record(Outcome.ERROR, "plan crashed", error=f"{exc.__class__.__name__}: {exc}"), False
         if plan is None or not plan.changes:
             if manual:
@@ -651,6 +693,8 @@ class Engine:
         now = self._clock.wall()
         rt.last_attempt = now
         rt.attempts.append(now)
+        # Persist the attempt before writing: an apply that kills the daemon must still spend cooldown and budget.
+        await self._save(rt)
         started = time.perf_counter()
         outcome = Outcome.APPLIED
         error: str | None = None
@@ -699,9 +743,11 @@ class Engine:
             changes=[f"{c['target']}: {c['before']} -> {c['after']}" for c in changes],
             duration_ms=round(duration_ms, 2),
         )
+        verifying = False
         if result is not None and plan.expected is not None and result.changes:
             before = signals.get(plan.expected.signal)
             if before is not None:
+                verifying = True
                 self._pending.append(
                     Pending(
                         decision_id=decision_id,
@@ -713,6 +759,9 @@ class Engine:
                         due=self._clock.monotonic() + plan.expected.settle_seconds,
                     )
                 )
+        if outcome is Outcome.APPLIED and not verifying:
+            # Nothing is left to judge, so this success ends any run of failures; otherwise the verdict decides.
+            rt.consecutive_failures = 0
         await self._save(rt)
         return decision_id
 
@@ -737,9 +786,20 @@ class Engine:
             self._metrics.actions.labels(rt.name, plan.action if plan else "none", str(outcome), str(mode)).inc()
         repeat = (
             not manual
-            and outcome in (Outcome.SKIPPED_COOLDOWN, Outcome.SKIPPED_BUDGET, Outcome.BLOCKED_BREAKER, Outcome.OBSERVED)
-            and rt.last_outcome == str(outcome)
+            and outcome
+            in (
+                Outcome.SKIPPED_COOLDOWN,
+                Outcome.SKIPPED_BUDGET,
+                Outcome.BLOCKED_BREAKER,
+                Outcome.BLOCKED_DISRUPTIVE,
+                Outcome.OBSERVED,
+                Outcome.DRY_RUN,
+            )
+            and rt.last_row == str(outcome)
         )
+        # last_row (not last_outcome) decides repeats: last_outcome is persisted and shown, last_row is reset
+        # when an episode ends, so a new episode's first skip is written again.
+        rt.last_row = str(outcome)
         if outcome is not Outcome.APPLIED:
             rt.last_outcome = str(outcome)
         if repeat:
@@ -777,4 +837,6 @@ class Engine:
             error=error,
             duration_ms=round(duration_ms, 2),
         )
+        if outcome is not Outcome.APPLIED:  # _apply saves once the outcome is known
+            await self._save(rt)
         return decision_id

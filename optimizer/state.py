@@ -164,17 +164,22 @@ class StateStore:
             try:
                 self._dir.mkdir(parents=True, exist_ok=True)
                 self._conn = self._open_checked()
-            except sqlite3.DatabaseError as exc:
-                if "not a database" in str(exc) or "malformed" in str(exc) or "corrupt" in str(exc):
-                    self.moved_aside = self._move_aside()
-                    try:
-                        self._conn = self._open_checked()
-                        return
-                    except (sqlite3.Error, OSError) as again:
-                        exc = sqlite3.DatabaseError(str(again))
-                self._fallback(f"cannot open {self._path}: {exc}")
+                return
             except OSError as exc:
-                self._fallback(f"cannot use {self._dir}: {exc.strerror}")
+                self._fallback(f"cannot use {self._dir}: {exc.strerror or exc}")
+                return
+            except sqlite3.DatabaseError as exc:
+                problem = str(exc)
+            if any(word in problem for word in ("not a database", "malformed", "corrupt")):
+                # Outside the except clauses above, so that a failure to move the file aside (a read-only
+                # directory) still ends in the in-memory fallback instead of escaping from open().
+                try:
+                    self.moved_aside = self._move_aside()
+                    self._conn = self._open_checked()
+                    return
+                except (sqlite3.Error, OSError) as exc:
+                    problem = f"{problem}; starting afresh failed: {exc}"
+            self._fallback(f"cannot open {self._path}: {problem}")
 
     def _fallback(self, message: str) -> None:
         """Keep running on an in-memory database and say so."""
@@ -182,7 +187,31 @@ class StateStore:
         self.last_error = message
         self._memory_fallback = True
         self._conn = sqlite3.connect(":memory:", check_same_thread=False, isolation_level=None)
+        if self._copy_readable_file(self._conn):
+            # Open breakers, cooldowns and budgets must not be forgotten just because the directory turned
+            # read-only: a strategy stopped for regressing would otherwise act again after a restart.
+            self.last_error = f"{message}; running in memory from a copy of the last saved state"
         self._conn.executescript(_SCHEMA)
+
+    def _copy_readable_file(self, target: sqlite3.Connection) -> bool:
+        """Copy a readable, intact state file into ``target``; False when there is none."""
+        try:
+            if not self._path.is_file():
+                return False
+            uri = f"{self._path.resolve().as_uri()}?mode=ro&immutable=1"
+            source = sqlite3.connect(uri, uri=True, check_same_thread=False)
+        except (OSError, sqlite3.Error):
+            return False
+        try:
+            check = source.execute("PRAGMA quick_check").fetchone()
+            if check is None or check[0] != "ok":
+                return False
+            source.backup(target)
+        except sqlite3.Error:
+            return False
+        finally:
+            source.close()
+        return True
 
     def _open_checked(self) -> sqlite3.Connection:
         conn = sqlite3.connect(self._path, check_same_thread=False, isolation_level=None, timeout=5)
@@ -203,6 +232,10 @@ class StateStore:
     def _move_aside(self) -> Path:
         stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(self._wall()))
         target = self._path.with_name(f"state.db.corrupt-{stamp}")
+        n = 1
+        while target.exists():
+            n += 1
+            target = self._path.with_name(f"state.db.corrupt-{stamp}.{n}")
         for suffix in ("", "-wal", "-shm"):
             src = Path(f"{self._path}{suffix}")
             if src.exists():

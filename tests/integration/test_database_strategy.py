@@ -38,11 +38,11 @@ async def test_grown_wal_is_truncated_once_the_trigger_holds(testbed: TestbedPro
     assert before > LIMIT
     async with running_daemon(env_for(testbed, tmp_path)) as daemon:
         # one sample above the limit is not enough (N=2 of M=3)
-        result = await daemon.engine.request_round(trigger="scheduled")
+        result = await daemon.engine.request_round(trigger="scheduled", strategy="database")
         assert result.decision_ids == ()
         assert wal_size(testbed) >= LIMIT
         await sample_times(daemon, 1)
-        result = await daemon.engine.request_round(trigger="scheduled")
+        result = await daemon.engine.request_round(trigger="scheduled", strategy="database")
         assert len(result.decision_ids) == 1
         assert wal_size(testbed) < LIMIT
         await daemon.sample_now()
@@ -59,7 +59,7 @@ async def test_grown_wal_is_truncated_once_the_trigger_holds(testbed: TestbedPro
         assert row.verdict == "improved"
         assert row.verdict_detail is not None and row.verdict_detail["after"] < LIMIT
         journal = daemon.store.journal()
-        assert [e.status for e in journal] == ["done"]
+        assert [e.status for e in journal if e.strategy == "database"] == ["done"]
     with sqlite3.connect(testbed.database) as conn:
         assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
@@ -71,7 +71,7 @@ async def test_observe_mode_changes_nothing(testbed: TestbedProcess, tmp_path: P
     before = wal_size(testbed)
     async with running_daemon(env_for(testbed, tmp_path, ENABLE_PERFORMANCE_OPTIMIZATION="false")) as daemon:
         await sample_times(daemon, 2)
-        result = await daemon.engine.request_round(trigger="scheduled")
+        result = await daemon.engine.request_round(trigger="scheduled", strategy="database")
         row = daemon.store.decision(result.decision_ids[0])
         assert row is not None and row.outcome == "observed" and row.mode == "observe"
         assert row.changes == []
@@ -85,11 +85,11 @@ async def test_dry_run_plans_but_changes_nothing(testbed: TestbedProcess, tmp_pa
     env = env_for(testbed, tmp_path, CCTV_OPTIMIZER_STRATEGIES__DATABASE__MODE="dry_run")
     async with running_daemon(env) as daemon:
         await sample_times(daemon, 2)
-        result = await daemon.engine.request_round(trigger="scheduled")
+        result = await daemon.engine.request_round(trigger="scheduled", strategy="database")
         row = daemon.store.decision(result.decision_ids[0])
         assert row is not None and row.outcome == "dry_run"
         assert row.changes[0]["action"] == "wal_checkpoint"
-        assert daemon.store.journal() == []
+        assert [e for e in daemon.store.journal() if e.strategy == "database"] == []
     assert wal_size(testbed) >= before
 
 
@@ -97,9 +97,9 @@ async def test_nothing_happens_below_the_limit(testbed: TestbedProcess, tmp_path
     """With the WAL under its limit, rounds record nothing."""
     async with running_daemon(env_for(testbed, tmp_path)) as daemon:
         await sample_times(daemon, 3)
-        result = await daemon.engine.request_round(trigger="scheduled")
+        result = await daemon.engine.request_round(trigger="scheduled", strategy="database")
         assert result.decision_ids == ()
-        assert daemon.store.decisions() == []
+        assert daemon.store.decisions(strategy="database") == []
 
 
 async def test_no_second_action_within_the_cooldown(testbed: TestbedProcess, tmp_path: Path) -> None:
@@ -107,12 +107,12 @@ async def test_no_second_action_within_the_cooldown(testbed: TestbedProcess, tmp
     testbed.scenario("wal_growth", mb=4)
     async with running_daemon(env_for(testbed, tmp_path)) as daemon:
         await sample_times(daemon, 1)
-        first = await daemon.engine.request_round(trigger="scheduled")
+        first = await daemon.engine.request_round(trigger="scheduled", strategy="database")
         assert daemon.store.decision(first.decision_ids[0]).outcome == "applied"  # type: ignore[union-attr]
         testbed.scenario("wal_growth", mb=4)
         grown = wal_size(testbed)
         await sample_times(daemon, 2)
-        second = await daemon.engine.request_round(trigger="scheduled")
+        second = await daemon.engine.request_round(trigger="scheduled", strategy="database")
         row = daemon.store.decision(second.decision_ids[0])
         assert row is not None and row.outcome == "skipped_cooldown"
         assert wal_size(testbed) >= grown * 0.9
@@ -128,11 +128,11 @@ async def test_busy_database_fails_cleanly(testbed: TestbedProcess, tmp_path: Pa
         env = env_for(testbed, tmp_path, CCTV_OPTIMIZER_STRATEGIES__DATABASE__BUSY_TIMEOUT_MS="50")
         async with running_daemon(env) as daemon:
             await sample_times(daemon, 1)
-            result = await daemon.engine.request_round(trigger="scheduled")
+            result = await daemon.engine.request_round(trigger="scheduled", strategy="database")
             row = daemon.store.decision(result.decision_ids[0])
             assert row is not None and row.outcome == "failed"
             assert row.error is not None and "busy" in row.error
-            assert [e.status for e in daemon.store.journal()] == ["failed"]
+            assert [e.status for e in daemon.store.journal() if e.strategy == "database"] == ["failed"]
             assert daemon.engine.runtimes["database"].consecutive_failures == 1
     finally:
         reader.execute("COMMIT")

@@ -165,7 +165,7 @@ async def test_health_errors_and_history_paging(testbed: TestbedProcess, tmp_pat
         async with http.get("/optimizations?after=x") as resp:
             assert resp.status == 400
         for _ in range(3):
-            await daemon.engine.request_round(trigger="manual", manual=True, dry_run=True)
+            await daemon.engine.request_round(trigger="manual", strategy="database", manual=True, dry_run=True)
         async with http.get("/optimizations?after=0&limit=2") as resp:
             page = await resp.json()
         assert [i["id"] for i in page["items"]] == [1, 2]
