@@ -16,7 +16,9 @@ def journal_rows(state_db: Path) -> list[tuple[int, str]]:
         return []
     conn = sqlite3.connect(f"file:{state_db}?mode=ro", uri=True, timeout=1)
     try:
-        return [(r[0], r[1]) for r in conn.execute("SELECT id, status FROM journal WHERE strategy = 'database' ORDER BY id")]
+        return [
+            (r[0], r[1]) for r in conn.execute("SELECT id, status FROM journal WHERE strategy = 'database' ORDER BY id")
+        ]
     except sqlite3.OperationalError:
         return []
     finally:
@@ -27,7 +29,10 @@ def decision_rows(state_db: Path) -> list[tuple[int, str, str | None]]:
     """(id, outcome, error) of the decisions."""
     conn = sqlite3.connect(f"file:{state_db}?mode=ro", uri=True, timeout=1)
     try:
-        return [(r[0], r[1], r[2]) for r in conn.execute("SELECT id, outcome, error FROM decisions WHERE strategy = 'database' ORDER BY id")]
+        return [
+            (r[0], r[1], r[2])
+            for r in conn.execute("SELECT id, outcome, error FROM decisions WHERE strategy = 'database' ORDER BY id")
+        ]
     finally:
         conn.close()
 
