@@ -71,13 +71,17 @@ class RequestBudget:
         """Seconds left in a Retry-After pause."""
         return max(0.0, self._paused_until - self._clock())
 
+    def _refill(self, now: float) -> None:
+        """Add the tokens earned since the last update."""
+        self._tokens = min(self._capacity, self._tokens + (now - self._updated) * self._rate)
+        self._updated = now
+
     def try_take(self) -> bool:
         """Spend one request if the bucket has one and no pause is in force."""
         now = self._clock()
         if now < self._paused_until:
             return False
-        self._tokens = min(self._capacity, self._tokens + (now - self._updated) * self._rate)
-        self._updated = now
+        self._refill(now)
         if self._tokens >= 1.0:
             self._tokens -= 1.0
             return True
@@ -88,7 +92,25 @@ class RequestBudget:
         pause = self.paused_for()
         if pause > 0:
             return pause
+        # refill first: the tokens earned since the last call shorten the wait
+        self._refill(self._clock())
         return max(0.0, (1.0 - self._tokens) / self._rate)
+
+
+async def _read_capped(resp: aiohttp.ClientResponse, path: str) -> bytes:
+    """The whole body, or BackendError as soon as it passes MAX_BODY_BYTES."""
+    too_big = BackendError(f"{path} answered more than {MAX_BODY_BYTES} bytes", status=resp.status)
+    if resp.content_length is not None and resp.content_length > MAX_BODY_BYTES:
+        raise too_big
+    # StreamReader.read(n) returns only what has arrived so far, so read chunk by chunk to the end
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in resp.content.iter_chunked(64 * 1024):
+        size += len(chunk)
+        if size > MAX_BODY_BYTES:
+            raise too_big
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 def parse_retry_after(value: str | None) -> float:
@@ -233,9 +255,7 @@ class BackendClient:
             async with self._session_or_new().request(
                 method, self._base + path, json=body, headers=headers, allow_redirects=False
             ) as resp:
-                data = await resp.content.read(MAX_BODY_BYTES + 1)
-                if len(data) > MAX_BODY_BYTES:
-                    raise BackendError(f"{path} answered more than {MAX_BODY_BYTES} bytes", status=resp.status)
+                data = await _read_capped(resp, path)
                 if resp.status == 429:
                     self._budget.pause(parse_retry_after(resp.headers.get("Retry-After")))
                     raise BackendError(f"{path} is rate limited (429)", status=429)

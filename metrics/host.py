@@ -70,6 +70,8 @@ def parse_psi(text: str) -> tuple[float, float]:
     """Return (some avg10, full avg10) from one /proc/pressure file."""
     some = full = 0.0
     for line in text.splitlines():
+        if not line.strip():
+            continue
         kind, *pairs = line.split()
         values = dict(p.split("=", 1) for p in pairs if "=" in p)
         if kind == "some":
@@ -100,10 +102,11 @@ def parse_diskstats(text: str) -> tuple[int, int]:
         if len(fields) < 10:
             continue
         name = fields[2]
-        if name.startswith(("loop", "ram", "dm-", "zram", "sr")):
+        # md and dm devices are layered on disks that are already counted
+        if name.startswith(("loop", "ram", "dm-", "md", "zram", "sr")):
             continue
         # a partition's name ends in a digit after a disk name that also exists; count whole disks only
-        if name[-1].isdigit() and not name.startswith(("nvme", "mmcblk")) and not name.startswith("md"):
+        if name[-1].isdigit() and not name.startswith(("nvme", "mmcblk")):
             continue
         if name.startswith(("nvme", "mmcblk")) and "p" in name[4:]:
             continue

@@ -82,18 +82,22 @@ class Sampler:
         self._busy.add(name)
         error: str | None = None
         result: T | None = None
-        task = asyncio.ensure_future(factory())
+        task: asyncio.Future[T] | None = None
         try:
+            # created inside the try: a reader that fails as it is called must not stay marked busy
+            task = asyncio.ensure_future(factory())
             result = await asyncio.wait_for(asyncio.shield(task), self._timeout)
         except TimeoutError:
             error = f"timed out after {self._timeout:g} s"
-            task.add_done_callback(lambda _t: self._release(name))
         except SamplingError as exc:
             error = str(exc)
         except Exception as exc:  # a bug in a reader must not stop the others; the status names it
             error = f"internal error: {exc.__class__.__name__}: {exc}"
         finally:
-            if error is None or not error.startswith("timed out"):
+            if task is not None and not task.done():
+                # timed out (or this sample was cancelled): the read goes on; free the source when it ends
+                task.add_done_callback(lambda _t: self._release(name))
+            else:
                 self._release(name)
         statuses[name] = SourceStatus(
             name=name, up=error is None, error=error, duration_seconds=self._clock() - started

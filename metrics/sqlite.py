@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import sqlite3
 import time
+import urllib.parse
 from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -25,7 +26,9 @@ def connect_readonly(path: Path, busy_timeout_ms: int) -> sqlite3.Connection:
     if not path.is_file():
         raise SamplingError(f"database {path} does not exist")
     try:
-        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=busy_timeout_ms / 1000, isolation_level=None)
+        # quoted: a path holding "?", "#" or "%" would otherwise be read as URI syntax
+        uri = f"file:{urllib.parse.quote(str(path))}?mode=ro"
+        conn = sqlite3.connect(uri, uri=True, timeout=busy_timeout_ms / 1000, isolation_level=None)
     except sqlite3.Error as exc:
         raise SamplingError(f"cannot open database {path}: {exc}") from None
     conn.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
@@ -106,6 +109,8 @@ class DatabaseReader:
         except sqlite3.DatabaseError as exc:
             if _is_busy(exc):
                 busy = True
+                # the sessions were not read this time; an older count must not pass for a fresh one
+                self.last_sessions = None
                 probe = time.perf_counter() - started
                 page_size = page_count = freelist = 0
                 mode = "unknown"
@@ -155,6 +160,12 @@ class DatabaseReader:
         for table, column in self._tables:
             if table not in existing:
                 continue
-            row = conn.execute(f'SELECT count(*), min("{column}") FROM "{table}"').fetchone()
+            columns = {str(r[1]) for r in conn.execute(f'PRAGMA table_info("{table}")')}
+            if column in columns:
+                row = conn.execute(f'SELECT count(*), min("{column}") FROM "{table}"').fetchone()
+            else:
+                # SQLite reads a double-quoted unknown column as a string literal, so min() would
+                # return the column's name: with another schema, count the rows and report no age
+                row = (conn.execute(f'SELECT count(*) FROM "{table}"').fetchone()[0], None)
             out[table] = TableStat(rows=int(row[0]), oldest=str(row[1]) if row[1] is not None else None)
         return out

@@ -1,0 +1,104 @@
+"""The sampler keeps its blocking work off the event loop: a ticker is never held up while it samples."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import pytest
+
+from metrics.backend import BackendClient, Credentials
+from metrics.hls import HlsReader
+from metrics.host import HostReader
+from metrics.mediamtx import MediaMtxClient
+from metrics.process import ProcessReader, ProcessSpec
+from metrics.sampler import SOURCE_NAMES, Sampler, Sources
+from metrics.sqlite import DatabaseReader
+from metrics.tcp import make_tcp_counter
+from testbed.harness import TestbedProcess
+from tests.harness import running_testbed
+
+HOT = ("/api/cameras/active", "/api/areas/public")
+SAMPLES = 8
+STALE_FILES = 8000
+STUCK_SESSIONS = 500
+TICK_S = 0.005
+# Generous on purpose: machines are noisy. The test is about blocking work being in threads, not speed.
+MAX_LAG_S = 0.100
+TABLES = (("viewer_sessions", "started_at"), ("login_attempts", "attempt_time"), ("token_blacklist", "expires_at"))
+
+
+def sources_for(tb: TestbedProcess) -> Sources:
+    """Every real reader, pointed at the testbed."""
+    env = tb.env
+    password = Path(env["CCTV_OPTIMIZER_BACKEND__ADMIN_PASSWORD_FILE"]).read_text(encoding="utf-8").strip()
+    backend_port = urlsplit(tb.url).port
+    mediamtx_port = urlsplit(tb.mediamtx_url).port
+    assert backend_port is not None and mediamtx_port is not None
+    return Sources(
+        host=HostReader(),
+        tcp=make_tcp_counter(),
+        process=ProcessReader(ProcessSpec.parse(env["CCTV_OPTIMIZER_BACKEND__PROCESS"])),
+        backend=BackendClient(
+            tb.url,
+            Credentials(username=env["CCTV_OPTIMIZER_BACKEND__ADMIN_USERNAME"], password=password, api_key=None),
+            user_agent="cctv-optimizer-test/1",
+            timeout_seconds=5.0,
+            requests_per_minute=90,
+        ),
+        database=DatabaseReader(tb.database, tables=TABLES, table_interval_seconds=0.0),
+        hls=HlsReader(tb.hls_dir, 120.0),
+        mediamtx=MediaMtxClient(tb.mediamtx_url, 5.0),
+        hot_endpoints=HOT,
+        extra_ports=frozenset({backend_port, mediamtx_port}),
+    )
+
+
+async def ticker(stop: asyncio.Event, lags: list[float]) -> None:
+    """Sleep in short ticks and record how late each wake-up was."""
+    loop = asyncio.get_running_loop()
+    while not stop.is_set():
+        before = loop.time()
+        await asyncio.sleep(TICK_S)
+        lags.append(loop.time() - before - TICK_S)
+
+
+@pytest.fixture
+def testbed(tmp_path: Path) -> Iterator[TestbedProcess]:
+    """A testbed with small HLS segments, so many files cost little disk."""
+    with running_testbed(tmp_path / "testbed", "--segment-bytes", "2048") as process:
+        yield process
+
+
+async def test_sampling_the_testbed_never_blocks_the_loop(testbed: TestbedProcess) -> None:
+    """While every source is sampled repeatedly, the event loop is never held for more than 100 ms."""
+    # enough files and rows that a scan done on the loop would hold it well past the bound
+    testbed.scenario("stale_segments", count=STALE_FILES, age_seconds=600)
+    testbed.scenario("stuck_sessions", count=STUCK_SESSIONS, age_seconds=600)
+    testbed.scenario("wal_growth", mb=4)
+    sources = sources_for(testbed)
+    sampler = Sampler(sources, source_timeout_seconds=10.0)
+    lags: list[float] = []
+    stop = asyncio.Event()
+    ticks = asyncio.create_task(ticker(stop, lags))
+    try:
+        await asyncio.sleep(TICK_S * 4)  # the ticker is running before sampling starts
+        snapshots = [await sampler.sample() for _ in range(SAMPLES)]
+    finally:
+        stop.set()
+        await ticks
+        assert sources.backend is not None and sources.mediamtx is not None
+        await sources.backend.close()
+        await sources.mediamtx.close()
+        close = getattr(sources.tcp, "close", None)
+        if close is not None:
+            close()
+    last = snapshots[-1]
+    assert {name: status.error for name, status in last.sources.items() if not status.up} == {}
+    assert set(last.sources) == set(SOURCE_NAMES)
+    assert last.hls is not None and last.hls.stale_files >= STALE_FILES
+    assert last.sessions is not None and last.sessions.stuck >= STUCK_SESSIONS
+    assert len(lags) >= SAMPLES
+    assert max(lags) < MAX_LAG_S, f"event loop blocked for {max(lags) * 1000:.0f} ms"

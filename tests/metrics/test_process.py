@@ -1,0 +1,251 @@
+"""Tests for metrics.process: finding the backend by pid file, port and name, and sampling its tree."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import selectors
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import psutil
+import pytest
+
+from metrics.errors import SamplingError
+from metrics.process import ProcessReader, ProcessSpec, discover_pid, listening_inodes, pid_owning_inodes
+
+START_TIMEOUT_S = 10.0
+STOP_TIMEOUT_S = 5.0
+NO_SUCH_PID = 2**31 - 2
+
+# A stand-in backend: listens on a loopback port, has one child, and exits when its stdin closes.
+CHILD = """
+import socket, subprocess, sys
+server = socket.socket()
+server.bind(("127.0.0.1", 0))
+server.listen()
+helper = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE)
+print(server.getsockname()[1], helper.pid, flush=True)
+sys.stdin.read()
+helper.stdin.close()
+helper.wait()
+"""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Child:
+    """A running stand-in backend."""
+
+    process: subprocess.Popen[bytes]
+    port: int
+    helper_pid: int
+    marker: str
+
+    @property
+    def pid(self) -> int:
+        """Its PID."""
+        return self.process.pid
+
+
+def first_line(process: subprocess.Popen[bytes]) -> str:
+    """The child's first stdout line, waiting at most START_TIMEOUT_S."""
+    assert process.stdout is not None
+    with selectors.DefaultSelector() as selector:
+        selector.register(process.stdout, selectors.EVENT_READ)
+        if not selector.select(START_TIMEOUT_S):
+            raise TimeoutError("child did not report its port")
+    return process.stdout.readline().decode().strip()
+
+
+def stop(child: Child) -> None:
+    """Close its stdin so it exits with its helper; kill both by PID if they do not."""
+    process = child.process
+    if process.stdin is not None:
+        with contextlib.suppress(OSError):
+            process.stdin.close()
+    try:
+        process.wait(timeout=STOP_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(timeout=STOP_TIMEOUT_S)
+    if process.stdout is not None:
+        process.stdout.close()
+    try:
+        psutil.Process(child.helper_pid).wait(timeout=STOP_TIMEOUT_S)
+    except psutil.TimeoutExpired:
+        os.kill(child.helper_pid, signal.SIGKILL)
+    except psutil.NoSuchProcess:
+        pass
+
+
+@pytest.fixture
+def start_child() -> Iterator[Callable[[], Child]]:
+    """Start stand-in backends; all are stopped at the end."""
+    started: list[Child] = []
+
+    def factory() -> Child:
+        marker = f"cctv-backend-standin-{uuid.uuid4().hex}"
+        process = subprocess.Popen([sys.executable, "-c", CHILD, marker], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+        try:
+            port, helper = (int(x) for x in first_line(process).split())
+        except BaseException:
+            process.kill()
+            process.wait(timeout=STOP_TIMEOUT_S)
+            raise
+        child = Child(process=process, port=port, helper_pid=helper, marker=marker)
+        started.append(child)
+        return child
+
+    yield factory
+    for child in started:
+        stop(child)
+
+
+@pytest.fixture
+def child(start_child: Callable[[], Child]) -> Child:
+    """One running stand-in backend."""
+    return start_child()
+
+
+def test_spec_parse_and_text() -> None:
+    """A spec splits at the first colon only and prints back as it was given."""
+    spec = ProcessSpec.parse("name:node .*server.js:3000")
+    assert (spec.kind, spec.value) == ("name", "node .*server.js:3000")
+    assert str(spec) == "name:node .*server.js:3000"
+    assert ProcessSpec.parse("port:3000") == ProcessSpec(kind="port", value="3000")
+
+
+def test_discover_by_pid_file(child: Child, tmp_path: Path) -> None:
+    """pid:FILE reads the PID from the file."""
+    pid_file = tmp_path / "backend.pid"
+    pid_file.write_text(f"{child.pid}\n")
+    assert discover_pid(ProcessSpec(kind="pid", value=str(pid_file))) == child.pid
+
+
+def test_discover_by_port(child: Child) -> None:
+    """port:N finds the process holding the listening socket."""
+    assert discover_pid(ProcessSpec(kind="port", value=str(child.port))) == child.pid
+
+
+def test_listening_socket_inode_belongs_to_the_child(child: Child) -> None:
+    """The listening inode of the port is found in /proc/net/tcp and owned by the child."""
+    inodes = listening_inodes(child.port)
+    assert len(inodes) == 1
+    assert pid_owning_inodes(inodes) == child.pid
+    assert pid_owning_inodes(set()) is None
+
+
+def test_discover_by_name(child: Child) -> None:
+    """name:PATTERN finds the process whose command line matches, not its helper or the caller."""
+    assert discover_pid(ProcessSpec(kind="name", value=child.marker)) == child.pid
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        ProcessSpec(kind="name", value=f"no-such-process-{uuid.uuid4().hex}"),
+        ProcessSpec(kind="unit", value=f"no-such-unit-{uuid.uuid4().hex}"),
+        ProcessSpec(kind="bogus", value="x"),
+    ],
+)
+def test_not_found_is_a_sampling_error(spec: ProcessSpec) -> None:
+    """A spec that finds nothing raises SamplingError naming the spec."""
+    with pytest.raises(SamplingError, match="not found by"):
+        discover_pid(spec)
+
+
+def test_port_without_listener_is_not_found(child: Child) -> None:
+    """A port nobody listens on (the child's, once it has stopped) finds nothing."""
+    port = child.port
+    stop(child)
+    with pytest.raises(SamplingError, match=f"not found by port:{port}"):
+        discover_pid(ProcessSpec(kind="port", value=str(port)))
+
+
+def test_pid_file_problems(tmp_path: Path) -> None:
+    """A missing pid file, one without a number, and one naming a dead PID all raise SamplingError."""
+    with pytest.raises(SamplingError, match="cannot read pid file"):
+        discover_pid(ProcessSpec(kind="pid", value=str(tmp_path / "absent.pid")))
+    garbage = tmp_path / "garbage.pid"
+    garbage.write_text("not a pid\n")
+    with pytest.raises(SamplingError, match="not found"):
+        discover_pid(ProcessSpec(kind="pid", value=str(garbage)))
+    dead = tmp_path / "dead.pid"
+    dead.write_text(str(NO_SUCH_PID))
+    with pytest.raises(SamplingError, match="not found"):
+        discover_pid(ProcessSpec(kind="pid", value=str(dead)))
+
+
+def test_reader_samples_the_tree(child: Child) -> None:
+    """The sample names the PID, the listening port, the child process and adds its memory to the tree."""
+    reader = ProcessReader(ProcessSpec(kind="port", value=str(child.port)))
+    assert reader.pid is None
+    sample = reader.read(10.0)
+    own = psutil.Process(child.pid).memory_info().rss
+    helper = psutil.Process(child.helper_pid).memory_info().rss
+    assert sample.pid == child.pid == reader.pid
+    assert sample.listen_ports == (child.port,) == reader.listen_ports
+    assert sample.children == 1
+    assert sample.rss_bytes == pytest.approx(own, rel=0.2)
+    assert sample.tree_rss_bytes == pytest.approx(own + helper, rel=0.2)
+    assert sample.tree_rss_bytes > sample.rss_bytes
+    assert sample.open_files >= 4  # stdin, stdout, stderr and the listening socket
+    assert sample.cpu_ratio == 0.0
+
+
+@pytest.fixture
+def spinner() -> Iterator[tuple[subprocess.Popen[bytes], str]]:
+    """A process that burns CPU, and its marker; it is killed (by its handle) at the end."""
+    marker = f"cctv-spinner-{uuid.uuid4().hex}"
+    process = subprocess.Popen([sys.executable, "-c", "while True: pass", marker])
+    yield process, marker
+    process.kill()
+    process.wait(timeout=STOP_TIMEOUT_S)
+
+
+def cpu_seconds(pid: int) -> float:
+    """User plus system CPU seconds of a process."""
+    times = psutil.Process(pid).cpu_times()
+    return times.user + times.system
+
+
+def test_cpu_ratio_is_cpu_seconds_per_second(spinner: tuple[subprocess.Popen[bytes], str]) -> None:
+    """The second read divides the CPU seconds used since the first by the time between the reads."""
+    process, marker = spinner
+    reader = ProcessReader(ProcessSpec(kind="name", value=marker))
+    reader.read(100.0)
+    before = cpu_seconds(process.pid)
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while cpu_seconds(process.pid) < before + 0.3:
+        assert time.monotonic() < deadline, "the spinner got no CPU"
+        threading.Event().wait(0.02)
+    used = cpu_seconds(process.pid) - before
+    sample = reader.read(102.0)
+    assert sample.pid == process.pid
+    # the two reads bracket our own measurement, give or take the few ms between them
+    assert sample.cpu_ratio == pytest.approx(used / 2.0, abs=0.05)
+
+
+def test_reader_rediscovers_after_a_restart(start_child: Callable[[], Child], tmp_path: Path) -> None:
+    """When the backend exits the read fails; once a new one writes its PID the reader finds it."""
+    pid_file = tmp_path / "backend.pid"
+    first = start_child()
+    pid_file.write_text(str(first.pid))
+    reader = ProcessReader(ProcessSpec(kind="pid", value=str(pid_file)))
+    assert reader.read(1.0).pid == first.pid
+    stop(first)
+    with pytest.raises(SamplingError):
+        reader.read(2.0)
+    second = start_child()
+    pid_file.write_text(str(second.pid))
+    sample = reader.read(3.0)
+    assert sample.pid == second.pid
+    assert sample.listen_ports == (second.port,)
+    assert sample.cpu_ratio == 0.0

@@ -1,0 +1,358 @@
+"""Tests for metrics.sampler with fake readers: isolation of failures, timeouts, no overlapping reads."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any
+
+import pytest
+
+from metrics.errors import SamplingError
+from metrics.sampler import SOURCE_NAMES, Sampler, Sources
+from metrics.snapshot import (
+    CacheStatsSample,
+    DatabaseSample,
+    HlsSample,
+    HostSample,
+    MediaMtxSample,
+    ProbeSample,
+    ProcessSample,
+    SessionSample,
+    Snapshot,
+)
+from metrics.tcp import TcpCounts, TcpState
+from tests.metrics.test_prometheus import full_snapshot
+
+TIMEOUT_S = 0.2
+GATE_LIMIT_S = 10.0  # a gated fake read never outlives this, even when a test fails
+SETTLE_S = 5.0
+HOT = ("/api/cameras/active", "/api/areas/public")
+BACKEND_PORT = 3000
+EXTRA_PORT = 9997
+
+BASE = full_snapshot()
+assert BASE.host and BASE.backend and BASE.database and BASE.hls and BASE.probe and BASE.cache and BASE.mediamtx
+HOST: HostSample = BASE.host
+PROCESS: ProcessSample = BASE.backend
+DATABASE: DatabaseSample = BASE.database
+HLS: HlsSample = BASE.hls
+PROBE: ProbeSample = BASE.probe
+CACHE: CacheStatsSample = BASE.cache
+MEDIAMTX: MediaMtxSample = BASE.mediamtx
+SESSIONS = SessionSample(active=5, stuck=2, oldest_heartbeat_age_seconds=700.0)
+
+
+@dataclass
+class FakeReader:
+    """A blocking reader (run in a thread by the sampler): returns its value, fails, or waits on a gate."""
+
+    value: Any
+    error: BaseException | None = None
+    gate: threading.Event | None = None
+    calls: list[float] = field(default_factory=list)
+    entered: threading.Event = field(default_factory=threading.Event)
+    last_sessions: SessionSample | None = None
+
+    def read(self, now: float) -> Any:
+        """Record the call, wait on the gate if any, then answer."""
+        self.calls.append(now)
+        self.entered.set()
+        if self.gate is not None:
+            self.gate.wait(GATE_LIMIT_S)
+        if self.error is not None:
+            raise self.error
+        return self.value
+
+
+@dataclass
+class FakeBackend:
+    """The backend client's probe and cache calls, as coroutines that answer, fail or wait."""
+
+    has_credentials: bool = True
+    probe_error: BaseException | None = None
+    cache_error: BaseException | None = None
+    probe_gate: asyncio.Event | None = None
+    probe_calls: list[tuple[str, ...]] = field(default_factory=list)
+
+    async def probe(self, hot: tuple[str, ...]) -> ProbeSample:
+        """Answer the probe."""
+        self.probe_calls.append(hot)
+        if self.probe_gate is not None:
+            await asyncio.wait_for(self.probe_gate.wait(), GATE_LIMIT_S)
+        if self.probe_error is not None:
+            raise self.probe_error
+        return PROBE
+
+    async def cache_stats(self) -> CacheStatsSample:
+        """Answer the cache stats."""
+        if self.cache_error is not None:
+            raise self.cache_error
+        return CACHE
+
+
+@dataclass
+class FakeMediaMtx:
+    """MediaMTX's client: answers or fails."""
+
+    error: BaseException | None = None
+
+    async def read(self) -> MediaMtxSample:
+        """Answer the paths count."""
+        if self.error is not None:
+            raise self.error
+        return MEDIAMTX
+
+
+@dataclass
+class FakeTcp:
+    """A TCP counter that records the ports it was asked about."""
+
+    error: BaseException | None = None
+    asked: list[frozenset[int]] = field(default_factory=list)
+
+    def count(self, ports: frozenset[int]) -> TcpCounts:
+        """Three established sockets and one listener."""
+        self.asked.append(ports)
+        if self.error is not None:
+            raise self.error
+        by_state = dict.fromkeys(TcpState, 0)
+        by_state[TcpState.ESTABLISHED] = 3
+        by_state[TcpState.LISTEN] = 1
+        return TcpCounts(by_state=MappingProxyType(by_state), total=3, method="proc")
+
+
+@dataclass
+class Fakes:
+    """One of each fake source."""
+
+    host: FakeReader = field(default_factory=lambda: FakeReader(HOST))
+    process: FakeReader = field(default_factory=lambda: FakeReader(PROCESS))
+    database: FakeReader = field(default_factory=lambda: FakeReader(DATABASE, last_sessions=SESSIONS))
+    hls: FakeReader = field(default_factory=lambda: FakeReader(HLS))
+    backend: FakeBackend = field(default_factory=FakeBackend)
+    mediamtx: FakeMediaMtx = field(default_factory=FakeMediaMtx)
+    tcp: FakeTcp = field(default_factory=FakeTcp)
+
+    def sampler(self, *, clock: Any = time.monotonic, wall_clock: Any = time.time) -> Sampler:
+        """A sampler over these fakes."""
+        sources = Sources(
+            host=self.host,  # type: ignore[arg-type]
+            tcp=self.tcp,
+            process=self.process,  # type: ignore[arg-type]
+            backend=self.backend,  # type: ignore[arg-type]
+            database=self.database,  # type: ignore[arg-type]
+            hls=self.hls,  # type: ignore[arg-type]
+            mediamtx=self.mediamtx,  # type: ignore[arg-type]
+            hot_endpoints=HOT,
+            extra_ports=frozenset({EXTRA_PORT}),
+        )
+        return Sampler(sources, source_timeout_seconds=TIMEOUT_S, clock=clock, wall_clock=wall_clock)
+
+    def release(self) -> None:
+        """Open every gate, so no fake read is left waiting."""
+        for reader in (self.host, self.process, self.database, self.hls):
+            if reader.gate is not None:
+                reader.gate.set()
+        if self.backend.probe_gate is not None:
+            self.backend.probe_gate.set()
+
+
+@pytest.fixture
+async def fakes() -> AsyncIterator[Fakes]:
+    """Fresh fakes; every gate is opened at the end, while the event loop still runs."""
+    made = Fakes()
+    yield made
+    made.release()
+
+
+def parts(snap: Snapshot) -> dict[str, object]:
+    """The snapshot's part for each source name."""
+    return {
+        "host": snap.host,
+        "process": snap.backend,
+        "tcp": snap.tcp,
+        "probe": snap.probe,
+        "cache": snap.cache,
+        "database": snap.database,
+        "hls": snap.hls,
+        "mediamtx": snap.mediamtx,
+    }
+
+
+def down(snap: Snapshot) -> dict[str, str | None]:
+    """Sources that are down, with their error."""
+    return {name: status.error for name, status in snap.sources.items() if not status.up}
+
+
+async def sample_until_up(sampler: Sampler, name: str) -> Snapshot:
+    """Sample until ``name`` is up again (bounded), for after a stuck read has been released."""
+    deadline = time.monotonic() + SETTLE_S
+    while True:
+        snap = await sampler.sample()
+        if snap.sources[name].up:
+            return snap
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{name} still down: {snap.sources[name].error}")
+        await asyncio.sleep(0.01)
+
+
+async def test_every_source_answers(fakes: Fakes) -> None:
+    """All sources up: each part is the reader's value and every status is up."""
+    snap = await fakes.sampler().sample()
+    assert down(snap) == {}
+    assert set(snap.sources) == set(SOURCE_NAMES)
+    assert snap.seq == 1
+    assert (snap.host, snap.backend, snap.database, snap.hls) == (HOST, PROCESS, DATABASE, HLS)
+    assert (snap.probe, snap.cache, snap.mediamtx) == (PROBE, CACHE, MEDIAMTX)
+    assert snap.sessions == SESSIONS
+    assert snap.tcp is not None
+    assert (snap.tcp.get("established"), snap.tcp.total, snap.tcp.method) == (3, 3, "proc")
+    assert snap.own is not None and snap.own.rss_bytes > 0
+    assert fakes.backend.probe_calls == [HOT]
+
+
+async def test_sequence_numbers_and_clocks(fakes: Fakes) -> None:
+    """Snapshots are numbered; monotonic time goes to the readers, wall time to the HLS scan."""
+    sampler = fakes.sampler(clock=lambda: 500.0, wall_clock=lambda: 1_700_000_000.0)
+    first = await sampler.sample()
+    second = await sampler.sample()
+    assert (first.seq, second.seq) == (1, 2)
+    assert (second.monotonic, second.wall_time, second.duration_seconds) == (500.0, 1_700_000_000.0, 0.0)
+    assert fakes.host.calls == [500.0, 500.0]
+    assert fakes.database.calls == [500.0, 500.0]
+    assert fakes.hls.calls == [1_700_000_000.0, 1_700_000_000.0]
+
+
+async def test_tcp_ports_are_the_backends_and_the_extra_ones(fakes: Fakes) -> None:
+    """TCP is counted for the backend's listening ports plus the configured extra ports."""
+    snap = await fakes.sampler().sample()
+    assert fakes.tcp.asked == [frozenset({BACKEND_PORT, EXTRA_PORT})]
+    assert snap.tcp is not None
+    assert snap.tcp.ports == (BACKEND_PORT, EXTRA_PORT)
+
+
+def break_source(fakes: Fakes, name: str, error: BaseException) -> None:
+    """Make one source fail with ``error``."""
+    if name == "probe":
+        fakes.backend.probe_error = error
+    elif name == "cache":
+        fakes.backend.cache_error = error
+    else:
+        getattr(fakes, name).error = error
+
+
+@pytest.mark.parametrize("name", SOURCE_NAMES)
+async def test_each_source_fails_alone(fakes: Fakes, name: str) -> None:
+    """A source raising SamplingError is down with its message, its part is None, the others are whole."""
+    break_source(fakes, name, SamplingError(f"{name} is unhappy"))
+    snap = await fakes.sampler().sample()
+    assert down(snap) == {name: f"{name} is unhappy"}
+    for other, part in parts(snap).items():
+        assert (part is None) == (other == name), other
+
+
+@pytest.mark.parametrize("name", ["host", "probe", "tcp"])
+async def test_a_bug_in_a_reader_is_contained(fakes: Fakes, name: str) -> None:
+    """An unexpected exception marks only that source down, naming the exception."""
+    break_source(fakes, name, ZeroDivisionError("division by zero"))
+    snap = await fakes.sampler().sample()
+    assert down(snap) == {name: "internal error: ZeroDivisionError: division by zero"}
+
+
+async def test_process_failure_leaves_only_extra_ports(fakes: Fakes) -> None:
+    """Without the backend process, TCP is still counted on the extra ports."""
+    fakes.process.error = SamplingError("backend process not found")
+    await fakes.sampler().sample()
+    assert fakes.tcp.asked == [frozenset({EXTRA_PORT})]
+
+
+async def test_sessions_need_a_database_read(fakes: Fakes) -> None:
+    """When the database read fails, the previous sessions are not passed off as current."""
+    fakes.database.error = SamplingError("database is gone")
+    snap = await fakes.sampler().sample()
+    assert snap.sessions is None
+
+
+async def test_unconfigured_sources_are_left_out(fakes: Fakes) -> None:
+    """Sources set to None have no status and no part; without credentials the cache is not asked."""
+    sources = Sources(host=fakes.host, tcp=fakes.tcp, backend=FakeBackend(has_credentials=False))  # type: ignore[arg-type]
+    snap = await Sampler(sources, source_timeout_seconds=TIMEOUT_S).sample()
+    assert set(snap.sources) == {"host", "probe", "tcp"}
+    assert (snap.cache, snap.database, snap.hls, snap.mediamtx, snap.backend) == (None,) * 5
+
+
+async def test_a_timeout_marks_only_that_source_down(fakes: Fakes) -> None:
+    """A blocking read past the timeout is reported as timed out; the others answer and the sample ends."""
+    fakes.host.gate = threading.Event()
+    started = time.monotonic()
+    snap = await fakes.sampler().sample()
+    assert time.monotonic() - started < GATE_LIMIT_S / 2
+    assert down(snap) == {"host": f"timed out after {TIMEOUT_S:g} s"}
+    assert snap.sources["host"].duration_seconds >= TIMEOUT_S
+    assert snap.database == DATABASE
+
+
+async def test_a_still_running_read_is_not_started_twice(fakes: Fakes) -> None:
+    """While a timed-out read is still running, later samples skip that source instead of stacking reads."""
+    fakes.host.gate = threading.Event()
+    sampler = fakes.sampler()
+    await sampler.sample()
+    snap = await sampler.sample()
+    assert down(snap) == {"host": "previous read still running"}
+    assert len(fakes.host.calls) == 1
+    fakes.host.gate.set()
+    recovered = await sample_until_up(sampler, "host")
+    assert recovered.host == HOST
+    assert len(fakes.host.calls) == 2
+
+
+async def test_a_slow_async_source_times_out_alone(fakes: Fakes) -> None:
+    """A hanging probe is timed out and skipped while it hangs; the cache from the same client answers."""
+    fakes.backend.probe_gate = asyncio.Event()
+    sampler = fakes.sampler()
+    first = await sampler.sample()
+    second = await sampler.sample()
+    assert down(first) == {"probe": f"timed out after {TIMEOUT_S:g} s"}
+    assert down(second) == {"probe": "previous read still running"}
+    assert second.cache == CACHE
+    assert len(fakes.backend.probe_calls) == 1
+    fakes.backend.probe_gate.set()
+    assert (await sample_until_up(sampler, "probe")).probe == PROBE
+
+
+async def test_a_cancelled_sample_does_not_let_a_read_start_twice(fakes: Fakes) -> None:
+    """Cancelling a sample mid-read keeps the source busy until the read really ends."""
+    fakes.host.gate = threading.Event()
+    sampler = fakes.sampler()
+    task = asyncio.create_task(sampler.sample())
+    assert await asyncio.to_thread(fakes.host.entered.wait, SETTLE_S)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    snap = await sampler.sample()
+    assert down(snap) == {"host": "previous read still running"}
+    assert len(fakes.host.calls) == 1
+    fakes.host.gate.set()
+    await sample_until_up(sampler, "host")
+
+
+async def test_a_reader_failing_as_it_is_called_is_retried_next_time(fakes: Fakes) -> None:
+    """A reader that raises before returning an awaitable is down, and is tried again on the next sample."""
+    calls: list[int] = []
+
+    def broken() -> MediaMtxSample:
+        calls.append(1)
+        raise SamplingError("MediaMTX client is misconfigured")
+
+    fakes.mediamtx.read = broken  # type: ignore[method-assign,assignment]
+    sampler = fakes.sampler()
+    first = await sampler.sample()
+    second = await sampler.sample()
+    assert down(first) == {"mediamtx": "MediaMTX client is misconfigured"}
+    assert down(second) == {"mediamtx": "MediaMTX client is misconfigured"}
+    assert len(calls) == 2
