@@ -105,8 +105,27 @@ class SamplerSettings:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class AlertmanagerSettings:
+    """The Alertmanager webhook: which alert label names the strategy, and how long a notification is remembered."""
+
+    strategy_label: str = _f("optimize_strategy")
+    dedupe_seconds: float = _f(600.0, min=0.0, max=7 * 86400.0)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class DatabaseOptions:
-    """Options of the database strategy."""
+    """Options of the database strategy.
+
+    ``wal_limit_bytes``: WAL size that arms a checkpoint; ``busy_timeout_ms``: how long a write waits for the
+    backend's writer; ``optimize_interval_seconds``: least time between ``PRAGMA optimize`` runs;
+    ``settle_seconds``: wait before the effect is measured. ``table_rows_warning``: row count of an uncleaned
+    table that raises a finding. Retention (disruptive, off by default): ``retention_enabled``,
+    ``retention_days`` (rows older than this go), ``archive_retention_days`` (the same for the history archive
+    tables, whose rows are already 90 days old when they arrive), ``retention_batch_rows`` (rows per write
+    transaction), ``retention_max_rows_per_run``. VACUUM (disruptive, off by default): ``vacuum_enabled``,
+    ``vacuum_window`` (``HH:MM-HH:MM`` in the backend's local time), ``vacuum_min_freelist_ratio``.
+    ``maintenance_max_seconds`` bounds one retention run or VACUUM (keep it below the engine's apply timeout).
+    """
 
     enabled: bool = _f(True)
     mode: Mode | None = _f(None)
@@ -115,9 +134,13 @@ class DatabaseOptions:
     optimize_interval_seconds: float = _f(86400.0, min=60.0, max=30 * 86400.0)
     quick_check_interval_seconds: float = _f(7 * 86400.0, min=60.0, max=90 * 86400.0)
     settle_seconds: float = _f(5.0, min=0.0, max=3600.0)
+    table_rows_warning: int = _f(1_000_000, min=1, max=1 << 40)
     retention_enabled: bool = _f(False)
     retention_days: int = _f(90, min=1, max=3650)
+    archive_retention_days: int = _f(365, min=1, max=3650)
     retention_batch_rows: int = _f(500, min=1, max=100_000)
+    retention_max_rows_per_run: int = _f(20_000, min=1, max=100_000_000)
+    maintenance_max_seconds: float = _f(20.0, min=0.5, max=3600.0)
     vacuum_enabled: bool = _f(False)
     vacuum_window: str = _f("03:00-05:00")
     vacuum_min_freelist_ratio: float = _f(0.25, min=0.0, max=1.0)
@@ -171,42 +194,84 @@ class MemoryOptions:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class CpuOptions:
-    """Options of the cpu strategy."""
+    """Options of the cpu strategy (``CCTV_OPTIMIZER_STRATEGIES__CPU__<FIELD>``; the host line is ``CPU_THRESHOLD``).
+
+    - ``load_per_core``: one-minute load per core at or above which the strategy arms.
+    - ``psi_some_avg10``: PSI ``cpu some avg10`` (percent) at or above which the strategy arms.
+    - ``recorder_pattern``: the argument that marks an ``ffmpeg`` as a recorder (``-segment_time``); an output
+      matching ``*/camera<ID>/pending/*.mp4.partial`` marks one too.
+    - ``recordings_directory``: when set, only recorders writing under this directory are managed.
+    - ``recorder_nice``: the nice value recorders get while the host is hot (never lowered if already higher).
+    - ``recorder_ionice_idle``: use the IO ``idle`` class instead of best-effort level 7 (can starve recorders).
+    - ``hot_sample_interval_factor``: how much the daemon's own sample interval is stretched while hot.
+    - ``settle_seconds``: when the backend's response time is measured again after renicing.
+    """
 
     enabled: bool = _f(True)
     mode: Mode | None = _f(None)
     load_per_core: float = _f(1.5, min=0.1, max=100.0)
     psi_some_avg10: float = _f(40.0, min=0.0, max=100.0)
     recorder_pattern: str = _f("-segment_time")
+    recordings_directory: Path | None = _f(None)
     recorder_nice: int = _f(10, min=1, max=19)
     recorder_ionice_idle: bool = _f(False)
+    hot_sample_interval_factor: float = _f(2.0, min=1.0, max=10.0)
     settle_seconds: float = _f(15.0, min=0.0, max=3600.0)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ConnectionOptions:
-    """Options of the connection strategy."""
+    """Options of the connection strategy (``CCTV_OPTIMIZER_STRATEGIES__CONNECTION__<FIELD>``).
+
+    - ``session_timeout_seconds``: the backend's own viewer-session timeout (15 s); ended sessions get this much
+      time after their last heartbeat, as the backend's sweep would have given them.
+    - ``stuck_session_seconds``: an active session whose heartbeat is older than this means the sweep is stuck.
+    - ``session_batch_rows``, ``session_max_batches``: sessions ended per short transaction, and batches per action.
+    - ``busy_timeout_ms``: how long a batch may wait for the backend's writer before the action gives up.
+    - ``finding_hold_seconds``: how long ``sessions-sweep-stuck`` stays reported after the last stuck session.
+    - ``close_wait_threshold``: CLOSE_WAIT sockets on the backend's ports that are reported as a leak.
+    - ``established_floor``, ``baseline_factor``: ESTABLISHED sockets at or above
+      ``max(floor, baseline x factor)`` arm the reader kick (only when ``kick_idle_readers`` is on).
+    - ``kick_idle_readers``: kick idle MediaMTX readers (disruptive; also needs ``engine.allow_disruptive``).
+    - ``idle_reader_seconds``: a reader is idle when it sent nothing for this long.
+    - ``kick_max_readers``: at most this many readers are kicked in one action.
+    - ``settle_seconds``: when the effect is measured again.
+    """
 
     enabled: bool = _f(True)
     mode: Mode | None = _f(None)
     session_timeout_seconds: float = _f(15.0, min=1.0, max=3600.0)
     stuck_session_seconds: float = _f(120.0, min=10.0, max=86400.0)
+    session_batch_rows: int = _f(100, min=1, max=10_000)
+    session_max_batches: int = _f(50, min=1, max=10_000)
+    busy_timeout_ms: int = _f(1000, min=0, max=60_000)
+    finding_hold_seconds: float = _f(3600.0, min=0.0, max=7 * 86400.0)
     close_wait_threshold: int = _f(50, min=1, max=1_000_000)
     established_floor: int = _f(500, min=1, max=10_000_000)
     baseline_factor: float = _f(3.0, min=1.0, max=100.0)
     kick_idle_readers: bool = _f(False)
+    idle_reader_seconds: float = _f(120.0, min=1.0, max=86400.0)
+    kick_max_readers: int = _f(10, min=1, max=10_000)
     settle_seconds: float = _f(5.0, min=0.0, max=3600.0)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class CacheOptions:
-    """Options of the cache strategy."""
+    """Options of the cache strategy.
+
+    ``hit_rate_floor``: recent hit rate (from counter deltas) below which the cache has collapsed, judged only
+    over at least ``min_lookups`` lookups; ``entries_limit``: entry count that counts as an explosion;
+    ``clear_fallback``: clear the whole cache when invalidating the hot prefixes leaves it over the limit;
+    ``response_time_floor_ms`` and ``baseline_factor``: hot endpoints slower than the larger of the floor and
+    the learned baseline times the factor are reported; ``settle_seconds``: wait before the effect is measured.
+    """
 
     enabled: bool = _f(True)
     mode: Mode | None = _f(None)
     hit_rate_floor: float = _f(0.3, min=0.0, max=1.0)
     min_lookups: int = _f(50, min=1, max=10_000_000)
     entries_limit: int = _f(2000, min=10, max=10_000_000)
+    clear_fallback: bool = _f(True)
     response_time_floor_ms: float = _f(500.0, min=1.0, max=600_000.0)
     baseline_factor: float = _f(3.0, min=1.0, max=100.0)
     settle_seconds: float = _f(10.0, min=0.0, max=3600.0)
@@ -244,6 +309,7 @@ class Settings:
     detection: DetectionSettings = field(default_factory=DetectionSettings)
     engine: EngineSettings = field(default_factory=EngineSettings)
     sampler: SamplerSettings = field(default_factory=SamplerSettings)
+    alertmanager: AlertmanagerSettings = field(default_factory=AlertmanagerSettings)
     strategies: StrategiesSettings = field(default_factory=StrategiesSettings)
 
     @property

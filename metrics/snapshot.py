@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from types import MappingProxyType
 
 _EMPTY: Mapping[str, float] = MappingProxyType({})
@@ -101,6 +102,18 @@ class CacheStatsSample:
     size: int
     max_size: int | None
     hit_rate: float
+
+
+def oldest_age_days(text: str | None, wall_time: float) -> float | None:
+    """Days since a ``YYYY-MM-DD HH:MM:SS`` timestamp read as UTC; None when the text is not such a timestamp."""
+    # local-time columns come out off by the backend's UTC offset: hours, against thresholds of days
+    if not text:
+        return None
+    try:
+        moment = datetime.strptime(text[:19].replace("T", " "), "%Y-%m-%d %H:%M:%S").replace(tzinfo=UTC)
+    except ValueError:
+        return None
+    return (wall_time - moment.timestamp()) / 86400.0
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -233,6 +246,10 @@ class Snapshot:
             out["database_bytes"] = float(self.database.file_bytes)
             out["freelist_ratio"] = self.database.freelist_ratio
             out["database_probe_seconds"] = self.database.probe_seconds
+            for table, stat in self.database.tables.items():
+                age = oldest_age_days(stat.oldest, self.wall_time)
+                if age is not None:
+                    out[f"table_oldest_days:{table}"] = age
         if self.hls is not None:
             out["hls_bytes"] = float(self.hls.bytes)
             out["hls_stale_files"] = float(self.hls.stale_files)

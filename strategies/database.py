@@ -5,9 +5,14 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable, Mapping, Sequence
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from config.settings import DatabaseOptions
+from metrics.snapshot import DatabaseSample, TableStat
+from metrics.sqlite import LOCAL_FORMAT, local_now
+from strategies.actions import retention as ret
 from strategies.actions import sqlite as sql
 from strategies.base import (
     ApplyResult,
@@ -16,35 +21,99 @@ from strategies.base import (
     ExpectedEffect,
     Finding,
     Plan,
+    Risk,
     Strategy,
     StrategyContext,
     StrategyError,
     TriggerSpec,
 )
 
+PRUNE = "retention_prune"
+VACUUM = "vacuum"
+TABLE_AGE_SIGNAL = "table_oldest_days:"
+# the backend archives history older than 90 days every 6 hours: a day more means the job is not keeping up
+HISTORY_DAYS = 90.0
+HISTORY_TABLE = "viewer_session_history"
+ARCHIVE_TABLE = "viewer_session_history_archive"
+# the table-age signals read local-time columns as UTC, so they are off by up to 14 hours; retention arms
+# a day past the cutoff and disarms only once the oldest row is back within the cutoff plus that error
+ARM_SLACK_DAYS = 1.0
+DISARM_SLACK_DAYS = 0.6
+PLAN_COUNT_SECONDS = 5.0
+
 
 def _mib(n: float) -> str:
     return f"{n / 1048576:.1f} MiB"
 
 
-class DatabaseStrategy(Strategy):
-    """Keeps the backend's SQLite write-ahead log bounded and its query statistics fresh.
+def _days(n: float) -> str:
+    return f"{n:.1f} days"
 
-    Watches: the size of ``<database>-wal`` (signal ``wal_bytes``), the freelist ratio and the probe
-    query latency, from read-only samples.
+
+def _age_days(text: str | None, base: ret.TimeBase, now_utc: datetime, offset_hours: float) -> float | None:
+    """Age in days of a stored timestamp, read in its own time base; None when it cannot be parsed."""
+    if not text:
+        return None
+    try:
+        moment = datetime.strptime(text[:19].replace("T", " "), LOCAL_FORMAT)
+    except ValueError:
+        return None
+    now = local_now(offset_hours if base is ret.TimeBase.LOCAL else 0.0, now_utc)
+    return (now - moment).total_seconds() / 86400.0
+
+
+class DatabaseStrategy(Strategy):
+    """Keeps the backend's SQLite write-ahead log bounded, its statistics fresh and its uncleaned tables in check.
+
+    Watches: the size of ``<database>-wal`` (signal ``wal_bytes``), the freelist ratio (``freelist_ratio``),
+    the probe query latency, and every 5 minutes the row count and oldest row of the tables the backend
+    never cleans (signals ``table_oldest_days:<table>``), all from read-only samples.
 
     Changes (safe): when the WAL has stayed over ``wal_limit_bytes`` (default 64 MiB) for N of the last
     M samples, runs ``PRAGMA wal_checkpoint(PASSIVE)`` and, when the WAL is still over the limit,
     ``PRAGMA wal_checkpoint(TRUNCATE)``; runs ``PRAGMA optimize`` every ``optimize_interval_seconds``.
+    Expected effect: ``wal_bytes`` down.
+
+    Changes (disruptive, each off until configured, and also subject to ``engine.allow_disruptive``):
+
+    - retention pruning (``retention_enabled``): deletes rows older than ``retention_days`` (90) from the
+      tables nobody cleans: ended ``viewer_sessions`` and ``playback_viewer_sessions`` rows (never an active
+      one), ``playback_token_sessions`` and ``token_blacklist`` by expiry, ``playback_token_audit_logs``,
+      ``login_attempts``, ``camera_source_lifecycle_events``, ``recording_maintenance_events``, and the two
+      history archive tables after ``archive_retention_days`` (365). Each column is compared in its own time
+      base: session columns in the backend's local time (``backend.timezone_offset_hours``), columns filled
+      by ``CURRENT_TIMESTAMP`` in UTC. It deletes ``retention_batch_rows`` (500) rows per short write
+      transaction, at most ``retention_max_rows_per_run`` per round, within ``maintenance_max_seconds``,
+      and stops when the backend's writer holds the lock. It never touches ``telegram_archive_uploads``
+      (the only index of archived footage) nor the tables the backend cleans itself. Armed when a table's
+      oldest row is a day past its cutoff. Expected effect: ``freelist_ratio`` up (the pages are reused).
+    - ``VACUUM`` (``vacuum_enabled``): only inside ``vacuum_window`` (``HH:MM-HH:MM``, the backend's local
+      time; may wrap midnight) and only when at least ``vacuum_min_freelist_ratio`` of the pages are free;
+      checks free disk space first, is rolled back when it runs past ``maintenance_max_seconds``, and
+      truncates the WAL afterwards. Expected effect: ``freelist_ratio`` down.
+
+    A round does one thing: a checkpoint when the WAL is over its limit, else retention, else VACUUM, else
+    (when asked by hand) a checkpoint and ``PRAGMA optimize``.
+
+    Findings: ``database-busy``; ``archive-table-missing`` (``viewer_session_history_archive`` does not
+    exist, so the backend's 6-hourly archive fails and ``viewer_session_history`` grows without bound);
+    ``history-archive-behind`` (history rows older than 91 days although the archive table exists);
+    ``uncleaned-<table>`` (a table nobody cleans holds ``table_rows_warning`` rows or more, or rows past
+    its retention).
 
     Options (``CCTV_OPTIMIZER_STRATEGIES__DATABASE__*``): ``wal_limit_bytes``, ``busy_timeout_ms``
-    (default 1000: how long a checkpoint may wait for the backend's writer before giving up),
-    ``optimize_interval_seconds``, ``settle_seconds``.
+    (default 1000: how long a write may wait for the backend's writer before giving up),
+    ``optimize_interval_seconds``, ``settle_seconds``, ``table_rows_warning``, ``retention_enabled``,
+    ``retention_days``, ``archive_retention_days``, ``retention_batch_rows``, ``retention_max_rows_per_run``,
+    ``vacuum_enabled``, ``vacuum_window``, ``vacuum_min_freelist_ratio``, ``maintenance_max_seconds``.
 
     Risks: a checkpoint holds SQLite's checkpoint lock for at most ``busy_timeout_ms``; the backend's
     own ``busy_timeout=5000`` absorbs that. When a long reader pins the WAL the TRUNCATE cannot finish:
     the action is recorded as failed with that reason and nothing is left half-done. It never holds a
-    transaction open and never changes the journal mode.
+    transaction open and never changes the journal mode. Pruning deletes data for good: every committed
+    batch stays deleted, the batch in flight when something fails is rolled back. VACUUM holds the write
+    lock while it runs, so the backend's writes wait (and fail after its 5 s busy timeout) during a long
+    one: keep it to a quiet window and keep ``maintenance_max_seconds`` below the engine's apply timeout.
     """
 
     name = "database"
@@ -55,49 +124,183 @@ class DatabaseStrategy(Strategy):
         options: DatabaseOptions,
         *,
         exit_ratio: float,
+        timezone_offset_hours: float = 7.0,
         clock: Callable[[], float] = time.monotonic,
+        wall: Callable[[], float] = time.time,
     ) -> None:
         self._path = database
         self._o = options
         self._exit_ratio = exit_ratio
+        self._offset = timezone_offset_hours
         self._clock = clock
+        self._wall = wall
         self._last_optimize: float | None = None
 
+    def _retention_days(self, rule: ret.RetentionRule) -> float:
+        return float(self._o.archive_retention_days if rule.archive else self._o.retention_days)
+
+    def _local(self, wall: float) -> datetime:
+        return local_now(self._offset, datetime.fromtimestamp(wall, UTC))
+
+    def in_vacuum_window(self, wall: float) -> bool:
+        """Whether the wall time falls in the configured quiet window (the backend's local time)."""
+        return ret.in_window(self._o.vacuum_window, self._local(wall))
+
     def triggers(self, baselines: Mapping[str, float]) -> Sequence[TriggerSpec]:
-        """Armed by the WAL size over its limit."""
+        """Armed by the WAL over its limit; with retention, by old rows; with VACUUM, by free pages in the window."""
         limit = float(self._o.wal_limit_bytes)
-        return (TriggerSpec(signal="wal_bytes", enter=limit, exit=limit * self._exit_ratio),)
+        specs = [TriggerSpec(signal="wal_bytes", enter=limit, exit=limit * self._exit_ratio)]
+        if self._o.retention_enabled:
+            for rule in ret.RULES:
+                days = self._retention_days(rule)
+                specs.append(
+                    TriggerSpec(
+                        signal=TABLE_AGE_SIGNAL + rule.table,
+                        enter=days + ARM_SLACK_DAYS,
+                        exit=days + DISARM_SLACK_DAYS,
+                    )
+                )
+        # outside its window VACUUM cannot run, so free pages must not keep the strategy armed all day
+        if self._o.vacuum_enabled and self.in_vacuum_window(self._wall()):
+            ratio = self._o.vacuum_min_freelist_ratio
+            specs.append(TriggerSpec(signal="freelist_ratio", enter=ratio, exit=ratio * self._exit_ratio))
+        return tuple(specs)
+
+    # findings ----------------------------------------------------------------------------------------------------
 
     def findings(self, ctx: StrategyContext) -> Sequence[Finding]:
-        """Report a database the sampler found busy."""
+        """A busy database, a missing or lagging history archive, tables nobody cleans that keep growing."""
         db = ctx.snapshot.database
-        if db is not None and db.busy:
-            return (
+        if db is None:
+            return ()
+        out: list[Finding] = []
+        if db.busy:
+            out.append(
                 Finding(
                     id="database-busy",
                     strategy=self.name,
                     severity="warning",
                     summary="the backend database was locked when sampled",
                     evidence={"probe_seconds": round(db.probe_seconds, 4)},
-                ),
+                )
             )
-        return ()
+        if db.tables:
+            now = datetime.fromtimestamp(ctx.snapshot.wall_time, UTC)
+            out.extend(self._archive_findings(db, now))
+            out.extend(self._table_findings(db, now))
+        return out
+
+    def _archive_findings(self, db: DatabaseSample, now: datetime) -> list[Finding]:
+        history = db.tables.get(HISTORY_TABLE)
+        if history is None:
+            return []
+        age = _age_days(history.oldest, ret.TimeBase.LOCAL, now, self._offset)
+        evidence: dict[str, Any] = {
+            "history_rows": history.rows,
+            "oldest": history.oldest,
+            "oldest_days": round(age, 2) if age is not None else None,
+        }
+        if ARCHIVE_TABLE not in db.tables:
+            return [
+                Finding(
+                    id="archive-table-missing",
+                    strategy=self.name,
+                    severity="warning",
+                    summary=(
+                        f"{ARCHIVE_TABLE} does not exist: the backend's 6-hourly history archive fails and "
+                        f"{HISTORY_TABLE} grows without bound ({history.rows} rows); create the table "
+                        "(run the backend's migrations) to let the archive work"
+                    ),
+                    evidence=evidence,
+                )
+            ]
+        if age is not None and age > HISTORY_DAYS + 1:
+            return [
+                Finding(
+                    id="history-archive-behind",
+                    strategy=self.name,
+                    severity="warning",
+                    summary=(
+                        f"{HISTORY_TABLE} still holds rows {_days(age)} old although the backend archives "
+                        f"everything past {HISTORY_DAYS:.0f} days every 6 hours: its archive job is failing "
+                        "or falling behind"
+                    ),
+                    evidence=evidence,
+                )
+            ]
+        return []
+
+    def _table_findings(self, db: DatabaseSample, now: datetime) -> list[Finding]:
+        out: list[Finding] = []
+        for rule in ret.RULES:
+            stat: TableStat | None = db.tables.get(rule.table)
+            if stat is None:
+                continue
+            days = self._retention_days(rule)
+            age = _age_days(stat.oldest, rule.time_base, now, self._offset)
+            too_old = age is not None and age > days + ARM_SLACK_DAYS
+            too_big = stat.rows >= self._o.table_rows_warning
+            if not (too_old or too_big):
+                continue
+            problem = []
+            if too_big:
+                problem.append(f"holds {stat.rows} rows")
+            if too_old and age is not None:
+                problem.append(f"keeps rows {_days(age)} old")
+            advice = (
+                "retention pruning is enabled and removes them in batches"
+                if self._o.retention_enabled
+                else "nothing removes them; enable retention pruning (strategies.database.retention_enabled)"
+            )
+            out.append(
+                Finding(
+                    id=f"uncleaned-{rule.table}",
+                    strategy=self.name,
+                    severity="info",
+                    summary=f"{rule.table} {' and '.join(problem)}: {advice}",
+                    evidence={
+                        "rows": stat.rows,
+                        "oldest": stat.oldest,
+                        "oldest_days": round(age, 2) if age is not None else None,
+                        "retention_days": days,
+                        "time_base": str(rule.time_base),
+                    },
+                )
+            )
+        return out
+
+    # planning ----------------------------------------------------------------------------------------------------
 
     def _optimize_due(self) -> bool:
         return self._last_optimize is None or self._clock() - self._last_optimize >= self._o.optimize_interval_seconds
 
     async def plan(self, ctx: StrategyContext) -> Plan | None:
-        """Plan a checkpoint when the WAL is over its limit, and PRAGMA optimize when due."""
+        """A checkpoint when the WAL is over its limit; else retention or VACUUM when due; else (manual) upkeep."""
         db = ctx.snapshot.database
         if db is None:
             return None
+        if db.wal_bytes >= self._o.wal_limit_bytes:
+            return self._plan_checkpoint(db, ctx.manual)
+        armed_by_age = any(a.startswith(TABLE_AGE_SIGNAL) for a in ctx.armed)
+        if self._o.retention_enabled and (ctx.manual or armed_by_age):
+            plan = await self._plan_retention(db, ctx.snapshot.wall_time)
+            if plan is not None:
+                return plan
+        if self._o.vacuum_enabled and (ctx.manual or "freelist_ratio" in ctx.armed):
+            plan = self._plan_vacuum(db, ctx.snapshot.wall_time)
+            if plan is not None:
+                return plan
+        return self._plan_checkpoint(db, ctx.manual)
+
+    def _plan_checkpoint(self, db: DatabaseSample, manual: bool) -> Plan | None:
+        """Plan a checkpoint when the WAL is over its limit, and PRAGMA optimize when due."""
         wal = db.wal_bytes
         limit = self._o.wal_limit_bytes
         changes: list[Change] = []
         params: dict[str, object] = {"database": str(self._path), "limit": limit}
         expected: ExpectedEffect | None = None
         over = wal >= limit
-        if over or (ctx.manual and wal > 0):
+        if over or (manual and wal > 0):
             changes.append(
                 Change(
                     target="database.wal",
@@ -116,7 +319,7 @@ class DatabaseStrategy(Strategy):
                     amount=float(wal - limit * self._exit_ratio),
                     settle_seconds=self._o.settle_seconds,
                 )
-        if self._optimize_due() and (changes or ctx.manual):
+        if self._optimize_due() and (changes or manual):
             changes.append(
                 Change(target="database.statistics", action="optimize", before="stale", after="fresh", reversible=False)
             )
@@ -130,15 +333,113 @@ class DatabaseStrategy(Strategy):
         )
         return Plan(strategy=self.name, reason=reason, changes=tuple(changes), expected=expected, params=params)
 
-    async def reconcile(self, plan: Plan) -> str:
-        """An interrupted checkpoint or optimize left nothing half-done (SQLite makes each atomic): report the WAL now."""
-        wal = await asyncio.to_thread(sql.wal_bytes, self._path)
-        limit = int(plan.params.get("limit", self._o.wal_limit_bytes))
-        state = "over" if wal >= limit else "under"
-        return f"WAL is {_mib(wal)} now, {state} its limit of {_mib(limit)}; the checkpoint will run again when needed"
+    def _cutoffs(self, wall: float) -> dict[str, str]:
+        now = datetime.fromtimestamp(wall, UTC)
+        return {
+            rule.table: ret.cutoff_text(rule.time_base, now, self._retention_days(rule), self._offset)
+            for rule in ret.RULES
+        }
+
+    async def _plan_retention(self, db: DatabaseSample, wall: float) -> Plan | None:
+        """Count, read-only, the rows past their cutoff; plan to delete up to the per-round budget."""
+        cutoffs = self._cutoffs(wall)
+        counts = await asyncio.to_thread(
+            ret.count_candidates,
+            self._path,
+            ret.RULES,
+            cutoffs,
+            self._o.busy_timeout_ms,
+            max_seconds=PLAN_COUNT_SECONDS,
+            clock=self._clock,
+        )
+        budget = self._o.retention_max_rows_per_run
+        changes: list[Change] = []
+        tables: list[str] = []
+        total = 0
+        for c in counts:
+            if c.prunable <= 0 or budget <= 0:
+                continue
+            planned = min(c.prunable, budget)
+            budget -= planned
+            total += planned
+            tables.append(c.table)
+            rule = ret.RULES_BY_TABLE[c.table]
+            changes.append(
+                Change(
+                    target=f"table:{c.table}",
+                    action=PRUNE,
+                    before=f"{c.rows} rows",
+                    after=f"{c.rows - planned} rows (deleted: {rule.column} before {c.cutoff} {rule.time_base})",
+                    reversible=False,
+                    risk=Risk.DISRUPTIVE,
+                )
+            )
+        if not changes:
+            return None
+        waiting = sum(c.prunable for c in counts)
+        reason = (
+            f"{waiting} rows past their retention ({self._o.retention_days} days, archives "
+            f"{self._o.archive_retention_days}) in {len(tables)} tables nobody cleans"
+        )
+        if total < waiting:
+            reason += f"; {total} this round"
+        expected = (
+            ExpectedEffect(
+                signal="freelist_ratio",
+                direction=Direction.UP,
+                amount=1.0 / db.page_count,
+                settle_seconds=self._o.settle_seconds,
+            )
+            if db.page_count > 0
+            else None
+        )
+        return Plan(
+            strategy=self.name,
+            reason=reason,
+            changes=tuple(changes),
+            expected=expected,
+            params={"retention": True, "tables": tables, "cutoffs": {t: cutoffs[t] for t in tables}},
+        )
+
+    def _plan_vacuum(self, db: DatabaseSample, wall: float) -> Plan | None:
+        """VACUUM inside the quiet window when enough pages are free; never outside it, even by hand."""
+        ratio = db.freelist_ratio
+        if not self.in_vacuum_window(wall) or ratio < self._o.vacuum_min_freelist_ratio or db.page_count <= 0:
+            return None
+        used = (db.page_count - db.freelist_count) * db.page_size
+        return Plan(
+            strategy=self.name,
+            reason=(
+                f"{ratio:.0%} of the database's pages are free (at least {self._o.vacuum_min_freelist_ratio:.0%}) "
+                f"and it is inside the quiet window {self._o.vacuum_window}"
+            ),
+            changes=(
+                Change(
+                    target="database.file",
+                    action=VACUUM,
+                    before=f"{_mib(db.file_bytes)}, {db.freelist_count} free pages",
+                    after=f"about {_mib(used)}, 0 free pages",
+                    reversible=False,
+                    risk=Risk.DISRUPTIVE,
+                ),
+            ),
+            expected=ExpectedEffect(
+                signal="freelist_ratio",
+                direction=Direction.DOWN,
+                amount=ratio,
+                settle_seconds=self._o.settle_seconds,
+            ),
+            params={"vacuum": True},
+        )
+
+    # acting ------------------------------------------------------------------------------------------------------
 
     async def apply(self, plan: Plan) -> ApplyResult:
-        """Re-read the WAL size, checkpoint PASSIVE then TRUNCATE if still over; optimize when planned."""
+        """Re-read the live state, then checkpoint/optimize, prune in batches, or VACUUM, as planned."""
+        if plan.params.get("retention"):
+            return await asyncio.to_thread(self._apply_retention, plan)
+        if plan.params.get("vacuum"):
+            return await asyncio.to_thread(self._apply_vacuum)
         return await asyncio.to_thread(self._apply_blocking, plan)
 
     def _apply_blocking(self, plan: Plan) -> ApplyResult:
@@ -179,3 +480,115 @@ class DatabaseStrategy(Strategy):
             )
             notes.append("PRAGMA optimize")
         return ApplyResult(changes=tuple(done), detail="; ".join(notes) or "nothing needed")
+
+    def _apply_retention(self, plan: Plan) -> ApplyResult:
+        """Prune table by table within the row and time budgets; a busy start fails, a busy middle stops."""
+        o = self._o
+        cutoffs = {str(k): str(v) for k, v in dict(plan.params.get("cutoffs") or {}).items()}
+        deadline = self._clock() + o.maintenance_max_seconds
+        left = o.retention_max_rows_per_run
+        done: list[Change] = []
+        notes: list[str] = []
+        for table in [str(t) for t in plan.params.get("tables", [])]:
+            rule = ret.RULES_BY_TABLE.get(table)
+            cutoff = cutoffs.get(table)
+            if rule is None or cutoff is None or table in ret.PROTECTED_TABLES:
+                notes.append(f"{table}: not a table this strategy prunes")
+                continue
+            if left <= 0 or self._clock() >= deadline:
+                notes.append(f"{table}: left for the next round")
+                continue
+            try:
+                live = ret.count_candidates(
+                    self._path, (rule,), {table: cutoff}, o.busy_timeout_ms, max_seconds=PLAN_COUNT_SECONDS
+                )
+                if not live or live[0].prunable == 0:
+                    notes.append(f"{table}: nothing older than {cutoff} any more")
+                    continue
+                result = ret.prune_table(
+                    self._path,
+                    rule,
+                    cutoff,
+                    batch_rows=o.retention_batch_rows,
+                    max_rows=left,
+                    deadline=deadline,
+                    busy_timeout_ms=o.busy_timeout_ms,
+                    clock=self._clock,
+                )
+            except StrategyError as exc:
+                if not done:
+                    raise
+                notes.append(f"{table}: stopped: {exc}")
+                break
+            left -= result.deleted
+            rows = live[0].rows
+            done.append(
+                Change(
+                    target=f"table:{table}",
+                    action=PRUNE,
+                    before=f"{rows} rows",
+                    after=f"{rows - result.deleted} rows",
+                    reversible=False,
+                    risk=Risk.DISRUPTIVE,
+                )
+            )
+            note = f"{table}: deleted {result.deleted} rows in {result.batches} batches"
+            if result.stopped is not None:
+                note += f" (stopped: {result.stopped})"
+            notes.append(note)
+            if result.stopped == "database busy":
+                break
+        return ApplyResult(changes=tuple(done), detail="; ".join(notes) or "nothing to prune")
+
+    def _apply_vacuum(self) -> ApplyResult:
+        """Re-check the window and the freelist, then VACUUM and truncate the WAL."""
+        o = self._o
+        if not self.in_vacuum_window(self._wall()):
+            return ApplyResult(changes=(), detail=f"outside the quiet window {o.vacuum_window} now; nothing done")
+        figures = ret.file_figures(self._path, o.busy_timeout_ms)
+        if figures.freelist_ratio < o.vacuum_min_freelist_ratio:
+            return ApplyResult(
+                changes=(), detail=f"only {figures.freelist_ratio:.0%} of the pages are free now; nothing done"
+            )
+        result = ret.vacuum(
+            self._path, busy_timeout_ms=o.busy_timeout_ms, max_seconds=o.maintenance_max_seconds, clock=self._clock
+        )
+        before, after = result.before, result.after
+        detail = (
+            f"VACUUM: {_mib(before.file_bytes)} with {before.freelist_count} free pages -> "
+            f"{_mib(after.file_bytes)} with {after.freelist_count}"
+        )
+        if not result.wal_truncated:
+            detail += f"; WAL left at {_mib(after.wal_bytes)} (readers held it)"
+        return ApplyResult(
+            changes=(
+                Change(
+                    target="database.file",
+                    action=VACUUM,
+                    before=f"{_mib(before.file_bytes)}, {before.freelist_count} free pages",
+                    after=f"{_mib(after.file_bytes)}, {after.freelist_count} free pages",
+                    reversible=False,
+                    risk=Risk.DISRUPTIVE,
+                ),
+            ),
+            detail=detail,
+        )
+
+    async def reconcile(self, plan: Plan) -> str:
+        """Report what SQLite left after an interrupted apply (each step is atomic): the WAL, or the prune, or VACUUM."""
+        if plan.params.get("retention"):
+            return (
+                "retention pruning was interrupted: committed batches stay deleted, SQLite rolled back the batch "
+                "in flight; the next round continues"
+            )
+        if plan.params.get("vacuum"):
+            figures = await asyncio.to_thread(ret.file_figures, self._path, self._o.busy_timeout_ms)
+            return (
+                f"VACUUM was interrupted: SQLite either finished or rolled it back; the file is "
+                f"{_mib(figures.file_bytes)} with {figures.freelist_count} free pages"
+            )
+        # an interrupted checkpoint or optimize left nothing half-done: report the WAL now
+        wal = await asyncio.to_thread(sql.wal_bytes, self._path)
+        limit = int(plan.params.get("limit", self._o.wal_limit_bytes))
+        state = "over" if wal >= limit else "under"
+        return f"WAL is {_mib(wal)} now, {state} its limit of {_mib(limit)}; the checkpoint will run again when needed"

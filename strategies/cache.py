@@ -1,0 +1,544 @@
+"""The cache strategy: keep the backend's response cache useful, drop its junk, and warm it after a clear."""
+
+from __future__ import annotations
+
+import itertools
+import statistics
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from config.settings import CacheOptions
+from metrics.backend import BackendClient
+from metrics.window import Windows
+from strategies.actions import backend_cache
+from strategies.base import (
+    ApplyResult,
+    Change,
+    Direction,
+    ExpectedEffect,
+    Finding,
+    Plan,
+    Strategy,
+    StrategyContext,
+    StrategyError,
+    TriggerSpec,
+)
+
+# signals this strategy derives from the sampled counters and keeps in the shared windows
+RECENT_HIT_RATE = "cache_recent_hit_rate"
+CLEARED = "cache_cleared"
+
+INVALIDATE = "cache_invalidate"
+CLEAR = "cache_clear"
+WARM = "cache_warm"
+
+KIND_ENTRIES = "entries"
+KIND_HIT_RATE = "hit_rate"
+KIND_WARM = "warm"
+
+# the lifetime hit rate the backend reports moves slowly; one percentage point is a visible recovery
+HIT_RATE_RECOVERY = 0.01
+# a clear leaves at most a tenth of the entries (or only what the probe re-fetched at once)
+CLEAR_RESIDUE_RATIO = 0.1
+# misses that add fewer new entries than this share are repeats of keys that expired (TTL), not junk
+TTL_NEW_ENTRY_SHARE = 0.2
+FULL_RATIO = 0.95
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CounterPoint:
+    """One sample of the cache counters: when, lifetime hits and lookups, entries held."""
+
+    at: float
+    hits: int
+    lookups: int
+    entries: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CacheActivity:
+    """Lookups, hits and new entries over a span of samples, from counter deltas (never lifetime totals)."""
+
+    lookups: int
+    hits: int
+    new_entries: int
+    samples: int
+    seconds: float
+
+    @property
+    def misses(self) -> int:
+        """Lookups that missed."""
+        return self.lookups - self.hits
+
+    @property
+    def hit_rate(self) -> float | None:
+        """Hits per lookup in the span; None without lookups."""
+        return self.hits / self.lookups if self.lookups else None
+
+
+def counter_points(windows: Windows) -> list[CounterPoint]:
+    """The cache counters of every sample in the windows that has all three of them, oldest first."""
+    rates = dict(windows.points("cache_hit_rate"))
+    entries = dict(windows.points("cache_entries"))
+    out: list[CounterPoint] = []
+    for at, lookups in windows.points("cache_lookups"):
+        rate, size = rates.get(at), entries.get(at)
+        if rate is None or size is None:
+            continue
+        # the stats give hits/(hits+misses); multiplying back recovers the hit counter exactly enough
+        out.append(CounterPoint(at=at, hits=round(rate * lookups), lookups=int(lookups), entries=int(size)))
+    return out
+
+
+def activity(points: Sequence[CounterPoint]) -> CacheActivity:
+    """Sum the per-interval deltas; a counter that went down (backend restart) restarted from zero."""
+    lookups = hits = new = 0
+    for prev, cur in itertools.pairwise(points):
+        if cur.lookups >= prev.lookups and cur.hits >= prev.hits:
+            lookups += cur.lookups - prev.lookups
+            hits += cur.hits - prev.hits
+        else:
+            lookups += cur.lookups
+            hits += cur.hits
+        new += max(0, cur.entries - prev.entries)
+    seconds = points[-1].at - points[0].at if len(points) > 1 else 0.0
+    return CacheActivity(
+        lookups=lookups, hits=min(hits, lookups), new_entries=new, samples=len(points), seconds=seconds
+    )
+
+
+def looks_cleared(prev: CounterPoint, cur: CounterPoint, residue: int) -> bool:
+    """Whether the cache lost nearly everything between two samples (a clear, or a backend restart)."""
+    if prev.entries <= residue or cur.entries >= prev.entries:
+        return False
+    return cur.entries <= max(residue, int(prev.entries * CLEAR_RESIDUE_RATIO))
+
+
+def path_prefix(endpoint: str) -> str:
+    """The URL path of an endpoint, which the backend's invalidation matches as a prefix."""
+    return endpoint.split("?", 1)[0]
+
+
+def _pct(value: float) -> str:
+    return f"{value * 100:.1f}%"
+
+
+class CacheStrategy(Strategy):
+    """Keeps the backend's response cache useful: drops junk entries and warms the hot endpoints after a clear.
+
+    Watches: the backend's cache stats (either JSON shape) through the signals ``cache_hit_rate``,
+    ``cache_entries`` and ``cache_lookups``. Because the backend's counters are lifetime totals, the strategy
+    derives two signals from the differences between samples and keeps them in the shared windows:
+    ``cache_recent_hit_rate`` (hits per lookup over the last M samples, reading 1.0 while fewer than
+    ``min_lookups`` lookups happened, too few to judge) and ``cache_cleared`` (1.0 for M samples after the
+    cache lost nearly all its entries at once: a clear by anyone, or a backend restart, until it is warmed).
+    It also reports on the response time of the hot endpoints (signal ``response_time_seconds``).
+
+    Changes (safe): when the recent hit rate has fallen below ``hit_rate_floor`` or the cache holds more than
+    ``entries_limit`` entries for N of the last M samples, it invalidates the path prefixes of the hot
+    endpoints (``backend.hot_endpoints``; junk query strings on those paths are what inflates the map, and the
+    backend's stats do not list keys), clears the whole cache when that left it over the limit and
+    ``clear_fallback`` is on, then warms the hot endpoints with one GET each so the next viewers do not all go
+    to the database. After a clear it did not make, it only warms. Expected effect: ``cache_entries`` down
+    (explosion) or ``cache_hit_rate`` up (collapse), after ``settle_seconds``.
+
+    Findings (advice only): ``cache-ttl-too-short`` when misses are mostly on keys that were cached before
+    (they expire before reuse), ``cache-too-small`` when a bounded cache (older backend) is full while the
+    hit rate is low, ``hot-endpoints-slow`` when the hot endpoints are slower than the larger of
+    ``response_time_floor_ms`` and the learned baseline times ``baseline_factor`` while ``/health`` is fast.
+
+    Options (``CCTV_OPTIMIZER_STRATEGIES__CACHE__*``): ``hit_rate_floor`` (0.3), ``min_lookups`` (50),
+    ``entries_limit`` (2000), ``clear_fallback`` (true), ``response_time_floor_ms`` (500),
+    ``baseline_factor`` (3), ``settle_seconds`` (10). ``ENABLE_CACHING=false`` switches it off.
+
+    Risks: an invalidation or clear sends the next requests for those paths to the database (hence the
+    warming); a clear also empties the backend's internal caches. Every call spends from the daemon's
+    request budget, kept well under the backend's rate limits, and a 429 pauses all calls for its
+    ``Retry-After``. Nothing it changes can be undone, and nothing needs to be: the cache refills itself.
+    """
+
+    name = "cache"
+
+    def __init__(
+        self,
+        client: BackendClient,
+        options: CacheOptions,
+        *,
+        hot_endpoints: tuple[str, ...],
+        windows: Windows,
+        window_samples: int,
+        exit_ratio: float,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._client = client
+        self._o = options
+        self._warm = tuple(dict.fromkeys(hot_endpoints))
+        self._prefixes = tuple(dict.fromkeys(path_prefix(e) for e in hot_endpoints if path_prefix(e) != "/"))
+        self._windows = windows
+        self._span = max(1, window_samples)
+        self._exit_ratio = exit_ratio
+        self._clock = clock
+        self._acted_at: float | None = None
+        self._warmed_at: float | None = None
+        self._last_evictions: int | None = None
+
+    # derived signals ---------------------------------------------------------------------------------------------
+
+    def _since_action(self, points: Sequence[CounterPoint], at: float) -> list[CounterPoint]:
+        """The points up to ``at`` that follow this strategy's last action (earlier misses were dealt with)."""
+        acted = self._acted_at
+        return [p for p in points if p.at <= at and (acted is None or acted > at or p.at >= acted)]
+
+    def recent(self, at: float | None = None) -> CacheActivity:
+        """Activity over the last M samples (up to ``at``), not counting what preceded this strategy's last action."""
+        points = counter_points(self._windows)
+        if not points:
+            return CacheActivity(lookups=0, hits=0, new_entries=0, samples=0, seconds=0.0)
+        end = points[-1].at if at is None else at
+        span = self._since_action(points, end)[-(self._span + 1) :]
+        return activity(span)
+
+    def _recent_value(self, points: Sequence[CounterPoint], index: int) -> float:
+        span = self._since_action(points[: index + 1], points[index].at)[-(self._span + 1) :]
+        act = activity(span)
+        rate = act.hit_rate
+        if rate is None or act.lookups < self._o.min_lookups:
+            return 1.0
+        return rate
+
+    def _cleared_value(self, points: Sequence[CounterPoint], index: int) -> float:
+        residue = len(self._warm)
+        for j in range(max(1, index - self._span + 1), index + 1):
+            prev, cur = points[j - 1], points[j]
+            warmed = self._warmed_at is not None and self._warmed_at > prev.at
+            if looks_cleared(prev, cur, residue) and not warmed:
+                return 1.0
+        return 0.0
+
+    def update_signals(self) -> None:
+        """Bring the derived signals up to date with the sampled counters (idempotent)."""
+        points = counter_points(self._windows)
+        done = self._windows.points(RECENT_HIT_RATE)
+        last_done = done[-1][0] if done else None
+        for index, point in enumerate(points):
+            if last_done is not None and point.at <= last_done:
+                continue
+            self._windows.push(
+                point.at,
+                {
+                    RECENT_HIT_RATE: self._recent_value(points, index),
+                    CLEARED: self._cleared_value(points, index),
+                },
+            )
+
+    def triggers(self, baselines: Mapping[str, float]) -> Sequence[TriggerSpec]:
+        """Armed by too many entries, a collapsed recent hit rate, or a cache found emptied."""
+        # the engine asks for triggers before every detection: the moment to extend the derived series
+        self.update_signals()
+        limit = float(self._o.entries_limit)
+        floor = self._o.hit_rate_floor
+        return (
+            TriggerSpec(signal="cache_entries", enter=limit, exit=limit * self._exit_ratio),
+            TriggerSpec(signal=RECENT_HIT_RATE, enter=floor, exit=min(1.0, floor / self._exit_ratio), above=False),
+            TriggerSpec(signal=CLEARED, enter=1.0, exit=0.5),
+        )
+
+    # findings ----------------------------------------------------------------------------------------------------
+
+    def findings(self, ctx: StrategyContext) -> Sequence[Finding]:
+        """Advice: a TTL too short for the load, a bounded cache too small, hot endpoints slow."""
+        out: list[Finding] = []
+        cache = ctx.snapshot.cache
+        points = counter_points(self._windows)
+        long_run = activity(points)
+        rate = long_run.hit_rate
+        low = rate is not None and long_run.lookups >= self._o.min_lookups and rate < self._o.hit_rate_floor
+        if low and rate is not None and long_run.new_entries < TTL_NEW_ENTRY_SHARE * long_run.misses:
+            out.append(
+                Finding(
+                    id="cache-ttl-too-short",
+                    strategy=self.name,
+                    severity="info",
+                    summary=(
+                        f"{long_run.misses} of {long_run.lookups} recent lookups missed but only "
+                        f"{long_run.new_entries} new entries appeared: entries expire before they are reused; "
+                        "a longer TTL for the hot routes would serve them from the cache"
+                    ),
+                    evidence={
+                        "hit_rate": round(rate, 4),
+                        "lookups": long_run.lookups,
+                        "misses": long_run.misses,
+                        "new_entries": long_run.new_entries,
+                        "window_seconds": round(long_run.seconds, 1),
+                    },
+                )
+            )
+        if cache is not None:
+            evicting = self._last_evictions is not None and cache.evictions > self._last_evictions
+            self._last_evictions = cache.evictions
+            full = cache.max_size is not None and cache.size >= FULL_RATIO * cache.max_size
+            if full and (low or evicting):
+                out.append(
+                    Finding(
+                        id="cache-too-small",
+                        strategy=self.name,
+                        severity="info",
+                        summary=(
+                            f"the bounded cache is full ({cache.size} of {cache.max_size} entries) and evicting "
+                            "while it misses: it is too small for the load; raise its maximum size"
+                        ),
+                        evidence={
+                            "entries": cache.size,
+                            "max_size": cache.max_size,
+                            "evictions": cache.evictions,
+                            "recent_hit_rate": round(rate, 4) if rate is not None else None,
+                        },
+                    )
+                )
+        slow = self._slow_endpoints(ctx)
+        if slow is not None:
+            out.append(slow)
+        return out
+
+    def response_limit(self, baselines: Mapping[str, float]) -> float:
+        """Seconds above which the hot endpoints count as slow: max(floor, baseline x factor)."""
+        floor = self._o.response_time_floor_ms / 1000.0
+        baseline = baselines.get("response_time_seconds")
+        return max(floor, baseline * self._o.baseline_factor) if baseline else floor
+
+    def _slow_endpoints(self, ctx: StrategyContext) -> Finding | None:
+        values = self._windows.values("response_time_seconds", self._span)
+        probe = ctx.snapshot.probe
+        if len(values) < self._span or probe is None:
+            return None
+        limit = self.response_limit(ctx.baselines)
+        typical = statistics.median(values)
+        health = probe.endpoint_seconds.get("/health")
+        # a slow /health means the whole process is slow, which a cache cannot help with
+        if typical < limit or health is None or health >= limit / 2:
+            return None
+        recent = self.recent().hit_rate
+        return Finding(
+            id="hot-endpoints-slow",
+            strategy=self.name,
+            severity="warning",
+            summary=(
+                f"the hot endpoints take {typical:.3f} s (limit {limit:.3f} s) while /health takes {health:.3f} s: "
+                "their answers come from the database rather than the cache"
+            ),
+            evidence={
+                "response_seconds": round(typical, 4),
+                "limit_seconds": round(limit, 4),
+                "health_seconds": round(health, 4),
+                "recent_hit_rate": round(recent, 4) if recent is not None else None,
+            },
+        )
+
+    # planning ----------------------------------------------------------------------------------------------------
+
+    def _cleared_now(self) -> bool:
+        return self._windows.last(CLEARED) == 1.0
+
+    async def plan(self, ctx: StrategyContext) -> Plan | None:
+        """Invalidate and warm when the cache exploded or its hit rate collapsed; only warm after a clear."""
+        cache = ctx.snapshot.cache
+        if cache is None:
+            return None
+        self.update_signals()
+        o = self._o
+        limit = o.entries_limit
+        over = cache.size >= limit or ("cache_entries" in ctx.armed and cache.size >= limit * self._exit_ratio)
+        recent = self.recent()
+        rate = recent.hit_rate
+        collapsed = rate is not None and recent.lookups >= o.min_lookups and rate < o.hit_rate_floor
+        if over or collapsed:
+            return self._plan_cleanup(cache.size, over=over, recent=recent)
+        if self._cleared_now() and self._warm:
+            return Plan(
+                strategy=self.name,
+                reason=f"the cache was emptied (now {cache.size} entries): warm the hot endpoints",
+                changes=(
+                    Change(
+                        target="backend.cache.hot",
+                        action=WARM,
+                        before=f"{cache.size} entries",
+                        after=f"{len(self._warm)} endpoints warmed",
+                        reversible=False,
+                    ),
+                ),
+                params={"kind": KIND_WARM, "warm": list(self._warm)},
+            )
+        return None
+
+    def _plan_cleanup(self, size: int, *, over: bool, recent: CacheActivity) -> Plan | None:
+        o = self._o
+        limit = o.entries_limit
+        if not self._prefixes and not o.clear_fallback:
+            return None
+        reasons: list[str] = []
+        if over:
+            reasons.append(f"backend cache holds {size} entries, over its limit of {limit}")
+        rate = recent.hit_rate
+        if rate is not None and recent.lookups >= o.min_lookups and rate < o.hit_rate_floor:
+            reasons.append(
+                f"hit rate fell to {_pct(rate)} over the last {recent.lookups} lookups (floor {_pct(o.hit_rate_floor)})"
+            )
+        changes = [
+            Change(
+                target=f"backend.cache:{prefix}",
+                action=INVALIDATE,
+                before=f"{size} entries",
+                after=f"entries under {prefix} dropped",
+                reversible=False,
+            )
+            for prefix in self._prefixes
+        ]
+        if not changes:
+            changes.append(
+                Change(
+                    target="backend.cache", action=CLEAR, before=f"{size} entries", after="0 entries", reversible=False
+                )
+            )
+        if self._warm:
+            changes.append(
+                Change(
+                    target="backend.cache.hot",
+                    action=WARM,
+                    before="invalidated",
+                    after=f"{len(self._warm)} endpoints warmed",
+                    reversible=False,
+                )
+            )
+        if over:
+            expected = ExpectedEffect(
+                signal="cache_entries",
+                direction=Direction.DOWN,
+                amount=float(max(1.0, size - limit * self._exit_ratio)),
+                settle_seconds=o.settle_seconds,
+            )
+        else:
+            expected = ExpectedEffect(
+                signal="cache_hit_rate",
+                direction=Direction.UP,
+                amount=HIT_RATE_RECOVERY,
+                settle_seconds=o.settle_seconds,
+            )
+        params: dict[str, Any] = {
+            "kind": KIND_ENTRIES if over else KIND_HIT_RATE,
+            "prefixes": list(self._prefixes),
+            "warm": list(self._warm),
+            "limit": limit,
+            "clear_fallback": o.clear_fallback,
+            "entries_before": size,
+            "recent_lookups": recent.lookups,
+            "recent_hit_rate": round(rate, 4) if rate is not None else None,
+        }
+        return Plan(
+            strategy=self.name, reason="; ".join(reasons), changes=tuple(changes), expected=expected, params=params
+        )
+
+    # acting ------------------------------------------------------------------------------------------------------
+
+    async def _warm_now(self, endpoints: Sequence[str]) -> backend_cache.WarmResult:
+        result = await backend_cache.warm(self._client, tuple(endpoints))
+        if result.warmed:
+            self._warmed_at = self._clock()
+        return result
+
+    @staticmethod
+    def _warm_note(result: backend_cache.WarmResult) -> str:
+        note = f"warmed {len(result.warmed)} endpoints"
+        if result.failed:
+            note += "; not warmed: " + ", ".join(f"{e} ({why})" for e, why in result.failed.items())
+        return note
+
+    def _warm_change(self, result: backend_cache.WarmResult, before: str) -> Change:
+        return Change(
+            target="backend.cache.hot",
+            action=WARM,
+            before=before,
+            after=f"{len(result.warmed)} of {len(result.warmed) + len(result.failed)} endpoints warmed",
+            reversible=False,
+        )
+
+    async def apply(self, plan: Plan) -> ApplyResult:
+        """Re-read the stats, invalidate (clear if that was not enough), then warm; or only warm."""
+        kind = str(plan.params.get("kind", KIND_ENTRIES))
+        warm = [str(e) for e in plan.params.get("warm", [])]
+        if kind == KIND_WARM:
+            result = await self._warm_now(warm)
+            if not result.warmed:
+                raise StrategyError("warming failed: " + "; ".join(f"{e}: {why}" for e, why in result.failed.items()))
+            return ApplyResult(changes=(self._warm_change(result, "emptied"),), detail=self._warm_note(result))
+        client = self._client
+        limit = int(plan.params.get("limit", self._o.entries_limit))
+        live = await backend_cache.read_stats(client)
+        if kind == KIND_ENTRIES and live.size < limit * self._exit_ratio:
+            return ApplyResult(changes=(), detail=f"the cache is already down to {live.size} entries; nothing done")
+        done: list[Change] = []
+        removed: dict[str, int] = {}
+        prefixes = [str(p) for p in plan.params.get("prefixes", [])]
+        size = live.size
+        cleared = False
+        try:
+            for prefix in prefixes:
+                removed[prefix] = await backend_cache.invalidate(client, prefix)
+                self._acted_at = self._clock()
+                done.append(
+                    Change(
+                        target=f"backend.cache:{prefix}",
+                        action=INVALIDATE,
+                        before=f"{live.size} entries",
+                        after=f"{removed[prefix]} entries dropped",
+                        reversible=False,
+                    )
+                )
+            size = max(0, live.size - sum(removed.values()))
+            need_clear = not prefixes
+            if prefixes and kind == KIND_ENTRIES and plan.params.get("clear_fallback"):
+                size = (await backend_cache.read_stats(client)).size
+                # the junk sits under other paths: only a clear empties the map
+                need_clear = size >= limit * self._exit_ratio
+            if need_clear:
+                await backend_cache.clear(client)
+                self._acted_at = self._clock()
+                cleared = True
+                done.append(
+                    Change(
+                        target="backend.cache",
+                        action=CLEAR,
+                        before=f"{size} entries",
+                        after="0 entries",
+                        reversible=False,
+                    )
+                )
+                size = 0
+        except StrategyError as exc:
+            if not done:
+                raise
+            # entries are already gone: warm before giving up, so viewers do not stampede the database
+            warmed = await self._warm_now(warm)
+            raise StrategyError(
+                f"{exc} (after dropping {sum(removed.values())} entries; {self._warm_note(warmed)})"
+            ) from None
+        result = await self._warm_now(warm)
+        if warm:
+            done.append(self._warm_change(result, "invalidated"))
+        notes = [f"cache {live.size} -> {size} entries"]
+        if removed:
+            notes.append("invalidated " + ", ".join(f"{n} under {p}" for p, n in removed.items()))
+        if cleared:
+            notes.append("cleared")
+        if warm:
+            notes.append(self._warm_note(result))
+        return ApplyResult(changes=tuple(done), detail="; ".join(notes))
+
+    async def reconcile(self, plan: Plan) -> str:
+        """An interrupted cache action may have left the cache cold: warm the hot endpoints."""
+        warm = [str(e) for e in plan.params.get("warm", [])] or list(self._warm)
+        if not warm:
+            return "nothing to reconcile: no hot endpoints to warm"
+        result = await self._warm_now(warm)
+        return f"interrupted cache action: {self._warm_note(result)}"

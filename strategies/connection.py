@@ -1,0 +1,434 @@
+"""The connection strategy: watch that the backend's session sweep works, report socket leaks, kick idle readers."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from config.settings import ConnectionOptions, DetectionSettings
+from metrics.sqlite import local_now, local_text
+from strategies.actions import sessions as sess
+from strategies.actions.mediamtx import MediaMtxKicker, ReaderSession
+from strategies.base import (
+    ApplyResult,
+    Change,
+    Direction,
+    ExpectedEffect,
+    Finding,
+    Plan,
+    Risk,
+    Strategy,
+    StrategyContext,
+    StrategyError,
+    TriggerSpec,
+)
+
+
+def parse_created(text: str | None) -> datetime | None:
+    """MediaMTX's RFC 3339 ``created`` (nanoseconds, ``Z``) as an aware datetime."""
+    if not text:
+        return None
+    value = text.strip().replace("Z", "+00:00")
+    head, dot, rest = value.partition(".")
+    if dot:
+        digits = "".join(c for c in rest if c.isdigit())
+        zone = rest[len(digits) :]
+        value = f"{head}.{digits[:6]}{zone}"
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=UTC)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ReaderWatch:
+    """When a reader was first seen with its current byte count."""
+
+    bytes_sent: int
+    since: float
+
+
+class IdleReaders:
+    """Remembers each reader's byte count over time: a reader that sent nothing for long enough is idle."""
+
+    def __init__(self) -> None:
+        self._seen: dict[str, ReaderWatch] = {}
+
+    def observe(self, readers: Sequence[ReaderSession], now: float) -> None:
+        """Record a listing; readers that disappeared are forgotten."""
+        fresh: dict[str, ReaderWatch] = {}
+        for reader in readers:
+            old = self._seen.get(reader.key)
+            fresh[reader.key] = (
+                old
+                if old is not None and old.bytes_sent == reader.bytes_sent
+                else ReaderWatch(bytes_sent=reader.bytes_sent, since=now)
+            )
+        self._seen = fresh
+
+    def idle(
+        self, readers: Sequence[ReaderSession], now: float, idle_seconds: float, wall: datetime
+    ) -> list[ReaderSession]:
+        """Readers that sent nothing for ``idle_seconds``: watched that long, or never sent a byte since creation."""
+        out = []
+        for reader in readers:
+            watch = self._seen.get(reader.key)
+            if watch is not None and now - watch.since >= idle_seconds:
+                out.append(reader)
+                continue
+            created = parse_created(reader.created)
+            if reader.bytes_sent == 0 and created is not None and (wall - created).total_seconds() >= idle_seconds:
+                out.append(reader)
+        return out
+
+
+class ConnectionStrategy(Strategy):
+    """Watches the backend's connections and viewer sessions; ends sessions its own sweep left behind.
+
+    Watches: viewer sessions in the backend database (``sessions_active``, ``sessions_stuck``: active
+    sessions whose last heartbeat, a LOCAL-time text, is older than ``stuck_session_seconds``), TCP
+    sockets per state on the backend's ports (``tcp_established``, ``tcp_close_wait``, ``tcp_time_wait``)
+    and MediaMTX readers (``mediamtx_readers``).
+
+    The backend ends a viewer session itself after 15 s without a heartbeat, with a sweep every 20 s,
+    so no session should stay active much past 35 s of silence. When some have been silent for
+    ``stuck_session_seconds`` (default 120) in N of the last M samples, the sweep is stuck or failing:
+
+    Changes (safe, irreversible): the stuck sessions are ended the way the backend does it
+    (``is_active = 0``, ``ended_at`` and ``duration_seconds`` in local time, a copy in
+    ``viewer_session_history``), in batches of ``session_batch_rows`` in short transactions, giving up on a
+    busy database after ``busy_timeout_ms``. ``ended_at`` is the last heartbeat plus
+    ``session_timeout_seconds``, when the working sweep would have ended it, so watch-time statistics are
+    not inflated by the outage. The finding ``sessions-sweep-stuck`` reports it, and stays for
+    ``finding_hold_seconds`` after the last stuck session because the backend still needs fixing.
+
+    Finding ``close-wait-leak``: CLOSE_WAIT sockets at or above ``close_wait_threshold`` in N of the last
+    M samples (the backend does not close connections its peers closed), with the numbers.
+
+    Disruptive (opt-in with ``kick_idle_readers`` and ``engine.allow_disruptive``): when ESTABLISHED
+    sockets reach ``max(established_floor, learned baseline x baseline_factor)``, readers that sent
+    nothing for ``idle_reader_seconds`` are kicked through MediaMTX's API (at most ``kick_max_readers``
+    at a time; RTSP, RTSPS, RTMP, WebRTC and SRT readers; HLS readers cannot be kicked, their muxer
+    closes itself).
+
+    Options (``CCTV_OPTIMIZER_STRATEGIES__CONNECTION__*``): see ConnectionOptions. ``ENABLE_CONNECTION_POOLING``
+    switches the strategy off.
+
+    Risks: ending a session that is in fact alive makes that viewer's next heartbeat fail, and the
+    player starts a new session; with the default 120 s that cannot hit a viewer whose heartbeats
+    arrive (every 5 s). A kicked reader reconnects if it is still there. Nothing here is reverted.
+    """
+
+    name = "connection"
+
+    def __init__(
+        self,
+        options: ConnectionOptions,
+        *,
+        database: Path | None,
+        timezone_offset_hours: float,
+        detection: DetectionSettings,
+        exit_ratio: float,
+        kicker: MediaMtxKicker | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        local_clock: Callable[[], datetime] | None = None,
+        log: Any = None,
+    ) -> None:
+        self._o = options
+        self._db = database
+        self._offset = timezone_offset_hours
+        self._detection = detection
+        self._exit_ratio = exit_ratio
+        self._kicker = kicker if options.kick_idle_readers else None
+        self._clock = clock
+        self._local = local_clock if local_clock is not None else (lambda: local_now(timezone_offset_hours))
+        self._log = log if log is not None else structlog.get_logger("strategy.connection")
+        self._idle = IdleReaders()
+        self._stuck_seen_at: float | None = None
+        self._stuck_evidence: dict[str, Any] = {}
+        self._ended_total = 0
+        self._ended_at: float | None = None
+
+    # detection ---------------------------------------------------------------------------------------------------
+
+    def _established_line(self, baselines: Mapping[str, float]) -> float:
+        learned = baselines.get("tcp_established", 0.0) * self._o.baseline_factor
+        return max(float(self._o.established_floor), learned)
+
+    def triggers(self, baselines: Mapping[str, float]) -> Sequence[TriggerSpec]:
+        """Stuck sessions arm the strategy; so does a flood of ESTABLISHED sockets when kicking is on."""
+        specs = [TriggerSpec(signal="sessions_stuck", enter=1.0, exit=1.0)] if self._db is not None else []
+        if self._kicker is not None:
+            line = self._established_line(baselines)
+            specs.append(TriggerSpec(signal="tcp_established", enter=line, exit=line * self._exit_ratio))
+        return tuple(specs)
+
+    def _cutoff(self) -> tuple[datetime, str]:
+        now = self._local()
+        return now, local_text(now - timedelta(seconds=self._o.stuck_session_seconds))
+
+    # findings ----------------------------------------------------------------------------------------------------
+
+    def findings(self, ctx: StrategyContext) -> Sequence[Finding]:
+        """``sessions-sweep-stuck`` while sessions are stuck (and a while after); ``close-wait-leak``."""
+        out: list[Finding] = []
+        sessions = ctx.snapshot.sessions
+        if sessions is not None and sessions.stuck > 0:
+            self._stuck_seen_at = ctx.now
+            self._stuck_evidence = {
+                "stuck_sessions": sessions.stuck,
+                "active_sessions": sessions.active,
+                "oldest_heartbeat_age_seconds": round(sessions.oldest_heartbeat_age_seconds or 0.0, 1),
+            }
+        last = max((t for t in (self._stuck_seen_at, self._ended_at) if t is not None), default=None)
+        if last is not None and ctx.now - last <= self._o.finding_hold_seconds:
+            current = sessions.stuck if sessions is not None else None
+            out.append(
+                Finding(
+                    id="sessions-sweep-stuck",
+                    strategy=self.name,
+                    severity="warning",
+                    summary=(
+                        "the backend's viewer-session sweep is not ending silent sessions: active sessions "
+                        f"had no heartbeat for over {self._o.stuck_session_seconds:g} s (the backend ends them "
+                        f"after {self._o.session_timeout_seconds:g} s)"
+                    ),
+                    evidence={
+                        **self._stuck_evidence,
+                        "stuck_now": current,
+                        "stuck_after_seconds": self._o.stuck_session_seconds,
+                        "backend_timeout_seconds": self._o.session_timeout_seconds,
+                        "ended_by_optimizer": self._ended_total,
+                        "last_seen_seconds_ago": round(ctx.now - last, 1),
+                    },
+                )
+            )
+        leak = self._close_wait(ctx)
+        if leak is not None:
+            out.append(leak)
+        return tuple(out)
+
+    def _close_wait(self, ctx: StrategyContext) -> Finding | None:
+        n, m = self._detection.samples_required, self._detection.window_samples
+        threshold = self._o.close_wait_threshold
+        if ctx.windows.count_above("tcp_close_wait", threshold, m) < n:
+            return None
+        values = ctx.windows.values("tcp_close_wait", m)
+        tcp = ctx.snapshot.tcp
+        return Finding(
+            id="close-wait-leak",
+            strategy=self.name,
+            severity="warning",
+            summary=(
+                f"{int(values[-1])} sockets in CLOSE_WAIT on the backend's ports (threshold {threshold}): "
+                "peers closed these connections and the backend never closed its end"
+            ),
+            evidence={
+                "close_wait": int(values[-1]),
+                "close_wait_max": int(max(values)),
+                "threshold": threshold,
+                "samples_over": ctx.windows.count_above("tcp_close_wait", threshold, m),
+                "window_samples": m,
+                "established": tcp.get("established") if tcp is not None else None,
+                "time_wait": tcp.get("time_wait") if tcp is not None else None,
+                "ports": list(tcp.ports) if tcp is not None else [],
+            },
+        )
+
+    # planning ----------------------------------------------------------------------------------------------------
+
+    async def plan(self, ctx: StrategyContext) -> Plan | None:
+        """End stuck sessions (safe) when there are any; otherwise kick idle readers when that is switched on."""
+        if self._db is not None and ("sessions_stuck" in ctx.armed or ctx.manual):
+            plan = await self._sessions_plan()
+            if plan is not None:
+                return plan
+        if self._kicker is not None and ("tcp_established" in ctx.armed or ctx.manual):
+            return await self._kick_plan(ctx)
+        return None
+
+    async def _sessions_plan(self) -> Plan | None:
+        assert self._db is not None
+        _, cutoff = self._cutoff()
+        stuck = await asyncio.to_thread(sess.count_stuck, self._db, cutoff, self._o.busy_timeout_ms)
+        if stuck.count == 0:
+            return None
+        return Plan(
+            strategy=self.name,
+            reason=(
+                f"{stuck.count} viewer session(s) still active without a heartbeat since {stuck.oldest_heartbeat} "
+                f"(over {self._o.stuck_session_seconds:g} s; the backend's sweep ends them after "
+                f"{self._o.session_timeout_seconds:g} s): the sweep is stuck"
+            ),
+            changes=(
+                Change(
+                    target="backend.viewer_sessions",
+                    action="end_stuck_sessions",
+                    before=f"{stuck.count} active, silent over {self._o.stuck_session_seconds:g} s",
+                    after="ended, copied to viewer_session_history",
+                    reversible=False,
+                ),
+            ),
+            expected=ExpectedEffect(
+                signal="sessions_stuck",
+                direction=Direction.DOWN,
+                amount=float(stuck.count),
+                settle_seconds=self._o.settle_seconds,
+            ),
+            params={"mode": "sessions", "count": stuck.count, "oldest_heartbeat": stuck.oldest_heartbeat},
+        )
+
+    async def _kick_plan(self, ctx: StrategyContext) -> Plan | None:
+        assert self._kicker is not None
+        readers = await self._kicker.readers()
+        now = self._clock()
+        self._idle.observe(readers, now)
+        idle = self._idle.idle(readers, now, self._o.idle_reader_seconds, datetime.now(UTC))
+        idle = idle[: self._o.kick_max_readers]
+        if not idle:
+            return None
+        established = ctx.snapshot.signals().get("tcp_established")
+        readers_now = ctx.snapshot.signals().get("mediamtx_readers")
+        return Plan(
+            strategy=self.name,
+            reason=(
+                f"{int(established or 0)} ESTABLISHED sockets (line {self._established_line(ctx.baselines):.0f}); "
+                f"{len(idle)} MediaMTX reader(s) sent nothing for {self._o.idle_reader_seconds:g} s"
+            ),
+            changes=tuple(
+                Change(
+                    target=f"mediamtx.{r.kind}.{r.id}",
+                    action="kick_reader",
+                    before=f"{r.state} {r.path or '-'} from {r.remote or '-'}, {r.bytes_sent} B sent",
+                    after="kicked",
+                    reversible=False,
+                    risk=Risk.DISRUPTIVE,
+                )
+                for r in idle
+            ),
+            expected=ExpectedEffect(
+                signal="mediamtx_readers",
+                direction=Direction.DOWN,
+                amount=float(len(idle)),
+                settle_seconds=self._o.settle_seconds,
+            )
+            if readers_now is not None
+            else None,
+            params={
+                "mode": "kick",
+                "readers": [{"kind": r.kind, "id": r.id, "bytes_sent": r.bytes_sent} for r in idle],
+            },
+        )
+
+    # acting ------------------------------------------------------------------------------------------------------
+
+    async def apply(self, plan: Plan) -> ApplyResult:
+        """Re-read and end the stuck sessions, or re-list and kick the readers still idle."""
+        mode = plan.params.get("mode")
+        if mode == "sessions":
+            return await self._end_sessions()
+        if mode == "kick":
+            return await self._kick([dict(r) for r in plan.params.get("readers", [])])
+        raise StrategyError(f"unknown connection plan mode {mode!r}")
+
+    async def _end_sessions(self) -> ApplyResult:
+        if self._db is None:
+            raise StrategyError("backend.database is not configured")
+        now, cutoff = self._cutoff()
+        result = await asyncio.to_thread(
+            sess.end_stuck_sessions,
+            self._db,
+            cutoff=cutoff,
+            now=now,
+            session_timeout_seconds=self._o.session_timeout_seconds,
+            batch_rows=self._o.session_batch_rows,
+            max_batches=self._o.session_max_batches,
+            busy_timeout_ms=self._o.busy_timeout_ms,
+        )
+        if result.ended == 0:
+            return ApplyResult(changes=(), detail="no stuck session left: the backend ended them meanwhile")
+        self._ended_total += result.ended
+        self._ended_at = self._clock()
+        self._log.warning(
+            "stuck_sessions_ended",
+            strategy=self.name,
+            ended=result.ended,
+            batches=result.batches,
+            remaining=result.remaining,
+            stopped=result.stopped,
+        )
+        detail = f"ended {result.ended} session(s) in {result.batches} batch(es); {result.remaining} still stuck"
+        if result.stopped:
+            detail += f"; stopped: {result.stopped}"
+        return ApplyResult(
+            changes=(
+                Change(
+                    target="backend.viewer_sessions",
+                    action="end_stuck_sessions",
+                    before=f"{result.ended + max(result.remaining, 0)} stuck",
+                    after=f"{max(result.remaining, 0)} stuck ({result.ended} ended, copied to history)",
+                    reversible=False,
+                ),
+            ),
+            detail=detail,
+        )
+
+    async def _kick(self, planned: list[dict[str, Any]]) -> ApplyResult:
+        assert self._kicker is not None
+        live = {r.key: r for r in await self._kicker.readers()}
+        done: list[Change] = []
+        notes: list[str] = []
+        for entry in planned:
+            key = f"{entry['kind']}/{entry['id']}"
+            reader = live.get(key)
+            if reader is None:
+                notes.append(f"{key} already gone")
+                continue
+            if reader.bytes_sent != int(entry.get("bytes_sent", 0)):
+                notes.append(f"{key} is sending again")
+                continue
+            try:
+                kicked = await self._kicker.kick(reader)
+            except StrategyError as exc:
+                if not done:
+                    raise
+                notes.append(f"stopped: {exc}")
+                break
+            if not kicked:
+                notes.append(f"{key} already gone")
+                continue
+            done.append(
+                Change(
+                    target=f"mediamtx.{reader.kind}.{reader.id}",
+                    action="kick_reader",
+                    before=f"{reader.state} {reader.path or '-'}, {reader.bytes_sent} B sent",
+                    after="kicked",
+                    reversible=False,
+                    risk=Risk.DISRUPTIVE,
+                )
+            )
+        if done:
+            self._log.warning("idle_readers_kicked", strategy=self.name, count=len(done))
+        detail = f"kicked {len(done)} reader(s)" + (f"; {'; '.join(notes)}" if notes else "")
+        return ApplyResult(changes=tuple(done), detail=detail)
+
+    async def reconcile(self, plan: Plan) -> str:
+        """Each batch of ended sessions is complete or absent, and kicks are one-shot: say what is left."""
+        if plan.params.get("mode") == "sessions" and self._db is not None:
+            _, cutoff = self._cutoff()
+            stuck = await asyncio.to_thread(sess.count_stuck, self._db, cutoff, self._o.busy_timeout_ms)
+            return f"{stuck.count} session(s) still stuck; the next round ends them"
+        return "nothing to reconcile: kicks are one-shot"
+
+    async def close(self) -> None:
+        """Close the MediaMTX client."""
+        if self._kicker is not None:
+            await self._kicker.close()

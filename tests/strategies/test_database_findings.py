@@ -1,0 +1,483 @@
+"""Tests for the database strategy's findings, retention pruning and VACUUM, on real SQLite files."""
+
+from __future__ import annotations
+
+import dataclasses
+import sqlite3
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+import pytest
+
+from config.settings import DatabaseOptions
+from metrics.snapshot import DatabaseSample, Snapshot
+from metrics.sqlite import DatabaseReader
+from metrics.window import Windows
+from optimizer.app import UNCLEANED_TABLES
+from strategies.actions import retention as ret
+from strategies.base import Direction, Plan, Risk, StrategyContext, StrategyError
+from strategies.database import DatabaseStrategy
+from testbed.database import Database
+from testbed.localtime import LocalClock
+from testbed.maintenance import archive_history
+
+OFFSET = 7.0
+DAY = 86400.0
+# 03:30 in the backend's local time (UTC+7)
+IN_WINDOW = datetime(2026, 1, 15, 20, 30, tzinfo=UTC).timestamp()
+OUT_OF_WINDOW = datetime(2026, 1, 15, 8, 0, tzinfo=UTC).timestamp()
+
+
+@pytest.fixture
+def backend_db(tmp_path: Path) -> Iterator[Path]:
+    """The stand-in backend's schema and seed rows (ages 0.1, 2, 45, 120 and 200 days) in a real WAL file."""
+    db = Database(tmp_path / "cctv.db", LocalClock(OFFSET))
+    db.open(cameras=2, admin_password="secret")
+    db.close()
+    yield db.path
+
+
+@pytest.fixture
+def db_without_archive(tmp_path: Path) -> Iterator[Path]:
+    """The same database created with the migration-order bug: no viewer_session_history_archive."""
+    db = Database(tmp_path / "cctv.db", LocalClock(OFFSET), create_archive_table=False)
+    db.open(cameras=2, admin_password="secret")
+    db.close()
+    yield db.path
+
+
+def sample(path: Path) -> DatabaseSample:
+    """A real reading of the file by the sampler's reader, table statistics included."""
+    return DatabaseReader(path, timezone_offset_hours=OFFSET, tables=UNCLEANED_TABLES).read(0.0)
+
+
+def snapshot(database: DatabaseSample | None, wall: float | None = None) -> Snapshot:
+    """A snapshot with only the database part."""
+    return Snapshot(
+        seq=1,
+        monotonic=100.0,
+        wall_time=time.time() if wall is None else wall,
+        duration_seconds=0.01,
+        host=None,
+        backend=None,
+        tcp=None,
+        probe=None,
+        cache=None,
+        database=database,
+        hls=None,
+        mediamtx=None,
+        sessions=None,
+        own=None,
+        sources=MappingProxyType({}),
+    )
+
+
+def ctx(snap: Snapshot, *armed: str, manual: bool = False) -> StrategyContext:
+    """A planning context."""
+    return StrategyContext(snapshot=snap, windows=Windows(10), armed=armed, manual=manual, now=100.0)
+
+
+def strategy(path: Path, wall: float | None = None, **options: Any) -> DatabaseStrategy:
+    """A database strategy over a test file."""
+    return DatabaseStrategy(
+        path,
+        DatabaseOptions(**options),
+        exit_ratio=0.9,
+        timezone_offset_hours=OFFSET,
+        wall=(lambda: wall) if wall is not None else time.time,
+    )
+
+
+def count(path: Path, sql: str, *args: Any) -> int:
+    """One integer from a query."""
+    with sqlite3.connect(path) as conn:
+        return int(conn.execute(sql, args).fetchone()[0])
+
+
+def local(days_ago: float) -> str:
+    """The backend's local-time text for a moment in the past."""
+    return LocalClock(OFFSET).local(days_ago * DAY)
+
+
+def utc(days_ago: float) -> str:
+    """CURRENT_TIMESTAMP-style UTC text for a moment in the past."""
+    return LocalClock(OFFSET).utc(days_ago * DAY)
+
+
+def insert(path: Path, sql: str, rows: list[tuple[Any, ...]]) -> None:
+    """Insert rows directly, as the backend would."""
+    with sqlite3.connect(path) as conn:
+        conn.executemany(sql, rows)
+
+
+# ----- findings --------------------------------------------------------------------------------------------------
+
+
+def test_a_missing_archive_table_is_reported_with_the_history_it_leaves(db_without_archive: Path) -> None:
+    """Without viewer_session_history_archive the finding archive-table-missing names the history's size."""
+    findings = {f.id: f for f in strategy(db_without_archive).findings(ctx(snapshot(sample(db_without_archive))))}
+    finding = findings["archive-table-missing"]
+    assert finding.severity == "warning"
+    assert finding.evidence["history_rows"] == 5
+    assert finding.evidence["oldest_days"] == pytest.approx(200.0, abs=0.01)
+    assert "history-archive-behind" not in findings
+
+
+def test_history_past_90_days_means_the_archive_job_is_behind(backend_db: Path) -> None:
+    """Rows older than 91 days in viewer_session_history raise history-archive-behind until the job runs."""
+    s = strategy(backend_db)
+    ids = {f.id for f in s.findings(ctx(snapshot(sample(backend_db))))}
+    assert "history-archive-behind" in ids and "archive-table-missing" not in ids
+    with sqlite3.connect(backend_db) as conn:
+        archive_history(conn, LocalClock(OFFSET))
+    assert "history-archive-behind" not in {f.id for f in s.findings(ctx(snapshot(sample(backend_db))))}
+
+
+def test_uncleaned_tables_are_reported_by_age_and_by_size(backend_db: Path) -> None:
+    """Each table nobody cleans with rows past retention gets its own stable id; a row count alone also counts."""
+    findings = {f.id: f for f in strategy(backend_db).findings(ctx(snapshot(sample(backend_db))))}
+    expected = {f"uncleaned-{table}" for table, _ in UNCLEANED_TABLES if table in ret.RULES_BY_TABLE}
+    expected.discard("uncleaned-viewer_session_history_archive")  # empty: nothing archived yet
+    assert expected <= set(findings)
+    login = findings["uncleaned-login_attempts"]
+    assert login.evidence["time_base"] == "local"
+    assert login.evidence["oldest_days"] == pytest.approx(200.0, abs=0.01)
+    assert "enable retention pruning" in login.summary
+    audit = findings["uncleaned-playback_token_audit_logs"]
+    assert audit.evidence["time_base"] == "utc"
+    assert audit.evidence["oldest_days"] == pytest.approx(200.0, abs=0.01)
+    with sqlite3.connect(backend_db) as conn:
+        conn.execute("DELETE FROM login_attempts WHERE attempt_time < ?", (local(91),))
+    calm = {f.id for f in strategy(backend_db).findings(ctx(snapshot(sample(backend_db))))}
+    assert "uncleaned-login_attempts" not in calm
+    crowded = {f.id for f in strategy(backend_db, table_rows_warning=3).findings(ctx(snapshot(sample(backend_db))))}
+    assert "uncleaned-login_attempts" in crowded
+
+
+def test_the_table_age_signal_reads_the_oldest_row(backend_db: Path) -> None:
+    """Snapshot.signals() carries table_oldest_days:<table>; local-time text read as UTC is off by the offset."""
+    signals = snapshot(sample(backend_db)).signals()
+    assert signals["table_oldest_days:playback_token_audit_logs"] == pytest.approx(200.0, abs=0.01)
+    assert signals["table_oldest_days:login_attempts"] == pytest.approx(200.0 - OFFSET / 24, abs=0.01)
+
+
+# ----- cutoffs, windows and the rules ----------------------------------------------------------------------------
+
+
+def test_cutoffs_follow_the_column_time_base() -> None:
+    """A local-time cutoff is the UTC one plus the backend's offset."""
+    now = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
+    assert ret.cutoff_text(ret.TimeBase.UTC, now, 90, OFFSET) == "2025-12-01 12:00:00"
+    assert ret.cutoff_text(ret.TimeBase.LOCAL, now, 90, OFFSET) == "2025-12-01 19:00:00"
+
+
+def test_quiet_windows_may_wrap_midnight() -> None:
+    """03:00-05:00 holds 03:00 but not 05:00; 23:00-02:00 holds 23:30 and 01:59; a malformed one is an error."""
+    at = datetime(2026, 1, 1)
+    assert ret.in_window("03:00-05:00", at.replace(hour=3))
+    assert not ret.in_window("03:00-05:00", at.replace(hour=5))
+    assert ret.in_window("23:00-02:00", at.replace(hour=23, minute=30))
+    assert ret.in_window("23:00-02:00", at.replace(hour=1, minute=59))
+    assert not ret.in_window("23:00-02:00", at.replace(hour=12))
+    with pytest.raises(ValueError, match="HH:MM"):
+        ret.parse_window("3-5")
+
+
+def test_the_footage_index_is_never_a_retention_target() -> None:
+    """telegram_archive_uploads is in no rule, and pruning it by hand is refused."""
+    assert "telegram_archive_uploads" not in ret.RULES_BY_TABLE
+    rule = ret.RetentionRule(table="telegram_archive_uploads", column="created_at", time_base=ret.TimeBase.UTC)
+    with pytest.raises(StrategyError, match="never pruned"):
+        ret.prune_table(
+            Path("/nonexistent"),
+            rule,
+            "2020-01-01 00:00:00",
+            batch_rows=10,
+            max_rows=10,
+            deadline=1e18,
+            busy_timeout_ms=10,
+        )
+
+
+# ----- pruning ---------------------------------------------------------------------------------------------------
+
+
+def prune(path: Path, table: str, days: float = 90, **kwargs: Any) -> ret.PruneResult:
+    """Prune one table with its rule and a cutoff computed now."""
+    rule = ret.RULES_BY_TABLE[table]
+    cutoff = ret.cutoff_text(rule.time_base, datetime.now(UTC), days, OFFSET)
+    options: dict[str, Any] = {
+        "batch_rows": 500,
+        "max_rows": 100_000,
+        "deadline": time.monotonic() + 30,
+        "busy_timeout_ms": 200,
+    }
+    options.update(kwargs)
+    return ret.prune_table(path, rule, cutoff, **options)
+
+
+def test_local_and_utc_columns_are_cut_at_their_own_time(backend_db: Path) -> None:
+    """Three hours either side of 90 days decides, in the column's own time base (local vs UTC)."""
+    insert(
+        backend_db,
+        "INSERT INTO login_attempts (username, ip_address, success, attempt_time) VALUES (?, '10.0.0.1', 0, ?)",
+        [("older-local", local(90 + 3 / 24)), ("younger-local", local(90 - 3 / 24))],
+    )
+    insert(
+        backend_db,
+        "INSERT INTO playback_token_audit_logs (action, ip_address, details, created_at) VALUES (?, '10.0.0.1', '{}', ?)",
+        [("older-utc", utc(90 + 3 / 24)), ("younger-utc", utc(90 - 3 / 24))],
+    )
+    prune(backend_db, "login_attempts")
+    prune(backend_db, "playback_token_audit_logs")
+    with sqlite3.connect(backend_db) as conn:
+        users = {r[0] for r in conn.execute("SELECT username FROM login_attempts")}
+        actions = {r[0] for r in conn.execute("SELECT action FROM playback_token_audit_logs")}
+    assert "younger-local" in users and "older-local" not in users
+    assert "younger-utc" in actions and "older-utc" not in actions
+
+
+def test_live_sessions_are_never_pruned(backend_db: Path) -> None:
+    """An active viewer session that started 200 days ago stays; the ended old ones go."""
+    insert(
+        backend_db,
+        "INSERT INTO viewer_sessions (session_id, camera_id, started_at, last_heartbeat, is_active)"
+        " VALUES ('live-one', 1, ?, ?, 1)",
+        [(local(200), local(0))],
+    )
+    result = prune(backend_db, "viewer_sessions")
+    assert result.deleted == 2
+    assert count(backend_db, "SELECT count(*) FROM viewer_sessions WHERE session_id = 'live-one'") == 1
+    assert count(backend_db, "SELECT count(*) FROM viewer_sessions WHERE started_at < ?", local(90)) == 1
+
+
+def test_pruning_goes_in_batches_within_the_row_budget(backend_db: Path) -> None:
+    """1 200 old rows in batches of 500 take three transactions; a budget of 700 stops at 700."""
+    rows = [("bulk", local(150)) for _ in range(1200)]
+    insert(
+        backend_db,
+        "INSERT INTO login_attempts (username, ip_address, success, attempt_time) VALUES (?, '10.0.0.2', 0, ?)",
+        rows,
+    )
+    limited = prune(backend_db, "login_attempts", max_rows=700)
+    assert (limited.deleted, limited.batches, limited.stopped) == (700, 2, "row budget spent")
+    rest = prune(backend_db, "login_attempts")
+    assert (rest.deleted, rest.batches, rest.stopped) == (502, 2, None)
+    assert count(backend_db, "SELECT count(*) FROM login_attempts") == 3
+
+
+def test_a_busy_database_fails_the_first_batch_and_deletes_nothing(backend_db: Path) -> None:
+    """While another connection holds the write lock, pruning raises 'database busy' and every row stays."""
+    before = count(backend_db, "SELECT count(*) FROM login_attempts")
+    holder = sqlite3.connect(backend_db, isolation_level=None)
+    try:
+        holder.execute("BEGIN IMMEDIATE")
+        with pytest.raises(StrategyError, match="database busy"):
+            prune(backend_db, "login_attempts", busy_timeout_ms=50)
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    assert count(backend_db, "SELECT count(*) FROM login_attempts") == before
+
+
+def test_numbers_in_a_date_column_are_left_alone(backend_db: Path) -> None:
+    """An epoch number sorts below any text in SQLite; it must not be taken for an old date."""
+    insert(
+        backend_db,
+        "INSERT INTO login_attempts (username, ip_address, success, attempt_time) VALUES ('epoch', '10.0.0.3', 0, ?)",
+        [(1_700_000_000,)],
+    )
+    prune(backend_db, "login_attempts")
+    assert count(backend_db, "SELECT count(*) FROM login_attempts WHERE username = 'epoch'") == 1
+
+
+def test_a_spent_time_budget_deletes_nothing(backend_db: Path) -> None:
+    """A deadline already passed stops before the first batch."""
+    result = prune(backend_db, "login_attempts", deadline=time.monotonic() - 1)
+    assert (result.deleted, result.stopped) == (0, "time budget spent")
+
+
+def test_missing_tables_are_skipped(db_without_archive: Path) -> None:
+    """A table the backend's schema lacks is neither counted nor pruned."""
+    assert prune(db_without_archive, "viewer_session_history_archive", days=1).stopped == "table or column missing"
+    cutoffs = {r.table: "2100-01-01 00:00:00" for r in ret.RULES}
+    tables = {c.table for c in ret.count_candidates(db_without_archive, ret.RULES, cutoffs, 200)}
+    assert "viewer_session_history_archive" not in tables and "login_attempts" in tables
+
+
+# ----- the strategy: triggers, plans, apply ----------------------------------------------------------------------
+
+
+def test_triggers_follow_the_opt_ins() -> None:
+    """Only the WAL arms by default; retention adds a table-age trigger per table; VACUUM arms only in its window."""
+    path = Path("/nonexistent.db")
+    assert [t.signal for t in strategy(path).triggers({})] == ["wal_bytes"]
+    specs = {t.signal: t for t in strategy(path, retention_enabled=True).triggers({})}
+    login = specs["table_oldest_days:login_attempts"]
+    assert (login.enter, login.exit) == (91.0, 90.6)
+    assert specs["table_oldest_days:viewer_session_history_archive"].enter == 366.0
+    assert "table_oldest_days:telegram_archive_uploads" not in specs
+    inside = strategy(path, wall=IN_WINDOW, vacuum_enabled=True).triggers({})
+    outside = strategy(path, wall=OUT_OF_WINDOW, vacuum_enabled=True).triggers({})
+    assert "freelist_ratio" in {t.signal for t in inside}
+    assert "freelist_ratio" not in {t.signal for t in outside}
+
+
+async def test_retention_is_planned_as_disruptive_with_a_measurable_effect(backend_db: Path) -> None:
+    """Armed by a table age, the plan lists each table's rows past the cutoff as a disruptive prune."""
+    s = strategy(backend_db, retention_enabled=True)
+    plan = await s.plan(ctx(snapshot(sample(backend_db)), "table_oldest_days:login_attempts"))
+    assert plan is not None
+    assert plan.disruptive and not plan.reversible
+    by_target = {c.target: c for c in plan.changes}
+    assert "table:telegram_archive_uploads" not in by_target
+    assert by_target["table:login_attempts"].before == "5 rows"
+    assert by_target["table:login_attempts"].after.startswith("3 rows")
+    assert all(c.risk is Risk.DISRUPTIVE and c.action == "retention_prune" for c in plan.changes)
+    assert plan.expected is not None
+    assert (plan.expected.signal, plan.expected.direction) == ("freelist_ratio", Direction.UP)
+    assert "rows past their retention" in plan.reason
+
+
+async def test_retention_is_not_planned_unless_enabled_or_armed(backend_db: Path) -> None:
+    """Retention off: no prune plan even by hand; on but not armed by an age: nothing in a scheduled round."""
+    snap = snapshot(sample(backend_db))
+    manual = await strategy(backend_db).plan(ctx(snap, manual=True))
+    assert manual is None or all(c.action != "retention_prune" for c in manual.changes)
+    assert await strategy(backend_db, retention_enabled=True, wal_limit_bytes=1 << 30).plan(ctx(snap)) is None
+
+
+async def test_an_oversized_wal_comes_before_retention(backend_db: Path) -> None:
+    """With the WAL over its limit the round does the safe checkpoint, not the disruptive prune."""
+    s = strategy(backend_db, retention_enabled=True, wal_limit_bytes=4096)
+    grown = dataclasses.replace(sample(backend_db), wal_bytes=1 << 20)
+    plan = await s.plan(ctx(snapshot(grown), "wal_bytes", "table_oldest_days:login_attempts"))
+    assert plan is not None and not plan.disruptive
+    assert plan.changes[0].action == "wal_checkpoint"
+
+
+async def test_apply_prunes_every_planned_table_and_nothing_else(backend_db: Path) -> None:
+    """Apply deletes the old rows table by table; recent rows, live sessions and footage stay."""
+    telegram = count(backend_db, "SELECT count(*) FROM telegram_archive_uploads")
+    s = strategy(backend_db, retention_enabled=True)
+    plan = await s.plan(ctx(snapshot(sample(backend_db)), manual=True))
+    assert plan is not None
+    result = await s.apply(plan)
+    assert {c.target: c.after for c in result.changes}["table:login_attempts"] == "3 rows"
+    assert "login_attempts: deleted 2 rows in 1 batches" in result.detail
+    assert count(backend_db, "SELECT count(*) FROM login_attempts") == 3
+    assert count(backend_db, "SELECT count(*) FROM camera_source_lifecycle_events") == 3
+    assert count(backend_db, "SELECT count(*) FROM telegram_archive_uploads") == telegram
+    assert count(backend_db, "SELECT count(*) FROM audit_logs") == 5  # the backend prunes that one itself
+    again = await s.apply(plan)
+    assert again.changes == ()
+
+
+async def test_apply_on_a_busy_database_fails_and_changes_nothing(backend_db: Path) -> None:
+    """A writer holding the lock fails the prune with the reason; no table lost a row."""
+    s = strategy(backend_db, retention_enabled=True, busy_timeout_ms=50)
+    plan = await s.plan(ctx(snapshot(sample(backend_db)), manual=True))
+    assert plan is not None
+    before = count(backend_db, "SELECT count(*) FROM login_attempts")
+    holder = sqlite3.connect(backend_db, isolation_level=None)
+    try:
+        holder.execute("BEGIN IMMEDIATE")
+        with pytest.raises(StrategyError, match="database busy"):
+            await s.apply(plan)
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    assert count(backend_db, "SELECT count(*) FROM login_attempts") == before
+
+
+# ----- VACUUM ----------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def fragmented(tmp_path: Path) -> Path:
+    """A WAL-mode file whose pages are mostly free after a big delete."""
+    path = tmp_path / "frag.db"
+    with sqlite3.connect(path, isolation_level=None) as conn:
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, x TEXT)")
+        conn.execute("BEGIN")
+        conn.executemany("INSERT INTO t (x) VALUES (?)", [("x" * 300,)] * 6000)
+        conn.execute("COMMIT")
+        conn.execute("DELETE FROM t WHERE id > 1000")
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    conn.close()
+    return path
+
+
+async def test_vacuum_runs_only_inside_its_window_and_empties_the_freelist(fragmented: Path) -> None:
+    """Inside the window with enough free pages, VACUUM is planned, shrinks the file and leaves no free page."""
+    sample_now = DatabaseReader(fragmented).read(0.0)
+    assert sample_now.freelist_ratio > 0.5
+    outside = strategy(fragmented, wall=OUT_OF_WINDOW, vacuum_enabled=True)
+    manual = await outside.plan(ctx(snapshot(sample_now, OUT_OF_WINDOW), manual=True))
+    assert manual is not None and [c.action for c in manual.changes] == ["optimize"]
+    assert await outside.plan(ctx(snapshot(sample_now, OUT_OF_WINDOW), "freelist_ratio")) is None
+    inside = strategy(fragmented, wall=IN_WINDOW, vacuum_enabled=True)
+    plan = await inside.plan(ctx(snapshot(sample_now, IN_WINDOW), "freelist_ratio"))
+    assert plan is not None and plan.action == "vacuum" and plan.disruptive
+    assert plan.expected is not None and plan.expected.direction is Direction.DOWN
+    result = await inside.apply(plan)
+    after = DatabaseReader(fragmented).read(0.0)
+    assert after.freelist_count == 0
+    assert after.file_bytes < sample_now.file_bytes
+    assert result.changes[0].after.endswith("0 free pages")
+    assert count(fragmented, "SELECT count(*) FROM t") == 1000
+
+
+async def test_vacuum_rechecks_the_window_before_running(fragmented: Path) -> None:
+    """A plan made in the window but applied after it closed does nothing."""
+    s = strategy(fragmented, wall=OUT_OF_WINDOW, vacuum_enabled=True)
+    result = await s.apply(Plan(strategy="database", reason="t", changes=(), params={"vacuum": True}))
+    assert result.changes == ()
+    assert "outside the quiet window" in result.detail
+
+
+def test_a_vacuum_past_its_deadline_is_rolled_back(fragmented: Path) -> None:
+    """A clock past the deadline interrupts VACUUM: StrategyError, and the free pages are still there."""
+    before = ret.file_figures(fragmented, 200)
+    ticks = iter(range(0, 10_000_000, 1000))
+    with pytest.raises(StrategyError, match="rolled back"):
+        ret.vacuum(fragmented, busy_timeout_ms=200, max_seconds=0.5, clock=lambda: float(next(ticks)))
+    assert ret.file_figures(fragmented, 200).freelist_count == before.freelist_count
+
+
+def test_vacuum_refuses_without_free_space_or_with_a_writer(fragmented: Path) -> None:
+    """Too little disk space, or a writer holding the lock, fail VACUUM with the reason and change nothing."""
+    before = ret.file_figures(fragmented, 200)
+    with pytest.raises(StrategyError, match="not enough free space"):
+        ret.vacuum(fragmented, busy_timeout_ms=200, max_seconds=10, free_bytes=lambda _p: 1024)
+    holder = sqlite3.connect(fragmented, isolation_level=None)
+    try:
+        holder.execute("BEGIN IMMEDIATE")
+        with pytest.raises(StrategyError, match="database busy"):
+            ret.vacuum(fragmented, busy_timeout_ms=50, max_seconds=10)
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    assert ret.file_figures(fragmented, 200).freelist_count == before.freelist_count
+
+
+async def test_reconcile_says_what_sqlite_left(fragmented: Path) -> None:
+    """Interrupted prunes and VACUUMs are transactional; reconcile reports the file as it is."""
+    s = strategy(fragmented)
+    prune_note = await s.reconcile(Plan(strategy="database", reason="t", changes=(), params={"retention": True}))
+    assert "committed batches stay deleted" in prune_note
+    vacuum_note = await s.reconcile(Plan(strategy="database", reason="t", changes=(), params={"vacuum": True}))
+    free = ret.file_figures(fragmented, 200).freelist_count
+    assert f"with {free} free pages" in vacuum_note
+
+
+def test_cutoff_days_back_from_now_are_exact() -> None:
+    """The cutoff text is exactly N days before now, to the second."""
+    now = datetime(2026, 3, 1, 0, 0, 5, tzinfo=UTC)
+    expected = (now - timedelta(days=365)).strftime("%Y-%m-%d %H:%M:%S")
+    assert ret.cutoff_text(ret.TimeBase.UTC, now, 365, OFFSET) == expected
