@@ -1,8 +1,14 @@
-"""The sampler keeps its blocking work off the event loop: a ticker is never held up while it samples."""
+"""The sampler keeps its blocking work off the event loop: every blocking read runs in a worker thread.
+
+How long the loop is held is measured by the benchmarks (``make bench``), never asserted here: these machines are
+shared and noisy. This test checks the structural property that makes the lag small: which thread does the reading.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import functools
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -25,8 +31,6 @@ SAMPLES = 8
 STALE_FILES = 8000
 STUCK_SESSIONS = 500
 TICK_S = 0.005
-# Generous on purpose: machines are noisy. The test is about blocking work being in threads, not speed.
-MAX_LAG_S = 0.100
 TABLES = (("viewer_sessions", "started_at"), ("login_attempts", "attempt_time"), ("token_blacklist", "expires_at"))
 
 
@@ -72,14 +76,38 @@ def testbed(tmp_path: Path) -> Iterator[TestbedProcess]:
         yield process
 
 
+def record_threads(sources: Sources, seen: dict[str, set[int]]) -> None:
+    """Wrap each blocking reader so that the threads it ran on are recorded under its name."""
+
+    def wrap(name: str, owner: object, attr: str) -> None:
+        original = getattr(owner, attr)
+
+        @functools.wraps(original)
+        def recorded(*args: object, **kwargs: object) -> object:
+            seen.setdefault(name, set()).add(threading.get_ident())
+            return original(*args, **kwargs)
+
+        setattr(owner, attr, recorded)
+
+    wrap("host", sources.host, "read")
+    wrap("tcp", sources.tcp, "count")
+    assert sources.process is not None and sources.database is not None and sources.hls is not None
+    wrap("process", sources.process, "read")
+    wrap("database", sources.database, "read")
+    wrap("hls", sources.hls, "read")
+
+
 async def test_sampling_the_testbed_never_blocks_the_loop(testbed: TestbedProcess) -> None:
-    """While every source is sampled repeatedly, the event loop is never held for more than 100 ms."""
+    """With many files and rows to read, every blocking source runs in a worker thread, never on the loop's."""
     # enough files and rows that a scan done on the loop would hold it well past the bound
     testbed.scenario("stale_segments", count=STALE_FILES, age_seconds=600)
     testbed.scenario("stuck_sessions", count=STUCK_SESSIONS, age_seconds=600)
     testbed.scenario("wal_growth", mb=4)
     sources = sources_for(testbed)
+    seen: dict[str, set[int]] = {}
+    record_threads(sources, seen)
     sampler = Sampler(sources, source_timeout_seconds=10.0)
+    loop_thread = threading.get_ident()
     lags: list[float] = []
     stop = asyncio.Event()
     ticks = asyncio.create_task(ticker(stop, lags))
@@ -100,5 +128,7 @@ async def test_sampling_the_testbed_never_blocks_the_loop(testbed: TestbedProces
     assert set(last.sources) == set(SOURCE_NAMES)
     assert last.hls is not None and last.hls.stale_files >= STALE_FILES
     assert last.sessions is not None and last.sessions.stuck >= STUCK_SESSIONS
-    assert len(lags) >= SAMPLES
-    assert max(lags) < MAX_LAG_S, f"event loop blocked for {max(lags) * 1000:.0f} ms"
+    assert set(seen) == {"host", "tcp", "process", "database", "hls"}
+    assert {name: loop_thread in threads for name, threads in seen.items()} == dict.fromkeys(seen, False)
+    assert len(lags) >= SAMPLES  # the loop kept turning while the sources were read
+    print(f"loop lag while sampling (information only): max {max(lags) * 1000:.1f} ms over {len(lags)} ticks")
