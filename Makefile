@@ -31,7 +31,7 @@ lint: $(STAMP)
 # Benchmarks: results in bench/results/*.json, summary spliced into README.md.
 bench: $(STAMP)
 	@bash scripts/ensure-debs.sh bench
-	$(PY) bench/run.py
+	$(PY) -m bench.run
 
 # The longer reliability runs (extended fuzzing, long soak) that do not fit in `make test`.
 chaos: $(STAMP) debs

@@ -138,7 +138,14 @@ def _strategy_view(ctx: ApiContext, name: str) -> dict[str, Any]:
         "lastOutcome": rt.last_outcome,
         "lastVerdict": rt.last_verdict,
         "triggers": [
-            {"signal": t.signal, "enter": t.enter, "exit": t.exit, "above": t.above} for t in engine.triggers_of(rt)
+            {
+                "signal": t.signal,
+                "value": engine.windows.last(t.signal),
+                "enter": t.enter,
+                "exit": t.exit,
+                "above": t.above,
+            }
+            for t in engine.triggers_of(rt)
         ],
         "findings": [f.as_dict() for f in engine.findings.values() if f.strategy == name],
     }

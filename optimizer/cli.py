@@ -126,6 +126,16 @@ def _fmt(value: Any, unit: str = "") -> str:
     return f"{value}{unit}"
 
 
+def _num(value: Any) -> str:
+    """A signal value in a narrow column: ratios with three decimals, large counts compact."""
+    if value is None:
+        return "-"
+    number = float(value)
+    if abs(number) >= 1e6:
+        return f"{number / 1e6:.1f}M"
+    return f"{number:.3f}" if abs(number) < 10 else f"{number:.0f}"
+
+
 def cmd_status(client: Client, as_json: bool) -> int:
     """Sources, metrics against thresholds, strategies."""
     status, body = client.call("GET", "/performance-metrics")
@@ -148,6 +158,15 @@ def cmd_status(client: Client, as_json: bool) -> int:
             f"{name:<12} {st['mode']:<8} {'yes' if st['armed'] else 'no':<6} {st['cooldownLeftSeconds']:>8.0f}s"
             f" {st['budgetLeft']:>6} {'OPEN' if st['breakerOpen'] else 'closed':<8} {st['score']:>6.2f}"
         )
+    status, detail = client.call("GET", "/strategies")
+    if status == 200 and isinstance(detail, dict):
+        print(f"{'signal':<24} {'now':>12} {'enter':>12} {'exit':>12}  strategy")
+        for st in detail.get("strategies", []):
+            for t in st.get("triggers", []):
+                print(
+                    f"{t['signal']:<24} {_num(t.get('value')):>12} {_num(t['enter']):>12} {_num(t['exit']):>12}"
+                    f"  {st['name']}{' ARMED' if t['signal'] in st.get('armedBy', []) else ''}"
+                )
     for finding in body.get("findings", []):
         print(f"finding [{finding['strategy']}] {finding['summary']}")
     return EX_OK
