@@ -6,7 +6,7 @@ PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.installed-stamp
 PYDIRS := $(wildcard config metrics strategies optimizer testbed tests bench)
 
-.PHONY: venv test lint bench chaos demo install clean debs
+.PHONY: venv test lint bench chaos demo install clean debs docs
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -46,3 +46,7 @@ install:
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache demo-data
+
+# Regenerate the README's configuration reference from the settings (a test checks it is current).
+docs: $(STAMP)
+	$(PY) -m config.reference --write README.md
