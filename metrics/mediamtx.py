@@ -7,32 +7,17 @@ from typing import Any
 import aiohttp
 
 from metrics.errors import SamplingError
+from metrics.httppool import HttpPool
 from metrics.snapshot import MediaMtxSample
 
 MAX_PAGES = 50
 PAGE_SIZE = 100
 
 
-class MediaMtxClient:
+class MediaMtxClient(HttpPool):
     """Reads ``/v3/paths/list`` page by page."""
 
     name = "mediamtx"
-
-    def __init__(self, base_url: str, timeout_seconds: float) -> None:
-        self._base = base_url.rstrip("/")
-        self._timeout = aiohttp.ClientTimeout(total=timeout_seconds)
-        self._session: aiohttp.ClientSession | None = None
-
-    def _http(self) -> aiohttp.ClientSession:
-        if self._session is None or self._session.closed:
-            self._session = aiohttp.ClientSession(timeout=self._timeout, cookie_jar=aiohttp.DummyCookieJar())
-        return self._session
-
-    async def close(self) -> None:
-        """Close the connection pool."""
-        if self._session is not None and not self._session.closed:
-            await self._session.close()
-        self._session = None
 
     async def paths(self) -> list[dict[str, Any]]:
         """All path items, following pageCount."""

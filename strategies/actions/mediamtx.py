@@ -14,6 +14,7 @@ from typing import Any
 
 import aiohttp
 
+from metrics.httppool import HttpPool
 from strategies.base import StrategyError
 
 # list/kick endpoint family -> short label
@@ -65,24 +66,8 @@ def _reader(kind: str, item: dict[str, Any]) -> ReaderSession | None:
     )
 
 
-class MediaMtxKicker:
+class MediaMtxKicker(HttpPool):
     """Lists reader sessions and kicks them, with its own small connection pool."""
-
-    def __init__(self, base_url: str, timeout_seconds: float) -> None:
-        self._base = base_url.rstrip("/")
-        self._timeout = aiohttp.ClientTimeout(total=timeout_seconds)
-        self._session: aiohttp.ClientSession | None = None
-
-    def _http(self) -> aiohttp.ClientSession:
-        if self._session is None or self._session.closed:
-            self._session = aiohttp.ClientSession(timeout=self._timeout, cookie_jar=aiohttp.DummyCookieJar())
-        return self._session
-
-    async def close(self) -> None:
-        """Close the connection pool."""
-        if self._session is not None and not self._session.closed:
-            await self._session.close()
-        self._session = None
 
     async def _list(self, kind: str) -> list[ReaderSession]:
         out: list[ReaderSession] = []
