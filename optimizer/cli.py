@@ -172,10 +172,18 @@ def cmd_status(client: Client, as_json: bool) -> int:
     return EX_OK
 
 
+def _verdict_figures(detail: Any) -> str:
+    """The measured figures behind a verdict: ``(signal before -> after, reverted)``."""
+    if not isinstance(detail, Mapping) or detail.get("signal") is None:
+        return ""
+    reverted = ", reverted" if detail.get("reverted") else ""
+    return f" ({detail['signal']} {_fmt(detail.get('before'))} -> {_fmt(detail.get('after'))}{reverted})"
+
+
 def _print_decision(item: Mapping[str, Any]) -> None:
     when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(item["timestamp"] / 1000))
     changes = "; ".join(f"{c['target']}: {c['before']} -> {c['after']}" for c in item.get("changes", []))
-    verdict = f" verdict={item['verdict']}" if item.get("verdict") else ""
+    verdict = f" verdict={item['verdict']}{_verdict_figures(item.get('verdictDetail'))}" if item.get("verdict") else ""
     error = f" error={item['error']}" if item.get("error") else ""
     print(
         f"#{item['id']} {when} {item['strategy']:<10} {item['mode']:<8} {item['outcome']:<16} {item['reason']}"
@@ -233,13 +241,18 @@ def cmd_strategies(client: Client, as_json: bool, action: str | None, name: str 
         return EX_OK
     for st in items:
         print(
-            f"{st['name']}: mode={st['mode']} armed={st['armed']} breaker={'open' if st['breakerOpen'] else 'closed'} score={st['score']}"
+            f"{st['name']}: mode={st['mode']} armed={st['armed']}"
+            f" cooldown={st['cooldownLeftSeconds']:.0f}/{st['cooldownSeconds']:.0f}s budget={st['budgetLeft']}"
+            f" breaker={'open' if st['breakerOpen'] else 'closed'} score={st['score']}"
         )
         if action == "describe":
             for trig in st["triggers"]:
                 print(f"  trigger {trig['signal']}: enter {trig['enter']} exit {trig['exit']}")
             for finding in st["findings"]:
                 print(f"  finding: {finding['summary']}")
+    if action != "describe":
+        for signal, learned in sorted(body.get("baselines", {}).items()):
+            print(f"baseline {signal} = {_fmt(learned)}")
     return EX_OK
 
 

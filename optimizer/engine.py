@@ -24,8 +24,10 @@ from optimizer.clock import Clock
 from optimizer.state import StateStore
 from strategies.base import (
     ApplyResult,
+    Change,
     Direction,
     Finding,
+    OperatorOverride,
     Plan,
     Strategy,
     StrategyContext,
@@ -51,6 +53,7 @@ class Outcome(StrEnum):
     SKIPPED_BUDGET = "skipped_budget"
     BLOCKED_BREAKER = "blocked_breaker"
     BLOCKED_DISRUPTIVE = "blocked_disruptive"
+    BACKED_OFF = "backed_off"
 
 
 ATTEMPTS = frozenset({Outcome.APPLIED, Outcome.FAILED, Outcome.TIMEOUT, Outcome.ERROR})
@@ -80,6 +83,40 @@ def judge(before: float, after: float, direction: Direction, amount: float) -> t
     if good <= -max(0.25 * amount, 0.05 * abs(before), 1e-12):
         return Verdict.REGRESSED, good
     return Verdict.NEUTRAL, good
+
+
+def signal_proximity(specs: Sequence[TriggerSpec], windows: Windows) -> float:
+    """How close the latest values are to their enter thresholds: 1.0 is at the line, above 1.0 past it."""
+    proximity = 0.0
+    for spec in specs:
+        value = windows.last(spec.signal)
+        if value is None or spec.enter == 0:
+            continue
+        # a below-type trigger (a hit rate under a floor) nears its line as the value falls
+        below = spec.enter / value if value > 0 else 2.0
+        proximity = max(proximity, value / spec.enter if spec.above else below)
+    return proximity
+
+
+NEAR_PROXIMITY = 0.8
+CALM_PROXIMITY = 0.5
+STRETCH_FACTOR = 1.25
+
+
+def next_sample_interval(
+    current: float, *, base: float, low: float, high: float, proximity: float, armed: bool
+) -> float:
+    """The next sample interval: halve toward ``low`` near a line, stretch by 1.25 toward ``high`` when calm.
+
+    Between calm and near the configured base interval is used again. The result is always within bounds.
+    """
+    if armed or proximity >= NEAR_PROXIMITY:
+        target = max(low, min(base, current / 2))
+    elif proximity < CALM_PROXIMITY:
+        target = min(high, max(base, current * STRETCH_FACTOR))
+    else:
+        target = base
+    return max(low, min(high, target))
 
 
 @dataclass(slots=True)
@@ -309,13 +346,29 @@ class Engine:
                 self._verify_task.cancel()
 
     async def revert_all(self) -> int:
-        """Revert every pending reversible change (revert_on_exit); returns how many were reverted."""
-        count = 0
-        for pending in list(self._pending):
-            reversible = pending.plan.reversible and pending.result.changes
-            if reversible and await self._revert(pending, reason="revert_on_exit"):
-                count += 1
+        """Revert every reversible change still in effect (revert_on_exit), newest first; returns how many.
+
+        The journal is the list: every applied plan whose record is ``done`` (not reverted, not failed) and
+        whose changes can be undone, whether it is still being verified or was judged long ago, in this run
+        or an earlier one. Newest first, so that stacked changes unwind in order. Each record is closed as
+        ``reverted`` whatever revert() found, so a later stop does not try again.
+        """
         self._pending.clear()
+        count = 0
+        for entry in reversed(await asyncio.to_thread(self._store.journal, "done")):
+            rt = self.runtimes.get(entry.strategy)
+            if rt is None or not entry.result:
+                continue
+            try:
+                plan = Plan.from_dict(entry.plan)
+                result = ApplyResult.from_dict(entry.result)
+            except (KeyError, ValueError, TypeError):
+                continue
+            if not plan.reversible or not result.changes:
+                continue
+            undone = await self._revert(rt, result, entry.id, reason="revert_on_exit")
+            if undone is not None and undone.changes:
+                count += 1
         return count
 
     def strategy_names(self) -> list[str]:
@@ -378,6 +431,10 @@ class Engine:
         except Exception:
             return ()
 
+    def proximity(self) -> float:
+        """How close the nearest watched signal is to its enter line, over every strategy (see signal_proximity)."""
+        return max((signal_proximity(self.triggers_of(rt), self.windows) for rt in self.runtimes.values()), default=0.0)
+
     def update_settings(self, engine: EngineSettings, detection: DetectionSettings, global_mode: Mode) -> None:
         """Apply reloaded engine and detection settings (SIGHUP) without losing what was learned."""
         self._settings = engine
@@ -432,7 +489,8 @@ class Engine:
             }
         reverted = False
         if verdict is Verdict.REGRESSED and pending.plan.reversible:
-            reverted = await self._revert(pending, reason="regressed")
+            undone = await self._revert(rt, pending.result, pending.journal_id, reason="regressed")
+            reverted = undone is not None
         detail["reverted"] = reverted
         self._metrics.verdicts.labels(rt.name, str(verdict)).inc()
         rt.last_verdict = str(verdict)
@@ -458,26 +516,60 @@ class Engine:
         )
         await self._save(rt)
 
-    async def _revert(self, pending: Pending, reason: str) -> bool:
-        rt = self.runtimes[pending.strategy]
+    async def _revert(
+        self, rt: StrategyRuntime, applied: ApplyResult, journal_id: int | None, *, reason: str
+    ) -> ApplyResult | None:
+        """Undo an applied result; the revert's own result, or None when it failed (logged)."""
         try:
-            result = await asyncio.wait_for(rt.strategy.revert(pending.result), self._settings.apply_timeout_seconds)
+            result = await asyncio.wait_for(rt.strategy.revert(applied), self._settings.apply_timeout_seconds)
         except (StrategyError, TimeoutError) as exc:
             self._log.warning("revert_failed", strategy=rt.name, reason=reason, error=str(exc) or "timeout")
-            return False
+            return None
         except Exception:
             self._log.exception("revert_crashed", strategy=rt.name, reason=reason)
-            return False
+            return None
         self._metrics.reverts.labels(rt.name).inc()
-        if pending.journal_id is not None:
-            await asyncio.to_thread(self._store.journal_finish, pending.journal_id, "reverted", result.as_dict())
+        if journal_id is not None:
+            await asyncio.to_thread(self._store.journal_finish, journal_id, "reverted", result.as_dict())
         self._log.warning(
             "change_reverted",
             strategy=rt.name,
             reason=reason,
+            journal_id=journal_id,
             changes=[f"{c.target}: {c.before} -> {c.after}" for c in result.changes],
         )
-        return True
+        return result
+
+    def _take_overrides(self, rt: StrategyRuntime) -> list[OperatorOverride]:
+        """The operator changes the strategy noticed since it was last asked; a crash counts as none."""
+        try:
+            return list(rt.strategy.take_overrides())
+        except Exception:
+            self._log.exception("take_overrides_crashed", strategy=rt.name)
+            return []
+
+    async def _back_off(self, rt: StrategyRuntime, overrides: Sequence[OperatorOverride], *, record: Any) -> int | None:
+        """An operator changed values this strategy manages: stretch its cooldown from now, say so, act no more now."""
+        rt.cooldown = min(self._settings.cooldown_max_seconds, max(rt.cooldown, 1.0) * 2)
+        rt.last_attempt = self._clock.wall()
+        targets = ", ".join(f"{o.target} (set {o.expected}, found {o.found})" for o in overrides)
+        self._log.warning(
+            "strategy_backed_off",
+            strategy=rt.name,
+            reason="operator_override",
+            cooldown_seconds=rt.cooldown,
+            overrides=[o.as_dict() for o in overrides],
+        )
+        row = Plan(
+            strategy=rt.name,
+            reason=f"operator changed {targets}; left alone, backing off for {rt.cooldown:.0f} s",
+            changes=tuple(
+                Change(target=o.target, action="operator_override", before=o.expected, after=o.found, reversible=False)
+                for o in overrides
+            ),
+        )
+        decision_id: int | None = await record(Outcome.BACKED_OFF, row.reason, row)
+        return decision_id
 
     def _count_failure(self, rt: StrategyRuntime, why: str) -> None:
         rt.consecutive_failures += 1
@@ -665,6 +757,29 @@ class Engine:
             self._log.exception("plan_crashed", strategy=rt.name)
             self._count_failure(rt, f"plan crashed: {exc.__class__.__name__}")
             return await record(Outcome.ERROR, "plan crashed", error=f"{exc.__class__.__name__}: {exc}"), False
+        # A plan made after noticing an operator's change already leaves that value alone; it goes through the
+        # gates as usual, and then the strategy backs off (a longer cooldown from now) so it does not keep pushing.
+        overrides = self._take_overrides(rt)
+        decision_id, used = await self._gate_and_apply(
+            rt, plan, mode=mode, manual=manual, disruptive_used=disruptive_used, record=record, signals=signals
+        )
+        overrides += self._take_overrides(rt)  # noticed while applying (a re-read found an operator's value)
+        if overrides:
+            await self._back_off(rt, overrides, record=record)
+        return decision_id, used
+
+    async def _gate_and_apply(
+        self,
+        rt: StrategyRuntime,
+        plan: Plan | None,
+        *,
+        mode: Mode,
+        manual: bool,
+        disruptive_used: bool,
+        record: Any,
+        signals: Mapping[str, float],
+    ) -> tuple[int | None, bool]:
+        """The gates after planning (dry run, disruptive, cooldown, budget), then the apply."""
         if plan is None or not plan.changes:
             if manual:
                 return await record(Outcome.NOTHING_TO_DO, "nothing to do"), False

@@ -205,6 +205,19 @@ class Finding:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class OperatorOverride:
+    """A value the strategy manages that someone else changed: the strategy let it go, the engine backs off."""
+
+    target: str
+    expected: str
+    found: str
+
+    def as_dict(self) -> dict[str, JsonValue]:
+        """A JSON-ready form."""
+        return {"target": self.target, "expected": self.expected, "found": self.found}
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class StrategyContext:
     """What a strategy sees when it plans: the latest snapshot, the windows, and why it is asked."""
 
@@ -240,6 +253,10 @@ class Strategy(ABC):
     async def revert(self, result: ApplyResult) -> ApplyResult:
         """Restore the values saved by apply(); irreversible changes cannot be reverted."""
         raise StrategyError(f"{self.name}: these changes cannot be reverted")
+
+    def take_overrides(self) -> Sequence[OperatorOverride]:
+        """Operator changes to managed values noticed since the last call (then forgotten); none by default."""
+        return ()
 
     async def reconcile(self, plan: Plan) -> str:
         """Settle a plan whose apply was interrupted (the daemon died); say what was found and done."""

@@ -32,6 +32,7 @@ from strategies.base import (
     Direction,
     ExpectedEffect,
     Finding,
+    OperatorOverride,
     Plan,
     Strategy,
     StrategyContext,
@@ -163,6 +164,7 @@ class CpuStrategy(Strategy):
         self._log = log if log is not None else structlog.get_logger("strategy.cpu")
         self._held: dict[int, HeldRecorder] = {}
         self._overrides: dict[int, Override] = {}
+        self._new_overrides: list[OperatorOverride] = []
         self._factor = 1.0
         self._load()
 
@@ -283,6 +285,12 @@ class CpuStrategy(Strategy):
     def _drop_override(self, held: HeldRecorder, current: Priority) -> None:
         del self._held[held.pid]
         self._overrides[held.pid] = Override(pid=held.pid, expected=held.applied.describe(), found=current.describe())
+        # the engine drains these to back the whole strategy off (take_overrides)
+        self._new_overrides.append(
+            OperatorOverride(
+                target=_label(held.pid, held.camera_id), expected=held.applied.describe(), found=current.describe()
+            )
+        )
         self._log.warning(
             "operator_override",
             strategy=self.name,
@@ -312,6 +320,11 @@ class CpuStrategy(Strategy):
             self._persist()
 
     # the contract ------------------------------------------------------------------------------------------------
+
+    def take_overrides(self) -> Sequence[OperatorOverride]:
+        """Recorders an operator re-prioritised since the last call: the engine backs the strategy off."""
+        taken, self._new_overrides = self._new_overrides, []
+        return taken
 
     def findings(self, ctx: StrategyContext) -> Sequence[Finding]:
         """Report recorders whose priority an operator changed while the strategy managed them."""

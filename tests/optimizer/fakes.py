@@ -23,6 +23,7 @@ from strategies.base import (
     Direction,
     ExpectedEffect,
     Finding,
+    OperatorOverride,
     Plan,
     Risk,
     Strategy,
@@ -83,6 +84,9 @@ class ScriptedStrategy(Strategy):
         self.reconcile_error: BaseException | None = None
         self.reconcile_note = "checked: the knob is at its target"
         self.current_findings: list[Finding] = []
+        self.overrides_on_plan: list[OperatorOverride] = []
+        self.overrides_on_apply: list[OperatorOverride] = []
+        self._noticed: list[OperatorOverride] = []
         self.plan_calls: list[StrategyContext] = []
         self.applied: list[Plan] = []
         self.reverted: list[ApplyResult] = []
@@ -104,6 +108,8 @@ class ScriptedStrategy(Strategy):
         """Record the call, wait on the gate if any, then raise or return the scripted plan."""
         self.plan_calls.append(ctx)
         self.plan_started.set()
+        self._noticed.extend(self.overrides_on_plan)
+        self.overrides_on_plan = []
         if self.plan_gate is not None:
             await self.plan_gate.wait()
         if self.plan_error is not None:
@@ -113,12 +119,19 @@ class ScriptedStrategy(Strategy):
     async def apply(self, plan: Plan) -> ApplyResult:
         """Record the call, wait on the gate if any, then raise or report the plan's changes as made."""
         self.apply_started.set()
+        self._noticed.extend(self.overrides_on_apply)
+        self.overrides_on_apply = []
         if self.apply_gate is not None:
             await self.apply_gate.wait()
         if self.apply_error is not None:
             raise self.apply_error
         self.applied.append(plan)
         return ApplyResult(changes=plan.changes, detail="knob set", revert_data=MappingProxyType({"knob": 1}))
+
+    def take_overrides(self) -> Sequence[OperatorOverride]:
+        """The scripted operator changes noticed by plan() or apply() since the last call."""
+        taken, self._noticed = self._noticed, []
+        return taken
 
     async def revert(self, result: ApplyResult) -> ApplyResult:
         """Record the revert, or raise the scripted error."""

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
-from optimizer.baselines import ALL_HOURS, BaselineLearner
+from optimizer.baselines import ALL_HOURS, BaselineLearner, hour_of_day
+from optimizer.clock import FakeClock
 from optimizer.state import StateStore
 
 HOUR = 3600.0
@@ -79,3 +81,26 @@ def test_memory_is_bounded() -> None:
     for i in range(10_000):
         learner.observe(i * 0.1, {"x": float(i)})
     assert learner.footprint() <= 200
+
+
+def test_per_hour_of_day_baseline_with_the_fake_clock_and_local_hours() -> None:
+    """Driven by the fake clock and the real local hour: after a day, the busy hour's p95 is that hour's baseline."""
+    clock = FakeClock()
+    local = time.localtime(clock.wall())
+    clock.advance(HOUR - (local.tm_min * 60 + local.tm_sec))  # start on a local hour boundary
+    learner = BaselineLearner(["rt"], min_samples=5)
+    busy_hour = hour_of_day(clock.wall())
+    assert learner.current(clock.wall()) == {}
+    for _ in range(60):  # one busy hour
+        learner.observe(clock.wall(), {"rt": 0.8})
+        clock.advance(60)
+    assert learner.current(clock.wall())["rt"] == 0.8  # no day of data yet: the last hour's p95
+    for _ in range(23 * 60):  # the rest of the day is quiet
+        learner.observe(clock.wall(), {"rt": 0.1})
+        clock.advance(60)
+    assert hour_of_day(clock.wall()) == busy_hour
+    learner.observe(clock.wall(), {"rt": 0.1})
+    assert learner.current(clock.wall())["rt"] == 0.8  # the same hour yesterday, not the quiet last hour
+    clock.advance(HOUR)
+    learner.observe(clock.wall(), {"rt": 0.1})
+    assert learner.current(clock.wall())["rt"] == 0.1

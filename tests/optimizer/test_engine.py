@@ -14,9 +14,9 @@ from prometheus_client import CollectorRegistry
 
 from config.settings import Mode
 from optimizer.clock import FakeClock
-from optimizer.engine import Engine, RoundResult
+from optimizer.engine import Engine, RoundResult, next_sample_interval
 from optimizer.state import DecisionRecord, StateStore
-from strategies.base import Risk, StrategyError
+from strategies.base import OperatorOverride, Risk, StrategyError, TriggerSpec
 from tests.optimizer.fakes import (
     HIT_RATE_TRIGGER,
     RecordingLog,
@@ -903,3 +903,228 @@ async def test_a_new_episode_in_cooldown_writes_a_new_skip_row(
     feed(engine, samples, clock, [HOT] * 3)
     await scheduled(engine)
     assert outcomes(store) == ["applied", "skipped_cooldown", "skipped_cooldown"]
+
+
+# operator overrides ------------------------------------------------------------------------------------------------
+
+
+def overridden(target: str = "knob") -> OperatorOverride:
+    """An operator set ``target`` by hand: the strategy had set 2, it now reads 5."""
+    return OperatorOverride(target=target, expected="2", found="5")
+
+
+async def test_an_operator_override_backs_the_strategy_off_and_says_so(
+    build: EngineFactory, samples: SnapshotBuilder, clock: FakeClock, store: StateStore
+) -> None:
+    """An operator's change reported while planning: the plan (which leaves it alone) runs, then the cooldown doubles from now."""
+    log = RecordingLog()
+    strat = ScriptedStrategy("cpu")
+    engine = build([strat], log=log, cooldown_seconds=100.0, cooldown_max_seconds=1000.0)
+    rt = engine.runtimes["cpu"]
+    strat.overrides_on_plan = [overridden("recorder.camera3.pid42")]
+    feed(engine, samples, clock, [HOT, HOT, HOT])
+    await scheduled(engine)
+    assert len(strat.applied) == 1
+    applied, row = rows(store)
+    assert applied.outcome == "applied"
+    assert row.outcome == "backed_off"
+    assert row.changes == [
+        {
+            "target": "recorder.camera3.pid42",
+            "action": "operator_override",
+            "before": "2",
+            "after": "5",
+            "reversible": False,
+            "risk": "safe",
+        }
+    ]
+    assert "operator changed recorder.camera3.pid42 (set 2, found 5)" in row.reason
+    assert rt.cooldown == 200.0
+    assert engine.cooldown_left(rt) == 200.0
+    [event] = log.events("strategy_backed_off")
+    assert event.level == "warning"
+    assert event.fields["reason"] == "operator_override"
+    assert event.fields["cooldown_seconds"] == 200.0
+    assert event.fields["overrides"] == [{"target": "recorder.camera3.pid42", "expected": "2", "found": "5"}]
+    assert engine.budget_left(rt) == 999  # the apply was an attempt; backing off is not
+    assert rt.consecutive_failures == 0 and rt.scores == []
+
+    clock.advance(150)  # still backed off: the plan is skipped, not applied
+    await scheduled(engine)
+    assert len(strat.applied) == 1 and outcomes(store) == ["applied", "backed_off", "skipped_cooldown"]
+    clock.advance(60)  # 210 s after the override: acting again
+    await scheduled(engine)
+    assert len(strat.applied) == 2 and outcomes(store)[-1] == "applied"
+
+
+async def test_an_override_noticed_while_applying_backs_off_after_the_apply(
+    build: EngineFactory, samples: SnapshotBuilder, clock: FakeClock, store: StateStore
+) -> None:
+    """An override the apply's re-read finds is recorded after the applied row and stretches the cooldown."""
+    log = RecordingLog()
+    strat = ScriptedStrategy("cpu")
+    engine = build([strat], log=log, cooldown_seconds=100.0)
+    strat.overrides_on_apply = [overridden()]
+    engine.on_snapshot(samples.build(cpu=HOT))
+    await manual(engine)
+    assert outcomes(store) == ["applied", "backed_off"]
+    assert engine.runtimes["cpu"].cooldown == 200.0
+    assert len(log.events("strategy_backed_off")) == 1
+
+
+async def test_repeated_overrides_stretch_the_cooldown_up_to_its_cap_and_reset_restores_it(
+    build: EngineFactory, samples: SnapshotBuilder, clock: FakeClock, store: StateStore
+) -> None:
+    """Each new override doubles the cooldown up to the cap; an operator's reset brings back the configured one."""
+    strat = ScriptedStrategy("cpu")
+    engine = build([strat], cooldown_seconds=100.0, cooldown_max_seconds=300.0)
+    rt = engine.runtimes["cpu"]
+    seen = []
+    for _ in range(3):
+        strat.overrides_on_plan = [overridden()]
+        engine.on_snapshot(samples.build(cpu=HOT))
+        await manual(engine)
+        seen.append(rt.cooldown)
+    assert seen == [200.0, 300.0, 300.0]
+    await engine.reset("cpu")
+    assert rt.cooldown == 100.0 and engine.cooldown_left(rt) == 0.0
+
+
+async def test_a_crashing_take_overrides_is_logged_and_the_turn_goes_on(
+    build: EngineFactory, samples: SnapshotBuilder, clock: FakeClock, store: StateStore
+) -> None:
+    """A plugin whose take_overrides() raises is treated as reporting none: the plan is applied."""
+    log = RecordingLog()
+    strat = ScriptedStrategy("cpu")
+
+    def broken() -> list[OperatorOverride]:
+        raise RuntimeError("boom")
+
+    strat.take_overrides = broken  # type: ignore[method-assign]
+    engine = build([strat], log=log)
+    engine.on_snapshot(samples.build(cpu=HOT))
+    await manual(engine)
+    assert outcomes(store) == ["applied"]
+    assert [e.level for e in log.events("take_overrides_crashed")] == ["exception", "exception"]
+
+
+# revert on exit ----------------------------------------------------------------------------------------------------
+
+
+async def test_revert_all_undoes_every_reversible_change_still_in_effect_newest_first(
+    build: EngineFactory, samples: SnapshotBuilder, clock: FakeClock, store: StateStore
+) -> None:
+    """Verified, still-verifying and irreversible applies: only the reversible ones are reverted, newest first."""
+    kept = ScriptedStrategy("kept", plan=make_plan("kept", expected=cpu_down(0.2, 60.0)))
+    waiting = ScriptedStrategy("waiting", plan=make_plan("waiting", expected=cpu_down(0.2, 600.0)))
+    oneway = ScriptedStrategy("oneway", plan=make_plan("oneway", reversible=False))
+    engine = build([kept, waiting, oneway])
+    await apply_and_verify(engine, samples, clock, before=0.95, after=0.6, strategy="kept")  # improved: kept
+    assert engine.runtimes["kept"].last_verdict == "improved"
+    await manual(engine, strategy="waiting")
+    await manual(engine, strategy="oneway")
+    assert [e.status for e in store.journal()] == ["done", "done", "done"]
+
+    assert await engine.revert_all() == 2
+    assert [r.detail for r in waiting.reverted] == ["knob set"]
+    assert [r.detail for r in kept.reverted] == ["knob set"]
+    assert oneway.reverted == []
+    by_strategy = {e.strategy: e.status for e in store.journal()}
+    assert by_strategy == {"kept": "reverted", "waiting": "reverted", "oneway": "done"}
+    assert await engine.revert_all() == 0  # closed records are not reverted twice
+    assert len(kept.reverted) == 1
+
+
+async def test_revert_all_order_is_newest_first(
+    build: EngineFactory, samples: SnapshotBuilder, clock: FakeClock, store: StateStore
+) -> None:
+    """Two stacked changes of one strategy unwind in reverse order of application."""
+    strat = ScriptedStrategy("cpu", plan=make_plan("cpu", expected=cpu_down(0.2, 60.0)))
+    engine = build([strat], cooldown_seconds=10.0)
+    engine.on_snapshot(samples.build(cpu=HOT))
+    await manual(engine)
+    strat.next_plan = make_plan("cpu", action="second", expected=cpu_down(0.2, 60.0))
+    clock.advance(20)
+    await manual(engine)
+    assert await engine.revert_all() == 2
+    assert [r.changes[0].action for r in strat.reverted] == ["second", "tune"]
+
+
+async def test_revert_all_reaches_changes_of_an_earlier_run(
+    build: EngineFactory, samples: SnapshotBuilder, clock: FakeClock, store: StateStore
+) -> None:
+    """A reversible change journalled by a previous run is reverted by the next run's revert_all."""
+    first = build([ScriptedStrategy("cpu")])
+    first.on_snapshot(samples.build(cpu=HOT))
+    await manual(first)
+    await first.stop(1.0)
+    again = ScriptedStrategy("cpu")
+    second = build([again])
+    await second.load()
+    assert await second.revert_all() == 1
+    assert [r.detail for r in again.reverted] == ["knob set"]
+
+
+async def test_a_failing_revert_on_exit_is_logged_and_the_others_go_on(
+    build: EngineFactory, samples: SnapshotBuilder, clock: FakeClock, store: StateStore
+) -> None:
+    """One strategy's revert error does not keep another's change from being reverted."""
+    log = RecordingLog()
+    bad, good = ScriptedStrategy("bad"), ScriptedStrategy("good")
+    bad.revert_error = StrategyError("permission denied")
+    engine = build([bad, good], log=log)
+    engine.on_snapshot(samples.build(cpu=HOT))
+    await manual(engine)
+    assert await engine.revert_all() == 1
+    assert [r.detail for r in good.reverted] == ["knob set"]
+    [event] = log.events("revert_failed")
+    assert event.fields["strategy"] == "bad" and event.fields["error"] == "permission denied"
+
+
+# adaptive sampling -------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("proximity", "armed", "current", "expected"),
+    [
+        (0.1, False, 5.0, 6.25),  # calm: stretch by 1.25
+        (0.1, False, 28.0, 30.0),  # ... never past the upper bound
+        (0.6, False, 20.0, 5.0),  # between calm and near: back to the base
+        (0.85, False, 5.0, 2.5),  # near a line: halve
+        (1.5, False, 1.5, 1.0),  # ... never below the lower bound
+        (0.1, True, 20.0, 5.0),  # armed: at most the base, halving from a stretched interval
+    ],
+)
+def test_next_sample_interval_moves_within_bounds(
+    proximity: float, armed: bool, current: float, expected: float
+) -> None:
+    """The interval stretches while calm, tightens near a threshold, and stays within [low, high]."""
+    got = next_sample_interval(current, base=5.0, low=1.0, high=30.0, proximity=proximity, armed=armed)
+    assert got == pytest.approx(expected)
+
+
+async def test_the_sample_interval_stretches_while_calm_and_tightens_near_a_threshold(
+    build: EngineFactory, samples: SnapshotBuilder, clock: FakeClock
+) -> None:
+    """Driven by the engine's proximity: calm samples walk the interval up to the cap, a warm one pulls it down."""
+    floor = TriggerSpec(signal="cache_hit_rate", enter=0.3, exit=0.4, above=False)
+    engine = build([ScriptedStrategy("cpu"), ScriptedStrategy("cache", triggers=(floor,))])
+    interval = 5.0
+    seen = []
+    for _ in range(12):
+        clock.advance(interval)
+        engine.on_snapshot(samples.build(cpu=0.2, hit_rate=0.95))
+        interval = next_sample_interval(
+            interval, base=5.0, low=1.0, high=30.0, proximity=engine.proximity(), armed=False
+        )
+        seen.append(interval)
+    assert engine.proximity() == pytest.approx(0.3 / 0.95)  # the nearest of the two lines
+    assert seen[0] == 6.25 and seen[-1] == 30.0 and seen == sorted(seen)
+    clock.advance(interval)
+    engine.on_snapshot(samples.build(cpu=0.8, hit_rate=0.95))  # 0.8 / 0.9: near the cpu line
+    interval = next_sample_interval(interval, base=5.0, low=1.0, high=30.0, proximity=engine.proximity(), armed=False)
+    assert interval == 5.0
+    engine.on_snapshot(samples.build(cpu=0.2, hit_rate=0.33))  # 0.3 / 0.33: the hit rate nears its floor
+    assert engine.proximity() == pytest.approx(0.3 / 0.33)
+    interval = next_sample_interval(interval, base=5.0, low=1.0, high=30.0, proximity=engine.proximity(), armed=False)
+    assert interval == 2.5

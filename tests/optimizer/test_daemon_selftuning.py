@@ -1,0 +1,126 @@
+"""The self-tuning parts wired into the daemon: baselines in the API and metrics, the interval metric, revert on exit."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from optimizer.clock import FakeClock
+from testbed.harness import TestbedProcess, wait_until
+from tests.harness import api_client, daemon_env, running_daemon
+from tests.optimizer.fakes import SnapshotBuilder
+
+SLEEPER = "import time\ntime.sleep(120)"
+
+
+@pytest.fixture
+def recorder(tmp_path: Path) -> Iterator[tuple[Path, subprocess.Popen[bytes]]]:
+    """A process that looks like a recorder ffmpeg writing under its own recordings root; killed at the end."""
+    root = tmp_path / "recordings"
+    output = root / "camera7" / "pending" / "20260101_000000.mp4.partial"
+    process = subprocess.Popen(
+        [
+            "ffmpeg",
+            "-c",
+            SLEEPER,
+            "-i",
+            "rtsp://127.0.0.1:8554/x",
+            "-f",
+            "segment",
+            "-segment_time",
+            "600",
+            str(output),
+        ],
+        executable=sys.executable,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        # the interpreter has replaced the fork once the command line is readable and the process sleeps
+        wait_until(lambda: b"-segment_time" in Path(f"/proc/{process.pid}/cmdline").read_bytes(), timeout=10)
+        yield root, process
+    finally:
+        process.kill()
+        process.wait(timeout=10)
+
+
+def journal_statuses(state_db: Path, strategy: str) -> list[str]:
+    """The status of each journal record of ``strategy``, oldest first (read-only)."""
+    conn = sqlite3.connect(f"file:{state_db}?mode=ro", uri=True)
+    try:
+        return [r[0] for r in conn.execute("SELECT status FROM journal WHERE strategy = ? ORDER BY id", (strategy,))]
+    finally:
+        conn.close()
+
+
+@pytest.mark.parametrize("revert_on_exit", [True, False])
+async def test_revert_on_exit_restores_a_reniced_recorder_on_a_clean_stop(
+    testbed: TestbedProcess,
+    tmp_path: Path,
+    recorder: tuple[Path, subprocess.Popen[bytes]],
+    revert_on_exit: bool,
+) -> None:
+    """With revert_on_exit the engine reverts the cpu renice when the daemon stops; without it the recorder stays low."""
+    root, process = recorder
+    state = tmp_path / "state"
+    env = daemon_env(
+        testbed,
+        state,
+        CCTV_OPTIMIZER_STRATEGIES__CPU__RECORDINGS_DIRECTORY=str(root),
+        CCTV_OPTIMIZER_ENGINE__REVERT_ON_EXIT="true" if revert_on_exit else "false",
+    )
+    clock = FakeClock()
+    async with running_daemon(env, clock=clock) as daemon:
+        daemon.engine.on_snapshot(SnapshotBuilder(clock).build(cpu=0.99))  # the host is hot
+        result = await daemon.engine.request_round(trigger="manual", strategy="cpu", manual=True)
+        assert len(result.decision_ids) == 1
+        assert os.getpriority(os.PRIO_PROCESS, process.pid) == 10
+        assert journal_statuses(state / "state.db", "cpu") == ["done"]
+    assert os.getpriority(os.PRIO_PROCESS, process.pid) == (0 if revert_on_exit else 10)
+    assert journal_statuses(state / "state.db", "cpu") == (["reverted"] if revert_on_exit else ["done"])
+
+
+async def test_learned_baselines_show_in_get_strategies_and_as_metrics(testbed: TestbedProcess, tmp_path: Path) -> None:
+    """After enough samples the p95 baselines are in GET /strategies, in cctv_optimizer_baseline and in triggers."""
+    clock = FakeClock()
+    async with (
+        running_daemon(daemon_env(testbed, tmp_path / "state"), clock=clock) as daemon,
+        api_client(daemon) as http,
+    ):
+        assert daemon.engine.baselines == {}
+        for _ in range(31):  # the learner needs 30 samples of a signal
+            clock.advance(5.0)
+            await daemon.sample_now()
+        learned = dict(daemon.engine.baselines)
+        # the probe is timed on the (fake) clock, so the learned response time is exact: zero
+        assert learned == {"response_time_seconds": 0.0, "tcp_established": learned["tcp_established"]}
+        async with http.get("/strategies") as resp:
+            assert resp.status == 200
+            body = await resp.json()
+        assert body["baselines"] == learned
+        for signal, value in learned.items():
+            assert daemon.registry.get_sample_value("cctv_optimizer_baseline", {"signal": signal}) == value
+
+
+async def test_the_current_sample_interval_is_a_metric(testbed: TestbedProcess, tmp_path: Path) -> None:
+    """Every sample publishes the adapted interval as cctv_optimizer_sample_interval_seconds, within its bounds."""
+    clock = FakeClock()
+    async with running_daemon(daemon_env(testbed, tmp_path / "state"), clock=clock) as daemon:
+        seen = []
+        for _ in range(3):
+            clock.advance(1.0)
+            await daemon.sample_now()
+            value = daemon.registry.get_sample_value("cctv_optimizer_sample_interval_seconds")
+            assert value == daemon.sample_interval
+            seen.append(value)
+        low = daemon.settings.sampler.min_interval_ms / 1000
+        high = daemon.settings.sampler.max_interval_ms / 1000
+        assert all(low <= v <= high for v in seen)
