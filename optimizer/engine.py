@@ -133,7 +133,7 @@ class Detector:
         for spec in specs:
             values = windows.values(spec.signal, m)
             hits = sum(1 for v in values if (v >= spec.enter if spec.above else v <= spec.enter))
-            if hits >= n:
+            if hits >= min(spec.samples_required or n, m):
                 firing.append(spec.signal)
         if firing:
             self.armed = True

@@ -181,6 +181,8 @@ class TriggerSpec:
     enter: float
     exit: float
     above: bool = True
+    # an event (a cache found emptied) is true for one sample: it arms at once instead of needing N of M
+    samples_required: int | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -141,7 +141,8 @@ class CacheStrategy(Strategy):
     endpoints (``backend.hot_endpoints``; junk query strings on those paths are what inflates the map, and the
     backend's stats do not list keys), clears the whole cache when that left it over the limit and
     ``clear_fallback`` is on, then warms the hot endpoints with one GET each so the next viewers do not all go
-    to the database. After a clear it did not make, it only warms. Expected effect: ``cache_entries`` down
+    to the database. After a clear it did not make, it only warms, and a clear arms it at the first sample
+    that shows it (not N of M): the stampede comes with the next viewers. Expected effect: ``cache_entries`` down
     (explosion) or ``cache_hit_rate`` up (collapse), after ``settle_seconds``.
 
     Findings (advice only): ``cache-ttl-too-short`` when misses are mostly on keys that were cached before
@@ -242,7 +243,7 @@ class CacheStrategy(Strategy):
         return (
             TriggerSpec(signal="cache_entries", enter=limit, exit=limit * self._exit_ratio),
             TriggerSpec(signal=RECENT_HIT_RATE, enter=floor, exit=min(1.0, floor / self._exit_ratio), above=False),
-            TriggerSpec(signal=CLEARED, enter=1.0, exit=0.5),
+            TriggerSpec(signal=CLEARED, enter=1.0, exit=0.5, samples_required=1),
         )
 
     # findings ----------------------------------------------------------------------------------------------------

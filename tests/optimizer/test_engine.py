@@ -12,9 +12,10 @@ from typing import Any
 import pytest
 from prometheus_client import CollectorRegistry
 
-from config.settings import Mode
+from config.settings import DetectionSettings, Mode
+from metrics.window import Windows
 from optimizer.clock import FakeClock
-from optimizer.engine import Engine, RoundResult, next_sample_interval
+from optimizer.engine import Detector, Engine, RoundResult, next_sample_interval
 from optimizer.state import DecisionRecord, StateStore
 from strategies.base import OperatorOverride, Risk, StrategyError, TriggerSpec
 from tests.optimizer.fakes import (
@@ -1128,3 +1129,22 @@ async def test_the_sample_interval_stretches_while_calm_and_tightens_near_a_thre
     assert engine.proximity() == pytest.approx(0.3 / 0.33)
     interval = next_sample_interval(interval, base=5.0, low=1.0, high=30.0, proximity=engine.proximity(), armed=False)
     assert interval == 2.5
+
+
+def test_an_event_trigger_arms_on_one_sample_while_a_level_needs_n_of_m() -> None:
+    """A trigger with samples_required=1 arms at its first hit; the same hit on a plain trigger does not arm."""
+
+    windows = Windows(10)
+    windows.push(1.0, {"event": 0.0, "level": 0.0})
+    windows.push(2.0, {"event": 1.0, "level": 1.0})
+    detection = DetectionSettings(samples_required=3, window_samples=5)
+    level, event = Detector(), Detector()
+    assert level.update([TriggerSpec(signal="level", enter=1.0, exit=0.5)], windows, detection) is False
+    spec = TriggerSpec(signal="event", enter=1.0, exit=0.5, samples_required=1)
+    assert event.update([spec], windows, detection) is True
+    assert event.armed_signals == ("event",)
+    for at in range(3, 7):  # the hit stays in the window of M=5 for four more samples
+        windows.push(float(at), {"event": 0.0, "level": 0.0})
+        assert event.update([spec], windows, detection) is True
+    windows.push(7.0, {"event": 0.0, "level": 0.0})
+    assert event.update([spec], windows, detection) is False
