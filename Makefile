@@ -35,7 +35,8 @@ bench: $(STAMP)
 
 # The longer reliability runs (extended fuzzing, long soak) that do not fit in `make test`.
 chaos: $(STAMP) debs
-	FUZZ_EXAMPLES=$${FUZZ_EXAMPLES:-2000} $(PY) -m pytest -q -m slow
+	$(PY) -m pytest -q -m slow
+	FUZZ_EXAMPLES=$${FUZZ_EXAMPLES:-1000} $(PY) -m pytest -q -s tests/system/test_fuzz.py
 
 demo: $(STAMP)
 	$(PY) -m testbed.demo

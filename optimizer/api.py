@@ -24,6 +24,14 @@ from optimizer.engine import Engine, EngineStopping
 from optimizer.state import StateStore
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+MAX_ROW_ID = 2**63 - 1
+# A client that sends its headers and then stalls must not hold a handler (and a connection) forever.
+BODY_TIMEOUT_SECONDS = 10.0
+# Idle connections, and ones still sending their request line and headers, are closed after this long.
+IDLE_TIMEOUT_SECONDS = 30.0
+# After answering early (401, 408, 413) the server reads and drops the rest of the body this long, so a
+# well-behaved client still sees the answer; a stalled one is closed after it (aiohttp's default is 10 s).
+LINGER_SECONDS = 2.0
 log = structlog.get_logger("api")
 
 
@@ -62,6 +70,7 @@ class ApiContext:
     status: Callable[[], dict[str, Any]]
     alertmanager: Callable[[dict[str, Any]], Awaitable[dict[str, Any]]] | None = None
     dashboard_html: bytes | None = None
+    body_timeout: float = BODY_TIMEOUT_SECONDS
 
 
 CTX: web.AppKey[ApiContext] = web.AppKey("ctx", ApiContext)
@@ -73,7 +82,11 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
     try:
         return await handler(request)
     except ApiError as exc:
-        return web.json_response(error_body(exc.code, exc.message), status=exc.status)
+        response = web.json_response(error_body(exc.code, exc.message), status=exc.status)
+        if exc.status == 408:
+            # the rest of that body may never come: do not wait for it on this connection
+            response.force_close()
+        return response
     except web.HTTPRequestEntityTooLarge:
         return web.json_response(error_body("body_too_large", "request body is too large"), status=413)
     except web.HTTPException as exc:
@@ -101,7 +114,11 @@ def require_token(request: web.Request) -> None:
 
 async def read_json_object(request: web.Request, *, optional: bool) -> dict[str, Any]:
     """Parse the body as a JSON object (empty allowed when optional); 400 with a clear message otherwise."""
-    raw = await request.read()
+    try:
+        async with asyncio.timeout(request.app[CTX].body_timeout):
+            raw = await request.read()
+    except TimeoutError:
+        raise ApiError(408, "body_timeout", "the request body did not arrive in time") from None
     if not raw.strip():
         if optional:
             return {}
@@ -315,8 +332,9 @@ async def optimizations(request: web.Request) -> web.Response:
         limit = int(request.query.get("limit", "100"))
     except ValueError:
         raise ApiError(400, "invalid_query", "after and limit must be whole numbers") from None
-    if after < 0 or not 1 <= limit <= 1000:
-        raise ApiError(400, "invalid_query", "after must be >= 0 and limit within 1..1000")
+    # SQLite row ids are signed 64-bit: a larger ``after`` would overflow the query parameter (a 500)
+    if not 0 <= after <= MAX_ROW_ID or not 1 <= limit <= 1000:
+        raise ApiError(400, "invalid_query", f"after must be within 0..{MAX_ROW_ID} and limit within 1..1000")
     strategy = request.query.get("strategy")
     rows = await asyncio.to_thread(ctx.store.decisions, after=after, limit=limit, strategy=strategy)
     items = [r.as_dict() for r in rows]

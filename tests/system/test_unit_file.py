@@ -149,6 +149,11 @@ def test_security_score_reacts_to_hardening(analyze: str, verifiable_unit: Path)
         ("UMask", "0077"),
         ("ProtectProc", "default"),
         ("ProcSubset", "all"),
+        ("ProtectHome", "yes"),
+        ("PrivateTmp", "yes"),
+        ("PrivateDevices", "yes"),
+        ("User", "cctv-optimizer"),
+        ("LoadCredential", "api-token:/etc/cctv-optimizer/api-token"),
     ],
 )
 def test_required_directive(key: str, expected: str) -> None:
