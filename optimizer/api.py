@@ -25,6 +25,8 @@ from optimizer.state import StateStore
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 MAX_ROW_ID = 2**63 - 1
+# A rendered /metrics payload is reused for the same snapshot this long (scrapes never sample or re-render).
+SCRAPE_CACHE_SECONDS = 1.0
 # A client that sends its headers and then stalls must not hold a handler (and a connection) forever.
 BODY_TIMEOUT_SECONDS = 10.0
 # Idle connections, and ones still sending their request line and headers, are closed after this long.
@@ -264,10 +266,38 @@ async def performance_optimize(request: web.Request) -> web.Response:
     )
 
 
+@dataclass(slots=True)
+class ScrapeCache:
+    """The last rendered /metrics payload, reused for the same snapshot within ``max_age`` seconds.
+
+    Rendering the registry is pure Python (about a millisecond); several scrapers, or one scraping often, would
+    otherwise pay it per request. Counters bumped by a decision show up at most ``max_age`` later.
+    """
+
+    max_age: float = SCRAPE_CACHE_SECONDS
+    key: int | None = None
+    rendered_at: float = float("-inf")
+    payload: bytes = b""
+
+    def get(self, key: int | None, now: float, render: Callable[[], bytes]) -> bytes:
+        """The cached payload when fresh for ``key``, else a new rendering."""
+        if key is None or key != self.key or now - self.rendered_at >= self.max_age:
+            self.payload, self.key, self.rendered_at = render(), key, now
+        return self.payload
+
+
+SCRAPES: web.AppKey[ScrapeCache] = web.AppKey("scrapes", ScrapeCache)
+
+
 async def metrics_handler(request: web.Request) -> web.Response:
-    """GET /metrics: the daemon's own registry, from the cached snapshot."""
+    """GET /metrics: the daemon's own registry, from the cached snapshot (never samples)."""
     ctx = request.app[CTX]
-    payload = generate_latest(ctx.registry)
+    latest = ctx.engine.latest
+    payload = request.app[SCRAPES].get(
+        latest.seq if latest is not None else None,
+        asyncio.get_running_loop().time(),
+        lambda: generate_latest(ctx.registry),
+    )
     return web.Response(body=payload, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
@@ -377,6 +407,7 @@ def build_app(ctx: ApiContext, *, client_max_size: int) -> web.Application:
     """The aiohttp application with every route and the error middleware."""
     app = web.Application(middlewares=[errors_middleware], client_max_size=client_max_size)
     app[CTX] = ctx
+    app[SCRAPES] = ScrapeCache()
     for method, path, handler in ROUTES:
         app.router.add_route(method, path, handler)
     return app

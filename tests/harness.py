@@ -50,6 +50,8 @@ def daemon_env(tb: TestbedProcess, state_dir: Path, **overrides: str) -> dict[st
         **tb.env,
         "CCTV_OPTIMIZER_API__LISTEN": "127.0.0.1:0",
         "CCTV_OPTIMIZER_STATE__DIRECTORY": str(state_dir),
+        # only this testbed's fake recorders: other suites on the host run (and must keep) their own
+        "CCTV_OPTIMIZER_STRATEGIES__CPU__RECORDINGS_DIRECTORY": str(tb.data_dir / "recordings"),
         **FAST,
     }
     env.update(overrides)

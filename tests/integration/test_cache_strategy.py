@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
+
+from aiohttp import ClientSession, web
 
 from optimizer.app import Daemon
 from optimizer.state import DecisionRecord
@@ -196,3 +200,57 @@ async def test_a_rate_limited_backend_fails_cleanly_and_is_honoured(tmp_path: Pa
             assert [e.status for e in daemon.store.journal()] == ["failed"]
             assert daemon.backend.budget.paused_for() > 1.0
             assert cache_size(tb) >= before
+
+
+@asynccontextmanager
+async def failing_invalidate_proxy(target: str) -> AsyncIterator[str]:
+    """A reverse proxy to the testbed on 127.0.0.1 that answers POST /api/cache/invalidate with a 500."""
+    hop = {"content-length", "transfer-encoding", "content-encoding", "connection", "host"}
+
+    async def forward(request: web.Request) -> web.StreamResponse:
+        if request.method == "POST" and request.path == "/api/cache/invalidate":
+            return web.json_response({"success": False, "message": "Internal server error"}, status=500)
+        headers = {k: v for k, v in request.headers.items() if k.lower() not in hop}
+        async with (
+            ClientSession() as client,
+            client.request(
+                request.method, target + request.path_qs, headers=headers, data=await request.read()
+            ) as upstream,
+        ):
+            body = await upstream.read()
+            answer = web.Response(status=upstream.status, body=body)
+            for key, value in upstream.headers.items():
+                if key.lower() not in hop:
+                    answer.headers.add(key, value)
+            return answer
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", forward)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    try:
+        port = runner.addresses[0][1]
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        await runner.cleanup()
+
+
+async def test_a_backend_500_fails_cleanly_and_keeps_the_cache(testbed: TestbedProcess, tmp_path: Path) -> None:
+    """The backend answering 500 to the invalidation: recorded as failed with the reason, no entry dropped."""
+    async with failing_invalidate_proxy(testbed.url) as url:
+        env = env_for(
+            testbed, tmp_path, CCTV_OPTIMIZER_STRATEGIES__CACHE__ENTRIES_LIMIT="100", CCTV_OPTIMIZER_BACKEND__URL=url
+        )
+        async with running_daemon(env) as daemon:
+            testbed.scenario("cache_junk", entries=300)
+            before = cache_size(testbed)
+            await sample_times(daemon, 2)
+            await daemon.engine.request_round(trigger="scheduled")
+            [row] = cache_rows(daemon)
+            assert row.outcome == "failed"
+            assert row.error is not None and "500" in row.error and "/api/cameras" in row.error
+            assert [e.status for e in daemon.store.journal()] == ["failed"]
+            assert daemon.engine.runtimes["cache"].consecutive_failures == 1
+            assert cache_size(testbed) >= before

@@ -119,8 +119,9 @@ async def test_no_second_action_within_the_cooldown(testbed: TestbedProcess, tmp
 
 
 async def test_busy_database_fails_cleanly(testbed: TestbedProcess, tmp_path: Path) -> None:
-    """A reader pinning the WAL makes TRUNCATE give up: recorded as failed with the reason, data intact."""
+    """A reader pinning the WAL makes TRUNCATE give up: recorded as failed with the reason, WAL and data intact."""
     testbed.scenario("wal_growth", mb=4)
+    before = wal_size(testbed)
     reader = sqlite3.connect(testbed.database, isolation_level=None)
     try:
         reader.execute("BEGIN")
@@ -134,6 +135,8 @@ async def test_busy_database_fails_cleanly(testbed: TestbedProcess, tmp_path: Pa
             assert row.error is not None and "busy" in row.error
             assert [e.status for e in daemon.store.journal() if e.strategy == "database"] == ["failed"]
             assert daemon.engine.runtimes["database"].consecutive_failures == 1
+            # the failed checkpoint left the WAL where it was: nothing was truncated
+            assert wal_size(testbed) >= before
     finally:
         reader.execute("COMMIT")
         reader.close()

@@ -241,8 +241,29 @@ async def test_client_session_is_usable_with_no_backend(tmp_path: Path) -> None:
             assert resp.status == 200
             body = await resp.json()
     assert body["sources"]["host"]["up"] is True
-    assert body["sources"]["probe"]["up"] is True  # the probe ran and reported the backend unavailable
+    # the probe ran, but the backend did not answer: the source is down and says why
+    assert body["sources"]["probe"]["up"] is False
+    assert body["sources"]["probe"]["error"] == "/health failed: ClientConnectorError"
     assert body["currentMetrics"]["errorRate"] == 1.0
     assert body["sources"]["hls"]["up"] is False
     assert "does not exist" in body["sources"]["hls"]["error"]
     assert body["sources"]["mediamtx"]["up"] is False
+
+
+def test_scrape_cache_reuses_a_rendering_only_for_the_same_snapshot_and_briefly() -> None:
+    """/metrics renders once per snapshot and second; a new snapshot or an older rendering renders again."""
+    from optimizer.api import ScrapeCache
+
+    renders: list[int] = []
+
+    def render() -> bytes:
+        renders.append(1)
+        return f"render {len(renders)}".encode()
+
+    cache = ScrapeCache(max_age=1.0)
+    assert cache.get(7, 100.0, render) == b"render 1"
+    assert cache.get(7, 100.5, render) == b"render 1"
+    assert cache.get(8, 100.6, render) == b"render 2"
+    assert cache.get(8, 101.6, render) == b"render 3"
+    assert cache.get(None, 101.7, render) == b"render 4"
+    assert cache.get(None, 101.8, render) == b"render 5"
