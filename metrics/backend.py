@@ -23,6 +23,9 @@ from metrics.snapshot import CacheStatsSample, ProbeSample
 MAX_BODY_BYTES = 1024 * 1024
 LOGIN_BACKOFF_SECONDS = 900.0
 LOGIN_BACKOFF_MAX_SECONDS = 6 * 3600.0
+# requests of the budget that sampling never spends: kept for the strategies' invalidate, clear and warm calls
+ACTION_RESERVE = 2.0
+MIN_BUDGET_WAIT_SECONDS = 0.05
 
 
 class BackendError(SamplingError):
@@ -76,13 +79,18 @@ class RequestBudget:
         self._tokens = min(self._capacity, self._tokens + (now - self._updated) * self._rate)
         self._updated = now
 
-    def try_take(self) -> bool:
-        """Spend one request if the bucket has one and no pause is in force."""
+    @property
+    def action_reserve(self) -> float:
+        """Requests that sampling leaves in the bucket, so that an action is not starved by the samples."""
+        return min(ACTION_RESERVE, self._capacity - 1.0)
+
+    def try_take(self, reserve: float = 0.0) -> bool:
+        """Spend one request if the bucket has one more than ``reserve`` and no pause is in force."""
         now = self._clock()
         if now < self._paused_until:
             return False
         self._refill(now)
-        if self._tokens >= 1.0:
+        if self._tokens >= 1.0 + reserve:
             self._tokens -= 1.0
             return True
         return False
@@ -222,6 +230,26 @@ class BackendClient:
             await self._session.close()
         self._session = None
 
+    async def _spend(self, wait: bool) -> None:
+        """Take one request from the budget: sampling leaves the action reserve; an action waits for one.
+
+        Sampling alone asks for more than a small budget allows (probe and cache stats every sample), so without
+        the reserve a strategy's invalidate or warm would find the bucket empty every time.
+        """
+        budget = self._budget
+        if budget.try_take(0.0 if wait else budget.action_reserve):
+            return
+        delay = budget.wait_seconds()
+        if not wait:
+            raise BackendError(f"request budget spent; next call in {delay:.0f} s", status=429)
+        deadline = self._clock() + (self._timeout.total or 0.0)
+        while self._clock() + delay <= deadline:
+            await asyncio.sleep(max(delay, MIN_BUDGET_WAIT_SECONDS))
+            if budget.try_take():
+                return
+            delay = budget.wait_seconds()
+        raise BackendError(f"request budget spent; next call in {delay:.0f} s", status=429)
+
     async def _send(
         self,
         method: str,
@@ -233,13 +261,8 @@ class BackendClient:
         wait: bool = False,
     ) -> Response:
         """One HTTP call with the headers the backend requires; raises BackendError on transport failure."""
-        if budgeted and not self._budget.try_take():
-            delay = self._budget.wait_seconds()
-            if not wait or delay > (self._timeout.total or 0.0):
-                raise BackendError(f"request budget spent; next call in {delay:.0f} s", status=429)
-            await asyncio.sleep(delay)
-            if not self._budget.try_take():
-                raise BackendError("request budget spent", status=429)
+        if budgeted:
+            await self._spend(wait)
         headers: dict[str, str] = {"Accept": "application/json"}
         cookies = [f"csrf_token={self._csrf}"]
         if method != "GET":
@@ -270,9 +293,9 @@ class BackendClient:
         except aiohttp.ClientError as exc:
             raise BackendError(f"{path} failed: {exc.__class__.__name__}") from None
 
-    async def get_public(self, path: str) -> Response:
-        """GET a public path (``/health`` is not budgeted: it has no rate limit)."""
-        return await self._send("GET", path, budgeted=path != "/health")
+    async def get_public(self, path: str, *, wait: bool = False) -> Response:
+        """GET a public path (``/health`` is not budgeted: it has no rate limit); ``wait``: an action's call."""
+        return await self._send("GET", path, budgeted=path != "/health", wait=wait)
 
     async def _login(self) -> None:
         """Log in once; a refused login blocks further attempts for a growing while."""
@@ -364,17 +387,27 @@ class BackendClient:
         requests = errors = received = 0
         times: dict[str, float] = {}
         available = False
+        error: str | None = None
         try:
             health = await self.get_public("/health")
             requests += 1
             received += len(health.body)
             available = health.status == 200
+            if available:
+                # a 200 that is not the backend's JSON is something else on its port (a proxy's error page)
+                try:
+                    parse_json_object(health.body, "/health")
+                except BackendError as exc:
+                    available, error = False, str(exc)
+            else:
+                error = f"/health answered {health.status}"
             if not available:
                 errors += 1
             times["/health"] = health.seconds
-        except BackendError:
+        except BackendError as exc:
             requests += 1
             errors += 1
+            error = str(exc)
         if available:
             for endpoint in hot_endpoints:
                 try:
@@ -400,4 +433,5 @@ class BackendClient:
             requests=requests,
             errors=errors,
             bytes_received=received,
+            error=error,
         )

@@ -87,7 +87,7 @@ async def warm(
             await asyncio.sleep(delay)
         started = time.monotonic()
         try:
-            resp = await client.get_public(endpoint)
+            resp = await client.get_public(endpoint, wait=True)
         except BackendError as exc:
             failed[endpoint] = str(exc)
             continue

@@ -154,6 +154,22 @@ def test_budget_spends_a_quarter_minute_burst_then_refills() -> None:
     assert budget.try_take() is True
 
 
+def test_sampling_leaves_the_action_reserve_in_the_bucket() -> None:
+    """Takes with the reserve stop two requests early; those two are still there for an action."""
+    budget = RequestBudget(60, FakeClock())
+    reserve = budget.action_reserve
+    assert reserve == 2.0
+    assert [budget.try_take(reserve) for _ in range(14)] == [True] * 13 + [False]
+    assert (budget.try_take(), budget.try_take(), budget.try_take()) == (True, True, False)
+
+
+def test_a_tiny_budget_keeps_no_reserve() -> None:
+    """With room for one request only, sampling is not shut out by the reserve."""
+    budget = RequestBudget(2, FakeClock())
+    assert budget.action_reserve == 0.0
+    assert budget.try_take(budget.action_reserve) is True
+
+
 def test_budget_never_holds_less_than_one_request() -> None:
     """A tiny per-minute budget still allows one request at a time."""
     clock = FakeClock()
@@ -783,3 +799,20 @@ async def test_close_is_idempotent(odd: OddServer, make_client: Any) -> None:
     await client.close()
     await client.close()
     assert (await client.get_public("/health")).status == 200
+
+
+async def test_an_action_gets_through_when_sampling_has_spent_its_share(odd: OddServer, make_client: Any) -> None:
+    """Public GETs of the sampler stop at the reserve with 429; the action's warm GET then still goes out."""
+
+    async def hot(_request: web.Request) -> web.Response:
+        return json_response({"success": True, "data": []})
+
+    odd.routes["/api/hot"] = hot
+    client = make_client(odd.url, per_minute=12)  # a bucket of 3: one for sampling, two kept for actions
+    assert (await client.get_public("/api/hot")).status == 200
+    with pytest.raises(BackendError, match="request budget spent") as spent:
+        await client.get_public("/api/hot")
+    assert spent.value.status == 429
+    assert (await client.get_public("/api/hot", wait=True)).status == 200
+    assert (await client.get_public("/api/hot", wait=True)).status == 200
+    assert odd.paths().count("/api/hot") == 3
