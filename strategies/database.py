@@ -71,8 +71,9 @@ class DatabaseStrategy(Strategy):
 
     Changes (safe): when the WAL has stayed over ``wal_limit_bytes`` (default 64 MiB) for N of the last
     M samples, runs ``PRAGMA wal_checkpoint(PASSIVE)`` and, when the WAL is still over the limit,
-    ``PRAGMA wal_checkpoint(TRUNCATE)``; runs ``PRAGMA optimize`` every ``optimize_interval_seconds``.
-    Expected effect: ``wal_bytes`` down.
+    ``PRAGMA wal_checkpoint(TRUNCATE)``; with a checkpoint (or a manual round) runs ``PRAGMA optimize`` at most
+    every ``optimize_interval_seconds`` and ``PRAGMA quick_check`` (read-only) at most every
+    ``quick_check_interval_seconds`` (a week). Expected effect: ``wal_bytes`` down.
 
     Changes (disruptive, each off until configured, and also subject to ``engine.allow_disruptive``):
 
@@ -95,7 +96,8 @@ class DatabaseStrategy(Strategy):
     A round does one thing: a checkpoint when the WAL is over its limit, else retention, else VACUUM, else
     (when asked by hand) a checkpoint and ``PRAGMA optimize``.
 
-    Findings: ``database-busy``; ``archive-table-missing`` (``viewer_session_history_archive`` does not
+    Findings: ``database-busy``; ``database-integrity`` (quick_check found problems: critical);
+    ``archive-table-missing`` (``viewer_session_history_archive`` does not
     exist, so the backend's 6-hourly archive fails and ``viewer_session_history`` grows without bound);
     ``history-archive-behind`` (history rows older than 91 days although the archive table exists);
     ``uncleaned-<table>`` (a table nobody cleans holds ``table_rows_warning`` rows or more, or rows past
@@ -135,6 +137,8 @@ class DatabaseStrategy(Strategy):
         self._clock = clock
         self._wall = wall
         self._last_optimize: float | None = None
+        self._last_quick_check: float | None = None
+        self._integrity_problems: list[str] = []
 
     def _retention_days(self, rule: ret.RetentionRule) -> float:
         return float(self._o.archive_retention_days if rule.archive else self._o.retention_days)
@@ -182,6 +186,19 @@ class DatabaseStrategy(Strategy):
                     severity="warning",
                     summary="the backend database was locked when sampled",
                     evidence={"probe_seconds": round(db.probe_seconds, 4)},
+                )
+            )
+        if self._integrity_problems:
+            out.append(
+                Finding(
+                    id="database-integrity",
+                    strategy=self.name,
+                    severity="critical",
+                    summary=(
+                        f"PRAGMA quick_check reported {len(self._integrity_problems)} problem(s) in the backend "
+                        "database: take a backup and check it with the sqlite3 shell (.recover)"
+                    ),
+                    evidence={"problems": list(self._integrity_problems)},
                 )
             )
         if db.tables:
@@ -271,6 +288,10 @@ class DatabaseStrategy(Strategy):
 
     # planning ----------------------------------------------------------------------------------------------------
 
+    def _quick_check_due(self) -> bool:
+        last = self._last_quick_check
+        return last is None or self._clock() - last >= self._o.quick_check_interval_seconds
+
     def _optimize_due(self) -> bool:
         return self._last_optimize is None or self._clock() - self._last_optimize >= self._o.optimize_interval_seconds
 
@@ -324,6 +345,17 @@ class DatabaseStrategy(Strategy):
                 Change(target="database.statistics", action="optimize", before="stale", after="fresh", reversible=False)
             )
             params["optimize"] = True
+        if self._quick_check_due() and (changes or manual):
+            changes.append(
+                Change(
+                    target="database.integrity",
+                    action="quick_check",
+                    before="unchecked",
+                    after="checked",
+                    reversible=False,
+                )
+            )
+            params["quick_check"] = True
         if not changes:
             return None
         reason = (
@@ -479,6 +511,21 @@ class DatabaseStrategy(Strategy):
                 Change(target="database.statistics", action="optimize", before="stale", after="fresh", reversible=False)
             )
             notes.append("PRAGMA optimize")
+        if plan.params.get("quick_check"):
+            # read-only and bounded by the busy timeout; run on a slow schedule because it reads every page
+            self._integrity_problems = sql.quick_check(self._path, busy_ms)
+            self._last_quick_check = self._clock()
+            found = self._integrity_problems
+            done.append(
+                Change(
+                    target="database.integrity",
+                    action="quick_check",
+                    before="unchecked",
+                    after="ok" if not found else f"{len(found)} problem(s)",
+                    reversible=False,
+                )
+            )
+            notes.append("quick_check ok" if not found else f"quick_check found {len(found)} problem(s)")
         return ApplyResult(changes=tuple(done), detail="; ".join(notes) or "nothing needed")
 
     def _apply_retention(self, plan: Plan) -> ApplyResult:

@@ -1,4 +1,4 @@
-"""Writes to the backend's SQLite file: WAL checkpoints and PRAGMA optimize, each short and busy-aware.
+"""Writes to the backend's SQLite file: WAL checkpoints, PRAGMA optimize and quick_check, each short and busy-aware.
 
 The connection opens the existing file read-write (never creating one), sets a short busy timeout, runs
 one statement, and closes. No transaction is held; a busy database is reported, not waited out.
@@ -70,3 +70,22 @@ def optimize(path: Path, busy_timeout_ms: int) -> None:
         raise StrategyError(f"PRAGMA optimize failed: {exc}") from None
     finally:
         conn.close()
+
+
+def quick_check(path: Path, busy_timeout_ms: int, max_problems: int = 10) -> list[str]:
+    """Run ``PRAGMA quick_check(N)`` on a read-only connection: an empty list means the file is sound."""
+    if not path.is_file():
+        raise StrategyError(f"database {path} does not exist")
+    try:
+        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=busy_timeout_ms / 1000, isolation_level=None)
+    except sqlite3.Error as exc:
+        raise StrategyError(f"cannot open {path}: {exc}") from None
+    try:
+        conn.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
+        rows = [str(r[0]) for r in conn.execute(f"PRAGMA quick_check({int(max_problems)})")]
+    except sqlite3.DatabaseError as exc:
+        # a file too damaged to be checked is itself the finding
+        return [f"quick_check could not run: {exc}"]
+    finally:
+        conn.close()
+    return [] if rows == ["ok"] else rows

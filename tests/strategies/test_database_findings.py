@@ -419,7 +419,7 @@ async def test_vacuum_runs_only_inside_its_window_and_empties_the_freelist(fragm
     assert sample_now.freelist_ratio > 0.5
     outside = strategy(fragmented, wall=OUT_OF_WINDOW, vacuum_enabled=True)
     manual = await outside.plan(ctx(snapshot(sample_now, OUT_OF_WINDOW), manual=True))
-    assert manual is not None and [c.action for c in manual.changes] == ["optimize"]
+    assert manual is not None and [c.action for c in manual.changes] == ["optimize", "quick_check"]
     assert await outside.plan(ctx(snapshot(sample_now, OUT_OF_WINDOW), "freelist_ratio")) is None
     inside = strategy(fragmented, wall=IN_WINDOW, vacuum_enabled=True)
     plan = await inside.plan(ctx(snapshot(sample_now, IN_WINDOW), "freelist_ratio"))
@@ -481,3 +481,38 @@ def test_cutoff_days_back_from_now_are_exact() -> None:
     now = datetime(2026, 3, 1, 0, 0, 5, tzinfo=UTC)
     expected = (now - timedelta(days=365)).strftime("%Y-%m-%d %H:%M:%S")
     assert ret.cutoff_text(ret.TimeBase.UTC, now, 365, OFFSET) == expected
+
+
+async def test_a_manual_round_runs_quick_check_once_per_interval(backend_db: Path) -> None:
+    """A manual round plans quick_check; it runs read-only, reports ok, and is not planned again within the interval."""
+    s = strategy(backend_db)
+    plan = await s.plan(ctx(snapshot(sample(backend_db)), manual=True))
+    assert plan is not None and plan.params.get("quick_check") is True
+    result = await s.apply(plan)
+    checked = [c for c in result.changes if c.action == "quick_check"]
+    assert [(c.before, c.after) for c in checked] == [("unchecked", "ok")]
+    assert "quick_check ok" in result.detail
+    assert not any(f.id == "database-integrity" for f in s.findings(ctx(snapshot(sample(backend_db)))))
+    again = await s.plan(ctx(snapshot(sample(backend_db)), manual=True))
+    assert again is None or "quick_check" not in again.params
+
+
+async def test_a_damaged_file_gives_a_critical_integrity_finding(backend_db: Path) -> None:
+    """Overwritten pages make quick_check report problems: the apply says so and the finding is critical."""
+    healthy = sample(backend_db)
+    conn = sqlite3.connect(backend_db)
+    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    page_size = conn.execute("PRAGMA page_size").fetchone()[0]
+    pages = conn.execute("PRAGMA page_count").fetchone()[0]
+    conn.close()
+    with backend_db.open("r+b") as f:  # scribble over the second half of the file, past the schema page
+        f.seek(page_size * (pages // 2))
+        f.write(b"\xa5" * page_size * (pages - pages // 2))
+    s = strategy(backend_db)
+    result = await s.apply(Plan(strategy="database", reason="check", changes=(), params={"quick_check": True}))
+    assert "quick_check found" in result.detail
+    findings = {f.id: f for f in s.findings(ctx(snapshot(healthy)))}
+    integrity = findings["database-integrity"]
+    assert integrity.severity == "critical"
+    problems = integrity.evidence["problems"]
+    assert isinstance(problems, list) and len(problems) >= 1
