@@ -140,6 +140,14 @@ class Sampler:
         database = await result(db_t)
         hls = await result(hls_t)
         mediamtx = await result(mtx_t)
+        if probe is not None and not probe.available and "probe" in statuses:
+            # the probe itself ran, but the backend did not answer properly: the source is down, and says why
+            statuses["probe"] = SourceStatus(
+                name="probe",
+                up=False,
+                error=probe.error or "backend unavailable",
+                duration_seconds=statuses["probe"].duration_seconds,
+            )
         ports = set(s.extra_ports)
         if isinstance(process, ProcessSample):
             ports.update(process.listen_ports)

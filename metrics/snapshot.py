@@ -89,6 +89,8 @@ class ProbeSample:
     requests: int
     errors: int
     bytes_received: int
+    # why the backend counts as unavailable (refused, timed out, a bad status or body); None when available
+    error: str | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
