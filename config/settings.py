@@ -231,7 +231,8 @@ class ConnectionOptions:
     - ``finding_hold_seconds``: how long ``sessions-sweep-stuck`` stays reported after the last stuck session.
     - ``close_wait_threshold``: CLOSE_WAIT sockets on the backend's ports that are reported as a leak.
     - ``established_floor``, ``baseline_factor``: ESTABLISHED sockets at or above
-      ``max(floor, baseline x factor)`` arm the reader kick (only when ``kick_idle_readers`` is on).
+      ``max(floor, baseline x factor)`` arm the strategy and are reported (``connections-above-normal``);
+      they lead to the reader kick only when ``kick_idle_readers`` is on.
     - ``kick_idle_readers``: kick idle MediaMTX readers (disruptive; also needs ``engine.allow_disruptive``).
     - ``idle_reader_seconds``: a reader is idle when it sent nothing for this long.
     - ``kick_max_readers``: at most this many readers are kicked in one action.
@@ -263,7 +264,8 @@ class CacheOptions:
     over at least ``min_lookups`` lookups; ``entries_limit``: entry count that counts as an explosion;
     ``clear_fallback``: clear the whole cache when invalidating the hot prefixes leaves it over the limit;
     ``response_time_floor_ms`` and ``baseline_factor``: hot endpoints slower than the larger of the floor and
-    the learned baseline times the factor are reported; ``settle_seconds``: wait before the effect is measured.
+    the learned baseline times the factor arm the strategy (invalidate the hot paths' junk and warm them when
+    ``/health`` is fast) and are reported; ``settle_seconds``: wait before the effect is measured.
     """
 
     enabled: bool = _f(True)

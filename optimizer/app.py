@@ -40,11 +40,11 @@ from metrics.sqlite import DatabaseReader
 from metrics.tcp import TcpCounter, make_tcp_counter
 from metrics.window import Windows
 from optimizer.alertmanager import AlertmanagerReceiver
-from optimizer.api import ApiContext, build_app
+from optimizer.api import BODY_TIMEOUT_SECONDS, IDLE_TIMEOUT_SECONDS, LINGER_SECONDS, ApiContext, build_app
 from optimizer.baselines import ALL_HOURS, BaselineLearner, BaselineRecord
 from optimizer.clock import Clock, SystemClock
 from optimizer.dashboard import load_dashboard
-from optimizer.engine import Engine, EngineStopping
+from optimizer.engine import Engine, EngineStopping, next_sample_interval, stretched_interval
 from optimizer.logs import REDACTOR, configure_logging
 from optimizer.registry import Dependencies, build_strategies
 from optimizer.sdnotify import SystemdNotifier
@@ -120,6 +120,8 @@ class Daemon:
         tcp_counter: TcpCounter | None = None,
         proc_root: Path = Path("/proc"),
         autostart_loops: bool = True,
+        api_idle_timeout: float = IDLE_TIMEOUT_SECONDS,
+        api_body_timeout: float = BODY_TIMEOUT_SECONDS,
     ) -> None:
         self.loaded = loaded
         self.settings = loaded.settings
@@ -130,6 +132,8 @@ class Daemon:
         self._tcp_counter = tcp_counter
         self._proc_root = proc_root
         self._autostart = autostart_loops
+        self._api_idle_timeout = api_idle_timeout
+        self._api_body_timeout = api_body_timeout
         self.state = LifecycleState.STARTING
         self._stop_event = asyncio.Event()
         self._reload_pending = False
@@ -141,6 +145,8 @@ class Daemon:
         self.started_wall = self.clock.wall()
         self.last_sample_at: float | None = None
         self.sample_interval = self.settings.sample_interval / 1000
+        # the interval before a strategy's stretch: what next_sample_interval adapts from sample to sample
+        self.adaptive_interval = self.sample_interval
         self.api_host = ""
         self.api_port = 0
         self.token = ""
@@ -239,7 +245,8 @@ class Daemon:
         if not self.store.healthy:
             log.warning("state_unavailable", error=self.store.last_error)
         await self.engine.load()
-        self.baselines.load(await asyncio.to_thread(self.store.load_baselines))
+        saved_baselines = await asyncio.to_thread(self.store.load_baselines)
+        self.baselines.load(saved_baselines, saved_at=await asyncio.to_thread(self.store.baseline_times))
         host, port = parse_listen(self.settings.api.listen)
         self.alertmanager = AlertmanagerReceiver(
             self.engine, lambda: self.settings.alertmanager, monotonic=self.clock.monotonic
@@ -257,10 +264,19 @@ class Daemon:
                 status=self.status,
                 alertmanager=self.alertmanager,
                 dashboard_html=load_dashboard(),
+                body_timeout=self._api_body_timeout,
             ),
             client_max_size=self.settings.api.client_max_size,
         )
-        self._runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=5.0)
+        # keepalive_timeout also closes connections that never finish their headers (slow clients)
+        self._runner = web.AppRunner(
+            app,
+            handle_signals=False,
+            access_log=None,
+            shutdown_timeout=5.0,
+            keepalive_timeout=self._api_idle_timeout,
+            lingering_time=LINGER_SECONDS,
+        )
         await self._runner.setup()
         site = web.TCPSite(self._runner, host, port, reuse_address=True)
         await site.start()
@@ -307,6 +323,12 @@ class Daemon:
             await self.engine.request_round(trigger="scheduled")
         except EngineStopping:
             return
+        except asyncio.CancelledError:
+            # The scheduler's shutdown cancels this wrapper; the shielded round itself is left to engine.stop(),
+            # so this is the normal way out at SIGTERM, not a crash worth a traceback.
+            if self.state in (LifecycleState.STOPPING, LifecycleState.STOPPED):
+                return
+            raise
         except Exception:
             log.exception("round_crashed")
         self._notifier.status(self._status_line())
@@ -374,25 +396,24 @@ class Daemon:
                     log.warning("source_down", source=name, error=status.error)
 
     def _adapt_interval(self) -> None:
-        """Stretch the sample interval while every signal is far from its threshold; tighten near one."""
+        """Stretch the sample interval while every signal is far from its threshold; tighten near one.
+
+        A strategy may ask for a longer interval on top (the cpu strategy while the host is hot): the largest
+        factor asked for multiplies the adapted interval, still within the configured bounds.
+        """
         s = self.settings
-        base = s.sample_interval / 1000
         low, high = s.sampler.min_interval_ms / 1000, s.sampler.max_interval_ms / 1000
-        proximity = 0.0
-        for rt in self.engine.runtimes.values():
-            for spec in self.engine.triggers_of(rt):
-                value = self.windows.last(spec.signal)
-                if value is None or spec.enter == 0:
-                    continue
-                ratio = value / spec.enter if spec.above else (spec.enter / value if value > 0 else 2.0)
-                proximity = max(proximity, ratio)
-        if proximity >= 0.8 or any(rt.detector.armed for rt in self.engine.runtimes.values()):
-            target = max(low, min(base, self.sample_interval / 2))
-        elif proximity < 0.5:
-            target = min(high, max(base, self.sample_interval * 1.25))
-        else:
-            target = base
-        self.sample_interval = max(low, min(high, target))
+        self.adaptive_interval = next_sample_interval(
+            self.adaptive_interval,
+            base=s.sample_interval / 1000,
+            low=low,
+            high=high,
+            proximity=self.engine.proximity(),
+            armed=any(rt.detector.armed for rt in self.engine.runtimes.values()),
+        )
+        self.sample_interval = stretched_interval(
+            self.adaptive_interval, factor=self.engine.sample_interval_factor(), low=low, high=high
+        )
         self.metrics.sample_interval.set(self.sample_interval)
 
     def health(self) -> tuple[bool, str]:

@@ -3,6 +3,10 @@
 The last-hour p95 is the baseline until a day of data exists; then the p95 that hour of day had the day
 before takes over, so a busy evening is compared with evenings and a quiet night with nights. Triggers
 use ``max(absolute floor, baseline x factor)``; baselines are keyed by signal name.
+
+After a restart the per-hour baselines come back from the state database, and so does the last-hour one
+when it was saved less than a window (an hour) ago: it stands in until the new run has enough samples of
+its own, and lapses once it is older than the window.
 """
 
 from __future__ import annotations
@@ -54,17 +58,31 @@ class BaselineLearner:
         self._hour_values: dict[str, deque[float]] = {s: deque(maxlen=max_points) for s in self._signals}
         self._current_hour: int | None = None
         self._hourly: dict[tuple[str, int], tuple[float, int]] = {}
+        # the last-hour baselines of the previous run: signal -> (value, saved at, wall time)
+        self._restored: dict[str, tuple[float, float]] = {}
 
     @property
     def signals(self) -> tuple[str, ...]:
         """The signals learned."""
         return self._signals
 
-    def load(self, saved: Mapping[tuple[str, int], tuple[float, int]]) -> None:
-        """Restore the per-hour baselines learned on previous days."""
+    def load(
+        self,
+        saved: Mapping[tuple[str, int], tuple[float, int]],
+        *,
+        saved_at: Mapping[tuple[str, int], float] | None = None,
+    ) -> None:
+        """Restore the per-hour baselines, and the last-hour ones whose save time is known (see current())."""
         for (signal, hour), value in saved.items():
-            if signal in self._points and hour != ALL_HOURS:
+            if signal not in self._points:
+                continue
+            if hour != ALL_HOURS:
                 self._hourly[(signal, hour)] = value
+                continue
+            at = (saved_at or {}).get((signal, hour))
+            # without its save time a last-hour baseline could be days old: it is not trusted
+            if at is not None:
+                self._restored[signal] = (value[0], at)
 
     def observe(self, wall: float, signals: Mapping[str, float]) -> list[BaselineRecord]:
         """Take one sample; returns the records to persist (a finished hour of day)."""
@@ -98,7 +116,7 @@ class BaselineLearner:
         return out
 
     def last_hour(self) -> dict[str, BaselineRecord]:
-        """The rolling last-hour p95 of each signal with enough samples."""
+        """The rolling last-hour p95 of each signal with enough samples of this run (restored ones excluded)."""
         out: dict[str, BaselineRecord] = {}
         for name, points in self._points.items():
             if len(points) >= self._min:
@@ -108,9 +126,19 @@ class BaselineLearner:
         return out
 
     def current(self, wall: float) -> dict[str, float]:
-        """The baseline of each signal now: this hour of day's when known from an earlier day, else the last hour's."""
+        """The baseline of each signal now: this hour of day's when known from an earlier day, else the last hour's.
+
+        Until this run has enough samples of a signal, a restored last-hour baseline saved within the window
+        stands in (saving it again would keep it alive forever, so last_hour() never returns it).
+        """
         hour = self._hour_of(wall)
         out = {name: rec.value for name, rec in self.last_hour().items()}
+        for name, (value, at) in list(self._restored.items()):
+            if name in out or not -self._window <= wall - at <= self._window:
+                # learned afresh, or too old (or from a clock far ahead): never needed again
+                del self._restored[name]
+                continue
+            out[name] = value
         for name in self._signals:
             learned = self._hourly.get((name, hour))
             if learned is not None:

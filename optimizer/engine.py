@@ -119,6 +119,15 @@ def next_sample_interval(
     return max(low, min(high, target))
 
 
+def stretched_interval(adaptive: float, *, factor: float, low: float, high: float) -> float:
+    """The interval in use: the adaptive one stretched by the largest factor a strategy asks for, within bounds.
+
+    The adaptive interval is kept unstretched (the caller feeds it back to next_sample_interval), so a factor
+    held over many samples doubles the interval once instead of compounding.
+    """
+    return max(low, min(high, adaptive * max(1.0, factor)))
+
+
 @dataclass(slots=True)
 class Detector:
     """Hysteresis over the windows: arm on N of M samples past enter, disarm when all are back past exit."""
@@ -434,6 +443,18 @@ class Engine:
     def proximity(self) -> float:
         """How close the nearest watched signal is to its enter line, over every strategy (see signal_proximity)."""
         return max((signal_proximity(self.triggers_of(rt), self.windows) for rt in self.runtimes.values()), default=0.0)
+
+    def sample_interval_factor(self) -> float:
+        """The largest stretch of the sample interval any strategy asks for (1.0: none; a crashing hook asks none)."""
+        factor = 1.0
+        for rt in self.runtimes.values():
+            try:
+                asked = float(rt.strategy.sample_interval_factor)
+            except Exception:
+                continue
+            # a NaN never compares greater, so max() keeps the factor found so far
+            factor = max(factor, asked)
+        return factor
 
     def update_settings(self, engine: EngineSettings, detection: DetectionSettings, global_mode: Mode) -> None:
         """Apply reloaded engine and detection settings (SIGHUP) without losing what was learned."""

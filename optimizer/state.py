@@ -179,6 +179,9 @@ class StateStore:
                     return
                 except (sqlite3.Error, OSError) as exc:
                     problem = f"{problem}; starting afresh failed: {exc}"
+            if not os.access(self._dir, os.W_OK):
+                # SQLite only says "unable to open database file"; the operator needs to know why
+                problem = f"{problem} ({self._dir} is not writable)"
             self._fallback(f"cannot open {self._path}: {problem}")
 
     def _fallback(self, message: str) -> None:
@@ -421,6 +424,11 @@ class StateStore:
             (self._max_rows,),
         )
         self._write("DELETE FROM journal WHERE status != 'intent' AND updated < ?", (cutoff,))
+        # finished records are bounded like the history, so a high action budget cannot grow the file for a month
+        self._write(
+            "DELETE FROM journal WHERE status != 'intent' AND id <= (SELECT max(id) FROM journal) - ?",
+            (self._max_rows,),
+        )
 
     # journal ---------------------------------------------------------------------------------------------------
 
@@ -486,6 +494,10 @@ class StateStore:
     def load_baselines(self) -> dict[tuple[str, int], tuple[float, int]]:
         """All persisted baselines: (signal, hour) -> (value, samples)."""
         return {(r[0], r[1]): (r[2], r[3]) for r in self._read("SELECT signal, hour, value, samples FROM baselines")}
+
+    def baseline_times(self) -> dict[tuple[str, int], float]:
+        """When each persisted baseline was last saved (wall time): (signal, hour) -> updated."""
+        return {(r[0], r[1]): r[2] for r in self._read("SELECT signal, hour, updated FROM baselines")}
 
     def size_bytes(self) -> int:
         """Bytes on disk of the state database and its WAL."""

@@ -256,6 +256,11 @@ class Strategy(ABC):
         """Restore the values saved by apply(); irreversible changes cannot be reverted."""
         raise StrategyError(f"{self.name}: these changes cannot be reverted")
 
+    @property
+    def sample_interval_factor(self) -> float:
+        """How much this strategy asks the daemon to stretch its own sample interval now (1.0: not at all)."""
+        return 1.0
+
     def take_overrides(self) -> Sequence[OperatorOverride]:
         """Operator changes to managed values noticed since the last call (then forgotten); none by default."""
         return ()

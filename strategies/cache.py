@@ -37,6 +37,7 @@ WARM = "cache_warm"
 KIND_ENTRIES = "entries"
 KIND_HIT_RATE = "hit_rate"
 KIND_WARM = "warm"
+KIND_RESPONSE = "response"
 
 # the lifetime hit rate the backend reports moves slowly; one percentage point is a visible recovery
 HIT_RATE_RECOVERY = 0.01
@@ -45,6 +46,16 @@ CLEAR_RESIDUE_RATIO = 0.1
 # misses that add fewer new entries than this share are repeats of keys that expired (TTL), not junk
 TTL_NEW_ENTRY_SHARE = 0.2
 FULL_RATIO = 0.95
+RESPONSE = "response_time_seconds"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Slowness:
+    """Hot endpoints slower than their line while /health is fast: the typical time, the line, /health's time."""
+
+    typical: float
+    limit: float
+    health: float
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -134,7 +145,10 @@ class CacheStrategy(Strategy):
     ``cache_recent_hit_rate`` (hits per lookup over the last M samples, reading 1.0 while fewer than
     ``min_lookups`` lookups happened, too few to judge) and ``cache_cleared`` (1.0 for M samples after the
     cache lost nearly all its entries at once: a clear by anyone, or a backend restart, until it is warmed).
-    It also reports on the response time of the hot endpoints (signal ``response_time_seconds``).
+    It also watches the response time of the hot endpoints (signal ``response_time_seconds``) against the
+    line ``max(response_time_floor_ms, learned baseline x baseline_factor)``: the floor while no baseline is
+    learned, three times the usual p95 (by default) once one is, so a busy evening is not an incident and a
+    quiet night's spike is.
 
     Changes (safe): when the recent hit rate has fallen below ``hit_rate_floor`` or the cache holds more than
     ``entries_limit`` entries for N of the last M samples, it invalidates the path prefixes of the hot
@@ -144,6 +158,14 @@ class CacheStrategy(Strategy):
     to the database. After a clear it did not make, it only warms, and a clear arms it at the first sample
     that shows it (not N of M): the stampede comes with the next viewers. Expected effect: ``cache_entries`` down
     (explosion) or ``cache_hit_rate`` up (collapse), after ``settle_seconds``.
+
+    Slow hot endpoints also arm it (response time past its line in N of the last M samples). When the
+    median of the last M samples is past the line while ``/health`` answers in under half of it, the answers
+    come from the database rather than the cache: the cache is not doing its job for them, so it invalidates
+    the hot path prefixes (the junk query strings) and warms the hot endpoints, expecting
+    ``response_time_seconds`` back under the exit line. When ``/health`` is slow too, the whole backend is
+    slow, which no cache action helps: arming then plans nothing (no history row) and leaves it to the
+    other strategies.
 
     Findings (advice only): ``cache-ttl-too-short`` when misses are mostly on keys that were cached before
     (they expire before reuse), ``cache-too-small`` when a bounded cache (older backend) is full while the
@@ -235,15 +257,17 @@ class CacheStrategy(Strategy):
             )
 
     def triggers(self, baselines: Mapping[str, float]) -> Sequence[TriggerSpec]:
-        """Armed by too many entries, a collapsed recent hit rate, or a cache found emptied."""
+        """Armed by too many entries, a collapsed recent hit rate, a cache found emptied, or slow hot endpoints."""
         # the engine asks for triggers before every detection: the moment to extend the derived series
         self.update_signals()
         limit = float(self._o.entries_limit)
         floor = self._o.hit_rate_floor
+        slow = self.response_limit(baselines)
         return (
             TriggerSpec(signal="cache_entries", enter=limit, exit=limit * self._exit_ratio),
             TriggerSpec(signal=RECENT_HIT_RATE, enter=floor, exit=min(1.0, floor / self._exit_ratio), above=False),
             TriggerSpec(signal=CLEARED, enter=1.0, exit=0.5, samples_required=1),
+            TriggerSpec(signal=RESPONSE, enter=slow, exit=slow * self._exit_ratio),
         )
 
     # findings ----------------------------------------------------------------------------------------------------
@@ -306,11 +330,12 @@ class CacheStrategy(Strategy):
     def response_limit(self, baselines: Mapping[str, float]) -> float:
         """Seconds above which the hot endpoints count as slow: max(floor, baseline x factor)."""
         floor = self._o.response_time_floor_ms / 1000.0
-        baseline = baselines.get("response_time_seconds")
+        baseline = baselines.get(RESPONSE)
         return max(floor, baseline * self._o.baseline_factor) if baseline else floor
 
-    def _slow_endpoints(self, ctx: StrategyContext) -> Finding | None:
-        values = self._windows.values("response_time_seconds", self._span)
+    def slowness(self, ctx: StrategyContext) -> Slowness | None:
+        """The hot endpoints past their line over the last M samples while /health is fast; None otherwise."""
+        values = self._windows.values(RESPONSE, self._span)
         probe = ctx.snapshot.probe
         if len(values) < self._span or probe is None:
             return None
@@ -320,6 +345,13 @@ class CacheStrategy(Strategy):
         # a slow /health means the whole process is slow, which a cache cannot help with
         if typical < limit or health is None or health >= limit / 2:
             return None
+        return Slowness(typical=typical, limit=limit, health=health)
+
+    def _slow_endpoints(self, ctx: StrategyContext) -> Finding | None:
+        slow = self.slowness(ctx)
+        if slow is None:
+            return None
+        typical, limit, health = slow.typical, slow.limit, slow.health
         recent = self.recent().hit_rate
         return Finding(
             id="hot-endpoints-slow",
@@ -371,7 +403,58 @@ class CacheStrategy(Strategy):
                 ),
                 params={"kind": KIND_WARM, "warm": list(self._warm)},
             )
+        if RESPONSE in ctx.armed or ctx.manual:
+            slow = self.slowness(ctx)
+            if slow is not None:
+                return self._plan_response(cache.size, slow)
         return None
+
+    def _plan_response(self, size: int, slow: Slowness) -> Plan | None:
+        """Slow hot endpoints with a fast /health: drop the junk under their paths and warm them."""
+        if not self._warm:
+            return None
+        changes = [
+            Change(
+                target=f"backend.cache:{prefix}",
+                action=INVALIDATE,
+                before=f"{size} entries",
+                after=f"entries under {prefix} dropped",
+                reversible=False,
+            )
+            for prefix in self._prefixes
+        ]
+        changes.append(
+            Change(
+                target="backend.cache.hot",
+                action=WARM,
+                before="served from the database",
+                after=f"{len(self._warm)} endpoints warmed",
+                reversible=False,
+            )
+        )
+        back_under = slow.limit * self._exit_ratio
+        return Plan(
+            strategy=self.name,
+            reason=(
+                f"the hot endpoints take {slow.typical:.3f} s (line {slow.limit:.3f} s) while /health takes "
+                f"{slow.health:.3f} s: the cache is not serving them"
+            ),
+            changes=tuple(changes),
+            expected=ExpectedEffect(
+                signal=RESPONSE,
+                direction=Direction.DOWN,
+                amount=max(slow.typical - back_under, 0.001),
+                settle_seconds=self._o.settle_seconds,
+            ),
+            params={
+                "kind": KIND_RESPONSE,
+                "prefixes": list(self._prefixes),
+                "warm": list(self._warm),
+                "limit": self._o.entries_limit,
+                "response_seconds": round(slow.typical, 4),
+                "response_limit_seconds": round(slow.limit, 4),
+            },
+        )
 
     def _plan_cleanup(self, size: int, *, over: bool, recent: CacheActivity) -> Plan | None:
         o = self._o
@@ -497,7 +580,8 @@ class CacheStrategy(Strategy):
                     )
                 )
             size = max(0, live.size - sum(removed.values()))
-            need_clear = not prefixes
+            # slow endpoints are about the hot paths only: never a clear of everything for them
+            need_clear = not prefixes and kind != KIND_RESPONSE
             if prefixes and kind == KIND_ENTRIES and plan.params.get("clear_fallback"):
                 size = (await backend_cache.read_stats(client)).size
                 # the junk sits under other paths: only a clear empties the map

@@ -30,6 +30,8 @@ from strategies.base import (
     TriggerSpec,
 )
 
+ESTABLISHED = "tcp_established"
+
 
 def parse_created(text: str | None) -> datetime | None:
     """MediaMTX's RFC 3339 ``created`` (nanoseconds, ``Z``) as an aware datetime."""
@@ -113,11 +115,17 @@ class ConnectionStrategy(Strategy):
     Finding ``close-wait-leak``: CLOSE_WAIT sockets at or above ``close_wait_threshold`` in N of the last
     M samples (the backend does not close connections its peers closed), with the numbers.
 
-    Disruptive (opt-in with ``kick_idle_readers`` and ``engine.allow_disruptive``): when ESTABLISHED
-    sockets reach ``max(established_floor, learned baseline x baseline_factor)``, readers that sent
-    nothing for ``idle_reader_seconds`` are kicked through MediaMTX's API (at most ``kick_max_readers``
-    at a time; RTSP, RTSPS, RTMP, WebRTC and SRT readers; HLS readers cannot be kicked, their muxer
-    closes itself).
+    ESTABLISHED sockets are always watched against the line ``max(established_floor, learned baseline x
+    baseline_factor)``: the floor (500) while no baseline is learned, three times the usual p95 (by default)
+    once one is. Past the line in N of the last M samples the strategy arms and reports the finding
+    ``connections-above-normal`` with the numbers (sockets now and at most, the line, floor, baseline and
+    factor, active viewer sessions, MediaMTX readers). That finding is all it does unless reader kicking
+    is on: arming then plans nothing, so no empty history rows are written.
+
+    Disruptive (opt-in with ``kick_idle_readers`` and ``engine.allow_disruptive``): past that line,
+    readers that sent nothing for ``idle_reader_seconds`` are kicked through MediaMTX's API (at most
+    ``kick_max_readers`` at a time; RTSP, RTSPS, RTMP, WebRTC and SRT readers; HLS readers cannot be
+    kicked, their muxer closes itself).
 
     Options (``CCTV_OPTIMIZER_STRATEGIES__CONNECTION__*``): see ConnectionOptions. ``ENABLE_CONNECTION_POOLING``
     switches the strategy off.
@@ -159,16 +167,16 @@ class ConnectionStrategy(Strategy):
 
     # detection ---------------------------------------------------------------------------------------------------
 
-    def _established_line(self, baselines: Mapping[str, float]) -> float:
-        learned = baselines.get("tcp_established", 0.0) * self._o.baseline_factor
+    def established_line(self, baselines: Mapping[str, float]) -> float:
+        """ESTABLISHED sockets at or above this many are more than usual: max(floor, baseline x factor)."""
+        learned = baselines.get(ESTABLISHED, 0.0) * self._o.baseline_factor
         return max(float(self._o.established_floor), learned)
 
     def triggers(self, baselines: Mapping[str, float]) -> Sequence[TriggerSpec]:
-        """Stuck sessions arm the strategy; so does a flood of ESTABLISHED sockets when kicking is on."""
+        """Stuck sessions arm the strategy; so do ESTABLISHED sockets past their (baseline-driven) line."""
         specs = [TriggerSpec(signal="sessions_stuck", enter=1.0, exit=1.0)] if self._db is not None else []
-        if self._kicker is not None:
-            line = self._established_line(baselines)
-            specs.append(TriggerSpec(signal="tcp_established", enter=line, exit=line * self._exit_ratio))
+        line = self.established_line(baselines)
+        specs.append(TriggerSpec(signal=ESTABLISHED, enter=line, exit=line * self._exit_ratio))
         return tuple(specs)
 
     def _cutoff(self) -> tuple[datetime, str]:
@@ -214,7 +222,47 @@ class ConnectionStrategy(Strategy):
         leak = self._close_wait(ctx)
         if leak is not None:
             out.append(leak)
+        crowded = self._above_normal(ctx)
+        if crowded is not None:
+            out.append(crowded)
         return tuple(out)
+
+    def _above_normal(self, ctx: StrategyContext) -> Finding | None:
+        n, m = self._detection.samples_required, self._detection.window_samples
+        line = self.established_line(ctx.baselines)
+        over = ctx.windows.count_above(ESTABLISHED, line, m)
+        if over < n:
+            return None
+        values = ctx.windows.values(ESTABLISHED, m)
+        signals = ctx.snapshot.signals()
+        baseline = ctx.baselines.get(ESTABLISHED)
+        sessions = signals.get("sessions_active")
+        readers = signals.get("mediamtx_readers")
+        kicking = self._kicker is not None
+        return Finding(
+            id="connections-above-normal",
+            strategy=self.name,
+            severity="warning",
+            summary=(
+                f"{int(values[-1])} ESTABLISHED sockets on the backend's ports, over the line of {line:.0f} "
+                f"(the larger of the floor {self._o.established_floor} and the usual "
+                f"{'-' if baseline is None else f'{baseline:.0f}'} x {self._o.baseline_factor:g})"
+                + ("" if kicking else "; reader kicking is off, so nothing is done about it")
+            ),
+            evidence={
+                "established": int(values[-1]),
+                "established_max": int(max(values)),
+                "line": round(line, 1),
+                "floor": self._o.established_floor,
+                "baseline": round(baseline, 1) if baseline is not None else None,
+                "baseline_factor": self._o.baseline_factor,
+                "samples_over": over,
+                "window_samples": m,
+                "sessions_active": int(sessions) if sessions is not None else None,
+                "mediamtx_readers": int(readers) if readers is not None else None,
+                "kick_idle_readers": kicking,
+            },
+        )
 
     def _close_wait(self, ctx: StrategyContext) -> Finding | None:
         n, m = self._detection.samples_required, self._detection.window_samples
@@ -251,7 +299,8 @@ class ConnectionStrategy(Strategy):
             plan = await self._sessions_plan()
             if plan is not None:
                 return plan
-        if self._kicker is not None and ("tcp_established" in ctx.armed or ctx.manual):
+        # without kicking, ESTABLISHED past its line is the finding only: nothing to plan, no empty row
+        if self._kicker is not None and (ESTABLISHED in ctx.armed or ctx.manual):
             return await self._kick_plan(ctx)
         return None
 
@@ -295,12 +344,12 @@ class ConnectionStrategy(Strategy):
         idle = idle[: self._o.kick_max_readers]
         if not idle:
             return None
-        established = ctx.snapshot.signals().get("tcp_established")
+        established = ctx.snapshot.signals().get(ESTABLISHED)
         readers_now = ctx.snapshot.signals().get("mediamtx_readers")
         return Plan(
             strategy=self.name,
             reason=(
-                f"{int(established or 0)} ESTABLISHED sockets (line {self._established_line(ctx.baselines):.0f}); "
+                f"{int(established or 0)} ESTABLISHED sockets (line {self.established_line(ctx.baselines):.0f}); "
                 f"{len(idle)} MediaMTX reader(s) sent nothing for {self._o.idle_reader_seconds:g} s"
             ),
             changes=tuple(

@@ -116,7 +116,8 @@ class CpuStrategy(Strategy):
     lower priority is left alone, and a real-time IO class is never demoted. The values each thread had
     are saved first (also to ``cpu-priorities.json`` in the state directory, so a restart or a reload
     still restores them). While hot, ``sample_interval_factor`` asks the daemon to stretch its own
-    sample interval by ``hot_sample_interval_factor``. The expected effect is a faster backend
+    sample interval by ``hot_sample_interval_factor`` (the daemon multiplies its adapted interval by the
+    largest factor any strategy asks for, up to ``sampler.max_interval_ms``). The expected effect is a faster backend
     (``response_time_seconds`` down) after ``settle_seconds``; if it got slower the engine reverts.
 
     Restoring: while it holds lowered recorders, the strategy also arms on calm (``cpu_ratio`` at or

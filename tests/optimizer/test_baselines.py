@@ -104,3 +104,75 @@ def test_per_hour_of_day_baseline_with_the_fake_clock_and_local_hours() -> None:
     clock.advance(HOUR)
     learner.observe(clock.wall(), {"rt": 0.1})
     assert learner.current(clock.wall())["rt"] == 0.1
+
+
+def learn_and_save(store: StateStore, clock: FakeClock, value: float) -> None:
+    """Ten minutes of samples at ``value``, then the last-hour baselines saved as the daemon does."""
+    learner = BaselineLearner(["rt"], min_samples=5, hour_of=hour_from)
+    for _ in range(10):
+        clock.advance(60.0)
+        learner.observe(clock.wall(), {"rt": value})
+    for r in learner.last_hour().values():
+        store.save_baseline(r.signal, r.hour, r.value, r.samples)
+
+
+def restarted(tmp_path: Path, clock: FakeClock) -> BaselineLearner:
+    """A new learner loaded from a reopened state store, as the daemon does at start."""
+    store = StateStore(tmp_path, wall_clock=clock.wall)
+    store.open()
+    try:
+        learner = BaselineLearner(["rt"], min_samples=5, hour_of=hour_from)
+        learner.load(store.load_baselines(), saved_at=store.baseline_times())
+        return learner
+    finally:
+        store.close()
+
+
+def test_a_recent_last_hour_baseline_is_restored_and_lapses_after_the_window(tmp_path: Path) -> None:
+    """Saved minutes before a restart, the last-hour p95 is the baseline at once, until it is an hour old."""
+    clock = FakeClock(start_wall=10 * HOUR)
+    store = StateStore(tmp_path, wall_clock=clock.wall)
+    store.open()
+    learn_and_save(store, clock, 0.25)
+    saved_at = clock.wall()
+    store.close()
+    clock.advance(120.0)
+    learner = restarted(tmp_path, clock)
+    assert learner.current(clock.wall()) == {"rt": 0.25}
+    assert learner.last_hour() == {}  # not saved again as if learned by this run
+    assert learner.current(saved_at + HOUR) == {"rt": 0.25}
+    assert learner.current(saved_at + HOUR + 1) == {}
+
+
+def test_a_stale_last_hour_baseline_is_not_restored(tmp_path: Path) -> None:
+    """A last-hour p95 saved more than an hour before the restart is ignored: the triggers use their floors."""
+    clock = FakeClock(start_wall=10 * HOUR)
+    store = StateStore(tmp_path, wall_clock=clock.wall)
+    store.open()
+    learn_and_save(store, clock, 0.25)
+    store.close()
+    clock.advance(HOUR + 60.0)
+    assert restarted(tmp_path, clock).current(clock.wall()) == {}
+
+
+def test_a_last_hour_baseline_without_its_save_time_is_not_trusted() -> None:
+    """Loaded without save times (age unknown), a last-hour record is skipped; per-hour ones still load."""
+    learner = BaselineLearner(["rt"], min_samples=5, hour_of=hour_from)
+    learner.load({("rt", ALL_HOURS): (0.25, 40), ("rt", 3): (0.7, 60)})
+    assert learner.current(2 * HOUR) == {}
+    assert learner.current(3 * HOUR) == {"rt": 0.7}
+
+
+def test_this_runs_own_samples_replace_the_restored_baseline(tmp_path: Path) -> None:
+    """Once the new run has min_samples values, its own p95 is the baseline, not the restored one."""
+    clock = FakeClock(start_wall=10 * HOUR)
+    store = StateStore(tmp_path, wall_clock=clock.wall)
+    store.open()
+    learn_and_save(store, clock, 0.25)
+    store.close()
+    learner = restarted(tmp_path, clock)
+    for i in range(5):
+        clock.advance(5.0)
+        learner.observe(clock.wall(), {"rt": 0.05})
+        expected = 0.25 if i < 4 else 0.05
+        assert learner.current(clock.wall()) == {"rt": expected}

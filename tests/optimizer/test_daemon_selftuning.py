@@ -11,7 +11,9 @@ from pathlib import Path
 
 import pytest
 
+from optimizer.app import Daemon
 from optimizer.clock import FakeClock
+from strategies.cpu import CpuStrategy
 from testbed.harness import TestbedProcess, wait_until
 from tests.harness import api_client, daemon_env, running_daemon
 from tests.optimizer.fakes import SnapshotBuilder
@@ -124,3 +126,69 @@ async def test_the_current_sample_interval_is_a_metric(testbed: TestbedProcess, 
         low = daemon.settings.sampler.min_interval_ms / 1000
         high = daemon.settings.sampler.max_interval_ms / 1000
         assert all(low <= v <= high for v in seen)
+
+
+def cpu_factor_strategy(daemon: Daemon) -> CpuStrategy:
+    """The daemon's cpu strategy."""
+    strategy = daemon.engine.runtimes["cpu"].strategy
+    assert isinstance(strategy, CpuStrategy)
+    return strategy
+
+
+async def test_a_hot_host_stretches_the_sample_interval_until_the_cpu_strategy_restores(
+    testbed: TestbedProcess, tmp_path: Path
+) -> None:
+    """While the cpu strategy holds (factor 2) the interval in use and its metric double; after restore they do not."""
+    empty = tmp_path / "no-recorders"
+    empty.mkdir()
+    env = daemon_env(testbed, tmp_path / "state", CCTV_OPTIMIZER_STRATEGIES__CPU__RECORDINGS_DIRECTORY=str(empty))
+    clock = FakeClock()
+    snapshots = SnapshotBuilder(clock)
+    async with running_daemon(env, clock=clock) as daemon:
+        high = daemon.settings.sampler.max_interval_ms / 1000
+        await daemon.sample_now()
+        assert daemon.sample_interval == daemon.adaptive_interval  # nothing asks for a stretch yet
+
+        daemon.engine.on_snapshot(snapshots.build(cpu=0.99))  # the host is hot
+        result = await daemon.engine.request_round(trigger="manual", strategy="cpu", manual=True)
+        assert len(result.decision_ids) == 1
+        assert cpu_factor_strategy(daemon).sample_interval_factor == 2.0
+        assert daemon.engine.sample_interval_factor() == 2.0
+        for _ in range(3):
+            clock.advance(1.0)
+            await daemon.sample_now()
+            assert daemon.sample_interval == pytest.approx(min(high, 2 * daemon.adaptive_interval))
+            assert daemon.registry.get_sample_value("cctv_optimizer_sample_interval_seconds") == daemon.sample_interval
+
+        clock.advance(daemon.settings.engine.cooldown_max_seconds + 1)  # past any cooldown
+        for _ in range(daemon.settings.detection.window_samples):
+            clock.advance(1.0)
+            daemon.engine.on_snapshot(snapshots.build(cpu=0.1))  # calm for the whole window
+        result = await daemon.engine.request_round(trigger="manual", strategy="cpu", manual=True)
+        assert len(result.decision_ids) == 1
+        assert cpu_factor_strategy(daemon).sample_interval_factor == 1.0
+        clock.advance(1.0)
+        await daemon.sample_now()
+        assert daemon.sample_interval == daemon.adaptive_interval
+        assert daemon.registry.get_sample_value("cctv_optimizer_sample_interval_seconds") == daemon.adaptive_interval
+
+
+async def test_the_last_hour_baseline_survives_a_restart_of_the_daemon(testbed: TestbedProcess, tmp_path: Path) -> None:
+    """The last-hour baselines saved by one run are the triggers' baselines right after the next run starts."""
+    clock = FakeClock()
+    state = tmp_path / "state"
+    env = daemon_env(testbed, state)
+    async with running_daemon(env, clock=clock) as daemon:
+        while daemon.engine.latest is None or daemon.engine.latest.seq < 60:  # saved every 60 samples
+            clock.advance(5.0)
+            await daemon.sample_now()
+        learned = dict(daemon.engine.baselines)
+        assert set(learned) == {"response_time_seconds", "tcp_established"}
+    clock.advance(60.0)
+    async with running_daemon(env, clock=clock) as again:
+        # start() takes one sample: far too few to learn from, so these are the restored values
+        assert dict(again.engine.baselines) == learned
+        assert (
+            again.registry.get_sample_value("cctv_optimizer_baseline", {"signal": "tcp_established"})
+            == (learned["tcp_established"])
+        )

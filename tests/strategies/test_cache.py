@@ -640,3 +640,110 @@ def test_slow_hot_endpoints_with_a_fast_health_are_reported() -> None:
     assert finding.evidence["limit_seconds"] == 0.5
     assert strategy.findings(ctx(snapshot(cache_stats(2), probe(0.8)), windows)) == []
     assert strategy.response_limit({"response_time_seconds": 0.4}) == pytest.approx(1.2)
+
+
+# ----- response time as a trigger ---------------------------------------------------------------------------------
+
+
+def slow_probe(response: float, health: float) -> ProbeSample:
+    """A probe round: the hot endpoints at ``response`` seconds, /health at ``health``."""
+    return ProbeSample(
+        available=True,
+        response_time_seconds=response,
+        endpoint_seconds=MappingProxyType({"/health": health, HOT[0]: response, HOT[1]: response}),
+        requests=3,
+        errors=0,
+        bytes_received=100,
+    )
+
+
+def slow_windows(response: float) -> Windows:
+    """M samples of the hot endpoints at ``response`` seconds, with a quiet healthy cache."""
+    windows = Windows(120)
+    for at in (1.0, 2.0, 3.0):
+        windows.push(at, {"response_time_seconds": response})
+    return windows
+
+
+def response_ctx(windows: Windows, health: float, baselines: dict[str, float], *armed: str) -> StrategyContext:
+    """A planning context with a probe at the windows' last response time and the given baselines."""
+    response = windows.last("response_time_seconds") or 0.0
+    return StrategyContext(
+        snapshot=snapshot(cache_stats(2), slow_probe(response, health)),
+        windows=windows,
+        armed=armed,
+        manual=False,
+        now=2000.0,
+        baselines=MappingProxyType(baselines),
+    )
+
+
+@pytest.mark.parametrize(
+    ("baselines", "line"),
+    [
+        ({}, 0.5),  # nothing learned yet: the floor (response_time_floor_ms 500)
+        ({"response_time_seconds": 0.1}, 0.5),  # a fast normal: 0.1 x 3 is under the floor, which holds
+        ({"response_time_seconds": 0.4}, 1.2),  # a slow normal: baseline x factor lifts the line
+    ],
+)
+def test_the_response_time_trigger_follows_the_baseline(baselines: dict[str, float], line: float) -> None:
+    """response_time_seconds arms at max(floor, baseline x factor) and disarms under 0.9 of it."""
+    strategy = make(response_time_floor_ms=500, baseline_factor=3.0)
+    [spec] = [s for s in strategy.triggers(baselines) if s.signal == "response_time_seconds"]
+    assert (spec.enter, spec.exit, spec.above) == (pytest.approx(line), pytest.approx(line * 0.9), True)
+
+
+def test_the_same_slowness_arms_against_the_floor_but_not_against_a_slow_normal() -> None:
+    """0.9 s answers arm with no baseline (line 0.5 s) but not once 0.4 s is the learned normal (line 1.2 s)."""
+    windows = slow_windows(0.9)
+    strategy = make(windows=windows, response_time_floor_ms=500)
+    detector = Detector()
+    assert detector.update(strategy.triggers({}), windows, DETECTION) is True
+    assert detector.armed_signals == ("response_time_seconds",)
+    assert Detector().update(strategy.triggers({"response_time_seconds": 0.4}), windows, DETECTION) is False
+
+
+async def test_slow_hot_endpoints_with_a_fast_health_plan_invalidation_and_warming() -> None:
+    """Armed on response time while /health is fast: drop the junk under the hot paths, warm, expect it faster."""
+    windows = slow_windows(0.9)
+    strategy = make(windows=windows, response_time_floor_ms=500)
+    plan = await strategy.plan(response_ctx(windows, 0.01, {}, "response_time_seconds"))
+    assert plan is not None
+    assert [c.action for c in plan.changes] == ["cache_invalidate", "cache_invalidate", "cache_warm"]
+    assert plan.params["kind"] == "response"
+    assert plan.expected is not None
+    assert (plan.expected.signal, plan.expected.direction) == ("response_time_seconds", Direction.DOWN)
+    assert plan.expected.amount == pytest.approx(0.9 - 0.5 * 0.9)
+    assert "0.900 s (line 0.500 s)" in plan.reason
+
+
+async def test_slowness_plans_nothing_when_health_is_slow_or_the_normal_is_slow() -> None:
+    """A slow /health (the whole backend) or a learned normal above the values: armed or not, no plan."""
+    windows = slow_windows(0.9)
+    strategy = make(windows=windows, response_time_floor_ms=500)
+    assert await strategy.plan(response_ctx(windows, 0.8, {}, "response_time_seconds")) is None
+    slow_normal = {"response_time_seconds": 0.4}
+    assert await strategy.plan(response_ctx(windows, 0.01, slow_normal, "response_time_seconds")) is None
+
+
+async def test_slowness_without_hot_endpoints_plans_nothing() -> None:
+    """With no hot endpoints to warm there is nothing a cache action can do for the response time."""
+    windows = slow_windows(0.9)
+    strategy = make(windows=windows, hot=(), response_time_floor_ms=500)
+    assert await strategy.plan(response_ctx(windows, 0.01, {}, "response_time_seconds")) is None
+
+
+async def test_apply_for_slowness_invalidates_and_warms_but_never_clears(
+    fake: tuple[FakeBackend, BackendClient],
+) -> None:
+    """The response plan drops the hot paths' junk and warms them; junk elsewhere does not lead to a clear."""
+    backend, client = fake
+    backend.entries = [*junk(5), "/api/stream/1?_=1"]
+    windows = slow_windows(0.9)
+    strategy = make(client, windows=windows, response_time_floor_ms=500)
+    plan = await strategy.plan(response_ctx(windows, 0.01, {}, "response_time_seconds"))
+    assert plan is not None and plan.params["kind"] == "response"
+    result = await strategy.apply(plan)
+    assert [c.action for c in result.changes] == ["cache_invalidate", "cache_invalidate", "cache_warm"]
+    assert backend.calls("POST", "/api/cache/clear") == 0
+    assert sorted(backend.entries) == sorted(["/api/stream/1?_=1", *HOT])
