@@ -13,7 +13,7 @@ import os
 import secrets
 import signal
 import socket
-from collections.abc import Mapping
+from collections.abc import Coroutine, Mapping
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
@@ -558,6 +558,17 @@ class Daemon:
         return 0
 
 
+def _run_loop(main: Coroutine[Any, Any, int]) -> int:
+    """Run on uvloop when it is installed (extra ``fast``: faster scrapes), else on asyncio's own loop."""
+    try:
+        import uvloop  # type: ignore[import-not-found, unused-ignore]
+    except ImportError:
+        return asyncio.run(main)
+    log.info("event_loop", loop="uvloop")
+    result: int = uvloop.run(main)
+    return result
+
+
 def run_daemon(config_file: Path | None, environ: Mapping[str, str] | None = None) -> int:
     """Load the configuration and run the daemon; 78 on configuration errors."""
     env = dict(os.environ if environ is None else environ)
@@ -570,7 +581,7 @@ def run_daemon(config_file: Path | None, environ: Mapping[str, str] | None = Non
     configure_logging(loaded.settings.log_level)
     daemon = Daemon(loaded, environ=env, config_file=config_file)
     try:
-        return asyncio.run(daemon.run())
+        return _run_loop(daemon.run())
     except ConfigError as exc:
         log.error("config_invalid", problems=[str(p) for p in exc.problems])
         return 78

@@ -1,0 +1,1 @@
+"""Benchmarks behind ``make bench``: one module per benchmark, run by ``python -m bench.run``."""
