@@ -4,6 +4,11 @@ Opens N idle loopback connections to a listener on 127.0.0.1 (the client ends li
 each process needs only N file descriptors), times each way of counting the listener port's sockets by
 state (median of --repeat runs), checks that the three agree exactly, and writes the figures as JSON.
 
+Agreement is judged on counts taken back to back (netlink, /proc, psutil, netlink again), not on each method's
+first timed call: those are seconds apart, and on a shared host the sockets matching the port can change in
+between (another process's TIME_WAIT socket whose remote port is the listener's number expiring, say). When
+the two netlink counts of the window differ the host changed during it and the window is taken again.
+
     python bench/bench_tcp.py [--sizes 100,1000,10000] [--repeat 7] [--out bench/results/tcp_counting.json]
 """
 
@@ -40,6 +45,7 @@ DEFAULT_OUT = ROOT / "bench" / "results" / "tcp_counting.json"
 FD_MARGIN = 256
 SETUP_TIMEOUT_S = 60.0
 GOAL_RATIO = 1 / 20
+AGREEMENT_ATTEMPTS = 5
 # Abortive close (RST): both ends vanish at once instead of leaving N sockets in TIME_WAIT for a minute.
 LINGER_RESET = struct.pack("ii", 1, 0)
 
@@ -141,21 +147,75 @@ def psutil_counts(ports: frozenset[int]) -> dict[str, int]:
     return {state.value: tally.get(state.value, 0) for state in TcpState}
 
 
-def measure(count_once: Callable[[], dict[str, int]], repeat: int) -> MethodResult:
-    """Time ``count_once`` (median of ``repeat`` after one warm-up) and its peak Python allocation."""
-    counts = count_once()
-    timings = []
+def foreign_sockets(ports: frozenset[int]) -> dict[str, int]:
+    """Count by state the matching sockets that no process of this benchmark holds (pid-less ones included)."""
+    me = psutil.Process()
+    ours = {me.pid} | {child.pid for child in me.children(recursive=True)}
+    tally = Counter(
+        conn.status.lower()
+        for conn in psutil.net_connections(kind="tcp")
+        if conn.pid not in ours
+        and not ports.isdisjoint((getattr(conn.laddr, "port", None), getattr(conn.raddr, "port", None)))
+    )
+    return dict(sorted(tally.items()))
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Agreement:
+    """The three methods' counts taken back to back, and how many windows that needed."""
+
+    counts: dict[str, dict[str, int]]
+    attempts: int
+    host_quiet: bool
+    foreign: dict[str, int]
+
+    @property
+    def agree(self) -> bool:
+        """Tell whether all three methods gave the same counts in the window."""
+        first, *others = self.counts.values()
+        return all(other == first for other in others)
+
+
+def counts_at_one_moment(
+    ports: frozenset[int], by_netlink: Callable[[], dict[str, int]], by_proc: Callable[[], dict[str, int]]
+) -> Agreement:
+    """Count with all three methods between two netlink counts; take the window again while the host changes."""
+    counts: dict[str, dict[str, int]] = {}
+    quiet = False
+    attempts = 0
+    while not quiet and attempts < AGREEMENT_ATTEMPTS:
+        attempts += 1
+        before = by_netlink()
+        counts = {"netlink": before, "proc": by_proc(), "psutil": psutil_counts(ports)}
+        quiet = by_netlink() == before
+    return Agreement(counts=counts, attempts=attempts, host_quiet=quiet, foreign=foreign_sockets(ports))
+
+
+def measure_interleaved(methods: dict[str, Callable[[], dict[str, int]]], repeat: int) -> dict[str, MethodResult]:
+    """Time each method (median of ``repeat`` after one warm-up) and its peak Python allocation.
+
+    The repetitions take turns (a, b, c, a, b, c, ...) so that every method meets the same background load
+    on a shared machine; timing one method's runs all together would let a busy spell land on one of them.
+    """
+    counts = {name: count_once() for name, count_once in methods.items()}
+    timings: dict[str, list[float]] = {name: [] for name in methods}
     for _ in range(repeat):
-        started = time.perf_counter()
-        count_once()
-        timings.append(time.perf_counter() - started)
-    tracemalloc.start()
-    try:
-        count_once()
-        _, peak = tracemalloc.get_traced_memory()
-    finally:
-        tracemalloc.stop()
-    return MethodResult(median_s=statistics.median(timings), counts=counts, peak_alloc_bytes=peak)
+        for name, count_once in methods.items():
+            started = time.perf_counter()
+            count_once()
+            timings[name].append(time.perf_counter() - started)
+    results = {}
+    for name, count_once in methods.items():
+        tracemalloc.start()
+        try:
+            count_once()
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+        results[name] = MethodResult(
+            median_s=statistics.median(timings[name]), counts=counts[name], peak_alloc_bytes=peak
+        )
+    return results
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -166,11 +226,12 @@ class SizeResult:
     proc: MethodResult
     psutil: MethodResult
     netlink_method: str
+    agreement: Agreement
 
     @property
     def counts_agree(self) -> bool:
-        """Tell whether all three methods gave the same counts."""
-        return self.netlink.counts == self.proc.counts == self.psutil.counts
+        """Tell whether all three methods gave the same counts when taken back to back."""
+        return self.agreement.agree
 
     @property
     def ratio_netlink_vs_psutil(self) -> float:
@@ -187,6 +248,12 @@ class SizeResult:
             "ratio_proc_vs_psutil": self.proc.median_s / self.psutil.median_s,
             "counts_agree": self.counts_agree,
             "counts": self.psutil.counts,
+            "agreement": {
+                "counts": self.agreement.counts,
+                "windows_taken": self.agreement.attempts,
+                "host_quiet": self.agreement.host_quiet,
+                "sockets_not_ours": self.agreement.foreign,
+            },
             "netlink_method": self.netlink_method,
             "peak_alloc_bytes": {
                 "netlink": self.netlink.peak_alloc_bytes,
@@ -207,11 +274,15 @@ def bench_size(size: int, repeat: int, netlink: NetlinkTcpCounter, proc: ProcNet
         def by_proc() -> dict[str, int]:
             return {state.value: n for state, n in proc.count(ports).by_state.items()}
 
+        timed = measure_interleaved(
+            {"netlink": by_netlink, "proc": by_proc, "psutil": lambda: psutil_counts(ports)}, repeat
+        )
         return SizeResult(
-            netlink=measure(by_netlink, repeat),
-            proc=measure(by_proc, repeat),
-            psutil=measure(lambda: psutil_counts(ports), repeat),
-            netlink_method=netlink.method.value,
+            netlink=timed["netlink"],
+            proc=timed["proc"],
+            psutil=timed["psutil"],
+            netlink_method=f"{netlink.method.value}, {'one dump' if netlink.combined else 'a dump per family'}",
+            agreement=counts_at_one_moment(ports, by_netlink, by_proc),
         )
 
 

@@ -59,7 +59,7 @@ def run(quick: bool) -> dict[str, Any]:
         "sizes": {
             str(size): {
                 **result.as_json(),
-                # All three, so a disagreement shows which method saw what.
+                # Each method's first timed call (seconds apart), so a drift on the host shows too.
                 "counts_by_method": {
                     "netlink": result.netlink.counts,
                     "proc": result.proc.counts,

@@ -7,7 +7,7 @@ Each socket is counted once, even when both of its ports are in the set.
 Families: every socket is counted exactly once, under the family of the socket itself. An IPv4 client
 accepted by a dual-stack listener (an AF_INET6 socket with IPV6_V6ONLY off) is an AF_INET6 socket whose
 addresses are IPv4-mapped (``::ffff:a.b.c.d``): it appears only in ``net/tcp6`` and only in the AF_INET6
-dump, and is counted once from there; its peer, if local, is a separate AF_INET socket counted from
+dump (once in the family-less dump), and is counted once from there; its peer, if local, is a separate AF_INET socket counted from
 ``net/tcp``. Ports are compared regardless of the address, so a mapped socket matches exactly like any
 other. This is also what ``psutil.net_connections(kind="tcp")`` reports, so all three agree.
 
@@ -195,6 +195,7 @@ class ProcNetTcpCounter:
 # --- sock_diag netlink -----------------------------------------------------------------------------------
 
 _NETLINK_SOCK_DIAG = 4
+_TCPDIAG_GETSOCK = 18
 _SOCK_DIAG_BY_FAMILY = 20
 _NLM_F_REQUEST = 0x1
 _NLM_F_DUMP = 0x300
@@ -208,6 +209,7 @@ _INET_DIAG_BC_D_EQ = 12
 _NLMSGHDR = struct.Struct("=IHHII")  # len, type, flags, seq, pid
 _NLMSG_HEAD = struct.Struct("=IHHI")  # len, type, flags, seq: what the reply loop reads
 _INET_DIAG_REQ_V2 = struct.Struct("=BBBBI48x")  # family, protocol, ext, pad, states, zero sockid
+_INET_DIAG_REQ_COMPAT = struct.Struct("=BBBB48xII")  # family, src_len, dst_len, ext, zero sockid, states, dbs
 _NLATTR = struct.Struct("=HH")
 _BC_OP = struct.Struct("=BBH")  # code, yes, no
 _ERRNO = struct.Struct("=i")
@@ -251,12 +253,26 @@ def port_filter_bytecode(ports: Iterable[int]) -> bytes:
     return bytes(program)
 
 
+def _request_kind(family: int) -> int:
+    """Return the message type of a dump request for ``family``; its replies carry the same type."""
+    return _TCPDIAG_GETSOCK if family == socket.AF_UNSPEC else _SOCK_DIAG_BY_FAMILY
+
+
 def _build_request(family: int, seq: int, bytecode: bytes | None) -> bytes:
-    """Return one SOCK_DIAG_BY_FAMILY dump request for TCP sockets of ``family``."""
-    body = _INET_DIAG_REQ_V2.pack(family, socket.IPPROTO_TCP, 0, 0, _STATE_MASK)
+    """Return one dump request for TCP sockets of ``family``; AF_UNSPEC asks for both families at once.
+
+    The v2 request (SOCK_DIAG_BY_FAMILY) needs a family, and each one makes the kernel walk the whole
+    shared TCP hash table; the older TCPDIAG_GETSOCK request leaves the family unset, so one walk returns
+    IPv4 and IPv6 sockets alike, with the same states mask and bytecode filter.
+    """
+    if family == socket.AF_UNSPEC:
+        body = _INET_DIAG_REQ_COMPAT.pack(family, 0, 0, 0, _STATE_MASK, 0)
+    else:
+        body = _INET_DIAG_REQ_V2.pack(family, socket.IPPROTO_TCP, 0, 0, _STATE_MASK)
     if bytecode is not None:
         body += _NLATTR.pack(_NLATTR.size + len(bytecode), _INET_DIAG_REQ_BYTECODE) + bytecode
-    return _NLMSGHDR.pack(_NLMSGHDR.size + len(body), _SOCK_DIAG_BY_FAMILY, _NLM_F_REQUEST | _NLM_F_DUMP, seq, 0) + body
+    flags = _NLM_F_REQUEST | _NLM_F_DUMP
+    return _NLMSGHDR.pack(_NLMSGHDR.size + len(body), _request_kind(family), flags, seq, 0) + body
 
 
 class NetlinkSocket(Protocol):
@@ -291,11 +307,15 @@ def open_sock_diag_socket() -> NetlinkSocket:
     return sock
 
 
+# One family-less dump, or one v2 dump per family where the kernel lacks the compat request.
+_COMBINED = (socket.AF_UNSPEC,)
+_PER_FAMILY = (socket.AF_INET, socket.AF_INET6)
+
 # Header bytes that must repeat in every message of a uniform chunk: length, type and sequence number.
 _UNIFORM_HEADER_BYTES = (0, 1, 2, 3, 4, 5, 8, 9, 10, 11)
 
 
-def _tally_uniform_chunk(buffer: bytearray, received: int, seq: int, slots: list[int]) -> bool:
+def _tally_uniform_chunk(buffer: bytearray, received: int, kind: int, seq: int, slots: list[int]) -> bool:
     """Tally a chunk made only of equal-length socket messages of this dump; False if it is not one.
 
     Most chunks of a large dump are such runs (the same family and state give the same attributes), and
@@ -305,8 +325,8 @@ def _tally_uniform_chunk(buffer: bytearray, received: int, seq: int, slots: list
     """
     if received < _DIAG_MSG_MIN:
         return False
-    length, kind, _flags, first_seq = _NLMSG_HEAD.unpack_from(buffer, 0)
-    if kind != _SOCK_DIAG_BY_FAMILY or first_seq != seq or length < _DIAG_MSG_MIN or length % 4 or received % length:
+    length, first_kind, _flags, first_seq = _NLMSG_HEAD.unpack_from(buffer, 0)
+    if first_kind != kind or first_seq != seq or length < _DIAG_MSG_MIN or length % 4 or received % length:
         return False
     messages = received // length
     for at in _UNIFORM_HEADER_BYTES:
@@ -326,6 +346,8 @@ def _close_all(held: list[NetlinkSocket]) -> None:
 class NetlinkTcpCounter:
     """Counts with sock_diag dumps filtered in the kernel, reading only each reply's fixed header.
 
+    One dump covers both families where the kernel accepts the family-less TCPDIAG_GETSOCK request
+    (probed once; ``combined=False`` forces one v2 dump per family, ``True`` insists on the single one).
     One netlink socket is reused across counts. When a dump fails the socket is reopened and the dump
     retried once; if that fails too, the counter switches to /proc parsing for the rest of its life.
     Safe to call from several threads (dumps are serialised).
@@ -336,8 +358,9 @@ class NetlinkTcpCounter:
         *,
         proc_root: Path = Path("/proc"),
         socket_factory: Callable[[], NetlinkSocket] = open_sock_diag_socket,
+        combined: bool | None = None,
     ) -> None:
-        """Open the socket and probe one filtered dump per family; ``OSError`` if netlink does not work."""
+        """Open the socket and probe a filtered dump; ``OSError`` if netlink does not work."""
         self._proc_root = proc_root
         self._socket_factory = socket_factory
         self._lock = threading.Lock()
@@ -346,12 +369,29 @@ class NetlinkTcpCounter:
         self._fallback: ProcNetTcpCounter | None = None
         self._held: list[NetlinkSocket] = []
         self._finalizer = weakref.finalize(self, _close_all, self._held)
+        self._families: tuple[int, ...] = _PER_FAMILY if combined is False else _COMBINED
+        self._bytecode_ports: frozenset[int] = frozenset()
+        self._bytecode: bytes | None = None
         try:
             self._held.append(socket_factory())
-            self._dump_all(frozenset({1}))
+            try:
+                self._dump_all(frozenset({1}))
+            except OSError:
+                if combined is not None:
+                    raise
+                # An old or trimmed kernel without the compat request: one v2 dump per family, fresh socket.
+                _close_all(self._held)
+                self._families = _PER_FAMILY
+                self._held.append(socket_factory())
+                self._dump_all(frozenset({1}))
         except OSError:
             self.close()
             raise
+
+    @property
+    def combined(self) -> bool:
+        """Tell whether one dump covers both families (else one dump per family)."""
+        return self._families == _COMBINED
 
     @property
     def method(self) -> CountMethod:
@@ -394,12 +434,15 @@ class NetlinkTcpCounter:
         return self._dump_all(ports)
 
     def _dump_all(self, ports: frozenset[int]) -> list[int]:
-        """Run one dump per address family and return the tallies by kernel state."""
+        """Run the dump (or one per address family) and return the tallies by kernel state."""
         in_kernel = len(ports) <= _MAX_KERNEL_FILTER_PORTS
-        bytecode = port_filter_bytecode(ports) if in_kernel else None
+        if in_kernel and ports != self._bytecode_ports:
+            # The port set rarely changes between counts: build its program once.
+            self._bytecode = port_filter_bytecode(ports)
+            self._bytecode_ports = ports
         slots = [0] * _STATE_SLOTS
-        for family in (socket.AF_INET, socket.AF_INET6):
-            self._dump(family, bytecode, None if in_kernel else ports, slots)
+        for family in self._families:
+            self._dump(family, self._bytecode if in_kernel else None, None if in_kernel else ports, slots)
         return slots
 
     def _dump(
@@ -414,6 +457,7 @@ class NetlinkTcpCounter:
         self._seq = self._seq % 0xFFFFFFFF + 1
         seq = self._seq
         sock.send(_build_request(family, seq, bytecode))
+        reply_kind = _request_kind(family)
         buffer = self._buffer
         size = len(buffer)
         head = _NLMSG_HEAD.unpack_from
@@ -423,7 +467,7 @@ class NetlinkTcpCounter:
                 raise OSError(errno.EMSGSIZE, "netlink reply larger than the receive buffer")
             if received <= 0:
                 raise OSError(errno.EPIPE, "netlink socket returned no data")
-            if ports is None and _tally_uniform_chunk(buffer, received, seq, slots):
+            if ports is None and _tally_uniform_chunk(buffer, received, reply_kind, seq, slots):
                 continue
             offset = 0
             while offset + 16 <= received:
@@ -431,7 +475,7 @@ class NetlinkTcpCounter:
                 if length < 16 or offset + length > received:
                     raise OSError(errno.EBADMSG, "malformed netlink message")
                 if message_seq == seq:
-                    if kind == _SOCK_DIAG_BY_FAMILY and length >= _DIAG_MSG_MIN:
+                    if kind == reply_kind and length >= _DIAG_MSG_MIN:
                         if ports is None or (
                             (buffer[offset + _SPORT_AT] << 8 | buffer[offset + _SPORT_AT + 1]) in ports
                             or (buffer[offset + _DPORT_AT] << 8 | buffer[offset + _DPORT_AT + 1]) in ports

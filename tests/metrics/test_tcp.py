@@ -136,10 +136,14 @@ def loopback() -> Iterator[Loopback]:
         net.close()
 
 
-@pytest.fixture
-def netlink() -> Iterator[NetlinkTcpCounter]:
-    """Provide a netlink counter, closed afterwards."""
-    counter = NetlinkTcpCounter()
+@pytest.fixture(params=[True, False], ids=["one-dump", "dump-per-family"])
+def netlink(request: pytest.FixtureRequest) -> Iterator[NetlinkTcpCounter]:
+    """Provide a netlink counter in each dump mode, closed afterwards."""
+    try:
+        counter = NetlinkTcpCounter(combined=request.param)
+    except OSError as exc:
+        pytest.skip(f"this kernel does not take that dump mode: {exc}")
+    assert counter.combined is request.param
     try:
         yield counter
     finally:
@@ -500,7 +504,7 @@ def test_multipart_reply_parsed_across_chunks() -> None:
         return [diag_message(seq, 10) + diag_message(seq, 5) + done_message(seq)]
 
     sock = ScriptedSocket([empty_dump, empty_dump, ipv4_dump, ipv6_dump])
-    counter = NetlinkTcpCounter(socket_factory=lambda: sock)
+    counter = NetlinkTcpCounter(combined=False, socket_factory=lambda: sock)
     counts = counter.count(frozenset({3000}))
     assert dict(counts.by_state) == expected(
         established=9, close_wait=1, time_wait=1, syn_recv=1, listen=1, fin_wait2=1
@@ -512,7 +516,7 @@ def test_multipart_reply_parsed_across_chunks() -> None:
 def test_requests_carry_the_port_filter_bytecode() -> None:
     """A small port set is sent as an INET_DIAG_REQ_BYTECODE attribute: two 8-byte tests and a JMP per port."""
     sock = ScriptedSocket([empty_dump] * 4)
-    counter = NetlinkTcpCounter(socket_factory=lambda: sock)
+    counter = NetlinkTcpCounter(combined=False, socket_factory=lambda: sock)
     counter.count(frozenset({3000, 9997}))
     request = sock.requests[-1]
     attr_len, attr_type = struct.unpack_from("=HH", request, 16 + 56)
@@ -542,7 +546,7 @@ def test_many_ports_filtered_in_userspace() -> None:
         ]
 
     sock = ScriptedSocket([empty_dump, empty_dump, dump, dump])
-    counts = NetlinkTcpCounter(socket_factory=lambda: sock).count(ports)
+    counts = NetlinkTcpCounter(combined=False, socket_factory=lambda: sock).count(ports)
     assert dict(counts.by_state) == expected(established=2)
     assert len(sock.requests[-1]) == 16 + 56  # no bytecode attribute
 
@@ -551,7 +555,7 @@ def test_probe_error_reply_raises_oserror() -> None:
     """An NLMSG_ERROR to the probe makes the constructor raise OSError with the kernel's errno."""
     sock = ScriptedSocket([lambda family, seq: [error_message(seq, -errno.EINVAL)]])
     with pytest.raises(OSError) as raised:
-        NetlinkTcpCounter(socket_factory=lambda: sock)
+        NetlinkTcpCounter(combined=False, socket_factory=lambda: sock)
     assert raised.value.errno == errno.EINVAL
     assert sock.closed
 
@@ -563,7 +567,7 @@ def test_probe_socket_failure_raises_oserror() -> None:
         raise PermissionError(errno.EACCES, "not allowed")
 
     with pytest.raises(PermissionError):
-        NetlinkTcpCounter(socket_factory=refuse)
+        NetlinkTcpCounter(combined=False, socket_factory=refuse)
 
 
 def test_transient_failure_reopens_socket_and_stays_on_netlink() -> None:
@@ -575,7 +579,7 @@ def test_transient_failure_reopens_socket_and_stays_on_netlink() -> None:
     first = ScriptedSocket([empty_dump, empty_dump, lambda family, seq: [done_message(seq, -errno.EINTR)]])
     second = ScriptedSocket([established_dump, established_dump])
     sockets = deque([first, second])
-    counter = NetlinkTcpCounter(socket_factory=sockets.popleft)
+    counter = NetlinkTcpCounter(combined=False, socket_factory=sockets.popleft)
     counts = counter.count(frozenset({3000}))
     assert counts.method == "netlink"
     assert dict(counts.by_state) == expected(established=2)
@@ -594,8 +598,70 @@ def test_fallback_after_reopen_fails_too() -> None:
     first = ScriptedSocket([empty_dump, empty_dump, failing])
     second = ScriptedSocket([failing])
     sockets = deque([first, second])
-    counter = NetlinkTcpCounter(proc_root=FIXTURES / "ipv4_only", socket_factory=sockets.popleft)
+    counter = NetlinkTcpCounter(combined=False, proc_root=FIXTURES / "ipv4_only", socket_factory=sockets.popleft)
     counts = counter.count(frozenset({3000}))
     assert counts.method == "proc"
     assert dict(counts.by_state) == expected(listen=1, established=2)
     assert first.closed and second.closed
+
+
+# --- the family-less dump ----------------------------------------------------------------------------------
+
+TCPDIAG_GETSOCK = 18
+
+
+def compat_message(seq: int, state: int, *, family: int = socket.AF_INET, kind: int = TCPDIAG_GETSOCK) -> bytes:
+    """Build one reply to the family-less request: same layout, the request's message type."""
+    body = struct.pack("=BBBB", family, state, 0, 0) + struct.pack(">HH", 3000, 40000) + bytes(64)
+    return struct.pack("=IHHII", 16 + len(body), kind, NLM_F_MULTI, seq, 0) + body
+
+
+def test_one_dump_request_covers_both_families() -> None:
+    """By default one family-less TCPDIAG_GETSOCK dump counts both families; other reply types are ignored."""
+
+    def both_families(family: int, seq: int) -> list[bytes]:
+        uniform = b"".join(compat_message(seq, 1) for _ in range(4))
+        mixed = (
+            compat_message(seq, 1, family=socket.AF_INET6)
+            + compat_message(seq, 10, family=socket.AF_INET6)
+            + compat_message(seq, 6, kind=20)
+        )
+        return [uniform, mixed, done_message(seq)]
+
+    sock = ScriptedSocket([empty_dump, both_families])
+    counter = NetlinkTcpCounter(socket_factory=lambda: sock)
+    counts = counter.count(frozenset({3000}))
+    assert counter.combined is True
+    assert dict(counts.by_state) == expected(established=5, listen=1)
+    request = sock.requests[-1]
+    length, kind, flags = struct.unpack_from("=IHH", request, 0)
+    assert (length, kind, flags) == (len(request), TCPDIAG_GETSOCK, 0x301)
+    assert request[16] == socket.AF_UNSPEC
+    states = struct.unpack_from("=I", request, 16 + 52)[0]
+    assert states == sum(1 << number for number in range(1, 13) if number != 7)
+    attr_len, attr_type = struct.unpack_from("=HH", request, 16 + 60)
+    assert (attr_type, len(request)) == (1, 16 + 60 + attr_len)
+
+
+def test_probe_falls_back_to_a_dump_per_family_when_one_dump_is_refused() -> None:
+    """A kernel that answers the family-less request with an error gets v2 dumps per family on a new socket."""
+    refusing = ScriptedSocket([lambda family, seq: [error_message(seq, -errno.EINVAL)]])
+    per_family = ScriptedSocket([empty_dump, empty_dump, empty_dump, empty_dump])
+    sockets = deque([refusing, per_family])
+    counter = NetlinkTcpCounter(socket_factory=sockets.popleft)
+    counter.count(frozenset({3000}))
+    assert counter.combined is False
+    assert refusing.closed and not per_family.closed
+    assert [(request[16], struct.unpack_from("=H", request, 4)[0]) for request in per_family.requests] == [
+        (socket.AF_INET, 20),
+        (socket.AF_INET6, 20),
+    ] * 2
+
+
+def test_forced_one_dump_does_not_fall_back() -> None:
+    """With combined=True a refused family-less probe is an OSError, not a quiet switch of mode."""
+    refusing = ScriptedSocket([lambda family, seq: [error_message(seq, -errno.EINVAL)]])
+    with pytest.raises(OSError) as raised:
+        NetlinkTcpCounter(combined=True, socket_factory=lambda: refusing)
+    assert raised.value.errno == errno.EINVAL
+    assert refusing.closed
