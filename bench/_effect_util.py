@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import json
 import os
@@ -192,3 +193,16 @@ def testbed_and_daemon(
 def machine_note() -> dict[str, Any]:
     """CPU count and load at the start, for reading the figures."""
     return {"nproc": os.cpu_count(), "loadavg_1m": round(os.getloadavg()[0], 2)}
+
+
+def standalone_main(prog: str, run: Callable[[bool], dict[str, Any]]) -> int:
+    """A benchmark module run on its own: ``--quick``, ``--out FILE``; prints the JSON result."""
+    parser = argparse.ArgumentParser(prog=prog)
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--out", type=Path, default=None)
+    args = parser.parse_args()
+    text = json.dumps(run(args.quick), indent=2)
+    if args.out is not None:
+        args.out.write_text(text + "\n", encoding="utf-8")
+    print(text)
+    return 0

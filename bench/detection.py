@@ -11,12 +11,9 @@ complete then). The goal per strategy is ``N x sample interval + one round inter
 
 from __future__ import annotations
 
-import argparse
-import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from bench._effect_util import (
@@ -24,6 +21,7 @@ from bench._effect_util import (
     machine_note,
     median,
     poll,
+    standalone_main,
     testbed_and_daemon,
     work_directory,
 )
@@ -231,16 +229,7 @@ def run(quick: bool) -> dict[str, Any]:
 
 def main() -> int:
     """Run and print the JSON (the runner writes it to bench/results)."""
-    parser = argparse.ArgumentParser(prog="python -m bench.detection")
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--out", type=Path, default=None)
-    args = parser.parse_args()
-    result = run(args.quick)
-    text = json.dumps(result, indent=2)
-    if args.out is not None:
-        args.out.write_text(text + "\n", encoding="utf-8")
-    print(text)
-    return 0
+    return standalone_main("python -m bench.detection", run)
 
 
 if __name__ == "__main__":

@@ -20,8 +20,6 @@ configured for the daemon. Time is compressed (minutes instead of hours), so the
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import secrets
 import sqlite3
@@ -38,6 +36,7 @@ from bench._effect_util import (
     median,
     pause,
     percentile,
+    standalone_main,
     testbed_and_daemon,
     work_directory,
 )
@@ -387,16 +386,7 @@ def run(quick: bool) -> dict[str, Any]:
 
 def main() -> int:
     """Run and print the JSON (the runner writes it to bench/results)."""
-    parser = argparse.ArgumentParser(prog="python -m bench.effect")
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--out", type=Path, default=None)
-    args = parser.parse_args()
-    result = run(args.quick)
-    text = json.dumps(result, indent=2)
-    if args.out is not None:
-        args.out.write_text(text + "\n", encoding="utf-8")
-    print(text)
-    return 0
+    return standalone_main("python -m bench.effect", run)
 
 
 if __name__ == "__main__":
