@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import os
 import secrets
 import signal
@@ -44,13 +45,23 @@ from optimizer.api import BODY_TIMEOUT_SECONDS, IDLE_TIMEOUT_SECONDS, LINGER_SEC
 from optimizer.baselines import ALL_HOURS, BaselineLearner, BaselineRecord
 from optimizer.clock import Clock, SystemClock
 from optimizer.dashboard import load_dashboard
-from optimizer.engine import Engine, EngineStopping, next_sample_interval, stretched_interval
+from optimizer.engine import (
+    CALM_PROXIMITY,
+    Engine,
+    EngineStopping,
+    next_sample_interval,
+    signal_proximity,
+    stretched_interval,
+)
 from optimizer.logs import REDACTOR, configure_logging
 from optimizer.registry import Dependencies, build_strategies
 from optimizer.sdnotify import SystemdNotifier
 from optimizer.state import StateStore
 
 VERSION = "0.1.0"
+# The daemon's own figures: its RSS sits near 60% of its soft line from the libraries alone, so counting it
+# would hold the sample interval at its base for ever; nearing it is no reason to watch the host more closely.
+OWN_SIGNALS = frozenset({"own_rss_bytes"})
 log = structlog.get_logger("daemon")
 
 # tables the backend never cleans, with the column that dates their rows (TARGET.md)
@@ -285,6 +296,11 @@ class Daemon:
         self.api_host = host
         self.api_port = sockets[0].getsockname()[1] if sockets else port
         await self.sample_now()
+        # What start-up built (modules, clients, strategies, the first sample's caches) lives as long as the daemon.
+        # A full collection walks every tracked object holding the GIL, so even one run in a worker thread (the
+        # memory strategy's clean-up, the interpreter's own generation-2 pass) stalls the event loop for tens of
+        # milliseconds. Frozen objects are skipped by later collections and still freed by reference counting.
+        gc.freeze()
         self.state = LifecycleState.RUNNING
         if self._autostart:
             self._start_loops()
@@ -408,13 +424,37 @@ class Daemon:
             base=s.sample_interval / 1000,
             low=low,
             high=high,
-            proximity=self.engine.proximity(),
-            armed=any(rt.detector.armed for rt in self.engine.runtimes.values()),
+            **self._interval_pressure(),
         )
         self.sample_interval = stretched_interval(
             self.adaptive_interval, factor=self.engine.sample_interval_factor(), low=low, high=high
         )
         self.metrics.sample_interval.set(self.sample_interval)
+
+    def _interval_pressure(self) -> dict[str, Any]:
+        """Proximity and armed state for next_sample_interval, over what the interval should react to.
+
+        The daemon's own signals do not count (OWN_SIGNALS). Nor does a strategy that asks for a stretch (the
+        cpu strategy while the host is hot): tightening for it would undo the stretch (1 s doubled is 2 s,
+        more often than the base); while one asks, the interval holds at least at its base for the factor.
+        """
+        proximity = 0.0
+        armed = False
+        stretching = False
+        for rt in self.engine.runtimes.values():
+            try:
+                stretching_this = float(rt.strategy.sample_interval_factor) > 1.0
+            except Exception:  # a crashing hook asks for nothing, as in Engine.sample_interval_factor
+                stretching_this = False
+            if stretching_this:
+                stretching = True
+                continue
+            specs = [spec for spec in self.engine.triggers_of(rt) if spec.signal not in OWN_SIGNALS]
+            proximity = max(proximity, signal_proximity(specs, self.engine.windows))
+            armed = armed or rt.detector.armed
+        if stretching:
+            proximity = max(proximity, CALM_PROXIMITY)
+        return {"proximity": proximity, "armed": armed}
 
     def health(self) -> tuple[bool, str]:
         """Whether the decision loop and the sampler are alive, and why not."""
@@ -535,6 +575,9 @@ class Daemon:
         if self._background:
             await asyncio.gather(*self._background, return_exceptions=True)
         await asyncio.to_thread(self.store.close)
+        # hand the start-up objects back to the collector: a process that outlives this daemon (tests, the
+        # benchmarks) must not keep them out of collection for good
+        gc.unfreeze()
         self.state = LifecycleState.STOPPED
         log.info("daemon_stopped")
 

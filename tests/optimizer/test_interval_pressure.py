@@ -1,0 +1,71 @@
+"""What the adaptive sample interval reacts to: not the daemon's own RSS, and not a strategy that asks for a stretch."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+
+from metrics.snapshot import OwnSample
+from optimizer.app import Daemon
+from optimizer.clock import FakeClock
+from optimizer.engine import CALM_PROXIMITY
+from strategies.cpu import CpuStrategy
+from testbed.harness import TestbedProcess
+from tests.harness import daemon_env, running_daemon
+from tests.optimizer.fakes import SnapshotBuilder
+
+MIB = 1024 * 1024
+
+
+def own_line(daemon: Daemon) -> float:
+    """The memory strategy's own-RSS enter line (GC_THRESHOLD x own budget)."""
+    memory = daemon.engine.runtimes["memory"]
+    return next(s.enter for s in daemon.engine.triggers_of(memory) if s.signal == "own_rss_bytes")
+
+
+async def test_own_rss_near_its_line_does_not_hold_the_interval_at_its_base(
+    testbed: TestbedProcess, tmp_path: Path
+) -> None:
+    """With the own RSS at 70% of its line and the host calm, the interval walks up to sampler.max_interval_ms."""
+    clock = FakeClock()
+    snapshots = SnapshotBuilder(clock)
+    async with running_daemon(daemon_env(testbed, tmp_path / "state"), clock=clock) as daemon:
+        high = daemon.settings.sampler.max_interval_ms / 1000
+        own = OwnSample(rss_bytes=int(own_line(daemon) * 0.7), cpu_seconds=1.0)
+        for _ in range(40):
+            clock.advance(1.0)
+            daemon.engine.on_snapshot(dataclasses.replace(snapshots.build(cpu=0.05, memory=0.1), own=own))
+            daemon._adapt_interval()
+        # the own line is what used to keep the engine from ever being calm
+        assert daemon.engine.proximity() == pytest.approx(0.7)
+        assert daemon.adaptive_interval == high
+        assert daemon.sample_interval == high
+        assert daemon.registry.get_sample_value("cctv_optimizer_sample_interval_seconds") == high
+
+
+async def test_a_stretching_cpu_strategy_keeps_the_interval_at_base_times_its_factor(
+    testbed: TestbedProcess, tmp_path: Path
+) -> None:
+    """While the cpu strategy holds a hot host (factor 2), the interval is base x 2, not the tightened 1 s x 2."""
+    empty = tmp_path / "no-recorders"
+    empty.mkdir()
+    env = daemon_env(testbed, tmp_path / "state", CCTV_OPTIMIZER_STRATEGIES__CPU__RECORDINGS_DIRECTORY=str(empty))
+    clock = FakeClock()
+    snapshots = SnapshotBuilder(clock)
+    async with running_daemon(env, clock=clock) as daemon:
+        base = daemon.settings.sample_interval / 1000
+        daemon.engine.on_snapshot(snapshots.build(cpu=0.99, memory=0.1))
+        result = await daemon.engine.request_round(trigger="manual", strategy="cpu", manual=True)
+        assert len(result.decision_ids) == 1
+        strategy = daemon.engine.runtimes["cpu"].strategy
+        assert isinstance(strategy, CpuStrategy)
+        assert strategy.sample_interval_factor == 2.0
+        for _ in range(10):
+            clock.advance(1.0)
+            daemon.engine.on_snapshot(snapshots.build(cpu=0.99, memory=0.1))  # still hot: near the cpu line
+            daemon._adapt_interval()
+        assert daemon.engine.proximity() > CALM_PROXIMITY  # the hot cpu line alone would tighten the interval
+        assert daemon.adaptive_interval == base
+        assert daemon.sample_interval == 2 * base
