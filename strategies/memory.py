@@ -596,6 +596,8 @@ class MemoryStrategy(Strategy):
         def clean() -> tuple[int | None, int, bool, int | None]:
             pid = os.getpid()
             before = rss_bytes(pid, self._proc)
+            # The worker thread does not spare the loop here: a collection holds the GIL throughout. It stays
+            # short because the daemon freezes its start-up objects (optimizer/app.py), so only newer ones are walked.
             collected = gc.collect()
             trimmed = _malloc_trim()
             if self._trim_history is not None:
