@@ -180,13 +180,12 @@ async def performance_metrics(request: web.Request) -> web.Response:
     engine = ctx.engine
     settings = ctx.settings()
     now = ctx.wall()
-    count, ok, avg_ms, last = await _stats(ctx)
+    (count, ok, avg_ms, last), recent = await request.app[HISTORY].get(ctx.store)
     snap = engine.latest
     host = snap.host if snap else None
     probe = snap.probe if snap else None
     requests = _sum_window(engine, "probe_requests")
     errors = _sum_window(engine, "probe_errors")
-    recent = await _recent(ctx)
     body = {
         "workerId": os.getpid(),
         "timestamp": iso_now(now),
@@ -222,15 +221,40 @@ async def performance_metrics(request: web.Request) -> web.Response:
     return web.json_response(body)
 
 
-async def _stats(ctx: ApiContext) -> tuple[int, int, float, float | None]:
-
-    return await asyncio.to_thread(ctx.store.decision_stats)
+DecisionSummary = tuple[tuple[int, int, float, float | None], list[dict[str, Any]]]
 
 
-async def _recent(ctx: ApiContext, limit: int = 10) -> list[dict[str, Any]]:
+@dataclass(slots=True)
+class HistoryCache:
+    """The history figures /performance-metrics shows, read once per version of the state database.
 
-    rows = await asyncio.to_thread(ctx.store.recent_decisions, limit)
-    return [r.as_dict() for r in rows]
+    The counts scan the whole history table and both reads hop to a worker thread; under a busy poller that was
+    most of the route's cost. Any write bumps ``StateStore.version``, so a new decision shows at once; requests
+    arriving while a read is in flight share it.
+    """
+
+    version: int = -1
+    pending: asyncio.Future[DecisionSummary] | None = None
+
+    async def get(self, store: StateStore) -> DecisionSummary:
+        """(decision_stats(), the ten newest decisions as dicts), current for the store's version."""
+        if self.pending is None or self.version != store.version:
+            self.version = store.version
+            self.pending = asyncio.ensure_future(asyncio.to_thread(self._read, store))
+        pending = self.pending
+        try:
+            return await asyncio.shield(pending)
+        except Exception:
+            if self.pending is pending:
+                self.pending = None  # a failed read is not cached
+            raise
+
+    @staticmethod
+    def _read(store: StateStore) -> DecisionSummary:
+        return store.decision_stats(), [r.as_dict() for r in store.recent_decisions(10)]
+
+
+HISTORY: web.AppKey[HistoryCache] = web.AppKey("history", HistoryCache)
 
 
 async def performance_optimize(request: web.Request) -> web.Response:
@@ -408,6 +432,7 @@ def build_app(ctx: ApiContext, *, client_max_size: int) -> web.Application:
     app = web.Application(middlewares=[errors_middleware], client_max_size=client_max_size)
     app[CTX] = ctx
     app[SCRAPES] = ScrapeCache()
+    app[HISTORY] = HistoryCache()
     for method, path, handler in ROUTES:
         app.router.add_route(method, path, handler)
     return app

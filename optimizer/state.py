@@ -148,6 +148,8 @@ class StateStore:
         self._lock = threading.Lock()
         self._conn: sqlite3.Connection | None = None
         self._inserts = 0
+        self.version = 0
+        """Bumped by every successful write: readers cache what they derived from the history by it."""
         self.healthy = True
         self.last_error: str | None = None
         self.moved_aside: Path | None = None
@@ -268,6 +270,7 @@ class StateStore:
                 self.healthy = False
                 self.last_error = f"state write failed: {exc}"
                 return None
+            self.version += 1
             if not self._memory_fallback:
                 self.healthy = True
                 self.last_error = None

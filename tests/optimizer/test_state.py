@@ -404,3 +404,38 @@ def test_a_full_disk_makes_writes_fail_softly_and_recovers(tmpfs: Mount, open_st
     filler.unlink()
     assert add(store) is not None
     assert store.healthy is True and store.last_error is None
+
+
+async def test_history_cache_reads_once_per_version_and_sees_a_new_decision_at_once(
+    open_store: Callable[..., StateStore], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import asyncio
+
+    from optimizer.api import HistoryCache
+
+    store = open_store()
+    add(store, outcome="applied")
+    reads = 0
+    real_read = HistoryCache._read
+
+    def counting_read(s: StateStore) -> Any:
+        nonlocal reads
+        reads += 1
+        return real_read(s)
+
+    monkeypatch.setattr(HistoryCache, "_read", staticmethod(counting_read))
+    cache = HistoryCache()
+    answers = await asyncio.gather(*(cache.get(store) for _ in range(20)))
+    assert reads == 1, "concurrent requests share one read"
+    assert all(a == answers[0] for a in answers)
+    (total, ok, _, _), recent = answers[0]
+    assert (total, ok, len(recent)) == (1, 1, 1)
+
+    await cache.get(store)
+    assert reads == 1, "nothing written, nothing read again"
+
+    new_id = add(store, outcome="failed")
+    (total, ok, _, _), recent = await cache.get(store)
+    assert reads == 2
+    assert (total, ok) == (2, 1)
+    assert recent[0]["id"] == new_id
