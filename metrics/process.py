@@ -40,6 +40,25 @@ class ProcessSpec:
         return f"{self.kind}:{self.value}"
 
 
+def count_fds(process: psutil.Process) -> int:
+    """Open file descriptors of ``process``; -1 when they cannot be read.
+
+    Since Linux 6.2 the size of /proc/PID/fd is the number of open descriptors, one stat() instead of listing
+    every entry (psutil lists them: about 30 ms for a backend holding 10,000 sockets). Older kernels report 0
+    there, and then the listing is used.
+    """
+    try:
+        size = os.stat(f"/proc/{process.pid}/fd").st_size
+    except OSError:
+        size = 0
+    if size > 0:
+        return size
+    try:
+        return process.num_fds()
+    except psutil.AccessDenied:
+        return -1
+
+
 def listening_inodes(port: int, proc_root: Path = Path("/proc")) -> set[str]:
     """Socket inodes listening on ``port`` (from /proc/net/tcp and tcp6)."""
     inodes: set[str] = set()
@@ -171,10 +190,7 @@ class ProcessReader:
                 rss = process.memory_info().rss
                 times = process.cpu_times()
                 cpu = times.user + times.system
-                try:
-                    open_files = process.num_fds()
-                except psutil.AccessDenied:
-                    open_files = -1
+                open_files = count_fds(process)
             tree = self._tree_rss(process.pid) if self._kernel_children else None
             if tree is None:
                 children = process.children(recursive=True)

@@ -19,7 +19,14 @@ import psutil
 import pytest
 
 from metrics.errors import SamplingError
-from metrics.process import ProcessReader, ProcessSpec, discover_pid, listening_inodes, pid_owning_inodes
+from metrics.process import (
+    ProcessReader,
+    ProcessSpec,
+    count_fds,
+    discover_pid,
+    listening_inodes,
+    pid_owning_inodes,
+)
 
 START_TIMEOUT_S = 10.0
 STOP_TIMEOUT_S = 5.0
@@ -197,7 +204,23 @@ def test_reader_samples_the_tree(child: Child) -> None:
     assert sample.tree_rss_bytes == pytest.approx(own + helper, rel=0.2)
     assert sample.tree_rss_bytes > sample.rss_bytes
     assert sample.open_files >= 4  # stdin, stdout, stderr and the listening socket
+    assert sample.open_files == len(os.listdir(f"/proc/{child.pid}/fd"))
     assert sample.cpu_ratio == 0.0
+
+
+def test_open_files_counts_every_descriptor_of_a_process_holding_many() -> None:
+    """The stat()-based count equals the listing psutil does, for a process with a few thousand descriptors."""
+    script = "import sys; f = [open('/dev/null') for _ in range(3000)]; print(1, flush=True); sys.stdin.read()"
+    with subprocess.Popen([sys.executable, "-c", script], stdin=subprocess.PIPE, stdout=subprocess.PIPE) as holder:
+        assert holder.stdin is not None and holder.stdout is not None
+        try:
+            assert holder.stdout.readline().strip() == b"1"
+            process = psutil.Process(holder.pid)
+            assert count_fds(process) == process.num_fds() == len(os.listdir(f"/proc/{holder.pid}/fd"))
+            assert count_fds(process) > 3000
+        finally:
+            holder.stdin.close()
+            holder.wait(timeout=STOP_TIMEOUT_S)
 
 
 @pytest.fixture
