@@ -104,10 +104,11 @@ class ConnectionStrategy(Strategy):
     so no session should stay active much past 35 s of silence. When some have been silent for
     ``stuck_session_seconds`` (default 120) in N of the last M samples, the sweep is stuck or failing:
 
-    Changes (safe, irreversible): the stuck sessions are ended the way the backend does it
-    (``is_active = 0``, ``ended_at`` and ``duration_seconds`` in local time, a copy in
-    ``viewer_session_history``), in batches of ``session_batch_rows`` in short transactions, giving up on a
-    busy database after ``busy_timeout_ms``. ``ended_at`` is the last heartbeat plus
+    Changes (safe, irreversible): the sweep's work is done for it. Every active session silent for longer
+    than the backend's own ``session_timeout_seconds`` (15 s), the stuck ones and those that would be next,
+    is ended the way the backend does it (``is_active = 0``, ``ended_at`` and ``duration_seconds`` in local
+    time, a copy in ``viewer_session_history``), in batches of ``session_batch_rows`` in short transactions,
+    giving up on a busy database after ``busy_timeout_ms``. ``ended_at`` is the last heartbeat plus
     ``session_timeout_seconds``, when the working sweep would have ended it, so watch-time statistics are
     not inflated by the outage. The finding ``sessions-sweep-stuck`` reports it, and stays for
     ``finding_hold_seconds`` after the last stuck session because the backend still needs fixing.
@@ -392,10 +393,15 @@ class ConnectionStrategy(Strategy):
         if self._db is None:
             raise StrategyError("backend.database is not configured")
         now, cutoff = self._cutoff()
+        still = await asyncio.to_thread(sess.count_stuck, self._db, cutoff, self._o.busy_timeout_ms)
+        if still.count == 0:
+            return ApplyResult(changes=(), detail="no stuck session left: the backend ended them meanwhile")
+        # The sweep is stuck: do its whole job, so sessions just short of the stuck line do not wait a cooldown.
+        silent = min(self._o.stuck_session_seconds, self._o.session_timeout_seconds)
         result = await asyncio.to_thread(
             sess.end_stuck_sessions,
             self._db,
-            cutoff=cutoff,
+            cutoff=local_text(now - timedelta(seconds=silent)),
             now=now,
             session_timeout_seconds=self._o.session_timeout_seconds,
             batch_rows=self._o.session_batch_rows,

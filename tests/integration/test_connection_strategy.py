@@ -96,6 +96,30 @@ async def test_stuck_sessions_are_ended_like_the_backend_does(testbed: TestbedPr
         assert daemon.engine.findings["sessions-sweep-stuck"].evidence["ended_by_optimizer"] == 20
 
 
+async def test_the_sweeps_whole_job_is_done_sessions_short_of_the_stuck_line_too(
+    testbed: TestbedProcess, tmp_path: Path
+) -> None:
+    """Once the sweep is shown stuck, sessions past the backend's 15 s end too; fresh ones stay active."""
+    testbed.scenario("stuck_sessions", count=4, age_seconds=600)
+    testbed.scenario("stuck_sessions", count=3, age_seconds=60)  # past 15 s, short of the 120 s stuck line
+    async with running_daemon(env_for(testbed, tmp_path)) as daemon:
+        await sample_times(daemon, 2)
+        testbed.scenario("stuck_sessions", count=2, age_seconds=1)  # viewers still watching
+        ids = await round_of(daemon)
+        row = daemon.store.decision(ids[0])
+        assert row is not None and row.outcome == "applied" and row.action == "end_stuck_sessions"
+        assert row.signals["sessions_stuck"] == 4
+        assert row.changes[0]["after"] == "0 stuck (7 ended, copied to history)"
+    sessions = stuck_rows(testbed)
+    ended = [s for s in sessions if s["is_active"] == 0]
+    active = [s for s in sessions if s["is_active"] == 1]
+    assert len(ended) == 7 and len(active) == 2
+    newest_ended = max(datetime.strptime(s["last_heartbeat"], FORMAT) for s in ended)
+    oldest_active = min(datetime.strptime(s["last_heartbeat"], FORMAT) for s in active)
+    assert oldest_active - newest_ended >= timedelta(seconds=50), "the fresh sessions are the ones left active"
+    assert set(history_rows(testbed)) == {s["session_id"] for s in ended}
+
+
 async def test_observe_and_dry_run_end_no_session(testbed: TestbedProcess, tmp_path: Path) -> None:
     """Observe records the armed strategy, dry_run the planned change; all 20 sessions stay active."""
     testbed.scenario("stuck_sessions", count=20, age_seconds=600)
