@@ -31,6 +31,7 @@ from strategies.base import (
     Plan,
     Strategy,
     StrategyContext,
+    StrategyDeferred,
     StrategyError,
     TriggerSpec,
 )
@@ -54,6 +55,7 @@ class Outcome(StrEnum):
     BLOCKED_BREAKER = "blocked_breaker"
     BLOCKED_DISRUPTIVE = "blocked_disruptive"
     BACKED_OFF = "backed_off"
+    DEFERRED = "deferred"
 
 
 ATTEMPTS = frozenset({Outcome.APPLIED, Outcome.FAILED, Outcome.TIMEOUT, Outcome.ERROR})
@@ -827,6 +829,7 @@ class Engine:
             self._store.journal_intent, decision_id=decision_id, strategy=rt.name, plan=plan.as_dict()
         )
         now = self._clock.wall()
+        previous_attempt = rt.last_attempt
         rt.last_attempt = now
         rt.attempts.append(now)
         # Persist the attempt before writing: an apply that kills the daemon must still spend cooldown and budget.
@@ -839,6 +842,12 @@ class Engine:
             result = await asyncio.wait_for(rt.strategy.apply(plan), self._settings.apply_timeout_seconds)
         except TimeoutError:
             outcome, error = Outcome.TIMEOUT, f"apply exceeded {self._settings.apply_timeout_seconds} s"
+        except StrategyDeferred as exc:
+            outcome, error = Outcome.DEFERRED, str(exc)
+            # nothing was changed and the target will be ready soon: the attempt is given back
+            rt.last_attempt = previous_attempt
+            if rt.attempts and rt.attempts[-1] == now:
+                rt.attempts.pop()
         except StrategyError as exc:
             outcome, error = Outcome.FAILED, str(exc)
             self._log.warning("apply_failed", strategy=rt.name, error=error)
@@ -851,7 +860,7 @@ class Engine:
             await asyncio.to_thread(
                 self._store.journal_finish,
                 journal_id,
-                "done" if result is not None else "failed",
+                "done" if result is not None or outcome is Outcome.DEFERRED else "failed",
                 result.as_dict() if result is not None else {"error": error},
             )
         if decision_id is not None:
@@ -870,7 +879,11 @@ class Engine:
             self._count_failure(rt, error or str(outcome))
         log = self._log.warning if outcome in FAILURES else self._log.info
         log(
-            "change_applied" if result is not None else "change_failed",
+            "change_applied"
+            if result is not None
+            else "change_deferred"
+            if outcome is Outcome.DEFERRED
+            else "change_failed",
             strategy=rt.name,
             decision_id=decision_id,
             outcome=str(outcome),

@@ -24,6 +24,13 @@ class StrategyError(Exception):
     """An expected failure of a strategy (busy database, backend 500, permission denied): a warning, no traceback."""
 
 
+class StrategyDeferred(Exception):
+    """apply() found the target not ready (a reader holds the WAL) and changed nothing; try again next round.
+
+    Not a failure: no score, no breaker count, and the attempt is given back (no cooldown, no budget spent).
+    """
+
+
 class Risk(StrEnum):
     """Safe changes run by default; disruptive ones only when enabled by configuration."""
 

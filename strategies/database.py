@@ -7,7 +7,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from config.settings import DatabaseOptions
 from metrics.snapshot import DatabaseSample, TableStat
@@ -24,6 +24,7 @@ from strategies.base import (
     Risk,
     Strategy,
     StrategyContext,
+    StrategyDeferred,
     StrategyError,
     TriggerSpec,
 )
@@ -71,7 +72,10 @@ class DatabaseStrategy(Strategy):
 
     Changes (safe): when the WAL has stayed over ``wal_limit_bytes`` (default 64 MiB) for N of the last
     M samples, runs ``PRAGMA wal_checkpoint(PASSIVE)`` and, when the WAL is still over the limit,
-    ``PRAGMA wal_checkpoint(TRUNCATE)``; with a checkpoint (or a manual round) runs ``PRAGMA optimize`` at most
+    ``PRAGMA wal_checkpoint(TRUNCATE)``. While a reader still holds the WAL (PASSIVE could not copy every
+    frame) the TRUNCATE is deferred instead of left to stall the backend's writer and fail: the attempt is given
+    back, no new plan is made while the WAL keeps growing, and the finding ``wal-held-by-reader`` says for how
+    long. With a checkpoint (or a manual round) runs ``PRAGMA optimize`` at most
     every ``optimize_interval_seconds`` and ``PRAGMA quick_check`` (read-only) at most every
     ``quick_check_interval_seconds`` (a week). Expected effect: ``wal_bytes`` down.
 
@@ -139,6 +143,8 @@ class DatabaseStrategy(Strategy):
         self._last_optimize: float | None = None
         self._last_quick_check: float | None = None
         self._integrity_problems: list[str] = []
+        # set while a reader holds the WAL: (monotonic time first seen, WAL bytes last seen, frames copied/total)
+        self._held: tuple[float, int, int, int] | None = None
 
     def _retention_days(self, rule: ret.RetentionRule) -> float:
         return float(self._o.archive_retention_days if rule.archive else self._o.retention_days)
@@ -199,6 +205,27 @@ class DatabaseStrategy(Strategy):
                         "database: take a backup and check it with the sqlite3 shell (.recover)"
                     ),
                     evidence={"problems": list(self._integrity_problems)},
+                )
+            )
+        if self._held is not None and db.wal_bytes >= self._o.wal_limit_bytes:
+            since, wal, copied, frames = self._held
+            out.append(
+                Finding(
+                    id="wal-held-by-reader",
+                    strategy=self.name,
+                    severity="warning",
+                    summary=(
+                        f"a long read transaction has kept the WAL from being checkpointed for "
+                        f"{self._clock() - since:.0f} s (WAL {_mib(db.wal_bytes)}, limit "
+                        f"{_mib(self._o.wal_limit_bytes)}): look for a report or backup holding a read open"
+                    ),
+                    evidence={
+                        "held_seconds": round(self._clock() - since, 1),
+                        "wal_bytes": db.wal_bytes,
+                        "wal_bytes_last_seen": wal,
+                        "frames_copied": copied,
+                        "frames": frames,
+                    },
                 )
             )
         if db.tables:
@@ -301,7 +328,13 @@ class DatabaseStrategy(Strategy):
         if db is None:
             return None
         if db.wal_bytes >= self._o.wal_limit_bytes:
+            held = self._held
+            if held is not None and db.wal_bytes > held[1] and not ctx.manual:
+                # grown since the last look: the reader has not let go, so a checkpoint cannot help yet
+                self._held = (held[0], db.wal_bytes, held[2], held[3])
+                return None
             return self._plan_checkpoint(db, ctx.manual)
+        self._held = None  # back under the limit (the reader let go and the backend's own checkpoint caught up)
         armed_by_age = any(a.startswith(TABLE_AGE_SIGNAL) for a in ctx.armed)
         if self._o.retention_enabled and (ctx.manual or armed_by_age):
             plan = await self._plan_retention(db, ctx.snapshot.wall_time)
@@ -487,13 +520,13 @@ class DatabaseStrategy(Strategy):
                 passive = sql.checkpoint(self._path, "PASSIVE", busy_ms)
                 result = passive
                 if plan.params.get("truncate") and passive.wal_bytes_after >= limit:
+                    if passive.busy or passive.checkpointed_frames < passive.log_frames:
+                        # A TRUNCATE would wait busy_timeout_ms holding off the backend's writer, then fail.
+                        self._defer(passive)
                     result = sql.checkpoint(self._path, "TRUNCATE", busy_ms)
                     if result.busy:
-                        raise StrategyError(
-                            f"database busy: TRUNCATE checkpoint could not finish (readers hold the WAL); "
-                            f"WAL {_mib(result.wal_bytes_after)}, PASSIVE copied {passive.checkpointed_frames}"
-                            f"/{passive.log_frames} frames"
-                        )
+                        self._defer(result)
+                self._held = None
                 done.append(
                     Change(
                         target="database.wal",
@@ -527,6 +560,15 @@ class DatabaseStrategy(Strategy):
             )
             notes.append("quick_check ok" if not found else f"quick_check found {len(found)} problem(s)")
         return ApplyResult(changes=tuple(done), detail="; ".join(notes) or "nothing needed")
+
+    def _defer(self, checkpoint: sql.CheckpointResult) -> NoReturn:
+        """Remember that a reader holds the WAL and give the attempt back (StrategyDeferred)."""
+        since = self._held[0] if self._held is not None else self._clock()
+        self._held = (since, checkpoint.wal_bytes_after, checkpoint.checkpointed_frames, checkpoint.log_frames)
+        raise StrategyDeferred(
+            f"a reader holds the WAL: {checkpoint.mode} copied {checkpoint.checkpointed_frames}/"
+            f"{checkpoint.log_frames} frames, WAL {_mib(checkpoint.wal_bytes_after)}; truncated once it lets go"
+        )
 
     def _apply_retention(self, plan: Plan) -> ApplyResult:
         """Prune table by table within the row and time budgets; a busy start fails, a busy middle stops."""

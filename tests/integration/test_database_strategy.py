@@ -118,27 +118,53 @@ async def test_no_second_action_within_the_cooldown(testbed: TestbedProcess, tmp
         assert wal_size(testbed) >= grown * 0.9
 
 
-async def test_busy_database_fails_cleanly(testbed: TestbedProcess, tmp_path: Path) -> None:
-    """A reader pinning the WAL makes TRUNCATE give up: recorded as failed with the reason, WAL and data intact."""
+async def test_a_reader_holding_the_wal_defers_the_truncate_and_it_runs_once_released(
+    testbed: TestbedProcess, tmp_path: Path
+) -> None:
+    """A pinned WAL gives a deferred row (no failure, attempt given back) and a finding; the release is acted on."""
     testbed.scenario("wal_growth", mb=4)
     before = wal_size(testbed)
     reader = sqlite3.connect(testbed.database, isolation_level=None)
+    reader.execute("BEGIN")
+    reader.execute("SELECT count(*) FROM cameras").fetchone()
     try:
-        reader.execute("BEGIN")
-        reader.execute("SELECT count(*) FROM cameras").fetchone()
         env = env_for(testbed, tmp_path, CCTV_OPTIMIZER_STRATEGIES__DATABASE__BUSY_TIMEOUT_MS="50")
         async with running_daemon(env) as daemon:
+            rt = daemon.engine.runtimes["database"]
+            budget = daemon.engine.budget_left(rt)
             await sample_times(daemon, 1)
             result = await daemon.engine.request_round(trigger="scheduled", strategy="database")
             row = daemon.store.decision(result.decision_ids[0])
-            assert row is not None and row.outcome == "failed"
-            assert row.error is not None and "busy" in row.error
-            assert [e.status for e in daemon.store.journal() if e.strategy == "database"] == ["failed"]
-            assert daemon.engine.runtimes["database"].consecutive_failures == 1
-            # the failed checkpoint left the WAL where it was: nothing was truncated
+            assert row is not None and row.outcome == "deferred"
+            assert row.error is not None and "a reader holds the WAL" in row.error
+            assert [e.status for e in daemon.store.journal() if e.strategy == "database"] == ["done"]
+            # not a failure, and the attempt was given back: no cooldown, no budget spent
+            assert rt.consecutive_failures == 0
+            assert daemon.engine.cooldown_left(rt) == 0
+            assert daemon.engine.budget_left(rt) == budget
             assert wal_size(testbed) >= before
+
+            # the backend keeps writing while the reader stays: the WAL grows, and no new plan is made
+            testbed.scenario("wal_growth", mb=6)
+            assert wal_size(testbed) > before
+            await sample_times(daemon, 1)
+            result = await daemon.engine.request_round(trigger="scheduled", strategy="database")
+            assert result.decision_ids == ()
+            finding = daemon.engine.findings["wal-held-by-reader"]
+            assert finding.evidence["frames_copied"] < finding.evidence["frames"]
+
+            reader.execute("COMMIT")
+            await sample_times(daemon, 1)
+            result = await daemon.engine.request_round(trigger="scheduled", strategy="database")
+            row = daemon.store.decision(result.decision_ids[0])
+            assert row is not None and row.outcome == "applied"
+            assert wal_size(testbed) < LIMIT
+            await daemon.sample_now()
+            await daemon.engine.request_round(trigger="scheduled", strategy="database")
+            assert "wal-held-by-reader" not in daemon.engine.findings
     finally:
-        reader.execute("COMMIT")
+        if reader.in_transaction:
+            reader.execute("COMMIT")
         reader.close()
     with sqlite3.connect(testbed.database) as conn:
         assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
