@@ -3,9 +3,12 @@
 Each side starts a fresh testbed (and, on the "with" side, a daemon subprocess at short intervals) and runs
 the same timetable for the same time, on 127.0.0.1 only:
 
-- WAL: a second writer (like the backend's recorder worker) inserts about 320 KB/s while a long reader
-  pins the WAL for 4 s, 7 s, 10 s, ... with 6 s gaps. SQLite's autocheckpoint never shrinks the file, so
-  without a truncating checkpoint the WAL keeps the size of the longest episode so far.
+- WAL: a second writer (like the backend's recorder worker) inserts about 320 KB/s of rows (about 1.5 MB/s
+  of WAL frames: each row spills into overflow pages and each statement commits) while a long reader pins
+  the WAL for 4 s, 7 s, 10 s, ... with 6 s gaps. SQLite's autocheckpoint never shrinks the file, so without
+  a truncating checkpoint the WAL keeps the size of the longest episode so far. While the reader holds its
+  snapshot nothing can shrink the WAL (it passes the 4 MiB budget about 3 s into every hold), so the
+  figure the daemon controls is the time from each release to the WAL back under its budget.
 - HLS: every 3 s a stream stops and leaves 16 stale 64 KiB segments (the testbed's ``stale_segments``).
 - Sessions: with the backend's sweep switched off, a viewer starts every second and is abandoned (no
   heartbeat, no stop).
@@ -23,6 +26,7 @@ from __future__ import annotations
 import os
 import secrets
 import sqlite3
+import statistics
 import threading
 import time
 from collections.abc import Callable
@@ -105,6 +109,7 @@ class Load:
         self.stopping = threading.Event()
         self.errors: list[str] = []
         self.counts = {"rows_written": 0, "reader_holds": 0, "streams_stopped": 0, "viewers_abandoned": 0}
+        self.releases: list[float] = []  # monotonic times at which the long reader let go of the WAL
         self._threads = [
             threading.Thread(target=self._guard(self._write), name="load-writer", daemon=True),
             threading.Thread(target=self._guard(self._read), name="load-reader", daemon=True),
@@ -159,6 +164,7 @@ class Load:
                 conn.execute("SELECT COUNT(*) FROM cameras").fetchone()
                 self.stopping.wait(hold)
                 conn.execute("COMMIT")
+                self.releases.append(time.monotonic())
                 self.counts["reader_holds"] += 1
                 hold += READER_HOLD_STEP_S
                 self.stopping.wait(READER_GAP_S)
@@ -284,6 +290,7 @@ def one_side(with_daemon: bool, duration: float, clears_at: tuple[float, ...]) -
                 for row in daemon.decisions():
                     key = f"{row['strategy']}.{row['action']}.{row['outcome']}"
                     actions[key] = actions.get(key, 0) + 1
+    releases = [round(r - started, 2) for r in load.releases if r - started + READER_GAP_S <= duration]
     summary = {}
     for key in ("wal_bytes", "hls_bytes", "stale_sessions", "oldest_heartbeat_s"):
         values = [point[key] for point in series]
@@ -294,10 +301,48 @@ def one_side(with_daemon: bool, duration: float, clears_at: tuple[float, ...]) -
         "summary": summary,
         "bursts": bursts,
         "burst_p99_ms_median": median([b["p99_ms"] for b in bursts]),
+        "wal_back_under_budget_s": back_under_budget(series, releases),
         "load": load.counts,
         "load_errors": load.errors,
         "daemon_actions": actions,
         "series": series,
+    }
+
+
+def back_under_budget(series: list[dict[str, float]], releases: list[float]) -> list[float | None]:
+    """Per reader release: seconds until the WAL was first seen under its budget, None if not before the next hold.
+
+    While the reader holds its snapshot no checkpoint can shrink the WAL; this is the part the daemon controls.
+    """
+    latencies: list[float | None] = []
+    for release in releases:
+        seen = [
+            p["t"] - release
+            for p in series
+            if release <= p["t"] <= release + READER_GAP_S and p["wal_bytes"] <= WAL_LIMIT
+        ]
+        latencies.append(round(min(seen), 2) if seen else None)
+    return latencies
+
+
+def _release_row(on: list[float | None], off: list[float | None]) -> dict[str, Any]:
+    """The WAL after each long reader lets go: back under budget within the detection bound with the daemon."""
+    bound = DETECTION_BOUND_S + SAMPLE_MS / 1000  # + one resource reading
+    done = [v for v in on if v is not None]
+    return {
+        "figure": "WAL back under budget after each long reader lets go",
+        "value": (
+            f"with: median {statistics.median(done):.1f} s, max {max(done):.1f} s ({len(done)} of {len(on)} releases)"
+            if done
+            else f"with: 0 of {len(on)} releases"
+        ),
+        "reference": (
+            f"without: {sum(1 for v in off if v is not None)} of {len(off)} releases; "
+            f"bound {bound:g} s (detection + one reading)"
+        ),
+        "ratio": "",
+        "goal": f"every release within {bound:g} s with the daemon",
+        "met": bool(on) and len(done) == len(on) and max(done) <= bound,
     }
 
 
@@ -332,6 +377,7 @@ def run(quick: bool) -> dict[str, Any]:
         _bounded_row(
             "SQLite WAL size under a growing long-reader load", WAL_LIMIT, _mib, on["wal_bytes"], off["wal_bytes"]
         ),
+        _release_row(with_daemon["wal_back_under_budget_s"], without["wal_back_under_budget_s"]),
         _bounded_row(
             "HLS directory with streams stopping every 3 s", HLS_BUDGET, _mib, on["hls_bytes"], off["hls_bytes"]
         ),

@@ -10,6 +10,7 @@ daemon CPU <= node_exporter's. RSS growth over the run is reported for each. ``-
 from __future__ import annotations
 
 import contextlib
+import functools
 import subprocess
 import sys
 import threading
@@ -83,7 +84,7 @@ def subjects(work: Path, tb_env: dict[str, str]) -> Iterator[dict[str, tuple[int
             process = stack.enter_context(managed_process("glances", argv, log_dir=work, cwd=work))
             found["glances"] = (process.pid, f"http://127.0.0.1:{port}/api/4/all")
         for name, (_pid, url) in found.items():
-            wait_until(lambda url=url: answers(url), timeout=90, what=name)
+            wait_until(functools.partial(answers, url), timeout=90, what=name)
         yield found
 
 
