@@ -96,7 +96,7 @@ class Sampler:
         finally:
             if task is not None and not task.done():
                 # timed out (or this sample was cancelled): the read goes on; free the source when it ends
-                task.add_done_callback(lambda _t: self._release(name))
+                task.add_done_callback(lambda t: self._finished_late(name, t))
             else:
                 self._release(name)
         statuses[name] = SourceStatus(
@@ -106,6 +106,15 @@ class Sampler:
 
     def _release(self, name: str) -> None:
         self._busy.discard(name)
+
+    def _finished_late(self, name: str, task: asyncio.Future[Any]) -> None:
+        """A read that outlived its sample ended: free the source, and take its error so asyncio does not log it.
+
+        That sample already reported the source as timed out; the next one reads it again.
+        """
+        self._release(name)
+        if not task.cancelled():
+            task.exception()
 
     def _in_thread(self, fn: Callable[..., T], *args: Any) -> Callable[[], Awaitable[T]]:
         return lambda: asyncio.to_thread(fn, *args)

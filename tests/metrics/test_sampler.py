@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import threading
 import time
 from collections.abc import AsyncIterator
@@ -324,6 +325,30 @@ async def test_a_slow_async_source_times_out_alone(fakes: Fakes) -> None:
     assert len(fakes.backend.probe_calls) == 1
     fakes.backend.probe_gate.set()
     assert (await sample_until_up(sampler, "probe")).probe == PROBE
+
+
+async def test_a_read_that_fails_after_its_timeout_is_not_logged_by_asyncio(fakes: Fakes) -> None:
+    """A timed-out read that later raises has its error taken: no "Task exception was never retrieved"."""
+    loop = asyncio.get_running_loop()
+    unhandled: list[dict[str, Any]] = []
+    previous = loop.get_exception_handler()
+    loop.set_exception_handler(lambda _loop, context: unhandled.append(context))
+    try:
+        fakes.backend.probe_gate = asyncio.Event()
+        fakes.backend.probe_error = SamplingError("login refused (500)")
+        sampler = fakes.sampler()
+        first = await sampler.sample()
+        assert down(first) == {"probe": f"timed out after {TIMEOUT_S:g} s"}
+        fakes.backend.probe_gate.set()
+        for _ in range(20):  # let the late read end (with its error) before the source is healed
+            await asyncio.sleep(0)
+        fakes.backend.probe_error = None
+        await sample_until_up(sampler, "probe")
+        gc.collect()  # an exception nobody took is reported when its task is collected
+        await asyncio.sleep(0)
+    finally:
+        loop.set_exception_handler(previous)
+    assert unhandled == []
 
 
 async def test_a_cancelled_sample_does_not_let_a_read_start_twice(fakes: Fakes) -> None:
