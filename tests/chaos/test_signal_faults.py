@@ -52,7 +52,7 @@ def decisions(state_db: Path) -> list[tuple[int, str, str | None]]:
 
 
 def test_sigterm_mid_apply_stops_cleanly_and_the_restart_reconciles(testbed: TestbedProcess, tmp_path: Path) -> None:
-    """SIGTERM while a checkpoint waits on a reader: exit 0 within grace + busy timeout, no traceback, the
+    """SIGTERM while a checkpoint waits on a writer: exit 0 within grace + busy timeout, no traceback, the
     round cut is logged, the history is intact, and the next start reconciles the open intent."""
     state = tmp_path / "state"
     env = {
@@ -64,15 +64,15 @@ def test_sigterm_mid_apply_stops_cleanly_and_the_restart_reconciles(testbed: Tes
         "CCTV_OPTIMIZER_DETECTION__SAMPLES_REQUIRED": "1",
         "CCTV_OPTIMIZER_DETECTION__WINDOW_SAMPLES": "1",
         "CCTV_OPTIMIZER_STRATEGIES__DATABASE__WAL_LIMIT_BYTES": str(2 * 1024 * 1024),
-        # the TRUNCATE checkpoint waits this long for the reader below: the stop has to cut it short
+        # the TRUNCATE checkpoint waits this long for the writer below (a reader with an older
+        # snapshot would make the strategy defer instead of waiting): the stop has to cut it short
         "CCTV_OPTIMIZER_STRATEGIES__DATABASE__BUSY_TIMEOUT_MS": str(BUSY_TIMEOUT_S * 1000),
         "CCTV_OPTIMIZER_ENGINE__APPLY_TIMEOUT_SECONDS": "120",
         "CCTV_OPTIMIZER_ENGINE__STOP_TIMEOUT_SECONDS": str(STOP_GRACE_S),
     }
     testbed.scenario("wal_growth", mb=4)
-    reader = sqlite3.connect(testbed.database, isolation_level=None)
-    reader.execute("BEGIN")
-    reader.execute("SELECT count(*) FROM cameras").fetchone()
+    writer = sqlite3.connect(testbed.database, isolation_level=None)
+    writer.execute("BEGIN IMMEDIATE")  # holds the write lock: a TRUNCATE checkpoint waits its busy timeout
     try:
         with daemon_process(env) as first:
             first.wait_event("daemon_started")
@@ -84,8 +84,8 @@ def test_sigterm_mid_apply_stops_cleanly_and_the_restart_reconciles(testbed: Tes
             first.wait_event("daemon_stopped")
             cut = first.wait_event("round_cut_at_stop")
     finally:
-        reader.execute("COMMIT")
-        reader.close()
+        writer.execute("ROLLBACK")
+        writer.close()
     assert code == 0
     assert took < STOP_GRACE_S + BUSY_TIMEOUT_S + 10  # bounded: not the apply timeout (120 s)
     assert cut["grace_seconds"] == STOP_GRACE_S

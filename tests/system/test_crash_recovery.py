@@ -38,7 +38,7 @@ def decision_rows(state_db: Path) -> list[tuple[int, str, str | None]]:
 
 
 def test_kill_9_mid_apply_is_reconciled_at_restart(testbed: TestbedProcess, tmp_path: Path) -> None:
-    """A daemon killed while a checkpoint waits on a reader leaves an intent; the next start reconciles it."""
+    """A daemon killed while a checkpoint waits on a writer leaves an intent; the next start reconciles it."""
     state = tmp_path / "state"
     env = {
         **testbed.env,
@@ -49,14 +49,14 @@ def test_kill_9_mid_apply_is_reconciled_at_restart(testbed: TestbedProcess, tmp_
         "CCTV_OPTIMIZER_DETECTION__SAMPLES_REQUIRED": "1",
         "CCTV_OPTIMIZER_DETECTION__WINDOW_SAMPLES": "1",
         "CCTV_OPTIMIZER_STRATEGIES__DATABASE__WAL_LIMIT_BYTES": str(2 * 1024 * 1024),
-        # the TRUNCATE checkpoint will wait this long for the reader below: long enough to be killed mid-apply
+        # the TRUNCATE checkpoint will wait this long for the writer below (a reader with an older
+        # snapshot would make the strategy defer instead of waiting): long enough to be killed mid-apply
         "CCTV_OPTIMIZER_STRATEGIES__DATABASE__BUSY_TIMEOUT_MS": "60000",
         "CCTV_OPTIMIZER_ENGINE__APPLY_TIMEOUT_SECONDS": "120",
     }
     testbed.scenario("wal_growth", mb=4)
-    reader = sqlite3.connect(testbed.database, isolation_level=None)
-    reader.execute("BEGIN")
-    reader.execute("SELECT count(*) FROM cameras").fetchone()
+    writer = sqlite3.connect(testbed.database, isolation_level=None)
+    writer.execute("BEGIN IMMEDIATE")  # holds the write lock: a TRUNCATE checkpoint waits its busy timeout
     try:
         with daemon_process(env) as first:
             first.wait_event("daemon_started")
@@ -66,8 +66,8 @@ def test_kill_9_mid_apply_is_reconciled_at_restart(testbed: TestbedProcess, tmp_
             first.proc.send_signal(signal.SIGKILL)
             assert first.proc.wait(timeout=10) == -signal.SIGKILL
     finally:
-        reader.execute("COMMIT")
-        reader.close()
+        writer.execute("ROLLBACK")
+        writer.close()
     decisions_before = decision_rows(state / "state.db")
     assert decisions_before and decisions_before[-1][1] == "applied"  # recorded before the write began
     with daemon_process(env) as second:
