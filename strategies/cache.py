@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import itertools
-import statistics
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -125,6 +124,13 @@ def looks_cleared(prev: CounterPoint, cur: CounterPoint, residue: int) -> bool:
     if prev.entries <= residue or cur.entries >= prev.entries:
         return False
     return cur.entries <= max(residue, int(prev.entries * CLEAR_RESIDUE_RATIO))
+
+
+def _median(values: Sequence[float]) -> float:
+    """The median of a non-empty sequence (the statistics module would cost an idle daemon its import)."""
+    ordered = sorted(values)
+    middle = len(ordered) // 2
+    return ordered[middle] if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2
 
 
 def path_prefix(endpoint: str) -> str:
@@ -340,7 +346,7 @@ class CacheStrategy(Strategy):
         if len(values) < self._span or probe is None:
             return None
         limit = self.response_limit(ctx.baselines)
-        typical = statistics.median(values)
+        typical = _median(values)
         health = probe.endpoint_seconds.get("/health")
         # a slow /health means the whole process is slow, which a cache cannot help with
         if typical < limit or health is None or health >= limit / 2:

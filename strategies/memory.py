@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import gc
 import os
 import shlex
@@ -63,6 +62,8 @@ def _duration(seconds: float) -> str:
 
 def _malloc_trim() -> bool:
     """Hand freed heap pages back to the OS (glibc only): gc.collect() alone rarely lowers the RSS."""
+    import ctypes  # here, not at the top: an idle daemon never needs it (about 0.4 MiB)
+
     try:
         trim = ctypes.CDLL(None).malloc_trim
     except (OSError, AttributeError):

@@ -18,7 +18,6 @@ user's processes, needs ``CAP_SYS_NICE``.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import errno
 import os
 import platform
@@ -132,14 +131,23 @@ class SystemPriorityOps:
     def __init__(self, machine: str | None = None) -> None:
         self._numbers = _SYSCALLS.get((machine or platform.machine()).lower())
         self._syscall: Callable[..., int] | None = None
-        if self._numbers is not None:
-            with contextlib.suppress(OSError, AttributeError):
-                self._syscall = ctypes.CDLL(None, use_errno=True).syscall
+        self._resolved = False
+
+    def _libc_syscall(self) -> Callable[..., int] | None:
+        """libc's syscall(), looked up on first use: ctypes costs a daemon that never renices about 0.4 MiB."""
+        if not self._resolved:
+            self._resolved = True
+            if self._numbers is not None:
+                import ctypes
+
+                with contextlib.suppress(OSError, AttributeError):
+                    self._syscall = ctypes.CDLL(None, use_errno=True).syscall
+        return self._syscall
 
     @property
     def ioprio_supported(self) -> bool:
         """Whether IO priorities can be read and set on this machine."""
-        return self._syscall is not None
+        return self._libc_syscall() is not None
 
     def get_nice(self, tid: int) -> int:
         """os.getpriority on the thread."""
@@ -150,6 +158,8 @@ class SystemPriorityOps:
         os.setpriority(os.PRIO_PROCESS, tid, value)
 
     def _call(self, index: int, *args: int) -> int:
+        import ctypes
+
         assert self._syscall is not None and self._numbers is not None
         ctypes.set_errno(0)
         result = int(self._syscall(self._numbers[index], *(ctypes.c_int(a) for a in args)))
@@ -160,13 +170,13 @@ class SystemPriorityOps:
 
     def get_ioprio(self, tid: int) -> int | None:
         """ioprio_get(IOPRIO_WHO_PROCESS, tid)."""
-        if self._syscall is None:
+        if self._libc_syscall() is None:
             return None
         return self._call(1, IOPRIO_WHO_PROCESS, tid)
 
     def set_ioprio(self, tid: int, value: int) -> None:
         """ioprio_set(IOPRIO_WHO_PROCESS, tid, value)."""
-        if self._syscall is None:
+        if self._libc_syscall() is None:
             return
         self._call(0, IOPRIO_WHO_PROCESS, tid, value)
 
