@@ -158,6 +158,7 @@ def measure(tb: TestbedProcess, daemon: DaemonProcess, case: Case) -> dict[str, 
         "latency_s": round(max(0.0, latency), 3),
         "seen_by_poll_s": round(seen - entered, 3),
         "outcome": row.get("outcome"),
+        "error": row.get("error"),
         "action": row.get("action"),
         "row_id": row.get("id"),
     }
