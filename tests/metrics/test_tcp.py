@@ -67,6 +67,10 @@ def psutil_counts(ports: frozenset[int]) -> dict[TcpState, int]:
     return {state: tally.get(state, 0) for state in TcpState}
 
 
+# listening ports tried before giving up on finding one that no other socket on the host names
+PORT_ATTEMPTS = 20
+
+
 class Loopback:
     """Listeners and connections on loopback, arranged into known TCP states and reset at the end."""
 
@@ -81,15 +85,23 @@ class Loopback:
         return sock
 
     def listen(self, family: int = socket.AF_INET, host: str = "127.0.0.1", *, v6only: bool = True) -> int:
-        """Open a listener on ``host`` port 0 and return its port."""
-        listener = self._keep(socket.socket(family, socket.SOCK_STREAM))
-        if family == socket.AF_INET6:
-            listener.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, int(v6only))
-        listener.bind((host, 0))
-        listener.listen(64)
-        port = int(listener.getsockname()[1])
-        self._listeners[port] = listener
-        return port
+        """Open a listener on ``host`` port 0 and return its port.
+
+        The counters match a socket by its local *or remote* port, so a port that another socket on the host
+        still names (a closed connection's client end in TIME_WAIT, for one) would add to the counts: such a
+        port is kept bound, out of the way, and another one is taken.
+        """
+        for _ in range(PORT_ATTEMPTS):
+            listener = self._keep(socket.socket(family, socket.SOCK_STREAM))
+            if family == socket.AF_INET6:
+                listener.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, int(v6only))
+            listener.bind((host, 0))
+            listener.listen(64)
+            port = int(listener.getsockname()[1])
+            if sum(ProcNetTcpCounter().count(frozenset({port})).by_state.values()) == 1:  # the listener alone
+                self._listeners[port] = listener
+                return port
+        raise RuntimeError(f"no port without other sockets on it in {PORT_ATTEMPTS} tries")
 
     def reserve_port(self) -> int:
         """Bind (without listening) a socket on 127.0.0.1 port 0, so nobody else takes that port."""
