@@ -113,6 +113,20 @@ def wait_for(check: Callable[[], Any], timeout: float, interval: float = 0.5) ->
     return None
 
 
+def settled(figure: Callable[[], Figure], before: Figure, timeout: float) -> Figure | None:
+    """The figure once it differs from ``before`` and reads the same twice in a row; None after the timeout."""
+    last: list[Figure] = []
+
+    def check() -> Figure | None:
+        now = figure()
+        done = now != before and last and now == last[-1]
+        last.append(now)
+        return now if done else None
+
+    found: Figure | None = wait_for(check, timeout=timeout, interval=0.3)
+    return found
+
+
 def mib(value: float) -> str:
     """Bytes as MiB with one decimal."""
     return f"{value / MIB:.1f} MiB"
@@ -400,10 +414,11 @@ class Demo:
         row = None
         after: Figure = []
         if acted is not None:
-            # The row is written before the action runs: a changed figure says it has finished (read before the
-            # verdict, which may revert it); figures that cost requests are read once, after the verdict.
+            # The row is written before the action runs: a figure that changed and then held still for one poll
+            # says it has finished (a prune of hundreds of files takes a moment); it is read before the verdict,
+            # which may revert it. Figures that cost requests are read once, after the verdict.
             if not step.after_verdict:
-                after = wait_for(lambda: (now := step.figure()) != before and now, timeout=5) or step.figure()
+                after = settled(step.figure, before, timeout=10) or step.figure()
             row = wait_for(lambda: self._judged(acted["id"]), timeout=VERDICT_TIMEOUT) or acted
             if step.after_verdict:
                 after = step.figure()
