@@ -134,7 +134,10 @@ def _action_row(daemon: DaemonProcess, case: Case, after: int) -> dict[str, Any]
 
 def measure(tb: TestbedProcess, daemon: DaemonProcess, case: Case) -> dict[str, Any]:
     """One repetition: wait until the strategy is disarmed, provoke, wait for its action row."""
-    calm = poll(lambda: _calm(daemon, case.strategy), timeout=CALM_TIMEOUT_S, interval=0.2)
+    waited = time.monotonic()
+    # calm: this strategy disarmed, and cpu too (a hot host stretches the sample interval for every strategy)
+    calm = poll(lambda: _calm(daemon, case.strategy) and _calm(daemon, "cpu"), timeout=CALM_TIMEOUT_S, interval=0.2)
+    waited = time.monotonic() - waited
     view = daemon.strategy(case.strategy)
     before = {t["signal"]: t["value"] for t in view.get("triggers", [])}
     mark = daemon.last_id()
@@ -147,6 +150,7 @@ def measure(tb: TestbedProcess, daemon: DaemonProcess, case: Case) -> dict[str, 
         "calm_before": bool(calm),
         "signals_before": before,
         "scenario_seconds": round(entered - started, 3),
+        "calm_wait_s": round(waited, 2),
     }
     if row is None:
         lines = [line for line in daemon.log_tail(400).splitlines() if f'"{case.strategy}"' in line]
@@ -178,12 +182,13 @@ def run(quick: bool) -> dict[str, Any]:
             assert daemon is not None
             # two full windows of samples first, so detection starts from a filled, calm window
             poll(lambda: False, timeout=2 * WINDOW_SAMPLES * SAMPLE_MS / 1000 / 2)
+            # round-robin over the strategies: each one has disarmed by the time its next repetition comes
             for case in CASES:
-                reps = []
-                for _ in range(repetitions):
-                    reps.append(measure(tb, daemon, case))
+                per_strategy[case.strategy] = {"condition": case.condition, "repetitions": []}
+            for _ in range(repetitions):
+                for case in CASES:
+                    per_strategy[case.strategy]["repetitions"].append(measure(tb, daemon, case))
                     case.settle(tb)
-                per_strategy[case.strategy] = {"condition": case.condition, "repetitions": reps}
             log_tail = daemon.log_tail(5)
     rows = []
     for case in CASES:

@@ -366,9 +366,9 @@ def _bounded_row(
 
 
 def run(quick: bool) -> dict[str, Any]:
-    """Both sides (60 s each, 30 s with --quick) and rows for the summary."""
-    duration = 30.0 if quick else 60.0
-    clears_at = (12.0,) if quick else (15.0, 38.0)
+    """Both sides (40 s each, 30 s with --quick) and rows for the summary."""
+    duration = 30.0 if quick else 40.0
+    clears_at = (12.0,) if quick else (10.0, 26.0)
     without = one_side(False, duration, clears_at)
     with_daemon = one_side(True, duration, clears_at)
     on, off = with_daemon["summary"], without["summary"]
