@@ -10,6 +10,7 @@ import json
 import os
 import queue
 import signal
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -162,3 +163,30 @@ def daemon_process(env: dict[str, str], *args: str) -> Iterator[DaemonProcess]:
         yield d
     finally:
         d.close()
+
+
+def journal_rows(state_db: Path) -> list[tuple[int, str]]:
+    """(id, status) of the database strategy's journal records in a daemon's state file, read-only."""
+    if not state_db.exists():
+        return []
+    conn = sqlite3.connect(f"file:{state_db}?mode=ro", uri=True, timeout=1)
+    try:
+        return [
+            (r[0], r[1]) for r in conn.execute("SELECT id, status FROM journal WHERE strategy = 'database' ORDER BY id")
+        ]
+    except sqlite3.OperationalError:
+        return []
+    finally:
+        conn.close()
+
+
+def decision_rows(state_db: Path) -> list[tuple[int, str, str | None]]:
+    """(id, outcome, error) of the database strategy's decisions in a daemon's state file, read-only."""
+    conn = sqlite3.connect(f"file:{state_db}?mode=ro", uri=True, timeout=1)
+    try:
+        return [
+            (r[0], r[1], r[2])
+            for r in conn.execute("SELECT id, outcome, error FROM decisions WHERE strategy = 'database' ORDER BY id")
+        ]
+    finally:
+        conn.close()

@@ -18,37 +18,10 @@ from pathlib import Path
 
 from testbed.harness import TestbedProcess, wait_until
 from tests.chaos.faults import report
-from tests.harness import daemon_process
+from tests.harness import daemon_process, decision_rows, journal_rows
 
 STOP_GRACE_S = 1
 BUSY_TIMEOUT_S = 4
-
-
-def journal(state_db: Path) -> list[tuple[int, str]]:
-    """(id, status) of the database strategy's journal records, read-only."""
-    if not state_db.exists():
-        return []
-    conn = sqlite3.connect(f"file:{state_db}?mode=ro", uri=True, timeout=1)
-    try:
-        return [
-            (r[0], r[1]) for r in conn.execute("SELECT id, status FROM journal WHERE strategy = 'database' ORDER BY id")
-        ]
-    except sqlite3.OperationalError:
-        return []
-    finally:
-        conn.close()
-
-
-def decisions(state_db: Path) -> list[tuple[int, str, str | None]]:
-    """(id, outcome, error) of the database strategy's decisions."""
-    conn = sqlite3.connect(f"file:{state_db}?mode=ro", uri=True, timeout=1)
-    try:
-        return [
-            (r[0], r[1], r[2])
-            for r in conn.execute("SELECT id, outcome, error FROM decisions WHERE strategy = 'database' ORDER BY id")
-        ]
-    finally:
-        conn.close()
 
 
 def test_sigterm_mid_apply_stops_cleanly_and_the_restart_reconciles(testbed: TestbedProcess, tmp_path: Path) -> None:
@@ -76,7 +49,7 @@ def test_sigterm_mid_apply_stops_cleanly_and_the_restart_reconciles(testbed: Tes
     try:
         with daemon_process(env) as first:
             first.wait_event("daemon_started")
-            wait_until(lambda: [r for r in journal(state / "state.db") if r[1] == "intent"] or None, timeout=30)
+            wait_until(lambda: [r for r in journal_rows(state / "state.db") if r[1] == "intent"] or None, timeout=30)
             started = time.monotonic()
             first.proc.send_signal(signal.SIGTERM)
             code = first.proc.wait(timeout=30)
@@ -90,16 +63,16 @@ def test_sigterm_mid_apply_stops_cleanly_and_the_restart_reconciles(testbed: Tes
     assert took < STOP_GRACE_S + BUSY_TIMEOUT_S + 10  # bounded: not the apply timeout (120 s)
     assert cut["grace_seconds"] == STOP_GRACE_S
     assert "Traceback" not in "".join(first.raw)
-    intents = [i for i, status in journal(state / "state.db") if status == "intent"]
+    intents = [i for i, status in journal_rows(state / "state.db") if status == "intent"]
     assert len(intents) == 1
-    history = decisions(state / "state.db")
+    history = decision_rows(state / "state.db")
     assert history[-1][1] == "applied"  # recorded before the write began
     with daemon_process(env) as second:
         event = second.wait_event("journal_reconciled")
         second.wait_event("daemon_started")
         assert second.stop() == 0
     assert event["journal_id"] == intents[0] and event["status"] == "reconciled"
-    after = decisions(state / "state.db")
+    after = decision_rows(state / "state.db")
     lost = len({r[0] for r in history} - {r[0] for r in after})
     assert lost == 0
     assert next(r for r in after if r[0] == history[-1][0])[1] == "interrupted"

@@ -7,34 +7,7 @@ import sqlite3
 from pathlib import Path
 
 from testbed.harness import TestbedProcess, wait_until
-from tests.harness import daemon_process
-
-
-def journal_rows(state_db: Path) -> list[tuple[int, str]]:
-    """(id, status) of the journal records, read-only."""
-    if not state_db.exists():
-        return []
-    conn = sqlite3.connect(f"file:{state_db}?mode=ro", uri=True, timeout=1)
-    try:
-        return [
-            (r[0], r[1]) for r in conn.execute("SELECT id, status FROM journal WHERE strategy = 'database' ORDER BY id")
-        ]
-    except sqlite3.OperationalError:
-        return []
-    finally:
-        conn.close()
-
-
-def decision_rows(state_db: Path) -> list[tuple[int, str, str | None]]:
-    """(id, outcome, error) of the decisions."""
-    conn = sqlite3.connect(f"file:{state_db}?mode=ro", uri=True, timeout=1)
-    try:
-        return [
-            (r[0], r[1], r[2])
-            for r in conn.execute("SELECT id, outcome, error FROM decisions WHERE strategy = 'database' ORDER BY id")
-        ]
-    finally:
-        conn.close()
+from tests.harness import daemon_process, decision_rows, journal_rows
 
 
 def test_kill_9_mid_apply_is_reconciled_at_restart(testbed: TestbedProcess, tmp_path: Path) -> None:
