@@ -46,7 +46,13 @@ def local_text(moment: datetime) -> str:
     return moment.strftime(LOCAL_FORMAT)
 
 
-def _is_busy(exc: sqlite3.Error) -> bool:
+def table_columns(conn: sqlite3.Connection, table: str) -> set[str]:
+    """The column names of ``table`` (empty when it does not exist)."""
+    return {str(r[1]) for r in conn.execute(f'PRAGMA table_info("{table}")')}
+
+
+def is_busy(exc: sqlite3.Error) -> bool:
+    """Whether an SQLite error means another connection holds the lock (the backend's writer, usually)."""
     return "locked" in str(exc) or "busy" in str(exc)
 
 
@@ -107,7 +113,7 @@ class DatabaseReader:
                 self._table_stats = MappingProxyType(self._read_tables(conn))
                 self._tables_read_at = now
         except sqlite3.DatabaseError as exc:
-            if _is_busy(exc):
+            if is_busy(exc):
                 busy = True
                 # the sessions were not read this time; an older count must not pass for a fresh one
                 self.last_sessions = None
@@ -137,7 +143,7 @@ class DatabaseReader:
                 "SELECT count(*), min(last_heartbeat) FROM viewer_sessions WHERE is_active = 1"
             ).fetchone()
         except sqlite3.OperationalError as exc:
-            if _is_busy(exc):
+            if is_busy(exc):
                 raise
             return None
         now_local = local_now(self._offset)
@@ -160,7 +166,7 @@ class DatabaseReader:
         for table, column in self._tables:
             if table not in existing:
                 continue
-            columns = {str(r[1]) for r in conn.execute(f'PRAGMA table_info("{table}")')}
+            columns = table_columns(conn, table)
             if column in columns:
                 row = conn.execute(f'SELECT count(*), min("{column}") FROM "{table}"').fetchone()
             else:

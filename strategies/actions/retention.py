@@ -21,7 +21,8 @@ from datetime import datetime, timedelta
 from enum import StrEnum
 from pathlib import Path
 
-from metrics.sqlite import LOCAL_FORMAT, local_now
+from metrics.sqlite import LOCAL_FORMAT, is_busy, local_now, table_columns
+from strategies.actions.sqlite import wal_bytes
 from strategies.base import StrategyError
 
 DAY_SECONDS = 86400.0
@@ -156,19 +157,6 @@ def in_window(window: str, local: datetime) -> bool:
     return minute >= start or minute < end
 
 
-def _wal_bytes(path: Path) -> int:
-    try:
-        return os.stat(f"{path}-wal").st_size
-    except FileNotFoundError:
-        return 0
-
-
-def is_busy(exc: sqlite3.Error) -> bool:
-    """Whether an SQLite error means another connection holds the lock."""
-    text = str(exc)
-    return "locked" in text or "busy" in text
-
-
 @contextmanager
 def _connection(path: Path, busy_timeout_ms: int, *, write: bool) -> Iterator[sqlite3.Connection]:
     if not path.is_file():
@@ -197,10 +185,6 @@ def _deadline(conn: sqlite3.Connection, deadline: float, clock: Callable[[], flo
         conn.set_progress_handler(None, 0)
 
 
-def _columns(conn: sqlite3.Connection, table: str) -> set[str]:
-    return {str(row[1]) for row in conn.execute(f'PRAGMA table_info("{table}")')}
-
-
 def _condition(rule: RetentionRule) -> str:
     # typeof() keeps numbers (e.g. epoch seconds) out: in SQLite every number sorts below any text
     where = f'typeof("{rule.column}") = \'text\' AND "{rule.column}" < ?'
@@ -210,7 +194,7 @@ def _condition(rule: RetentionRule) -> str:
 def _usable(conn: sqlite3.Connection, rule: RetentionRule) -> bool:
     if rule.table in PROTECTED_TABLES:
         return False
-    columns = _columns(conn, rule.table)
+    columns = table_columns(conn, rule.table)
     return rule.column in columns and all(c in columns for c in rule.needs_columns)
 
 
@@ -325,7 +309,7 @@ def file_figures(path: Path, busy_timeout_ms: int) -> FileFigures:
         page_count=page_count,
         freelist_count=freelist,
         file_bytes=os.stat(path).st_size,
-        wal_bytes=_wal_bytes(path),
+        wal_bytes=wal_bytes(path),
     )
 
 

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
 
-from metrics.sqlite import LOCAL_FORMAT, local_text
+from metrics.sqlite import LOCAL_FORMAT, is_busy, local_text, table_columns
 from strategies.base import StrategyError
 
 HISTORY_COLUMNS = (
@@ -64,10 +64,6 @@ def parse_local(text: str) -> datetime | None:
         return None
 
 
-def _is_busy(exc: sqlite3.Error) -> bool:
-    return "locked" in str(exc) or "busy" in str(exc)
-
-
 def _connect(path: Path, busy_timeout_ms: int, *, write: bool) -> sqlite3.Connection:
     if not path.is_file():
         raise StrategyError(f"database {path} does not exist")
@@ -95,16 +91,12 @@ def count_stuck(path: Path, cutoff: str, busy_timeout_ms: int) -> StuckSessions:
             (cutoff,),
         ).fetchone()
     except sqlite3.OperationalError as exc:
-        if _is_busy(exc):
+        if is_busy(exc):
             raise StrategyError(f"database busy: cannot count stuck sessions ({exc})") from None
         raise StrategyError(f"cannot read viewer_sessions: {exc}") from None
     finally:
         conn.close()
     return StuckSessions(count=int(row[0]), oldest_heartbeat=str(row[1]) if row[1] is not None else None)
-
-
-def _columns(conn: sqlite3.Connection, table: str) -> set[str]:
-    return {str(r[1]) for r in conn.execute(f'PRAGMA table_info("{table}")')}
 
 
 def _select(conn: sqlite3.Connection, has_cameras: bool) -> str:
@@ -194,11 +186,11 @@ def end_stuck_sessions(
     pause = threading.Event()
     try:
         try:
-            session_columns = _columns(conn, "viewer_sessions")
-            history_columns = _columns(conn, "viewer_session_history")
-            has_cameras = {"id", "name"} <= _columns(conn, "cameras")
+            session_columns = table_columns(conn, "viewer_sessions")
+            history_columns = table_columns(conn, "viewer_session_history")
+            has_cameras = {"id", "name"} <= table_columns(conn, "cameras")
         except sqlite3.OperationalError as exc:
-            if _is_busy(exc):
+            if is_busy(exc):
                 raise StrategyError(f"database busy: cannot read the schema ({exc}); no session was ended") from None
             raise StrategyError(f"cannot read the schema: {exc}") from None
         if not {"is_active", "last_heartbeat", "ended_at"} <= session_columns:
@@ -224,7 +216,7 @@ def end_stuck_sessions(
                     rows=batch_rows,
                 )
             except sqlite3.OperationalError as exc:
-                if not _is_busy(exc):
+                if not is_busy(exc):
                     raise StrategyError(f"ending sessions failed: {exc}") from None
                 if batches == 0:
                     raise StrategyError(
