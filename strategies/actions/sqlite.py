@@ -11,6 +11,7 @@ import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
 
+from metrics.sqlite import is_busy
 from strategies.base import StrategyError
 
 
@@ -84,6 +85,9 @@ def quick_check(path: Path, busy_timeout_ms: int, max_problems: int = 10) -> lis
         conn.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
         rows = [str(r[0]) for r in conn.execute(f"PRAGMA quick_check({int(max_problems)})")]
     except sqlite3.DatabaseError as exc:
+        if isinstance(exc, sqlite3.OperationalError) and is_busy(exc):
+            # a lock held past the busy timeout says nothing about the file: try again on the next schedule
+            raise StrategyError(f"database busy: quick_check could not read it ({exc})") from None
         # a file too damaged to be checked is itself the finding
         return [f"quick_check could not run: {exc}"]
     finally:

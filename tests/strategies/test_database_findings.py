@@ -516,3 +516,20 @@ async def test_a_damaged_file_gives_a_critical_integrity_finding(backend_db: Pat
     assert integrity.severity == "critical"
     problems = integrity.evidence["problems"]
     assert isinstance(problems, list) and len(problems) >= 1
+
+
+async def test_a_locked_database_is_a_failed_quick_check_not_an_integrity_finding(backend_db: Path) -> None:
+    """A lock held past the busy timeout fails the check with the reason; it never reads as damage."""
+    holder = sqlite3.connect(backend_db, isolation_level=None)
+    holder.execute("PRAGMA locking_mode=EXCLUSIVE")
+    holder.execute("BEGIN IMMEDIATE")
+    holder.execute("CREATE TABLE IF NOT EXISTS lock_holder (x)")
+    holder.execute("COMMIT")  # in exclusive locking mode the lock stays after the commit
+    try:
+        s = strategy(backend_db)
+        with pytest.raises(StrategyError, match="database busy: quick_check"):
+            await s.apply(Plan(strategy="database", reason="check", changes=(), params={"quick_check": True}))
+        findings = {f.id for f in s.findings(ctx(snapshot(sample(backend_db))))}
+        assert "database-integrity" not in findings
+    finally:
+        holder.close()
