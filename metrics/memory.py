@@ -29,29 +29,34 @@ def rss_bytes(pid: int, proc_root: Path = PROC) -> int | None:
     return int(fields[1]) * _PAGE_SIZE
 
 
-def start_ticks(pid: int, proc_root: Path = PROC) -> int | None:
-    """When the process started (clock ticks since boot): with the PID, it names one process, not a reused PID."""
+def _stat_fields(pid: int, proc_root: Path) -> list[str] | None:
+    """The fields of /proc/PID/stat after the command name (state first), None when the process is gone."""
     try:
         text = (proc_root / str(pid) / "stat").read_text(encoding="ascii", errors="replace")
     except OSError:
         return None
     # the command name may hold spaces and parentheses: the fields start after the last ")"
-    fields = text.rsplit(")", 1)[-1].split()
+    return text.rsplit(")", 1)[-1].split()
+
+
+def _ticks_of(fields: list[str]) -> int | None:
     if len(fields) <= _STARTTIME_FIELD or not fields[_STARTTIME_FIELD].isdigit():
         return None
     return int(fields[_STARTTIME_FIELD])
 
 
+def start_ticks(pid: int, proc_root: Path = PROC) -> int | None:
+    """When the process started (clock ticks since boot): with the PID, it names one process, not a reused PID."""
+    fields = _stat_fields(pid, proc_root)
+    return None if fields is None else _ticks_of(fields)
+
+
 def same_process_running(pid: int, ticks: int | None, proc_root: Path = PROC) -> bool:
     """Whether the process that had this PID and start time still runs (a zombie counts as gone)."""
-    try:
-        text = (proc_root / str(pid) / "stat").read_text(encoding="ascii", errors="replace")
-    except OSError:
-        return False
-    fields = text.rsplit(")", 1)[-1].split()
+    fields = _stat_fields(pid, proc_root)
     if not fields or fields[0] in ("Z", "X"):
         return False
-    return ticks is None or start_ticks(pid, proc_root) == ticks
+    return ticks is None or _ticks_of(fields) == ticks
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

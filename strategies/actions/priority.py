@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+from metrics.memory import start_ticks
 from strategies.base import StrategyError
 
 IOPRIO_WHO_PROCESS = 1
@@ -220,11 +221,7 @@ class Renicer:
 
     def start_ticks(self, pid: int) -> int | None:
         """The process's start time in clock ticks since boot (its identity), None when it is gone."""
-        try:
-            text = (self._proc / str(pid) / "stat").read_text(encoding="ascii", errors="replace")
-            return int(text.rsplit(")", 1)[1].split()[19])
-        except (OSError, IndexError, ValueError):
-            return None
+        return start_ticks(pid, self._proc)
 
     def thread_ids(self, pid: int) -> list[int]:
         """The process's thread ids, main thread first."""
