@@ -17,10 +17,10 @@ from pathlib import Path
 import psutil
 
 from metrics.errors import SamplingError
+from metrics.memory import rss_bytes
 from metrics.snapshot import ProcessSample
 
 _LISTEN = "0A"
-_PAGE_BYTES = os.sysconf("SC_PAGE_SIZE")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -243,11 +243,10 @@ class ProcessReader:
                 except OSError:
                     continue
                 for child in text.split():
-                    try:
-                        resident = int((proc / child.decode() / "statm").read_bytes().split()[1])
-                    except (OSError, IndexError, ValueError):
-                        continue
+                    resident = rss_bytes(int(child))
+                    if resident is None:
+                        continue  # exited since its parent listed it
                     count += 1
-                    rss += resident * _PAGE_BYTES
+                    rss += resident
                     pending.append(int(child))
         return count, rss
