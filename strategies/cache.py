@@ -415,11 +415,9 @@ class CacheStrategy(Strategy):
                 return self._plan_response(cache.size, slow)
         return None
 
-    def _plan_response(self, size: int, slow: Slowness) -> Plan | None:
-        """Slow hot endpoints with a fast /health: drop the junk under their paths and warm them."""
-        if not self._warm:
-            return None
-        changes = [
+    def _invalidate_changes(self, size: int) -> list[Change]:
+        """One planned invalidation per hot path prefix."""
+        return [
             Change(
                 target=f"backend.cache:{prefix}",
                 action=INVALIDATE,
@@ -429,6 +427,12 @@ class CacheStrategy(Strategy):
             )
             for prefix in self._prefixes
         ]
+
+    def _plan_response(self, size: int, slow: Slowness) -> Plan | None:
+        """Slow hot endpoints with a fast /health: drop the junk under their paths and warm them."""
+        if not self._warm:
+            return None
+        changes = self._invalidate_changes(size)
         changes.append(
             Change(
                 target="backend.cache.hot",
@@ -475,16 +479,7 @@ class CacheStrategy(Strategy):
             reasons.append(
                 f"hit rate fell to {_pct(rate)} over the last {recent.lookups} lookups (floor {_pct(o.hit_rate_floor)})"
             )
-        changes = [
-            Change(
-                target=f"backend.cache:{prefix}",
-                action=INVALIDATE,
-                before=f"{size} entries",
-                after=f"entries under {prefix} dropped",
-                reversible=False,
-            )
-            for prefix in self._prefixes
-        ]
+        changes = self._invalidate_changes(size)
         if not changes:
             changes.append(
                 Change(
