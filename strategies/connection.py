@@ -268,7 +268,8 @@ class ConnectionStrategy(Strategy):
     def _close_wait(self, ctx: StrategyContext) -> Finding | None:
         n, m = self._detection.samples_required, self._detection.window_samples
         threshold = self._o.close_wait_threshold
-        if ctx.windows.count_above("tcp_close_wait", threshold, m) < n:
+        over = ctx.windows.count_above("tcp_close_wait", threshold, m)
+        if over < n:
             return None
         values = ctx.windows.values("tcp_close_wait", m)
         tcp = ctx.snapshot.tcp
@@ -284,7 +285,7 @@ class ConnectionStrategy(Strategy):
                 "close_wait": int(values[-1]),
                 "close_wait_max": int(max(values)),
                 "threshold": threshold,
-                "samples_over": ctx.windows.count_above("tcp_close_wait", threshold, m),
+                "samples_over": over,
                 "window_samples": m,
                 "established": tcp.get("established") if tcp is not None else None,
                 "time_wait": tcp.get("time_wait") if tcp is not None else None,
@@ -345,8 +346,9 @@ class ConnectionStrategy(Strategy):
         idle = idle[: self._o.kick_max_readers]
         if not idle:
             return None
-        established = ctx.snapshot.signals().get(ESTABLISHED)
-        readers_now = ctx.snapshot.signals().get("mediamtx_readers")
+        signals = ctx.snapshot.signals()
+        established = signals.get(ESTABLISHED)
+        readers_now = signals.get("mediamtx_readers")
         return Plan(
             strategy=self.name,
             reason=(
