@@ -571,7 +571,7 @@ class Engine:
             self._log.exception("take_overrides_crashed", strategy=rt.name)
             return []
 
-    async def _back_off(self, rt: StrategyRuntime, overrides: Sequence[OperatorOverride], *, record: Any) -> int | None:
+    async def _back_off(self, rt: StrategyRuntime, overrides: Sequence[OperatorOverride], *, record: Any) -> None:
         """An operator changed values this strategy manages: stretch its cooldown from now, say so, act no more now."""
         rt.cooldown = min(self._settings.cooldown_max_seconds, max(rt.cooldown, 1.0) * 2)
         rt.last_attempt = self._clock.wall()
@@ -591,8 +591,7 @@ class Engine:
                 for o in overrides
             ),
         )
-        decision_id: int | None = await record(Outcome.BACKED_OFF, row.reason, row)
-        return decision_id
+        await record(Outcome.BACKED_OFF, row.reason, row)
 
     def _count_failure(self, rt: StrategyRuntime, why: str) -> None:
         rt.consecutive_failures += 1
