@@ -17,15 +17,8 @@ import aiohttp
 from metrics.httppool import HttpPool
 from strategies.base import StrategyError
 
-# list/kick endpoint family -> short label
-KICKABLE: tuple[tuple[str, str], ...] = (
-    ("rtspsessions", "rtsp"),
-    ("rtspssessions", "rtsps"),
-    ("rtmpconns", "rtmp"),
-    ("rtmpsconns", "rtmps"),
-    ("webrtcsessions", "webrtc"),
-    ("srtconns", "srt"),
-)
+# the API's list/kick endpoint families of reader sessions
+KICKABLE: tuple[str, ...] = ("rtspsessions", "rtspssessions", "rtmpconns", "rtmpsconns", "webrtcsessions", "srtconns")
 READER_STATES = frozenset({"read", "idle"})
 MAX_PAGES = 20
 PAGE_SIZE = 100
@@ -98,7 +91,7 @@ class MediaMtxKicker(HttpPool):
     async def readers(self) -> list[ReaderSession]:
         """Every reading (or idle) session of every kind that can be kicked."""
         found: list[ReaderSession] = []
-        for kind, _label in KICKABLE:
+        for kind in KICKABLE:
             found.extend(await self._list(kind))
         return found
 
