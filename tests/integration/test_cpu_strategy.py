@@ -20,11 +20,10 @@ CALM_SIGNALS = ("cpu_ratio", "load_per_core", "psi_cpu_some")
 
 
 def env_for(tb: TestbedProcess, state: Path, **extra: str) -> dict[str, str]:
-    """Daemon environment with a CPU line the burning recorder is sure to cross and an immediate settle time."""
+    """Daemon environment (only this testbed's recorders) with a CPU line the burning recorder is sure to cross and an
+    immediate settle time."""
     env = {
         "CPU_THRESHOLD": "0.05",
-        # only this testbed's recorders: other suites on the host may run their own
-        "CCTV_OPTIMIZER_STRATEGIES__CPU__RECORDINGS_DIRECTORY": str(tb.data_dir / "recordings"),
         "CCTV_OPTIMIZER_STRATEGIES__CPU__SETTLE_SECONDS": "0",
         **extra,
     }
