@@ -9,22 +9,27 @@ from __future__ import annotations
 import json
 import os
 import queue
+import shutil
 import signal
 import sqlite3
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import AsyncIterator, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import Any
 
+import pytest
 from aiohttp import ClientSession
 
 from config.loader import load_settings
 from optimizer.app import Daemon
 from testbed.harness import TestbedProcess
+
+# mounts a tmpfs with these options and returns its mount point (the tmpfs fixture in tests/conftest.py)
+Mount = Callable[[str], Path]
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -190,3 +195,22 @@ def decision_rows(state_db: Path) -> list[tuple[int, str, str | None]]:
         ]
     finally:
         conn.close()
+
+
+@contextmanager
+def unwritable(directory: Path) -> Iterator[None]:
+    """Make a directory refuse unlinks for real: chattr +i as root (root ignores modes), chmod otherwise."""
+    if os.geteuid() == 0:
+        chattr = shutil.which("chattr")
+        if chattr is None or subprocess.run([chattr, "+i", str(directory)], check=False).returncode != 0:
+            pytest.skip("cannot make a directory immutable here (chattr missing or unsupported)")
+        try:
+            yield
+        finally:
+            subprocess.run([chattr, "-i", str(directory)], check=True)
+    else:
+        directory.chmod(0o555)
+        try:
+            yield
+        finally:
+            directory.chmod(0o755)

@@ -11,9 +11,7 @@ from __future__ import annotations
 import errno
 import os
 import sqlite3
-import subprocess
 import time
-from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -21,33 +19,7 @@ import structlog
 
 from testbed.harness import TestbedProcess
 from tests.chaos.faults import lost_rows, report, row_ids, served, tracebacks
-from tests.harness import api_client, auth, daemon_env, running_daemon
-
-Mount = Callable[[str], Path]
-
-
-@pytest.fixture
-def tmpfs(tmp_path: Path) -> Iterator[Mount]:
-    """Mounts small tmpfs file systems (root only, else skipped) and unmounts them at the end."""
-    if os.geteuid() != 0:
-        pytest.skip("mounting a tmpfs needs root")
-    mounted: list[Path] = []
-
-    def mount(options: str) -> Path:
-        point = tmp_path / f"mnt{len(mounted)}"
-        point.mkdir()
-        done = subprocess.run(
-            ["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(point)], capture_output=True, text=True, check=False
-        )
-        if done.returncode != 0:
-            pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
-        mounted.append(point)
-        return point
-
-    yield mount
-    for point in reversed(mounted):
-        if subprocess.run(["umount", str(point)], capture_output=True, check=False).returncode != 0:
-            subprocess.run(["umount", "--lazy", str(point)], capture_output=True, check=False)
+from tests.harness import Mount, api_client, auth, daemon_env, running_daemon
 
 
 def corrupt(state_db: Path, kind: str) -> int:

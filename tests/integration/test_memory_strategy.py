@@ -2,14 +2,10 @@
 
 from __future__ import annotations
 
-import contextlib
 import gc
 import os
 import re
 import secrets
-import shutil
-import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +16,7 @@ from metrics.hls import playlist_references
 from optimizer.app import Daemon
 from optimizer.engine import RoundResult
 from testbed.harness import TestbedProcess, wait_until
-from tests.harness import daemon_env, running_daemon, sample_times
+from tests.harness import daemon_env, running_daemon, sample_times, unwritable
 
 MIB = 1024 * 1024
 STALE = 200
@@ -227,25 +223,6 @@ async def test_no_second_prune_within_the_cooldown(testbed: TestbedProcess, tmp_
         assert row is not None and row.strategy == "memory" and row.outcome == "skipped_cooldown"
         assert len([r for r in memory_rows(daemon) if r.outcome == "applied"]) == 1
     assert stale_files(testbed) == STALE
-
-
-@contextlib.contextmanager
-def unwritable(directory: Path) -> Iterator[None]:
-    """Make a directory refuse unlinks for real: chattr +i as root (root ignores modes), chmod otherwise."""
-    if os.geteuid() == 0:
-        chattr = shutil.which("chattr")
-        if chattr is None or subprocess.run([chattr, "+i", str(directory)], check=False).returncode != 0:
-            pytest.skip("cannot make a directory immutable here (chattr missing or unsupported)")
-        try:
-            yield
-        finally:
-            subprocess.run([chattr, "-i", str(directory)], check=True)
-    else:
-        directory.chmod(0o555)
-        try:
-            yield
-        finally:
-            directory.chmod(0o755)
 
 
 async def test_permission_denied_fails_the_prune_and_removes_nothing(testbed: TestbedProcess, tmp_path: Path) -> None:

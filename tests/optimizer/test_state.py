@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import errno
 import os
-import shutil
 import sqlite3
 import subprocess
 import time
@@ -16,10 +15,9 @@ import pytest
 
 from optimizer.clock import FakeClock
 from optimizer.state import StateStore
+from tests.harness import Mount
 
 DAY = 86400.0
-
-Mount = Callable[[str], Path]
 
 
 @pytest.fixture
@@ -42,31 +40,6 @@ def open_store(tmp_path: Path, clock: FakeClock) -> Iterator[Callable[..., State
     yield factory
     for store in stores:
         store.close()
-
-
-@pytest.fixture
-def tmpfs(tmp_path: Path) -> Iterator[Mount]:
-    """Mounts small tmpfs file systems (needs root and CAP_SYS_ADMIN, else the test is skipped); unmounts them."""
-    if os.geteuid() != 0 or shutil.which("mount") is None:
-        pytest.skip("mounting a tmpfs needs root")
-    mounted: list[Path] = []
-
-    def mount(options: str) -> Path:
-        point = tmp_path / f"mnt{len(mounted)}"
-        point.mkdir()
-        done = subprocess.run(
-            ["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(point)], capture_output=True, text=True, check=False
-        )
-        if done.returncode != 0:
-            pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
-        mounted.append(point)
-        return point
-
-    yield mount
-    for point in reversed(mounted):
-        if subprocess.run(["umount", str(point)], capture_output=True, check=False).returncode != 0:
-            # Still busy (a connection not closed yet): detach it now, the kernel frees it on the last close.
-            subprocess.run(["umount", "--lazy", str(point)], capture_output=True, check=False)
 
 
 def remount(point: Path, options: str) -> None:

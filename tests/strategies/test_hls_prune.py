@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
-import shutil
-import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from strategies.actions.hls import prune_stale
 from strategies.base import StrategyError
+from tests.harness import unwritable
 
 STALE_AGE = 60.0
 NOW = time.time()
@@ -52,25 +49,6 @@ def live_stream(root: Path, name: str = "live") -> Path:
 def names(directory: Path) -> set[str]:
     """Entry names of a directory."""
     return {e.name for e in os.scandir(directory)}
-
-
-@contextlib.contextmanager
-def unwritable(directory: Path) -> Iterator[None]:
-    """Make a directory refuse unlinks for real: chattr +i as root (root ignores modes), chmod otherwise."""
-    if os.geteuid() == 0:
-        chattr = shutil.which("chattr")
-        if chattr is None or subprocess.run([chattr, "+i", str(directory)], check=False).returncode != 0:
-            pytest.skip("cannot make a directory immutable here (chattr missing or unsupported)")
-        try:
-            yield
-        finally:
-            subprocess.run([chattr, "-i", str(directory)], check=True)
-    else:
-        directory.chmod(0o555)
-        try:
-            yield
-        finally:
-            directory.chmod(0o755)
 
 
 def test_prunes_only_stale_unreferenced_files(tmp_path: Path) -> None:
