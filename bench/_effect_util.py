@@ -6,13 +6,10 @@ import argparse
 import contextlib
 import json
 import os
-import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 import urllib.error
@@ -25,17 +22,11 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from bench.common import free_port  # noqa: E402
 from testbed.harness import TestbedProcess  # noqa: E402
 
 T = TypeVar("T")
 _OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def poll(check: Callable[[], T | None], *, timeout: float, interval: float = 0.1) -> T | None:
@@ -70,16 +61,10 @@ def percentile(values: Sequence[float], q: float) -> float | None:
     return ordered[rank - 1]
 
 
-def http_json(url: str, method: str = "GET", body: Any = None, token: str | None = None, timeout: float = 10.0) -> Any:
-    """One JSON call to the daemon; None when it does not answer or answers with an error."""
-    data = json.dumps(body).encode() if body is not None else None
-    request = urllib.request.Request(url, data=data, method=method)
-    if data is not None:
-        request.add_header("Content-Type", "application/json")
-    if token:
-        request.add_header("Authorization", f"Bearer {token}")
+def http_json(url: str, timeout: float = 10.0) -> Any:
+    """GET one JSON document from the daemon; None when it does not answer or answers with an error."""
     try:
-        with _OPENER.open(request, timeout=timeout) as answer:
+        with _OPENER.open(url, timeout=timeout) as answer:
             return json.loads(answer.read())
     except (urllib.error.URLError, OSError, ValueError):
         return None
@@ -119,11 +104,6 @@ class DaemonProcess:
             raise RuntimeError(f"the daemon exited with {self.proc.returncode}: {self.log_tail()}")
         return http_json(f"{self.api}/health", timeout=2.0) is not None
 
-    @property
-    def token(self) -> str:
-        """The write token the daemon generated in its state directory."""
-        return (self.state_dir / "api-token").read_text(encoding="utf-8").strip()
-
     def log_tail(self, lines: int = 20) -> str:
         """The last lines of the daemon's log."""
         with contextlib.suppress(OSError):
@@ -148,9 +128,7 @@ class DaemonProcess:
 
     def strategy(self, name: str) -> dict[str, Any]:
         """One strategy's view from GET /strategies."""
-        body = http_json(f"{self.api}/strategies") or {}
-        items = body.get("strategies", body) if isinstance(body, dict) else body
-        for item in items if isinstance(items, list) else []:
+        for item in (http_json(f"{self.api}/strategies") or {}).get("strategies", []):
             if item.get("name") == name:
                 return dict(item)
         return {}
@@ -164,16 +142,6 @@ class DaemonProcess:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(timeout=10)
-
-
-@contextlib.contextmanager
-def work_directory(prefix: str) -> Iterator[Path]:
-    """A scratch directory removed afterwards."""
-    path = Path(tempfile.mkdtemp(prefix=prefix))
-    try:
-        yield path
-    finally:
-        shutil.rmtree(path, ignore_errors=True)
 
 
 @contextlib.contextmanager

@@ -20,11 +20,12 @@ from bench._effect_util import (
     DaemonProcess,
     machine_note,
     median,
+    pause,
     poll,
     standalone_main,
     testbed_and_daemon,
-    work_directory,
 )
+from bench.common import scratch_dir
 from testbed.harness import TestbedProcess
 
 NAME = "detection"
@@ -173,15 +174,15 @@ def run(quick: bool) -> dict[str, Any]:
     repetitions = 1 if quick else 3
     bound = bound_seconds()
     per_strategy: dict[str, Any] = {}
-    with work_directory("bench-detection-") as work:
+    with scratch_dir(NAME) as work:
         env = {
             **SETTINGS,
             "CCTV_OPTIMIZER_STRATEGIES__CPU__RECORDINGS_DIRECTORY": str(work / "testbed" / "recordings"),
         }
         with testbed_and_daemon(work, env) as (tb, daemon):
             assert daemon is not None
-            # two full windows of samples first, so detection starts from a filled, calm window
-            poll(lambda: False, timeout=2 * WINDOW_SAMPLES * SAMPLE_MS / 1000 / 2)
+            # one full window of samples first, so detection starts from a filled, calm window
+            pause(WINDOW_SAMPLES * SAMPLE_MS / 1000)
             # round-robin over the strategies: each one has disarmed by the time its next repetition comes
             for case in CASES:
                 per_strategy[case.strategy] = {"condition": case.condition, "repetitions": []}

@@ -42,8 +42,8 @@ from bench._effect_util import (
     percentile,
     standalone_main,
     testbed_and_daemon,
-    work_directory,
 )
+from bench.common import fmt_mib, scratch_dir
 from testbed.harness import AdminSession, TestbedProcess
 
 NAME = "effect"
@@ -101,11 +101,10 @@ TESTBED_ARGS = ("--rate-limit-scale", "10", "--timezone-offset", str(TIMEZONE_HO
 class Load:
     """The scripted load: background threads on a timetable, stopped by ``stop()``."""
 
-    def __init__(self, tb: TestbedProcess, session: AdminSession, duration: float) -> None:
+    def __init__(self, tb: TestbedProcess, session: AdminSession) -> None:
         """Prepare the threads (``start()`` runs them)."""
         self.tb = tb
         self.session = session
-        self.duration = duration
         self.stopping = threading.Event()
         self.errors: list[str] = []
         self.counts = {"rows_written": 0, "reader_holds": 0, "streams_stopped": 0, "viewers_abandoned": 0}
@@ -265,12 +264,12 @@ def one_side(with_daemon: bool, duration: float, clears_at: tuple[float, ...]) -
     series: list[dict[str, float]] = []
     bursts: list[dict[str, Any]] = []
     actions: dict[str, int] = {}
-    with work_directory("bench-effect-") as work:
+    with scratch_dir(NAME) as work:
         env = DAEMON_SETTINGS if with_daemon else None
         with testbed_and_daemon(work, env, TESTBED_ARGS) as (tb, daemon):
             tb.scenario("sweep", enabled=False)
             session = tb.login()
-            load = Load(tb, session, duration)
+            load = Load(tb, session)
             started = time.monotonic()
             load.start()
             pending = list(clears_at)
@@ -346,10 +345,6 @@ def _release_row(on: list[float | None], off: list[float | None]) -> dict[str, A
     }
 
 
-def _mib(value: float) -> str:
-    return f"{value / MIB:.1f} MiB"
-
-
 def _bounded_row(
     figure: str, budget: float, fmt: Callable[[float], str], on: dict[str, Any], off: dict[str, Any]
 ) -> dict[str, Any]:
@@ -375,11 +370,11 @@ def run(quick: bool) -> dict[str, Any]:
     age_budget = STUCK_SESSION_S + DETECTION_BOUND_S + SAMPLE_MS / 1000
     rows = [
         _bounded_row(
-            "SQLite WAL size under a growing long-reader load", WAL_LIMIT, _mib, on["wal_bytes"], off["wal_bytes"]
+            "SQLite WAL size under a growing long-reader load", WAL_LIMIT, fmt_mib, on["wal_bytes"], off["wal_bytes"]
         ),
         _release_row(with_daemon["wal_back_under_budget_s"], without["wal_back_under_budget_s"]),
         _bounded_row(
-            "HLS directory with streams stopping every 3 s", HLS_BUDGET, _mib, on["hls_bytes"], off["hls_bytes"]
+            "HLS directory with streams stopping every 3 s", HLS_BUDGET, fmt_mib, on["hls_bytes"], off["hls_bytes"]
         ),
         _bounded_row(
             "oldest active viewer heartbeat, sweep off",

@@ -25,6 +25,7 @@ from bench.common import (
     running_daemon,
     running_testbed,
     scratch_dir,
+    skipped,
     uvloop_available,
     wait_until,
 )
@@ -127,7 +128,7 @@ def measure_daemon(base: str, token: str, seconds: int, *, with_rounds: bool) ->
 def run(quick: bool) -> dict[str, Any]:
     """Run the benchmark and return its figures and summary rows."""
     if shutil.which("wrk") is None:
-        return {"skipped": "wrk is not installed", "rows": [row(TITLE, "skipped", reference="wrk is not installed")]}
+        return skipped(TITLE, "wrk is not installed")
     seconds = 3 if quick else 10
     has_node_exporter = Path(NODE_EXPORTER).is_file()
     has_uvloop = uvloop_available()
