@@ -45,10 +45,6 @@ class RecorderScan:
     other_ffmpeg: int
     cpu_ratio: float
 
-    def by_pid(self) -> dict[int, RecorderProcess]:
-        """The recorders keyed by PID."""
-        return {r.pid: r for r in self.recorders}
-
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class StatFields:
