@@ -442,11 +442,7 @@ class Daemon:
         armed = False
         stretching = False
         for rt in self.engine.runtimes.values():
-            try:
-                stretching_this = float(rt.strategy.sample_interval_factor) > 1.0
-            except Exception:  # a crashing hook asks for nothing, as in Engine.sample_interval_factor
-                stretching_this = False
-            if stretching_this:
+            if self.engine.factor_of(rt) > 1.0:
                 stretching = True
                 continue
             specs = [spec for spec in self.engine.triggers_of(rt) if spec.signal not in OWN_SIGNALS]

@@ -446,16 +446,20 @@ class Engine:
         """How close the nearest watched signal is to its enter line, over every strategy (see signal_proximity)."""
         return max((signal_proximity(self.triggers_of(rt), self.windows) for rt in self.runtimes.values()), default=0.0)
 
+    @staticmethod
+    def factor_of(rt: StrategyRuntime) -> float:
+        """The stretch of the sample interval one strategy asks for (1.0: none; a crashing hook asks none)."""
+        try:
+            return float(rt.strategy.sample_interval_factor)
+        except Exception:
+            return 1.0
+
     def sample_interval_factor(self) -> float:
-        """The largest stretch of the sample interval any strategy asks for (1.0: none; a crashing hook asks none)."""
+        """The largest stretch of the sample interval any strategy asks for (1.0: none)."""
         factor = 1.0
         for rt in self.runtimes.values():
-            try:
-                asked = float(rt.strategy.sample_interval_factor)
-            except Exception:
-                continue
             # a NaN never compares greater, so max() keeps the factor found so far
-            factor = max(factor, asked)
+            factor = max(factor, self.factor_of(rt))
         return factor
 
     def update_settings(self, engine: EngineSettings, detection: DetectionSettings, global_mode: Mode) -> None:
