@@ -212,6 +212,7 @@ async def performance_metrics(request: web.Request) -> web.Response:
         "recentOptimizations": recent,
         "mode": str(engine.global_mode),
         "strategies": {name: _strategy_view(ctx, name) for name in engine.strategy_names()},
+        "baselines": dict(engine.baselines),
         "sources": {
             name: {"up": s.up, "error": s.error, "durationSeconds": round(s.duration_seconds, 4)}
             for name, s in (snap.sources.items() if snap else ())

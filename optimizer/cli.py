@@ -158,15 +158,13 @@ def cmd_status(client: Client, as_json: bool) -> int:
             f"{name:<12} {st['mode']:<8} {'yes' if st['armed'] else 'no':<6} {st['cooldownLeftSeconds']:>8.0f}s"
             f" {st['budgetLeft']:>6} {'OPEN' if st['breakerOpen'] else 'closed':<8} {st['score']:>6.2f}"
         )
-    status, detail = client.call("GET", "/strategies")
-    if status == 200 and isinstance(detail, dict):
-        print(f"{'signal':<24} {'now':>12} {'enter':>12} {'exit':>12}  strategy")
-        for st in detail.get("strategies", []):
-            for t in st.get("triggers", []):
-                print(
-                    f"{t['signal']:<24} {_num(t.get('value')):>12} {_num(t['enter']):>12} {_num(t['exit']):>12}"
-                    f"  {st['name']}{' ARMED' if t['signal'] in st.get('armedBy', []) else ''}"
-                )
+    print(f"{'signal':<24} {'now':>12} {'enter':>12} {'exit':>12}  strategy")
+    for st in body.get("strategies", {}).values():
+        for t in st.get("triggers", []):
+            print(
+                f"{t['signal']:<24} {_num(t.get('value')):>12} {_num(t['enter']):>12} {_num(t['exit']):>12}"
+                f"  {st['name']}{' ARMED' if t['signal'] in st.get('armedBy', []) else ''}"
+            )
     for finding in body.get("findings", []):
         print(f"finding [{finding['strategy']}] {finding['summary']}")
     return EX_OK
