@@ -11,6 +11,7 @@ import os
 import re
 import stat
 from dataclasses import dataclass
+from enum import StrEnum
 from pathlib import Path
 
 from metrics.errors import SamplingError
@@ -56,6 +57,42 @@ def is_writing(name: str) -> bool:
     return name.endswith(_WRITING_SUFFIXES)
 
 
+class KeepReason(StrEnum):
+    """Why TARGET.md's rule keeps a file (the scan counts it as not stale; the prune leaves it in place)."""
+
+    PLAYLIST = "playlist"
+    WRITING = "being_written"
+    REFERENCED = "referenced"
+    FRESH = "fresh"
+    LIVE_INIT = "live_init"
+    NOT_REGULAR = "not_a_regular_file"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DirectoryView:
+    """A stream directory's playlists as read now: the names they reference and whether one is live."""
+
+    references: frozenset[str]
+    live: bool
+
+
+def keep_reason(name: str, st: os.stat_result, view: DirectoryView, stale_age: float, now: float) -> KeepReason | None:
+    """Why TARGET.md's rule keeps this file, or None when it is stale (from an lstat result)."""
+    if not stat.S_ISREG(st.st_mode):
+        return KeepReason.NOT_REGULAR
+    if name.endswith(".m3u8"):
+        return KeepReason.PLAYLIST
+    if is_writing(name):
+        return KeepReason.WRITING
+    if name in view.references:
+        return KeepReason.REFERENCED
+    if now - st.st_mtime < stale_age:
+        return KeepReason.FRESH
+    if view.live and "init" in name:
+        return KeepReason.LIVE_INIT
+    return None
+
+
 def stream_stale_files(directory: Path, stale_age: float, now: float) -> tuple[list[StaleFile], int, int, float]:
     """Scan one stream directory: (stale files, bytes, file count, oldest segment age)."""
     files: list[tuple[str, os.stat_result]] = []
@@ -77,6 +114,7 @@ def stream_stale_files(directory: Path, stale_age: float, now: float) -> tuple[l
                     continue
                 if now - st.st_mtime < stale_age:
                     live = True
+    view = DirectoryView(references=frozenset(refs), live=live)
     stale: list[StaleFile] = []
     total = 0
     oldest = 0.0
@@ -84,13 +122,9 @@ def stream_stale_files(directory: Path, stale_age: float, now: float) -> tuple[l
         total += st.st_size
         if name.endswith(".m3u8"):
             continue
-        age = now - st.st_mtime
-        oldest = max(oldest, age)
-        if name in refs or is_writing(name) or age < stale_age:
-            continue
-        if live and "init" in name:
-            continue
-        stale.append(StaleFile(path=directory / name, size=st.st_size, mtime=st.st_mtime))
+        oldest = max(oldest, now - st.st_mtime)
+        if keep_reason(name, st, view, stale_age, now) is None:
+            stale.append(StaleFile(path=directory / name, size=st.st_size, mtime=st.st_mtime))
     return stale, total, len(files), oldest
 
 

@@ -22,27 +22,15 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from enum import StrEnum
 from pathlib import Path
 from types import MappingProxyType
 
-from metrics.hls import is_writing, playlist_references
+from metrics.hls import DirectoryView, keep_reason, playlist_references
 from strategies.base import StrategyError
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
 MAX_PLAYLIST_BYTES = 1024 * 1024
-
-
-class KeepReason(StrEnum):
-    """Why a file the re-check looked at was left in place."""
-
-    PLAYLIST = "playlist"
-    WRITING = "being_written"
-    REFERENCED = "referenced"
-    FRESH = "fresh"
-    LIVE_INIT = "live_init"
-    NOT_REGULAR = "not_a_regular_file"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -63,31 +51,6 @@ class _Candidate:
     name: str
     size: int
     mtime: float
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class _DirectoryView:
-    """A stream directory's playlists as read now: the names they reference and whether one is live."""
-
-    references: frozenset[str]
-    live: bool
-
-
-def keep_reason(name: str, st: os.stat_result, view: _DirectoryView, stale_age: float, now: float) -> KeepReason | None:
-    """Why TARGET.md's rule keeps this file, or None when it is stale (from an lstat result)."""
-    if not stat.S_ISREG(st.st_mode):
-        return KeepReason.NOT_REGULAR
-    if name.endswith(".m3u8"):
-        return KeepReason.PLAYLIST
-    if is_writing(name):
-        return KeepReason.WRITING
-    if name in view.references:
-        return KeepReason.REFERENCED
-    if now - st.st_mtime < stale_age:
-        return KeepReason.FRESH
-    if view.live and "init" in name:
-        return KeepReason.LIVE_INIT
-    return None
 
 
 def _open_root(root: Path) -> int:
@@ -134,9 +97,7 @@ def _read_playlist(name: str, dir_fd: int) -> str | None:
         os.close(fd)
 
 
-def read_directory(
-    dir_fd: int, stale_age: float, now: float
-) -> tuple[_DirectoryView, list[tuple[str, os.stat_result]]]:
+def read_directory(dir_fd: int, stale_age: float, now: float) -> tuple[DirectoryView, list[tuple[str, os.stat_result]]]:
     """Read a stream directory now: its playlists' references, whether one is live, and every entry's lstat."""
     entries: list[tuple[str, os.stat_result]] = []
     refs: set[str] = set()
@@ -156,7 +117,7 @@ def read_directory(
             refs |= playlist_references(text)
             if now - st.st_mtime < stale_age:
                 live = True
-    return _DirectoryView(references=frozenset(refs), live=live), entries
+    return DirectoryView(references=frozenset(refs), live=live), entries
 
 
 def find_candidates(dir_fd: int, stale_age: float, now: float) -> list[_Candidate]:
