@@ -13,9 +13,13 @@ class Problem:
     path: str
     message: str
     source: str
+    # how the operator wrote it (``CPU_THRESHOLD``, or the YAML key) and the value given, when there was one
+    name: str | None = None
+    value: str | None = None
 
     def __str__(self) -> str:
-        return f"{self.path}: {self.message} ({self.source})"
+        head = f"{self.name}={self.value}" if self.name is not None and self.value is not None else self.path
+        return f"{head}: {self.message} ({self.source})"
 
 
 class ConfigError(Exception):

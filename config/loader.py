@@ -8,10 +8,13 @@ the path in upper case with ``__`` between sections (``CCTV_OPTIMIZER_BACKEND__U
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import ipaddress
+import json
 import math
 import os
 import re
+import stat
 import types
 import typing
 from collections.abc import Iterator, Mapping
@@ -21,8 +24,10 @@ from typing import Any
 
 import yaml
 
+from config import units
 from config.errors import ConfigError, Problem
 from config.settings import Settings
+from config.units import Unit
 
 ENV_PREFIX = "CCTV_OPTIMIZER_"
 CONFIG_ENV = "CCTV_OPTIMIZER_CONFIG"
@@ -66,6 +71,12 @@ class Leaf:
     default: Any
     meta: Mapping[str, Any]
 
+    @property
+    def unit(self) -> Unit:
+        """What the setting's number measures: its ``unit`` metadata, else what its name says."""
+        declared = self.meta.get("unit")
+        return Unit(declared) if declared else units.unit_of(self.path)
+
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
 class LoadedSettings:
@@ -74,6 +85,9 @@ class LoadedSettings:
     settings: Settings
     sources: Mapping[str, str]
     leaves: tuple[Leaf, ...]
+    # things worth saying that do not stop the daemon (a world-readable secret allowed by the settings, a
+    # variable that looks like a misspelt setting in the process environment)
+    warnings: tuple[Problem, ...] = ()
 
 
 def iter_leaves(cls: type[Any] = Settings, prefix: str = "") -> Iterator[Leaf]:
@@ -97,70 +111,146 @@ def _optional_inner(tp: Any) -> tuple[Any, bool]:
     return tp, False
 
 
+def example_of(leaf: Leaf, given: float | None = None) -> str:
+    """An example value for a message: one close to what was given when that reads as a unit slip, else the default.
+
+    ``OPTIMIZATION_INTERVAL=30`` was meant as seconds (example ``30000 for 30 s``); ``CPU_THRESHOLD=80`` as a
+    percentage (example ``0.8 for 80 %``).
+    """
+    unit = leaf.unit
+    lo, hi = leaf.meta.get("min"), leaf.meta.get("max")
+
+    def fits(v: float) -> bool:
+        return (lo is None or v >= lo) and (hi is None or v <= hi)
+
+    if given is not None and given > 0:
+        if unit is Unit.MILLISECONDS and fits(given * 1000):
+            return units.example(unit, given * 1000)
+        if unit is Unit.RATIO and fits(given / 100):
+            return units.example(unit, given / 100)
+    default = leaf.meta.get("example", leaf.default)
+    if isinstance(default, bool):
+        return "true" if default else "false"
+    if isinstance(default, (int, float)) and fits(default):
+        return units.example(unit, default)
+    if isinstance(default, tuple):
+        return ",".join(str(v) for v in default) or "(empty)"
+    if default is None:
+        return "(unset)"
+    return str(default)
+
+
+def _unit_words(leaf: Leaf) -> str:
+    """`` milliseconds`` and the like, for "a whole number of ..." messages; empty for plain counts."""
+    word = units.UNIT_WORDS.get(leaf.unit)
+    return f" of {word}" if word else ""
+
+
+def _range_message(leaf: Leaf, value: float) -> str:
+    """Why a number is out of range, in the setting's unit, with an example."""
+    lo, hi = leaf.meta.get("min"), leaf.meta.get("max")
+    example = example_of(leaf, value)
+    if leaf.unit is Unit.RATIO:
+        return f"must be a ratio from {units.number(lo)} to {units.number(hi)}, e.g. {example}"
+    word = units.UNIT_WORDS.get(leaf.unit, "")
+    bound, limit = ("at least", lo) if lo is not None and value < lo else ("at most", hi)
+    shown = f"{units.number(limit).replace(',', '')}{' ' + word if word else ''}"
+    if (leaf.unit is Unit.BYTES and limit >= units.KIB**2) or (
+        leaf.unit in (Unit.MILLISECONDS, Unit.SECONDS) and units.value(limit, leaf.unit).endswith(("h", "d"))
+    ):
+        shown += f" = {units.value(limit, leaf.unit)}"
+    return f"must be {bound} {shown} (e.g. {example})"
+
+
 def _convert(leaf: Leaf, raw: Any, from_env: bool) -> Any:
-    """Convert a raw value to the leaf's type, raising ValueError with a message naming what is wrong."""
+    """Convert a raw value to the leaf's type, raising ValueError with a message naming what is wrong.
+
+    Messages say the unit and give an example; the value itself is shown by the Problem (``NAME=value``).
+    """
     tp, nullable = _optional_inner(leaf.type)
     if raw is None or (from_env and raw == "" and nullable):
         if nullable:
             return None
-        raise ValueError("a value is required")
+        raise ValueError(f"a value is required (e.g. {example_of(leaf)})")
     if tp is bool:
         if isinstance(raw, bool):
             return raw
         if isinstance(raw, str) and raw.strip().lower() in _TRUE | _FALSE:
             return raw.strip().lower() in _TRUE
-        raise ValueError(f"expected true or false, got {raw!r}")
+        raise ValueError("expected true or false")
     if tp is int:
+        whole = f"expected a whole number{_unit_words(leaf)} (e.g. {example_of(leaf)})"
         if isinstance(raw, (bool, float)):
-            raise ValueError(f"expected a whole number, got {raw!r}")
+            raise ValueError(whole)
         try:
             value: Any = int(str(raw).strip().replace("_", ""))
         except ValueError:
-            raise ValueError(f"expected a whole number, got {raw!r}") from None
+            raise ValueError(whole) from None
     elif tp is float:
+        if leaf.unit is Unit.RATIO:
+            expected = f"expected a ratio, e.g. {example_of(leaf)}"
+        else:
+            expected = f"expected a number{_unit_words(leaf)} (e.g. {example_of(leaf)})"
         if isinstance(raw, bool):
-            raise ValueError(f"expected a number, got {raw!r}")
+            raise ValueError(expected)
         try:
             value = float(str(raw).strip())
         except ValueError:
-            raise ValueError(f"expected a number, got {raw!r}") from None
+            raise ValueError(expected) from None
         if not math.isfinite(value):
-            raise ValueError(f"expected a finite number, got {raw!r}")
+            raise ValueError(expected.replace("expected a", "expected a finite", 1))
     elif tp is str:
         if not isinstance(raw, str):
-            raise ValueError(f"expected text, got {raw!r}")
+            raise ValueError(f"expected text (e.g. {example_of(leaf)})")
         value = raw
     elif tp is Path:
         if not isinstance(raw, str) or not raw:
-            raise ValueError(f"expected a path, got {raw!r}")
+            raise ValueError(f"expected a path (e.g. {example_of(leaf)})")
         value = Path(raw)
     elif isinstance(tp, type) and issubclass(tp, Enum):
         try:
             value = tp(str(raw).strip().lower())
         except ValueError:
             allowed = ", ".join(str(m.value) for m in tp)
-            raise ValueError(f"expected one of {allowed}, got {raw!r}") from None
+            raise ValueError(f"expected one of {allowed}") from None
     elif typing.get_origin(tp) is tuple:
         if from_env and isinstance(raw, str):
             items = [s.strip() for s in raw.split(",") if s.strip()]
         elif isinstance(raw, list) and all(isinstance(x, str) for x in raw):
             items = list(raw)
         else:
-            raise ValueError(f"expected a list of text, got {raw!r}")
+            raise ValueError(f"expected a list of text, comma-separated in a variable (e.g. {example_of(leaf)})")
         value = tuple(items)
     else:  # pragma: no cover - schema error, caught by the schema test
         raise TypeError(f"unsupported setting type {tp!r} at {leaf.path}")
     lo, hi = leaf.meta.get("min"), leaf.meta.get("max")
-    if lo is not None and value < lo:
-        raise ValueError(f"must be at least {lo}, got {value}")
-    if hi is not None and value > hi:
-        raise ValueError(f"must be at most {hi}, got {value}")
+    if (lo is not None and value < lo) or (hi is not None and value > hi):
+        raise ValueError(_range_message(leaf, value))
     choices = leaf.meta.get("choices")
     if choices is not None:
         value = str(value).lower()
         if value not in choices:
-            raise ValueError(f"expected one of {', '.join(choices)}, got {raw!r}")
+            raise ValueError(f"expected one of {', '.join(choices)}")
     return value
+
+
+def did_you_mean(name: str, known: typing.Iterable[str], cutoff: float = 0.75) -> str:
+    """``; did you mean X?`` for the closest known name, or nothing."""
+    close = difflib.get_close_matches(name, list(known), n=1, cutoff=cutoff)
+    return f"; did you mean {close[0]}?" if close else ""
+
+
+# A name this close to one of the specification's bare variables is taken for a misspelling of it.
+MISSPELLING_CUTOFF = 0.85
+
+
+def _shown(raw: Any) -> str:
+    """A raw value as the operator wrote it, for ``NAME=value`` (YAML values as YAML would print them)."""
+    if isinstance(raw, str):
+        return raw
+    if isinstance(raw, bool):
+        return "true" if raw else "false"
+    return json.dumps(raw) if isinstance(raw, (list, dict)) else str(raw)
 
 
 def _flatten_yaml(data: Mapping[str, Any], prefix: str = "") -> Iterator[tuple[str, Any]]:
@@ -205,10 +295,25 @@ def _legacy_yaml_key(leaf: Leaf) -> str | None:
     return str(env).lower() if env else None
 
 
-def load_settings(environ: Mapping[str, str] | None = None, config_file: Path | None = None) -> LoadedSettings:
-    """Build the effective settings; raise ConfigError listing every problem found."""
+def load_settings(
+    environ: Mapping[str, str] | None = None,
+    config_file: Path | None = None,
+    *,
+    origins: Mapping[str, str] | None = None,
+    check_files: bool = True,
+) -> LoadedSettings:
+    """Build the effective settings; raise ConfigError listing every problem found.
+
+    ``origins`` says where a variable was set when that is more than the process environment (the env file
+    and its line, from check-config); it is added to the variable's source. With ``origins`` every variable
+    is the operator's own (the env file holds nothing else), so a misspelt one is an error; in the process
+    environment, which holds other programs' variables too, a near miss of a specification name is a warning.
+    ``check_files=False`` skips what depends on who is asking (secret files, the state directory): the CLI
+    only wants the listen address and must not fail because its user cannot read the backend's password.
+    """
     env = dict(os.environ if environ is None else environ)
     problems: list[Problem] = []
+    warnings: list[Problem] = []
     leaves = tuple(iter_leaves())
     by_path = {leaf.path: leaf for leaf in leaves}
     values: dict[str, Any] = {leaf.path: leaf.default for leaf in leaves}
@@ -222,26 +327,33 @@ def load_settings(environ: Mapping[str, str] | None = None, config_file: Path | 
         for key, raw in _read_yaml(config_file, problems).items():
             leaf = by_path.get(key) or aliases.get(key)
             if leaf is None:
-                problems.append(Problem(path=key, message="unknown setting", source=source))
+                hint = did_you_mean(key, [*by_path, *aliases])
+                problems.append(Problem(path=key, message=f"unknown setting{hint}", source=source))
                 continue
             try:
                 values[leaf.path] = _convert(leaf, raw, from_env=False)
                 sources[leaf.path] = source
             except ValueError as exc:
-                problems.append(Problem(path=leaf.path, message=str(exc), source=source))
+                problems.append(Problem(path=leaf.path, message=str(exc), source=source, name=key, value=_shown(raw)))
 
     by_env = {leaf.env: leaf for leaf in leaves}
+    bare = [leaf.env for leaf in leaves if not leaf.env.startswith(ENV_PREFIX)]
     for name, raw in sorted(env.items()):
+        where = f"env {name}" + (f", {origins[name]}" if origins and name in origins else "")
         leaf = by_env.get(name)
         if leaf is None:
             if name.startswith(ENV_PREFIX) and name != CONFIG_ENV:
-                problems.append(Problem(path=name, message="unknown setting", source=f"env {name}"))
+                hint = did_you_mean(name, by_env)
+                problems.append(Problem(path=name, message=f"unknown setting{hint}", source=where))
+            elif hint := did_you_mean(name, bare, MISSPELLING_CUTOFF):
+                unknown = Problem(path=name, message=f"not a setting, ignored{hint}", source=where)
+                (problems if origins is not None else warnings).append(unknown)
             continue
         try:
             values[leaf.path] = _convert(leaf, raw, from_env=True)
-            sources[leaf.path] = f"env {name}"
+            sources[leaf.path] = where
         except ValueError as exc:
-            problems.append(Problem(path=leaf.path, message=str(exc), source=f"env {name}"))
+            problems.append(Problem(path=leaf.path, message=str(exc), source=where, name=name, value=raw))
 
     if values["state.directory"] is None:
         state_dirs = env.get("STATE_DIRECTORY", "")
@@ -251,10 +363,10 @@ def load_settings(environ: Mapping[str, str] | None = None, config_file: Path | 
 
     settings = _build(Settings, values)
     if not problems:
-        problems.extend(validate(settings, sources, env))
+        problems.extend(validate(settings, sources, env, warnings, check_files=check_files))
     if problems:
         raise ConfigError(problems)
-    return LoadedSettings(settings=settings, sources=sources, leaves=leaves)
+    return LoadedSettings(settings=settings, sources=sources, leaves=leaves, warnings=tuple(warnings))
 
 
 def _build(cls: type[Any], values: Mapping[str, Any], prefix: str = "") -> Any:
@@ -316,17 +428,39 @@ def _validate_url(url: str) -> str | None:
     return None if match else f"expected an http:// or https:// URL, got {url!r}"
 
 
-def validate(settings: Settings, sources: Mapping[str, str], environ: Mapping[str, str]) -> list[Problem]:
-    """Cross-field and safety checks that a single value's type and bounds cannot express."""
-    problems: list[Problem] = []
+def validate(
+    settings: Settings,
+    sources: Mapping[str, str],
+    environ: Mapping[str, str],
+    warnings: list[Problem] | None = None,
+    *,
+    check_files: bool = True,
+) -> list[Problem]:
+    """Cross-field and safety checks that a single value's type and bounds cannot express.
 
-    def add(path: str, message: str) -> None:
-        problems.append(Problem(path=path, message=message, source=sources.get(path, DEFAULT_SOURCE)))
+    Secret files are checked here too (they exist, can be read, and others cannot read them), so that
+    ``run`` stops with exit 78 before anything starts and check-config says the same.
+    """
+    problems: list[Problem] = []
+    leaves = {leaf.path: leaf for leaf in iter_leaves()}
+
+    def add(path: str, message: str, into: list[Problem] | None = None) -> None:
+        source = sources.get(path, DEFAULT_SOURCE)
+        name: str | None = None
+        raw: str | None = None
+        if source.startswith("env "):
+            name = source[4:].split(",", 1)[0]
+            raw = environ.get(name)
+        elif source.startswith("file ") and path in leaves:
+            name, raw = path, _render_value(settings, path)
+        (problems if into is None else into).append(
+            Problem(path=path, message=message, source=source, name=name, value=raw)
+        )
 
     try:
         host, _port = parse_listen(settings.api.listen)
     except ValueError as exc:
-        add("api.listen", str(exc))
+        add("api.listen", f"{exc} (e.g. 127.0.0.1:9877)")
     else:
         has_token = settings.api.token_file is not None or credential_path(environ, "api-token") is not None
         if not is_loopback(host) and not has_token:
@@ -336,27 +470,36 @@ def validate(settings: Settings, sources: Mapping[str, str], environ: Mapping[st
         ("backend.mediamtx_url", settings.backend.mediamtx_url),
     ):
         if (msg := _validate_url(url)) is not None:
-            add(path, msg)
+            add(path, f"{msg} (e.g. http://127.0.0.1:3000)")
     for endpoint in settings.backend.hot_endpoints:
         if not endpoint.startswith("/"):
-            add("backend.hot_endpoints", f"each endpoint must be a path starting with /, got {endpoint!r}")
+            add("backend.hot_endpoints", f"each endpoint must be a path starting with /, got {endpoint!r} (e.g. /api/cameras/active)")
     process = settings.backend.process
     if process is not None and not _PROCESS_SPEC.match(process):
-        add("backend.process", "expected pid:FILE, unit:NAME, port:N or name:PATTERN")
+        add("backend.process", "expected pid:FILE, unit:NAME, port:N or name:PATTERN (e.g. port:3000)")
     elif process is not None and process.startswith("port:") and not process[5:].isdigit():
-        add("backend.process", "port: needs a port number")
+        add("backend.process", "port: needs a port number (e.g. port:3000)")
     if settings.detection.samples_required > settings.detection.window_samples:
-        add("detection.samples_required", "must not exceed detection.window_samples")
+        add(
+            "detection.samples_required",
+            f"must not exceed detection.window_samples ({settings.detection.window_samples})",
+        )
     if settings.sampler.min_interval_ms > settings.sampler.max_interval_ms:
-        add("sampler.min_interval_ms", "must not exceed sampler.max_interval_ms")
+        add(
+            "sampler.min_interval_ms",
+            f"must not exceed sampler.max_interval_ms ({settings.sampler.max_interval_ms} milliseconds)",
+        )
     if settings.engine.cooldown_seconds > settings.engine.cooldown_max_seconds:
-        add("engine.cooldown_seconds", "must not exceed engine.cooldown_max_seconds")
+        add(
+            "engine.cooldown_seconds",
+            f"must not exceed engine.cooldown_max_seconds ({units.number(settings.engine.cooldown_max_seconds)} seconds)",
+        )
     if not _WINDOW.match(settings.strategies.database.vacuum_window):
-        add("strategies.database.vacuum_window", "expected HH:MM-HH:MM")
+        add("strategies.database.vacuum_window", "expected HH:MM-HH:MM, e.g. 03:00-05:00")
 
     hls = settings.backend.hls_directory
     if not hls.is_absolute():
-        add("backend.hls_directory", "must be an absolute path")
+        add("backend.hls_directory", "must be an absolute path (e.g. /dev/shm/mediamtx-live)")
     else:
         resolved = Path(os.path.normpath(hls))
         state = Path(os.path.abspath(settings.state_directory))
@@ -388,7 +531,82 @@ def validate(settings: Settings, sources: Mapping[str, str], environ: Mapping[st
             "strategies.memory.restart_command",
             "a backend restart command needs the explicit opt-in engine.allow_disruptive=true",
         )
+
+    if not check_files:
+        return problems
+    state_dir = settings.state_directory
+    if state_dir.exists() and not state_dir.is_dir():
+        add("state.directory", f"{state_dir} is not a directory")
+
+    allow = settings.secrets.allow_world_readable
+    for path, file in secret_files(settings):
+        if file is None:
+            continue
+        access = secret_file_problem(file)
+        if access is not None:
+            add(path, access)
+        elif (exposed := exposed_secret(file)) is not None:
+            if allow:
+                add(path, f"{exposed} (allowed by secrets.allow_world_readable)", warnings)
+            else:
+                add(path, f"{exposed}: chmod o-rwx {file}, or set {SECRETS_ALLOW_ENV}=true to accept it")
     return problems
+
+
+SECRETS_ALLOW_ENV = ENV_PREFIX + "SECRETS__ALLOW_WORLD_READABLE"
+
+
+def secret_files(settings: Settings) -> list[tuple[str, Path | None]]:
+    """(setting path, file) of every secret-file setting."""
+    out: list[tuple[str, Path | None]] = []
+    for leaf in iter_leaves():
+        if leaf.meta.get("secret"):
+            out.append((leaf.path, typing.cast(Path | None, _value_at(settings, leaf.path))))
+    return out
+
+
+def secret_file_problem(file: Path) -> str | None:
+    """Why a configured secret file cannot be used by this process, or None when it can be read."""
+    try:
+        info = file.stat()
+    except FileNotFoundError:
+        return f"{file} does not exist"
+    except OSError as exc:
+        return f"cannot reach {file}: {exc.strerror}"
+    if not stat.S_ISREG(info.st_mode):
+        return f"{file} is not a regular file"
+    if not os.access(file, os.R_OK):
+        return f"cannot read {file}: permission denied"
+    if info.st_size == 0:
+        return f"{file} is empty"
+    return None
+
+
+def exposed_secret(file: Path) -> str | None:
+    """``FILE is readable by others (mode 0644)`` when users outside its owner and group can read or change it."""
+    try:
+        mode = stat.S_IMODE(file.stat().st_mode)
+    except OSError:
+        return None
+    if mode & stat.S_IROTH:
+        return f"{file} is readable by others (mode {mode:04o})"
+    if mode & stat.S_IWOTH:
+        return f"{file} is writable by others (mode {mode:04o})"
+    return None
+
+
+def _value_at(settings: Settings, path: str) -> Any:
+    value: Any = settings
+    for part in path.split("."):
+        value = getattr(value, part)
+    return value
+
+
+def _render_value(settings: Settings, path: str) -> str:
+    value = _value_at(settings, path)
+    if isinstance(value, tuple):
+        return ",".join(str(v) for v in value)
+    return "" if value is None else str(value)
 
 
 def read_secret(path: Path | None, environ: Mapping[str, str], credential: str) -> str | None:

@@ -69,6 +69,7 @@ MEANINGS: dict[str, str] = {
     "sampler.source_timeout_seconds": "a source slower than this is marked down for that sample",
     "alertmanager.strategy_label": "alert label that names the strategy to run",
     "alertmanager.dedupe_seconds": "repeated notifications of the same alert group within this are ignored",
+    "secrets.allow_world_readable": "accept secret files that others can read, with a warning (default: refuse, exit 78)",
     "strategies.plugins": "extra strategies to load by entry-point name (group `cctv_optimizer.strategies`)",
     "strategies.database.quick_check_interval_seconds": "least time between `PRAGMA quick_check` runs",
     "strategies.database.retention_enabled": "prune old rows of the tables nobody cleans (disruptive, opt-in)",

@@ -2,7 +2,9 @@
 
 Field metadata drives the loader: ``env`` overrides the derived environment variable name (the
 original specification's names), ``min``/``max`` bound numbers, ``choices`` restrict strings, ``secret``
-marks a path whose contents must never be shown.
+marks a path whose contents must never be shown, ``unit`` names the unit where the name does not say it
+(config.units.unit_of reads ``_ms``, ``_seconds``, ``_bytes``, ``_ratio``...), and ``example`` gives a value
+for messages where the default is none.
 """
 
 from __future__ import annotations
@@ -36,8 +38,8 @@ class ApiSettings:
     """The HTTP API: where it listens and how writes are authorised."""
 
     listen: str = _f("127.0.0.1:9877")
-    token_file: Path | None = _f(None, secret=True)
-    client_max_size: int = _f(64 * 1024, min=1024, max=16 * MIB)
+    token_file: Path | None = _f(None, secret=True, example="/etc/cctv-optimizer/api-token")
+    client_max_size: int = _f(64 * 1024, min=1024, max=16 * MIB, unit="bytes")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -54,12 +56,14 @@ class BackendSettings:
     """The CCTV backend the daemon watches: its URL, database, HLS directory, credentials and process."""
 
     url: str = _f("http://127.0.0.1:3000")
-    database: Path | None = _f(None)
+    database: Path | None = _f(None, example="/opt/rafnet-cctv/backend/data/cctv.db")
     hls_directory: Path = _f(Path("/dev/shm/mediamtx-live"))
-    admin_username: str | None = _f(None)
-    admin_password_file: Path | None = _f(None, secret=True)
-    api_key_file: Path | None = _f(None, secret=True)
-    process: str | None = _f(None)
+    admin_username: str | None = _f(None, example="admin")
+    admin_password_file: Path | None = _f(
+        None, secret=True, example="/run/credentials/cctv-optimizer.service/backend-admin-password"
+    )
+    api_key_file: Path | None = _f(None, secret=True, example="/run/credentials/cctv-optimizer.service/backend-api-key")
+    process: str | None = _f(None, example="port:3000")
     mediamtx_url: str = _f("http://127.0.0.1:9997")
     hot_endpoints: tuple[str, ...] = _f(("/api/cameras/active", "/api/areas/public"))
     timeout_seconds: float = _f(5.0, min=0.1, max=120.0)
@@ -110,6 +114,17 @@ class AlertmanagerSettings:
 
     strategy_label: str = _f("optimize_strategy")
     dedupe_seconds: float = _f(600.0, min=0.0, max=7 * 86400.0)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SecretsSettings:
+    """How strictly secret files (API token, admin password, API key) are checked.
+
+    A secret file that users other than its owner and group can read is refused at start (exit 78) unless
+    ``allow_world_readable`` is set; then it is only warned about, once, naming the file and its mode.
+    """
+
+    allow_world_readable: bool = _f(False)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -183,7 +198,7 @@ class MemoryOptions:
     own_budget_bytes: int = _f(128 * MIB, min=16 * MIB, max=1 << 34)
     cache_entries_limit: int = _f(5000, min=10, max=10_000_000)
     cache_junk_prefixes: tuple[str, ...] = _f(())
-    restart_command: str | None = _f(None)
+    restart_command: str | None = _f(None, example="pm2 reload rafnet-cctv-backend")
     restart_min_interval_seconds: float = _f(86400.0, min=60.0, max=30 * 86400.0)
     restart_quiet_max_viewers: int = _f(2, min=0, max=1_000_000)
     restart_urgent_seconds: float = _f(900.0, min=0.0, max=7 * 86400.0)
@@ -210,9 +225,9 @@ class CpuOptions:
     enabled: bool = _f(True)
     mode: Mode | None = _f(None)
     load_per_core: float = _f(1.5, min=0.1, max=100.0)
-    psi_some_avg10: float = _f(40.0, min=0.0, max=100.0)
+    psi_some_avg10: float = _f(40.0, min=0.0, max=100.0, unit="percent")
     recorder_pattern: str = _f("-segment_time")
-    recordings_directory: Path | None = _f(None)
+    recordings_directory: Path | None = _f(None, example="/opt/rafnet-cctv/recordings")
     recorder_nice: int = _f(10, min=1, max=19)
     recorder_ionice_idle: bool = _f(False)
     hot_sample_interval_factor: float = _f(2.0, min=1.0, max=10.0)
@@ -270,7 +285,7 @@ class CacheOptions:
 
     enabled: bool = _f(True)
     mode: Mode | None = _f(None)
-    hit_rate_floor: float = _f(0.3, min=0.0, max=1.0)
+    hit_rate_floor: float = _f(0.3, min=0.0, max=1.0, unit="ratio")
     min_lookups: int = _f(50, min=1, max=10_000_000)
     entries_limit: int = _f(2000, min=10, max=10_000_000)
     clear_fallback: bool = _f(True)
@@ -296,15 +311,15 @@ class Settings:
     """The whole effective configuration of the daemon."""
 
     enable_performance_optimization: bool = _f(True, env="ENABLE_PERFORMANCE_OPTIMIZATION")
-    optimization_interval: int = _f(30000, env="OPTIMIZATION_INTERVAL", min=1000, max=86_400_000)
-    memory_threshold: float = _f(0.8, env="MEMORY_THRESHOLD", min=0.05, max=1.0)
-    cpu_threshold: float = _f(0.9, env="CPU_THRESHOLD", min=0.05, max=1.0)
-    gc_threshold: float = _f(0.7, env="GC_THRESHOLD", min=0.05, max=1.0)
+    optimization_interval: int = _f(30000, env="OPTIMIZATION_INTERVAL", min=1000, max=86_400_000, unit="milliseconds")
+    memory_threshold: float = _f(0.8, env="MEMORY_THRESHOLD", min=0.05, max=1.0, unit="ratio")
+    cpu_threshold: float = _f(0.9, env="CPU_THRESHOLD", min=0.05, max=1.0, unit="ratio")
+    gc_threshold: float = _f(0.7, env="GC_THRESHOLD", min=0.05, max=1.0, unit="ratio")
     enable_gc: bool = _f(True, env="ENABLE_GC")
     enable_connection_pooling: bool = _f(True, env="ENABLE_CONNECTION_POOLING")
     enable_caching: bool = _f(True, env="ENABLE_CACHING")
     log_level: str = _f("info", env="LOG_LEVEL", choices=("debug", "info", "warning", "error"))
-    sample_interval: int = _f(5000, min=100, max=3_600_000)
+    sample_interval: int = _f(5000, min=100, max=3_600_000, unit="milliseconds")
     api: ApiSettings = field(default_factory=ApiSettings)
     state: StateSettings = field(default_factory=StateSettings)
     backend: BackendSettings = field(default_factory=BackendSettings)
@@ -312,6 +327,7 @@ class Settings:
     engine: EngineSettings = field(default_factory=EngineSettings)
     sampler: SamplerSettings = field(default_factory=SamplerSettings)
     alertmanager: AlertmanagerSettings = field(default_factory=AlertmanagerSettings)
+    secrets: SecretsSettings = field(default_factory=SecretsSettings)
     strategies: StrategiesSettings = field(default_factory=StrategiesSettings)
 
     @property

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import gc
 import os
 import secrets
@@ -77,6 +78,20 @@ UNCLEANED_TABLES: tuple[tuple[str, str], ...] = (
     ("camera_source_lifecycle_events", "created_at"),
     ("recording_maintenance_events", "created_at"),
 )
+
+
+EX_OK, EX_FAIL, EX_CONFIG = 0, 1, 78
+# bind() errors that restarting cannot fix: the address is not on this host, or the port needs a privilege
+_BIND_CONFIG_ERRNOS = frozenset({errno.EADDRNOTAVAIL, errno.EACCES, errno.EPERM})
+
+
+class StartupError(Exception):
+    """Start-up could not finish for a reason an operator can act on; ``config`` when it is the configuration's."""
+
+    def __init__(self, message: str, *, config: bool) -> None:
+        super().__init__(message)
+        self.message = message
+        self.config = config
 
 
 class LifecycleState(StrEnum):
@@ -162,15 +177,18 @@ class Daemon:
         self.api_port = 0
         self.token = ""
         self._background: set[asyncio.Future[None]] = set()
+        # set once _build() has made every part: stop() after a failed start closes only what exists
+        self._built = False
 
     # building ----------------------------------------------------------------------------------------------------
 
     def _build(self) -> None:
         s = self.settings
         env = self._environ
-        self.token, token_source = resolve_api_token(s, env)
+        # the secrets first: a missing or unreadable one stops the start before anything is opened
         password = read_secret(s.backend.admin_password_file, env, "backend-admin-password")
         api_key = read_secret(s.backend.api_key_file, env, "backend-api-key")
+        self.token, token_source = resolve_api_token(s, env)
         REDACTOR.register(self.token, password, api_key)
         self.token_source = token_source
         self.store = StateStore(
@@ -233,6 +251,7 @@ class Daemon:
             metrics=self.metrics,
             clock=self.clock,
         )
+        self._built = True
 
     def _deps(self) -> Dependencies:
         return Dependencies(
@@ -290,7 +309,14 @@ class Daemon:
         )
         await self._runner.setup()
         site = web.TCPSite(self._runner, host, port, reuse_address=True)
-        await site.start()
+        try:
+            await site.start()
+        except OSError as exc:
+            raise StartupError(
+                f"cannot listen on {self.settings.api.listen} (api.listen): "
+                f"{os.strerror(exc.errno) if exc.errno else exc}",
+                config=exc.errno in _BIND_CONFIG_ERRNOS,
+            ) from None
         server = site._server
         sockets = getattr(server, "sockets", None) or []
         self.api_host = host
@@ -547,6 +573,10 @@ class Daemon:
         """Stop the loops, let the running round finish, optionally revert, close the API, flush state."""
         if self.state in (LifecycleState.STOPPING, LifecycleState.STOPPED):
             return
+        if not self._built:
+            # start-up failed while building: nothing was opened, started or bound
+            self.state = LifecycleState.STOPPED
+            return
         self.state = LifecycleState.STOPPING
         self._notifier.stopping()
         log.info("daemon_stopping")
@@ -608,27 +638,45 @@ def _run_loop(main: Coroutine[Any, Any, int]) -> int:
     return result
 
 
+def _config_invalid(exc: ConfigError) -> int:
+    """One log line naming every problem (setting, value, why, where it came from); EX_CONFIG."""
+    log.error(
+        "config_invalid",
+        problems=[str(p) for p in exc.problems],
+        hint="run 'cctv-optimizer check-config' for the whole configuration",
+    )
+    return EX_CONFIG
+
+
 def run_daemon(config_file: Path | None, environ: Mapping[str, str] | None = None) -> int:
-    """Load the configuration and run the daemon; 78 on configuration errors."""
+    """Load the configuration and run the daemon.
+
+    Exit status: 0 after a clean stop; 78 (EX_CONFIG) for a configuration problem, which systemd does not
+    restart (RestartPreventExitStatus=78); 1 for anything else. Every expected failure is one log line with its
+    cause and no traceback; an unexpected one (a bug) is logged once with its traceback.
+    """
     env = dict(os.environ if environ is None else environ)
     try:
         loaded = load_settings(env, config_file)
     except ConfigError as exc:
         configure_logging("info")
-        log.error("config_invalid", problems=[str(p) for p in exc.problems])
-        return 78
+        return _config_invalid(exc)
     configure_logging(loaded.settings.log_level)
+    for warning in loaded.warnings:
+        log.warning("config_warning", warning=str(warning))
     daemon = Daemon(loaded, environ=env, config_file=config_file)
     try:
         return _run_loop(daemon.run())
     except ConfigError as exc:
-        log.error("config_invalid", problems=[str(p) for p in exc.problems])
-        return 78
-    except OSError as exc:
-        log.error("startup_failed", error=f"{exc.__class__.__name__}: {exc}")
-        return 1
+        return _config_invalid(exc)
+    except StartupError as exc:
+        log.error("startup_failed", error=exc.message)
+        return EX_CONFIG if exc.config else EX_FAIL
     except KeyboardInterrupt:
-        return 0
+        return EX_OK
+    except Exception as exc:
+        log.exception("daemon_crashed", error=f"{exc.__class__.__name__}: {exc}")
+        return EX_FAIL
 
 
 def hostname() -> str:
@@ -636,4 +684,4 @@ def hostname() -> str:
     return socket.gethostname()
 
 
-__all__ = ["Daemon", "LifecycleState", "Problem", "run_daemon"]
+__all__ = ["Daemon", "LifecycleState", "Problem", "StartupError", "run_daemon"]

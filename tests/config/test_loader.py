@@ -86,29 +86,29 @@ def test_sectioned_variables(env: dict[str, str], getter: object, expected: obje
 @pytest.mark.parametrize(
     ("env", "fragment"),
     [
-        ({"OPTIMIZATION_INTERVAL": "abc"}, "optimization_interval: expected a whole number"),
-        ({"OPTIMIZATION_INTERVAL": "10"}, "optimization_interval: must be at least 1000"),
-        ({"MEMORY_THRESHOLD": "1.5"}, "memory_threshold: must be at most 1.0"),
-        ({"CPU_THRESHOLD": "nan"}, "cpu_threshold: expected a finite number"),
-        ({"ENABLE_GC": "maybe"}, "enable_gc: expected true or false"),
-        ({"LOG_LEVEL": "loud"}, "log_level: expected one of debug, info, warning, error"),
-        ({"CCTV_OPTIMIZER_ENGINE__MODE": "yolo"}, "engine.mode: expected one of observe, dry_run, enforce"),
+        ({"OPTIMIZATION_INTERVAL": "abc"}, "OPTIMIZATION_INTERVAL=abc: expected a whole number of milliseconds (e.g. 30000 for 30 s)"),
+        ({"OPTIMIZATION_INTERVAL": "10"}, "OPTIMIZATION_INTERVAL=10: must be at least 1000 milliseconds (e.g. 10000 for 10 s)"),
+        ({"MEMORY_THRESHOLD": "1.5"}, "MEMORY_THRESHOLD=1.5: must be a ratio from 0.05 to 1, e.g. 0.8 for 80 %"),
+        ({"CPU_THRESHOLD": "nan"}, "CPU_THRESHOLD=nan: expected a finite ratio, e.g. 0.9 for 90 %"),
+        ({"ENABLE_GC": "maybe"}, "ENABLE_GC=maybe: expected true or false"),
+        ({"LOG_LEVEL": "loud"}, "LOG_LEVEL=loud: expected one of debug, info, warning, error"),
+        ({"CCTV_OPTIMIZER_ENGINE__MODE": "yolo"}, "CCTV_OPTIMIZER_ENGINE__MODE=yolo: expected one of observe, dry_run, enforce"),
         ({"CCTV_OPTIMIZER_BOGUS": "1"}, "CCTV_OPTIMIZER_BOGUS: unknown setting"),
-        ({"CCTV_OPTIMIZER_API__LISTEN": "nonsense"}, "api.listen: expected host:port"),
-        ({"CCTV_OPTIMIZER_API__LISTEN": "0.0.0.0:9877"}, "api.listen: a non-loopback address needs a token"),
-        ({"CCTV_OPTIMIZER_BACKEND__URL": "ftp://x"}, "backend.url: expected an http:// or https:// URL"),
-        ({"CCTV_OPTIMIZER_BACKEND__PROCESS": "pidfile"}, "backend.process: expected pid:FILE"),
-        ({"CCTV_OPTIMIZER_BACKEND__HLS_DIRECTORY": "/"}, "backend.hls_directory: refusing to prune inside /"),
-        ({"CCTV_OPTIMIZER_BACKEND__HLS_DIRECTORY": "/etc"}, "backend.hls_directory: refusing"),
-        ({"CCTV_OPTIMIZER_BACKEND__HLS_DIRECTORY": "/var/"}, "backend.hls_directory: refusing"),
-        ({"CCTV_OPTIMIZER_BACKEND__HLS_DIRECTORY": "relative/x"}, "backend.hls_directory: must be an absolute path"),
+        ({"CCTV_OPTIMIZER_API__LISTEN": "nonsense"}, "CCTV_OPTIMIZER_API__LISTEN=nonsense: expected host:port"),
+        ({"CCTV_OPTIMIZER_API__LISTEN": "0.0.0.0:9877"}, "CCTV_OPTIMIZER_API__LISTEN=0.0.0.0:9877: a non-loopback address needs a token"),
+        ({"CCTV_OPTIMIZER_BACKEND__URL": "ftp://x"}, "CCTV_OPTIMIZER_BACKEND__URL=ftp://x: expected an http:// or https:// URL"),
+        ({"CCTV_OPTIMIZER_BACKEND__PROCESS": "pidfile"}, "CCTV_OPTIMIZER_BACKEND__PROCESS=pidfile: expected pid:FILE"),
+        ({"CCTV_OPTIMIZER_BACKEND__HLS_DIRECTORY": "/"}, "CCTV_OPTIMIZER_BACKEND__HLS_DIRECTORY=/: refusing to prune inside /"),
+        ({"CCTV_OPTIMIZER_BACKEND__HLS_DIRECTORY": "/etc"}, "CCTV_OPTIMIZER_BACKEND__HLS_DIRECTORY=/etc: refusing"),
+        ({"CCTV_OPTIMIZER_BACKEND__HLS_DIRECTORY": "/var/"}, "CCTV_OPTIMIZER_BACKEND__HLS_DIRECTORY=/var/: refusing"),
+        ({"CCTV_OPTIMIZER_BACKEND__HLS_DIRECTORY": "relative/x"}, "CCTV_OPTIMIZER_BACKEND__HLS_DIRECTORY=relative/x: must be an absolute path"),
         (
             {"CCTV_OPTIMIZER_DETECTION__SAMPLES_REQUIRED": "9", "CCTV_OPTIMIZER_DETECTION__WINDOW_SAMPLES": "5"},
-            "detection.samples_required: must not exceed",
+            "CCTV_OPTIMIZER_DETECTION__SAMPLES_REQUIRED=9: must not exceed detection.window_samples (5)",
         ),
         (
             {"CCTV_OPTIMIZER_STRATEGIES__MEMORY__RESTART_COMMAND": "pm2 reload x"},
-            "strategies.memory.restart_command: a backend restart command needs the explicit opt-in",
+            "CCTV_OPTIMIZER_STRATEGIES__MEMORY__RESTART_COMMAND=pm2 reload x: a backend restart command needs the explicit opt-in",
         ),
     ],
 )
@@ -160,11 +160,11 @@ def test_yaml_path_from_environment(tmp_path: Path) -> None:
     ("text", "fragment"),
     [
         ("backend:\n  nope: 1\n", "backend.nope: unknown setting"),
-        ("cpu_threshold: [1, 2]\n", "cpu_threshold: expected a number"),
+        ("cpu_threshold: [1, 2]\n", "cpu_threshold=[1, 2]: expected a ratio, e.g. 0.9 for 90 %"),
         ("- a\n- b\n", "config: the top level must be a mapping"),
         ("a: [unclosed\n", "config: not valid YAML at line"),
-        ("enable_gc: 3\n", "enable_gc: expected true or false"),
-        ("backend:\n  hot_endpoints: 7\n", "backend.hot_endpoints: expected a list of text"),
+        ("enable_gc: 3\n", "enable_gc=3: expected true or false"),
+        ("backend:\n  hot_endpoints: 7\n", "backend.hot_endpoints=7: expected a list of text"),
     ],
 )
 def test_bad_yaml(tmp_path: Path, text: str, fragment: str) -> None:
@@ -191,7 +191,7 @@ def test_database_that_is_not_sqlite(tmp_path: Path) -> None:
     bogus.write_text("hello, not a database at all")
     with pytest.raises(ConfigError) as err:
         load_settings({"CCTV_OPTIMIZER_BACKEND__DATABASE": str(bogus)})
-    assert "backend.database: is not a SQLite database file" in str(err.value)
+    assert f"CCTV_OPTIMIZER_BACKEND__DATABASE={bogus}: is not a SQLite database file" in str(err.value)
 
 
 def test_hls_directory_overlapping_state_is_refused(tmp_path: Path) -> None:
@@ -210,6 +210,7 @@ def test_non_loopback_listen_with_token_is_allowed(tmp_path: Path) -> None:
     """A token makes a non-loopback bind acceptable."""
     token = tmp_path / "token"
     token.write_text("s3cret\n")
+    token.chmod(0o600)
     env = {"CCTV_OPTIMIZER_API__LISTEN": "0.0.0.0:9877", "CCTV_OPTIMIZER_API__TOKEN_FILE": str(token)}
     assert load_settings(env).settings.api.listen == "0.0.0.0:9877"
 

@@ -65,6 +65,7 @@ def api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, list[st
     root = tmp_path_factory.mktemp("fuzz")
     token_file = root / "api-token"
     token_file.write_text(TOKEN + "\n")
+    token_file.chmod(0o600)
     with TestbedProcess(root / "testbed") as tb:
         env = daemon_env(
             tb,

@@ -91,6 +91,7 @@ def test_check_config_exit_codes_and_redaction(tmp_path: Path) -> None:
     """check-config exits 0 with sources and no secret contents, or 78 listing every problem."""
     secret = tmp_path / "pw"
     secret.write_text("very-secret-password\n")
+    secret.chmod(0o600)
     env = {
         **os.environ,
         "PYTHONPATH": str(ROOT),
@@ -98,7 +99,7 @@ def test_check_config_exit_codes_and_redaction(tmp_path: Path) -> None:
         "CCTV_OPTIMIZER_STATE__DIRECTORY": str(tmp_path / "state"),
     }
     good = subprocess.run(
-        [sys.executable, "-m", "optimizer.cli", "check-config"], env=env, capture_output=True, text=True, timeout=30
+        [sys.executable, "-m", "optimizer.cli", "check-config", "--no-env-file"], env=env, capture_output=True, text=True, timeout=30
     )
     assert good.returncode == 0, good.stdout + good.stderr
     assert "backend.admin_password_file" in good.stdout and "(contents redacted)" in good.stdout
@@ -106,11 +107,11 @@ def test_check_config_exit_codes_and_redaction(tmp_path: Path) -> None:
     assert "optimization_interval" in good.stdout and "(default; OPTIMIZATION_INTERVAL)" in good.stdout
     bad_env = {**env, "CPU_THRESHOLD": "3", "OPTIMIZATION_INTERVAL": "soon"}
     bad = subprocess.run(
-        [sys.executable, "-m", "optimizer.cli", "check-config"], env=bad_env, capture_output=True, text=True, timeout=30
+        [sys.executable, "-m", "optimizer.cli", "check-config", "--no-env-file"], env=bad_env, capture_output=True, text=True, timeout=30
     )
     assert bad.returncode == 78
-    assert "cpu_threshold: must be at most 1.0, got 3.0 (env CPU_THRESHOLD)" in bad.stdout
-    assert "optimization_interval: expected a whole number" in bad.stdout
+    assert "CPU_THRESHOLD=3: must be a ratio from 0.05 to 1, e.g. 0.9 for 90 % (env CPU_THRESHOLD)" in bad.stdout
+    assert "OPTIMIZATION_INTERVAL=soon: expected a whole number of milliseconds (e.g. 30000 for 30 s)" in bad.stdout
     assert "Traceback" not in bad.stdout + bad.stderr
 
 

@@ -62,8 +62,10 @@ def secrets_env(tb: TestbedProcess, root: Path, password_file: Path | None = Non
     """Daemon environment with the known token file, the password file and the API key file, logging at debug."""
     token_file = root / "token"
     token_file.write_text(TOKEN + "\n")
+    token_file.chmod(0o600)
     key_file = root / "api-key"
     key_file.write_text(API_KEY + "\n")
+    key_file.chmod(0o600)
     env = daemon_env(
         tb,
         root / "state",
@@ -123,7 +125,7 @@ def test_no_secret_in_logs_answers_check_config_or_state(tmp_path: Path) -> None
             exercise(http)
             assert proc.stop() == 0
         check = subprocess.run(
-            [sys.executable, "-m", "optimizer.cli", "check-config"],
+            [sys.executable, "-m", "optimizer.cli", "check-config", "--no-env-file"],
             env={**os.environ, **env, "PYTHONPATH": str(ROOT)},
             capture_output=True,
             text=True,
@@ -156,6 +158,7 @@ def test_failed_backend_login_does_not_log_the_password(tmp_path: Path) -> None:
     """A wrong admin password makes the cache source fail; neither logs nor answers show the password used."""
     wrong = tmp_path / "wrong-password"
     wrong.write_text(WRONG_PASSWORD + "\n")
+    wrong.chmod(0o600)
     with TestbedProcess(tmp_path / "testbed", "--api-key", API_KEY) as tb:
         named = {"api token": TOKEN, "wrong password": WRONG_PASSWORD, "api key": API_KEY}
         with daemon_process(secrets_env(tb, tmp_path, password_file=wrong)) as proc:
