@@ -301,6 +301,7 @@ def load_settings(
     *,
     origins: Mapping[str, str] | None = None,
     check_files: bool = True,
+    provided_files: frozenset[Path] = frozenset(),
 ) -> LoadedSettings:
     """Build the effective settings; raise ConfigError listing every problem found.
 
@@ -310,6 +311,8 @@ def load_settings(
     environment, which holds other programs' variables too, a near miss of a specification name is a warning.
     ``check_files=False`` skips what depends on who is asking (secret files, the state directory): the CLI
     only wants the listen address and must not fail because its user cannot read the backend's password.
+    ``provided_files`` are files systemd creates when the service starts (its credentials), which check-config
+    checks through their sources instead.
     """
     env = dict(os.environ if environ is None else environ)
     problems: list[Problem] = []
@@ -362,8 +365,13 @@ def load_settings(
         sources["state.directory"] = "env STATE_DIRECTORY" if first else DEFAULT_SOURCE
 
     settings = _build(Settings, values)
-    if not problems:
-        problems.extend(validate(settings, sources, env, warnings, check_files=check_files))
+    # checked even when some values were wrong (those keep their defaults), so every problem shows at once
+    failed = {p.path for p in problems}
+    problems.extend(
+        p
+        for p in validate(settings, sources, env, warnings, check_files=check_files, provided_files=provided_files)
+        if p.path not in failed
+    )
     if problems:
         raise ConfigError(problems)
     return LoadedSettings(settings=settings, sources=sources, leaves=leaves, warnings=tuple(warnings))
@@ -435,6 +443,7 @@ def validate(
     warnings: list[Problem] | None = None,
     *,
     check_files: bool = True,
+    provided_files: frozenset[Path] = frozenset(),
 ) -> list[Problem]:
     """Cross-field and safety checks that a single value's type and bounds cannot express.
 
@@ -540,7 +549,7 @@ def validate(
 
     allow = settings.secrets.allow_world_readable
     for path, file in secret_files(settings):
-        if file is None:
+        if file is None or file in provided_files:
             continue
         access = secret_file_problem(file)
         if access is not None:

@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
 # Install cctv-optimizer as a systemd service: system user, virtualenv, unit, /etc files, API token.
 #
-# Usage: install.sh [--prefix DIR] [--etc DIR] [--unit-dir DIR] [--source DIR|WHEEL] [--python PYTHON]
-#                   [--pip-args "ARGS"] [--no-user] [--no-systemctl]
+# Usage: install.sh [--root DIR] [--prefix DIR] [--etc DIR] [--unit-dir DIR] [--source DIR|WHEEL]
+#                   [--python PYTHON] [--pip-args "ARGS"] [--no-user] [--no-systemctl]
 # Run it as root. It is idempotent: a second run upgrades the package and changes nothing else; the env
-# file and the API token are never overwritten.
+# file and the API token are never overwritten. --root DIR stages the whole install inside DIR (the paths
+# above become DIR/opt/..., DIR/etc/...) and touches nothing else on the host: no user, no systemctl, no
+# chown; it needs no root. The virtualenv's scripts name their DIR paths, so a staged root is for checking
+# an install (check-config, the tests) rather than for copying elsewhere.
 set -euo pipefail
 
 readonly SERVICE=cctv-optimizer
@@ -12,6 +15,7 @@ readonly DEFAULT_PREFIX=/opt/cctv-optimizer
 readonly DEFAULT_ETC=/etc/cctv-optimizer
 
 script_dir=$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")" && pwd)
+root=""
 prefix=$DEFAULT_PREFIX
 etc=$DEFAULT_ETC
 unit_dir=/etc/systemd/system
@@ -27,6 +31,8 @@ Usage: $0 [options]
 
 Installs cctv-optimizer into its own virtualenv and registers the systemd unit.
 
+  --root DIR         stage everything inside DIR, touching nothing else on the host (implies
+                     --no-user --no-systemctl; --prefix, --etc and --unit-dir are then inside DIR)
   --prefix DIR       install root; the virtualenv goes to DIR/venv      (default: $DEFAULT_PREFIX)
   --etc DIR          configuration directory: env file and api-token   (default: $DEFAULT_ETC)
   --unit-dir DIR     where the unit file goes                          (default: /etc/systemd/system)
@@ -54,12 +60,18 @@ need_value() {
 
 while (($# > 0)); do
     case $1 in
+        --root=*) root=${1#*=} ;;
         --prefix=*) prefix=${1#*=} ;;
         --etc=*) etc=${1#*=} ;;
         --unit-dir=*) unit_dir=${1#*=} ;;
         --source=*) source=${1#*=} ;;
         --python=*) python=${1#*=} ;;
         --pip-args=*) pip_args=${1#*=} ;;
+        --root)
+            need_value "$1" $# "${2-}"
+            root=$2
+            shift
+            ;;
         --prefix)
             need_value "$1" $# "${2-}"
             prefix=$2
@@ -103,6 +115,17 @@ while (($# > 0)); do
     esac
     shift
 done
+
+# A staged install: every path inside the root, and nothing done to the host itself.
+if [[ -n $root ]]; then
+    [[ $root =~ ^/[A-Za-z0-9._/@+-]*$ ]] || die "--root must be an absolute path without spaces or special characters: '$root'"
+    root=${root%/}
+    prefix=$root$prefix
+    etc=$root$etc
+    unit_dir=$root$unit_dir
+    create_user=0
+    run_systemctl=0
+fi
 
 # These paths end up in unit directives and sed replacements: keep them to characters that need no quoting.
 for path_var in prefix etc unit_dir; do
@@ -207,7 +230,9 @@ else
     # 32 random bytes as hex, no trailing newline, so a reader that does not strip still gets the token.
     "$venv/bin/python" -c 'import secrets, sys; sys.stdout.write(secrets.token_hex(32))' >"$tmp"
     chmod 0640 "$tmp"
-    if getent group "$SERVICE" >/dev/null; then
+    if [[ -n $root ]]; then
+        log "staged install: $token keeps group $(id -gn) (chgrp $SERVICE it on the real host)"
+    elif getent group "$SERVICE" >/dev/null; then
         chown "root:$SERVICE" "$tmp"
     else
         log "group $SERVICE does not exist; $token keeps group $(id -gn)"
@@ -216,7 +241,17 @@ else
     log "generated API token: $token"
 fi
 
-# 5. Tell systemd about the (possibly changed) unit.
+# 5. The record of where things went: the installed command finds its env file, unit and token through it.
+cat >"$work/install-record" <<EOF
+# Written by install.sh: where cctv-optimizer was installed (read by check-config and the CLI).
+ROOT=$root
+PREFIX=$prefix
+ETC=$etc
+UNIT_DIR=$unit_dir
+EOF
+install_if_changed "$work/install-record" "$venv/$SERVICE.install" 0644
+
+# 6. Tell systemd about the (possibly changed) unit.
 if ((run_systemctl)); then
     if [[ -d /run/systemd/system ]]; then
         systemctl daemon-reload
@@ -226,18 +261,29 @@ if ((run_systemctl)); then
     fi
 fi
 
+if [[ -n $root ]]; then
+    cat <<EOF
+
+cctv-optimizer is staged in $root (nothing outside it was touched: no user, no systemctl).
+Check the staged configuration as the service would run it:
+  $venv/bin/$SERVICE check-config --user nobody
+EOF
+    exit 0
+fi
+
 cat <<EOF
 
 cctv-optimizer is installed. Next steps:
   1. Review $etc/env (every setting and its default is listed there), in particular
      CCTV_OPTIMIZER_BACKEND__DATABASE and the backend admin login.
   2. Let the daemon reach the backend's files: add $SERVICE to the groups owning the backend's data
-     directory and MediaMTX's HLS directory (usermod -aG GROUP $SERVICE), make them group-writable, and if
-     they are not /opt/rafnet-cctv/backend/data and /dev/shm/mediamtx-live, override ReadWritePaths= with
-     'systemctl edit $SERVICE'.
-  3. Check the configuration:
-     (set -a; . $etc/env; exec $venv/bin/$SERVICE check-config)
+     directory and MediaMTX's HLS directory (usermod -aG GROUP $SERVICE), make them group-writable (and
+     setgid, chmod g+ws, so new files keep the group), and if they are not /opt/rafnet-cctv/backend/data and
+     /dev/shm/mediamtx-live, override ReadWritePaths= with 'systemctl edit $SERVICE'. A backend under /root
+     or /home is hidden by the unit's ProtectHome=yes. The README's "File access" section has the details.
+  3. Check what the service will run with (the env file, the unit's user, every file it names):
+     $venv/bin/$SERVICE check-config
   4. Start it:  systemctl enable --now $SERVICE    (already running: systemctl restart $SERVICE)
-  5. Verify:    systemctl status $SERVICE; curl -s http://127.0.0.1:9877/health
-     Write calls need: Authorization: Bearer \$(cat $token)
+  5. Verify:    systemctl status $SERVICE; $venv/bin/$SERVICE status
+     The CLI finds the token in $token (readable by root and the $SERVICE group).
 EOF

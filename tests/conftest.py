@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -44,3 +45,14 @@ def tmpfs(tmp_path: Path) -> Iterator[Mount]:
         if subprocess.run(["umount", str(point)], capture_output=True, check=False).returncode != 0:
             # Still busy (a connection not closed yet): detach it now, the kernel frees it on the last close.
             subprocess.run(["umount", "--lazy", str(point)], capture_output=True, check=False)
+
+
+@pytest.fixture
+def open_tmp_path() -> Iterator[Path]:
+    """A temporary directory other users can enter (pytest's own are 0700 all the way down), removed afterwards."""
+    path = Path(tempfile.mkdtemp(prefix="cctv-optimizer-test-", dir="/tmp"))
+    path.chmod(0o755)
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)

@@ -1,9 +1,8 @@
-"""Tests for systemd/install.sh, run into temporary prefixes without touching users or systemd."""
+"""Tests for systemd/install.sh, staged with --root into temporary directories without touching users or systemd."""
 
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import os
 import re
 import shutil
@@ -14,6 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
+from tests.staging import clean_env
 
 REPO = Path(__file__).resolve().parents[2]
 INSTALL = REPO / "systemd" / "install.sh"
@@ -32,13 +33,6 @@ class Install:
     args: tuple[str, ...]
 
 
-def clean_env() -> dict[str, str]:
-    """The test's environment without the variables that would leak the test venv into the new one."""
-    env = {k: v for k, v in os.environ.items() if k not in {"PYTHONPATH", "VIRTUAL_ENV", "PYTHONHOME"}}
-    env["PIP_DISABLE_PIP_VERSION_CHECK"] = "1"
-    return env
-
-
 def run_install(*args: str) -> subprocess.CompletedProcess[str]:
     """Run install.sh with ``args``; never raises on a non-zero exit."""
     return subprocess.run(
@@ -52,51 +46,19 @@ def run_install(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-@pytest.fixture(scope="module")
-def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The project built as a wheel offline, with the build backend of the test environment."""
-    if importlib.util.find_spec("hatchling") is None:
-        reason = "hatchling is not installed in the test environment, so the wheel cannot be built offline"
-        print(reason)
-        pytest.skip(reason)
-    out = tmp_path_factory.mktemp("wheel")
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pip",
-            "wheel",
-            "--no-deps",
-            "--no-build-isolation",
-            "--no-index",
-            "--quiet",
-            "--wheel-dir",
-            str(out),
-            str(REPO),
-        ],
-        check=True,
-        timeout=300,
-        env=clean_env(),
-        capture_output=True,
-    )
-    (built,) = out.glob("cctv_optimizer-*.whl")
-    return built
+def staged_paths(root: Path) -> tuple[Path, Path, Path]:
+    """(prefix, etc, unit directory) of an install staged with --root."""
+    return root / "opt" / "cctv-optimizer", root / "etc" / "cctv-optimizer", root / "etc" / "systemd" / "system"
 
 
 @pytest.fixture(scope="module")
 def installed(wheel: Path, tmp_path_factory: pytest.TempPathFactory) -> Install:
-    """One install into a temporary root; deps come from nowhere (--no-deps) so it needs no network."""
+    """One install staged into a temporary root; deps come from nowhere (--no-deps) so it needs no network."""
     root = tmp_path_factory.mktemp("install")
-    prefix, etc, unit_dir = root / "opt" / "cctv-optimizer", root / "etc" / "cctv-optimizer", root / "units"
+    prefix, etc, unit_dir = staged_paths(root)
     args = (
-        "--prefix",
-        str(prefix),
-        "--etc",
-        str(etc),
-        "--unit-dir",
-        str(unit_dir),
-        "--no-user",
-        "--no-systemctl",
+        "--root",
+        str(root),
         f"--source={wheel}",
         "--python",
         sys.executable,
@@ -222,6 +184,8 @@ def test_missing_token_is_regenerated(installed: Install) -> None:
         (("--prefix", "relative/dir"), "--prefix must be an absolute path"),
         (("--etc", "/etc/with space"), "--etc must be an absolute path"),
         (("--unit-dir=/x|y",), "--unit-dir must be an absolute path"),
+        (("--root", "relative/root"), "--root must be an absolute path"),
+        (("--root",), "--root needs a value"),
         (("--source", "/nonexistent/src"), "--source must be the project directory or a .whl file"),
         (("--source", "/"), "has no pyproject.toml"),
         (("--python", "/nonexistent/python3"), "python interpreter not found"),
@@ -240,7 +204,7 @@ def test_help() -> None:
     """--help prints the options and exits 0."""
     proc = run_install("--help")
     assert proc.returncode == 0
-    for option in ("--prefix", "--etc", "--unit-dir", "--source", "--pip-args", "--no-user", "--no-systemctl"):
+    for option in ("--root", "--prefix", "--etc", "--unit-dir", "--source", "--pip-args", "--no-user", "--no-systemctl"):
         assert option in proc.stdout
 
 
@@ -251,3 +215,54 @@ def test_script_passes_shellcheck() -> None:
         pytest.skip("shellcheck is not installed")
     proc = subprocess.run([shellcheck, str(INSTALL)], capture_output=True, text=True, timeout=60, check=False)
     assert (proc.returncode, proc.stdout) == (0, "")
+
+
+HOST_TOOLS = ("useradd", "groupadd", "usermod", "systemctl", "chown", "chgrp")
+
+
+def test_root_stages_everything_and_touches_nothing_on_the_host(wheel: Path, tmp_path: Path) -> None:
+    """--root (run as whoever runs the tests, root here) creates no user, runs no systemctl or chown, writes no /etc."""
+    shims, calls = tmp_path / "shims", tmp_path / "host-calls.log"
+    shims.mkdir()
+    for tool in HOST_TOOLS:
+        shim = shims / tool
+        shim.write_text(f'#!/bin/sh\necho "{tool} $*" >>{calls}\nexit 0\n')
+        shim.chmod(0o755)
+    root = tmp_path / "root"
+    host_etc_before = Path("/etc/cctv-optimizer").exists()
+    env = {**clean_env(), "PATH": f"{shims}:{os.environ['PATH']}"}
+    proc = subprocess.run(
+        ["bash", str(INSTALL), "--root", str(root), f"--source={wheel}", "--python", sys.executable]
+        + ["--pip-args", "--no-deps --no-index"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+        env=env,
+        stdin=subprocess.DEVNULL,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert not calls.exists(), calls.read_text()
+    assert Path("/etc/cctv-optimizer").exists() == host_etc_before
+    prefix, etc, unit_dir = staged_paths(root)
+    for path in (
+        prefix / "venv" / "bin" / "cctv-optimizer",
+        etc / "env",
+        etc / "env.example",
+        etc / "api-token",
+        unit_dir / "cctv-optimizer.service",
+        prefix / "venv" / "cctv-optimizer.install",
+    ):
+        assert path.is_file(), path
+    assert f"staged in {root}" in proc.stdout
+    written = {p.relative_to(root).parts[0] for p in root.iterdir()}
+    assert written == {"opt", "etc"}
+
+
+def test_install_record_names_the_staged_paths(installed: Install) -> None:
+    """The record in the virtualenv says where the env file, unit and token went, for the installed command."""
+    record = (installed.prefix / "venv" / "cctv-optimizer.install").read_text()
+    assert f"ROOT={installed.root}\n" in record
+    assert f"PREFIX={installed.prefix}\n" in record
+    assert f"ETC={installed.etc}\n" in record
+    assert f"UNIT_DIR={installed.unit_dir}\n" in record
