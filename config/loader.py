@@ -148,12 +148,13 @@ def _unit_words(leaf: Leaf) -> str:
 
 def _range_message(leaf: Leaf, value: float) -> str:
     """Why a number is out of range, in the setting's unit, with an example."""
-    lo, hi = leaf.meta.get("min"), leaf.meta.get("max")
+    lo: float = leaf.meta.get("min", -math.inf)
+    hi: float = leaf.meta.get("max", math.inf)
     example = example_of(leaf, value)
     if leaf.unit is Unit.RATIO:
         return f"must be a ratio from {units.number(lo)} to {units.number(hi)}, e.g. {example}"
     word = units.UNIT_WORDS.get(leaf.unit, "")
-    bound, limit = ("at least", lo) if lo is not None and value < lo else ("at most", hi)
+    bound, limit = ("at least", lo) if value < lo else ("at most", hi)
     shown = f"{units.number(limit).replace(',', '')}{' ' + word if word else ''}"
     if (leaf.unit is Unit.BYTES and limit >= units.KIB**2) or (
         leaf.unit in (Unit.MILLISECONDS, Unit.SECONDS) and units.value(limit, leaf.unit).endswith(("h", "d"))
@@ -482,7 +483,10 @@ def validate(
             add(path, f"{msg} (e.g. http://127.0.0.1:3000)")
     for endpoint in settings.backend.hot_endpoints:
         if not endpoint.startswith("/"):
-            add("backend.hot_endpoints", f"each endpoint must be a path starting with /, got {endpoint!r} (e.g. /api/cameras/active)")
+            add(
+                "backend.hot_endpoints",
+                f"each endpoint must be a path starting with /, got {endpoint!r} (e.g. /api/cameras/active)",
+            )
     process = settings.backend.process
     if process is not None and not _PROCESS_SPEC.match(process):
         add("backend.process", "expected pid:FILE, unit:NAME, port:N or name:PATTERN (e.g. port:3000)")

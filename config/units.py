@@ -77,7 +77,7 @@ def size(n: float) -> str:
         value /= KIB
         index += 1
     if index == 0:
-        return f"{int(round(value))} B"
+        return f"{round(value)} B"
     return f"{_trim(f'{value:.1f}')} {_IEC[index]}"
 
 

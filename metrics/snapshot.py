@@ -263,3 +263,49 @@ class Snapshot:
         if self.own is not None:
             out["own_rss_bytes"] = float(self.own.rss_bytes)
         return MappingProxyType(out) if out else _EMPTY
+
+
+# What each signal is called where a person reads it (the dashboard, with the identifier on hover). Signals
+# take their unit from their name (config.units.unit_of). A signal missing here shows its identifier.
+SIGNAL_LABELS: Mapping[str, str] = MappingProxyType(
+    {
+        "cpu_ratio": "Host CPU",
+        "memory_used_ratio": "Host memory used",
+        "load_per_core": "Load per core (1 min)",
+        "shm_used_ratio": "/dev/shm used",
+        "psi_cpu_some": "CPU pressure (PSI some, 10 s)",
+        "psi_memory_some": "Memory pressure (PSI some, 10 s)",
+        "backend_rss_bytes": "Backend memory (RSS)",
+        "backend_cpu_ratio": "Backend CPU",
+        "tcp_established": "Established connections",
+        "tcp_close_wait": "Connections in CLOSE_WAIT",
+        "tcp_time_wait": "Connections in TIME_WAIT",
+        "backend_up": "Backend up",
+        "probe_requests": "Probe requests",
+        "probe_errors": "Probe errors",
+        "response_time_seconds": "Backend response time",
+        "cache_hit_rate": "Cache hit rate",
+        "cache_recent_hit_rate": "Cache hit rate (recent)",
+        "cache_entries": "Cache entries",
+        "cache_cleared": "Cache found emptied",
+        "cache_lookups": "Cache lookups",
+        "wal_bytes": "Database WAL size",
+        "database_bytes": "Database file size",
+        "freelist_ratio": "Database free pages",
+        "database_probe_seconds": "Database probe query time",
+        "hls_bytes": "HLS directory size",
+        "hls_stale_files": "Stale HLS files",
+        "sessions_active": "Active viewer sessions",
+        "sessions_stuck": "Stuck viewer sessions",
+        "mediamtx_readers": "MediaMTX readers",
+        "own_rss_bytes": "Optimizer memory (RSS)",
+    }
+)
+
+
+def signal_label(name: str) -> str:
+    """A signal's readable name: ``Database WAL size``; per-table signals name their table."""
+    base, _, qualifier = name.partition(":")
+    if base == "table_oldest_days" and qualifier:
+        return f"Oldest row in {qualifier}"
+    return SIGNAL_LABELS.get(name, name)

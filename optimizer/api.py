@@ -10,6 +10,7 @@ import asyncio
 import hmac
 import json
 import os
+import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -20,6 +21,8 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from config.settings import Mode, Settings
+from config.units import unit_of
+from metrics.snapshot import signal_label
 from optimizer.engine import Engine, EngineStopping
 from optimizer.state import StateStore
 
@@ -163,6 +166,9 @@ def _strategy_view(ctx: ApiContext, name: str) -> dict[str, Any]:
                 "enter": t.enter,
                 "exit": t.exit,
                 "above": t.above,
+                "role": t.role,
+                "label": signal_label(t.signal),
+                "unit": str(unit_of(t.signal)),
             }
             for t in engine.triggers_of(rt)
         ],
@@ -396,6 +402,53 @@ async def optimizations(request: web.Request) -> web.Response:
     return web.json_response({"items": items, "last": items[-1]["id"] if items else after})
 
 
+# The dashboard's four charts; GET /samples returns these when no signals are named.
+CHARTED_SIGNALS = ("cpu_ratio", "memory_used_ratio", "tcp_established", "response_time_seconds")
+MAX_SAMPLE_SIGNALS = 16
+_SIGNAL_NAME = re.compile(r"^[a-z0-9_]{1,64}(:[A-Za-z0-9_]{1,64})?$")
+
+
+async def samples(request: web.Request) -> web.Response:
+    """GET /samples?signals=a,b&since=MS: the recent window of each signal, for charts that start with history.
+
+    The points are the daemon's own detection windows (``sampler.window_size`` samples per signal, so bounded),
+    timed in epoch milliseconds; ``since`` returns only newer points, so a page polls for what it lacks.
+    """
+    ctx = request.app[CTX]
+    raw = request.query.get("signals", "")
+    names = [n for n in raw.split(",") if n] if raw else list(CHARTED_SIGNALS)
+    if len(names) > MAX_SAMPLE_SIGNALS or not all(_SIGNAL_NAME.match(n) for n in names):
+        raise ApiError(
+            400,
+            "invalid_query",
+            f"signals must be up to {MAX_SAMPLE_SIGNALS} comma-separated signal names, e.g. cpu_ratio,wal_bytes",
+        )
+    try:
+        since = int(request.query.get("since", "0"))
+    except ValueError:
+        raise ApiError(400, "invalid_query", "since must be a whole number of epoch milliseconds") from None
+    if not 0 <= since <= MAX_ROW_ID:
+        raise ApiError(400, "invalid_query", "since must be a whole number of epoch milliseconds, 0 or more")
+    engine = ctx.engine
+    latest = engine.latest
+    # the windows are timed on the monotonic clock; the latest sample ties it to the wall clock
+    offset = latest.wall_time - latest.monotonic if latest is not None else 0.0
+    series = []
+    for name in dict.fromkeys(names):
+        points = [[round((at + offset) * 1000), value] for at, value in engine.windows.points(name)]
+        series.append(
+            {
+                "signal": name,
+                "label": signal_label(name),
+                "unit": str(unit_of(name)),
+                "points": [p for p in points if p[0] > since],
+            }
+        )
+    return web.json_response(
+        {"timestamp": round(ctx.wall() * 1000), "windowSamples": engine.windows.size, "signals": series}
+    )
+
+
 async def alertmanager(request: web.Request) -> web.Response:
     """POST /alertmanager: the Alertmanager webhook (version 4)."""
     require_token(request)
@@ -424,6 +477,7 @@ ROUTES: tuple[tuple[str, str, Handler], ...] = (
     ("POST", "/strategies/{name}/mode", strategy_mode),
     ("POST", "/strategies/{name}/reset", strategy_reset),
     ("GET", "/optimizations", optimizations),
+    ("GET", "/samples", samples),
     ("POST", "/alertmanager", alertmanager),
 )
 
@@ -435,5 +489,9 @@ def build_app(ctx: ApiContext, *, client_max_size: int) -> web.Application:
     app[SCRAPES] = ScrapeCache()
     app[HISTORY] = HistoryCache()
     for method, path, handler in ROUTES:
-        app.router.add_route(method, path, handler)
+        if method == "GET":
+            # HEAD answers wherever GET does (same status and headers, no body): probes and curl -I
+            app.router.add_get(path, handler, allow_head=True)
+        else:
+            app.router.add_route(method, path, handler)
     return app

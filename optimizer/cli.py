@@ -176,9 +176,7 @@ def check_config(
         unit = f", unit {svc.unit.path} (User={svc.unit.user})" if svc.unit is not None else ", no unit found"
         print(f"checking what the service runs with: env file {svc.env_file}{unit}", file=out)
     else:
-        print(
-            "checking this shell's environment (no env file in use; --env-file FILE checks the service's)", file=out
-        )
+        print("checking this shell's environment (no env file in use; --env-file FILE checks the service's)", file=out)
     loaded: LoadedSettings | None = None
     with _credentials(svc) as env:
         try:
@@ -408,7 +406,8 @@ def _signal_rows(strategies: Mapping[str, Any]) -> list[tuple[str, str, str, str
                 state = "over, not yet sustained"
         notes = []
         for st, t, armed in row["restores"]:
-            notes.append(f"{st['name']} restores at <= {units.named(signal, t['enter'])}")
+            prefix = f"{st['name']} " if len(row["names"]) > 1 else ""
+            notes.append(f"{prefix}restores at <= {units.named(signal, t['enter'])}")
             if armed and st.get("armed") and value is not None and value <= t["enter"]:
                 state = "restoring"
         enter = exit_ = "-"

@@ -16,6 +16,7 @@ from typing import Any
 
 import structlog
 
+from config import units
 from config.settings import DetectionSettings, EngineSettings, Mode
 from metrics.prometheus import DaemonMetrics
 from metrics.snapshot import Snapshot
@@ -539,7 +540,13 @@ class Engine:
                 self._store.update_decision, pending.decision_id, verdict=str(verdict), verdict_detail=detail
             )
         self._log.info(
-            "effect_verified", strategy=rt.name, decision_id=pending.decision_id, verdict=str(verdict), **detail
+            "effect_verified",
+            strategy=rt.name,
+            decision_id=pending.decision_id,
+            verdict=str(verdict),
+            # the measurement as a person reads it ("wal_bytes 80 MiB -> 0 B"); the raw numbers stay in the keys
+            figures=f"{expected.signal} {units.change(expected.signal, pending.before, after)}",
+            **detail,
         )
         await self._save(rt)
 

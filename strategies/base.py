@@ -190,6 +190,8 @@ class TriggerSpec:
     above: bool = True
     # an event (a cache found emptied) is true for one sample: it arms at once instead of needing N of M
     samples_required: int | None = None
+    # "restore": a calm line that arms the strategy to undo its own changes, not a sign of trouble
+    role: str = "arm"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -201,11 +203,14 @@ class Finding:
     severity: str
     summary: str
     evidence: Mapping[str, JsonValue] = field(default_factory=lambda: _EMPTY)
+    # what sort of finding this is, for grouping many of one sort (one per table): the id when unset
+    kind: str | None = None
 
     def as_dict(self) -> dict[str, JsonValue]:
         """A JSON-ready form."""
         return {
             "id": self.id,
+            "kind": self.kind or self.id,
             "strategy": self.strategy,
             "severity": self.severity,
             "summary": self.summary,

@@ -8,6 +8,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from config import units
 from config.settings import CacheOptions
 from metrics.backend import BackendClient
 from metrics.window import Windows
@@ -138,8 +139,8 @@ def path_prefix(endpoint: str) -> str:
     return endpoint.split("?", 1)[0]
 
 
-def _pct(value: float) -> str:
-    return f"{value * 100:.1f}%"
+_pct = units.percent
+_time = units.duration
 
 
 class CacheStrategy(Strategy):
@@ -364,7 +365,7 @@ class CacheStrategy(Strategy):
             strategy=self.name,
             severity="warning",
             summary=(
-                f"the hot endpoints take {typical:.3f} s (limit {limit:.3f} s) while /health takes {health:.3f} s: "
+                f"the hot endpoints take {_time(typical)} (limit {_time(limit)}) while /health takes {_time(health)}: "
                 "their answers come from the database rather than the cache"
             ),
             evidence={
@@ -446,8 +447,8 @@ class CacheStrategy(Strategy):
         return Plan(
             strategy=self.name,
             reason=(
-                f"the hot endpoints take {slow.typical:.3f} s (line {slow.limit:.3f} s) while /health takes "
-                f"{slow.health:.3f} s: the cache is not serving them"
+                f"the hot endpoints take {_time(slow.typical)} (line {_time(slow.limit)}) while /health takes "
+                f"{_time(slow.health)}: the cache is not serving them"
             ),
             changes=tuple(changes),
             expected=ExpectedEffect(

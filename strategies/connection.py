@@ -12,6 +12,7 @@ from typing import Any
 
 import structlog
 
+from config import units
 from config.settings import ConnectionOptions, DetectionSettings
 from metrics.sqlite import local_now, local_text
 from strategies.actions import sessions as sess
@@ -308,16 +309,19 @@ class ConnectionStrategy(Strategy):
 
     async def _sessions_plan(self) -> Plan | None:
         assert self._db is not None
-        _, cutoff = self._cutoff()
+        now, cutoff = self._cutoff()
         stuck = await asyncio.to_thread(sess.count_stuck, self._db, cutoff, self._o.busy_timeout_ms)
         if stuck.count == 0:
             return None
+        # an age, not the backend's local clock time: a history line shows one clock (its own, zone named)
+        oldest = sess.parse_local(stuck.oldest_heartbeat) if stuck.oldest_heartbeat else None
+        silent = f" for {units.duration((now - oldest).total_seconds())}" if oldest is not None else ""
         return Plan(
             strategy=self.name,
             reason=(
-                f"{stuck.count} viewer session(s) still active without a heartbeat since {stuck.oldest_heartbeat} "
-                f"(over {self._o.stuck_session_seconds:g} s; the backend's sweep ends them after "
-                f"{self._o.session_timeout_seconds:g} s): the sweep is stuck"
+                f"{stuck.count} viewer session(s) still active, the oldest without a heartbeat{silent} "
+                f"(over {units.duration(self._o.stuck_session_seconds)}; the backend's sweep ends them after "
+                f"{units.duration(self._o.session_timeout_seconds)}): the sweep is stuck"
             ),
             changes=(
                 Change(

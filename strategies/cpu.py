@@ -13,6 +13,7 @@ from typing import Any
 
 import structlog
 
+from config import units
 from config.settings import CpuOptions, DetectionSettings
 from metrics.recorders import RecorderProcess, RecorderReader, RecorderScan
 from metrics.window import Windows
@@ -98,7 +99,7 @@ def _fixed(priority: Priority) -> Callable[[Priority], Priority]:
 
 
 def _percent(value: float | None) -> str:
-    return f"{value:.0%}" if value is not None else "-"
+    return units.percent(value, 0) if value is not None else "-"
 
 
 class CpuStrategy(Strategy):
@@ -239,7 +240,7 @@ class CpuStrategy(Strategy):
             return hot
         calm_line = self._threshold * self._exit_ratio
         # listed first: the engine keys recorded thresholds by signal, and the heat line is the one to show
-        return (TriggerSpec(signal="cpu_ratio", enter=calm_line, exit=calm_line, above=False), *hot)
+        return (TriggerSpec(signal="cpu_ratio", enter=calm_line, exit=calm_line, above=False, role="restore"), *hot)
 
     def _hot(self, windows: Windows, manual: bool) -> list[str]:
         """The signals past their enter line in N of the last M samples (the latest one when manual)."""
@@ -404,7 +405,8 @@ class CpuStrategy(Strategy):
             )
         heat = (
             f"host CPU {_percent(signals.get('cpu_ratio'))} (line {_percent(self._threshold)}), "
-            f"load per core {signals.get('load_per_core', 0.0):.2f}, PSI cpu {signals.get('psi_cpu_some', 0.0):.1f}%"
+            f"load per core {units.number(signals.get('load_per_core', 0.0))},"
+            f" PSI cpu {units.named('psi_cpu_some', signals.get('psi_cpu_some', 0.0))}"
         )
         reason = (
             f"{heat}: {len(targets)} recorder(s) at normal priority using {busy:.0%} CPU yield to the backend"

@@ -9,6 +9,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, NoReturn
 
+from config import units
 from config.settings import DatabaseOptions
 from metrics.snapshot import DatabaseSample, TableStat
 from metrics.sqlite import LOCAL_FORMAT, local_now
@@ -43,12 +44,9 @@ DISARM_SLACK_DAYS = 0.6
 PLAN_COUNT_SECONDS = 5.0
 
 
-def _mib(n: float) -> str:
-    return f"{n / 1048576:.1f} MiB"
-
-
-def _days(n: float) -> str:
-    return f"{n:.1f} days"
+# figures in reasons and changes read the same everywhere (config.units): IEC sizes, days
+_mib = units.size
+_days = units.days
 
 
 def _age_days(text: str | None, base: ret.TimeBase, now_utc: datetime, offset_hours: float) -> float | None:
@@ -299,6 +297,7 @@ class DatabaseStrategy(Strategy):
             out.append(
                 Finding(
                     id=f"uncleaned-{rule.table}",
+                    kind="uncleaned-table",
                     strategy=self.name,
                     severity="info",
                     summary=f"{rule.table} {' and '.join(problem)}: {advice}",
@@ -360,7 +359,7 @@ class DatabaseStrategy(Strategy):
                     target="database.wal",
                     action="wal_checkpoint",
                     before=_mib(wal),
-                    after="0.0 MiB" if over else "checkpointed",
+                    after=_mib(0) if over else "checkpointed",
                     reversible=False,
                 )
             )

@@ -15,6 +15,7 @@ from typing import Any
 
 import structlog
 
+from config import units
 from config.settings import MemoryOptions
 from metrics.backend import BackendClient
 from metrics.memory import Growth, rss_bytes, same_process_running, start_ticks, steady_growth
@@ -48,16 +49,9 @@ RESTART = "backend_restart"
 log = structlog.get_logger("strategy.memory")
 
 
-def _mib(n: float) -> str:
-    return f"{n / MIB:.1f} MiB"
-
-
-def _duration(seconds: float) -> str:
-    if seconds < 120:
-        return f"{seconds:.0f} s"
-    if seconds < 7200:
-        return f"{seconds / 60:.0f} min"
-    return f"{seconds / 3600:.1f} h"
+# figures in reasons and changes read the same everywhere (config.units): IEC sizes, human durations
+_mib = units.size
+_duration = units.duration
 
 
 def _malloc_trim() -> bool:

@@ -41,8 +41,19 @@ def can_build_wheel() -> str | None:
 def build_wheel(out: Path) -> Path:
     """The project built as a wheel into ``out``, offline, with the running environment's build backend."""
     subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--no-index", "--quiet"]
-        + ["--wheel-dir", str(out), str(ROOT)],
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "--no-index",
+            "--quiet",
+            "--wheel-dir",
+            str(out),
+            str(ROOT),
+        ],
         check=True,
         timeout=300,
         env=clean_env(),
@@ -76,8 +87,17 @@ class Staged:
 def stage_install(root: Path, wheel: Path, *, borrow: bool = True) -> Staged:
     """``install.sh --root ROOT`` from the wheel; with ``borrow`` the staged venv can also run (see the module)."""
     proc = subprocess.run(
-        ["bash", str(INSTALL), "--root", str(root), f"--source={wheel}", "--python", sys.executable]
-        + ["--pip-args", "--no-deps --no-index"],
+        [
+            "bash",
+            str(INSTALL),
+            "--root",
+            str(root),
+            f"--source={wheel}",
+            "--python",
+            sys.executable,
+            "--pip-args",
+            "--no-deps --no-index",
+        ],
         capture_output=True,
         text=True,
         timeout=300,

@@ -86,22 +86,43 @@ def test_sectioned_variables(env: dict[str, str], getter: object, expected: obje
 @pytest.mark.parametrize(
     ("env", "fragment"),
     [
-        ({"OPTIMIZATION_INTERVAL": "abc"}, "OPTIMIZATION_INTERVAL=abc: expected a whole number of milliseconds (e.g. 30000 for 30 s)"),
-        ({"OPTIMIZATION_INTERVAL": "10"}, "OPTIMIZATION_INTERVAL=10: must be at least 1000 milliseconds (e.g. 10000 for 10 s)"),
+        (
+            {"OPTIMIZATION_INTERVAL": "abc"},
+            "OPTIMIZATION_INTERVAL=abc: expected a whole number of milliseconds (e.g. 30000 for 30 s)",
+        ),
+        (
+            {"OPTIMIZATION_INTERVAL": "10"},
+            "OPTIMIZATION_INTERVAL=10: must be at least 1000 milliseconds (e.g. 10000 for 10 s)",
+        ),
         ({"MEMORY_THRESHOLD": "1.5"}, "MEMORY_THRESHOLD=1.5: must be a ratio from 0.05 to 1, e.g. 0.8 for 80 %"),
         ({"CPU_THRESHOLD": "nan"}, "CPU_THRESHOLD=nan: expected a finite ratio, e.g. 0.9 for 90 %"),
         ({"ENABLE_GC": "maybe"}, "ENABLE_GC=maybe: expected true or false"),
         ({"LOG_LEVEL": "loud"}, "LOG_LEVEL=loud: expected one of debug, info, warning, error"),
-        ({"CCTV_OPTIMIZER_ENGINE__MODE": "yolo"}, "CCTV_OPTIMIZER_ENGINE__MODE=yolo: expected one of observe, dry_run, enforce"),
+        (
+            {"CCTV_OPTIMIZER_ENGINE__MODE": "yolo"},
+            "CCTV_OPTIMIZER_ENGINE__MODE=yolo: expected one of observe, dry_run, enforce",
+        ),
         ({"CCTV_OPTIMIZER_BOGUS": "1"}, "CCTV_OPTIMIZER_BOGUS: unknown setting"),
         ({"CCTV_OPTIMIZER_API__LISTEN": "nonsense"}, "CCTV_OPTIMIZER_API__LISTEN=nonsense: expected host:port"),
-        ({"CCTV_OPTIMIZER_API__LISTEN": "0.0.0.0:9877"}, "CCTV_OPTIMIZER_API__LISTEN=0.0.0.0:9877: a non-loopback address needs a token"),
-        ({"CCTV_OPTIMIZER_BACKEND__URL": "ftp://x"}, "CCTV_OPTIMIZER_BACKEND__URL=ftp://x: expected an http:// or https:// URL"),
+        (
+            {"CCTV_OPTIMIZER_API__LISTEN": "0.0.0.0:9877"},
+            "CCTV_OPTIMIZER_API__LISTEN=0.0.0.0:9877: a non-loopback address needs a token",
+        ),
+        (
+            {"CCTV_OPTIMIZER_BACKEND__URL": "ftp://x"},
+            "CCTV_OPTIMIZER_BACKEND__URL=ftp://x: expected an http:// or https:// URL",
+        ),
         ({"CCTV_OPTIMIZER_BACKEND__PROCESS": "pidfile"}, "CCTV_OPTIMIZER_BACKEND__PROCESS=pidfile: expected pid:FILE"),
-        ({"CCTV_OPTIMIZER_BACKEND__HLS_DIRECTORY": "/"}, "CCTV_OPTIMIZER_BACKEND__HLS_DIRECTORY=/: refusing to prune inside /"),
+        (
+            {"CCTV_OPTIMIZER_BACKEND__HLS_DIRECTORY": "/"},
+            "CCTV_OPTIMIZER_BACKEND__HLS_DIRECTORY=/: refusing to prune inside /",
+        ),
         ({"CCTV_OPTIMIZER_BACKEND__HLS_DIRECTORY": "/etc"}, "CCTV_OPTIMIZER_BACKEND__HLS_DIRECTORY=/etc: refusing"),
         ({"CCTV_OPTIMIZER_BACKEND__HLS_DIRECTORY": "/var/"}, "CCTV_OPTIMIZER_BACKEND__HLS_DIRECTORY=/var/: refusing"),
-        ({"CCTV_OPTIMIZER_BACKEND__HLS_DIRECTORY": "relative/x"}, "CCTV_OPTIMIZER_BACKEND__HLS_DIRECTORY=relative/x: must be an absolute path"),
+        (
+            {"CCTV_OPTIMIZER_BACKEND__HLS_DIRECTORY": "relative/x"},
+            "CCTV_OPTIMIZER_BACKEND__HLS_DIRECTORY=relative/x: must be an absolute path",
+        ),
         (
             {"CCTV_OPTIMIZER_DETECTION__SAMPLES_REQUIRED": "9", "CCTV_OPTIMIZER_DETECTION__WINDOW_SAMPLES": "5"},
             "CCTV_OPTIMIZER_DETECTION__SAMPLES_REQUIRED=9: must not exceed detection.window_samples (5)",

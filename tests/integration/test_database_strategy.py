@@ -55,7 +55,7 @@ async def test_grown_wal_is_truncated_once_the_trigger_holds(testbed: TestbedPro
         assert row.signals["wal_bytes"] >= before * 0.9
         assert row.thresholds["wal_bytes"]["enter"] == LIMIT
         wal_change = next(c for c in row.changes if c["action"] == "wal_checkpoint")
-        assert wal_change["after"] == "0.0 MiB"
+        assert wal_change["after"] == "0 B"
         assert row.verdict == "improved"
         assert row.verdict_detail is not None and row.verdict_detail["after"] < LIMIT
         journal = daemon.store.journal()

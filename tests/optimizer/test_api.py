@@ -267,3 +267,49 @@ def test_scrape_cache_reuses_a_rendering_only_for_the_same_snapshot_and_briefly(
     assert cache.get(8, 101.6, render) == b"render 3"
     assert cache.get(None, 101.7, render) == b"render 4"
     assert cache.get(None, 101.8, render) == b"render 5"
+
+
+async def test_head_answers_wherever_get_does(testbed: TestbedProcess, tmp_path: Path) -> None:
+    """HEAD on every GET route gives GET's status and content type, and no body (it was 405 on /)."""
+    async with running_daemon(daemon_env(testbed, tmp_path / "s")) as daemon, api_client(daemon) as http:
+        await sample_times(daemon, 1)
+        for method, path, _ in ROUTES:
+            if method != "GET":
+                continue
+            async with http.get(path) as got:
+                await got.read()
+            async with http.head(path) as head:
+                body = await head.read()
+            assert (head.status, head.content_type) == (got.status, got.content_type), path
+            assert body == b"", path
+
+
+async def test_samples_return_the_recent_window_of_each_signal(testbed: TestbedProcess, tmp_path: Path) -> None:
+    """GET /samples: the window's points per signal in wall-clock ms, with label and unit; since= pages; bounded."""
+    env = daemon_env(testbed, tmp_path / "s", CCTV_OPTIMIZER_SAMPLER__WINDOW_SIZE="10")
+    async with running_daemon(env) as daemon, api_client(daemon) as http:
+        await sample_times(daemon, 12)
+        async with http.get("/samples") as resp:
+            assert resp.status == 200
+            body = await resp.json()
+        assert body["windowSamples"] == 10
+        series = {s["signal"]: s for s in body["signals"]}
+        assert list(series) == ["cpu_ratio", "memory_used_ratio", "tcp_established", "response_time_seconds"]
+        cpu = series["cpu_ratio"]
+        assert (cpu["label"], cpu["unit"]) == ("Host CPU", "ratio")
+        assert series["response_time_seconds"]["unit"] == "seconds"
+        # bounded by the window: ten samples of twelve, oldest first, stamped near the daemon's wall clock
+        assert len(cpu["points"]) == 10
+        times = [t for t, _ in cpu["points"]]
+        assert times == sorted(times) and abs(times[-1] - daemon.clock.wall() * 1000) < 60_000
+        assert all(0.0 <= v <= 1.0 for _, v in cpu["points"])
+        async with http.get(f"/samples?signals=wal_bytes,cpu_ratio&since={times[-3]}") as resp:
+            newer = await resp.json()
+        named = {s["signal"]: s for s in newer["signals"]}
+        assert [t for t, _ in named["cpu_ratio"]["points"]] == times[-2:]
+        assert named["wal_bytes"]["unit"] == "bytes" and named["wal_bytes"]["label"] == "Database WAL size"
+        too_many = ",".join(["cpu_ratio"] * 17)
+        for query in ("signals=Bad Name", f"signals={too_many}", "since=-1", "since=soon"):
+            async with http.get(f"/samples?{query}") as resp:
+                assert resp.status == 400, query
+                assert (await resp.json())["error"]["code"] == "invalid_query"

@@ -35,8 +35,8 @@ async def test_useless_action_backed_off_harmful_reverted_breaker_opened(tmp_pat
     assert story.rows[-3].reason == "3 consecutive failures or regressions (last: regressed cpu_ratio)"
     assert story.breaker_open is False  # re-armed by the operator at the end
     lines = history_lines(story.rows)
-    assert lines[0].endswith("verdict=neutral (cpu_ratio 0.950 -> 0.950)")
-    assert lines[2].endswith("verdict=regressed (cpu_ratio 0.950 -> 1.000, reverted)")
+    assert lines[0].endswith("verdict=neutral (cpu_ratio 95 % -> 95 %)")
+    assert lines[2].endswith("verdict=regressed (cpu_ratio 95 % -> 100 %, reverted)")
     assert "backing off for 600 s [knob: 2 -> 5]" in lines[-1]
     logged = log_lines(story.log)
     assert sum(line.startswith("warning change_reverted") for line in logged) == 3

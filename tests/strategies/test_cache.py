@@ -362,7 +362,7 @@ async def test_a_collapse_under_the_limit_expects_the_hit_rate_up() -> None:
     assert plan is not None and plan.expected is not None
     assert (plan.expected.signal, plan.expected.direction) == ("cache_hit_rate", Direction.UP)
     # M=3 intervals back: 340 lookups since the first sample, 41 of them hits
-    assert "hit rate fell to 12.1% over the last 340 lookups (floor 30.0%)" in plan.reason
+    assert "hit rate fell to 12.1 % over the last 340 lookups (floor 30 %)" in plan.reason
     assert plan.params["kind"] == "hit_rate"
 
 
@@ -714,7 +714,7 @@ async def test_slow_hot_endpoints_with_a_fast_health_plan_invalidation_and_warmi
     assert plan.expected is not None
     assert (plan.expected.signal, plan.expected.direction) == ("response_time_seconds", Direction.DOWN)
     assert plan.expected.amount == pytest.approx(0.9 - 0.5 * 0.9)
-    assert "0.900 s (line 0.500 s)" in plan.reason
+    assert "900 ms (line 500 ms)" in plan.reason
 
 
 async def test_slowness_plans_nothing_when_health_is_slow_or_the_normal_is_slow() -> None:

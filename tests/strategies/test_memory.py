@@ -415,7 +415,7 @@ async def test_apply_prunes_the_configured_root_only(tmp_path: Path) -> None:
     assert plan is not None
     result = await s.apply(plan)
     assert not any(p.exists() for p in stale)
-    assert result.changes[0].after == "0 files (freed 0.0 MiB)"
+    assert result.changes[0].after == "0 files (freed 2.9 KiB)"
     assert "pruned 3 stale HLS files" in result.detail
     forged = Plan.from_dict(
         {**plan.as_dict(), "params": {**plan.params, "hls_prune": {"root": str(tmp_path / "other")}}}

@@ -123,7 +123,7 @@ def test_good_configuration_passes_with_the_env_file_and_unit_named(site: Site) 
     status, out = check(site)
     assert status == 0, out
     assert f"env file {site.env_file}, unit {site.staged.unit} (User=cctv-optimizer)" in out
-    assert f"memory_threshold" in out and f"env MEMORY_THRESHOLD, {site.env_file} line 2" in out
+    assert "memory_threshold" in out and f"env MEMORY_THRESHOLD, {site.env_file} line 2" in out
     assert f"files checked for user {SERVICE_USER}" in out
 
 
@@ -141,7 +141,10 @@ def test_bad_value_in_the_env_file_is_exit_78_with_its_line(site: Site) -> None:
 @pytest.mark.parametrize(
     ("line", "fragment"),
     [
-        ("OPTIMIZATION_INTERVAL=30", "OPTIMIZATION_INTERVAL=30: must be at least 1000 milliseconds (e.g. 30000 for 30 s)"),
+        (
+            "OPTIMIZATION_INTERVAL=30",
+            "OPTIMIZATION_INTERVAL=30: must be at least 1000 milliseconds (e.g. 30000 for 30 s)",
+        ),
         ("CPU_THRESHOLD=80", "CPU_THRESHOLD=80: must be a ratio from 0.05 to 1, e.g. 0.8 for 80 %"),
         ("MEMORY_TRESHOLD=0.5", "MEMORY_TRESHOLD: not a setting, ignored; did you mean MEMORY_THRESHOLD?"),
         (

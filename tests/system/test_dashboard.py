@@ -7,6 +7,7 @@ import contextlib
 import os
 import re
 import signal
+import time
 from collections.abc import AsyncIterator
 from html.parser import HTMLParser
 from pathlib import Path
@@ -14,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from optimizer.app import Daemon
+from optimizer.clock import FakeClock
 from optimizer.dashboard import load_dashboard
 from testbed.harness import TestbedProcess
 from tests.harness import api_base, api_client, daemon_env, running_daemon, sample_times
@@ -51,6 +53,10 @@ class DashboardDom(HTMLParser):
         self.thresholds: dict[str, bool] = {}
         self.texts: dict[str, str] = {}
         self.history: list[dict[str, str]] = []
+        self.ticks: dict[str, list[str]] = {}
+        self.tick_times: dict[str, list[tuple[int, float]]] = {}
+        self.finding_groups: dict[str, int] = {}
+        self.signal_titles: dict[str, str] = {}
         self.urls: list[tuple[str, str, str]] = []
         self.banner_hidden: bool | None = None
         self._chart: str | None = None
@@ -66,6 +72,7 @@ class DashboardDom(HTMLParser):
             self._chart = a["data-chart"]
         elif self._chart is not None and tag == "path" and a.get("class") == "line":
             self.lines[self._chart] = a.get("d", "")
+            self.texts[f"points:{self._chart}"] = a.get("data-points", "")
         elif self._chart is not None and tag == "line" and a.get("class") == "threshold":
             self.thresholds[self._chart] = True
         # text of a few containers, keyed by what they are
@@ -76,6 +83,20 @@ class DashboardDom(HTMLParser):
             key = f"threshold:{a['data-threshold']}"
         elif tag == "span" and "data-value" in a:
             key = f"value:{a['data-value']}"
+        elif tag == "span" and "data-span" in a:
+            key = f"span:{a['data-span']}"
+        elif tag == "span" and "data-tick" in a:
+            key = f"tick:{a['data-tick']}"
+            if "data-t" in a:
+                left = re.search(r"left:\s*([\d.]+)%", a.get("style", ""))
+                assert left is not None, a
+                self.tick_times.setdefault(a["data-tick"], []).append((int(a["data-t"]), float(left.group(1))))
+        elif tag == "li" and "data-finding-group" in a:
+            self.finding_groups[a["data-finding-group"]] = int(a.get("data-count", "0"))
+        elif tag == "tr" and "data-signal" in a:
+            key = f"signal:{a['data-signal']}"
+        elif tag == "td" and self._capture and self._capture[-1][1].startswith("signal:") and "title" in a:
+            self.signal_titles.setdefault(self._capture[-1][1][7:], a["title"])
         elif tag == "tr" and "data-decision" in a:
             self.history.append({"strategy": a.get("data-strategy", ""), "outcome": a.get("data-outcome", "")})
             key = f"decision:{len(self.history) - 1}"
@@ -91,6 +112,8 @@ class DashboardDom(HTMLParser):
             text = " ".join(" ".join(parts).split())
             if key.startswith("decision:"):
                 self.history[int(key.split(":")[1])]["text"] = text
+            elif key.startswith("tick:"):
+                self.ticks.setdefault(key[5:], []).append(text)
             else:
                 self.texts[key] = text
             if self._capture:
@@ -215,6 +238,15 @@ async def test_page_renders_live_data_in_chromium(testbed: TestbedProcess, tmp_p
         assert re.search(r"\d", page.texts[f"value:{chart}"]), chart
     assert page.thresholds.get("memory") is True
     assert page.texts["threshold:memory"].startswith("threshold 85 %")
+    # value axes in the chart's unit; ratios keep 0-100 %, times are in ms or s
+    assert page.ticks["memory:y"] == ["0 %", "50 %", "100 %"]
+    assert all(re.fullmatch(r"[\d.]+ (ms|s)", t) for t in page.ticks["response:y"]), page.ticks["response:y"]
+    assert all(re.fullmatch(r"\d\d:\d\d(:\d\d)?", t) for t in page.ticks["cpu:x"]), page.ticks["cpu:x"]
+    # readable names with the identifier on hover, one row per signal
+    assert page.signal_titles.get("wal_bytes") == "wal_bytes"
+    assert page.texts["signal:wal_bytes"].startswith("Database WAL size")
+    # the testbed's eight tables nobody cleans are one entry with a count
+    assert page.finding_groups.get("uncleaned-table", 0) >= 2, page.finding_groups
     rows = [r for r in page.history if r["strategy"] == "database"]
     assert len(rows) == 1
     assert rows[0]["outcome"] == "applied"
@@ -223,3 +255,72 @@ async def test_page_renders_live_data_in_chromium(testbed: TestbedProcess, tmp_p
     assert [u for u in page.urls if is_external(u[2])] == []
     assert screenshot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert screenshot.stat().st_size > 10_000
+
+
+@contextlib.asynccontextmanager
+async def ticking(daemon: Daemon, clock: FakeClock, step: float, every: float = 0.5) -> AsyncIterator[None]:
+    """Keep sampling while the page polls, the fake clock moving ``step`` seconds a sample."""
+    stop = asyncio.Event()
+
+    async def pace() -> None:
+        while not stop.is_set():
+            clock.advance(step)
+            await daemon.sample_now()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), every)
+
+    task = asyncio.create_task(pace())
+    try:
+        yield
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 10)
+
+
+async def test_page_opened_after_ten_minutes_shows_ten_minutes(testbed: TestbedProcess, tmp_path: Path) -> None:
+    """A page opened after ten minutes of sampling draws those ten minutes at once, then appends live points.
+
+    The daemon runs on a fake clock: 121 samples five seconds apart are ten minutes of its time taken in a few
+    real seconds, and its window (120 samples) holds them all. Axes carry units; the connection and response
+    charts fit their data instead of the far-off thresholds.
+    """
+    if not os.access(CHROMIUM, os.X_OK):
+        pytest.skip(f"{CHROMIUM} is missing: install the Debian packages chromium and chromium-driver")
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    screenshot = ARTIFACTS / "dashboard-10min.png"
+    screenshot.unlink(missing_ok=True)
+    clock = FakeClock(start_wall=time.time() - 610.0)
+    env = daemon_env(testbed, tmp_path / "state", CCTV_OPTIMIZER_SAMPLER__WINDOW_SIZE="120")
+    async with running_daemon(env, clock=clock) as daemon:
+        for _ in range(121):
+            clock.advance(5.0)
+            await daemon.sample_now()
+        window = daemon.engine.windows.points("cpu_ratio")
+        assert len(window) == 120 and window[-1][0] - window[0][0] == pytest.approx(595.0)
+        async with ticking(daemon, clock, step=5.0):
+            dom = await render(f"{api_base(daemon)}/", tmp_path / "chromium", screenshot)
+    (ARTIFACTS / "dashboard-10min-dom.html").write_text(dom, encoding="utf-8")
+
+    page = DashboardDom()
+    page.feed(dom)
+    page.close()
+    assert page.banner_hidden is True, "the page reported a failed poll"
+    for chart in CHARTS:
+        drawn = points(page.lines.get(chart, ""))
+        # the whole window at once, then live points appended (more than the daemon's 120 by now)
+        assert int(page.texts[f"points:{chart}"]) > 120, (chart, page.texts[f"points:{chart}"])
+        assert len(drawn) > 120, chart
+        xs = [x for x, _ in drawn]
+        assert xs == sorted(xs) and xs[0] < 5 and xs[-1] > 315, chart
+        # ten minutes loaded, plus the few seconds of live samples the page appended (five fake seconds each)
+        assert re.fullmatch(r"last 1[01] min( \d+ s)?", page.texts[f"span:{chart}"]), page.texts[f"span:{chart}"]
+        # the time axis: its labelled ticks, placed where their times fall, span ten minutes and more
+        (t1, left1), *_, (t2, left2) = page.tick_times[f"{chart}:x"]
+        assert (t2 - t1) / ((left2 - left1) / 100) >= 600_000, (chart, page.tick_times[f"{chart}:x"])
+        assert all(re.fullmatch(r"\d\d:\d\d", t) for t in page.ticks[f"{chart}:x"]), page.ticks[f"{chart}:x"]
+    # the connection chart fits its handful of sockets, not the 500 of its threshold
+    top = page.ticks["connections:y"][-1]
+    assert int(top.replace(",", "")) < 500, page.ticks["connections:y"]
+    assert page.texts["threshold:connections"].endswith("(above the scale)")
+    assert page.ticks["response:y"][-1].endswith("ms"), page.ticks["response:y"]
+    assert screenshot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -204,7 +204,16 @@ def test_help() -> None:
     """--help prints the options and exits 0."""
     proc = run_install("--help")
     assert proc.returncode == 0
-    for option in ("--root", "--prefix", "--etc", "--unit-dir", "--source", "--pip-args", "--no-user", "--no-systemctl"):
+    for option in (
+        "--root",
+        "--prefix",
+        "--etc",
+        "--unit-dir",
+        "--source",
+        "--pip-args",
+        "--no-user",
+        "--no-systemctl",
+    ):
         assert option in proc.stdout
 
 
@@ -232,8 +241,17 @@ def test_root_stages_everything_and_touches_nothing_on_the_host(wheel: Path, tmp
     host_etc_before = Path("/etc/cctv-optimizer").exists()
     env = {**clean_env(), "PATH": f"{shims}:{os.environ['PATH']}"}
     proc = subprocess.run(
-        ["bash", str(INSTALL), "--root", str(root), f"--source={wheel}", "--python", sys.executable]
-        + ["--pip-args", "--no-deps --no-index"],
+        [
+            "bash",
+            str(INSTALL),
+            "--root",
+            str(root),
+            f"--source={wheel}",
+            "--python",
+            sys.executable,
+            "--pip-args",
+            "--no-deps --no-index",
+        ],
         capture_output=True,
         text=True,
         timeout=300,

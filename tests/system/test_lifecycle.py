@@ -99,7 +99,11 @@ def test_check_config_exit_codes_and_redaction(tmp_path: Path) -> None:
         "CCTV_OPTIMIZER_STATE__DIRECTORY": str(tmp_path / "state"),
     }
     good = subprocess.run(
-        [sys.executable, "-m", "optimizer.cli", "check-config", "--no-env-file"], env=env, capture_output=True, text=True, timeout=30
+        [sys.executable, "-m", "optimizer.cli", "check-config", "--no-env-file"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
     )
     assert good.returncode == 0, good.stdout + good.stderr
     assert "backend.admin_password_file" in good.stdout and "(contents redacted)" in good.stdout
@@ -107,7 +111,11 @@ def test_check_config_exit_codes_and_redaction(tmp_path: Path) -> None:
     assert "optimization_interval" in good.stdout and "(default; OPTIMIZATION_INTERVAL)" in good.stdout
     bad_env = {**env, "CPU_THRESHOLD": "3", "OPTIMIZATION_INTERVAL": "soon"}
     bad = subprocess.run(
-        [sys.executable, "-m", "optimizer.cli", "check-config", "--no-env-file"], env=bad_env, capture_output=True, text=True, timeout=30
+        [sys.executable, "-m", "optimizer.cli", "check-config", "--no-env-file"],
+        env=bad_env,
+        capture_output=True,
+        text=True,
+        timeout=30,
     )
     assert bad.returncode == 78
     assert "CPU_THRESHOLD=3: must be a ratio from 0.05 to 1, e.g. 0.9 for 90 % (env CPU_THRESHOLD)" in bad.stdout

@@ -75,7 +75,11 @@ def secret(path: Path, text: str = "s3cret-value\n", mode: int = 0o600) -> Path:
 
 @pytest.mark.parametrize(
     "variable",
-    ["CCTV_OPTIMIZER_API__TOKEN_FILE", "CCTV_OPTIMIZER_BACKEND__ADMIN_PASSWORD_FILE", "CCTV_OPTIMIZER_BACKEND__API_KEY_FILE"],
+    [
+        "CCTV_OPTIMIZER_API__TOKEN_FILE",
+        "CCTV_OPTIMIZER_BACKEND__ADMIN_PASSWORD_FILE",
+        "CCTV_OPTIMIZER_BACKEND__API_KEY_FILE",
+    ],
 )
 def test_missing_secret_file_is_one_line_and_exit_78(tmp_path: Path, variable: str) -> None:
     """A secret file that does not exist stops the start with exit 78 and one line naming it; no traceback."""
@@ -111,7 +115,9 @@ def test_unusable_secret_file_is_exit_78(tmp_path: Path, make: Any, fragment: st
 def test_world_readable_secret_allowed_by_setting_is_warned_about_once(tmp_path: Path) -> None:
     """With secrets.allow_world_readable the daemon starts and says once which file, with which mode."""
     token = secret(tmp_path / "api-token", mode=0o644)
-    env = quiet_env(tmp_path, CCTV_OPTIMIZER_API__TOKEN_FILE=str(token), CCTV_OPTIMIZER_SECRETS__ALLOW_WORLD_READABLE="true")
+    env = quiet_env(
+        tmp_path, CCTV_OPTIMIZER_API__TOKEN_FILE=str(token), CCTV_OPTIMIZER_SECRETS__ALLOW_WORLD_READABLE="true"
+    )
     with daemon_process({k: v for k, v in env.items()}) as proc:
         proc.wait_event("daemon_started", timeout=30)
         assert proc.stop() == 0
@@ -125,7 +131,10 @@ def test_world_readable_secret_allowed_by_setting_is_warned_about_once(tmp_path:
 @pytest.mark.parametrize(
     ("overrides", "fragment"),
     [
-        ({"OPTIMIZATION_INTERVAL": "30"}, "OPTIMIZATION_INTERVAL=30: must be at least 1000 milliseconds (e.g. 30000 for 30 s)"),
+        (
+            {"OPTIMIZATION_INTERVAL": "30"},
+            "OPTIMIZATION_INTERVAL=30: must be at least 1000 milliseconds (e.g. 30000 for 30 s)",
+        ),
         ({"CPU_THRESHOLD": "80"}, "CPU_THRESHOLD=80: must be a ratio from 0.05 to 1, e.g. 0.8 for 80 %"),
         ({"CCTV_OPTIMIZER_CONFIG": "/nonexistent/config.yaml"}, "cannot read the file"),
     ],
