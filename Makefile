@@ -4,15 +4,23 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.installed-stamp
+# the daemon and the stand-in backend alone: what `make demo` needs, without the test and lint tools
+DEMO_STAMP := $(VENV)/.demo-stamp
 PYDIRS := $(wildcard config metrics strategies optimizer testbed tests bench)
 
 .PHONY: venv test lint bench chaos demo install clean debs docs
 
-$(STAMP): pyproject.toml
+$(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install --quiet --upgrade pip
+
+$(STAMP): pyproject.toml | $(VENV)/bin/python
 	$(PIP) install --quiet -e '.[test,lint]'
-	touch $(STAMP)
+	touch $(STAMP) $(DEMO_STAMP)
+
+$(DEMO_STAMP): pyproject.toml | $(VENV)/bin/python
+	$(PIP) install --quiet -e .
+	touch $(DEMO_STAMP)
 
 venv: $(STAMP)
 
@@ -28,7 +36,7 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff format --check $(PYDIRS)
 	$(VENV)/bin/mypy --strict config metrics strategies optimizer
 
-# Benchmarks: results in bench/results/*.json, summary spliced into README.md.
+# Benchmarks: results in bench/results/*.json, summary spliced into docs/BENCHMARKS.md.
 bench: $(STAMP)
 	@bash scripts/ensure-debs.sh bench
 	$(PY) -m bench.run
@@ -38,7 +46,7 @@ chaos: $(STAMP) debs
 	$(PY) -m pytest -q -m slow
 	FUZZ_EXAMPLES=$${FUZZ_EXAMPLES:-1000} $(PY) -m pytest -q -s tests/system/test_fuzz.py
 
-demo: $(STAMP)
+demo: $(DEMO_STAMP)
 	$(PY) -m testbed.demo
 
 # System install (as root): own user, venv under /opt/cctv-optimizer, unit, /etc/cctv-optimizer/env, token.
