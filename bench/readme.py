@@ -1,8 +1,9 @@
-"""Splice the benchmark summary into README.md between ``<!-- bench:begin -->`` and ``<!-- bench:end -->``.
+"""Splice the benchmark summary into docs/BENCHMARKS.md between ``<!-- bench:begin -->`` and ``<!-- bench:end -->``.
 
-    python -m bench.readme [SUMMARY.md] [README.md]
+    python -m bench.readme [SUMMARY.md] [TARGET.md]
 
-Only the text between the markers changes; without both markers (in that order) the README is left alone.
+Only the text between the markers changes; without both markers (in that order) the file is left alone. The
+README links to docs/BENCHMARKS.md for the figures.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from pathlib import Path
 BEGIN = "<!-- bench:begin -->"
 END = "<!-- bench:end -->"
 ROOT = Path(__file__).resolve().parents[1]
+BENCHMARKS_DOC = ROOT / "docs" / "BENCHMARKS.md"
 
 
 def splice(text: str, summary: str) -> str | None:
@@ -29,21 +31,21 @@ def splice_readme(readme: Path, summary: str) -> str:
     try:
         text = readme.read_text(encoding="utf-8")
     except OSError as exc:
-        return f"README not updated: cannot read {readme}: {exc.strerror}"
+        return f"not updated: cannot read {readme}: {exc.strerror}"
     spliced = splice(text, summary)
     if spliced is None:
-        return f"README not updated: {readme.name} has no {BEGIN} ... {END} markers"
+        return f"not updated: {readme.name} has no {BEGIN} ... {END} markers"
     if spliced == text:
-        return f"README unchanged: {readme.name} already has this summary"
+        return f"unchanged: {readme.name} already has this summary"
     readme.write_text(spliced, encoding="utf-8")
-    return f"README updated: summary spliced into {readme.name}"
+    return f"updated: summary spliced into {readme.name}"
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Splice a summary file into a README (defaults: bench/results/SUMMARY.md into README.md)."""
+    """Splice a summary file into a document (defaults: bench/results/SUMMARY.md into docs/BENCHMARKS.md)."""
     args = sys.argv[1:] if argv is None else argv
     summary = Path(args[0]) if args else ROOT / "bench" / "results" / "SUMMARY.md"
-    readme = Path(args[1]) if len(args) > 1 else ROOT / "README.md"
+    readme = Path(args[1]) if len(args) > 1 else BENCHMARKS_DOC
     print(splice_readme(readme, summary.read_text(encoding="utf-8")))
     return 0
 

@@ -1,4 +1,4 @@
-"""Run the benchmarks, write ``bench/results/<name>.json`` and ``SUMMARY.md``, and splice the summary into README.md.
+"""Run the benchmarks, write ``bench/results/<name>.json`` and ``SUMMARY.md``, and splice the summary into docs/BENCHMARKS.md.
 
     python -m bench.run [--only NAME ...] [--quick] [--no-readme]
 
@@ -30,7 +30,7 @@ elif str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from bench.common import RESULTS_DIR, machine_info, row  # noqa: E402
-from bench.readme import splice_readme  # noqa: E402
+from bench.readme import BENCHMARKS_DOC, splice_readme  # noqa: E402
 
 # Order matters: the idle-footprint benchmark runs last, alone, so nothing else disturbs its ten minutes.
 REGISTRY = ("tcp_count", "whole_sample", "http_api", "detection", "effect", "footprint")
@@ -133,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--only", action="append", choices=REGISTRY, metavar="NAME", help="run only this benchmark")
     parser.add_argument("--quick", action="store_true", help="shorter runs for development (marked in the output)")
-    parser.add_argument("--no-readme", action="store_true", help="do not splice the summary into README.md")
+    parser.add_argument("--no-readme", action="store_true", help="do not splice the summary into docs/BENCHMARKS.md")
     parser.add_argument("--results", type=Path, default=RESULTS_DIR, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     selected = [name for name in REGISTRY if not args.only or name in args.only]
@@ -155,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
     (args.results / "SUMMARY.md").write_text(summary, encoding="utf-8")
     print(summary)
     if not args.no_readme:
-        print(splice_readme(ROOT / "README.md", summary))
+        print(splice_readme(BENCHMARKS_DOC, summary))
     return 0
 
 
