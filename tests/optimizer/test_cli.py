@@ -83,3 +83,35 @@ async def test_unreachable_daemon_exit_code() -> None:
     assert code == 3
     assert "cannot reach the daemon" in err
     assert "Traceback" not in err
+
+
+async def test_write_without_a_token_says_where_it_looked(tmp_path: Path) -> None:
+    """A write with no readable token is refused before sending, listing each place looked and how to point it."""
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("CCTV_OPTIMIZER_")},
+        "PYTHONPATH": str(ROOT),
+        "CCTV_OPTIMIZER_STATE__DIRECTORY": str(tmp_path / "state"),
+    }
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "optimizer.cli",
+        "optimize",
+        "--no-env-file",
+        "--url",
+        "http://127.0.0.1:9",
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    _, err = await asyncio.wait_for(proc.communicate(), 60)
+    text = err.decode()
+    assert proc.returncode == 78, text
+    assert "no API token found for writes; looked in:" in text
+    assert "api.token_file: not set" in text
+    assert (
+        f"{tmp_path / 'state' / 'api-token'} (the token the daemon generates in its state directory): does not exist"
+        in text
+    )
+    assert "--token-file FILE or CCTV_OPTIMIZER_API__TOKEN_FILE=FILE" in text
+    assert "Traceback" not in text

@@ -183,3 +183,13 @@ def test_port_in_use_is_exit_1(tmp_path: Path) -> None:
     assert error["event"] == "startup_failed"
     assert f"cannot listen on 127.0.0.1:{port} (api.listen): Address already in use" in error["error"]
     assert "Traceback" not in output
+
+
+def test_misspelt_variable_in_the_environment_is_warned_about(tmp_path: Path) -> None:
+    """MEMORY_TRESHOLD in the daemon's environment is not silently ignored: a config_warning with "did you mean"."""
+    with daemon_process(quiet_env(tmp_path, MEMORY_TRESHOLD="0.5")) as proc:
+        proc.wait_event("daemon_started", timeout=30)
+        assert proc.stop() == 0
+    warnings = [json.loads(line) for line in proc.raw if '"config_warning"' in line]
+    assert len(warnings) == 1, proc.raw
+    assert "MEMORY_TRESHOLD: not a setting, ignored; did you mean MEMORY_THRESHOLD?" in warnings[0]["warning"]
