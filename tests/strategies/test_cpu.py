@@ -60,8 +60,15 @@ def spawn(tmp_path: Path) -> Iterator[Callable[..., subprocess.Popen[bytes]]]:
             start_new_session=True,
         )
         started.append(process)
-        # wait until the interpreter runs the code: the thread count is the sign
-        wait_until(lambda: len(os.listdir(f"/proc/{process.pid}/task")) == threads + 1, timeout=10)
+        # wait until the interpreter runs the code: its argv[0] (set by exec; before it the child still reads as
+        # this test's python, not a recorder) and the thread count are the sign
+        wait_until(
+            lambda: (
+                Path(f"/proc/{process.pid}/cmdline").read_bytes().split(b"\0")[0] == argv0.encode()
+                and len(os.listdir(f"/proc/{process.pid}/task")) == threads + 1
+            ),
+            timeout=10,
+        )
         return process
 
     yield start
