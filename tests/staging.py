@@ -84,27 +84,27 @@ class Staged:
         return self.unit_dir / "cctv-optimizer.service"
 
 
-def stage_install(root: Path, wheel: Path, *, borrow: bool = True) -> Staged:
-    """``install.sh --root ROOT`` from the wheel; with ``borrow`` the staged venv can also run (see the module)."""
-    proc = subprocess.run(
-        [
-            "bash",
-            str(INSTALL),
-            "--root",
-            str(root),
-            f"--source={wheel}",
-            "--python",
-            sys.executable,
-            "--pip-args",
-            "--no-deps --no-index",
-        ],
+def run_install(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """Run install.sh with ``args`` (clean_env() unless ``env``); never raises on a non-zero exit."""
+    return subprocess.run(
+        ["bash", str(INSTALL), *args],
         capture_output=True,
         text=True,
         timeout=300,
         check=False,
-        env=clean_env(),
+        env=clean_env() if env is None else env,
         stdin=subprocess.DEVNULL,
     )
+
+
+def staging_args(root: Path, wheel: Path) -> tuple[str, ...]:
+    """install.sh's arguments for an offline install of the wheel staged into ``root``."""
+    return ("--root", str(root), f"--source={wheel}", "--python", sys.executable, "--pip-args", "--no-deps --no-index")
+
+
+def stage_install(root: Path, wheel: Path, *, borrow: bool = True, env: dict[str, str] | None = None) -> Staged:
+    """``install.sh --root ROOT`` from the wheel; with ``borrow`` the staged venv can also run (see the module)."""
+    proc = run_install(*staging_args(root, wheel), env=env)
     if proc.returncode != 0:
         raise RuntimeError(f"install.sh --root {root} failed:\n{proc.stdout}\n{proc.stderr}")
     staged = Staged(

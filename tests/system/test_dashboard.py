@@ -140,12 +140,16 @@ def is_external(url: str) -> bool:
 
 
 @contextlib.asynccontextmanager
-async def sampling(daemon: Daemon, every: float = 0.2) -> AsyncIterator[None]:
-    """Keep the daemon sampling while the page polls, as its own loop would."""
+async def sampling(
+    daemon: Daemon, every: float = 0.2, *, clock: FakeClock | None = None, step: float = 0.0
+) -> AsyncIterator[None]:
+    """Keep the daemon sampling while the page polls, as its own loop would (a fake clock moving ``step`` a sample)."""
     stop = asyncio.Event()
 
     async def pace() -> None:
         while not stop.is_set():
+            if clock is not None:
+                clock.advance(step)
             await daemon.sample_now()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), every)
@@ -156,6 +160,16 @@ async def sampling(daemon: Daemon, every: float = 0.2) -> AsyncIterator[None]:
     finally:
         stop.set()
         await asyncio.wait_for(task, 10)
+
+
+def parsed(dom: str, keep: Path) -> DashboardDom:
+    """The rendered page, kept as a file for a look afterwards; a page that reported a failed poll fails here."""
+    keep.write_text(dom, encoding="utf-8")
+    page = DashboardDom()
+    page.feed(dom)
+    page.close()
+    assert page.banner_hidden is True, "the page reported a failed poll"
+    return page
 
 
 async def render(url: str, profile: Path, screenshot: Path) -> str:
@@ -224,12 +238,7 @@ async def test_page_renders_live_data_in_chromium(testbed: TestbedProcess, tmp_p
         assert decision is not None and decision.strategy == "database" and decision.outcome == "applied"
         async with sampling(daemon):
             dom = await render(f"{api_base(daemon)}/", tmp_path / "chromium", screenshot)
-    (ARTIFACTS / "dashboard-dom.html").write_text(dom, encoding="utf-8")
-
-    page = DashboardDom()
-    page.feed(dom)
-    page.close()
-    assert page.banner_hidden is True, "the page reported a failed poll"
+    page = parsed(dom, ARTIFACTS / "dashboard-dom.html")
     for chart in CHARTS:
         drawn = points(page.lines.get(chart, ""))
         assert len(drawn) >= 3, f"{chart}: {page.lines.get(chart)!r}"
@@ -257,26 +266,6 @@ async def test_page_renders_live_data_in_chromium(testbed: TestbedProcess, tmp_p
     assert screenshot.stat().st_size > 10_000
 
 
-@contextlib.asynccontextmanager
-async def ticking(daemon: Daemon, clock: FakeClock, step: float, every: float = 0.5) -> AsyncIterator[None]:
-    """Keep sampling while the page polls, the fake clock moving ``step`` seconds a sample."""
-    stop = asyncio.Event()
-
-    async def pace() -> None:
-        while not stop.is_set():
-            clock.advance(step)
-            await daemon.sample_now()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), every)
-
-    task = asyncio.create_task(pace())
-    try:
-        yield
-    finally:
-        stop.set()
-        await asyncio.wait_for(task, 10)
-
-
 async def test_page_opened_after_ten_minutes_shows_ten_minutes(testbed: TestbedProcess, tmp_path: Path) -> None:
     """A page opened after ten minutes of sampling draws those ten minutes at once, then appends live points.
 
@@ -297,14 +286,9 @@ async def test_page_opened_after_ten_minutes_shows_ten_minutes(testbed: TestbedP
             await daemon.sample_now()
         window = daemon.engine.windows.points("cpu_ratio")
         assert len(window) == 120 and window[-1][0] - window[0][0] == pytest.approx(595.0)
-        async with ticking(daemon, clock, step=5.0):
+        async with sampling(daemon, 0.5, clock=clock, step=5.0):
             dom = await render(f"{api_base(daemon)}/", tmp_path / "chromium", screenshot)
-    (ARTIFACTS / "dashboard-10min-dom.html").write_text(dom, encoding="utf-8")
-
-    page = DashboardDom()
-    page.feed(dom)
-    page.close()
-    assert page.banner_hidden is True, "the page reported a failed poll"
+    page = parsed(dom, ARTIFACTS / "dashboard-10min-dom.html")
     for chart in CHARTS:
         drawn = points(page.lines.get(chart, ""))
         # the whole window at once, then live points appended (more than the daemon's 120 by now)

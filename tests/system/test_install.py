@@ -8,13 +8,12 @@ import re
 import shutil
 import stat
 import subprocess
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from tests.staging import clean_env
+from tests.staging import clean_env, run_install, stage_install, staging_args
 
 REPO = Path(__file__).resolve().parents[2]
 INSTALL = REPO / "systemd" / "install.sh"
@@ -33,19 +32,6 @@ class Install:
     args: tuple[str, ...]
 
 
-def run_install(*args: str) -> subprocess.CompletedProcess[str]:
-    """Run install.sh with ``args``; never raises on a non-zero exit."""
-    return subprocess.run(
-        ["bash", str(INSTALL), *args],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-        env=clean_env(),
-        stdin=subprocess.DEVNULL,
-    )
-
-
 def staged_paths(root: Path) -> tuple[Path, Path, Path]:
     """(prefix, etc, unit directory) of an install staged with --root."""
     return root / "opt" / "cctv-optimizer", root / "etc" / "cctv-optimizer", root / "etc" / "systemd" / "system"
@@ -56,15 +42,7 @@ def installed(wheel: Path, tmp_path_factory: pytest.TempPathFactory) -> Install:
     """One install staged into a temporary root; deps come from nowhere (--no-deps) so it needs no network."""
     root = tmp_path_factory.mktemp("install")
     prefix, etc, unit_dir = staged_paths(root)
-    args = (
-        "--root",
-        str(root),
-        f"--source={wheel}",
-        "--python",
-        sys.executable,
-        "--pip-args",
-        "--no-deps --no-index",
-    )
+    args = staging_args(root, wheel)
     proc = run_install(*args)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     return Install(root=root, prefix=prefix, etc=etc, unit_dir=unit_dir, args=args)
@@ -237,44 +215,22 @@ def test_root_stages_everything_and_touches_nothing_on_the_host(wheel: Path, tmp
         shim = shims / tool
         shim.write_text(f'#!/bin/sh\necho "{tool} $*" >>{calls}\nexit 0\n')
         shim.chmod(0o755)
-    root = tmp_path / "root"
     host_etc_before = Path("/etc/cctv-optimizer").exists()
     env = {**clean_env(), "PATH": f"{shims}:{os.environ['PATH']}"}
-    proc = subprocess.run(
-        [
-            "bash",
-            str(INSTALL),
-            "--root",
-            str(root),
-            f"--source={wheel}",
-            "--python",
-            sys.executable,
-            "--pip-args",
-            "--no-deps --no-index",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-        env=env,
-        stdin=subprocess.DEVNULL,
-    )
-    assert proc.returncode == 0, proc.stdout + proc.stderr
+    staged = stage_install(tmp_path / "root", wheel, borrow=False, env=env)
     assert not calls.exists(), calls.read_text()
     assert Path("/etc/cctv-optimizer").exists() == host_etc_before
-    prefix, etc, unit_dir = staged_paths(root)
     for path in (
-        prefix / "venv" / "bin" / "cctv-optimizer",
-        etc / "env",
-        etc / "env.example",
-        etc / "api-token",
-        unit_dir / "cctv-optimizer.service",
-        prefix / "venv" / "cctv-optimizer.install",
+        staged.command,
+        staged.etc / "env",
+        staged.etc / "env.example",
+        staged.etc / "api-token",
+        staged.unit,
+        staged.prefix / "venv" / "cctv-optimizer.install",
     ):
         assert path.is_file(), path
-    assert f"staged in {root}" in proc.stdout
-    written = {p.relative_to(root).parts[0] for p in root.iterdir()}
-    assert written == {"opt", "etc"}
+    assert f"staged in {staged.root}" in staged.output
+    assert {p.name for p in staged.root.iterdir()} == {"opt", "etc"}
 
 
 def test_install_record_names_the_staged_paths(installed: Install) -> None:
