@@ -116,3 +116,10 @@ def test_token_search_order_and_explanation(tmp_path: Path) -> None:
     other.write_text("flag-token\n")
     assert find_token(other, {}, svc, None).token == "flag-token"
     assert find_token(None, {"CCTV_OPTIMIZER_API__TOKEN_FILE": str(other)}, svc, None).token == "flag-token"
+
+
+def test_missing_env_file_is_a_problem(tmp_path: Path) -> None:
+    """An env file named with --env-file that cannot be read is a problem, not the shell's environment instead."""
+    svc = service_environment({"LOG_LEVEL": "debug"}, env_file=tmp_path / "absent", unit_file=UNIT)
+    assert svc.from_service and "LOG_LEVEL" not in svc.environ
+    assert svc.problems == (f"cannot read the env file {tmp_path / 'absent'}: No such file or directory",)
