@@ -96,8 +96,13 @@ def test_hot_recorder_looks_like_ffmpeg_and_burns_cpu(tb: TestbedProcess) -> Non
     pids = tb.scenario("hot_recorder", count=1)["pids"]
     assert tb.state()["recorders"] == pids
     pid = pids[0]
-    argv = Path(f"/proc/{pid}/cmdline").read_bytes().rstrip(b"\0").decode().split("\0")
-    assert argv[0] == "ffmpeg"
+
+    def argv_of() -> list[str] | None:
+        # between fork and exec (a loaded host can stretch it) the child's command line is not its own yet
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().rstrip(b"\0").decode().split("\0")
+        return argv if argv[0] == "ffmpeg" else None
+
+    argv = wait_until(argv_of, timeout=10)
     joined = " ".join(argv)
     assert "-f segment -segment_time 600" in joined
     output = Path(argv[-1])
