@@ -326,6 +326,10 @@ class DatabaseStrategy(Strategy):
         """A checkpoint when the WAL is over its limit; else retention or VACUUM when due; else (manual) upkeep."""
         db = ctx.snapshot.database
         if db is None:
+            status = ctx.snapshot.sources.get("database")
+            if ctx.manual and status is not None and status.error:
+                # asked by hand: say why nothing can be planned (a deferral, never a failure toward the breaker)
+                raise StrategyDeferred(status.error)
             return None
         if db.wal_bytes >= self._o.wal_limit_bytes:
             held = self._held

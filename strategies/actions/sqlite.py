@@ -1,18 +1,26 @@
 """Writes to the backend's SQLite file: WAL checkpoints, PRAGMA optimize and quick_check, each short and busy-aware.
 
-The connection opens the existing file read-write (never creating one), sets a short busy timeout, runs
-one statement, and closes. No transaction is held; a busy database is reported, not waited out.
+The two openers every action uses live here: ``writing`` opens the existing file read-write (never creating
+one), ``reading`` read-only (``metrics.sqlite.read_database``). Neither creates ``-wal``/``-shm``: while the
+backend has the database closed a write waits (StrategyDeferred) instead of creating them as the daemon's
+user, which would lock the backend out of its own database. A database that is not usable (missing, a
+directory, unreadable, not SQLite) defers the action too: it is a source problem, not the strategy failing,
+and must not open its breaker. No transaction is held; a busy database is reported, not waited out.
 """
 
 from __future__ import annotations
 
 import os
 import sqlite3
+import urllib.parse
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from metrics.sqlite import is_busy
-from strategies.base import StrategyError
+from metrics.errors import SamplingError
+from metrics.sqlite import hand_over_sidecars, inspect_database, is_busy, is_not_a_database, read_database
+from strategies.base import StrategyDeferred, StrategyError
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -34,28 +42,64 @@ def wal_bytes(path: Path) -> int:
         return 0
 
 
-def _connect(path: Path, busy_timeout_ms: int) -> sqlite3.Connection:
-    if not path.is_file():
-        raise StrategyError(f"database {path} does not exist")
+@contextmanager
+def reading(path: Path, busy_timeout_ms: int, *, row_factory: bool = False) -> Iterator[sqlite3.Connection]:
+    """A read-only connection for an action; an unusable or closed-and-changing database defers the action."""
     try:
-        conn = sqlite3.connect(f"file:{path}?mode=rw", uri=True, timeout=busy_timeout_ms / 1000, isolation_level=None)
+        with read_database(path, busy_timeout_ms, row_factory=row_factory) as conn:
+            yield conn
+    except SamplingError as exc:
+        raise StrategyDeferred(str(exc)) from None
+    except sqlite3.DatabaseError as exc:
+        if is_not_a_database(exc):
+            raise StrategyDeferred(f"database {path} is damaged or not a SQLite database: {exc}") from None
+        raise
+
+
+@contextmanager
+def writing(path: Path, busy_timeout_ms: int, *, row_factory: bool = False) -> Iterator[sqlite3.Connection]:
+    """A read-write connection to the existing file; never creates it, nor its ``-wal``/``-shm``."""
+    try:
+        info = inspect_database(path)
+    except SamplingError as exc:
+        raise StrategyDeferred(str(exc)) from None
+    if info.closed_by_backend:
+        raise StrategyDeferred(
+            f"the backend has {path} closed (no -wal/-shm files): writing now would create them as the daemon's "
+            "user and lock the backend out of its database; waiting until it opens it again"
+        )
+    try:
+        conn = sqlite3.connect(
+            f"file:{urllib.parse.quote(str(path))}?mode=rw",
+            uri=True,
+            timeout=busy_timeout_ms / 1000,
+            isolation_level=None,
+        )
         conn.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
     except sqlite3.Error as exc:
         raise StrategyError(f"cannot open {path} for writing: {exc}") from None
-    return conn
+    if row_factory:
+        conn.row_factory = sqlite3.Row
+    try:
+        yield conn
+    except sqlite3.DatabaseError as exc:
+        if is_not_a_database(exc):
+            raise StrategyDeferred(f"database {path} is damaged or not a SQLite database: {exc}") from None
+        raise
+    finally:
+        conn.close()
+        hand_over_sidecars(info)
 
 
 def checkpoint(path: Path, mode: str, busy_timeout_ms: int) -> CheckpointResult:
     """Run ``PRAGMA wal_checkpoint(MODE)`` (PASSIVE, FULL, RESTART or TRUNCATE) once."""
     if mode not in ("PASSIVE", "FULL", "RESTART", "TRUNCATE"):
         raise ValueError(f"unknown checkpoint mode {mode}")
-    conn = _connect(path, busy_timeout_ms)
-    try:
-        row = conn.execute(f"PRAGMA wal_checkpoint({mode})").fetchone()
-    except sqlite3.OperationalError as exc:
-        raise StrategyError(f"checkpoint {mode} failed: {exc}") from None
-    finally:
-        conn.close()
+    with writing(path, busy_timeout_ms) as conn:
+        try:
+            row = conn.execute(f"PRAGMA wal_checkpoint({mode})").fetchone()
+        except sqlite3.OperationalError as exc:
+            raise StrategyError(f"checkpoint {mode} failed: {exc}") from None
     busy, log_frames, done = (int(x) for x in row)
     return CheckpointResult(
         mode=mode, busy=bool(busy), log_frames=log_frames, checkpointed_frames=done, wal_bytes_after=wal_bytes(path)
@@ -64,32 +108,22 @@ def checkpoint(path: Path, mode: str, busy_timeout_ms: int) -> CheckpointResult:
 
 def optimize(path: Path, busy_timeout_ms: int) -> None:
     """Run ``PRAGMA optimize`` (cheap: it analyses only what needs it)."""
-    conn = _connect(path, busy_timeout_ms)
-    try:
-        conn.execute("PRAGMA optimize")
-    except sqlite3.OperationalError as exc:
-        raise StrategyError(f"PRAGMA optimize failed: {exc}") from None
-    finally:
-        conn.close()
+    with writing(path, busy_timeout_ms) as conn:
+        try:
+            conn.execute("PRAGMA optimize")
+        except sqlite3.OperationalError as exc:
+            raise StrategyError(f"PRAGMA optimize failed: {exc}") from None
 
 
 def quick_check(path: Path, busy_timeout_ms: int, max_problems: int = 10) -> list[str]:
     """Run ``PRAGMA quick_check(N)`` on a read-only connection: an empty list means the file is sound."""
-    if not path.is_file():
-        raise StrategyError(f"database {path} does not exist")
-    try:
-        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=busy_timeout_ms / 1000, isolation_level=None)
-    except sqlite3.Error as exc:
-        raise StrategyError(f"cannot open {path}: {exc}") from None
-    try:
-        conn.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
-        rows = [str(r[0]) for r in conn.execute(f"PRAGMA quick_check({int(max_problems)})")]
-    except sqlite3.DatabaseError as exc:
-        if isinstance(exc, sqlite3.OperationalError) and is_busy(exc):
-            # a lock held past the busy timeout says nothing about the file: try again on the next schedule
-            raise StrategyError(f"database busy: quick_check could not read it ({exc})") from None
-        # a file too damaged to be checked is itself the finding
-        return [f"quick_check could not run: {exc}"]
-    finally:
-        conn.close()
+    with reading(path, busy_timeout_ms) as conn:
+        try:
+            rows = [str(r[0]) for r in conn.execute(f"PRAGMA quick_check({int(max_problems)})")]
+        except sqlite3.DatabaseError as exc:
+            if isinstance(exc, sqlite3.OperationalError) and is_busy(exc):
+                # a lock held past the busy timeout says nothing about the file: try again on the next schedule
+                raise StrategyError(f"database busy: quick_check could not read it ({exc})") from None
+            # a file too damaged to be checked is itself the finding
+            return [f"quick_check could not run: {exc}"]
     return [] if rows == ["ok"] else rows
