@@ -22,6 +22,7 @@ from typing import Any
 import yaml
 
 from config.errors import ConfigError, Problem
+from config.safety import hls_root_problems
 from config.settings import Settings
 
 ENV_PREFIX = "CCTV_OPTIMIZER_"
@@ -29,28 +30,6 @@ CONFIG_ENV = "CCTV_OPTIMIZER_CONFIG"
 DEFAULT_SOURCE = "default"
 _TRUE = frozenset({"1", "true", "yes", "on"})
 _FALSE = frozenset({"0", "false", "no", "off"})
-_DANGEROUS_ROOTS = tuple(
-    Path(p)
-    for p in (
-        "/",
-        "/etc",
-        "/var",
-        "/usr",
-        "/bin",
-        "/sbin",
-        "/lib",
-        "/boot",
-        "/proc",
-        "/sys",
-        "/dev",
-        "/root",
-        "/home",
-        "/opt",
-        "/tmp",
-        "/dev/shm",
-        "/run",
-    )
-)
 _PROCESS_SPEC = re.compile(r"^(pid|unit|port|name):(.+)$")
 _WINDOW = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)-([01]\d|2[0-3]):([0-5]\d)$")
 SQLITE_MAGIC = b"SQLite format 3\x00"
@@ -354,19 +333,13 @@ def validate(settings: Settings, sources: Mapping[str, str], environ: Mapping[st
     if not _WINDOW.match(settings.strategies.database.vacuum_window):
         add("strategies.database.vacuum_window", "expected HH:MM-HH:MM")
 
-    hls = settings.backend.hls_directory
-    if not hls.is_absolute():
-        add("backend.hls_directory", "must be an absolute path")
-    else:
-        resolved = Path(os.path.normpath(hls))
-        state = Path(os.path.abspath(settings.state_directory))
-        if resolved in _DANGEROUS_ROOTS:
-            add(
-                "backend.hls_directory",
-                f"refusing to prune inside {resolved}: name the stream directory itself",
-            )
-        elif resolved == state or state.is_relative_to(resolved) or resolved.is_relative_to(state):
-            add("backend.hls_directory", "must not overlap the state directory")
+    for problem in hls_root_problems(
+        settings.backend.hls_directory,
+        database=settings.backend.database,
+        state_directory=settings.state_directory,
+        allow_disk=settings.backend.hls_allow_disk,
+    ):
+        add("backend.hls_directory", problem)
 
     database = settings.backend.database
     if database is not None:

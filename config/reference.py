@@ -38,7 +38,11 @@ MEANINGS: dict[str, str] = {
     "state.max_history_rows": "and at most this many rows",
     "backend.url": "the backend's base URL",
     "backend.database": "the backend's SQLite file (the database and connection strategies need it)",
-    "backend.hls_directory": "MediaMTX's HLS directory; `/`, `/etc`, `/var`... and the state directory are refused",
+    "backend.hls_directory": (
+        "MediaMTX's HLS directory, where stale segments are pruned; system, broad, backend, state and install "
+        "directories are refused (docs/SAFETY.md)"
+    ),
+    "backend.hls_allow_disk": "accept an HLS directory that is not on a RAM file system (tmpfs)",
     "backend.admin_username": "admin user for the backend's protected endpoints (cache stats and clears)",
     "backend.admin_password_file": "file with that user's password (or credential `backend-admin-password`)",
     "backend.api_key_file": "file with the backend's API key (or credential `backend-api-key`)",

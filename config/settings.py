@@ -51,11 +51,17 @@ class StateSettings:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class BackendSettings:
-    """The CCTV backend the daemon watches: its URL, database, HLS directory, credentials and process."""
+    """The CCTV backend the daemon watches: its URL, database, HLS directory, credentials and process.
+
+    ``hls_directory`` is where stale HLS files are pruned: it must be MediaMTX's own ``hlsDirectory``, on a RAM
+    file system, and clear of system, backend and daemon directories (config/safety.py); ``hls_allow_disk``
+    accepts one that is not in RAM.
+    """
 
     url: str = _f("http://127.0.0.1:3000")
     database: Path | None = _f(None)
     hls_directory: Path = _f(Path("/dev/shm/mediamtx-live"))
+    hls_allow_disk: bool = _f(False)
     admin_username: str | None = _f(None)
     admin_password_file: Path | None = _f(None, secret=True)
     api_key_file: Path | None = _f(None, secret=True)

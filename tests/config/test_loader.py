@@ -98,9 +98,9 @@ def test_sectioned_variables(env: dict[str, str], getter: object, expected: obje
         ({"CCTV_OPTIMIZER_API__LISTEN": "0.0.0.0:9877"}, "api.listen: a non-loopback address needs a token"),
         ({"CCTV_OPTIMIZER_BACKEND__URL": "ftp://x"}, "backend.url: expected an http:// or https:// URL"),
         ({"CCTV_OPTIMIZER_BACKEND__PROCESS": "pidfile"}, "backend.process: expected pid:FILE"),
-        ({"CCTV_OPTIMIZER_BACKEND__HLS_DIRECTORY": "/"}, "backend.hls_directory: refusing to prune inside /"),
-        ({"CCTV_OPTIMIZER_BACKEND__HLS_DIRECTORY": "/etc"}, "backend.hls_directory: refusing"),
-        ({"CCTV_OPTIMIZER_BACKEND__HLS_DIRECTORY": "/var/"}, "backend.hls_directory: refusing"),
+        ({"CCTV_OPTIMIZER_BACKEND__HLS_DIRECTORY": "/"}, "backend.hls_directory: / contains the system directory"),
+        ({"CCTV_OPTIMIZER_BACKEND__HLS_DIRECTORY": "/etc"}, "backend.hls_directory: /etc is the system directory"),
+        ({"CCTV_OPTIMIZER_BACKEND__HLS_DIRECTORY": "/var/"}, "backend.hls_directory: /var is /var, far too broad"),
         ({"CCTV_OPTIMIZER_BACKEND__HLS_DIRECTORY": "relative/x"}, "backend.hls_directory: must be an absolute path"),
         (
             {"CCTV_OPTIMIZER_DETECTION__SAMPLES_REQUIRED": "9", "CCTV_OPTIMIZER_DETECTION__WINDOW_SAMPLES": "5"},
@@ -203,7 +203,7 @@ def test_hls_directory_overlapping_state_is_refused(tmp_path: Path) -> None:
                 "CCTV_OPTIMIZER_BACKEND__HLS_DIRECTORY": str(tmp_path),
             }
         )
-    assert "must not overlap the state directory" in str(err.value)
+    assert f"{tmp_path} contains the state directory {tmp_path / 'state'}" in str(err.value)
 
 
 def test_non_loopback_listen_with_token_is_allowed(tmp_path: Path) -> None:
