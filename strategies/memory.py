@@ -157,6 +157,8 @@ class MemoryStrategy(Strategy):
         self._exit_ratio = exit_ratio
         self._windows = windows
         self._hls_root = hls_root
+        # where the root led when the configuration was checked: a prune refuses a root that leads elsewhere now
+        self._hls_real = Path(os.path.realpath(hls_root)) if hls_root is not None else None
         self._backend = backend
         self._hot = tuple(hot_endpoints)
         self._junk_prefixes = tuple(options.cache_junk_prefixes) or self._hot
@@ -267,6 +269,7 @@ class MemoryStrategy(Strategy):
                     evidence={"entries": cache.size, "limit": o.cache_entries_limit},
                 )
             )
+        out.extend(self._hls_findings(snap))
         host = snap.host
         if host is not None and host.shm_total_bytes and host.shm_used_ratio >= o.shm_used_ratio:
             stale = snap.hls.stale_bytes if snap.hls is not None else 0
@@ -288,6 +291,40 @@ class MemoryStrategy(Strategy):
                     )
                 )
         return tuple(out)
+
+    def _hls_findings(self, snap: Snapshot) -> list[Finding]:
+        """Files in the HLS directory that are not MediaMTX's, and directories a playlist could not be read in."""
+        h = snap.hls
+        out: list[Finding] = []
+        if h is None:
+            return out
+        if h.unknown_files:
+            out.append(
+                Finding(
+                    id="hls-unknown-files",
+                    strategy=self.name,
+                    severity="info",
+                    summary=(
+                        f"{h.unknown_files} entries in the HLS directory are not MediaMTX segments or playlists; "
+                        "the prune never touches them: check what put them there"
+                    ),
+                    evidence={"unknown_files": h.unknown_files, "examples": list(h.unknown_examples)},
+                )
+            )
+        if h.protected_directories:
+            out.append(
+                Finding(
+                    id="hls-playlist-unreadable",
+                    strategy=self.name,
+                    severity="warning",
+                    summary=(
+                        f"{h.protected_directories} stream directories have a playlist that cannot be read whole "
+                        "(too large, not a regular file, or unreadable): nothing in them is pruned"
+                    ),
+                    evidence={"directories": h.protected_directories},
+                )
+            )
+        return out
 
     # planning ----------------------------------------------------------------------------------------------------
 
@@ -528,23 +565,27 @@ class MemoryStrategy(Strategy):
             stale_age=float(params.get("stale_age", self._o.hls_stale_age_seconds)),
             max_files=int(params.get("max_files", self._o.hls_prune_max_files)),
             now=self._wall,
+            expected_root=self._hls_real,
         )
         kept = ", ".join(f"{n} {why}" for why, n in sorted(result.kept.items()))
         note = f"pruned {result.removed} stale HLS files ({_mib(result.removed_bytes)})"
+        if result.emptied:
+            note += f", emptied {result.emptied} ({_mib(result.emptied_bytes)}) in directories it may not unlink in"
         if result.vanished:
             note += f", {result.vanished} vanished meanwhile"
         if kept:
             note += f", kept on re-check: {kept}"
         if result.limited:
             note += f", {result.candidates - result.removed} left for the next round"
-        if result.removed == 0:
+        done = result.removed + result.emptied
+        if done == 0:
             return None, note
         return (
             Change(
                 target="hls.stale_files",
                 action=PRUNE,
                 before=f"{result.candidates} files",
-                after=f"{result.candidates - result.removed} files (freed {_mib(result.removed_bytes)})",
+                after=f"{result.candidates - done} files (freed {_mib(result.removed_bytes + result.emptied_bytes)})",
                 reversible=False,
             ),
             note,

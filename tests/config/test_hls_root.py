@@ -123,7 +123,10 @@ def test_a_directory_on_disk_needs_the_explicit_allowance(tmp_path: Path) -> Non
     kind = filesystem_of(Path(os.path.realpath(root)))
     if kind in ("tmpfs", "ramfs"):
         pytest.skip("the test's temporary directory is itself on a tmpfs here")
-    env = {"CCTV_OPTIMIZER_STATE__DIRECTORY": str(tmp_path / "state"), "CCTV_OPTIMIZER_BACKEND__HLS_DIRECTORY": str(root)}
+    env = {
+        "CCTV_OPTIMIZER_STATE__DIRECTORY": str(tmp_path / "state"),
+        "CCTV_OPTIMIZER_BACKEND__HLS_DIRECTORY": str(root),
+    }
     assert f"is on {kind}, not in RAM (tmpfs)" in refused(env)
     allowed = load_settings({**env, "CCTV_OPTIMIZER_BACKEND__HLS_ALLOW_DISK": "true"}).settings.backend
     assert allowed.hls_directory == root and allowed.hls_allow_disk is True
@@ -136,7 +139,10 @@ def test_mediamtx_own_directory_in_ram_is_accepted(tmp_path: Path) -> None:
     database = backend_tree(tmp_path)
     problems = hls_root_problems(NORMAL, database=database, state_directory=tmp_path / "state", allow_disk=False)
     assert problems == []
-    env = {"CCTV_OPTIMIZER_STATE__DIRECTORY": str(tmp_path / "state"), "CCTV_OPTIMIZER_BACKEND__DATABASE": str(database)}
+    env = {
+        "CCTV_OPTIMIZER_STATE__DIRECTORY": str(tmp_path / "state"),
+        "CCTV_OPTIMIZER_BACKEND__DATABASE": str(database),
+    }
     assert load_settings(env).settings.backend.hls_directory == NORMAL
 
 
