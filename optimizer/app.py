@@ -372,6 +372,8 @@ class Daemon:
     async def sample_now(self) -> Snapshot:
         """Take one sample, publish it to the engine and metrics, and adapt the interval."""
         previous = self.engine.latest
+        # the state file deleted or replaced under the daemon is recreated now, not at the next decision's write
+        await asyncio.to_thread(self.store.verify)
         snapshot = await self.sampler.sample()
         self._log_source_changes(previous, snapshot)
         self._learn(snapshot)
