@@ -68,6 +68,51 @@ def iter_leaves(cls: type[Any] = Settings, prefix: str = "") -> Iterator[Leaf]:
         yield Leaf(path=path, env=env, type=tp, default=f.default, meta=f.metadata)
 
 
+# What a running daemon cannot take over at a reload: its readers, clients, API socket and state store are built
+# once at start with these. A reload keeps their running values (and says a restart is needed) rather than leave
+# half of the daemon on the old ones and half on the new, as when the strategies wrote to a new database while the
+# sampler read the old one.
+RESTART_ONLY = (
+    "api.",
+    "state.",
+    "backend.",
+    "sampler.source_timeout_seconds",
+    "sampler.window_size",
+    "strategies.plugins",
+)
+
+
+def _leaf_value(settings: Any, path: str) -> Any:
+    value = settings
+    for part in path.split("."):
+        value = getattr(value, part)
+    return value
+
+
+def _with_leaf(settings: Any, parts: list[str], value: Any) -> Any:
+    if len(parts) == 1:
+        return dataclasses.replace(settings, **{parts[0]: value})
+    inner = _with_leaf(getattr(settings, parts[0]), parts[1:], value)
+    return dataclasses.replace(settings, **{parts[0]: inner})
+
+
+def restart_only_changes(running: Settings, loaded: Settings) -> tuple[str, ...]:
+    """The restart-only settings whose newly loaded value differs from the running one."""
+    return tuple(
+        leaf.path
+        for leaf in iter_leaves()
+        if leaf.path.startswith(RESTART_ONLY) and _leaf_value(running, leaf.path) != _leaf_value(loaded, leaf.path)
+    )
+
+
+def keep_restart_only(running: Settings, loaded: Settings) -> Settings:
+    """``loaded`` with every restart-only setting at its running value: what a reload may apply now."""
+    kept: Settings = loaded
+    for path in restart_only_changes(running, loaded):
+        kept = _with_leaf(kept, path.split("."), _leaf_value(running, path))
+    return kept
+
+
 def _optional_inner(tp: Any) -> tuple[Any, bool]:
     """Return (inner type, allows None) for ``X | None`` annotations."""
     if isinstance(tp, types.UnionType) or typing.get_origin(tp) is typing.Union:

@@ -167,6 +167,8 @@ def cmd_status(client: Client, as_json: bool) -> int:
             )
     for finding in body.get("findings", []):
         print(f"finding [{finding['strategy']}] {finding['summary']}")
+    if body.get("restartNeeded"):
+        print(f"restart needed: {', '.join(body['restartNeeded'])} changed; the running values stay until a restart")
     return EX_OK
 
 

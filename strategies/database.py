@@ -123,6 +123,7 @@ class DatabaseStrategy(Strategy):
     """
 
     name = "database"
+    RUNTIME_STATE = ("_last_optimize", "_last_quick_check", "_integrity_problems", "_held")
 
     def __init__(
         self,

@@ -114,8 +114,8 @@ class MemoryStrategy(Strategy):
     quiet moment, at most ``restart_quiet_max_viewers`` viewers (the backend's active viewer sessions, or
     MediaMTX readers when the database is not configured; with neither, no moment counts as quiet), unless
     the projected kill is within ``restart_urgent_seconds``. It restarts at most once per
-    ``restart_min_interval_seconds`` (remembered while the daemon runs; a restart of the daemon or a
-    configuration reload forgets it). The command runs without a shell and must finish, and the old process
+    ``restart_min_interval_seconds`` (remembered while the daemon runs, across configuration reloads; a
+    restart of the daemon forgets it). The command runs without a shell and must finish, and the old process
     must exit, within ``restart_timeout_seconds`` (and within ``engine.apply_timeout_seconds``).
 
     Findings: steady backend RSS growth with the time left until pm2's kill; backend RSS over its limit
@@ -132,6 +132,7 @@ class MemoryStrategy(Strategy):
     """
 
     name = "memory"
+    RUNTIME_STATE = ("_last_restart",)
 
     def __init__(
         self,
