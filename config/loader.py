@@ -377,12 +377,16 @@ def validate(settings: Settings, sources: Mapping[str, str], environ: Mapping[st
         add("engine.cooldown_seconds", "must not exceed engine.cooldown_max_seconds")
     if not _WINDOW.match(settings.strategies.database.vacuum_window):
         add("strategies.database.vacuum_window", "expected HH:MM-HH:MM")
+    backups = settings.strategies.database.backup_directory
+    if backups is not None and not backups.is_absolute():
+        add("strategies.database.backup_directory", "must be an absolute path")
 
     for problem in hls_root_problems(
         settings.backend.hls_directory,
         database=settings.backend.database,
         state_directory=settings.state_directory,
         allow_disk=settings.backend.hls_allow_disk,
+        backup_directory=backups if backups is not None and backups.is_absolute() else None,
     ):
         add("backend.hls_directory", problem)
 

@@ -81,6 +81,12 @@ MEANINGS: dict[str, str] = {
     "strategies.database.vacuum_min_freelist_ratio": "VACUUM only when at least this share of pages is free",
     "strategies.database.retention_max_rows_per_run": "rows removed at most per retention run",
     "strategies.database.maintenance_max_seconds": "bound of one retention run or VACUUM (keep below the apply timeout)",
+    "strategies.database.backup_directory": (
+        "where the database is backed up before every retention run and VACUUM (default: `backups` in the state "
+        "directory)"
+    ),
+    "strategies.database.backup_keep": "backups kept at most (the oldest go first)",
+    "strategies.database.backup_max_bytes": "bytes all backups may take; no room: no retention or VACUUM, a finding",
     "strategies.cache.min_lookups": "lookups needed before a hit rate is trusted",
     "strategies.memory.cache_junk_prefixes": "URL path prefixes to invalidate first (comma-separated; empty: the hot endpoints)",
     "strategies.memory.restart_command": "graceful backend restart, e.g. `pm2 reload rafnet-cctv-backend` (disruptive, opt-in)",

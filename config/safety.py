@@ -8,8 +8,8 @@ symbolic links and ``..`` (``/dev/shm/../../var/lib`` is ``/var/lib``):
 - a broad directory (``/``, ``/var``, ``/opt``, ``/srv``, ``/home`` and every user's home, an installation
   directly below ``/opt``, ``/tmp``, ``/run``, ``/dev/shm`` ...): the root may not be one or contain one (it may
   lie inside one);
-- the backend database's directory, the daemon's state directory and the daemon's own installation (its
-  package directory and its virtualenv): the root may not be, contain, or lie inside any of them;
+- the backend database's directory, the daemon's state directory, its database backup directory and its own
+  installation (its package directory and its virtualenv): the root may not be, contain, or lie inside any of them;
 - and the root must be on a RAM file system (tmpfs, ramfs), where MediaMTX's ``hlsDirectory`` lives
   (``/dev/shm/mediamtx-live``), unless ``backend.hls_allow_disk`` says otherwise.
 """
@@ -157,6 +157,7 @@ def hls_root_problems(
     database: Path | None,
     state_directory: Path,
     allow_disk: bool,
+    backup_directory: Path | None = None,
     install: Iterable[Path] | None = None,
     homes: Iterable[Path] | None = None,
     mountinfo: Path = MOUNTINFO,
@@ -187,6 +188,8 @@ def hls_root_problems(
     owned = [("the state directory", Path(os.path.realpath(state_directory)))]
     if database is not None:
         owned.append(("the backend database's directory", Path(os.path.realpath(database)).parent))
+    if backup_directory is not None:
+        owned.append(("the database backup directory", Path(os.path.realpath(backup_directory))))
     owned += [("the daemon's own installation", p) for p in (install_directories() if install is None else install)]
     for what, directory in owned:
         how = _overlap(root, directory)

@@ -1,4 +1,4 @@
-"""The command line: ``run`` the daemon, ``check-config``, and talk to a running daemon.
+"""The command line: ``run`` the daemon, ``check-config``, ``restore-backup``, and talk to a running daemon.
 
 Exit codes: 0 success; 1 the daemon answered an error or a round failed; 2 usage; 3 the daemon is not
 reachable; 78 the configuration is invalid (EX_CONFIG).
@@ -276,6 +276,34 @@ def cmd_optimize(client: Client, as_json: bool, strategy: str | None, dry_run: b
     return EX_OK
 
 
+def cmd_restore_backup(
+    config_file: Path | None, environ: Mapping[str, str], backup: Path, database: Path | None, force: bool
+) -> int:
+    """Put a database backup back into the backend's database (the backend stopped); 0, 1, 2 or 78."""
+    from strategies.actions.backup import restore
+    from strategies.base import StrategyError
+
+    try:
+        settings = load_settings(environ, config_file).settings
+    except ConfigError as exc:
+        print(f"configuration is invalid ({len(exc.problems)} problem(s)):", file=sys.stderr)
+        for problem in exc.problems:
+            print(f"  {problem}", file=sys.stderr)
+        return EX_CONFIG
+    target = database or settings.backend.database
+    if target is None:
+        print("which database? set backend.database or pass --database PATH", file=sys.stderr)
+        return EX_USAGE
+    keep = settings.strategies.database.backup_directory or settings.state_directory / "backups"
+    try:
+        done = restore(target, backup, keep_directory=keep, force=force)
+    except StrategyError as exc:
+        print(f"not restored: {exc}", file=sys.stderr)
+        return EX_FAIL
+    print(f"restored {done.backup} into {done.database}; what it held before is kept in {done.kept}")
+    return EX_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser."""
     parser = argparse.ArgumentParser(prog="cctv-optimizer", description="Self-tuning optimizer for a CCTV backend.")
@@ -284,6 +312,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("run", help="run the daemon in the foreground")
     sub.add_parser("check-config", help="print the effective configuration or every problem (exit 78)")
     sub.add_parser("version", help="print the version")
+    restore = sub.add_parser(
+        "restore-backup", help="put a backup of the backend database back (stop the backend first)"
+    )
+    restore.add_argument("backup", type=Path, help="the backup file (in the backup directory, see history rows)")
+    restore.add_argument("--database", type=Path, default=None, help="the database (default: backend.database)")
+    restore.add_argument("--force", action="store_true", help="restore even though a process has the database open")
     for name, text in (
         ("status", "sources, metrics against thresholds, strategies"),
         ("history", "the decision history"),
@@ -317,6 +351,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return run_daemon(args.config, environ)
     if args.command == "check-config":
         return check_config(args.config, environ)
+    if args.command == "restore-backup":
+        return cmd_restore_backup(args.config, environ, args.backup, args.database, args.force)
     if args.command == "version":
         from optimizer.app import VERSION
 

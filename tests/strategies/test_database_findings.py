@@ -435,7 +435,8 @@ async def test_vacuum_runs_only_inside_its_window_and_empties_the_freelist(fragm
     after = DatabaseReader(fragmented).read(0.0)
     assert after.freelist_count == 0
     assert after.file_bytes < sample_now.file_bytes
-    assert result.changes[0].after.endswith("0 free pages")
+    assert result.changes[-1].after.endswith("0 free pages")
+    assert result.changes[0].action == "backup" and "/backups/frag-" in result.changes[0].after
     assert count(fragmented, "SELECT count(*) FROM t") == 1000
 
 
