@@ -69,6 +69,10 @@ class Sandbox:
         return {
             "PATH": "/usr/local/bin:/usr/bin:/bin",
             "PYTHONPATH": self.pythonpath,
+            # an interpreter built with a shared libpython finds it through its (unreachable) RUNPATH otherwise
+            "LD_LIBRARY_PATH": str(self.base / ".py" / "prefix" / "lib"),
+            # and one started as "ffmpeg" (the fake recorders) would look for its standard library from that name
+            "PYTHONHOME": str(self.base / ".py" / "prefix"),
             "PYTHONDONTWRITEBYTECODE": "1",
             "HOME": "/",
             "LANG": "C.UTF-8",
@@ -99,7 +103,7 @@ class Sandbox:
             )
             # /dev/shm is writable under ProtectSystem=strict; it is made read-only here as well, so that only the
             # writable paths below can be written (stricter than the unit, never looser)
-            lines.append("mount --bind /dev/shm /dev/shm && mount -o remount,bind,ro /dev/shm")
+            lines.append("mount -o remount,bind,ro /dev/shm")
         if private_tmp:
             lines += ["mount -t tmpfs -o mode=1777 tmpfs /tmp", "mount -t tmpfs -o mode=1777 tmpfs /var/tmp"]
         for path in writable:
