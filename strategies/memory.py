@@ -97,11 +97,14 @@ class MemoryStrategy(Strategy):
 
     Changes (safe, on by default; none can be undone):
 
-    - prune stale HLS files under ``backend.hls_directory``: a file goes only when no playlist in its
-      directory references it and it is older than ``hls_stale_age_seconds``; never a playlist, a live
-      stream's init segment, a file being written, a symbolic link or anything outside the root. Playlists
-      are re-read and each file is checked again just before it is unlinked; at most ``hls_prune_max_files``
-      per action. Runs when the HLS directory, /dev/shm or host memory is over its line.
+    - prune stale HLS files under ``backend.hls_directory``: only MediaMTX's own segment, part and init files,
+      and only when no playlist references them (in their directory or, by a relative path, from a sibling's)
+      and they are older than ``hls_stale_age_seconds``; never a playlist, a live stream's init segment, a file
+      being written, a symbolic link, anything on another file system or outside the root. Playlists are read
+      bounded (one that cannot be read whole protects its directory), re-read before the files go, and each
+      file is checked again just before it is removed; in MediaMTX's 0755 stream directories, where the daemon
+      may not unlink, stale files are emptied instead (docs/SAFETY.md). At most ``hls_prune_max_files`` per
+      action. Runs when the HLS directory, /dev/shm or host memory is over its line.
     - when the backend cache holds more than ``cache_entries_limit`` entries (junk query strings inflate the
       unbounded map), invalidate ``cache_junk_prefixes`` (default: the hot endpoints); when that was not
       enough, clear the cache; then warm ``backend.hot_endpoints`` so the next viewers do not all reach
@@ -120,7 +123,9 @@ class MemoryStrategy(Strategy):
 
     Findings: steady backend RSS growth with the time left until pm2's kill; backend RSS over its limit
     with no restart command; a restart that is due but deferred; a cache that keeps growing past its limit;
-    /dev/shm over its line with little HLS to prune (nginx's cache lives there too).
+    /dev/shm over its line with little HLS to prune (nginx's cache lives there too); files in the HLS directory
+    that are not MediaMTX's (``hls-unknown-files``); stream directories whose playlist cannot be read whole
+    (``hls-playlist-unreadable``).
 
     Options: ``CCTV_OPTIMIZER_STRATEGIES__MEMORY__*`` (see MemoryOptions). Expected effects: ``hls_bytes``
     (or ``hls_stale_files``), ``cache_entries``, ``own_rss_bytes`` and ``backend_rss_bytes`` go down,

@@ -231,9 +231,10 @@ cat <<EOF
 cctv-optimizer is installed. Next steps:
   1. Review $etc/env (every setting and its default is listed there), in particular
      CCTV_OPTIMIZER_BACKEND__DATABASE and the backend admin login.
-  2. Let the daemon reach the backend's files: add $SERVICE to the groups owning the backend's data
-     directory and MediaMTX's HLS directory (usermod -aG GROUP $SERVICE), make them group-writable, and if
-     they are not /opt/rafnet-cctv/backend/data and /dev/shm/mediamtx-live, override ReadWritePaths= with
+  2. Let the daemon reach the backend's files: a group shared by the backend, MediaMTX and $SERVICE,
+     setgid group-writable data and HLS directories, a group-writable database, MediaMTX under UMask=0002
+     (the commands: "Running as the unit: the permission setup" in docs/SAFETY.md of the source). If they
+     are not /opt/rafnet-cctv/backend/data and /dev/shm/mediamtx-live, override ReadWritePaths= with
      'systemctl edit $SERVICE'.
   3. Check the configuration:
      (set -a; . $etc/env; exec $venv/bin/$SERVICE check-config)
