@@ -132,6 +132,21 @@ def hand_over_sidecars(info: DatabaseFile) -> list[str]:
     return fixed
 
 
+def open_connection(path: Path, mode: str, busy_timeout_ms: int, *, row_factory: bool = False) -> sqlite3.Connection:
+    """A connection to the existing file (URI ``mode``: ``ro``, ``ro&immutable=1`` or ``rw``); sqlite3.Error if not."""
+    # quoted: a path holding "?", "#" or "%" would otherwise be read as URI syntax
+    uri = f"file:{urllib.parse.quote(str(path))}?mode={mode}"
+    conn = sqlite3.connect(uri, uri=True, timeout=busy_timeout_ms / 1000, isolation_level=None)
+    try:
+        conn.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
+    except sqlite3.Error:
+        conn.close()
+        raise
+    if row_factory:
+        conn.row_factory = sqlite3.Row
+    return conn
+
+
 @contextmanager
 def read_database(path: Path, busy_timeout_ms: int, *, row_factory: bool = False) -> Iterator[sqlite3.Connection]:
     """A read-only connection that creates no file; raises DatabaseUnavailable for a file that is not usable.
@@ -143,15 +158,10 @@ def read_database(path: Path, busy_timeout_ms: int, *, row_factory: bool = False
     """
     info = inspect_database(path)
     snapshot = info.closed_by_backend
-    # quoted: a path holding "?", "#" or "%" would otherwise be read as URI syntax
-    uri = f"file:{urllib.parse.quote(str(path))}?mode=ro" + ("&immutable=1" if snapshot else "")
     try:
-        conn = sqlite3.connect(uri, uri=True, timeout=busy_timeout_ms / 1000, isolation_level=None)
-        conn.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
+        conn = open_connection(path, "ro&immutable=1" if snapshot else "ro", busy_timeout_ms, row_factory=row_factory)
     except sqlite3.DatabaseError as exc:
         raise DatabaseUnavailable(f"cannot open database {path}: {exc}") from None
-    if row_factory:
-        conn.row_factory = sqlite3.Row
     try:
         yield conn
     finally:

@@ -19,13 +19,12 @@ import re
 import shutil
 import sqlite3
 import time
-import urllib.parse
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from metrics.errors import SamplingError
-from metrics.sqlite import inspect_database
+from metrics.sqlite import inspect_database, open_connection
 from strategies.actions.sqlite import reading
 from strategies.base import StrategyDeferred, StrategyError
 
@@ -207,7 +206,10 @@ def restore(database: Path, backup: Path, *, keep_directory: Path, force: bool =
     if os.geteuid() not in (0, owner):
         # SQLite may create -wal/-shm next to the database: they must belong to the backend, not to this user
         raise StrategyError(f"run the restore as root or as the database's owner (uid {owner}); nothing was restored")
-    source = sqlite3.connect(f"file:{urllib.parse.quote(str(backup))}?mode=ro", uri=True)
+    try:
+        source = open_connection(backup, "ro", 5000)
+    except sqlite3.Error as exc:
+        raise StrategyError(f"cannot open {backup}: {exc}; nothing was restored") from None
     try:
         check = source.execute("PRAGMA quick_check").fetchone()
         if check is None or check[0] != "ok":
@@ -225,7 +227,7 @@ def restore(database: Path, backup: Path, *, keep_directory: Path, force: bool =
         kept = keep_directory / f"{database.stem}-before-restore-{stamp}.db"
         keep_directory.mkdir(mode=0o700, parents=True, exist_ok=True)
         _copy(database, kept, 5000)
-        target = sqlite3.connect(f"file:{urllib.parse.quote(str(database))}?mode=rw", uri=True, isolation_level=None)
+        target = open_connection(database, "rw", 5000)
         try:
             mode = str(target.execute("PRAGMA journal_mode").fetchone()[0])
             source.backup(target)

@@ -12,14 +12,20 @@ from __future__ import annotations
 
 import os
 import sqlite3
-import urllib.parse
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 from metrics.errors import SamplingError
-from metrics.sqlite import hand_over_sidecars, inspect_database, is_busy, is_not_a_database, read_database
+from metrics.sqlite import (
+    hand_over_sidecars,
+    inspect_database,
+    is_busy,
+    is_not_a_database,
+    open_connection,
+    read_database,
+)
 from strategies.base import StrategyDeferred, StrategyError
 
 
@@ -69,17 +75,9 @@ def writing(path: Path, busy_timeout_ms: int, *, row_factory: bool = False) -> I
             "user and lock the backend out of its database; waiting until it opens it again"
         )
     try:
-        conn = sqlite3.connect(
-            f"file:{urllib.parse.quote(str(path))}?mode=rw",
-            uri=True,
-            timeout=busy_timeout_ms / 1000,
-            isolation_level=None,
-        )
-        conn.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
+        conn = open_connection(path, "rw", busy_timeout_ms, row_factory=row_factory)
     except sqlite3.Error as exc:
         raise StrategyError(f"cannot open {path} for writing: {exc}") from None
-    if row_factory:
-        conn.row_factory = sqlite3.Row
     try:
         yield conn
     except sqlite3.DatabaseError as exc:

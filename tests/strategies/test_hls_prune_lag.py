@@ -20,11 +20,11 @@ from metrics.window import Windows
 from strategies.actions import hls
 from strategies.memory import MemoryStrategy
 from tests.harness import Mount
+from tests.metrics.test_loop_lag import TICK_S, ticker
 from tests.strategies.test_memory import ctx, snapshot
 
 FILES = 100_000
 STREAMS = 100
-TICK_S = 0.005
 STALE_AGE = 60.0
 
 
@@ -38,15 +38,6 @@ def plant(root: Path, old: float) -> None:
             fd = os.open(directory / f"9e9e9e9e9e9e_seg{n}.ts", os.O_WRONLY | os.O_CREAT, 0o644)
             os.utime(fd, (old, old))
             os.close(fd)
-
-
-async def ticker(stop: asyncio.Event, lags: list[float]) -> None:
-    """Sleep in short ticks and record how late each wake-up was."""
-    loop = asyncio.get_running_loop()
-    while not stop.is_set():
-        before = loop.time()
-        await asyncio.sleep(TICK_S)
-        lags.append(loop.time() - before - TICK_S)
 
 
 async def test_a_prune_of_100000_files_runs_off_the_loop(tmpfs: Mount) -> None:
