@@ -7,6 +7,9 @@ would create ``-wal`` and ``-shm`` when the backend has the database closed, own
 and the backend could then no longer write ("attempt to write a readonly database"). So when the
 database is in WAL mode and those files are absent, it is read as an immutable snapshot of the main file
 (which then holds every committed page), and the read is thrown away if the file changed meanwhile.
+(Should the backend close it in the instant between that check and the open, the files SQLite then creates get
+the data directory's group through its setgid bit, as docs/SAFETY.md sets it up; the actions also hand them
+back, strategies/actions/sqlite.py.)
 """
 
 from __future__ import annotations
@@ -23,8 +26,6 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import MappingProxyType
 
-import structlog
-
 from metrics.errors import SamplingError
 from metrics.snapshot import DatabaseSample, SessionSample, TableStat
 
@@ -32,7 +33,6 @@ LOCAL_FORMAT = "%Y-%m-%d %H:%M:%S"
 SQLITE_MAGIC = b"SQLite format 3\x00"
 HEADER_BYTES = 100
 SIDECARS = ("-wal", "-shm")
-log = structlog.get_logger("metrics.sqlite")
 
 
 class DatabaseUnavailable(SamplingError):
@@ -105,33 +105,6 @@ def _same_file(a: os.stat_result, b: os.stat_result) -> bool:
     )
 
 
-def hand_over_sidecars(info: DatabaseFile) -> list[str]:
-    """Give ``-wal``/``-shm`` files this process created back to the database's group and mode.
-
-    They can only be ours if the backend closed the database in the instant between the check and the
-    open; left as they are, the backend could no longer write. Returns the files handed over.
-    """
-    me = os.geteuid()
-    if me in (0, info.stat.st_uid):
-        return []  # as root SQLite gives them to the database's owner itself; as the owner they are fine
-    fixed: list[str] = []
-    for suffix in SIDECARS:
-        name = f"{info.path}{suffix}"
-        try:
-            st = os.lstat(name)
-            if st.st_uid != me or not stat.S_ISREG(st.st_mode):
-                continue
-            os.chown(name, -1, info.stat.st_gid)
-            os.chmod(name, stat.S_IMODE(info.stat.st_mode) & 0o666)
-        except OSError as exc:
-            log.warning("database_sidecar_not_handed_over", file=name, error=exc.strerror)
-            continue
-        fixed.append(name)
-    if fixed:
-        log.warning("database_sidecar_handed_over", files=fixed, group=info.stat.st_gid)
-    return fixed
-
-
 def open_connection(path: Path, mode: str, busy_timeout_ms: int, *, row_factory: bool = False) -> sqlite3.Connection:
     """A connection to the existing file (URI ``mode``: ``ro``, ``ro&immutable=1`` or ``rw``); sqlite3.Error if not."""
     # quoted: a path holding "?", "#" or "%" would otherwise be read as URI syntax
@@ -166,8 +139,6 @@ def read_database(path: Path, busy_timeout_ms: int, *, row_factory: bool = False
         yield conn
     finally:
         conn.close()
-        if not snapshot:
-            hand_over_sidecars(info)
     if snapshot:
         try:
             after = os.stat(path)

@@ -12,14 +12,17 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import stat
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+import structlog
+
 from metrics.errors import SamplingError
 from metrics.sqlite import (
-    hand_over_sidecars,
+    SIDECARS,
     inspect_database,
     is_busy,
     is_not_a_database,
@@ -27,6 +30,8 @@ from metrics.sqlite import (
     read_database,
 )
 from strategies.base import StrategyDeferred, StrategyError
+
+log = structlog.get_logger("strategy.sqlite")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -48,6 +53,40 @@ def wal_bytes(path: Path) -> int:
         return 0
 
 
+def hand_over_sidecars(path: Path) -> list[str]:
+    """Give ``-wal``/``-shm`` files this process created back to the database's group and mode.
+
+    They can only be ours if the backend closed the database in the instant between the check and the
+    open; left as they are, the backend could no longer write. Returns the files handed over.
+    """
+    try:
+        info = inspect_database(path)
+    except SamplingError:
+        return []
+    me = os.geteuid()
+    if me in (0, info.stat.st_uid):
+        return []  # as root SQLite gives them to the database's owner itself; as the owner they are fine
+    fixed: list[str] = []
+    for suffix in SIDECARS:
+        name = f"{info.path}{suffix}"
+        try:
+            st = os.lstat(name)
+        except FileNotFoundError:
+            continue
+        if st.st_uid != me or not stat.S_ISREG(st.st_mode):
+            continue
+        try:
+            os.chown(name, -1, info.stat.st_gid)
+            os.chmod(name, stat.S_IMODE(info.stat.st_mode) & 0o666)
+        except OSError as exc:
+            log.warning("database_sidecar_not_handed_over", file=name, error=exc.strerror)
+            continue
+        fixed.append(name)
+    if fixed:
+        log.warning("database_sidecar_handed_over", files=fixed, group=info.stat.st_gid)
+    return fixed
+
+
 @contextmanager
 def reading(path: Path, busy_timeout_ms: int, *, row_factory: bool = False) -> Iterator[sqlite3.Connection]:
     """A read-only connection for an action; an unusable or closed-and-changing database defers the action."""
@@ -60,6 +99,8 @@ def reading(path: Path, busy_timeout_ms: int, *, row_factory: bool = False) -> I
         if is_not_a_database(exc):
             raise StrategyDeferred(f"database {path} is damaged or not a SQLite database: {exc}") from None
         raise
+    finally:
+        hand_over_sidecars(path)
 
 
 @contextmanager
@@ -86,7 +127,7 @@ def writing(path: Path, busy_timeout_ms: int, *, row_factory: bool = False) -> I
         raise
     finally:
         conn.close()
-        hand_over_sidecars(info)
+        hand_over_sidecars(path)
 
 
 def checkpoint(path: Path, mode: str, busy_timeout_ms: int) -> CheckpointResult:

@@ -194,3 +194,28 @@ def test_a_database_the_daemon_cannot_read_is_reported_as_such(box: Sandbox, dat
     seen = json.loads(run_as(box, DAEMON, UNREADABLE_PROBE, database).stdout)
     reason = f"database {database} cannot be read by the daemon's user (permission denied): see docs/SAFETY.md"
     assert seen == {"sample": reason, "count": f"deferred: {reason}"}
+
+
+HAND_OVER = """
+import sqlite3, sys
+from pathlib import Path
+from strategies.actions.sqlite import hand_over_sidecars
+path = Path(sys.argv[1])
+# what the daemon's open leaves when the backend closed the database in the instant before it: -wal and -shm
+# created by the daemon's user (in a directory without the setgid bit, so with the daemon's own group)
+conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+conn.execute("SELECT count(*) FROM viewer_sessions").fetchone()
+conn.close()
+print(len(hand_over_sidecars(path)))
+"""
+
+
+def test_sidecars_the_daemon_created_in_a_race_are_handed_back(box: Sandbox, database: Path) -> None:
+    """-wal/-shm the daemon's user created (the race the checks cannot close) are given the database's group and
+    mode, so a backend in that group (the shared group of docs/SAFETY.md) can write again."""
+    assert run_as(box, DAEMON, HAND_OVER, database).stdout.splitlines()[-1] == "2"
+    owners = {suffix: os.stat(f"{database}{suffix}") for suffix in ("-wal", "-shm")}
+    assert {(st.st_gid, st.st_mode & 0o777) for st in owners.values()} == {(SHARED_GID, 0o664)}
+    in_group = Identity(uid=BACKEND_UID, gid=BACKEND_UID, groups=(SHARED_GID,))
+    after = box.python_code(in_group, BACKEND_WRITE, str(database))
+    assert after.returncode == 0, after.stderr
