@@ -265,8 +265,13 @@ class Walk:
         """Open every real stream directory on the root's device (no links, no mount points); close them after."""
         opened: list[Stream] = []
         try:
+            entries: list[tuple[str, os.stat_result]] = []
             with os.scandir(self.root_fd) as it:
-                entries = [(e.name, e.stat(follow_symlinks=False)) for e in it]
+                for entry in it:
+                    try:
+                        entries.append((entry.name, entry.stat(follow_symlinks=False)))
+                    except FileNotFoundError:
+                        continue  # removed since the listing
             for name, st in entries:
                 if stat.S_ISREG(st.st_mode):
                     # files directly in the root are never pruned; anything but a playlist there is not MediaMTX's
