@@ -26,6 +26,7 @@ import yaml
 
 from config import units
 from config.errors import ConfigError, Problem
+from config.safety import hls_root_problems
 from config.settings import Settings
 from config.units import Unit
 
@@ -34,28 +35,6 @@ CONFIG_ENV = "CCTV_OPTIMIZER_CONFIG"
 DEFAULT_SOURCE = "default"
 _TRUE = frozenset({"1", "true", "yes", "on"})
 _FALSE = frozenset({"0", "false", "no", "off"})
-_DANGEROUS_ROOTS = tuple(
-    Path(p)
-    for p in (
-        "/",
-        "/etc",
-        "/var",
-        "/usr",
-        "/bin",
-        "/sbin",
-        "/lib",
-        "/boot",
-        "/proc",
-        "/sys",
-        "/dev",
-        "/root",
-        "/home",
-        "/opt",
-        "/tmp",
-        "/dev/shm",
-        "/run",
-    )
-)
 _PROCESS_SPEC = re.compile(r"^(pid|unit|port|name):(.+)$")
 _WINDOW = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)-([01]\d|2[0-3]):([0-5]\d)$")
 SQLITE_MAGIC = b"SQLite format 3\x00"
@@ -101,6 +80,51 @@ def iter_leaves(cls: type[Any] = Settings, prefix: str = "") -> Iterator[Leaf]:
             continue
         env = f.metadata.get("env") or ENV_PREFIX + path.upper().replace(".", "__")
         yield Leaf(path=path, env=env, type=tp, default=f.default, meta=f.metadata)
+
+
+# What a running daemon cannot take over at a reload: its readers, clients, API socket and state store are built
+# once at start with these. A reload keeps their running values (and says a restart is needed) rather than leave
+# half of the daemon on the old ones and half on the new, as when the strategies wrote to a new database while the
+# sampler read the old one.
+RESTART_ONLY = (
+    "api.",
+    "state.",
+    "backend.",
+    "sampler.source_timeout_seconds",
+    "sampler.window_size",
+    "strategies.plugins",
+)
+
+
+def _leaf_value(settings: Any, path: str) -> Any:
+    value = settings
+    for part in path.split("."):
+        value = getattr(value, part)
+    return value
+
+
+def _with_leaf(settings: Any, parts: list[str], value: Any) -> Any:
+    if len(parts) == 1:
+        return dataclasses.replace(settings, **{parts[0]: value})
+    inner = _with_leaf(getattr(settings, parts[0]), parts[1:], value)
+    return dataclasses.replace(settings, **{parts[0]: inner})
+
+
+def restart_only_changes(running: Settings, loaded: Settings) -> tuple[str, ...]:
+    """The restart-only settings whose newly loaded value differs from the running one."""
+    return tuple(
+        leaf.path
+        for leaf in iter_leaves()
+        if leaf.path.startswith(RESTART_ONLY) and _leaf_value(running, leaf.path) != _leaf_value(loaded, leaf.path)
+    )
+
+
+def keep_restart_only(running: Settings, loaded: Settings) -> Settings:
+    """``loaded`` with every restart-only setting at its running value: what a reload may apply now."""
+    kept: Settings = loaded
+    for path in restart_only_changes(running, loaded):
+        kept = _with_leaf(kept, path.split("."), _leaf_value(running, path))
+    return kept
 
 
 def _optional_inner(tp: Any) -> tuple[Any, bool]:
@@ -509,20 +533,18 @@ def validate(
         )
     if not _WINDOW.match(settings.strategies.database.vacuum_window):
         add("strategies.database.vacuum_window", "expected HH:MM-HH:MM, e.g. 03:00-05:00")
+    backups = settings.strategies.database.backup_directory
+    if backups is not None and not backups.is_absolute():
+        add("strategies.database.backup_directory", "must be an absolute path (e.g. /var/lib/cctv-optimizer/backups)")
 
-    hls = settings.backend.hls_directory
-    if not hls.is_absolute():
-        add("backend.hls_directory", "must be an absolute path (e.g. /dev/shm/mediamtx-live)")
-    else:
-        resolved = Path(os.path.normpath(hls))
-        state = Path(os.path.abspath(settings.state_directory))
-        if resolved in _DANGEROUS_ROOTS:
-            add(
-                "backend.hls_directory",
-                f"refusing to prune inside {resolved}: name the stream directory itself",
-            )
-        elif resolved == state or state.is_relative_to(resolved) or resolved.is_relative_to(state):
-            add("backend.hls_directory", "must not overlap the state directory")
+    for problem in hls_root_problems(
+        settings.backend.hls_directory,
+        database=settings.backend.database,
+        state_directory=settings.state_directory,
+        allow_disk=settings.backend.hls_allow_disk,
+        backup_directory=backups if backups is not None and backups.is_absolute() else None,
+    ):
+        add("backend.hls_directory", problem)
 
     database = settings.backend.database
     if database is not None:

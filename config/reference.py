@@ -38,7 +38,11 @@ MEANINGS: dict[str, str] = {
     "state.max_history_rows": "and at most this many rows",
     "backend.url": "the backend's base URL",
     "backend.database": "the backend's SQLite file (the database and connection strategies need it)",
-    "backend.hls_directory": "MediaMTX's HLS directory; `/`, `/etc`, `/var`... and the state directory are refused",
+    "backend.hls_directory": (
+        "MediaMTX's HLS directory, where stale segments are pruned; system, broad, backend, state and install "
+        "directories are refused (docs/SAFETY.md)"
+    ),
+    "backend.hls_allow_disk": "accept an HLS directory that is not on a RAM file system (tmpfs)",
     "backend.admin_username": "admin user for the backend's protected endpoints (cache stats and clears)",
     "backend.admin_password_file": "file with that user's password (or credential `backend-admin-password`)",
     "backend.api_key_file": "file with the backend's API key (or credential `backend-api-key`)",
@@ -78,6 +82,12 @@ MEANINGS: dict[str, str] = {
     "strategies.database.vacuum_min_freelist_ratio": "VACUUM only when at least this share of pages is free",
     "strategies.database.retention_max_rows_per_run": "rows removed at most per retention run",
     "strategies.database.maintenance_max_seconds": "bound of one retention run or VACUUM (keep below the apply timeout)",
+    "strategies.database.backup_directory": (
+        "where the database is backed up before every retention run and VACUUM (default: `backups` in the state "
+        "directory)"
+    ),
+    "strategies.database.backup_keep": "backups kept at most (the oldest go first)",
+    "strategies.database.backup_max_bytes": "bytes all backups may take; no room: no retention or VACUUM, a finding",
     "strategies.cache.min_lookups": "lookups needed before a hit rate is trusted",
     "strategies.memory.cache_junk_prefixes": "URL path prefixes to invalidate first (comma-separated; empty: the hot endpoints)",
     "strategies.memory.restart_command": "graceful backend restart, e.g. `pm2 reload rafnet-cctv-backend` (disruptive, opt-in)",

@@ -53,11 +53,17 @@ class StateSettings:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class BackendSettings:
-    """The CCTV backend the daemon watches: its URL, database, HLS directory, credentials and process."""
+    """The CCTV backend the daemon watches: its URL, database, HLS directory, credentials and process.
+
+    ``hls_directory`` is where stale HLS files are pruned: it must be MediaMTX's own ``hlsDirectory``, on a RAM
+    file system, and clear of system, backend and daemon directories (config/safety.py); ``hls_allow_disk``
+    accepts one that is not in RAM.
+    """
 
     url: str = _f("http://127.0.0.1:3000")
     database: Path | None = _f(None, example="/opt/rafnet-cctv/backend/data/cctv.db")
     hls_directory: Path = _f(Path("/dev/shm/mediamtx-live"))
+    hls_allow_disk: bool = _f(False)
     admin_username: str | None = _f(None, example="admin")
     admin_password_file: Path | None = _f(
         None, secret=True, example="/run/credentials/cctv-optimizer.service/backend-admin-password"
@@ -140,6 +146,10 @@ class DatabaseOptions:
     transaction), ``retention_max_rows_per_run``. VACUUM (disruptive, off by default): ``vacuum_enabled``,
     ``vacuum_window`` (``HH:MM-HH:MM`` in the backend's local time), ``vacuum_min_freelist_ratio``.
     ``maintenance_max_seconds`` bounds one retention run or VACUUM (keep it below the engine's apply timeout).
+    Before every retention run and every VACUUM the database is backed up (SQLite's online backup) into
+    ``backup_directory`` (default: ``backups`` in the state directory), which keeps at most ``backup_keep`` backups
+    and ``backup_max_bytes`` in all; with no room for one, nothing is pruned or vacuumed and a finding says why.
+    ``cctv-optimizer restore-backup FILE`` puts one back.
     """
 
     enabled: bool = _f(True)
@@ -159,6 +169,9 @@ class DatabaseOptions:
     vacuum_enabled: bool = _f(False)
     vacuum_window: str = _f("03:00-05:00")
     vacuum_min_freelist_ratio: float = _f(0.25, min=0.0, max=1.0)
+    backup_directory: Path | None = _f(None)
+    backup_keep: int = _f(3, min=1, max=1000)
+    backup_max_bytes: int = _f(4 * 1024 * MIB, min=MIB, max=1 << 44)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -1,64 +1,75 @@
-"""Scan MediaMTX's HLS directory: bytes, files, streams, and which files are stale by TARGET.md's rule.
+"""Walk MediaMTX's HLS directory: bytes, files, streams, and which files are stale by TARGET.md's rule.
 
-A file is stale when no current playlist in its directory references it and it is older than the
-configured age. Playlists, init segments of live streams and files being written are never stale.
-Symbolic links are never followed: not the root, not a stream directory, not a file.
+A file is stale when no current playlist references it and it is older than the configured age. Only what
+MediaMTX writes there is ever stale: its segment, part and init files (``segment_kind``); anything else is an
+"unknown file", counted and left alone. Playlists, init segments of live streams and files being written are
+never stale. The walk is shared by the scan (a sample) and the prune (strategies/actions/hls.py), so the two
+cannot disagree:
+
+- directories are opened with ``O_NOFOLLOW``: no symbolic link is followed, not the root, a stream directory
+  or a file; a stream directory on another device than the root, or that is a mount point, is skipped;
+- playlists (``*.m3u8``, any case) are read by one bounded, non-blocking, no-follow reader: a playlist larger
+  than ``MAX_PLAYLIST_BYTES``, or that cannot be read whole (a FIFO, a link, no permission), protects its whole
+  directory rather than letting what its unread part names be pruned;
+- a playlist's references are resolved from its own directory, so ``../camB/x.ts`` protects ``camB/x.ts``.
+
+See docs/SAFETY.md for MediaMTX's file names and the reasons behind each rule.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
+import posixpath
 import re
 import stat
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
+from urllib.parse import unquote, urlsplit
 
+from config.safety import mounts
 from metrics.errors import SamplingError
 from metrics.snapshot import HlsSample
 
+DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+MAX_PLAYLIST_BYTES = 1024 * 1024
+UNKNOWN_EXAMPLES = 5
 _URI_ATTR = re.compile(r'URI="([^"]+)"')
 _WRITING_SUFFIXES = (".tmp", ".partial", ".part")
+# MediaMTX's hlsDirectory files (gohlslib): "<prefix>_seg<N>.mp4|.ts", "<prefix>_part<N>.mp4", "<prefix>_init.mp4"
+# in MediaMTX 1.9 (gohlslib v1); "<prefix>_<stream>_..." from gohlslib v2 on. <prefix> is 12 lower-case hex
+# characters, new for every muxer run.
+_MEDIAMTX_FILE = re.compile(r"^[0-9a-f]{12}(?:_[A-Za-z0-9]+)?_(?P<kind>seg\d+\.(?:mp4|ts)|part\d+\.mp4|init\.mp4)$")
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class StaleFile:
-    """A file the pruning rule allows to delete, with what it looked like when found."""
-
-    path: Path
-    size: int
-    mtime: float
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class HlsScan:
-    """The directory's figures and its stale files."""
-
-    sample: HlsSample
-    stale: tuple[StaleFile, ...]
+def segment_kind(name: str) -> str | None:
+    """``segment``, ``part`` or ``init`` for a file name MediaMTX writes; None for anything else."""
+    match = _MEDIAMTX_FILE.match(name)
+    if match is None:
+        return None
+    kind = match.group("kind")
+    return "init" if kind == "init.mp4" else "part" if kind.startswith("part") else "segment"
 
 
-def playlist_references(text: str) -> set[str]:
-    """Names of the files a playlist refers to (segment lines and URI= attributes), base names only."""
-    refs: set[str] = set()
-    for raw in text.splitlines():
-        line = raw.strip()
-        if not line:
-            continue
-        if line.startswith("#"):
-            refs.update(os.path.basename(m.split("?")[0]) for m in _URI_ATTR.findall(line))
-        else:
-            refs.add(os.path.basename(line.split("?")[0]))
-    return refs
+def is_playlist(name: str) -> bool:
+    """Playlists are never touched; names are matched case-insensitively (``INDEX.M3U8``)."""
+    return name.lower().endswith(".m3u8")
 
 
 def is_writing(name: str) -> bool:
-    """Files still being written carry a temporary suffix."""
-    return name.endswith(_WRITING_SUFFIXES)
+    """A MediaMTX file still being written carries a temporary suffix (``x_seg3.mp4.tmp``)."""
+    for suffix in _WRITING_SUFFIXES:
+        if name.endswith(suffix):
+            return segment_kind(name[: -len(suffix)]) is not None
+    return False
 
 
 class KeepReason(StrEnum):
-    """Why TARGET.md's rule keeps a file (the scan counts it as not stale; the prune leaves it in place)."""
+    """Why the rule keeps a file (the scan counts it as not stale; the prune leaves it in place)."""
 
     PLAYLIST = "playlist"
     WRITING = "being_written"
@@ -66,119 +77,362 @@ class KeepReason(StrEnum):
     FRESH = "fresh"
     LIVE_INIT = "live_init"
     NOT_REGULAR = "not_a_regular_file"
+    UNKNOWN = "unknown_file"
+    OTHER_DEVICE = "other_device"
+    PROTECTED = "directory_protected"
+    EMPTY = "already_empty"
+
+
+def playlist_references(text: str) -> set[str]:
+    """The references a playlist makes (segment lines and ``URI=`` attributes), as written, without query."""
+    refs: set[str] = set()
+    for raw in text.splitlines():
+        line = raw.strip()
+        if not line:
+            continue
+        if line.startswith("#"):
+            refs.update(m.split("?")[0].split("#")[0] for m in _URI_ATTR.findall(line))
+        else:
+            refs.add(line.split("?")[0].split("#")[0])
+    refs.discard("")
+    return refs
+
+
+def resolve_reference(stream: str, reference: str) -> set[tuple[str, str]]:
+    """The (stream directory, file name) pairs one reference may mean, as seen from ``stream``'s playlist.
+
+    Relative references resolve from the playlist's directory (``../camB/x.ts`` is ``camB/x.ts``). An absolute
+    path or URL (``/hls/camB/x.ts``) is served from somewhere the daemon cannot see, so it protects the name in the
+    playlist's own directory and in the directory its last path part names.
+    """
+    path = urlsplit(reference).path if "://" in reference else reference
+    path = unquote(path)
+    if path.startswith("/"):
+        parts = [p for p in path.split("/") if p and p not in (".", "..")]
+        if not parts:
+            return set()
+        found = {(stream, parts[-1])}
+        if len(parts) >= 2:
+            found.add((parts[-2], parts[-1]))
+        return found
+    parts = posixpath.normpath(posixpath.join(stream, path)).split("/")
+    if len(parts) == 2 and parts[0] not in ("", ".", ".."):
+        return {(parts[0], parts[1])}
+    return set()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PlaylistRead:
+    """One playlist as read now: its references, or why it could not be read whole (then it protects its dir)."""
+
+    references: frozenset[str]
+    problem: str | None = None
+
+
+def read_playlist(name: str, dir_fd: int, limit: int = MAX_PLAYLIST_BYTES) -> PlaylistRead:
+    """Read a playlist through ``dir_fd``: no link followed, never blocking on a FIFO, never more than ``limit``."""
+    try:
+        fd = os.open(name, FILE_FLAGS, dir_fd=dir_fd)
+    except FileNotFoundError:
+        return PlaylistRead(references=frozenset())  # replaced or removed since the listing: it names nothing now
+    except OSError as exc:
+        why = "is a symbolic link" if exc.errno == errno.ELOOP else f"cannot be read ({exc.strerror})"
+        return PlaylistRead(references=frozenset(), problem=f"playlist {name} {why}")
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            return PlaylistRead(references=frozenset(), problem=f"playlist {name} is not a regular file")
+        if st.st_size > limit:
+            return PlaylistRead(references=frozenset(), problem=f"playlist {name} is larger than {limit} bytes")
+        chunks: list[bytes] = []
+        size = 0
+        while size <= limit:
+            chunk = os.read(fd, min(65536, limit + 1 - size))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+        if size > limit:
+            return PlaylistRead(references=frozenset(), problem=f"playlist {name} is larger than {limit} bytes")
+    except OSError as exc:
+        return PlaylistRead(references=frozenset(), problem=f"playlist {name} cannot be read ({exc.strerror})")
+    finally:
+        os.close(fd)
+    return PlaylistRead(references=frozenset(playlist_references(b"".join(chunks).decode("utf-8", "replace"))))
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class DirectoryView:
-    """A stream directory's playlists as read now: the names they reference and whether one is live."""
+    """What the playlists say about one stream directory: the names they reference, whether one is live, and
+    why the whole directory is protected (a playlist that could not be read whole), if it is."""
 
     references: frozenset[str]
     live: bool
+    protected: str | None = None
 
 
 def keep_reason(name: str, st: os.stat_result, view: DirectoryView, stale_age: float, now: float) -> KeepReason | None:
-    """Why TARGET.md's rule keeps this file, or None when it is stale (from an lstat result)."""
+    """Why the rule keeps this file, or None when it is stale (from an lstat result)."""
+    if is_playlist(name):
+        return KeepReason.PLAYLIST
     if not stat.S_ISREG(st.st_mode):
         return KeepReason.NOT_REGULAR
-    if name.endswith(".m3u8"):
-        return KeepReason.PLAYLIST
     if is_writing(name):
         return KeepReason.WRITING
+    kind = segment_kind(name)
+    if kind is None:
+        return KeepReason.UNKNOWN
+    if view.protected is not None:
+        return KeepReason.PROTECTED
     if name in view.references:
         return KeepReason.REFERENCED
     if now - st.st_mtime < stale_age:
         return KeepReason.FRESH
-    if view.live and "init" in name:
+    if view.live and kind == "init":
         return KeepReason.LIVE_INIT
     return None
 
 
-def stream_stale_files(directory: Path, stale_age: float, now: float) -> tuple[list[StaleFile], int, int, float]:
-    """Scan one stream directory: (stale files, bytes, file count, oldest segment age)."""
-    files: list[tuple[str, os.stat_result]] = []
-    refs: set[str] = set()
-    live = False
-    with os.scandir(directory) as it:
-        for entry in it:
+@dataclass(slots=True)
+class Stream:
+    """An opened stream directory (one level below the root)."""
+
+    name: str
+    fd: int
+    st: os.stat_result
+    # whether the daemon may unlink here; where it may not, a stale file is emptied instead (docs/SAFETY.md)
+    writable: bool = True
+
+
+@dataclass(slots=True)
+class Protection:
+    """What every playlist under the root protects, per stream directory."""
+
+    references: dict[str, set[str]] = field(default_factory=dict)
+    live: set[str] = field(default_factory=set)
+    protected: dict[str, str] = field(default_factory=dict)
+
+    def view(self, stream: str) -> DirectoryView:
+        """The view of one stream directory."""
+        return DirectoryView(
+            references=frozenset(self.references.get(stream, ())),
+            live=stream in self.live,
+            protected=self.protected.get(stream),
+        )
+
+
+def open_root(root: Path) -> int:
+    """Open the HLS root (never through a link); SamplingError saying why not."""
+    try:
+        return os.open(root, DIR_FLAGS)
+    except FileNotFoundError:
+        raise SamplingError(f"HLS directory {root} does not exist") from None
+    except OSError as exc:
+        if exc.errno in (errno.ELOOP, errno.ENOTDIR):
             try:
-                st = entry.stat(follow_symlinks=False)
+                link = stat.S_ISLNK(os.lstat(root).st_mode)
+            except OSError:
+                link = False
+            if link:
+                raise SamplingError(f"HLS directory {root} is a symbolic link; refusing to follow it") from None
+            raise SamplingError(f"HLS directory {root} is not a directory") from None
+        raise SamplingError(f"HLS directory {root}: {exc.strerror}") from None
+
+
+def mount_points_below(root: Path) -> frozenset[str]:
+    """Paths (relative to the root) of mounts strictly inside it: never entered, never removed."""
+    real = Path(os.path.realpath(root))
+    return frozenset(
+        str(point.relative_to(real)) for point, _kind in mounts() if point != real and point.is_relative_to(real)
+    )
+
+
+class Walk:
+    """One pass over the HLS root: the stream directories opened safely, their playlists, then their files."""
+
+    def __init__(self, root: Path, root_fd: int) -> None:
+        self.root = root
+        self.root_fd = root_fd
+        self.root_dev = os.fstat(root_fd).st_dev
+        self.skipped: list[str] = []
+        self.loose_files = 0
+        self.loose_bytes = 0
+        self.loose_unknown: list[str] = []
+        self._mounts = mount_points_below(root)
+
+    @contextlib.contextmanager
+    def streams(self) -> Iterator[list[Stream]]:
+        """Open every real stream directory on the root's device (no links, no mount points); close them after."""
+        opened: list[Stream] = []
+        try:
+            entries: list[tuple[str, os.stat_result]] = []
+            with os.scandir(self.root_fd) as it:
+                for entry in it:
+                    try:
+                        entries.append((entry.name, entry.stat(follow_symlinks=False)))
+                    except FileNotFoundError:
+                        continue  # removed since the listing
+            for name, st in entries:
+                if stat.S_ISREG(st.st_mode):
+                    # files directly in the root are never pruned; anything but a playlist there is not MediaMTX's
+                    self.loose_files += 1
+                    self.loose_bytes += st.st_size
+                    if not is_playlist(name):
+                        self.loose_unknown.append(name)
+                if not stat.S_ISDIR(st.st_mode):
+                    continue
+                if st.st_dev != self.root_dev or name in self._mounts:
+                    self.skipped.append(f"{name} is another file system (a mount point)")
+                    continue
+                try:
+                    fd = os.open(name, DIR_FLAGS, dir_fd=self.root_fd)
+                except OSError:
+                    continue  # replaced by a link or removed since the listing: not ours to touch
+                opened_st = os.fstat(fd)
+                if (opened_st.st_dev, opened_st.st_ino) != (st.st_dev, st.st_ino):
+                    os.close(fd)  # swapped between the listing and the open
+                    continue
+                writable = os.access(name, os.W_OK | os.X_OK, dir_fd=self.root_fd)
+                opened.append(Stream(name=name, fd=fd, st=opened_st, writable=writable))
+            yield opened
+        finally:
+            for stream in opened:
+                os.close(stream.fd)
+
+    def protection(self, streams: list[Stream], stale_age: float, now: float) -> Protection:
+        """Read every playlist of every stream directory: what each protects, where, and which streams are live."""
+        found = Protection()
+        for stream in streams:
+            self.add_playlists(found, stream, stale_age, now)
+        return found
+
+    def add_playlists(self, found: Protection, stream: Stream, stale_age: float, now: float) -> None:
+        """Read one stream directory's playlists into ``found``."""
+        try:
+            with os.scandir(stream.fd) as it:
+                names = [e.name for e in it if is_playlist(e.name)]
+        except OSError as exc:
+            found.protected[stream.name] = f"cannot list {stream.name}: {exc.strerror}"
+            return
+        for name in names:
+            try:
+                st = os.stat(name, dir_fd=stream.fd, follow_symlinks=False)
             except FileNotFoundError:
                 continue
-            if not stat.S_ISREG(st.st_mode):
+            read = read_playlist(name, stream.fd)
+            if read.problem is not None:
+                found.protected[stream.name] = read.problem
                 continue
-            files.append((entry.name, st))
-            if entry.name.endswith(".m3u8"):
+            if now - st.st_mtime < stale_age:
+                found.live.add(stream.name)
+            for reference in read.references:
+                for directory, file_name in resolve_reference(stream.name, reference):
+                    found.references.setdefault(directory, set()).add(file_name)
+
+    def files(self, stream: Stream) -> Iterator[tuple[str, os.stat_result]]:
+        """Every entry of a stream directory with its lstat; entries on another device are reported as such."""
+        with os.scandir(stream.fd) as it:
+            for entry in it:
                 try:
-                    refs |= playlist_references(Path(entry.path).read_text(encoding="utf-8", errors="replace"))
-                except OSError:
+                    st = entry.stat(follow_symlinks=False)
+                except FileNotFoundError:
                     continue
-                if now - st.st_mtime < stale_age:
-                    live = True
-    view = DirectoryView(references=frozenset(refs), live=live)
-    stale: list[StaleFile] = []
-    total = 0
-    oldest = 0.0
-    for name, st in files:
-        total += st.st_size
-        if name.endswith(".m3u8"):
-            continue
-        oldest = max(oldest, now - st.st_mtime)
-        if keep_reason(name, st, view, stale_age, now) is None:
-            stale.append(StaleFile(path=directory / name, size=st.st_size, mtime=st.st_mtime))
-    return stale, total, len(files), oldest
+                yield entry.name, st
+
+    def classify(
+        self, stream: Stream, name: str, st: os.stat_result, view: DirectoryView, *, stale_age: float, now: float
+    ) -> KeepReason | None:
+        """The keep rule plus the walk's own: a file on another device, or mounted over, is never stale; nor is an
+        empty one in a directory the daemon cannot write."""
+        if st.st_dev != self.root_dev or f"{stream.name}/{name}" in self._mounts:
+            return KeepReason.OTHER_DEVICE
+        reason = keep_reason(name, st, view, stale_age, now)
+        if reason is None and st.st_size == 0 and not stream.writable:
+            # emptied already, and its name cannot be removed here: pruning it again frees nothing
+            return KeepReason.EMPTY
+        return reason
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class HlsScan:
+    """The directory's figures, and what the scan had to leave alone and why."""
+
+    sample: HlsSample
+    protected: tuple[str, ...] = ()
+    skipped: tuple[str, ...] = ()
+
+
+def walk_hls(
+    root: Path,
+    stale_age: float,
+    now: float,
+    visit: Callable[[Stream, str, os.stat_result, KeepReason | None], None] | None = None,
+) -> HlsScan:
+    """Scan the HLS root (blocking), calling ``visit`` for every file of every stream directory with its verdict."""
+    root_fd = open_root(root)
+    try:
+        walk = Walk(root, root_fd)
+        with walk.streams() as streams:
+            protection = walk.protection(streams, stale_age, now)
+            total = walk.loose_bytes
+            files = walk.loose_files
+            stale = stale_bytes = 0
+            unknown = len(walk.loose_unknown)
+            examples = walk.loose_unknown[:UNKNOWN_EXAMPLES]
+            oldest: float | None = None
+            for stream in streams:
+                view = protection.view(stream.name)
+                try:
+                    entries = walk.files(stream)
+                    for name, st in entries:
+                        if not stat.S_ISREG(st.st_mode):
+                            if not stat.S_ISDIR(st.st_mode):
+                                unknown += 1
+                            continue
+                        reason = walk.classify(stream, name, st, view, stale_age=stale_age, now=now)
+                        files += 1
+                        total += st.st_size
+                        if visit is not None:
+                            visit(stream, name, st, reason)
+                        if reason is KeepReason.UNKNOWN:
+                            unknown += 1
+                            if len(examples) < UNKNOWN_EXAMPLES:
+                                examples.append(f"{stream.name}/{name}")
+                        elif not is_playlist(name):
+                            age = now - st.st_mtime
+                            oldest = age if oldest is None else max(oldest, age)
+                        if reason is None:
+                            stale += 1
+                            stale_bytes += st.st_size
+                except OSError:
+                    continue  # the directory went away while it was read
+            sample = HlsSample(
+                bytes=total,
+                files=files,
+                streams=len(streams),
+                oldest_segment_age_seconds=oldest,
+                stale_files=stale,
+                stale_bytes=stale_bytes,
+                unknown_files=unknown,
+                unknown_examples=tuple(examples),
+                protected_directories=len(protection.protected),
+            )
+            return HlsScan(
+                sample=sample,
+                protected=tuple(f"{d}: {why}" for d, why in sorted(protection.protected.items())),
+                skipped=tuple(walk.skipped),
+            )
+    finally:
+        os.close(root_fd)
 
 
 def scan_hls(root: Path, stale_age: float, now: float) -> HlsScan:
     """Scan the HLS root (blocking); raise SamplingError when it is missing, not a directory, or a link."""
-    try:
-        st = os.lstat(root)
-    except FileNotFoundError:
-        raise SamplingError(f"HLS directory {root} does not exist") from None
-    except OSError as exc:
-        raise SamplingError(f"HLS directory {root}: {exc.strerror}") from None
-    if stat.S_ISLNK(st.st_mode):
-        raise SamplingError(f"HLS directory {root} is a symbolic link; refusing to follow it")
-    if not stat.S_ISDIR(st.st_mode):
-        raise SamplingError(f"HLS directory {root} is not a directory")
-    stale: list[StaleFile] = []
-    total = files = streams = 0
-    oldest: float | None = None
-    try:
-        entries = list(os.scandir(root))
-    except OSError as exc:
-        raise SamplingError(f"HLS directory {root}: {exc.strerror}") from None
-    for entry in entries:
-        try:
-            est = entry.stat(follow_symlinks=False)
-        except FileNotFoundError:
-            continue
-        if stat.S_ISDIR(est.st_mode):
-            try:
-                s, b, n, o = stream_stale_files(Path(entry.path), stale_age, now)
-            except OSError:
-                continue
-            streams += 1
-            stale.extend(s)
-            total += b
-            files += n
-            if n:
-                oldest = o if oldest is None else max(oldest, o)
-        elif stat.S_ISREG(est.st_mode):
-            total += est.st_size
-            files += 1
-    sample = HlsSample(
-        bytes=total,
-        files=files,
-        streams=streams,
-        oldest_segment_age_seconds=oldest,
-        stale_files=len(stale),
-        stale_bytes=sum(f.size for f in stale),
-    )
-    return HlsScan(sample=sample, stale=tuple(stale))
+    return walk_hls(root, stale_age, now)
 
 
 class HlsReader:
-    """Samples the HLS directory and keeps the last list of stale files for the memory strategy."""
+    """Samples the HLS directory and keeps the last scan's account of what it left alone."""
 
     name = "hls"
 

@@ -1,5 +1,9 @@
 """Find the backend process (pid file, systemd unit, listening port or name) and sample its tree.
 
+``port:N`` (the default, with the port of the backend's URL) finds the process holding the listening socket
+through /proc/PID/fd; when that socket belongs to another user, whose descriptors the unit's user cannot read,
+it goes by the socket's owner instead (``pid_of_listener_owner``).
+
 Discovery is the expensive part (it may scan /proc), so it is done once and repeated only when the
 process is gone. The listening ports are read at discovery too: they do not change while it runs.
 The tree is walked through the kernel's per-thread ``children`` lists where the kernel has them, which
@@ -59,9 +63,9 @@ def count_fds(process: psutil.Process) -> int:
         return -1
 
 
-def listening_inodes(port: int, proc_root: Path = Path("/proc")) -> set[str]:
-    """Socket inodes listening on ``port`` (from /proc/net/tcp and tcp6)."""
-    inodes: set[str] = set()
+def listeners(port: int, proc_root: Path = Path("/proc")) -> dict[str, int]:
+    """Socket inodes listening on ``port``, with the uid that owns each (from /proc/net/tcp and tcp6)."""
+    found: dict[str, int] = {}
     want = f"{port:04X}"
     for name in ("tcp", "tcp6"):
         try:
@@ -70,10 +74,15 @@ def listening_inodes(port: int, proc_root: Path = Path("/proc")) -> set[str]:
                 for line in fh:
                     fields = line.split()
                     if len(fields) > 9 and fields[3] == _LISTEN and fields[1].rsplit(":", 1)[1] == want:
-                        inodes.add(fields[9])
+                        found[fields[9]] = int(fields[7])
         except OSError:
             continue
-    return inodes
+    return found
+
+
+def listening_inodes(port: int, proc_root: Path = Path("/proc")) -> set[str]:
+    """Socket inodes listening on ``port`` (from /proc/net/tcp and tcp6)."""
+    return set(listeners(port, proc_root))
 
 
 def pid_owning_inodes(inodes: set[str], proc_root: Path = Path("/proc")) -> int | None:
@@ -93,6 +102,52 @@ def pid_owning_inodes(inodes: set[str], proc_root: Path = Path("/proc")) -> int 
         except OSError:
             continue
     return None
+
+
+def _recorder_like(cmdline: list[str]) -> bool:
+    """ffmpeg runs (recorders, thumbnails): processes of the backend's user that never hold its port."""
+    return bool(cmdline) and (os.path.basename(cmdline[0]) == "ffmpeg" or "-segment_time" in cmdline)
+
+
+def pid_of_listener_owner(port: int, proc_root: Path = Path("/proc")) -> int:
+    """The backend among the processes of the user owning the listening socket, for when its fds are unreadable.
+
+    Another user's /proc/PID/fd cannot be read without privileges the unit does not grant, but the listening
+    socket's owner can (/proc/net/tcp). Among that user's processes, ffmpeg runs are left out, and so is any
+    process with another candidate below it (pm2's daemon, a shell wrapper: launchers, not the listener). One
+    left is the backend; of several, the one running ``server.js`` (the backend's entry point) is.
+    """
+    owners = set(listeners(port, proc_root).values())
+    if not owners:
+        raise SamplingError(f"backend process not found by port:{port}: nothing listens on it")
+    if len(owners) != 1:
+        raise SamplingError(f"backend process not found by port:{port}: several users listen on it")
+    uid = owners.pop()
+    procs: dict[int, tuple[int, list[str]]] = {}
+    for proc in psutil.process_iter(["uids", "ppid", "cmdline"]):
+        uids = proc.info.get("uids")
+        if proc.pid != os.getpid() and uids is not None and uids.real == uid:
+            cmdline = list(proc.info.get("cmdline") or [])
+            if cmdline and not _recorder_like(cmdline):
+                procs[proc.pid] = (int(proc.info.get("ppid") or 0), cmdline)
+    launchers: set[int] = set()
+    for pid in procs:
+        parent = procs[pid][0]
+        while parent in procs and parent not in launchers:
+            launchers.add(parent)
+            parent = procs[parent][0]
+    candidates = sorted(set(procs) - launchers)
+    if len(candidates) > 1:
+        servers = [pid for pid in candidates if any(os.path.basename(a) == "server.js" for a in procs[pid][1])]
+        candidates = servers if len(servers) == 1 else candidates
+    if len(candidates) != 1:
+        listed = ", ".join(f"{pid} ({' '.join(procs[pid][1])[:60]})" for pid in candidates) or "none"
+        raise SamplingError(
+            f"backend process not found by port:{port}: its owner (uid {uid}) is another user, whose open files "
+            f"the daemon cannot read, and these of its processes could be it: {listed}; set backend.process "
+            "(pid:FILE, unit:NAME or name:PATTERN)"
+        )
+    return candidates[0]
 
 
 def _unit_pid(unit: str) -> int | None:
@@ -124,7 +179,12 @@ def discover_pid(spec: ProcessSpec, proc_root: Path = Path("/proc")) -> int:
     elif spec.kind == "unit":
         pid = _unit_pid(spec.value)
     elif spec.kind == "port":
-        pid = pid_owning_inodes(listening_inodes(int(spec.value), proc_root), proc_root)
+        port = int(spec.value)
+        found = listeners(port, proc_root)
+        pid = pid_owning_inodes(set(found), proc_root)
+        if pid is None and found and os.geteuid() not in set(found.values()) and os.geteuid() != 0:
+            # the listener is another user's, so its /proc/PID/fd is not ours to read: go by the socket's owner
+            pid = pid_of_listener_owner(port, proc_root)
     elif spec.kind == "name":
         pattern = re.compile(spec.value)
         for proc in psutil.process_iter(["cmdline"]):

@@ -122,6 +122,11 @@ class SnapshotCollector(Collector):
             yield _gauge("hls_streams", "Stream directories in the HLS directory.", snap.hls.streams)
             yield _gauge("hls_stale_files", "Files the pruning rule considers stale.", snap.hls.stale_files)
             yield _gauge("hls_stale_bytes", "Bytes of stale HLS files.", snap.hls.stale_bytes)
+            yield _gauge(
+                "hls_unknown_files",
+                "Entries in the HLS directory that are not MediaMTX's (never pruned).",
+                snap.hls.unknown_files,
+            )
         if snap.sessions is not None:
             sessions = GaugeMetricFamily(
                 PREFIX + "viewer_sessions", "Viewer sessions in the database.", labels=["state"]

@@ -156,6 +156,11 @@ class HlsSample:
     oldest_segment_age_seconds: float | None
     stale_files: int
     stale_bytes: int
+    # files that are not MediaMTX's segments or playlists: never pruned, reported (a few names as examples)
+    unknown_files: int = 0
+    unknown_examples: tuple[str, ...] = ()
+    # stream directories whose playlist could not be read whole (too large, a FIFO, a link): nothing in them is stale
+    protected_directories: int = 0
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -1,16 +1,27 @@
 """Read-only statistics of the backend's SQLite file, and its viewer sessions.
 
-Every read opens the file with ``mode=ro`` and a short busy timeout, holds no transaction longer than
-the few statements it needs, and closes it again: the daemon must never stand in the backend's way.
+Every read goes through ``read_database``: it checks what the file is first (a missing file, a directory,
+an unreadable or non-SQLite file is a ``DatabaseUnavailable`` that says so), holds no transaction longer
+than the few statements it needs, and never creates a file next to the database. SQLite's ``mode=ro``
+would create ``-wal`` and ``-shm`` when the backend has the database closed, owned by the daemon's user,
+and the backend could then no longer write ("attempt to write a readonly database"). So when the
+database is in WAL mode and those files are absent, it is read as an immutable snapshot of the main file
+(which then holds every committed page), and the read is thrown away if the file changed meanwhile.
+(Should the backend close it in the instant between that check and the open, the files SQLite then creates get
+the data directory's group through its setgid bit, as docs/SAFETY.md sets it up; the actions also hand them
+back, strategies/actions/sqlite.py.)
 """
 
 from __future__ import annotations
 
 import os
 import sqlite3
+import stat
 import time
 import urllib.parse
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import MappingProxyType
@@ -19,20 +30,128 @@ from metrics.errors import SamplingError
 from metrics.snapshot import DatabaseSample, SessionSample, TableStat
 
 LOCAL_FORMAT = "%Y-%m-%d %H:%M:%S"
+SQLITE_MAGIC = b"SQLite format 3\x00"
+HEADER_BYTES = 100
+SIDECARS = ("-wal", "-shm")
 
 
-def connect_readonly(path: Path, busy_timeout_ms: int) -> sqlite3.Connection:
-    """Open the database read-only (no file is created when it is missing)."""
-    if not path.is_file():
-        raise SamplingError(f"database {path} does not exist")
+class DatabaseUnavailable(SamplingError):
+    """The backend database cannot be used as it is (missing, a directory, unreadable, not SQLite, closed)."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DatabaseFile:
+    """What the database file is right now: its stat, whether it is in WAL mode, whether the backend has it open."""
+
+    path: Path
+    stat: os.stat_result
+    wal_mode: bool
+    sidecars_present: bool
+
+    @property
+    def closed_by_backend(self) -> bool:
+        """WAL mode without ``-wal``/``-shm``: nobody has it open, and opening it normally would create them."""
+        return self.wal_mode and not self.sidecars_present
+
+
+def inspect_database(path: Path) -> DatabaseFile:
+    """Check that ``path`` is a readable SQLite file (reading only its header); raise DatabaseUnavailable why not."""
     try:
-        # quoted: a path holding "?", "#" or "%" would otherwise be read as URI syntax
-        uri = f"file:{urllib.parse.quote(str(path))}?mode=ro"
-        conn = sqlite3.connect(uri, uri=True, timeout=busy_timeout_ms / 1000, isolation_level=None)
-    except sqlite3.Error as exc:
-        raise SamplingError(f"cannot open database {path}: {exc}") from None
-    conn.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise DatabaseUnavailable(f"database {path} does not exist") from None
+    except OSError as exc:
+        raise DatabaseUnavailable(f"database {path}: {exc.strerror}") from None
+    if stat.S_ISDIR(st.st_mode):
+        raise DatabaseUnavailable(f"database {path} is a directory, not a SQLite file")
+    if not stat.S_ISREG(st.st_mode):
+        raise DatabaseUnavailable(f"database {path} is not a regular file")
+    try:
+        # O_NONBLOCK: a file swapped for a FIFO between the stat and the open must not hang the read
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+    except PermissionError:
+        raise DatabaseUnavailable(
+            f"database {path} cannot be read by the daemon's user (permission denied): see docs/SAFETY.md"
+        ) from None
+    except OSError as exc:
+        raise DatabaseUnavailable(f"database {path}: {exc.strerror}") from None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise DatabaseUnavailable(f"database {path} is not a regular file")
+        header = os.read(fd, HEADER_BYTES)
+    except OSError as exc:
+        raise DatabaseUnavailable(f"database {path}: {exc.strerror}") from None
+    finally:
+        os.close(fd)
+    if not header:
+        raise DatabaseUnavailable(f"database {path} is empty (the backend has not created it yet)")
+    if header[:16] != SQLITE_MAGIC:
+        raise DatabaseUnavailable(f"database {path} is not a SQLite database (its header is wrong)")
+    if len(header) < HEADER_BYTES:
+        raise DatabaseUnavailable(f"database {path} is truncated ({len(header)} bytes)")
+    # bytes 18 and 19 are the write and read format versions: 2 means WAL
+    wal_mode = header[18] == 2 or header[19] == 2
+    present = all(os.path.exists(f"{path}{suffix}") for suffix in SIDECARS)
+    return DatabaseFile(path=path, stat=st, wal_mode=wal_mode, sidecars_present=present)
+
+
+def _same_file(a: os.stat_result, b: os.stat_result) -> bool:
+    return (a.st_dev, a.st_ino, a.st_size, a.st_mtime_ns, a.st_ctime_ns) == (
+        b.st_dev,
+        b.st_ino,
+        b.st_size,
+        b.st_mtime_ns,
+        b.st_ctime_ns,
+    )
+
+
+def open_connection(path: Path, mode: str, busy_timeout_ms: int, *, row_factory: bool = False) -> sqlite3.Connection:
+    """A connection to the existing file (URI ``mode``: ``ro``, ``ro&immutable=1`` or ``rw``); sqlite3.Error if not."""
+    # quoted: a path holding "?", "#" or "%" would otherwise be read as URI syntax
+    uri = f"file:{urllib.parse.quote(str(path))}?mode={mode}"
+    conn = sqlite3.connect(uri, uri=True, timeout=busy_timeout_ms / 1000, isolation_level=None)
+    try:
+        conn.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
+    except sqlite3.Error:
+        conn.close()
+        raise
+    if row_factory:
+        conn.row_factory = sqlite3.Row
     return conn
+
+
+@contextmanager
+def read_database(path: Path, busy_timeout_ms: int, *, row_factory: bool = False) -> Iterator[sqlite3.Connection]:
+    """A read-only connection that creates no file; raises DatabaseUnavailable for a file that is not usable.
+
+    While the backend has the database open (``-wal`` and ``-shm`` exist) this is an ordinary ``mode=ro``
+    connection. When the database is in WAL mode and closed, it reads the main file as an immutable
+    snapshot and raises SamplingError at the end if the file changed during the read, so the caller's
+    result is dropped rather than trusted.
+    """
+    info = inspect_database(path)
+    snapshot = info.closed_by_backend
+    try:
+        conn = open_connection(path, "ro&immutable=1" if snapshot else "ro", busy_timeout_ms, row_factory=row_factory)
+    except sqlite3.DatabaseError as exc:
+        raise DatabaseUnavailable(f"cannot open database {path}: {exc}") from None
+    try:
+        yield conn
+    finally:
+        conn.close()
+    if snapshot:
+        try:
+            after = os.stat(path)
+        except OSError:
+            after = None
+        if after is None or not _same_file(info.stat, after):
+            raise SamplingError(f"database {path} changed while it was read (the backend opened it); read again")
+
+
+def is_not_a_database(exc: sqlite3.Error) -> bool:
+    """Whether an SQLite error says the file is damaged or not a database at all (not a transient lock)."""
+    text = str(exc)
+    return "not a database" in text or "malformed" in text or "file is encrypted" in text
 
 
 def local_now(offset_hours: float, now: datetime | None = None) -> datetime:
@@ -88,42 +207,49 @@ class DatabaseReader:
 
     def read(self, now: float) -> DatabaseSample:
         """Take one sample (blocking; run in a worker thread)."""
-        try:
-            file_bytes = os.stat(self._path).st_size
-        except OSError as exc:
-            raise SamplingError(f"database {self._path}: {exc.strerror}") from None
-        try:
-            wal_bytes = os.stat(f"{self._path}-wal").st_size
-        except FileNotFoundError:
-            wal_bytes = 0
-        except OSError as exc:
-            raise SamplingError(f"WAL of {self._path}: {exc.strerror}") from None
-        conn = connect_readonly(self._path, self._busy_ms)
         busy = False
+        started = time.perf_counter()
         try:
-            started = time.perf_counter()
-            page_size = conn.execute("PRAGMA page_size").fetchone()[0]
-            page_count = conn.execute("PRAGMA page_count").fetchone()[0]
-            freelist = conn.execute("PRAGMA freelist_count").fetchone()[0]
-            mode = conn.execute("PRAGMA journal_mode").fetchone()[0]
-            conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
-            probe = time.perf_counter() - started
-            self.last_sessions = self._sessions(conn)
-            if self._tables and (self._tables_read_at is None or now - self._tables_read_at >= self._table_interval):
-                self._table_stats = MappingProxyType(self._read_tables(conn))
-                self._tables_read_at = now
+            with read_database(self._path, self._busy_ms) as conn:
+                file_bytes = os.stat(self._path).st_size
+                try:
+                    wal_bytes = os.stat(f"{self._path}-wal").st_size
+                except FileNotFoundError:
+                    wal_bytes = 0
+                try:
+                    started = time.perf_counter()
+                    page_size = conn.execute("PRAGMA page_size").fetchone()[0]
+                    page_count = conn.execute("PRAGMA page_count").fetchone()[0]
+                    freelist = conn.execute("PRAGMA freelist_count").fetchone()[0]
+                    mode = conn.execute("PRAGMA journal_mode").fetchone()[0]
+                    conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+                    probe = time.perf_counter() - started
+                    self.last_sessions = self._sessions(conn)
+                    if self._tables and (
+                        self._tables_read_at is None or now - self._tables_read_at >= self._table_interval
+                    ):
+                        self._table_stats = MappingProxyType(self._read_tables(conn))
+                        self._tables_read_at = now
+                except sqlite3.DatabaseError as exc:
+                    if not is_busy(exc):
+                        raise
+                    busy = True
+                    # the sessions were not read this time; an older count must not pass for a fresh one
+                    self.last_sessions = None
+                    probe = time.perf_counter() - started
+                    page_size = page_count = freelist = 0
+                    mode = "unknown"
         except sqlite3.DatabaseError as exc:
-            if is_busy(exc):
-                busy = True
-                # the sessions were not read this time; an older count must not pass for a fresh one
-                self.last_sessions = None
-                probe = time.perf_counter() - started
-                page_size = page_count = freelist = 0
-                mode = "unknown"
-            else:
-                raise SamplingError(f"database {self._path}: {exc}") from None
-        finally:
-            conn.close()
+            self.last_sessions = None
+            if is_not_a_database(exc):
+                raise DatabaseUnavailable(f"database {self._path} is damaged or not a SQLite database: {exc}") from None
+            raise SamplingError(f"database {self._path}: {exc}") from None
+        except OSError as exc:
+            self.last_sessions = None
+            raise SamplingError(f"database {self._path}: {exc.strerror}") from None
+        except SamplingError:
+            self.last_sessions = None
+            raise
         return DatabaseSample(
             file_bytes=file_bytes,
             wal_bytes=wal_bytes,

@@ -224,6 +224,8 @@ async def performance_metrics(request: web.Request) -> web.Response:
             for name, s in (snap.sources.items() if snap else ())
         },
         "findings": [f.as_dict() for f in engine.findings.values()],
+        # restart-only settings a reload changed: the running values stay until a restart
+        "restartNeeded": list(ctx.status().get("restartNeeded", [])),
     }
     return web.json_response(body)
 

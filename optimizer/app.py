@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import errno
 import gc
 import os
@@ -28,7 +29,14 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.process_collector import ProcessCollector
 
 from config.errors import ConfigError, Problem
-from config.loader import LoadedSettings, load_settings, parse_listen, read_secret
+from config.loader import (
+    LoadedSettings,
+    keep_restart_only,
+    load_settings,
+    parse_listen,
+    read_secret,
+    restart_only_changes,
+)
 from config.settings import Settings
 from metrics.backend import BackendClient, Credentials
 from metrics.hls import HlsReader
@@ -175,6 +183,8 @@ class Daemon:
         self.adaptive_interval = self.sample_interval
         self.api_host = ""
         self.api_port = 0
+        # restart-only settings a reload found changed: still at their running values until a restart
+        self.restart_needed: tuple[str, ...] = ()
         self.token = ""
         self._background: set[asyncio.Future[None]] = set()
         # set once _build() has made every part: stop() after a failed start closes only what exists
@@ -398,6 +408,8 @@ class Daemon:
     async def sample_now(self) -> Snapshot:
         """Take one sample, publish it to the engine and metrics, and adapt the interval."""
         previous = self.engine.latest
+        # the state file deleted or replaced under the daemon is recreated now, not at the next decision's write
+        await asyncio.to_thread(self.store.verify)
         snapshot = await self.sampler.sample()
         self._log_source_changes(previous, snapshot)
         self._learn(snapshot)
@@ -509,6 +521,7 @@ class Daemon:
             "sampleIntervalSeconds": round(self.sample_interval, 3),
             "stateHealthy": self.store.healthy,
             "stateError": self.store.last_error,
+            "restartNeeded": list(self.restart_needed),
         }
 
     def _status_line(self) -> str:
@@ -547,27 +560,31 @@ class Daemon:
         return dict(self._environ)
 
     def _apply_reload(self, loaded: LoadedSettings) -> None:
-        old, new = self.settings, loaded.settings
-        restart_needed = [
-            name
-            for name, a, b in (
-                ("api", old.api, new.api),
-                ("state", old.state, new.state),
-                ("backend", old.backend, new.backend),
+        """Apply what can change at run time; keep the running value of every restart-only setting, and say so."""
+        old = self.settings
+        # against the running values: a later reload that puts a setting back clears its restart-needed mark
+        self.restart_needed = restart_only_changes(old, loaded.settings)
+        new = keep_restart_only(old, loaded.settings)
+        if self.restart_needed:
+            log.warning(
+                "config_restart_needed",
+                settings=list(self.restart_needed),
+                kept="the running values, until the daemon is restarted",
             )
-            if a != b
-        ]
-        self.loaded = loaded
+        self.loaded = dataclasses.replace(loaded, settings=new)
         self.settings = new
         configure_logging(new.log_level)
         self.engine.update_settings(new.engine, new.detection, new.effective_mode)
         fresh = {s.name: (s, mode, enabled) for s, mode, enabled in build_strategies(new, self._deps())}
         for name, rt in self.engine.runtimes.items():
             if name in fresh:
-                rt.strategy, rt.config_mode, rt.enabled = fresh[name]
+                strategy, rt.config_mode, rt.enabled = fresh[name]
+                # what the old instance learned while running (a restart's once-a-day guard, held recorders...)
+                strategy.carry_over(rt.strategy)
+                rt.strategy = strategy
         if self._scheduler is not None and old.optimization_interval != new.optimization_interval:
             self._scheduler.reschedule_job("round", trigger="interval", seconds=new.optimization_interval / 1000)
-        log.info("config_reloaded", mode=str(new.effective_mode), restart_needed=restart_needed or None)
+        log.info("config_reloaded", mode=str(new.effective_mode), restart_needed=list(self.restart_needed) or None)
 
     async def stop(self) -> None:
         """Stop the loops, let the running round finish, optionally revert, close the API, flush state."""

@@ -1,4 +1,4 @@
-"""The command line: ``run`` the daemon, ``check-config``, and talk to a running daemon.
+"""The command line: ``run`` the daemon, ``check-config``, ``restore-backup``, and talk to a running daemon.
 
 Exit codes: 0 success; 1 the daemon answered an error or a round failed; 2 usage; 3 the daemon is not
 reachable; 78 the configuration is invalid (EX_CONFIG), or a write has no token to send.
@@ -459,6 +459,8 @@ def cmd_status(client: Client, as_json: bool) -> int:
         print(f"{signal:<{width}} {now:>10} {enter:>12} {exit_:>10}  {who:<12} {state}".rstrip())
     for finding in body.get("findings", []):
         print(f"finding [{finding['strategy']}] {finding['summary']}")
+    if body.get("restartNeeded"):
+        print(f"restart needed: {', '.join(body['restartNeeded'])} changed; the running values stay until a restart")
     return EX_OK
 
 
@@ -575,6 +577,35 @@ def cmd_optimize(client: Client, as_json: bool, strategy: str | None, dry_run: b
     return EX_OK
 
 
+def cmd_restore_backup(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
+    """Put a database backup back into the backend's database (the backend stopped); 0, 1, 2 or 78."""
+    from strategies.actions.backup import restore
+    from strategies.base import StrategyError
+
+    try:
+        svc = service.service_environment(
+            environ, env_file=args.env_file, use_env_file=not args.no_env_file, unit_file=None
+        )
+        settings = load_settings(svc.environ, args.config, check_files=False).settings
+    except ConfigError as exc:
+        print(f"configuration is invalid ({len(exc.problems)} problem(s)):", file=sys.stderr)
+        for problem in exc.problems:
+            print(f"  {problem}", file=sys.stderr)
+        return EX_CONFIG
+    target = args.database or settings.backend.database
+    if target is None:
+        print("which database? set backend.database or pass --database PATH", file=sys.stderr)
+        return EX_USAGE
+    keep = settings.strategies.database.backup_directory or settings.state_directory / "backups"
+    try:
+        done = restore(target, args.backup, keep_directory=keep, force=args.force)
+    except StrategyError as exc:
+        print(f"not restored: {exc}", file=sys.stderr)
+        return EX_FAIL
+    print(f"restored {done.backup} into {done.database}; what it held before is kept in {done.kept}")
+    return EX_OK
+
+
 # the parser ---------------------------------------------------------------------------------------------------
 
 
@@ -607,6 +638,12 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--unit", type=Path, default=None, help="the unit file (default: the installed one)")
     check.add_argument("--user", default=None, help="check file access for this user instead of the unit's User=")
     sub.add_parser("version", help="print the version")
+    restore = sub.add_parser(
+        "restore-backup", parents=[common], help="put a backup of the backend database back (stop the backend first)"
+    )
+    restore.add_argument("backup", type=Path, help="the backup file (in the backup directory, see history rows)")
+    restore.add_argument("--database", type=Path, default=None, help="the database (default: backend.database)")
+    restore.add_argument("--force", action="store_true", help="restore even though a process has the database open")
     for name, text in (
         ("status", "sources, metrics against thresholds, strategies"),
         ("history", "the decision history"),
@@ -653,6 +690,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             unit_file=args.unit,
             user=args.user,
         )
+    if args.command == "restore-backup":
+        return cmd_restore_backup(args, environ)
     if args.command == "version":
         from optimizer.app import VERSION
 

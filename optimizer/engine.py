@@ -322,7 +322,7 @@ class Engine:
                 plan = Plan.from_dict(entry.plan)
                 note = await asyncio.wait_for(rt.strategy.reconcile(plan), self._settings.apply_timeout_seconds)
                 status = "reconciled"
-            except (StrategyError, TimeoutError, KeyError, ValueError) as exc:
+            except (StrategyError, StrategyDeferred, TimeoutError, KeyError, ValueError) as exc:
                 note = f"reconcile failed: {exc}"
                 status = "reconcile_failed"
             except Exception as exc:
@@ -783,6 +783,13 @@ class Engine:
             return await record(
                 Outcome.TIMEOUT, "plan timed out", error=f"plan exceeded {self._settings.plan_timeout_seconds} s"
             ), False
+        except StrategyDeferred as exc:
+            # What the strategy reads is not usable now (the backend database is damaged, missing or closed): it
+            # plans nothing. Not a failure, so no breaker count; a manual request gets a row saying why.
+            self._log.info("plan_deferred", strategy=rt.name, reason=str(exc))
+            if manual:
+                return await record(Outcome.DEFERRED, str(exc)), False
+            return None, False
         except StrategyError as exc:
             self._log.warning("plan_failed", strategy=rt.name, error=str(exc))
             return await record(Outcome.FAILED, "plan failed", error=str(exc)), False

@@ -59,6 +59,7 @@ def build_strategies(settings: Settings, deps: Dependencies) -> list[tuple[Strat
                     s.database,
                     exit_ratio=exit_ratio,
                     timezone_offset_hours=settings.backend.timezone_offset_hours,
+                    backup_directory=settings.state_directory / "backups",
                     clock=deps.monotonic,
                 ),
                 s.database.mode,

@@ -3,6 +3,12 @@
 All methods block; callers run them in a worker thread. A corrupt file is moved aside and a fresh one
 started. When the directory is read-only or full, writes fail softly: the store keeps going in memory,
 ``healthy`` turns False and ``last_error`` says why, so the daemon keeps running and reports it.
+
+The file is watched (``verify()``, and before every write): deleted (its link count is 0), moved away, or
+replaced by another file (another inode at the path), it is recreated at its path from the open connection,
+which still holds every row, so nothing written before or after is lost. Until that has worked (say the
+directory turned read-only) the store is unhealthy with the reason, and writes go on into the open file.
+A file found in its place is kept aside as ``state.db.replaced-<time>``.
 """
 
 from __future__ import annotations
@@ -17,7 +23,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import structlog
+
 SCHEMA_VERSION = 1
+SIDECARS = ("-wal", "-shm")
+log = structlog.get_logger("state")
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS decisions (
@@ -154,6 +164,10 @@ class StateStore:
         self.last_error: str | None = None
         self.moved_aside: Path | None = None
         self._memory_fallback = False
+        # a descriptor on the open file and the inodes of it and its -wal/-shm: to notice it deleted or replaced
+        self._watch_fd: int | None = None
+        self._inodes: dict[str, tuple[int, int]] = {}
+        self.recreated = 0
 
     @property
     def path(self) -> Path:
@@ -166,6 +180,7 @@ class StateStore:
             try:
                 self._dir.mkdir(parents=True, exist_ok=True)
                 self._conn = self._open_checked()
+                self._watch()
                 return
             except OSError as exc:
                 self._fallback(f"cannot use {self._dir}: {exc.strerror or exc}")
@@ -178,6 +193,7 @@ class StateStore:
                 try:
                     self.moved_aside = self._move_aside()
                     self._conn = self._open_checked()
+                    self._watch()
                     return
                 except (sqlite3.Error, OSError) as exc:
                     problem = f"{problem}; starting afresh failed: {exc}"
@@ -198,12 +214,13 @@ class StateStore:
             self.last_error = f"{message}; running in memory from a copy of the last saved state"
         self._conn.executescript(_SCHEMA)
 
-    def _copy_readable_file(self, target: sqlite3.Connection) -> bool:
+    def _copy_readable_file(self, target: sqlite3.Connection, source_path: Path | None = None) -> bool:
         """Copy a readable, intact state file into ``target``; False when there is none."""
+        path = self._path if source_path is None else source_path
         try:
-            if not self._path.is_file():
+            if not path.is_file():
                 return False
-            uri = f"{self._path.resolve().as_uri()}?mode=ro&immutable=1"
+            uri = f"{path.resolve().as_uri()}?mode=ro&immutable=1"
             source = sqlite3.connect(uri, uri=True, check_same_thread=False)
         except (OSError, sqlite3.Error):
             return False
@@ -253,17 +270,131 @@ class StateStore:
             if self._conn is not None:
                 try:
                     if not self._memory_fallback:
+                        self._ensure_file()
                         self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
                 except sqlite3.Error:
                     pass
                 self._conn.close()
                 self._conn = None
+            self._unwatch()
+
+    # watching the file ---------------------------------------------------------------------------------------------
+
+    def _watch(self) -> None:
+        """Remember which file is open (a descriptor on it, and its inode and its -wal/-shm's)."""
+        self._unwatch()
+        self._watch_fd = os.open(self._path, os.O_RDONLY | os.O_CLOEXEC)
+        self._inodes = {}
+        for suffix in ("", *SIDECARS):
+            try:
+                st = os.stat(f"{self._path}{suffix}")
+            except FileNotFoundError:
+                continue
+            self._inodes[suffix] = (st.st_dev, st.st_ino)
+
+    def _unwatch(self) -> None:
+        if self._watch_fd is not None:
+            os.close(self._watch_fd)
+            self._watch_fd = None
+
+    def _file_problem(self) -> str | None:
+        """What happened to the open file, if anything: deleted, moved away, or replaced by another file."""
+        if self._watch_fd is None or self._memory_fallback:
+            return None
+        held = os.fstat(self._watch_fd)
+        if held.st_nlink == 0:
+            return "was deleted"
+        try:
+            st = os.stat(self._path)
+        except FileNotFoundError:
+            return "was moved away"
+        if (st.st_dev, st.st_ino) != (held.st_dev, held.st_ino):
+            return "was replaced by another file"
+        return None
+
+    def verify(self) -> bool:
+        """Check that the open file is still the one at its path, recreating it when not; True when it is."""
+        with self._lock:
+            return self._ensure_file()
+
+    def _ensure_file(self) -> bool:
+        """(Lock held.) Recreate the file at its path if it was deleted, moved or replaced; True when in place."""
+        problem = self._file_problem()
+        if problem is None:
+            return True
+        message = f"state database {self._path} {problem}"
+        if self.healthy or self.last_error is None or not self.last_error.startswith(message):
+            log.warning("state_database_lost", path=str(self._path), problem=problem)
+        try:
+            self._recreate(problem)
+        except (OSError, sqlite3.Error) as exc:
+            self.healthy = False
+            if not self._memory_fallback:
+                why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+                self.last_error = f"{message}; cannot recreate it yet ({why}): the open file keeps every row meanwhile"
+            return False
+        self.recreated += 1
+        self.healthy = True
+        self.last_error = None
+        log.warning("state_database_recreated", path=str(self._path), problem=problem)
+        return True
+
+    def _recreate(self, problem: str) -> None:
+        """Copy the open database to a new file at its path and switch to it; the old one stays usable on failure."""
+        assert self._conn is not None
+        # everything into the main (unlinked) file, so the copy is whole and the old -wal is empty
+        self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(self._wall()))
+        temp = self._dir / f".state.db.recreate-{os.getpid()}"
+        for suffix in ("", "-journal", *SIDECARS):
+            Path(f"{temp}{suffix}").unlink(missing_ok=True)
+        copy = sqlite3.connect(temp, isolation_level=None)
+        try:
+            self._conn.backup(copy)
+        finally:
+            copy.close()
+        if problem == "was replaced by another file" or self._path.exists():
+            self._set_aside(stamp)
+        self._conn.close()
+        self._conn = None
+        self._unwatch()
+        try:
+            os.link(temp, self._path)
+            self._conn = self._open_checked()
+            self._watch()
+        except (OSError, sqlite3.Error):
+            # the old connection is closed: keep going in memory from the copy rather than lose it
+            self._fallback(f"state database {self._path} {problem} and could not be recreated")
+            if self._conn is not None and not self._path.is_file():
+                self._copy_readable_file(self._conn, temp)
+            raise
+        finally:
+            temp.unlink(missing_ok=True)
+
+    def _set_aside(self, stamp: str) -> None:
+        """Keep a file (and its own -wal/-shm) found at the path as ``state.db.replaced-<stamp>``."""
+        target = self._path.with_name(f"state.db.replaced-{stamp}")
+        n = 1
+        while target.exists():
+            n += 1
+            target = self._path.with_name(f"state.db.replaced-{stamp}.{n}")
+        for suffix in ("", *SIDECARS):
+            name = Path(f"{self._path}{suffix}")
+            try:
+                st = os.stat(name)
+            except FileNotFoundError:
+                continue
+            if suffix and self._inodes.get(suffix) == (st.st_dev, st.st_ino):
+                continue  # ours: SQLite removes it when the old connection closes
+            os.replace(name, Path(f"{target}{suffix}"))
+        log.warning("state_database_replacement_kept", kept_as=str(target))
 
     def _write(self, sql: str, args: tuple[Any, ...] = ()) -> int | None:
         """Run one write; on failure mark the store unhealthy and return None."""
         with self._lock:
             if self._conn is None:
                 return None
+            recreated = self._ensure_file()
             try:
                 cur = self._conn.execute(sql, args)
             except sqlite3.Error as exc:
@@ -271,7 +402,7 @@ class StateStore:
                 self.last_error = f"state write failed: {exc}"
                 return None
             self.version += 1
-            if not self._memory_fallback:
+            if not self._memory_fallback and recreated:
                 self.healthy = True
                 self.last_error = None
             return cur.lastrowid

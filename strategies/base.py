@@ -281,6 +281,16 @@ class Strategy(ABC):
         """Settle a plan whose apply was interrupted (the daemon died); say what was found and done."""
         return "nothing to reconcile: the changes are idempotent or irreversible"
 
+    # the attributes an instance learns while it runs (not its options): a reload rebuilds the strategy with the new
+    # options and hands these over, so that rate limits and held state survive it
+    RUNTIME_STATE: ClassVar[tuple[str, ...]] = ()
+
+    def carry_over(self, previous: Strategy) -> None:
+        """Take over what ``previous`` (the instance before a reload) learned while running."""
+        if type(previous) is type(self):
+            for attr in self.RUNTIME_STATE:
+                setattr(self, attr, getattr(previous, attr))
+
     def describe(self) -> str:
         """The user documentation: the class docstring."""
         return (self.__class__.__doc__ or "").strip()

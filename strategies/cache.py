@@ -190,6 +190,7 @@ class CacheStrategy(Strategy):
     """
 
     name = "cache"
+    RUNTIME_STATE = ("_acted_at", "_warmed_at", "_last_evictions")
 
     def __init__(
         self,

@@ -138,6 +138,7 @@ class ConnectionStrategy(Strategy):
     """
 
     name = "connection"
+    RUNTIME_STATE = ("_idle", "_stuck_seen_at", "_stuck_evidence", "_ended_total", "_ended_at")
 
     def __init__(
         self,

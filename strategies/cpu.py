@@ -141,6 +141,7 @@ class CpuStrategy(Strategy):
     """
 
     name = "cpu"
+    RUNTIME_STATE = ("_held", "_overrides", "_new_overrides", "_factor")
 
     def __init__(
         self,

@@ -13,6 +13,7 @@ from config import units
 from config.settings import DatabaseOptions
 from metrics.snapshot import DatabaseSample, TableStat
 from metrics.sqlite import LOCAL_FORMAT, local_now
+from strategies.actions import backup
 from strategies.actions import retention as ret
 from strategies.actions import sqlite as sql
 from strategies.base import (
@@ -95,10 +96,16 @@ class DatabaseStrategy(Strategy):
       checks free disk space first, is rolled back when it runs past ``maintenance_max_seconds``, and
       truncates the WAL afterwards. Expected effect: ``freelist_ratio`` down.
 
+    Before every retention run and every VACUUM the database is backed up with SQLite's online backup into
+    ``backup_directory`` (default ``backups/`` in the state directory; at most ``backup_keep`` files and
+    ``backup_max_bytes`` in all, the oldest removed first); the history row names the backup. When there is no
+    room for one, neither is planned and the finding ``database-backup-no-room`` says why. ``cctv-optimizer
+    restore-backup FILE`` puts a backup back (with the backend stopped).
+
     A round does one thing: a checkpoint when the WAL is over its limit, else retention, else VACUUM, else
     (when asked by hand) a checkpoint and ``PRAGMA optimize``.
 
-    Findings: ``database-busy``; ``database-integrity`` (quick_check found problems: critical);
+    Findings: ``database-busy``; ``database-backup-no-room``; ``database-integrity`` (quick_check found problems: critical);
     ``archive-table-missing`` (``viewer_session_history_archive`` does not
     exist, so the backend's 6-hourly archive fails and ``viewer_session_history`` grows without bound);
     ``history-archive-behind`` (history rows older than 91 days although the archive table exists);
@@ -121,6 +128,7 @@ class DatabaseStrategy(Strategy):
     """
 
     name = "database"
+    RUNTIME_STATE = ("_last_optimize", "_last_quick_check", "_integrity_problems", "_held", "_no_room")
 
     def __init__(
         self,
@@ -129,11 +137,15 @@ class DatabaseStrategy(Strategy):
         *,
         exit_ratio: float,
         timezone_offset_hours: float = 7.0,
+        backup_directory: Path | None = None,
         clock: Callable[[], float] = time.monotonic,
         wall: Callable[[], float] = time.time,
     ) -> None:
         self._path = database
         self._o = options
+        # where retention and VACUUM back the database up first (the configured directory, else backups/ next to it)
+        self._backups = options.backup_directory or backup_directory or database.parent / "backups"
+        self._no_room: dict[str, Any] | None = None
         self._exit_ratio = exit_ratio
         self._offset = timezone_offset_hours
         self._clock = clock
@@ -203,6 +215,19 @@ class DatabaseStrategy(Strategy):
                         "database: take a backup and check it with the sqlite3 shell (.recover)"
                     ),
                     evidence={"problems": list(self._integrity_problems)},
+                )
+            )
+        if self._no_room is not None:
+            out.append(
+                Finding(
+                    id="database-backup-no-room",
+                    strategy=self.name,
+                    severity="warning",
+                    summary=(
+                        f"retention pruning or VACUUM is due but waits: {self._no_room['problem']}; free space in "
+                        f"{self._backups} or raise strategies.database.backup_max_bytes"
+                    ),
+                    evidence=dict(self._no_room),
                 )
             )
         if self._held is not None and db.wal_bytes >= self._o.wal_limit_bytes:
@@ -325,6 +350,10 @@ class DatabaseStrategy(Strategy):
         """A checkpoint when the WAL is over its limit; else retention or VACUUM when due; else (manual) upkeep."""
         db = ctx.snapshot.database
         if db is None:
+            status = ctx.snapshot.sources.get("database")
+            if ctx.manual and status is not None and status.error:
+                # asked by hand: say why nothing can be planned (a deferral, never a failure toward the breaker)
+                raise StrategyDeferred(status.error)
             return None
         if db.wal_bytes >= self._o.wal_limit_bytes:
             held = self._held
@@ -335,15 +364,43 @@ class DatabaseStrategy(Strategy):
             return self._plan_checkpoint(db, ctx.manual)
         self._held = None  # back under the limit (the reader let go and the backend's own checkpoint caught up)
         armed_by_age = any(a.startswith(TABLE_AGE_SIGNAL) for a in ctx.armed)
+        maintenance: Plan | None = None
         if self._o.retention_enabled and (ctx.manual or armed_by_age):
-            plan = await self._plan_retention(db, ctx.snapshot.wall_time)
-            if plan is not None:
-                return plan
-        if self._o.vacuum_enabled and (ctx.manual or "freelist_ratio" in ctx.armed):
-            plan = self._plan_vacuum(db, ctx.snapshot.wall_time)
-            if plan is not None:
-                return plan
+            maintenance = await self._plan_retention(db, ctx.snapshot.wall_time)
+        if maintenance is None and self._o.vacuum_enabled and (ctx.manual or "freelist_ratio" in ctx.armed):
+            maintenance = self._plan_vacuum(db, ctx.snapshot.wall_time)
+        if maintenance is not None and await self._room_for_backup():
+            return maintenance
         return self._plan_checkpoint(db, ctx.manual)
+
+    async def _room_for_backup(self) -> bool:
+        """Whether a backup fits before the planned retention or VACUUM; when not, the finding says why."""
+        room = await asyncio.to_thread(
+            backup.room_for, self._path, self._backups, keep=self._o.backup_keep, max_bytes=self._o.backup_max_bytes
+        )
+        self._no_room = (
+            {"problem": room.problem, "needed_bytes": room.needed, "free_bytes": room.free, "limit_bytes": room.limit}
+            if room.problem is not None
+            else None
+        )
+        return room.problem is None
+
+    def _backup(self) -> tuple[Change, str]:
+        """Back the database up (blocking); the change naming it for the history row, and a note."""
+        made = backup.take_backup(
+            self._path,
+            self._backups,
+            keep=self._o.backup_keep,
+            max_bytes=self._o.backup_max_bytes,
+            busy_timeout_ms=self._o.busy_timeout_ms,
+            wall=self._wall,
+        )
+        self._no_room = None
+        note = f"backup {made.path} ({_mib(made.bytes)})"
+        if made.removed:
+            note += f", older backups removed: {', '.join(made.removed)}"
+        change = Change(target="database.backup", action="backup", before="-", after=str(made.path), reversible=False)
+        return change, note
 
     def _plan_checkpoint(self, db: DatabaseSample, manual: bool) -> Plan | None:
         """Plan a checkpoint when the WAL is over its limit, and PRAGMA optimize when due."""
@@ -577,6 +634,7 @@ class DatabaseStrategy(Strategy):
         left = o.retention_max_rows_per_run
         done: list[Change] = []
         notes: list[str] = []
+        saved_note: str | None = None
         for table in [str(t) for t in plan.params.get("tables", [])]:
             rule = ret.RULES_BY_TABLE.get(table)
             cutoff = cutoffs.get(table)
@@ -593,6 +651,11 @@ class DatabaseStrategy(Strategy):
                 if not live or live[0].prunable == 0:
                     notes.append(f"{table}: nothing older than {cutoff} any more")
                     continue
+                if saved_note is None:
+                    # a backup before the first batch: with no room for one, StrategyDeferred ends the run here
+                    saved, saved_note = self._backup()
+                    done.append(saved)
+                    notes.append(saved_note)
                 result = ret.prune_table(
                     self._path,
                     rule,
@@ -604,8 +667,8 @@ class DatabaseStrategy(Strategy):
                     clock=self._clock,
                 )
             except StrategyError as exc:
-                if not done:
-                    raise
+                if len(done) <= 1:  # at most the backup: nothing was deleted
+                    raise StrategyError(f"{exc}" + (f" ({saved_note})" if saved_note else "")) from None
                 notes.append(f"{table}: stopped: {exc}")
                 break
             left -= result.deleted
@@ -638,18 +701,23 @@ class DatabaseStrategy(Strategy):
             return ApplyResult(
                 changes=(), detail=f"only {figures.freelist_ratio:.0%} of the pages are free now; nothing done"
             )
-        result = ret.vacuum(
-            self._path, busy_timeout_ms=o.busy_timeout_ms, max_seconds=o.maintenance_max_seconds, clock=self._clock
-        )
+        saved, saved_note = self._backup()
+        try:
+            result = ret.vacuum(
+                self._path, busy_timeout_ms=o.busy_timeout_ms, max_seconds=o.maintenance_max_seconds, clock=self._clock
+            )
+        except StrategyError as exc:
+            raise StrategyError(f"{exc} ({saved_note})") from None
         before, after = result.before, result.after
         detail = (
-            f"VACUUM: {_mib(before.file_bytes)} with {before.freelist_count} free pages -> "
+            f"{saved_note}; VACUUM: {_mib(before.file_bytes)} with {before.freelist_count} free pages -> "
             f"{_mib(after.file_bytes)} with {after.freelist_count}"
         )
         if not result.wal_truncated:
             detail += f"; WAL left at {_mib(after.wal_bytes)} (readers held it)"
         return ApplyResult(
             changes=(
+                saved,
                 Change(
                     target="database.file",
                     action=VACUUM,

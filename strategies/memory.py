@@ -91,11 +91,14 @@ class MemoryStrategy(Strategy):
 
     Changes (safe, on by default; none can be undone):
 
-    - prune stale HLS files under ``backend.hls_directory``: a file goes only when no playlist in its
-      directory references it and it is older than ``hls_stale_age_seconds``; never a playlist, a live
-      stream's init segment, a file being written, a symbolic link or anything outside the root. Playlists
-      are re-read and each file is checked again just before it is unlinked; at most ``hls_prune_max_files``
-      per action. Runs when the HLS directory, /dev/shm or host memory is over its line.
+    - prune stale HLS files under ``backend.hls_directory``: only MediaMTX's own segment, part and init files,
+      and only when no playlist references them (in their directory or, by a relative path, from a sibling's)
+      and they are older than ``hls_stale_age_seconds``; never a playlist, a live stream's init segment, a file
+      being written, a symbolic link, anything on another file system or outside the root. Playlists are read
+      bounded (one that cannot be read whole protects its directory), re-read before the files go, and each
+      file is checked again just before it is removed; in MediaMTX's 0755 stream directories, where the daemon
+      may not unlink, stale files are emptied instead (docs/SAFETY.md). At most ``hls_prune_max_files`` per
+      action. Runs when the HLS directory, /dev/shm or host memory is over its line.
     - when the backend cache holds more than ``cache_entries_limit`` entries (junk query strings inflate the
       unbounded map), invalidate ``cache_junk_prefixes`` (default: the hot endpoints); when that was not
       enough, clear the cache; then warm ``backend.hot_endpoints`` so the next viewers do not all reach
@@ -108,13 +111,15 @@ class MemoryStrategy(Strategy):
     quiet moment, at most ``restart_quiet_max_viewers`` viewers (the backend's active viewer sessions, or
     MediaMTX readers when the database is not configured; with neither, no moment counts as quiet), unless
     the projected kill is within ``restart_urgent_seconds``. It restarts at most once per
-    ``restart_min_interval_seconds`` (remembered while the daemon runs; a restart of the daemon or a
-    configuration reload forgets it). The command runs without a shell and must finish, and the old process
+    ``restart_min_interval_seconds`` (remembered while the daemon runs, across configuration reloads; a
+    restart of the daemon forgets it). The command runs without a shell and must finish, and the old process
     must exit, within ``restart_timeout_seconds`` (and within ``engine.apply_timeout_seconds``).
 
     Findings: steady backend RSS growth with the time left until pm2's kill; backend RSS over its limit
     with no restart command; a restart that is due but deferred; a cache that keeps growing past its limit;
-    /dev/shm over its line with little HLS to prune (nginx's cache lives there too).
+    /dev/shm over its line with little HLS to prune (nginx's cache lives there too); files in the HLS directory
+    that are not MediaMTX's (``hls-unknown-files``); stream directories whose playlist cannot be read whole
+    (``hls-playlist-unreadable``).
 
     Options: ``CCTV_OPTIMIZER_STRATEGIES__MEMORY__*`` (see MemoryOptions). Expected effects: ``hls_bytes``
     (or ``hls_stale_files``), ``cache_entries``, ``own_rss_bytes`` and ``backend_rss_bytes`` go down,
@@ -126,6 +131,7 @@ class MemoryStrategy(Strategy):
     """
 
     name = "memory"
+    RUNTIME_STATE = ("_last_restart",)
 
     def __init__(
         self,
@@ -151,6 +157,8 @@ class MemoryStrategy(Strategy):
         self._exit_ratio = exit_ratio
         self._windows = windows
         self._hls_root = hls_root
+        # where the root led when the configuration was checked: a prune refuses a root that leads elsewhere now
+        self._hls_real = Path(os.path.realpath(hls_root)) if hls_root is not None else None
         self._backend = backend
         self._hot = tuple(hot_endpoints)
         self._junk_prefixes = tuple(options.cache_junk_prefixes) or self._hot
@@ -261,6 +269,7 @@ class MemoryStrategy(Strategy):
                     evidence={"entries": cache.size, "limit": o.cache_entries_limit},
                 )
             )
+        out.extend(self._hls_findings(snap))
         host = snap.host
         if host is not None and host.shm_total_bytes and host.shm_used_ratio >= o.shm_used_ratio:
             stale = snap.hls.stale_bytes if snap.hls is not None else 0
@@ -282,6 +291,40 @@ class MemoryStrategy(Strategy):
                     )
                 )
         return tuple(out)
+
+    def _hls_findings(self, snap: Snapshot) -> list[Finding]:
+        """Files in the HLS directory that are not MediaMTX's, and directories a playlist could not be read in."""
+        h = snap.hls
+        out: list[Finding] = []
+        if h is None:
+            return out
+        if h.unknown_files:
+            out.append(
+                Finding(
+                    id="hls-unknown-files",
+                    strategy=self.name,
+                    severity="info",
+                    summary=(
+                        f"{h.unknown_files} entries in the HLS directory are not MediaMTX segments or playlists; "
+                        "the prune never touches them: check what put them there"
+                    ),
+                    evidence={"unknown_files": h.unknown_files, "examples": list(h.unknown_examples)},
+                )
+            )
+        if h.protected_directories:
+            out.append(
+                Finding(
+                    id="hls-playlist-unreadable",
+                    strategy=self.name,
+                    severity="warning",
+                    summary=(
+                        f"{h.protected_directories} stream directories have a playlist that cannot be read whole "
+                        "(too large, not a regular file, or unreadable): nothing in them is pruned"
+                    ),
+                    evidence={"directories": h.protected_directories},
+                )
+            )
+        return out
 
     # planning ----------------------------------------------------------------------------------------------------
 
@@ -522,23 +565,27 @@ class MemoryStrategy(Strategy):
             stale_age=float(params.get("stale_age", self._o.hls_stale_age_seconds)),
             max_files=int(params.get("max_files", self._o.hls_prune_max_files)),
             now=self._wall,
+            expected_root=self._hls_real,
         )
         kept = ", ".join(f"{n} {why}" for why, n in sorted(result.kept.items()))
         note = f"pruned {result.removed} stale HLS files ({_mib(result.removed_bytes)})"
+        if result.emptied:
+            note += f", emptied {result.emptied} ({_mib(result.emptied_bytes)}) in directories it may not unlink in"
         if result.vanished:
             note += f", {result.vanished} vanished meanwhile"
         if kept:
             note += f", kept on re-check: {kept}"
         if result.limited:
             note += f", {result.candidates - result.removed} left for the next round"
-        if result.removed == 0:
+        done = result.removed + result.emptied
+        if done == 0:
             return None, note
         return (
             Change(
                 target="hls.stale_files",
                 action=PRUNE,
                 before=f"{result.candidates} files",
-                after=f"{result.candidates - result.removed} files (freed {_mib(result.removed_bytes)})",
+                after=f"{result.candidates - done} files (freed {_mib(result.removed_bytes + result.emptied_bytes)})",
                 reversible=False,
             ),
             note,

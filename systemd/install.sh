@@ -276,11 +276,12 @@ cat <<EOF
 cctv-optimizer is installed. Next steps:
   1. Review $etc/env (every setting and its default is listed there), in particular
      CCTV_OPTIMIZER_BACKEND__DATABASE and the backend admin login.
-  2. Let the daemon reach the backend's files: add $SERVICE to the groups owning the backend's data
-     directory and MediaMTX's HLS directory (usermod -aG GROUP $SERVICE), make them group-writable (and
-     setgid, chmod g+ws, so new files keep the group), and if they are not /opt/rafnet-cctv/backend/data and
-     /dev/shm/mediamtx-live, override ReadWritePaths= with 'systemctl edit $SERVICE'. A backend under /root
-     or /home is hidden by the unit's ProtectHome=yes. The README's "File access" section has the details.
+  2. Let the daemon reach the backend's files: add $SERVICE to the group shared by the backend and MediaMTX
+     (usermod -aG GROUP $SERVICE), make the data and HLS directories group-writable and setgid (chmod g+ws,
+     so new files keep the group), the database group-writable, and run MediaMTX under UMask=0002. If they
+     are not /opt/rafnet-cctv/backend/data and /dev/shm/mediamtx-live, override ReadWritePaths= with
+     'systemctl edit $SERVICE'. A backend under /root or /home is hidden by the unit's ProtectHome=yes.
+     The README's "File access" section and docs/SAFETY.md have the commands.
   3. Check what the service will run with (the env file, the unit's user, every file it names):
      $venv/bin/$SERVICE check-config
   4. Start it:  systemctl enable --now $SERVICE    (already running: systemctl restart $SERVICE)

@@ -109,14 +109,20 @@ class TestbedProcess:
         *extra_args: str,
         startup_timeout: float = 30.0,
         stop_timeout: float = 10.0,
+        launcher: Callable[[list[str]], list[str]] | None = None,
+        environ: dict[str, str] | None = None,
     ) -> None:
-        """Start the testbed, read its environment line and wait until /health answers."""
+        """Start the testbed, read its environment line and wait until /health answers.
+
+        ``launcher`` turns the command line into the one to run (say, as another user); ``environ`` replaces the
+        process environment it starts from.
+        """
         self.data_dir = Path(data_dir).resolve()
         self.stop_timeout = stop_timeout
         self._stderr: collections.deque[str] = collections.deque(maxlen=STDERR_LINES_KEPT)
         self._threads: list[threading.Thread] = []
         self._opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-        env = dict(os.environ)
+        env = dict(os.environ if environ is None else environ)
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(PACKAGE_ROOT), env.get("PYTHONPATH")]))
         command = [
             sys.executable,
@@ -128,6 +134,8 @@ class TestbedProcess:
             str(self.data_dir),
             *extra_args,
         ]
+        if launcher is not None:
+            command = launcher(command)
         self.process = subprocess.Popen(
             command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env
         )

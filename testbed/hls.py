@@ -257,7 +257,8 @@ class HlsWriter:
     def _start(self, key: str) -> _Muxer:
         """Begin a muxer run: init segment, a first finished segment, playlists, a pending segment."""
         directory = self.root / key
-        directory.mkdir(parents=True, exist_ok=True)
+        # MediaMTX creates each stream directory with os.MkdirAll(dir, 0o755): no group write, whatever the umask
+        directory.mkdir(mode=0o755, parents=True, exist_ok=True)
         muxer = _Muxer(stream_key=key, directory=directory, prefix=secrets.token_hex(6))
         write_atomic(directory / muxer.init_name, init_segment_bytes())
         self.ready_since[key] = datetime.now(UTC).isoformat().replace("+00:00", "Z")

@@ -193,6 +193,8 @@ class Testbed:
             ("CCTV_OPTIMIZER_BACKEND__URL", f"http://{host}:{self.port}"),
             ("CCTV_OPTIMIZER_BACKEND__DATABASE", str(settings.database)),
             ("CCTV_OPTIMIZER_BACKEND__HLS_DIRECTORY", str(settings.hls_dir)),
+            # the stand-in's HLS directory sits in its data directory, usually not on a tmpfs as MediaMTX's does
+            ("CCTV_OPTIMIZER_BACKEND__HLS_ALLOW_DISK", "true"),
             ("CCTV_OPTIMIZER_BACKEND__ADMIN_USERNAME", "admin"),
             ("CCTV_OPTIMIZER_BACKEND__ADMIN_PASSWORD_FILE", str(settings.password_file)),
             ("CCTV_OPTIMIZER_BACKEND__PROCESS", f"pid:{settings.pid_file}"),

@@ -42,8 +42,8 @@ class Settings:
 
     @property
     def database(self) -> Path:
-        """Path of the SQLite file."""
-        return self.data_dir / "cctv.db"
+        """Path of the SQLite file: in its own ``data/`` directory, as the backend's ``backend/data/cctv.db``."""
+        return self.data_dir / "data" / "cctv.db"
 
     @property
     def hls_dir(self) -> Path:

@@ -102,10 +102,13 @@ def auth(daemon: Daemon) -> dict[str, str]:
 class DaemonProcess:
     """``cctv-optimizer run`` in a subprocess, with its JSON log lines collected."""
 
-    def __init__(self, env: dict[str, str], *args: str) -> None:
-        full_env = {**os.environ, **env, "PYTHONPATH": str(ROOT)}
+    def __init__(self, env: dict[str, str], *args: str, command: list[str] | None = None) -> None:
+        """Start ``cctv-optimizer run`` with ``env`` on top of this process's; ``command`` replaces the whole
+        command line and environment (a daemon run as another user gets only ``env``)."""
+        full_env = {**os.environ, **env, "PYTHONPATH": str(ROOT)} if command is None else dict(env)
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "optimizer.cli", *args, "run"],
+            command or [sys.executable, "-m", "optimizer.cli", *args, "run"],
+            cwd=None if command is None else "/",  # systemd's working directory; never the checkout
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
@@ -145,9 +148,11 @@ class DaemonProcess:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             try:
-                event = self.lines.get(timeout=max(0.01, deadline - time.monotonic()))
+                event = self.lines.get(timeout=min(0.5, max(0.01, deadline - time.monotonic())))
             except queue.Empty:
-                break
+                if self.proc.poll() is not None and not self._pump_thread.is_alive() and self.lines.empty():
+                    break  # it exited and everything it wrote has been read: the event will not come
+                continue
             if event.get("event") == name:
                 return event
             self.seen.append(event)
@@ -161,9 +166,9 @@ class DaemonProcess:
 
 
 @contextmanager
-def daemon_process(env: dict[str, str], *args: str) -> Iterator[DaemonProcess]:
+def daemon_process(env: dict[str, str], *args: str, command: list[str] | None = None) -> Iterator[DaemonProcess]:
     """A daemon process that is always stopped at the end."""
-    d = DaemonProcess(env, *args)
+    d = DaemonProcess(env, *args, command=command)
     try:
         yield d
     finally:

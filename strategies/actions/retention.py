@@ -22,7 +22,7 @@ from enum import StrEnum
 from pathlib import Path
 
 from metrics.sqlite import LOCAL_FORMAT, is_busy, local_now, table_columns
-from strategies.actions.sqlite import wal_bytes
+from strategies.actions.sqlite import reading, wal_bytes, writing
 from strategies.base import StrategyError
 
 DAY_SECONDS = 86400.0
@@ -159,20 +159,8 @@ def in_window(window: str, local: datetime) -> bool:
 
 @contextmanager
 def _connection(path: Path, busy_timeout_ms: int, *, write: bool) -> Iterator[sqlite3.Connection]:
-    if not path.is_file():
-        raise StrategyError(f"database {path} does not exist")
-    mode = "rw" if write else "ro"
-    try:
-        conn = sqlite3.connect(
-            f"file:{path}?mode={mode}", uri=True, timeout=busy_timeout_ms / 1000, isolation_level=None
-        )
-        conn.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
-    except sqlite3.Error as exc:
-        raise StrategyError(f"cannot open {path}: {exc}") from None
-    try:
+    with writing(path, busy_timeout_ms) if write else reading(path, busy_timeout_ms) as conn:
         yield conn
-    finally:
-        conn.close()
 
 
 @contextmanager

@@ -15,12 +15,12 @@ from __future__ import annotations
 
 import sqlite3
 import threading
-import urllib.parse
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
 
 from metrics.sqlite import LOCAL_FORMAT, is_busy, local_text, table_columns
+from strategies.actions.sqlite import reading, writing
 from strategies.base import StrategyError
 
 HISTORY_COLUMNS = (
@@ -64,38 +64,18 @@ def parse_local(text: str) -> datetime | None:
         return None
 
 
-def _connect(path: Path, busy_timeout_ms: int, *, write: bool) -> sqlite3.Connection:
-    if not path.is_file():
-        raise StrategyError(f"database {path} does not exist")
-    mode = "rw" if write else "ro"
-    try:
-        conn = sqlite3.connect(
-            f"file:{urllib.parse.quote(str(path))}?mode={mode}",
-            uri=True,
-            timeout=busy_timeout_ms / 1000,
-            isolation_level=None,
-        )
-        conn.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
-    except sqlite3.Error as exc:
-        raise StrategyError(f"cannot open {path}: {exc}") from None
-    conn.row_factory = sqlite3.Row
-    return conn
-
-
 def count_stuck(path: Path, cutoff: str, busy_timeout_ms: int) -> StuckSessions:
     """How many active sessions have a heartbeat older than ``cutoff`` (local-time text); read-only."""
-    conn = _connect(path, busy_timeout_ms, write=False)
-    try:
-        row = conn.execute(
-            "SELECT count(*), min(last_heartbeat) FROM viewer_sessions WHERE is_active = 1 AND last_heartbeat < ?",
-            (cutoff,),
-        ).fetchone()
-    except sqlite3.OperationalError as exc:
-        if is_busy(exc):
-            raise StrategyError(f"database busy: cannot count stuck sessions ({exc})") from None
-        raise StrategyError(f"cannot read viewer_sessions: {exc}") from None
-    finally:
-        conn.close()
+    with reading(path, busy_timeout_ms) as conn:
+        try:
+            row = conn.execute(
+                "SELECT count(*), min(last_heartbeat) FROM viewer_sessions WHERE is_active = 1 AND last_heartbeat < ?",
+                (cutoff,),
+            ).fetchone()
+        except sqlite3.OperationalError as exc:
+            if is_busy(exc):
+                raise StrategyError(f"database busy: cannot count stuck sessions ({exc})") from None
+            raise StrategyError(f"cannot read viewer_sessions: {exc}") from None
     return StuckSessions(count=int(row[0]), oldest_heartbeat=str(row[1]) if row[1] is not None else None)
 
 
@@ -182,9 +162,8 @@ def end_stuck_sessions(
     A busy database on the first batch raises StrategyError and nothing has changed; on a later batch
     the run stops there and says so (each batch is complete or absent).
     """
-    conn = _connect(path, busy_timeout_ms, write=True)
     pause = threading.Event()
-    try:
+    with writing(path, busy_timeout_ms, row_factory=True) as conn:
         try:
             session_columns = table_columns(conn, "viewer_sessions")
             history_columns = table_columns(conn, "viewer_session_history")
@@ -238,8 +217,6 @@ def end_stuck_sessions(
             )
         except sqlite3.OperationalError:
             remaining = -1
-    finally:
-        conn.close()
     return EndedSessions(
         ended=len(ended), batches=batches, remaining=remaining, stopped=stopped, session_ids=tuple(ended)
     )

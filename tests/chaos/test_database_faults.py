@@ -95,9 +95,9 @@ async def test_a_missing_database_file_is_reported_and_found_again(testbed: Test
             back = await recover(daemon, "database")
             after = row_ids(state_db)
     assert snap.sources["database"].up is False
-    assert snap.sources["database"].error == f"database {db}: No such file or directory"
+    assert snap.sources["database"].error == f"database {db} does not exist"
     assert during.health_status == 200 and during.source_up["database"] == 0.0
-    assert during.sources["database"]["error"].endswith("No such file or directory")
+    assert during.sources["database"]["error"].endswith("does not exist")
     assert created == ()
     lost = lost_rows(before, after)
     assert lost == 0
@@ -151,3 +151,51 @@ async def test_an_unwritable_wal_fails_the_checkpoint_softly_and_recovers(
     assert fixed is not None and fixed.outcome == "applied", fixed
     assert tracebacks(logs) == []
     report("database WAL unwritable", failed_error=row.error, recovery_rounds=1, recovery_seconds=took)
+
+
+@pytest.mark.parametrize(
+    ("kind", "reason"),
+    [("junk", "is not a SQLite database (its header is wrong)"), ("directory", "is a directory, not a SQLite file")],
+)
+async def test_a_bad_database_in_place_is_a_source_down_and_opens_no_breaker(
+    testbed: TestbedProcess, tmp_path: Path, kind: str, reason: str
+) -> None:
+    """A junk file or a directory where the database was: the source is down saying what it is, the strategies that
+    need it plan nothing (a manual round records a deferral with the reason), and no breaker opens however often
+    they are asked; with the file back everything comes up again."""
+    db = testbed.database
+    aside = tmp_path / "aside"
+    env = daemon_env(testbed, tmp_path / "state")
+    with structlog.testing.capture_logs() as logs:
+        async with running_daemon(env) as daemon:
+            moved = move_files(db, aside, SIDE_FILES)
+            try:
+                if kind == "junk":
+                    db.write_bytes(os.urandom(64 * 1024))
+                else:
+                    db.mkdir()
+                snap = await daemon.sample_now()
+                rows = []
+                for _ in range(daemon.settings.engine.breaker_failures + 2):
+                    for name in ("connection", "database"):
+                        result = await daemon.engine.request_round(trigger="manual", strategy=name, manual=True)
+                        rows += [daemon.store.decision(i) for i in result.decision_ids]
+                breakers = {name: rt.breaker_open for name, rt in daemon.engine.runtimes.items()}
+            finally:
+                if db.is_dir():
+                    db.rmdir()
+                else:
+                    db.unlink()
+                move_files(aside / "db", db.parent, moved, rename=db.name)
+            back = await recover(daemon, "database")
+    assert snap.sources["database"].up is False
+    assert snap.sources["database"].error == f"database {db} {reason}"
+    assert breakers == dict.fromkeys(breakers, False)
+    assert {(r.strategy, r.outcome) for r in rows if r is not None} == {
+        ("database", "deferred"),
+        ("connection", "deferred"),
+    }
+    assert all(reason in r.reason for r in rows if r is not None)
+    assert back.samples >= 1
+    assert [e for e in logs if e["event"] in ("plan_crashed", "apply_crashed", "breaker_opened")] == []
+    assert tracebacks(logs) == []

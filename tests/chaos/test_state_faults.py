@@ -8,6 +8,7 @@ case starts the daemon on a read-only mount, and the full case fills the mount w
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import os
 import sqlite3
@@ -17,9 +18,10 @@ from pathlib import Path
 import pytest
 import structlog
 
+from optimizer.app import Daemon
 from testbed.harness import TestbedProcess
 from tests.chaos.faults import lost_rows, report, row_ids, served, tracebacks
-from tests.harness import Mount, api_client, auth, daemon_env, running_daemon
+from tests.harness import Mount, api_client, auth, daemon_env, running_daemon, unwritable
 
 
 def corrupt(state_db: Path, kind: str) -> int:
@@ -146,3 +148,117 @@ async def test_a_full_state_directory_degrades_then_recovers(
         recovery_writes=recovery_writes,
         recovery_seconds=took,
     )
+
+
+def remove_state_files(state: Path) -> None:
+    """``rm state.db*`` as a careless operator would, while the daemon runs."""
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{state / 'state.db'}{suffix}").unlink(missing_ok=True)
+
+
+async def overrides_and_rounds(daemon: Daemon, rounds: int) -> list[int]:
+    """Two mode overrides over the API and ``rounds`` manual rounds; the decision ids written."""
+    async with api_client(daemon) as http:
+        for name, mode in (("cpu", "observe"), ("connection", "dry_run")):
+            async with http.post(f"/strategies/{name}/mode", json={"mode": mode}, headers=auth(daemon)) as resp:
+                assert resp.status == 200
+    ids: list[int] = []
+    for _ in range(rounds):
+        ids += (await daemon.engine.request_round(trigger="manual", manual=True)).decision_ids
+    return ids
+
+
+async def restarted_state(env: dict[str, str]) -> tuple[dict[str, str | None], set[int]]:
+    """After a restart: each strategy's mode override and every decision id the daemon has."""
+    async with running_daemon(env) as daemon:
+        modes = {
+            name: str(rt.mode_override) if rt.mode_override else None for name, rt in daemon.engine.runtimes.items()
+        }
+        ids = {r.id for r in await asyncio.to_thread(daemon.store.decisions, limit=100_000)}
+    return modes, ids
+
+
+async def test_a_deleted_state_database_is_recreated_and_nothing_is_lost(
+    testbed: TestbedProcess, tmp_path: Path
+) -> None:
+    """``rm state.db*`` while running: the next write notices (link count 0) and recreates the file from the open
+    connection; overrides and decisions made after the deletion, and those before, survive a restart."""
+    state = tmp_path / "state"
+    env = daemon_env(testbed, state)
+    with structlog.testing.capture_logs() as logs:
+        async with running_daemon(env) as daemon:
+            before = list((await daemon.engine.request_round(trigger="manual", manual=True)).decision_ids)
+            remove_state_files(state)
+            after = await overrides_and_rounds(daemon, 11)
+            recreated = (state / "state.db").is_file()
+            during = await served(daemon)
+        modes, ids = await restarted_state(env)
+    assert recreated and len(after) >= 22
+    assert during.health_status == 200 and during.health_reason == "ok"
+    assert (modes["cpu"], modes["connection"]) == ("observe", "dry_run")  # before the fix: None, None
+    assert set(before + after) <= ids
+    assert [e["event"] for e in logs if e["event"].startswith("state_database_")] == [
+        "state_database_lost",
+        "state_database_recreated",
+    ]
+    assert tracebacks(logs) == []
+
+
+async def test_a_replaced_state_database_is_kept_aside_and_the_daemons_state_wins(
+    testbed: TestbedProcess, tmp_path: Path
+) -> None:
+    """Another file moved over state.db (another inode at the path): it is kept as state.db.replaced-*, the file is
+    recreated from the daemon's own state, and the overrides made after survive a restart."""
+    state = tmp_path / "state"
+    env = daemon_env(testbed, state)
+    async with running_daemon(env) as daemon:
+        await daemon.engine.request_round(trigger="manual", manual=True)
+        other = tmp_path / "other.db"
+        conn = sqlite3.connect(other)
+        conn.execute("CREATE TABLE foreign_rows (x)")
+        conn.commit()
+        conn.close()
+        os.replace(other, state / "state.db")
+        ids = await overrides_and_rounds(daemon, 2)
+        health = await served(daemon)
+    modes, kept_ids = await restarted_state(env)
+    aside = sorted(state.glob("state.db.replaced-*"))
+    assert health.health_reason == "ok"
+    assert (modes["cpu"], modes["connection"]) == ("observe", "dry_run")
+    assert set(ids) <= kept_ids
+    assert len(aside) == 1
+    check = sqlite3.connect(aside[0])
+    try:
+        assert check.execute("SELECT name FROM sqlite_master").fetchall() == [("foreign_rows",)]
+    finally:
+        check.close()
+
+
+async def test_until_the_state_database_can_be_recreated_health_says_degraded(
+    testbed: TestbedProcess, tmp_path: Path
+) -> None:
+    """Deleted while the directory refuses new files: /health is degraded naming the problem, writes go on into the
+    open file; once the directory accepts files again the next sample recreates it, and every override made while
+    degraded survives a restart."""
+    state = tmp_path / "state"
+    env = daemon_env(testbed, state)
+    with structlog.testing.capture_logs() as logs:
+        async with running_daemon(env) as daemon:
+            remove_state_files(state)
+            with unwritable(state):
+                ids = await overrides_and_rounds(daemon, 2)
+                await daemon.sample_now()
+                during = await served(daemon)
+                still_missing = not (state / "state.db").exists()
+            await daemon.sample_now()
+            after = await served(daemon)
+        modes, kept_ids = await restarted_state(env)
+    assert still_missing
+    assert during.health_status == 200
+    assert during.health_reason.startswith(f"degraded: state database {state / 'state.db'} was deleted")
+    assert "cannot recreate it yet" in during.health_reason
+    assert after.health_reason == "ok" and (state / "state.db").is_file()
+    assert (modes["cpu"], modes["connection"]) == ("observe", "dry_run")
+    assert set(ids) <= kept_ids
+    assert sum(1 for e in logs if e["event"] == "state_database_lost") == 1
+    assert tracebacks(logs) == []

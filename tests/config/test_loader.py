@@ -115,10 +115,16 @@ def test_sectioned_variables(env: dict[str, str], getter: object, expected: obje
         ({"CCTV_OPTIMIZER_BACKEND__PROCESS": "pidfile"}, "CCTV_OPTIMIZER_BACKEND__PROCESS=pidfile: expected pid:FILE"),
         (
             {"CCTV_OPTIMIZER_BACKEND__HLS_DIRECTORY": "/"},
-            "CCTV_OPTIMIZER_BACKEND__HLS_DIRECTORY=/: refusing to prune inside /",
+            "CCTV_OPTIMIZER_BACKEND__HLS_DIRECTORY=/: / contains the system directory",
         ),
-        ({"CCTV_OPTIMIZER_BACKEND__HLS_DIRECTORY": "/etc"}, "CCTV_OPTIMIZER_BACKEND__HLS_DIRECTORY=/etc: refusing"),
-        ({"CCTV_OPTIMIZER_BACKEND__HLS_DIRECTORY": "/var/"}, "CCTV_OPTIMIZER_BACKEND__HLS_DIRECTORY=/var/: refusing"),
+        (
+            {"CCTV_OPTIMIZER_BACKEND__HLS_DIRECTORY": "/etc"},
+            "CCTV_OPTIMIZER_BACKEND__HLS_DIRECTORY=/etc: /etc is the system directory",
+        ),
+        (
+            {"CCTV_OPTIMIZER_BACKEND__HLS_DIRECTORY": "/var/"},
+            "CCTV_OPTIMIZER_BACKEND__HLS_DIRECTORY=/var/: /var is /var, far too broad",
+        ),
         (
             {"CCTV_OPTIMIZER_BACKEND__HLS_DIRECTORY": "relative/x"},
             "CCTV_OPTIMIZER_BACKEND__HLS_DIRECTORY=relative/x: must be an absolute path",
@@ -224,7 +230,7 @@ def test_hls_directory_overlapping_state_is_refused(tmp_path: Path) -> None:
                 "CCTV_OPTIMIZER_BACKEND__HLS_DIRECTORY": str(tmp_path),
             }
         )
-    assert "must not overlap the state directory" in str(err.value)
+    assert f"{tmp_path} contains the state directory {tmp_path / 'state'}" in str(err.value)
 
 
 def test_non_loopback_listen_with_token_is_allowed(tmp_path: Path) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import os
 import re
@@ -226,10 +227,15 @@ async def test_no_second_prune_within_the_cooldown(testbed: TestbedProcess, tmp_
 
 
 async def test_permission_denied_fails_the_prune_and_removes_nothing(testbed: TestbedProcess, tmp_path: Path) -> None:
-    """A stream directory that refuses unlinks: recorded as failed with the reason, every stale file still there."""
+    """A stream directory that refuses unlinks and whose files refuse writes: recorded as failed with the reason,
+    every stale file still there."""
     scenario, budget = with_stale_segments(testbed)
     env = env_for(testbed, tmp_path, CCTV_OPTIMIZER_STRATEGIES__MEMORY__HLS_BUDGET_BYTES=str(budget))
-    with unwritable(Path(scenario["stopped_dir"])):
+    stopped = Path(scenario["stopped_dir"])
+    inside = [Path(entry.path) for entry in os.scandir(stopped)]
+    with contextlib.ExitStack() as locks:
+        for path in (*inside, stopped):
+            locks.enter_context(unwritable(path))
         async with running_daemon(env) as daemon:
             await sample_times(daemon, 1)
             result = await daemon.engine.request_round(trigger="scheduled")

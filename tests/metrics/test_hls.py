@@ -3,14 +3,26 @@
 from __future__ import annotations
 
 import os
+import threading
 import time
+import tracemalloc
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from metrics.errors import SamplingError
-from metrics.hls import HlsReader, is_writing, playlist_references, scan_hls
+from metrics.hls import (
+    MAX_PLAYLIST_BYTES,
+    HlsReader,
+    HlsScan,
+    KeepReason,
+    is_writing,
+    playlist_references,
+    resolve_reference,
+    scan_hls,
+    walk_hls,
+)
 
 STALE_AGE = 120.0
 OLD = 600.0  # seconds; well past STALE_AGE
@@ -47,6 +59,20 @@ def media_playlist(init: str, segments: list[str]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def verdicts(root: Path, stale_age: float, now: float) -> dict[Path, KeepReason | None]:
+    """Every regular file of every stream directory with the rule's verdict (None: stale)."""
+    seen: dict[Path, KeepReason | None] = {}
+    walk_hls(
+        root, stale_age, now, lambda stream, name, _st, reason: seen.__setitem__(root / stream.name / name, reason)
+    )
+    return seen
+
+
+def stale_paths(root: Path, stale_age: float, now: float) -> set[Path]:
+    """The files the rule calls stale."""
+    return {path for path, reason in verdicts(root, stale_age, now).items() if reason is None}
+
+
 @pytest.fixture
 def tree(tmp_path: Path) -> Tree:
     """A live stream, a stopped one, one stopped with its playlist left behind, links and loose files."""
@@ -69,40 +95,40 @@ def tree(tmp_path: Path) -> Tree:
 
     live = root / LIVE_KEY
     live.mkdir()
-    segments = [f"aaaa_video_seg{n}.mp4" for n in range(10, 20)]
+    segments = [f"a0a0a0a0a0a0_video_seg{n}.mp4" for n in range(10, 20)]
     add(live / "index.m3u8", 0, 1.0, text="#EXTM3U\nvideo_stream.m3u8\n")
-    add(live / "video_stream.m3u8", 0, 1.0, text=media_playlist("aaaa_video_init.mp4", segments))
+    add(live / "video_stream.m3u8", 0, 1.0, text=media_playlist("a0a0a0a0a0a0_video_init.mp4", segments))
     # the live init was written when the muxer started, long ago, and is referenced
-    add(live / "aaaa_video_init.mp4", 700, OLD)
+    add(live / "a0a0a0a0a0a0_video_init.mp4", 700, OLD)
     for index, name in enumerate(segments):
         add(live / name, 1000 + index, 2.0 * (10 - index))
-    add(live / "aaaa_video_seg20.mp4.tmp", 500, OLD)  # being written (old only by clock skew)
-    add(live / "aaaa_video_seg21.mp4.partial", 501, OLD)
+    add(live / "a0a0a0a0a0a0_video_seg20.mp4.tmp", 500, OLD)  # being written (old only by clock skew)
+    add(live / "a0a0a0a0a0a0_video_seg21.mp4.partial", 501, OLD)
     # a previous muxer run's files: unreferenced; old ones are stale, a young one is not yet
-    add(live / "bbbb_video_seg3.mp4", 1100, OLD, is_stale=True)
-    add(live / "bbbb_video_seg4.mp4", 1101, OLD + 5, is_stale=True)
-    add(live / "bbbb_video_seg5.mp4", 1102, STALE_AGE / 2)
+    add(live / "b0b0b0b0b0b0_video_seg3.mp4", 1100, OLD, is_stale=True)
+    add(live / "b0b0b0b0b0b0_video_seg4.mp4", 1101, OLD + 5, is_stale=True)
+    add(live / "b0b0b0b0b0b0_video_seg5.mp4", 1102, STALE_AGE / 2)
     # an init file in a live stream's directory is never touched, even when unreferenced
-    add(live / "bbbb_video_init.mp4", 702, OLD)
-    link = live / "cccc_video_seg1.mp4"
+    add(live / "b0b0b0b0b0b0_video_init.mp4", 702, OLD)
+    link = live / "c0c0c0c0c0c0_video_seg1.mp4"
     link.symlink_to(victim)
     os.utime(link, (now - OLD, now - OLD), follow_symlinks=False)
 
     stopped = root / STOPPED_KEY
     stopped.mkdir()
-    add(stopped / "dddd_video_init.mp4", 703, OLD, is_stale=True)
+    add(stopped / "d0d0d0d0d0d0_video_init.mp4", 703, OLD, is_stale=True)
     for n in range(3):
-        add(stopped / f"dddd_video_seg{n}.mp4", 1200 + n, OLD + n, is_stale=True)
-    add(stopped / "dddd_video_seg3.mp4.tmp", 600, OLD)
+        add(stopped / f"d0d0d0d0d0d0_video_seg{n}.mp4", 1200 + n, OLD + n, is_stale=True)
+    add(stopped / "d0d0d0d0d0d0_video_seg3.mp4.tmp", 600, OLD)
 
     leftover = root / LEFTOVER_KEY
     leftover.mkdir()
-    kept = ["eeee_video_seg7.mp4", "eeee_video_seg8.mp4"]
-    add(leftover / "video_stream.m3u8", 0, OLD, text=media_playlist("eeee_video_init.mp4", kept))
-    add(leftover / "eeee_video_init.mp4", 704, OLD)
+    kept = ["e0e0e0e0e0e0_video_seg7.mp4", "e0e0e0e0e0e0_video_seg8.mp4"]
+    add(leftover / "video_stream.m3u8", 0, OLD, text=media_playlist("e0e0e0e0e0e0_video_init.mp4", kept))
+    add(leftover / "e0e0e0e0e0e0_video_init.mp4", 704, OLD)
     for n, name in enumerate(kept):
         add(leftover / name, 1300 + n, OLD)
-    add(leftover / "eeee_video_seg6.mp4", 1302, OLD, is_stale=True)
+    add(leftover / "e0e0e0e0e0e0_video_seg6.mp4", 1302, OLD, is_stale=True)
 
     dir_link = root / "link-to-outside"
     dir_link.symlink_to(outside, target_is_directory=True)
@@ -114,17 +140,9 @@ def tree(tmp_path: Path) -> Tree:
 def test_stale_files_are_exactly_the_unreferenced_old_ones(tree: Tree) -> None:
     """Only unreferenced, old, finished files in stream directories are stale."""
     scan = scan_hls(tree.root, STALE_AGE, tree.now)
-    assert {f.path for f in scan.stale} == tree.stale
+    assert stale_paths(tree.root, STALE_AGE, tree.now) == tree.stale
     assert scan.sample.stale_files == len(tree.stale)
     assert scan.sample.stale_bytes == sum(p.stat().st_size for p in tree.stale)
-
-
-def test_stale_entries_carry_size_and_mtime(tree: Tree) -> None:
-    """Each stale file records the size and mtime it had when found, for a re-check before deleting."""
-    scan = scan_hls(tree.root, STALE_AGE, tree.now)
-    for found in scan.stale:
-        st = os.lstat(found.path)
-        assert (found.size, found.mtime) == (st.st_size, st.st_mtime)
 
 
 def test_totals_count_regular_files_and_stream_directories(tree: Tree) -> None:
@@ -143,19 +161,19 @@ def test_oldest_segment_age_is_reported(tree: Tree) -> None:
 
 def test_symlinks_are_never_followed_nor_stale(tree: Tree) -> None:
     """Neither a linked directory nor a linked file is scanned, counted or marked stale."""
-    scan = scan_hls(tree.root, STALE_AGE, tree.now)
-    paths = {f.path for f in scan.stale}
-    assert tree.root / LIVE_KEY / "cccc_video_seg1.mp4" not in paths
+    paths = stale_paths(tree.root, STALE_AGE, tree.now)
+    assert tree.root / LIVE_KEY / "c0c0c0c0c0c0_video_seg1.mp4" not in paths
     assert not any(p.is_symlink() for p in paths)
     assert all(tree.root in p.parents and not p.resolve().is_relative_to(tree.outside) for p in paths)
 
 
 def test_files_being_written_are_never_stale(tree: Tree) -> None:
     """.tmp and .partial files are kept however old they look."""
-    names = {f.path.name for f in scan_hls(tree.root, STALE_AGE, tree.now).stale}
+    names = {p.name for p in stale_paths(tree.root, STALE_AGE, tree.now)}
     assert not any(is_writing(name) for name in names)
-    assert is_writing("x.mp4.tmp") and is_writing("x.mp4.partial") and is_writing("x.part")
-    assert not is_writing("x.mp4")
+    seg = "a0a0a0a0a0a0_seg3.mp4"
+    assert is_writing(f"{seg}.tmp") and is_writing(f"{seg}.partial") and is_writing(f"{seg}.part")
+    assert not is_writing(seg) and not is_writing("notes.tmp")
 
 
 def test_a_larger_age_leaves_nothing_stale(tree: Tree) -> None:
@@ -193,18 +211,18 @@ def test_root_that_is_a_file_is_refused(tmp_path: Path) -> None:
 
 
 def test_reader_keeps_the_last_scan(tree: Tree) -> None:
-    """HlsReader returns the sample and keeps the stale list for the memory strategy."""
+    """HlsReader returns the sample and keeps the last scan's account of what it left alone."""
     reader = HlsReader(tree.root, STALE_AGE)
     assert reader.last_scan is None
     sample = reader.read(tree.now)
     assert reader.root == tree.root
     assert reader.last_scan is not None
     assert reader.last_scan.sample == sample
-    assert {f.path for f in reader.last_scan.stale} == tree.stale
+    assert reader.last_scan.protected == ()
 
 
 def test_playlist_references_reads_uris_and_segment_lines() -> None:
-    """Segment lines and URI= attributes count, by base name, without query strings; tags do not."""
+    """Segment lines and URI= attributes count, as written but without query strings; tags do not."""
     text = (
         "#EXTM3U\n"
         '#EXT-X-MAP:URI="sub/init.mp4?x=1"\n'
@@ -214,4 +232,123 @@ def test_playlist_references_reads_uris_and_segment_lines() -> None:
         "  http://host/path/seg2.mp4  \n"
         '#EXT-X-PART:DURATION=0.5,URI="part3.mp4"\n'
     )
-    assert playlist_references(text) == {"init.mp4", "seg1.mp4", "seg2.mp4", "part3.mp4"}
+    assert playlist_references(text) == {"sub/init.mp4", "seg1.mp4", "http://host/path/seg2.mp4", "part3.mp4"}
+
+
+@pytest.mark.parametrize(
+    ("reference", "expected"),
+    [
+        ("x_seg1.ts", {("camA", "x_seg1.ts")}),
+        ("./x_seg1.ts", {("camA", "x_seg1.ts")}),
+        ("../camB/x_seg1.ts", {("camB", "x_seg1.ts")}),
+        ("../camB/../camC/x_seg1.ts", {("camC", "x_seg1.ts")}),
+        ("../../etc/passwd", set()),
+        ("sub/x_seg1.ts", set()),
+        ("/hls/camB/x_seg1.ts", {("camA", "x_seg1.ts"), ("camB", "x_seg1.ts")}),
+        ("http://host:8888/camB/x_seg1.ts", {("camA", "x_seg1.ts"), ("camB", "x_seg1.ts")}),
+        ("x%5Fseg1.ts", {("camA", "x_seg1.ts")}),
+    ],
+)
+def test_references_resolve_from_the_playlists_directory(reference: str, expected: set[tuple[str, str]]) -> None:
+    """Relative references resolve from the playlist's directory; absolute ones protect in both candidate places."""
+    assert resolve_reference("camA", reference) == expected
+
+
+def test_files_mediamtx_does_not_write_are_unknown_never_stale(tmp_path: Path) -> None:
+    """Old, unreferenced files with other names are counted as unknown (with a few names), never stale."""
+    now = time.time()
+    root = tmp_path / "hls"
+    (root / "cam").mkdir(parents=True)
+    for name in ("cctv.db", "cctv.db-wal", "admin-password", "index.html"):
+        put(root / "cam" / name, 10, OLD, now)
+    put(root / "cam" / "a0a0a0a0a0a0_seg1.ts", 10, OLD, now)
+    put(root / "loose.pid", 3, OLD, now)
+    sample = scan_hls(root, STALE_AGE, now).sample
+    assert (sample.stale_files, sample.unknown_files) == (1, 5)
+    assert set(sample.unknown_examples) <= {"loose.pid", "cam/cctv.db", "cam/cctv.db-wal", "cam/admin-password"} | {
+        "cam/index.html"
+    }
+    assert len(sample.unknown_examples) == 5
+    assert verdicts(root, STALE_AGE, now)[root / "cam" / "cctv.db"] is KeepReason.UNKNOWN
+
+
+def scan_in_thread(root: Path, now: float) -> HlsScan | BaseException:
+    """Scan in a thread and give up after a while: a scan that hangs must fail the test, not block it."""
+    box: list[HlsScan | BaseException] = []
+
+    def target() -> None:
+        try:
+            box.append(scan_hls(root, STALE_AGE, now))
+        except BaseException as exc:
+            box.append(exc)
+
+    worker = threading.Thread(target=target, daemon=True)
+    worker.start()
+    worker.join(timeout=30)
+    assert box, "the scan hung"
+    return box[0]
+
+
+@pytest.mark.parametrize("kind", ["fifo", "link-to-fifo", "link-to-file"])
+def test_a_playlist_that_is_no_regular_file_never_hangs_and_protects_its_directory(tmp_path: Path, kind: str) -> None:
+    """A playlist swapped for a FIFO or a link (to a FIFO) is not opened through: the scan finishes at once and
+    keeps that directory's files; the source stays truthful instead of hanging behind an ok /health."""
+    now = time.time()
+    root = tmp_path / "hls"
+    cam = root / "cam"
+    cam.mkdir(parents=True)
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    target = tmp_path / "real.m3u8"
+    put(target, 0, 1.0, now, text="#EXTM3U\n")
+    playlist = cam / "stream.m3u8"
+    if kind == "fifo":
+        os.mkfifo(playlist)
+    else:
+        playlist.symlink_to(fifo if kind == "link-to-fifo" else target)
+    put(cam / "a0a0a0a0a0a0_seg1.ts", 10, OLD, now)
+    result = scan_in_thread(root, now)
+    assert isinstance(result, HlsScan)
+    assert result.sample.stale_files == 0 and result.sample.protected_directories == 1
+    assert "stream.m3u8" in result.protected[0]
+
+
+def test_a_huge_playlist_is_never_read_into_memory(tmp_path: Path) -> None:
+    """A 300 MB playlist (sparse, so it costs no disk) is judged by its size: the scan allocates well under 1 MiB
+    for it, instead of the 600 MB the old read_text() took, and its directory is protected."""
+    now = time.time()
+    root = tmp_path / "hls"
+    cam = root / "cam"
+    cam.mkdir(parents=True)
+    with (cam / "stream.m3u8").open("wb") as fh:
+        fh.write(b"#EXTM3U\n")
+        fh.truncate(300 * 1024 * 1024)
+    put(cam / "a0a0a0a0a0a0_seg1.ts", 10, OLD, now)
+    tracemalloc.start()
+    try:
+        sample = scan_hls(root, STALE_AGE, now).sample
+        _current, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < MAX_PLAYLIST_BYTES
+    assert (sample.stale_files, sample.protected_directories) == (0, 1)
+
+
+def test_a_playlist_just_over_the_bound_protects_what_its_tail_names(tmp_path: Path) -> None:
+    """Read in full up to the bound; one byte more and the directory is protected rather than its tail pruned."""
+    now = time.time()
+    root = tmp_path / "hls"
+    cam = root / "cam"
+    cam.mkdir(parents=True)
+    head = "#EXTM3U\n#EXTINF:2,\n"
+    tail = "a0a0a0a0a0a0_seg9.ts\n"
+    put(cam / "a0a0a0a0a0a0_seg9.ts", 10, OLD, now)
+    put(cam / "a0a0a0a0a0a0_seg8.ts", 10, OLD, now)
+    padding = "#" * (MAX_PLAYLIST_BYTES - len(head) - len(tail) - 1) + "\n"
+    put(cam / "stream.m3u8", 0, 1.0, now, text=head.replace("#EXTINF:2,\n", padding + "#EXTINF:2,\n") + tail)
+    at_bound = scan_hls(root, STALE_AGE, now).sample
+    assert (cam / "stream.m3u8").stat().st_size == MAX_PLAYLIST_BYTES
+    assert (at_bound.stale_files, at_bound.protected_directories) == (1, 0)  # seg9 referenced, seg8 stale
+    put(cam / "stream.m3u8", 0, 1.0, now, text="#" + (cam / "stream.m3u8").read_text())
+    over = scan_hls(root, STALE_AGE, now).sample
+    assert (over.stale_files, over.protected_directories) == (0, 1)

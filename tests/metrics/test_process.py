@@ -272,3 +272,65 @@ def test_reader_rediscovers_after_a_restart(start_child: Callable[[], Child], tm
     assert sample.pid == second.pid
     assert sample.listen_ports == (second.port,)
     assert sample.cpu_ratio == 0.0
+
+
+# pm2's way: a launcher, the server holding the port (argv names server.js), a sibling worker, an ffmpeg recorder.
+PM2_LIKE = """
+import socket, subprocess, sys
+listen = "import socket, sys; s = socket.socket(); s.bind(('127.0.0.1', 0)); s.listen(); print(s.getsockname()[1], flush=True); sys.stdin.read()"
+idle = "import sys; sys.stdin.read()"
+names = sys.argv[1:3]
+server = subprocess.Popen([sys.executable, "-c", listen, names[0]], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+worker = subprocess.Popen([sys.executable, "-c", idle, names[1]], stdin=subprocess.PIPE)
+recorder = subprocess.Popen(["ffmpeg", "-c", idle, "-segment_time", "600"], executable=sys.executable, stdin=subprocess.PIPE)
+print(server.stdout.readline().decode().strip(), server.pid, flush=True)
+sys.stdin.read()
+for p in (server, worker, recorder):
+    p.stdin.close()
+    p.wait()
+"""
+
+DISCOVER = """
+import sys
+from metrics.errors import SamplingError
+from metrics.process import ProcessSpec, discover_pid
+try:
+    print(discover_pid(ProcessSpec(kind="port", value=sys.argv[1])))
+except SamplingError as exc:
+    print(exc)
+"""
+
+
+@pytest.mark.parametrize(("names", "found"), [(("server.js", "recorder.js"), "server"), (("app", "worker"), None)])
+def test_port_discovery_of_another_users_backend_goes_by_the_sockets_owner(
+    names: tuple[str, str], found: str | None
+) -> None:
+    """As another user (no access to the backend's /proc/PID/fd), port: discovery picks, among the processes of the
+    listening socket's owner, the one that is no launcher and no ffmpeg, preferring server.js; when that leaves more
+    than one it says which and asks for backend.process instead of guessing."""
+    from tests.sandbox import Identity, sandbox
+
+    backend, daemon = Identity(uid=61271, gid=61271), Identity(uid=61272, gid=61272)
+    with sandbox("cctv-discover-") as box:
+        launcher = subprocess.Popen(
+            box.argv(backend, [box.python, "-c", PM2_LIKE, *names]),
+            env=box.env(),
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            cwd="/",
+        )
+        try:
+            assert launcher.stdout is not None and launcher.stdin is not None
+            port, server_pid = launcher.stdout.readline().decode().split()
+            answer = box.python_code(daemon, DISCOVER, port).stdout.strip()
+        finally:
+            if launcher.stdin is not None:
+                launcher.stdin.close()
+            launcher.wait(timeout=STOP_TIMEOUT_S)
+            if launcher.stdout is not None:
+                launcher.stdout.close()
+    if found == "server":
+        assert answer == server_pid
+    else:
+        assert answer.startswith(f"backend process not found by port:{port}: its owner (uid {backend.uid})")
+        assert "set backend.process" in answer and server_pid in answer

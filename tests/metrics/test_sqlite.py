@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from metrics.errors import SamplingError
-from metrics.sqlite import DatabaseReader, connect_readonly, local_now, local_text
+from metrics.sqlite import DatabaseReader, local_now, local_text, read_database
 
 OFFSET_HOURS = 7.0
 STUCK_SECONDS = 120.0
@@ -255,8 +255,8 @@ def test_missing_file_is_a_sampling_error_and_is_not_created(tmp_path: Path) -> 
     path = tmp_path / "absent.db"
     with pytest.raises(SamplingError, match=r"absent\.db"):
         reader(path).read(1.0)
-    with pytest.raises(SamplingError, match="does not exist"):
-        connect_readonly(path, 50)
+    with pytest.raises(SamplingError, match="does not exist"), read_database(path, 50):
+        pass
     assert not path.exists()
 
 

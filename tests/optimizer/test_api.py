@@ -234,6 +234,7 @@ async def test_client_session_is_usable_with_no_backend(tmp_path: Path) -> None:
         "CCTV_OPTIMIZER_BACKEND__URL": "http://127.0.0.1:9",
         "CCTV_OPTIMIZER_BACKEND__MEDIAMTX_URL": "http://127.0.0.1:9",
         "CCTV_OPTIMIZER_BACKEND__HLS_DIRECTORY": str(tmp_path / "no-hls"),
+        "CCTV_OPTIMIZER_BACKEND__HLS_ALLOW_DISK": "true",
         "CCTV_OPTIMIZER_BACKEND__TIMEOUT_SECONDS": "1",
     }
     async with running_daemon(env) as daemon:

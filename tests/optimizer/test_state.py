@@ -412,3 +412,22 @@ async def test_history_cache_reads_once_per_version_and_sees_a_new_decision_at_o
     assert reads == 2
     assert (total, ok) == (2, 1)
     assert recent[0]["id"] == new_id
+
+
+def test_a_state_file_moved_away_is_recreated_in_place_with_every_row(
+    open_store: Callable[..., StateStore], tmp_path: Path
+) -> None:
+    """Renamed away while open (link count still 1, nothing at the path): verify() recreates it at its path with
+    every row, the moved file is left where it was put, and later writes land in the new file."""
+    store = open_store()
+    first = add(store)
+    store.save_strategy("cpu", {"mode_override": "observe"})
+    (tmp_path / "state" / "state.db").rename(tmp_path / "state" / "state.db.bak")
+    assert store.verify() is True
+    second = add(store)
+    store.close()
+    reopened = open_store()
+    assert {r.id for r in reopened.decisions()} == {first, second}
+    assert reopened.load_strategies()["cpu"] == {"mode_override": "observe"}
+    assert reopened.recreated == 0 and store.recreated == 1
+    assert (tmp_path / "state" / "state.db.bak").is_file()

@@ -34,20 +34,23 @@ OUT_OF_WINDOW = datetime(2026, 1, 15, 8, 0, tzinfo=UTC).timestamp()
 
 @pytest.fixture
 def backend_db(tmp_path: Path) -> Iterator[Path]:
-    """The stand-in backend's schema and seed rows (ages 0.1, 2, 45, 120 and 200 days) in a real WAL file."""
+    """The stand-in backend's schema and seed rows (ages 0.1, 2, 45, 120 and 200 days) in a real WAL file.
+
+    The backend keeps it open, as it does while it runs: the daemon writes only to a database the backend has open.
+    """
     db = Database(tmp_path / "cctv.db", LocalClock(OFFSET))
     db.open(cameras=2, admin_password="secret")
-    db.close()
     yield db.path
+    db.close()
 
 
 @pytest.fixture
 def db_without_archive(tmp_path: Path) -> Iterator[Path]:
-    """The same database created with the migration-order bug: no viewer_session_history_archive."""
+    """The same database created with the migration-order bug: no viewer_session_history_archive (kept open)."""
     db = Database(tmp_path / "cctv.db", LocalClock(OFFSET), create_archive_table=False)
     db.open(cameras=2, admin_password="secret")
-    db.close()
     yield db.path
+    db.close()
 
 
 def sample(path: Path) -> DatabaseSample:
@@ -398,8 +401,8 @@ async def test_apply_on_a_busy_database_fails_and_changes_nothing(backend_db: Pa
 
 
 @pytest.fixture
-def fragmented(tmp_path: Path) -> Path:
-    """A WAL-mode file whose pages are mostly free after a big delete."""
+def fragmented(tmp_path: Path) -> Iterator[Path]:
+    """A WAL-mode file whose pages are mostly free after a big delete, held open by the backend."""
     path = tmp_path / "frag.db"
     with sqlite3.connect(path, isolation_level=None) as conn:
         conn.execute("PRAGMA journal_mode=WAL")
@@ -410,7 +413,10 @@ def fragmented(tmp_path: Path) -> Path:
         conn.execute("DELETE FROM t WHERE id > 1000")
         conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     conn.close()
-    return path
+    backend = sqlite3.connect(path, isolation_level=None)
+    backend.execute("SELECT count(*) FROM t").fetchone()  # the first read creates -wal and -shm
+    yield path
+    backend.close()
 
 
 async def test_vacuum_runs_only_inside_its_window_and_empties_the_freelist(fragmented: Path) -> None:
@@ -429,7 +435,8 @@ async def test_vacuum_runs_only_inside_its_window_and_empties_the_freelist(fragm
     after = DatabaseReader(fragmented).read(0.0)
     assert after.freelist_count == 0
     assert after.file_bytes < sample_now.file_bytes
-    assert result.changes[0].after.endswith("0 free pages")
+    assert result.changes[-1].after.endswith("0 free pages")
+    assert result.changes[0].action == "backup" and "/backups/frag-" in result.changes[0].after
     assert count(fragmented, "SELECT count(*) FROM t") == 1000
 
 
@@ -518,18 +525,20 @@ async def test_a_damaged_file_gives_a_critical_integrity_finding(backend_db: Pat
     assert isinstance(problems, list) and len(problems) >= 1
 
 
-async def test_a_locked_database_is_a_failed_quick_check_not_an_integrity_finding(backend_db: Path) -> None:
+async def test_a_locked_database_is_a_failed_quick_check_not_an_integrity_finding(tmp_path: Path) -> None:
     """A lock held past the busy timeout fails the check with the reason; it never reads as damage."""
-    holder = sqlite3.connect(backend_db, isolation_level=None)
-    holder.execute("PRAGMA locking_mode=EXCLUSIVE")
-    holder.execute("BEGIN IMMEDIATE")
-    holder.execute("CREATE TABLE IF NOT EXISTS lock_holder (x)")
-    holder.execute("COMMIT")  # in exclusive locking mode the lock stays after the commit
+    # a rollback-journal database (the older notes' setup), where a writer locks readers out
+    path = tmp_path / "legacy.db"
+    holder = sqlite3.connect(path, isolation_level=None)
+    holder.execute("CREATE TABLE viewer_sessions (id INTEGER PRIMARY KEY)")
+    holder.execute("BEGIN EXCLUSIVE")
+    holder.execute("INSERT INTO viewer_sessions DEFAULT VALUES")
     try:
-        s = strategy(backend_db)
+        s = strategy(path)
         with pytest.raises(StrategyError, match="database busy: quick_check"):
             await s.apply(Plan(strategy="database", reason="check", changes=(), params={"quick_check": True}))
-        findings = {f.id for f in s.findings(ctx(snapshot(sample(backend_db))))}
+        findings = {f.id for f in s.findings(ctx(snapshot(sample(path))))}
         assert "database-integrity" not in findings
     finally:
+        holder.execute("ROLLBACK")
         holder.close()

@@ -408,8 +408,8 @@ def seg(path: Path, mtime: float = OLD) -> Path:
 async def test_apply_prunes_the_configured_root_only(tmp_path: Path) -> None:
     """apply() prunes the stale files and records the freed bytes; a plan naming another root is refused."""
     root = tmp_path / "hls"
-    stale = [seg(root / "cam" / f"x_video_seg{n}.mp4") for n in range(3)]
-    elsewhere = seg(tmp_path / "other" / "cam" / "x_video_seg0.mp4")
+    stale = [seg(root / "cam" / f"1e1e1e1e1e1e_video_seg{n}.mp4") for n in range(3)]
+    elsewhere = seg(tmp_path / "other" / "cam" / "1e1e1e1e1e1e_video_seg0.mp4")
     s = strategy(hls_root=root, enable_gc=False)
     plan = await s.plan(ctx(snapshot(hls=hls_sample(stale=3, stale_bytes=3000)), "hls_bytes"))
     assert plan is not None

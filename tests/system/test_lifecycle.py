@@ -127,7 +127,7 @@ def test_check_config_exit_codes_and_redaction(tmp_path: Path) -> None:
     ("env", "fragment"),
     [
         ({"CCTV_OPTIMIZER_API__LISTEN": "0.0.0.0:0"}, "a non-loopback address needs a token"),
-        ({"CCTV_OPTIMIZER_BACKEND__HLS_DIRECTORY": "/etc"}, "refusing to prune inside /etc"),
+        ({"CCTV_OPTIMIZER_BACKEND__HLS_DIRECTORY": "/etc"}, "/etc is the system directory /etc"),
     ],
 )
 def test_run_refuses_dangerous_configuration(tmp_path: Path, env: dict[str, str], fragment: str) -> None:

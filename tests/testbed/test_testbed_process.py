@@ -19,6 +19,7 @@ EXPECTED_KEYS = {
     "CCTV_OPTIMIZER_BACKEND__URL",
     "CCTV_OPTIMIZER_BACKEND__DATABASE",
     "CCTV_OPTIMIZER_BACKEND__HLS_DIRECTORY",
+    "CCTV_OPTIMIZER_BACKEND__HLS_ALLOW_DISK",
     "CCTV_OPTIMIZER_BACKEND__ADMIN_USERNAME",
     "CCTV_OPTIMIZER_BACKEND__ADMIN_PASSWORD_FILE",
     "CCTV_OPTIMIZER_BACKEND__PROCESS",
@@ -39,7 +40,7 @@ def test_first_line_is_the_environment(tmp_path: Path) -> None:
         assert re.fullmatch(r"http://127\.0\.0\.1:\d+", tb.url)
         assert re.fullmatch(r"http://127\.0\.0\.1:\d+", tb.mediamtx_url)
         assert tb.url != tb.mediamtx_url
-        assert tb.database == tmp_path.resolve() / "cctv.db"
+        assert tb.database == tmp_path.resolve() / "data" / "cctv.db"
         assert tb.hls_dir == tmp_path.resolve() / "hls"
         assert tb.env["CCTV_OPTIMIZER_BACKEND__ADMIN_USERNAME"] == "admin"
         pid_file = Path(tb.env["CCTV_OPTIMIZER_BACKEND__PROCESS"].removeprefix("pid:"))
