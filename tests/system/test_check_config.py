@@ -103,6 +103,8 @@ def check(site: Site, *extra_lines: str, user: str | None = SERVICE_USER) -> tup
         GOOD
         + f"CCTV_OPTIMIZER_BACKEND__DATABASE={site.database}\n"
         + f"CCTV_OPTIMIZER_BACKEND__HLS_DIRECTORY={site.hls}\n"
+        # the site's HLS directory is on disk, not MediaMTX's tmpfs
+        + "CCTV_OPTIMIZER_BACKEND__HLS_ALLOW_DISK=true\n"
         + "".join(line + "\n" for line in extra_lines)
     )
     # the shell's own (wrong) settings must not count: the service never sees them

@@ -34,6 +34,8 @@ def quiet_env(tmp_path: Path, **overrides: str) -> dict[str, str]:
         "CCTV_OPTIMIZER_BACKEND__URL": DEAD,
         "CCTV_OPTIMIZER_BACKEND__MEDIAMTX_URL": DEAD,
         "CCTV_OPTIMIZER_BACKEND__HLS_DIRECTORY": str(tmp_path / "hls"),
+        # a scratch directory on disk stands in for MediaMTX's tmpfs one
+        "CCTV_OPTIMIZER_BACKEND__HLS_ALLOW_DISK": "true",
         "CCTV_OPTIMIZER_STRATEGIES__CPU__RECORDINGS_DIRECTORY": str(recordings),
         "ENABLE_PERFORMANCE_OPTIMIZATION": "false",
         **overrides,
