@@ -33,7 +33,7 @@ log = logging.getLogger("testbed")
 
 STALE_SESSION_SECONDS = 60.0
 DEFAULT_STALE_HLS_SECONDS = 60.0
-PLAYBACK_TIMEOUT_SECONDS = 60.0
+PLAYBACK_TIMEOUT_SECONDS = 15.0
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -83,7 +83,7 @@ class Testbed:
     def __init__(self, settings: Settings) -> None:
         """Build every part; nothing is opened or bound until start()."""
         self.settings = settings
-        self.clock = LocalClock(settings.timezone_offset_hours)
+        self.clock = LocalClock(settings.timezone_offset_hours, zone=settings.timezone)
         self.db = Database(settings.database, self.clock, create_archive_table=not settings.missing_archive_table)
         self.cache = ResponseCache(
             ttl_seconds=settings.cache_ttl, max_size=LEGACY_MAX_SIZE if settings.legacy_cache_shape else None
