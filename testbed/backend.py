@@ -549,6 +549,8 @@ class BackendApi:
         user = await asyncio.to_thread(self.tb.db.read, load)
         if user is None:
             raise fail(401, "Invalid or expired refresh token")
+        # token rotation: the refresh token just used is blacklisted (sessionManager.blacklistToken)
+        self.tb.tokens.revoked.add(token_fingerprint(supplied))
         await asyncio.to_thread(
             self.tb.db.write, lambda conn: self._blacklist(conn, supplied, user["id"], "token_rotation")
         )
