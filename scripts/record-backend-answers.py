@@ -8,20 +8,26 @@ not depend on the data in the database.
 
     python3 scripts/record-backend-answers.py --url http://127.0.0.1:3000 \\
         --password-file /tmp/cctv-real/admin-password --section without_api_key
-    # then make the backend demand a key (one active row in api_keys; the key is 64 hex characters)
+    # then make the backend demand a key: --create-api-key adds one active api_keys row (the backend only
+    # accepts 64-hex keys; a 48-hex key, as run.sh api-key makes, is refused) and writes it to --api-key-file
     python3 scripts/record-backend-answers.py --url http://127.0.0.1:3000 \\
         --password-file /tmp/cctv-real/admin-password --api-key-file /tmp/cctv-real/api-key \\
-        --section with_api_key
+        --create-api-key /tmp/cctv-real/backend/data/cctv.db --section with_api_key
 
-Each run replaces only its own section of the output file. Stdlib only.
+Each run replaces only its own section of the output file. Stdlib only. The backend needs at least one
+enabled camera (setup.js seeds three) and one area, so that the lists' items have a shape. The rate-limit
+probe spends the auth window of a client address of its own (CF-Connecting-IP), not the caller's.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import http.client
 import json
+import os
 import secrets
+import sqlite3
 import sys
 import urllib.parse
 from collections.abc import Callable
@@ -159,7 +165,10 @@ def cases_without_key(username: str, password: str) -> list[tuple[str, Case]]:
         ("cameras_active_again", lambda c: c.call("GET", "/api/cameras/active?_recorder=" + c.csrf[:8])),
         ("areas_public", lambda c: c.call("GET", "/api/areas/public")),
         ("csrf", lambda c: c.call("GET", "/api/auth/csrf")),
-        ("login_wrong_password", lambda c: c.call("POST", "/api/auth/login", {"username": username, "password": wrong})),
+        (
+            "login_wrong_password",
+            lambda c: c.call("POST", "/api/auth/login", {"username": username, "password": wrong}),
+        ),
         ("login_missing_fields", lambda c: c.call("POST", "/api/auth/login", {"username": username})),
         ("login", lambda c: c.login(username, password)),
         ("refresh", lambda c: c.call("POST", "/api/auth/refresh", {"refreshToken": c.refresh})),
@@ -229,15 +238,42 @@ def run_section(client: Client, section: str, username: str, password: str) -> d
     return recorded
 
 
+def create_api_key(database: Path, key_file: Path) -> None:
+    """Add an active key to the backend's api_keys (its SHA-256, as apiKeyService stores it) and save it 0600."""
+    key = secrets.token_hex(32)
+    conn = sqlite3.connect(database, timeout=5.0)
+    try:
+        with conn:
+            conn.execute(
+                "INSERT INTO api_keys (key_hash, client_name, is_active) VALUES (?, 'cctv-optimizer-recorder', 1)",
+                (hashlib.sha256(key.encode()).hexdigest(),),
+            )
+    finally:
+        conn.close()
+    fd = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="ascii") as handle:
+        handle.write(key + "\n")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n", 1)[0])
     parser.add_argument("--url", required=True, help="the backend, e.g. http://127.0.0.1:3000")
     parser.add_argument("--username", default="admin")
     parser.add_argument("--password-file", type=Path, required=True)
     parser.add_argument("--api-key-file", type=Path, default=None, help="the backend demands this key")
+    parser.add_argument("--create-api-key", type=Path, default=None, metavar="DATABASE", help="add a key first")
     parser.add_argument("--section", choices=SECTIONS, required=True)
     parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT)
     args = parser.parse_args(argv)
+    if args.create_api_key is not None:
+        if args.api_key_file is None:
+            print("--create-api-key needs --api-key-file to write the key to", file=sys.stderr)
+            return 2
+        try:
+            create_api_key(args.create_api_key, args.api_key_file)
+        except (OSError, sqlite3.Error) as exc:
+            print(f"cannot add an API key to {args.create_api_key}: {exc}", file=sys.stderr)
+            return 1
     try:
         password = args.password_file.read_text().strip()
         api_key = args.api_key_file.read_text().strip() if args.api_key_file else None
