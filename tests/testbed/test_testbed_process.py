@@ -73,7 +73,7 @@ def test_api_key_option_adds_key_file(tmp_path: Path) -> None:
 
 
 def test_database_is_wal_with_the_named_tables(make_testbed: TestbedFactory) -> None:
-    """The SQLite file is in WAL mode, has every table TARGET.md names and seeded local-time rows."""
+    """The SQLite file is in WAL mode, has every table the testbed keeps and seeded local-time rows."""
     tb = make_testbed("--cameras", "3")
     with read_only(tb.database) as conn:
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
