@@ -281,19 +281,24 @@ class Testbed:
             await self.run_sweep()
 
     async def run_sweep(self) -> int:
-        """End active viewer sessions whose heartbeat is older than the session timeout."""
+        """End active viewer sessions whose heartbeat is older than the session timeout.
+
+        Statement by statement, each its own transaction (better-sqlite3 without a transaction), as the
+        backend does: another writer can act between the SELECT that finds a session and the UPDATE that
+        ends it, and a big backlog takes the sweep a while to work through.
+        """
         timeout = self.settings.session_timeout
         ended = await asyncio.to_thread(
-            self.db.write, lambda conn: end_stale_sessions(conn, self.clock, timeout_seconds=timeout)
+            self.db.write_raw, lambda conn: end_stale_sessions(conn, self.clock, timeout_seconds=timeout)
         )
         if ended:
-            log.info("viewer sweep ended %d stale sessions", ended)
+            log.info("[ViewerSession] Cleaned up %d stale sessions", ended)
         return ended
 
     async def run_playback_sweep(self) -> int:
-        """End silent playback sessions."""
+        """End silent playback sessions (statement by statement, like the viewer sweep)."""
         return await asyncio.to_thread(
-            self.db.write,
+            self.db.write_raw,
             lambda conn: end_stale_playback(conn, self.clock, timeout_seconds=PLAYBACK_TIMEOUT_SECONDS),
         )
 
