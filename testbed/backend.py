@@ -35,6 +35,7 @@ from testbed.auth import TokenError, csrf_valid, token_fingerprint
 from testbed.cache import AREA_LIST_KEY, CAMERA_LIST_KEY, CAMERA_MAP_KEY, SERVICE_TTL_SECONDS, middleware_key
 from testbed.database import verify_password
 from testbed.hls import TEMP_SUFFIX
+from testbed.localtime import SHORT_NAMES, ZONE_ALIASES
 from testbed.ratelimit import TOO_MANY, route_class
 from testbed.scenarios import ScenarioError, run_scenario
 from testbed.viewers import heartbeat, start_session, stop_session, viewer_stats
@@ -619,6 +620,26 @@ class BackendApi:
         cleared = self.tb.cache.clear()
         return ok({"cleared": cleared}, message=f"Cache cleared successfully. {cleared} entries removed.")
 
+    # ----- settings ----------------------------------------------------------------------------
+
+    async def timezone_get(self, request: web.Request) -> web.Response:
+        """GET /api/admin/settings/timezone: the zone row and its short name (WIB when it has none)."""
+        self.require_admin(request)
+        zone = await asyncio.to_thread(lambda: self.tb.clock.zone)
+        return ok({"timezone": zone, "shortName": SHORT_NAMES.get(zone, "WIB")})
+
+    async def timezone_put(self, request: web.Request) -> web.Response:
+        """PUT /api/admin/settings/timezone {"timezone": "WIB"|"WITA"|"WIT"}: stored as the IANA name."""
+        self.require_admin(request)
+        body = await read_json(request)
+        zone = body.get("timezone")
+        if zone is None:
+            raise validation_error("body must have required property 'timezone'")
+        if zone not in ZONE_ALIASES:
+            raise validation_error("body/timezone must be equal to one of the allowed values")
+        await asyncio.to_thread(self.tb.db.set_timezone, str(zone))
+        return ok({"timezone": zone}, message="Timezone berhasil diupdate")
+
     # ----- viewers ---------------------------------------------------------------------------
 
     async def viewer_start(self, request: web.Request) -> web.Response:
@@ -808,6 +829,8 @@ def build_app(testbed: Testbed) -> web.Application:
     route.add_get("/api/admin/cache/stats", api.cache_stats)
     route.add_post("/api/admin/cache/clear", api.admin_cache_clear)
     route.add_get("/api/admin/stats", api.admin_stats)
+    route.add_get("/api/admin/settings/timezone", api.timezone_get)
+    route.add_put("/api/admin/settings/timezone", api.timezone_put)
     route.add_post("/api/viewer/start", api.viewer_start)
     route.add_post("/api/viewer/heartbeat", api.viewer_heartbeat)
     route.add_post("/api/viewer/stop", api.viewer_stop)

@@ -237,11 +237,11 @@ def _remove_created(tb: Testbed) -> int:
 
 async def timezone(tb: Testbed, params: Params) -> dict[str, Any]:
     """Change the backend's zone (the ``system_settings`` row ``timezone``) as its admin page does."""
-    name = params.get("name")
-    if not isinstance(name, str) or not name.strip():
-        raise ScenarioError("name must be WIB, WITA, WIT or an IANA zone name")
+    zone = params.get("zone")
+    if not isinstance(zone, str) or not zone.strip():
+        raise ScenarioError("zone must be WIB, WITA, WIT or an IANA zone name")
     try:
-        stored = await asyncio.to_thread(tb.db.set_timezone, name)
+        stored = await asyncio.to_thread(tb.db.set_timezone, zone)
     except ValueError as exc:
         raise ScenarioError(str(exc)) from None
     return {"timezone": stored, "local_now": tb.clock.local()}

@@ -133,3 +133,29 @@ def test_sweep_run_now_spares_fresh_sessions(tb: TestbedProcess, admin: AdminSes
     result = tb.scenario("sweep", run_now=True)
     assert (result["sweep_enabled"], result["ended"]) == (False, 3)
     assert session_row(tb, fresh.json()["data"]["sessionId"])["is_active"] == 1
+
+
+def test_zone_change_over_the_admin_route_moves_new_local_times(tb: TestbedProcess, admin: AdminSession) -> None:
+    """PUT /api/admin/settings/timezone WITA stores Asia/Makassar; the next session starts an hour later locally."""
+    tb.scenario("sweep", enabled=False)
+    zone = tb.request("GET", "/api/admin/settings/timezone", token=admin.token).json()["data"]
+    assert zone == {"timezone": "Asia/Jakarta", "shortName": "WIB"}
+    bad = tb.request(
+        "PUT", "/api/admin/settings/timezone", token=admin.token, csrf=admin.csrf, json_body={"timezone": "X"}
+    )
+    assert (bad.status, bad.json()["code"]) == (400, "FST_ERR_VALIDATION")
+    try:
+        changed = tb.request(
+            "PUT", "/api/admin/settings/timezone", token=admin.token, csrf=admin.csrf, json_body={"timezone": "WITA"}
+        )
+        assert changed.json() == {
+            "success": True,
+            "message": "Timezone berhasil diupdate",
+            "data": {"timezone": "WITA"},
+        }
+        assert tb.request("GET", "/health").json()["timezone"] == "Asia/Makassar (WITA, UTC+8)"
+        started = tb.request("POST", "/api/viewer/start", json_body={"cameraId": 1}).json()["data"]["sessionId"]
+        stored = datetime.strptime(session_row(tb, started)["started_at"], "%Y-%m-%d %H:%M:%S")
+        assert abs(stored - local_now() - timedelta(hours=1)) < timedelta(seconds=5)
+    finally:
+        tb.scenario("timezone", zone="WIB")
