@@ -156,6 +156,15 @@ def client_ip(request: web.Request) -> str:
     return request.remote or "unknown"
 
 
+def viewer_ip(request: web.Request) -> str:
+    """The address a viewer session records (getRealIP): X-Forwarded-For's first, X-Real-IP, else the peer."""
+    forwarded = request.headers.get("X-Forwarded-For", "")
+    if forwarded:
+        return forwarded.split(",")[0].strip()
+    real = request.headers.get("X-Real-IP", "").strip()
+    return real or client_ip(request)
+
+
 def rate_limit_client(request: web.Request) -> str:
     """The rate limiter's client: CF-Connecting-IP when sent, else the peer address (resolveClientIp)."""
     forwarded = request.headers.get("CF-Connecting-IP", "").strip()
@@ -651,7 +660,7 @@ class BackendApi:
             camera_id = 0
         if camera_id <= 0:
             raise fail(400, "Camera ID is required")
-        ip, agent = client_ip(request), request.headers.get("User-Agent", "")
+        ip, agent = viewer_ip(request), request.headers.get("User-Agent", "")
         clock = self.tb.clock
 
         def start(conn: sqlite3.Connection) -> str | int:

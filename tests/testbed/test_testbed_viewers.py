@@ -78,6 +78,12 @@ def test_start_heartbeat_stop_and_stats(tb: TestbedProcess, admin: AdminSession)
     assert abs(stored - local_now()) < timedelta(seconds=5)
     beat = tb.request("POST", "/api/viewer/heartbeat", json_body={"sessionId": session_id}, csrf=admin.csrf)
     assert beat.status == 200
+    proxied = tb.request(
+        "POST", "/api/viewer/start", json_body={"cameraId": 2}, headers={"X-Forwarded-For": "198.51.100.9, 10.0.0.1"}
+    )
+    proxied_id = proxied.json()["data"]["sessionId"]
+    assert session_row(tb, proxied_id)["ip_address"] == "198.51.100.9"
+    assert tb.request("POST", "/api/viewer/stop", json_body={"sessionId": proxied_id}).json()["success"] is True
     stopped = tb.request("POST", "/api/viewer/stop", json_body={"sessionId": session_id}, csrf=admin.csrf)
     assert stopped.json() == {"success": True, "message": "Session ended"}
     again = tb.request("POST", "/api/viewer/stop", json_body={"sessionId": session_id})
