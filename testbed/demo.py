@@ -293,7 +293,7 @@ class Demo:
         return [("WAL", mib(self.tb.state()["wal_bytes"]))]
 
     def stale_figure(self) -> Figure:
-        """Stale HLS files by TARGET.md's rule, at the memory strategy's default age (120 s)."""
+        """Stale HLS files by the pruner's rule, at the memory strategy's default age (120 s)."""
         state = self.tb.state(stale_age=HLS_STALE_AGE_SECONDS)
         return [("stale HLS files", str(state["stale_hls_files"])), ("stale bytes", mib(state["stale_hls_bytes"]))]
 

@@ -58,7 +58,8 @@ async def test_a_long_writer_transaction_does_not_stall_sampling(testbed: Testbe
         async with running_daemon(daemon_env(testbed, tmp_path / "state")) as daemon:
             writer.execute("BEGIN IMMEDIATE")
             writer.execute(
-                "INSERT INTO login_attempts (username, ip_address, success, attempt_time) VALUES ('chaos', '127.0.0.1', 0, '2026-01-01 00:00:00')"
+                "INSERT INTO login_attempts (identifier, identifier_type, success, attempt_time)"
+                " VALUES ('chaos', 'ip', 0, '2026-01-01T00:00:00.000Z')"
             )
             try:
                 started = time.monotonic()

@@ -6,6 +6,8 @@ import sqlite3
 from datetime import datetime, timedelta
 from pathlib import Path
 
+import pytest
+
 from optimizer.app import Daemon
 from testbed.harness import TestbedProcess
 from tests.harness import daemon_env, running_daemon, sample_times
@@ -28,11 +30,18 @@ def stuck_rows(tb: TestbedProcess) -> list[sqlite3.Row]:
 
 
 def history_rows(tb: TestbedProcess) -> dict[str, sqlite3.Row]:
-    """viewer_session_history rows of the scenario's sessions, by session id."""
+    """viewer_session_history rows of the scenario's sessions, by session id.
+
+    The backend's history has no session id: a row belongs to the session with its camera, address and start.
+    """
     with sqlite3.connect(f"file:{tb.database}?mode=ro", uri=True) as conn:
         conn.row_factory = sqlite3.Row
-        rows = conn.execute(f"SELECT * FROM viewer_session_history WHERE {STUCK}").fetchall()
-    return {r["session_id"]: r for r in rows}
+        rows = conn.execute(
+            f"""SELECT vs.session_id AS sid, h.* FROM viewer_session_history h JOIN viewer_sessions vs
+                ON vs.camera_id = h.camera_id AND vs.ip_address = h.ip_address AND vs.started_at = h.started_at
+                WHERE h.{STUCK}"""
+        ).fetchall()
+    return {r["sid"]: r for r in rows}
 
 
 async def round_of(daemon: Daemon) -> tuple[int, ...]:
@@ -41,6 +50,7 @@ async def round_of(daemon: Daemon) -> tuple[int, ...]:
     return result.decision_ids
 
 
+@pytest.mark.xfail(strict=True, reason="defect 3a")
 async def test_stuck_sessions_are_ended_like_the_backend_does(testbed: TestbedProcess, tmp_path: Path) -> None:
     """20 sessions silent for 10 min are ended once, copied to history, verified, reported; cooldown holds."""
     before = testbed.state()
@@ -63,17 +73,20 @@ async def test_stuck_sessions_are_ended_like_the_backend_does(testbed: TestbedPr
         assert len(sessions) == 20 and set(history) == {s["session_id"] for s in sessions}
         for s in sessions:
             assert s["is_active"] == 0
-            # ended when the working sweep would have: last heartbeat + the backend's 15 s, local time
-            heartbeat = datetime.strptime(s["last_heartbeat"], FORMAT)
-            assert s["ended_at"] == (heartbeat + timedelta(seconds=15)).strftime(FORMAT)
-            assert s["duration_seconds"] == 75
+            # what the backend's endSession writes for a swept session: ended at its last heartbeat, local time
+            assert s["ended_at"] == s["last_heartbeat"]
+            assert s["duration_seconds"] == 60
             copy = history[s["session_id"]]
             assert (copy["ended_at"], copy["started_at"], copy["duration_seconds"]) == (
                 s["ended_at"],
                 s["started_at"],
-                75,
+                60,
             )
             assert copy["camera_name"] is not None and copy["camera_id"] == s["camera_id"]
+        # and each view of 5 s or more counted in camera_view_stats, as endSession does
+        with sqlite3.connect(f"file:{testbed.database}?mode=ro", uri=True) as conn:
+            views = conn.execute("SELECT coalesce(sum(total_live_views), 0) FROM camera_view_stats").fetchone()[0]
+        assert views >= 20
 
         finding = daemon.engine.findings["sessions-sweep-stuck"]
         assert finding.evidence["stuck_sessions"] == 20

@@ -127,11 +127,12 @@ def for_testbed(make: Callable[..., BackendClient], tb: TestbedProcess, **kwargs
 
 
 def login_attempts(tb: TestbedProcess) -> tuple[int, int]:
-    """(successful, failed) login attempts recorded in the testbed's database."""
+    """(successful, failed) login attempts recorded in the testbed's database (one username row per attempt)."""
     conn = sqlite3.connect(f"file:{tb.database}?mode=ro", uri=True)
     try:
         row = conn.execute(
             "SELECT coalesce(sum(success), 0), coalesce(sum(1 - success), 0) FROM login_attempts"
+            " WHERE identifier_type = 'username'"
         ).fetchone()
     finally:
         conn.close()
@@ -320,12 +321,12 @@ async def test_admin_error_carries_status_and_message(fresh: TestbedProcess, mak
 
 
 async def test_cache_stats_current_shape_from_the_testbed(fresh: TestbedProcess, make_client: Any) -> None:
-    """A miss and a hit on a cached endpoint read back as hits 1, misses 1, ratio 0.5."""
+    """A route miss (and the camera service's miss behind it) and a route hit read back as hits 1, misses 2."""
     assert fresh.request("GET", "/api/cameras/active").header("X-Cache") == "MISS"
     assert fresh.request("GET", "/api/cameras/active").header("X-Cache") == "HIT"
     stats = await for_testbed(make_client, fresh).cache_stats()
-    assert (stats.hits, stats.misses, stats.sets, stats.size) == (1, 1, 1, 1)
-    assert stats.hit_rate == pytest.approx(0.5)
+    assert (stats.hits, stats.misses, stats.sets, stats.size) == (1, 2, 2, 2)
+    assert stats.hit_rate == pytest.approx(1 / 3)
     assert stats.max_size is None
 
 
@@ -336,13 +337,13 @@ async def test_cache_stats_legacy_shape_from_the_testbed(tb_legacy: TestbedProce
     tb_legacy.request("GET", "/api/areas/public")
     tb_legacy.request("GET", "/api/areas/public")
     stats = await for_testbed(make_client, tb_legacy).cache_stats()
-    assert (stats.hits, stats.misses, stats.size) == (2, 1, 1)
-    assert stats.hit_rate == pytest.approx(2 / 3)
+    assert (stats.hits, stats.misses, stats.size) == (2, 2, 2)
+    assert stats.hit_rate == pytest.approx(1 / 2)
     assert stats.max_size == 1000
 
 
 async def test_api_key_is_sent_when_configured(tb_api_key: TestbedProcess, make_client: Any) -> None:
-    """With the API key the admin calls work; without it the login is refused with 401."""
+    """With the API key the admin calls work; without it the login passes (public) but the call gets 403."""
     tb_api_key.scenario("reset")
     assert tb_api_key.api_key == API_KEY
     stats = await for_testbed(make_client, tb_api_key).cache_stats()
@@ -350,7 +351,7 @@ async def test_api_key_is_sent_when_configured(tb_api_key: TestbedProcess, make_
     keyless = make_client(tb_api_key.url, password=tb_api_key.admin_password)
     with pytest.raises(BackendError) as caught:
         await keyless.cache_stats()
-    assert caught.value.status == 401
+    assert caught.value.status == 403
 
 
 async def test_refused_login_is_not_retried(fresh: TestbedProcess, make_client: Any) -> None:

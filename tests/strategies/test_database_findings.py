@@ -111,6 +111,11 @@ def utc(days_ago: float) -> str:
     return LocalClock(OFFSET).utc(days_ago * DAY)
 
 
+def iso(days_ago: float) -> str:
+    """ISO 8601 UTC text (toISOString) for a moment in the past: login_attempts.attempt_time."""
+    return LocalClock(OFFSET).iso(days_ago * DAY)
+
+
 def insert(path: Path, sql: str, rows: list[tuple[Any, ...]]) -> None:
     """Insert rows directly, as the backend would."""
     with sqlite3.connect(path) as conn:
@@ -140,6 +145,7 @@ def test_history_past_90_days_means_the_archive_job_is_behind(backend_db: Path) 
     assert "history-archive-behind" not in {f.id for f in s.findings(ctx(snapshot(sample(backend_db))))}
 
 
+@pytest.mark.xfail(strict=True, reason="defect 3f")
 def test_uncleaned_tables_are_reported_by_age_and_by_size(backend_db: Path) -> None:
     """Each table nobody cleans with rows past retention gets its own stable id; a row count alone also counts."""
     findings = {f.id: f for f in strategy(backend_db).findings(ctx(snapshot(sample(backend_db))))}
@@ -162,10 +168,10 @@ def test_uncleaned_tables_are_reported_by_age_and_by_size(backend_db: Path) -> N
 
 
 def test_the_table_age_signal_reads_the_oldest_row(backend_db: Path) -> None:
-    """Snapshot.signals() carries table_oldest_days:<table>; local-time text read as UTC is off by the offset."""
+    """Snapshot.signals() carries table_oldest_days:<table> (login_attempts holds ISO UTC, as the backend writes)."""
     signals = snapshot(sample(backend_db)).signals()
     assert signals["table_oldest_days:playback_token_audit_logs"] == pytest.approx(200.0, abs=0.01)
-    assert signals["table_oldest_days:login_attempts"] == pytest.approx(200.0 - OFFSET / 24, abs=0.01)
+    assert signals["table_oldest_days:login_attempts"] == pytest.approx(200.0, abs=0.01)
 
 
 # ----- cutoffs, windows and the rules ----------------------------------------------------------------------------
@@ -223,33 +229,34 @@ def prune(path: Path, table: str, days: float = 90, **kwargs: Any) -> ret.PruneR
     return ret.prune_table(path, rule, cutoff, **options)
 
 
+@pytest.mark.xfail(strict=True, reason="defect 3f")
 def test_local_and_utc_columns_are_cut_at_their_own_time(backend_db: Path) -> None:
-    """Three hours either side of 90 days decides, in the column's own time base (local vs UTC)."""
+    """Three hours either side of 90 days decides, in the column's own time base (ISO UTC vs UTC text)."""
     insert(
         backend_db,
-        "INSERT INTO login_attempts (username, ip_address, success, attempt_time) VALUES (?, '10.0.0.1', 0, ?)",
-        [("older-local", local(90 + 3 / 24)), ("younger-local", local(90 - 3 / 24))],
+        "INSERT INTO login_attempts (identifier, identifier_type, success, attempt_time) VALUES (?, 'username', 0, ?)",
+        [("older-iso", iso(90 + 3 / 24)), ("younger-iso", iso(90 - 3 / 24))],
     )
     insert(
         backend_db,
-        "INSERT INTO playback_token_audit_logs (action, ip_address, details, created_at) VALUES (?, '10.0.0.1', '{}', ?)",
+        "INSERT INTO playback_token_audit_logs (event_type, ip_address, created_at) VALUES (?, '10.0.0.1', ?)",
         [("older-utc", utc(90 + 3 / 24)), ("younger-utc", utc(90 - 3 / 24))],
     )
     prune(backend_db, "login_attempts")
     prune(backend_db, "playback_token_audit_logs")
     with sqlite3.connect(backend_db) as conn:
-        users = {r[0] for r in conn.execute("SELECT username FROM login_attempts")}
-        actions = {r[0] for r in conn.execute("SELECT action FROM playback_token_audit_logs")}
-    assert "younger-local" in users and "older-local" not in users
+        users = {r[0] for r in conn.execute("SELECT identifier FROM login_attempts")}
+        actions = {r[0] for r in conn.execute("SELECT event_type FROM playback_token_audit_logs")}
     assert "younger-utc" in actions and "older-utc" not in actions
+    assert "younger-iso" in users and "older-iso" not in users
 
 
 def test_live_sessions_are_never_pruned(backend_db: Path) -> None:
     """An active viewer session that started 200 days ago stays; the ended old ones go."""
     insert(
         backend_db,
-        "INSERT INTO viewer_sessions (session_id, camera_id, started_at, last_heartbeat, is_active)"
-        " VALUES ('live-one', 1, ?, ?, 1)",
+        "INSERT INTO viewer_sessions (session_id, camera_id, ip_address, started_at, last_heartbeat, is_active)"
+        " VALUES ('live-one', 1, '10.0.0.4', ?, ?, 1)",
         [(local(200), local(0))],
     )
     result = prune(backend_db, "viewer_sessions")
@@ -260,10 +267,10 @@ def test_live_sessions_are_never_pruned(backend_db: Path) -> None:
 
 def test_pruning_goes_in_batches_within_the_row_budget(backend_db: Path) -> None:
     """1 200 old rows in batches of 500 take three transactions; a budget of 700 stops at 700."""
-    rows = [("bulk", local(150)) for _ in range(1200)]
+    rows = [("bulk", iso(150)) for _ in range(1200)]
     insert(
         backend_db,
-        "INSERT INTO login_attempts (username, ip_address, success, attempt_time) VALUES (?, '10.0.0.2', 0, ?)",
+        "INSERT INTO login_attempts (identifier, identifier_type, success, attempt_time) VALUES (?, 'ip', 0, ?)",
         rows,
     )
     limited = prune(backend_db, "login_attempts", max_rows=700)
@@ -291,11 +298,11 @@ def test_numbers_in_a_date_column_are_left_alone(backend_db: Path) -> None:
     """An epoch number sorts below any text in SQLite; it must not be taken for an old date."""
     insert(
         backend_db,
-        "INSERT INTO login_attempts (username, ip_address, success, attempt_time) VALUES ('epoch', '10.0.0.3', 0, ?)",
+        "INSERT INTO login_attempts (identifier, identifier_type, success, attempt_time) VALUES ('epoch', 'ip', 0, ?)",
         [(1_700_000_000,)],
     )
     prune(backend_db, "login_attempts")
-    assert count(backend_db, "SELECT count(*) FROM login_attempts WHERE username = 'epoch'") == 1
+    assert count(backend_db, "SELECT count(*) FROM login_attempts WHERE identifier = 'epoch'") == 1
 
 
 def test_a_spent_time_budget_deletes_nothing(backend_db: Path) -> None:
