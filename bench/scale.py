@@ -247,13 +247,16 @@ async def measure(
         timings: list[float] = []
         sources: dict[str, list[float]] = {}
         snap = first
+        cpu_before = time.process_time()
         for _ in range(samples):
             started = time.perf_counter()
             snap = await daemon.sampler.sample()
             timings.append(time.perf_counter() - started)
             for name, status in snap.sources.items():
                 sources.setdefault(name, []).append(status.duration_seconds)
+        cpu_per_sample = (time.process_time() - cpu_before) / samples
         return {
+            "sample_cpu_s": cpu_per_sample,
             "first_sample_s": first_s,
             "first_sources_s": {name: status.duration_seconds for name, status in first.sources.items()},
             "sample_s": timings,
@@ -311,7 +314,7 @@ def sample_row(label: str, point: dict[str, Any]) -> dict[str, Any]:
         label,
         fmt_ms(point["sample_median_s"]) + (f" ({', '.join(down)} down)" if down else ""),
         reference=f"psutil {fmt_ms(point['psutil_median_s'])} at {point['connections']:,} connections;"
-        f" first sample {fmt_ms(point['first_sample_s'])}",
+        f" first sample {fmt_ms(point['first_sample_s'])}; CPU {fmt_ms(point['sample_cpu_s'])} a sample",
         ratio_text=f"1/{1 / r:.0f}" if r > 0 else "-",
         goal="<= 1/10 of psutil",
         met=r <= GOAL_RATIO,
