@@ -313,14 +313,20 @@ class Walk:
             self.add_playlists(found, stream, stale_age, now)
         return found
 
-    def add_playlists(self, found: Protection, stream: Stream, stale_age: float, now: float) -> None:
-        """Read one stream directory's playlists into ``found``."""
-        try:
-            with os.scandir(stream.fd) as it:
-                names = [e.name for e in it if is_playlist(e.name)]
-        except OSError as exc:
-            found.protected[stream.name] = f"cannot list {stream.name}: {exc.strerror}"
-            return
+    def add_playlists(
+        self, found: Protection, stream: Stream, stale_age: float, now: float, *, names: list[str] | None = None
+    ) -> list[str] | None:
+        """Read one stream directory's playlists into ``found``; the playlists' names (None if it cannot be listed).
+
+        ``names``: the playlists' names when the caller knows the directory has not changed since it listed them.
+        """
+        if names is None:
+            try:
+                with os.scandir(stream.fd) as it:
+                    names = [e.name for e in it if is_playlist(e.name)]
+            except OSError as exc:
+                found.protected[stream.name] = f"cannot list {stream.name}: {exc.strerror}"
+                return None
         for name in names:
             try:
                 st = os.stat(name, dir_fd=stream.fd, follow_symlinks=False)
@@ -335,6 +341,7 @@ class Walk:
             for reference in read.references:
                 for directory, file_name in resolve_reference(stream.name, reference):
                     found.references.setdefault(directory, set()).add(file_name)
+        return names
 
     def files(self, stream: Stream) -> Iterator[tuple[str, os.stat_result]]:
         """Every entry of a stream directory with its lstat; entries on another device are reported as such."""
@@ -535,6 +542,7 @@ class HlsReader:
         self._rewalk = rewalk_seconds
         self._clock = clock
         self._streams: dict[str, StreamSummary] = {}
+        self._playlists: dict[str, tuple[tuple[int, int, int, int], list[str]]] = {}
         self.last_scan: HlsScan | None = None
 
     @property
@@ -553,7 +561,7 @@ class HlsReader:
         try:
             walk = Walk(self._root, root_fd)
             with walk.streams() as streams:
-                protection = walk.protection(streams, self._stale_age, now)
+                protection = self._protection(walk, streams, now)
                 summaries = self._summaries(walk, streams, protection, now)
                 opened = len(streams)
         finally:
@@ -591,6 +599,21 @@ class HlsReader:
             protected=tuple(f"{d}: {why}" for d, why in sorted(protection.protected.items())),
             skipped=tuple(walk.skipped),
         )
+
+    def _protection(self, walk: Walk, streams: list[Stream], now_wall: float) -> Protection:
+        """Every playlist read again; the playlists' names listed again only in directories that changed."""
+        found = Protection()
+        known: dict[str, tuple[tuple[int, int, int, int], list[str]]] = {}
+        for stream in streams:
+            st = stream.st
+            times = (st.st_dev, st.st_ino, st.st_mtime_ns, st.st_ctime_ns)
+            kept = self._playlists.get(stream.name)
+            names = kept[1] if kept is not None and kept[0] == times else None
+            names = walk.add_playlists(found, stream, self._stale_age, now_wall, names=names)
+            if names is not None and now_wall - st.st_mtime >= SETTLED_SECONDS:
+                known[stream.name] = (times, names)
+        self._playlists = known
+        return found
 
     def _summaries(
         self, walk: Walk, streams: list[Stream], protection: Protection, now_wall: float

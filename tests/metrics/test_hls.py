@@ -389,12 +389,23 @@ def test_reader_does_not_read_unchanged_stream_directories_again(
         return files(self, stream)
 
     monkeypatch.setattr(hls.Walk, "files", counting)
+    scans: list[str] = []
+    scandir = os.scandir
+
+    def counting_scandir(path: Any) -> Any:
+        scans.append(str(path))
+        return scandir(path)
+
     reader = HlsReader(tmp_path / "hls", STALE_AGE)
     assert reader.read(now) == walk_hls(tmp_path / "hls", STALE_AGE, now).sample
     listed.clear()
+    monkeypatch.setattr(hls.os, "scandir", counting_scandir)
     later = now + 1.0
-    assert reader.read(later) == walk_hls(tmp_path / "hls", STALE_AGE, later).sample
-    assert listed.count("camA") == listed.count("camB") == 1  # the full scan's, not the reader's
+    assert reader.read(later) == scan_hls(tmp_path / "hls", STALE_AGE, later).sample
+    # what the reader listed: the root only, neither stream directory for its files nor for its playlists;
+    # the full scan (its own root, two directories for playlists, two for files) comes after it
+    assert len(scans) == 1 + 1 + 2 + 2, scans
+    assert listed.count("camA") == listed.count("camB") == 1
 
 
 def test_reader_follows_changes_and_ageing_like_a_full_scan(tmp_path: Path) -> None:
