@@ -289,7 +289,9 @@ def run(quick: bool) -> dict[str, Any]:
     rss_peak = max([rss_before, rss_after, *monitor.rss])
     growth = rss_peak - rss_before
     served = ", ".join(
-        f"{route.split('?')[0]} {figures.get('requests_per_s', 0):.0f}/s" for route, figures in routes.items()
+        f"{route.split('?')[0]} {figures.get('requests_per_s', 0):.0f}/s"
+        + (f" ({figures['non_2xx']} not 2xx)" if figures.get("non_2xx") else "")
+        for route, figures in routes.items()
     )
     rows = [
         row(
