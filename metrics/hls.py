@@ -520,7 +520,8 @@ class HlsReader:
     """Samples the HLS directory and keeps the last scan's account of what it left alone.
 
     A stream directory whose entries cannot have changed (same inode, modification and change time, same
-    playlist view, same write access) is not read again: its last summary is aged to the present instead. Files
+    playlist view) and where the daemon may unlink (so its own prune never empties a file in place) is not
+    read again: its last summary is aged to the present instead. Files
     are added, removed and renamed only by changing their directory's times, so only a file rewritten in place
     could be missed: every directory is read again at least every ``rewalk_seconds``. The cost of a sample
     is then one stat per stream directory plus their playlists, not one per file (100,000 files cost 0.7 s
@@ -626,7 +627,15 @@ class HlsReader:
             st = stream.st
             key = (st.st_dev, st.st_ino, st.st_mtime_ns, st.st_ctime_ns, stream.writable, view)
             summary = self._streams.get(stream.name)
-            if summary is None or not summary.settled or summary.key != key or now - summary.walked_at >= self._rewalk:
+            # where the daemon may not unlink, its prune empties files in place, which leaves the directory's
+            # times as they were: such a directory is read every time
+            if (
+                summary is None
+                or not stream.writable
+                or not summary.settled
+                or summary.key != key
+                or now - summary.walked_at >= self._rewalk
+            ):
                 try:
                     summary = summarise_stream(walk, stream, view, key=key, walked_at=now, now_wall=now_wall)
                 except OSError:
