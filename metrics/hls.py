@@ -521,11 +521,10 @@ class HlsReader:
 
     A stream directory whose entries cannot have changed (same inode, modification and change time, same
     playlist view) and where the daemon may unlink (so its own prune never empties a file in place) is not
-    read again: its last summary is aged to the present instead. Files
-    are added, removed and renamed only by changing their directory's times, so only a file rewritten in place
-    could be missed: every directory is read again at least every ``rewalk_seconds``. The cost of a sample
-    is then one stat per stream directory plus their playlists, not one per file (100,000 files cost 0.7 s
-    a sample otherwise).
+    read again: its last summary is aged to the present instead. Files are added, removed and renamed only by
+    changing their directory's times, so only a file rewritten in place could be missed: every directory is
+    read again at least every ``rewalk_seconds``. The cost of a sample is then one stat per stream directory
+    plus their playlists, not one per file (100,000 files cost 0.7 s a sample otherwise).
     """
 
     name = "hls"
