@@ -33,6 +33,8 @@ LOCAL_FORMAT = "%Y-%m-%d %H:%M:%S"
 SQLITE_MAGIC = b"SQLite format 3\x00"
 HEADER_BYTES = 100
 SIDECARS = ("-wal", "-shm")
+# rows read (by rowid) to find a table's oldest value when no index starts with its time column
+OLDEST_PROBE_ROWS = 1000
 
 
 class DatabaseUnavailable(SamplingError):
@@ -286,18 +288,56 @@ class DatabaseReader:
         return SessionSample(active=int(row[0]), stuck=int(stuck), oldest_heartbeat_age_seconds=oldest_age)
 
     def _read_tables(self, conn: sqlite3.Connection) -> dict[str, TableStat]:
-        """Row counts and oldest timestamps of the tables the backend never cleans."""
+        """Row counts and oldest timestamps of the tables the backend never cleans, in reads that do not grow
+        with the tables.
+
+        Rows are the rowid span (two index look-ups, not a scan): exact while rows are only deleted oldest
+        first, as retention does, an upper bound otherwise. The oldest value is ``min(column)`` through an
+        index that starts with the column, else the least among the first ``OLDEST_PROBE_ROWS`` rows by rowid
+        (these tables are appended to in time order).
+        """
         existing = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
         out: dict[str, TableStat] = {}
         for table, column in self._tables:
             if table not in existing:
                 continue
-            columns = table_columns(conn, table)
-            if column in columns:
-                row = conn.execute(f'SELECT count(*), min("{column}") FROM "{table}"').fetchone()
-            else:
-                # SQLite reads a double-quoted unknown column as a string literal, so min() would
-                # return the column's name: with another schema, count the rows and report no age
-                row = (conn.execute(f'SELECT count(*) FROM "{table}"').fetchone()[0], None)
-            out[table] = TableStat(rows=int(row[0]), oldest=str(row[1]) if row[1] is not None else None)
+            try:
+                # one aggregate per statement: SQLite looks a lone min() or max() up, but scans for both at once
+                low = conn.execute(f'SELECT min(rowid) FROM "{table}"').fetchone()[0]
+                high = conn.execute(f'SELECT max(rowid) FROM "{table}"').fetchone()[0]
+                rows = 0 if low is None else int(high) - int(low) + 1
+            except sqlite3.OperationalError as exc:
+                if is_busy(exc):
+                    raise
+                rows = int(conn.execute(f'SELECT count(*) FROM "{table}"').fetchone()[0])  # a WITHOUT ROWID table
+            oldest = None
+            # SQLite reads a double-quoted unknown column as a string literal, so min() would return the
+            # column's name: with another schema, report no age
+            if rows and column in table_columns(conn, table):
+                oldest = _oldest(conn, table, column)
+            out[table] = TableStat(rows=rows, oldest=str(oldest) if oldest is not None else None)
         return out
+
+
+def _oldest(conn: sqlite3.Connection, table: str, column: str) -> object:
+    """The least value of ``column``: by an index that starts with it, else among the first rows by rowid."""
+    if _leads_an_index(conn, table, column):
+        return conn.execute(f'SELECT min("{column}") FROM "{table}"').fetchone()[0]
+    try:
+        return conn.execute(
+            f'SELECT min("{column}") FROM (SELECT "{column}" FROM "{table}" ORDER BY rowid LIMIT ?)',
+            (OLDEST_PROBE_ROWS,),
+        ).fetchone()[0]
+    except sqlite3.OperationalError as exc:
+        if is_busy(exc):
+            raise
+        return None  # a WITHOUT ROWID table: no cheap oldest value
+
+
+def _leads_an_index(conn: sqlite3.Connection, table: str, column: str) -> bool:
+    """Whether an index of ``table`` starts with ``column`` (so ``min(column)`` is one look-up)."""
+    row = conn.execute(
+        "SELECT 1 FROM pragma_index_list(?) AS l, pragma_index_info(l.name) AS i WHERE i.seqno = 0 AND i.name = ?",
+        (table, column),
+    ).fetchone()
+    return row is not None

@@ -8,6 +8,7 @@ import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -211,6 +212,59 @@ def test_table_stats_are_refreshed_only_after_their_interval(writer: sqlite3.Con
     writer.execute("INSERT INTO login_attempts (username, attempt_time) VALUES ('c', '2026-02-01 00:00:00')")
     assert db.read(1100.0).tables["login_attempts"].rows == 2
     assert db.read(1300.0).tables["login_attempts"].rows == 3
+
+
+def test_table_stats_do_not_read_more_as_tables_grow(
+    writer: sqlite3.Connection, db_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Reading the table statistics takes as many SQLite steps at 40,000 rows as at 2,000 (no count(*) scan).
+
+    Steps are counted by SQLite's progress handler on the reader's own connection; the rows and oldest values
+    stay right: the rowid span, min() through the index, the least of the first rows where there is none.
+    """
+    import metrics.sqlite as module
+
+    writer.execute("CREATE TABLE events (id INTEGER PRIMARY KEY AUTOINCREMENT, created_at TEXT, details TEXT)")
+    writer.execute("CREATE INDEX idx_login_time ON login_attempts(attempt_time)")
+    steps = [0]
+    opener = module.open_connection
+
+    def counting(*args: Any, **kwargs: Any) -> sqlite3.Connection:
+        conn = opener(*args, **kwargs)
+
+        def step() -> int:
+            steps[0] += 1
+            return 0
+
+        conn.set_progress_handler(step, 100)
+        return conn
+
+    monkeypatch.setattr(module, "open_connection", counting)
+    tables = (("login_attempts", "attempt_time"), ("events", "created_at"))
+
+    def grow_to(rows: int) -> int:
+        have = writer.execute("SELECT count(*) FROM events").fetchone()[0]
+        writer.execute("BEGIN")
+        writer.executemany(
+            "INSERT INTO events (created_at, details) VALUES (?, 'x')",
+            [(f"2026-01-01 00:00:{i % 60:02d}",) for i in range(have, rows)],
+        )
+        writer.executemany(
+            "INSERT INTO login_attempts (username, attempt_time) VALUES ('u', '2026-03-01 00:00:00')",
+            [()] * (rows - have),
+        )
+        writer.execute("COMMIT")
+        steps[0] = 0
+        sample = reader(db_path, tables=tables).read(1.0)
+        assert sample.tables["events"].rows == rows
+        assert sample.tables["events"].oldest == "2026-01-01 00:00:00"
+        assert sample.tables["login_attempts"].rows == rows + 2
+        assert sample.tables["login_attempts"].oldest == "2025-12-31 23:59:59"
+        return steps[0]
+
+    small = grow_to(2_000)
+    large = grow_to(40_000)
+    assert large <= small * 1.5 + 10, (small, large)
 
 
 def test_busy_database_sets_the_busy_flag(writer: sqlite3.Connection, db_path: Path) -> None:
