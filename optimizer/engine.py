@@ -1,7 +1,8 @@
 """The decision engine: detect on windows, plan, gate, apply with a journal, verify, learn.
 
 One executor: rounds run one at a time; a request that arrives while a round runs joins it. Manual
-and Alertmanager triggers skip detection but never the gates (mode, cooldown, budget, breaker).
+and Alertmanager triggers skip detection but never the gates (mode, cooldown, budget, breaker), and plan from
+a sample taken for them. Cooldown and budget are kept per action family of a strategy, on monotonic time.
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -322,8 +323,12 @@ class Engine:
         metrics: DaemonMetrics,
         clock: Clock,
         log: Any = None,
+        refresh: Callable[[], Awaitable[Snapshot]] | None = None,
     ) -> None:
         self._settings = engine
+        # takes a fresh sample for a requested round (manual or Alertmanager), which plans from it, not from a
+        # sample that may be as old as the stretched sample interval
+        self.refresh = refresh
         self._detection = detection
         self.global_mode = global_mode
         self.windows = windows
@@ -760,7 +765,7 @@ class Engine:
             self.heartbeat = self._clock.monotonic()
             ids: list[int] = []
             disruptive_used = False
-            snapshot = self.latest
+            snapshot = await self._requested_snapshot() if manual else self.latest
             for rt in self.runtimes.values():
                 if only is not None and rt.name != only:
                     continue
@@ -793,6 +798,20 @@ class Engine:
             )
             self.last_round = result
             return result
+
+    async def _requested_snapshot(self) -> Snapshot | None:
+        """A fresh sample for a requested round; the latest one when none can be taken (the failure is logged)."""
+        if self.refresh is None:
+            return self.latest
+        try:
+            return await self.refresh()
+        except Exception as exc:
+            self._log.warning(
+                "requested_sample_failed",
+                error=f"{exc.__class__.__name__}: {exc}",
+                kept="the latest sample",
+            )
+            return self.latest
 
     def _update_findings(self, rt: StrategyRuntime, ctx: StrategyContext) -> None:
         try:

@@ -139,12 +139,13 @@ async def test_a_hot_host_stretches_the_sample_interval_until_the_cpu_strategy_r
     testbed: TestbedProcess, tmp_path: Path
 ) -> None:
     """While the cpu strategy holds (factor 2) the interval in use and its metric double; after restore they do not."""
-    empty = tmp_path / "no-recorders"
-    empty.mkdir()
-    env = daemon_env(testbed, tmp_path / "state", CCTV_OPTIMIZER_STRATEGIES__CPU__RECORDINGS_DIRECTORY=str(empty))
+    # a recorder to lower: on a host without one the strategy plans nothing, so it never stretches sampling
+    testbed.scenario("hot_recorder", count=1)
+    env = daemon_env(testbed, tmp_path / "state")
     clock = FakeClock()
     snapshots = SnapshotBuilder(clock)
     async with running_daemon(env, clock=clock) as daemon:
+        daemon.engine.refresh = None  # the requested rounds plan from the injected samples, not a real one
         high = daemon.settings.sampler.max_interval_ms / 1000
         await daemon.sample_now()
         assert daemon.sample_interval == daemon.adaptive_interval  # nothing asks for a stretch yet
