@@ -966,19 +966,18 @@ class Engine:
             )
             return await record(Outcome.BLOCKED_DISRUPTIVE, f"{plan.reason} ({why})", plan), False
         family = plan.pacing_family
+        named = "" if family == DEFAULT_FAMILY else f"{family} "
         # undoing the strategy's own earlier change is never held back: waiting only keeps that change in effect
         if not plan.restores:
             left = self.cooldown_left(rt, family)
             if left > 0:
                 rt.held_until = self._clock.monotonic() + left
                 return await record(
-                    Outcome.SKIPPED_COOLDOWN, f"{plan.reason} ({family} cooldown: {left:.0f} s left)", plan
+                    Outcome.SKIPPED_COOLDOWN, f"{plan.reason} ({named}cooldown: {left:.0f} s left)", plan
                 ), False
             if self.budget_left(rt, family) <= 0:
                 rt.held_until = self.budget_free_at(rt, family)
-                return await record(
-                    Outcome.SKIPPED_BUDGET, f"{plan.reason} ({family} action budget spent)", plan
-                ), False
+                return await record(Outcome.SKIPPED_BUDGET, f"{plan.reason} ({named}action budget spent)", plan), False
         rt.held_until = None
         return await self._apply(rt, plan, record=record, signals=signals), plan.disruptive
 
