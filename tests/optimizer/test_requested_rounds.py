@@ -126,3 +126,45 @@ async def test_a_wal_grown_since_the_last_sample_is_planned_and_truncated_as_ove
         assert row.reason.startswith("WAL is") and "over its limit" in row.reason
         assert row.signals["wal_bytes"] > LIMIT
         assert wal_size(testbed) < LIMIT
+
+
+async def test_an_alertmanager_round_plans_from_a_fresh_sample(testbed: TestbedProcess, tmp_path: Path) -> None:
+    """A CctvSqliteWalGrowing alert for the database strategy after the WAL grew: planned as over its limit."""
+    env = daemon_env(
+        testbed,
+        tmp_path / "state",
+        CCTV_OPTIMIZER_STRATEGIES__DATABASE__WAL_LIMIT_BYTES=str(LIMIT),
+        CCTV_OPTIMIZER_STRATEGIES__DATABASE__SETTLE_SECONDS="0",
+    )
+    body = {
+        "version": "4",
+        "groupKey": '{}:{alertname="CctvSqliteWalGrowing"}',
+        "truncatedAlerts": 0,
+        "status": "firing",
+        "receiver": "cctv-optimizer",
+        "groupLabels": {"alertname": "CctvSqliteWalGrowing"},
+        "commonLabels": {},
+        "commonAnnotations": {},
+        "externalURL": "http://alertmanager.example",
+        "alerts": [
+            {
+                "status": "firing",
+                "labels": {"alertname": "CctvSqliteWalGrowing", "optimize_strategy": "database"},
+                "annotations": {},
+                "startsAt": "2026-01-15T12:00:00Z",
+                "endsAt": "0001-01-01T00:00:00Z",
+                "generatorURL": "http://prometheus.example/graph",
+                "fingerprint": "wal-1",
+            }
+        ],
+    }
+    async with running_daemon(env) as daemon, api_client(daemon) as http:
+        await sample_times(daemon, 1)
+        testbed.scenario("wal_growth", mb=4)
+        async with http.post("/alertmanager", json=body, headers=auth(daemon)) as resp:
+            assert resp.status == 200
+            [ran] = (await resp.json())["rounds"]
+        [row] = [r for r in daemon.store.decisions(strategy="database") if r.run_id == ran["runId"]]
+        assert row.trigger == "alertmanager:CctvSqliteWalGrowing"
+        assert row.reason.startswith("WAL is") and "over its limit" in row.reason
+        assert row.outcome == "applied" and wal_size(testbed) < LIMIT
