@@ -482,8 +482,13 @@ class Engine:
         self._metrics.cooldown.labels(rt.name).set(rt.cooldown)
         self._metrics.score.labels(rt.name).set(rt.score)
 
-    def _families(self, rt: StrategyRuntime, family: str | None) -> list[Pacing]:
-        return [rt.pace(family)] if family is not None else list(rt.pacing.values())
+    @staticmethod
+    def _families(rt: StrategyRuntime, family: str | None) -> list[Pacing]:
+        """One family's pacing (none when it never acted), or every family's."""
+        if family is None:
+            return list(rt.pacing.values())
+        found = rt.pacing.get(family)
+        return [found] if found is not None else []
 
     def cooldown_left(self, rt: StrategyRuntime, family: str | None = None) -> float:
         """Seconds until the family may act again; without one, until every family of the strategy may."""

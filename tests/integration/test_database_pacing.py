@@ -8,7 +8,7 @@ from pathlib import Path
 
 from testbed.harness import TestbedProcess
 from testbed.localtime import LocalClock
-from tests.harness import daemon_env, running_daemon, sample_times
+from tests.harness import api_client, daemon_env, running_daemon, sample_times
 
 OFFSET = 7.0
 DAY = 86400.0
@@ -72,3 +72,8 @@ async def test_a_retention_run_does_not_hold_an_oversized_wal_back(testbed: Test
         assert daemon.engine.budget_left(rt, "retention") == 0
         assert daemon.engine.budget_left(rt, "checkpoint") == 0
         assert daemon.engine.cooldown_left(rt, "vacuum") == 0
+        async with api_client(daemon) as http, http.get("/strategies") as resp:
+            [view] = [s for s in (await resp.json())["strategies"] if s["name"] == "database"]
+        assert set(view["pacing"]) == {"checkpoint", "retention"}
+        assert view["pacing"]["checkpoint"]["budgetLeft"] == 0
+        assert view["pacing"]["retention"]["cooldownLeftSeconds"] > 0

@@ -102,7 +102,7 @@ async def test_a_family_is_not_held_by_another_familys_cooldown(
     assert engine.cooldown_left(rt, "retention") == pytest.approx(280.0)
     assert engine.cooldown_left(rt, "checkpoint") == pytest.approx(290.0)
     assert engine.cooldown_left(rt, "vacuum") == 0.0
-    assert set(engine.pacing_view(rt)) == {"checkpoint", "retention", "vacuum"}
+    assert set(engine.pacing_view(rt)) == {"checkpoint", "retention"}
 
 
 async def test_a_family_has_its_own_budget(
