@@ -186,6 +186,8 @@ class Pacing:
     cooldown: float
     last_attempt: float | None = None
     attempts: list[float] = field(default_factory=list)
+    # the family's last apply changed nothing (and was given back): a second one in a row counts as an attempt
+    unneeded: bool = False
 
 
 def _clamped(stored: Any, now_wall: float, now_mono: float) -> float | None:
@@ -1025,9 +1027,15 @@ class Engine:
             self._log.exception("apply_crashed", strategy=rt.name)
         if result is not None and not result.changed:
             # The apply's re-read found nothing to change: recorded with its figures and judged neutral at once,
-            # and it neither holds the next, needed action back by a cooldown nor spends the budget.
+            # and it neither holds the next, needed action back by a cooldown nor spends the budget. Only once in
+            # a row, though: an action that keeps changing nothing (a collection that frees no memory) is paced
+            # like any other instead of running every round.
             outcome = Outcome.NO_CHANGE
-            give_back()
+            if not pacing.unneeded:
+                give_back()
+            pacing.unneeded = True
+        elif result is not None:
+            pacing.unneeded = False
         duration_ms = (time.perf_counter() - started) * 1000
         changes = [c.as_dict() for c in (result.changes if result else plan.changes)]
         if journal_id is not None:

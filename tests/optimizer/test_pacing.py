@@ -222,9 +222,34 @@ async def test_an_apply_that_reports_no_change_at_all_is_no_change(
     engine.on_snapshot(samples.build(cpu=HOT))
     strat.apply_changes = ()
     await manual(engine)
-    await manual(engine)
-    assert outcomes(store) == ["no_change", "no_change"]
+    assert outcomes(store) == ["no_change"]
     assert engine.cooldown_left(engine.runtimes["connection"]) == 0.0
+
+
+async def test_an_action_that_keeps_changing_nothing_is_paced_from_its_second_time(
+    build: EngineFactory, samples: SnapshotBuilder, clock: FakeClock, store: StateStore
+) -> None:
+    """The first no_change is given back; a second one in a row counts, so it does not run every round."""
+    strat = ScriptedStrategy("memory")
+    engine = build([strat], cooldown_seconds=300.0)
+    rt = engine.runtimes["memory"]
+    engine.on_snapshot(samples.build(cpu=HOT))
+    strat.apply_changes = (
+        Change(target="daemon.memory", action="gc_collect", before="95 MiB", after="95 MiB", reversible=False),
+    )
+    for _ in range(3):
+        await manual(engine)
+        clock.advance(30.0)
+    assert outcomes(store) == ["no_change", "no_change", "skipped_cooldown"]
+    assert engine.cooldown_left(rt) == pytest.approx(240.0)
+    clock.advance(240.0)
+    strat.apply_changes = None  # it changes something again: the next no_change is given back once more
+    await manual(engine)
+    clock.advance(300.0)
+    strat.apply_changes = ()
+    await manual(engine)
+    assert outcomes(store)[-2:] == ["applied", "no_change"]
+    assert engine.cooldown_left(rt) == 0.0
 
 
 # restoring ----------------------------------------------------------------------------------------------------------
