@@ -486,8 +486,9 @@ class Daemon:
         The daemon's own signals do not count (OWN_SIGNALS). Nor does a strategy that asks for a stretch (the
         cpu strategy while the host is hot): tightening for it would undo the stretch (1 s doubled is 2 s,
         more often than the base); while one asks, the interval holds at least at its base for the factor.
-        Nor does a strategy that cannot act (breaker open, held by its cooldown or budget): it holds the interval
-        at its base too, instead of sampling every second for minutes while nothing can come of it.
+        Nor does a strategy that cannot act (breaker open, held by its cooldown or budget, or planning a disruptive
+        change while those are off): it holds the interval at its base too, instead of sampling every second for
+        minutes while nothing can come of it.
         """
         proximity = 0.0
         armed = False

@@ -8,6 +8,7 @@ a sample taken for them. Cooldown and budget are kept per action family of a str
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -522,8 +523,8 @@ class Engine:
         return sorted(p.attempts)[spent] + self._settings.budget_window_seconds
 
     def can_act(self, rt: StrategyRuntime) -> bool:
-        """Whether the strategy could act now: not held by an open breaker, or by the cooldown or budget its
-        last plan met."""
+        """Whether the strategy could act now: not held by an open breaker, or by the cooldown, budget or
+        disabled disruptive changes its last plan met."""
         if rt.breaker_open:
             return False
         return rt.held_until is None or self._clock.monotonic() >= rt.held_until
@@ -971,6 +972,8 @@ class Engine:
                 if not self._settings.allow_disruptive
                 else "one disruptive action per round"
             )
+            if not self._settings.allow_disruptive:
+                rt.held_until = math.inf  # until a round finds it allowed (a reload) or plans something else
             return await record(Outcome.BLOCKED_DISRUPTIVE, f"{plan.reason} ({why})", plan), False
         family = plan.pacing_family
         named = "" if family == DEFAULT_FAMILY else f"{family} "

@@ -14,7 +14,7 @@ import pytest
 from optimizer.clock import FakeClock
 from optimizer.engine import Engine, RoundResult
 from optimizer.state import StateStore
-from strategies.base import Change, StrategyError
+from strategies.base import Change, Risk, StrategyError
 from tests.optimizer.fakes import RecordingLog, ScriptedStrategy, SnapshotBuilder, StrategyEntry, make_engine, make_plan
 
 HOT, CALM = 0.95, 0.5
@@ -369,3 +369,20 @@ async def test_a_strategy_held_by_its_cooldown_or_breaker_cannot_act(
     assert engine.can_act(rt) is True
     rt.breaker_open = True
     assert engine.can_act(rt) is False
+
+
+async def test_a_strategy_whose_disruptive_plan_is_not_allowed_cannot_act(
+    build: EngineFactory, samples: SnapshotBuilder, clock: FakeClock, store: StateStore
+) -> None:
+    """A disruptive plan with disruptive changes off holds the strategy until a round plans something it may do."""
+    strat = ScriptedStrategy("connection", plan=make_plan("connection", action="kick_reader", risk=Risk.DISRUPTIVE))
+    engine = build([strat])
+    rt = engine.runtimes["connection"]
+    await scheduled(engine, samples, clock)
+    assert outcomes(store) == ["blocked_disruptive"]
+    assert engine.can_act(rt) is False
+    clock.advance(3600.0)
+    assert engine.can_act(rt) is False
+    strat.next_plan = make_plan("connection", action="end_stuck_sessions")
+    await scheduled(engine, samples, clock)
+    assert engine.can_act(rt) is True
