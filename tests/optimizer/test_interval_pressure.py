@@ -96,3 +96,30 @@ async def test_an_armed_strategy_that_cannot_act_does_not_tighten_the_interval(
             daemon.engine.on_snapshot(snapshots.build(cpu=0.99, memory=0.1))
             daemon._adapt_interval()
         assert daemon.adaptive_interval == low
+
+
+async def test_the_cpu_restore_brings_the_interval_back_without_waiting_for_a_cooldown(
+    testbed: TestbedProcess, tmp_path: Path
+) -> None:
+    """Lowered and stretched while hot; calm for the window a minute later: restored at once, not after 300 s."""
+    testbed.scenario("hot_recorder", count=1)
+    clock = FakeClock()
+    snapshots = SnapshotBuilder(clock)
+    async with running_daemon(daemon_env(testbed, tmp_path / "state"), clock=clock) as daemon:
+        daemon.engine.refresh = None  # the requested rounds plan from the injected samples, not a real one
+        strategy = daemon.engine.runtimes["cpu"].strategy
+        assert isinstance(strategy, CpuStrategy)
+        daemon.engine.on_snapshot(snapshots.build(cpu=0.99, memory=0.1))
+        await daemon.engine.request_round(trigger="manual", strategy="cpu", manual=True)
+        assert strategy.sample_interval_factor == 2.0 and strategy.held
+        for _ in range(daemon.settings.detection.window_samples):
+            clock.advance(10.0)
+            daemon.engine.on_snapshot(snapshots.build(cpu=0.1, memory=0.1))
+        assert daemon.engine.cooldown_left(daemon.engine.runtimes["cpu"]) > 0
+        result = await daemon.engine.request_round(trigger="scheduled", strategy="cpu")
+        [row] = [daemon.store.decision(i) for i in result.decision_ids]
+        assert row is not None and row.outcome == "applied"
+        assert {c["action"] for c in row.changes} == {"restore_priority", "restore_sampling"}
+        assert strategy.sample_interval_factor == 1.0 and not strategy.held
+        daemon._adapt_interval()
+        assert daemon.sample_interval == daemon.adaptive_interval
