@@ -494,6 +494,8 @@ class Daemon:
         armed = False
         stretching = False
         for rt in self.engine.runtimes.values():
+            if not rt.enabled:
+                continue  # it never gets a turn: its lines are nobody's concern
             # a strategy that cannot act now (its breaker is open, or its plan waits for a cooldown or the budget)
             # gains nothing from closer samples: it holds the interval at its base, like a stretching one
             if self.engine.factor_of(rt) > 1.0 or not self.engine.can_act(rt):

@@ -123,3 +123,17 @@ async def test_the_cpu_restore_brings_the_interval_back_without_waiting_for_a_co
         assert strategy.sample_interval_factor == 1.0 and not strategy.held
         daemon._adapt_interval()
         assert daemon.sample_interval == daemon.adaptive_interval
+
+
+async def test_a_disabled_strategy_does_not_steer_the_interval(testbed: TestbedProcess, tmp_path: Path) -> None:
+    """With the cpu strategy disabled, a hot host alone does not tighten the interval below its base."""
+    env = daemon_env(testbed, tmp_path / "state", CCTV_OPTIMIZER_STRATEGIES__CPU__ENABLED="false")
+    clock = FakeClock()
+    snapshots = SnapshotBuilder(clock)
+    async with running_daemon(env, clock=clock) as daemon:
+        base = daemon.settings.sample_interval / 1000
+        for _ in range(10):
+            clock.advance(1.0)
+            daemon.engine.on_snapshot(snapshots.build(cpu=0.99, memory=0.1))
+            daemon._adapt_interval()
+        assert daemon.adaptive_interval >= base
