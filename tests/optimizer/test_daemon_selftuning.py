@@ -81,6 +81,7 @@ async def test_revert_on_exit_restores_a_reniced_recorder_on_a_clean_stop(
     )
     clock = FakeClock()
     async with running_daemon(env, clock=clock) as daemon:
+        daemon.engine.refresh = None  # the requested round plans from the injected sample, not a real one
         daemon.engine.on_snapshot(SnapshotBuilder(clock).build(cpu=0.99))  # the host is hot
         result = await daemon.engine.request_round(trigger="manual", strategy="cpu", manual=True)
         assert len(result.decision_ids) == 1
