@@ -174,6 +174,9 @@ class Daemon:
         self._reload_task: asyncio.Task[None] | None = None
         self._sample_task: asyncio.Task[None] | None = None
         self._sample_wakeup = asyncio.Event()
+        # one sample at a time: a requested round's sample waits for the loop's (a source read twice at once is
+        # reported down by the sampler)
+        self._sample_lock = asyncio.Lock()
         self._scheduler: AsyncIOScheduler | None = None
         self._runner: web.AppRunner | None = None
         self.started_wall = self.clock.wall()
@@ -260,6 +263,7 @@ class Daemon:
             store=self.store,
             metrics=self.metrics,
             clock=self.clock,
+            refresh=self.sample_now,
         )
         self._built = True
 
@@ -406,7 +410,14 @@ class Daemon:
                 log.exception("sample_crashed")
 
     async def sample_now(self) -> Snapshot:
-        """Take one sample, publish it to the engine and metrics, and adapt the interval."""
+        """Take one sample, publish it to the engine and metrics, and adapt the interval.
+
+        The sample loop calls it, and so does a requested round (manual, Alertmanager) before it plans.
+        """
+        async with self._sample_lock:
+            return await self._sample()
+
+    async def _sample(self) -> Snapshot:
         previous = self.engine.latest
         # the state file deleted or replaced under the daemon is recreated now, not at the next decision's write
         await asyncio.to_thread(self.store.verify)
@@ -475,12 +486,19 @@ class Daemon:
         The daemon's own signals do not count (OWN_SIGNALS). Nor does a strategy that asks for a stretch (the
         cpu strategy while the host is hot): tightening for it would undo the stretch (1 s doubled is 2 s,
         more often than the base); while one asks, the interval holds at least at its base for the factor.
+        Nor does a strategy that cannot act (breaker open, held by its cooldown or budget, or planning a disruptive
+        change while those are off): it holds the interval at its base too, instead of sampling every second for
+        minutes while nothing can come of it.
         """
         proximity = 0.0
         armed = False
         stretching = False
         for rt in self.engine.runtimes.values():
-            if self.engine.factor_of(rt) > 1.0:
+            if not rt.enabled:
+                continue  # it never gets a turn: its lines are nobody's concern
+            # a strategy that cannot act now (its breaker is open, or its plan waits for a cooldown or the budget)
+            # gains nothing from closer samples: it holds the interval at its base, like a stretching one
+            if self.engine.factor_of(rt) > 1.0 or not self.engine.can_act(rt):
                 stretching = True
                 continue
             specs = [spec for spec in self.engine.triggers_of(rt) if spec.signal not in OWN_SIGNALS]

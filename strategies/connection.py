@@ -32,6 +32,9 @@ from strategies.base import (
 )
 
 ESTABLISHED = "tcp_established"
+# pacing families: ending stuck sessions and kicking idle readers each have their own cooldown and budget
+SESSIONS_FAMILY = "end_sessions"
+KICK_FAMILY = "kick"
 
 
 def parse_created(text: str | None) -> datetime | None:
@@ -340,6 +343,7 @@ class ConnectionStrategy(Strategy):
                 settle_seconds=self._o.settle_seconds,
             ),
             params={"mode": "sessions", "count": stuck.count, "oldest_heartbeat": stuck.oldest_heartbeat},
+            family=SESSIONS_FAMILY,
         )
 
     async def _kick_plan(self, ctx: StrategyContext) -> Plan | None:
@@ -383,6 +387,7 @@ class ConnectionStrategy(Strategy):
                 "mode": "kick",
                 "readers": [{"kind": r.kind, "id": r.id, "bytes_sent": r.bytes_sent} for r in idle],
             },
+            family=KICK_FAMILY,
         )
 
     # acting ------------------------------------------------------------------------------------------------------

@@ -33,6 +33,10 @@ from strategies.base import (
 
 PRUNE = "retention_prune"
 VACUUM = "vacuum"
+# pacing families: a checkpoint, a retention run and a VACUUM each wait only for their own cooldown and budget
+CHECKPOINT_FAMILY = "checkpoint"
+RETENTION_FAMILY = "retention"
+VACUUM_FAMILY = "vacuum"
 TABLE_AGE_SIGNAL = "table_oldest_days:"
 # the backend archives history older than 90 days every 6 hours: a day more means the job is not keeping up
 HISTORY_DAYS = 90.0
@@ -103,7 +107,10 @@ class DatabaseStrategy(Strategy):
     restore-backup FILE`` puts a backup back (with the backend stopped).
 
     A round does one thing: a checkpoint when the WAL is over its limit, else retention, else VACUUM, else
-    (when asked by hand) a checkpoint and ``PRAGMA optimize``.
+    (when asked by hand) a checkpoint and ``PRAGMA optimize``. Each is paced on its own (action families
+    ``checkpoint``, ``retention`` and ``vacuum``, each with its own cooldown and budget), so a retention run
+    never holds an oversized WAL back. A checkpoint truncates whenever the live WAL is over its limit when it
+    runs, whatever the sample it was planned from said.
 
     Findings: ``database-busy``; ``database-backup-no-room``; ``database-integrity`` (quick_check found problems: critical);
     ``archive-table-missing`` (``viewer_session_history_archive`` does not
@@ -452,7 +459,14 @@ class DatabaseStrategy(Strategy):
             if over
             else f"requested: WAL is {_mib(wal)} (limit {_mib(limit)})"
         )
-        return Plan(strategy=self.name, reason=reason, changes=tuple(changes), expected=expected, params=params)
+        return Plan(
+            strategy=self.name,
+            reason=reason,
+            changes=tuple(changes),
+            expected=expected,
+            params=params,
+            family=CHECKPOINT_FAMILY,
+        )
 
     def _cutoffs(self, wall: float) -> dict[str, str]:
         now = datetime.fromtimestamp(wall, UTC)
@@ -520,6 +534,7 @@ class DatabaseStrategy(Strategy):
             changes=tuple(changes),
             expected=expected,
             params={"retention": True, "tables": tables, "cutoffs": {t: cutoffs[t] for t in tables}},
+            family=RETENTION_FAMILY,
         )
 
     def _plan_vacuum(self, db: DatabaseSample, wall: float) -> Plan | None:
@@ -551,6 +566,7 @@ class DatabaseStrategy(Strategy):
                 settle_seconds=self._o.settle_seconds,
             ),
             params={"vacuum": True},
+            family=VACUUM_FAMILY,
         )
 
     # acting ------------------------------------------------------------------------------------------------------
@@ -575,7 +591,9 @@ class DatabaseStrategy(Strategy):
             else:
                 passive = sql.checkpoint(self._path, "PASSIVE", busy_ms)
                 result = passive
-                if plan.params.get("truncate") and passive.wal_bytes_after >= limit:
+                # the live WAL decides, not the plan: a WAL that grew past its limit since the plan's sample
+                # (a request planned "WAL is 0.6 MiB" while it was 71.5 MiB) is truncated all the same
+                if passive.wal_bytes_after >= limit:
                     if passive.busy or passive.checkpointed_frames < passive.log_frames:
                         # A TRUNCATE would wait busy_timeout_ms holding off the backend's writer, then fail.
                         self._defer(passive)

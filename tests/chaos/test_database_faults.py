@@ -145,7 +145,7 @@ async def test_an_unwritable_wal_fails_the_checkpoint_softly_and_recovers(
                 assert during.health_status == 200
                 started = time.monotonic()
                 await daemon.sample_now()
-                daemon.engine.runtimes["database"].last_attempt = None
+                daemon.engine.runtimes["database"].pace("checkpoint").last_attempt = None  # past the cooldown
                 done = await daemon.engine.request_round(trigger="manual", strategy="database", manual=True)
                 fixed = daemon.store.decision(done.decision_ids[0]) if done.decision_ids else None
                 took = time.monotonic() - started
