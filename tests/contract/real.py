@@ -369,18 +369,19 @@ class RealBackend:
         old = self.pid()
         os.kill(old, signal.SIGTERM)
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline and Path(f"/proc/{old}").exists():
+        while Path(f"/proc/{old}").exists():
+            assert time.monotonic() < deadline, f"the backend (pid {old}) did not stop within {timeout} s"
             time.sleep(0.2)
+        deadline = time.monotonic() + timeout
         # started from a shell that exits at once, so the backend outlives no Popen object of this process
-        with self.log.open("ab") as out:
-            started = subprocess.run(
-                ["sh", "-c", f"node server.js </dev/null >&{out.fileno()} 2>&1 & echo $!"],
-                cwd=self.root / "backend",
-                stdout=subprocess.PIPE,
-                pass_fds=(out.fileno(),),
-                text=True,
-                check=True,
-            )
+        started = subprocess.run(
+            ["sh", "-c", 'nohup node server.js </dev/null >>"$1" 2>&1 & echo $!', "sh", str(self.log)],
+            cwd=self.root / "backend",
+            capture_output=True,
+            text=True,
+            check=True,
+            start_new_session=True,
+        )
         pid = int(started.stdout.strip())
         self.pid_file.write_text(f"{pid}\n", encoding="utf-8")
         self._token = None
