@@ -11,8 +11,8 @@ from typing import Any, NoReturn
 
 from config import units
 from config.settings import DatabaseOptions
-from metrics.snapshot import DatabaseSample, TableStat
-from metrics.sqlite import LOCAL_FORMAT, local_now
+from metrics import backendtime as bt
+from metrics.snapshot import DatabaseSample, TableStat, age_days
 from strategies.actions import backup
 from strategies.actions import retention as ret
 from strategies.actions import sqlite as sql
@@ -38,8 +38,7 @@ TABLE_AGE_SIGNAL = "table_oldest_days:"
 HISTORY_DAYS = 90.0
 HISTORY_TABLE = "viewer_session_history"
 ARCHIVE_TABLE = "viewer_session_history_archive"
-# the table-age signals read local-time columns as UTC, so they are off by up to 14 hours; retention arms
-# a day past the cutoff and disarms only once the oldest row is back within the cutoff plus that error
+# retention arms a day past the cutoff and disarms once the oldest row is back within the cutoff plus a margin
 ARM_SLACK_DAYS = 1.0
 DISARM_SLACK_DAYS = 0.6
 PLAN_COUNT_SECONDS = 5.0
@@ -50,16 +49,14 @@ _mib = units.size
 _days = units.days
 
 
-def _age_days(text: str | None, base: ret.TimeBase, now_utc: datetime, offset_hours: float) -> float | None:
-    """Age in days of a stored timestamp, read in its own time base; None when it cannot be parsed."""
-    if not text:
-        return None
-    try:
-        moment = datetime.strptime(text[:19].replace("T", " "), LOCAL_FORMAT)
-    except ValueError:
-        return None
-    now = local_now(offset_hours if base is ret.TimeBase.LOCAL else 0.0, now_utc)
-    return (now - moment).total_seconds() / 86400.0
+def _count(n: int, noun: str) -> str:
+    """``1 table``, ``3 tables``."""
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
+def _age_days(stat: TableStat, now_utc: datetime) -> float | None:
+    """Age in days of a table's oldest row, read in its column's own time base when sampled; never negative."""
+    return age_days(stat.oldest_epoch, now_utc.timestamp())
 
 
 class DatabaseStrategy(Strategy):
@@ -148,6 +145,8 @@ class DatabaseStrategy(Strategy):
         self._no_room: dict[str, Any] | None = None
         self._exit_ratio = exit_ratio
         self._offset = timezone_offset_hours
+        # the backend's timezone (its system_settings row), read again at every retention plan
+        self._zone = bt.resolve_zone(None, timezone_offset_hours)
         self._clock = clock
         self._wall = wall
         self._last_optimize: float | None = None
@@ -160,7 +159,7 @@ class DatabaseStrategy(Strategy):
         return float(self._o.archive_retention_days if rule.archive else self._o.retention_days)
 
     def _local(self, wall: float) -> datetime:
-        return local_now(self._offset, datetime.fromtimestamp(wall, UTC))
+        return self._zone.now_local(datetime.fromtimestamp(wall, UTC))
 
     def in_vacuum_window(self, wall: float) -> bool:
         """Whether the wall time falls in the configured quiet window (the backend's local time)."""
@@ -261,7 +260,7 @@ class DatabaseStrategy(Strategy):
         history = db.tables.get(HISTORY_TABLE)
         if history is None:
             return []
-        age = _age_days(history.oldest, ret.TimeBase.LOCAL, now, self._offset)
+        age = _age_days(history, now)
         evidence: dict[str, Any] = {
             "history_rows": history.rows,
             "oldest": history.oldest,
@@ -304,7 +303,7 @@ class DatabaseStrategy(Strategy):
             if stat is None:
                 continue
             days = self._retention_days(rule)
-            age = _age_days(stat.oldest, rule.time_base, now, self._offset)
+            age = _age_days(stat, now)
             too_old = age is not None and age > days + ARM_SLACK_DAYS
             too_big = stat.rows >= self._o.table_rows_warning
             if not (too_old or too_big):
@@ -457,12 +456,14 @@ class DatabaseStrategy(Strategy):
     def _cutoffs(self, wall: float) -> dict[str, str]:
         now = datetime.fromtimestamp(wall, UTC)
         return {
-            rule.table: ret.cutoff_text(rule.time_base, now, self._retention_days(rule), self._offset)
+            rule.table: ret.cutoff_text(rule.time_base, now, self._retention_days(rule), self._zone)
             for rule in ret.RULES
         }
 
     async def _plan_retention(self, db: DatabaseSample, wall: float) -> Plan | None:
         """Count, read-only, the rows past their cutoff; plan to delete up to the per-round budget."""
+        # the zone an admin set now, not the one at start-up: local-time cutoffs follow it
+        self._zone = await asyncio.to_thread(ret.backend_zone, self._path, self._o.busy_timeout_ms, self._offset)
         cutoffs = self._cutoffs(wall)
         counts = await asyncio.to_thread(
             ret.count_candidates,
@@ -498,12 +499,13 @@ class DatabaseStrategy(Strategy):
         if not changes:
             return None
         waiting = sum(c.prunable for c in counts)
+        holding = sum(1 for c in counts if c.prunable > 0)
         reason = (
             f"{waiting} rows past their retention ({self._o.retention_days} days, archives "
-            f"{self._o.archive_retention_days}) in {len(tables)} tables nobody cleans"
+            f"{self._o.archive_retention_days}) in {_count(holding, 'table')} nobody cleans"
         )
         if total < waiting:
-            reason += f"; {total} this round"
+            reason += f"; {total} of them this round, from {_count(len(tables), 'table')} ({', '.join(tables)})"
         expected = (
             ExpectedEffect(
                 signal="freelist_ratio",
