@@ -15,7 +15,6 @@ import structlog
 from config import units
 from config.settings import ConnectionOptions, DetectionSettings
 from metrics.snapshot import SessionSample
-from metrics.sqlite import local_now
 from strategies.actions import sessions as sess
 from strategies.actions.mediamtx import MediaMtxKicker, ReaderSession
 from strategies.base import (
@@ -198,7 +197,6 @@ class ConnectionStrategy(Strategy):
         exit_ratio: float,
         kicker: MediaMtxKicker | None = None,
         clock: Callable[[], float] = time.monotonic,
-        local_clock: Callable[[], datetime] | None = None,
         log: Any = None,
     ) -> None:
         self._o = options
@@ -208,7 +206,6 @@ class ConnectionStrategy(Strategy):
         self._exit_ratio = exit_ratio
         self._kicker = kicker if options.kick_idle_readers else None
         self._clock = clock
-        self._local = local_clock if local_clock is not None else (lambda: local_now(timezone_offset_hours))
         self._sweep = SweepProgress()
         self._log = log if log is not None else structlog.get_logger("strategy.connection")
         self._idle = IdleReaders()
@@ -307,10 +304,10 @@ class ConnectionStrategy(Strategy):
             summary=(
                 f"{sessions.stale} viewer session(s) are silent past the backend's "
                 f"{self._o.session_timeout_seconds:g} s timeout, {sessions.stuck} of them past "
-                f"{units.duration(self._o.stuck_session_seconds)}; the backend's sweep is working through them "
-                + (f"(the count last went down {units.duration(now - down)} ago)" if down is not None else "")
+                f"{units.duration(self._o.stuck_session_seconds)}; the backend's sweep is working through them"
+                + (f" (the count last went down {units.duration(now - down)} ago)" if down is not None else "")
                 + ", so nothing is done"
-            ).replace(" ,", ","),
+            ),
             evidence={
                 "stale_sessions": sessions.stale,
                 "stuck_sessions": sessions.stuck,
