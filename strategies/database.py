@@ -81,9 +81,9 @@ class DatabaseStrategy(Strategy):
       tables nobody cleans: ended ``viewer_sessions`` and ``playback_viewer_sessions`` rows (never an active
       one), ``playback_token_sessions`` and ``token_blacklist`` by expiry, ``playback_token_audit_logs``,
       ``login_attempts``, ``camera_source_lifecycle_events``, ``recording_maintenance_events``, and the two
-      history archive tables after ``archive_retention_days`` (365). Each column is compared in its own time
-      base: session columns in the backend's local time (``backend.timezone_offset_hours``), columns filled
-      by ``CURRENT_TIMESTAMP`` in UTC. It deletes ``retention_batch_rows`` (500) rows per short write
+      history archive tables after ``archive_retention_days`` (365). Each column is compared in the clock the
+      backend writes it in (metrics/tables.py): session columns in its local time, in the zone of its
+      ``system_settings`` row read at each plan; the others in UTC, as text or ISO. It deletes ``retention_batch_rows`` (500) rows per short write
       transaction, at most ``retention_max_rows_per_run`` per round, within ``maintenance_max_seconds``,
       and stops when the backend's writer holds the lock. It never touches ``telegram_archive_uploads``
       (the only index of archived footage) nor the tables the backend cleans itself. Armed when a table's
