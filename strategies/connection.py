@@ -123,9 +123,14 @@ class SweepProgress:
                 self.flat_since = at
             self._last = value
 
-    def flat_for(self, now: float) -> float:
-        """Seconds the stale count has been above 0 without going down (0 when it is 0)."""
-        return max(0.0, now - self.flat_since) if self.flat_since is not None else 0.0
+    def flat_for(self) -> float:
+        """Seconds the stale count has been seen above 0 without going down, up to the latest sample (0 when it is 0).
+
+        Measured between samples, never up to the present: a gap in sampling is no evidence.
+        """
+        if self.flat_since is None or self._seen_until is None:
+            return 0.0
+        return max(0.0, self._seen_until - self.flat_since)
 
 
 class ConnectionStrategy(Strategy):
@@ -240,7 +245,7 @@ class ConnectionStrategy(Strategy):
             return False
         oldest = sessions.oldest_heartbeat_age_seconds or 0.0
         return (
-            self._sweep.flat_for(ctx.now) >= self.stall_seconds()
+            self._sweep.flat_for() >= self.stall_seconds()
             and oldest >= self._o.session_timeout_seconds + self.stall_seconds()
         )
 
@@ -258,7 +263,7 @@ class ConnectionStrategy(Strategy):
                 "stuck_sessions": sessions.stuck,
                 "active_sessions": sessions.active,
                 "oldest_heartbeat_age_seconds": round(sessions.oldest_heartbeat_age_seconds or 0.0, 1),
-                "not_down_for_seconds": round(self._sweep.flat_for(ctx.now), 1),
+                "not_down_for_seconds": round(self._sweep.flat_for(), 1),
                 "timezone": sessions.timezone,
             }
         last = max((t for t in (self._stuck_seen_at, self._ended_at) if t is not None), default=None)
@@ -314,7 +319,7 @@ class ConnectionStrategy(Strategy):
                 "active_sessions": sessions.active,
                 "oldest_heartbeat_age_seconds": round(sessions.oldest_heartbeat_age_seconds or 0.0, 1),
                 "last_down_seconds_ago": round(now - down, 1) if down is not None else None,
-                "not_down_for_seconds": round(self._sweep.flat_for(now), 1),
+                "not_down_for_seconds": round(self._sweep.flat_for(), 1),
                 "stuck_after_seconds": round(self.stall_seconds(), 1),
             },
         )
@@ -412,7 +417,7 @@ class ConnectionStrategy(Strategy):
         )
         if stale.count == 0:
             return None
-        flat = self._sweep.flat_for(ctx.now)
+        flat = self._sweep.flat_for()
         return Plan(
             strategy=self.name,
             reason=(

@@ -21,7 +21,7 @@ from metrics.snapshot import Snapshot
 from metrics.sqlite import DatabaseReader
 from metrics.window import Windows
 from strategies.base import Plan, StrategyContext, StrategyDeferred
-from strategies.connection import ConnectionStrategy
+from strategies.connection import ConnectionStrategy, SweepProgress
 
 SQL = "%Y-%m-%d %H:%M:%S"
 # the real backend's tables as its migrations create them (add_viewer_sessions.js, zz_20260505_add_camera_view_stats.js)
@@ -323,3 +323,18 @@ async def test_asked_by_hand_while_the_sweep_progresses_it_says_so(backend: sqli
     with pytest.raises(StrategyDeferred, match="its sweep is working"):
         await r.strategy.plan(manual)
     assert count(backend, "SELECT count(*) FROM viewer_sessions WHERE is_active = 1") == 40
+
+
+def test_progress_is_judged_between_samples_and_any_drop_restarts_it() -> None:
+    """Flat or rising counts add up between samples; a drop or an empty count starts over; a gap adds nothing."""
+    progress = SweepProgress()
+    progress.observe([(0.0, 100.0), (20.0, 100.0), (40.0, 120.0)])
+    assert progress.flat_for() == 40.0
+    progress.observe([(40.0, 120.0)])  # seen already: ignored
+    assert progress.flat_for() == 40.0
+    progress.observe([(50.0, 90.0), (70.0, 95.0)])
+    assert (progress.flat_for(), progress.last_down) == (20.0, 50.0)
+    progress.observe([(80.0, 0.0)])
+    assert progress.flat_for() == 0.0
+    progress.observe([(90.0, 5.0)])
+    assert progress.flat_for() == 0.0  # one sample: no span yet, however late the next look comes
