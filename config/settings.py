@@ -277,7 +277,7 @@ class ConnectionOptions:
     session_timeout_seconds: float = _f(15.0, min=1.0, max=3600.0)
     stuck_session_seconds: float = _f(120.0, min=10.0, max=86400.0)
     sweep_interval_seconds: float = _f(20.0, min=0.01, max=3600.0)
-    stuck_sweep_periods: int = _f(3, min=1, max=1000)
+    stuck_sweep_periods: int = _f(6, min=1, max=1000)
     session_batch_rows: int = _f(100, min=1, max=10_000)
     session_max_batches: int = _f(50, min=1, max=10_000)
     busy_timeout_ms: int = _f(1000, min=0, max=60_000)

@@ -144,7 +144,7 @@ class ConnectionStrategy(Strategy):
 
     The backend's sweep runs every ``sweep_interval_seconds`` (20 s) and ends every session silent past 15 s.
     A session silent past ``stuck_session_seconds`` (120 s) arms the strategy, but it acts only when the sweep
-    is shown not to progress: the count of stale sessions has not gone down for ``stuck_sweep_periods`` (3)
+    is shown not to progress: the count of stale sessions has not gone down for ``stuck_sweep_periods`` (6)
     sweep periods and the oldest has been silent that long too. While the count goes down the sweep is
     working through a backlog (20,000 stale sessions take it minutes): the finding ``sessions-sweep-backlog``
     says so, and nothing is done.
