@@ -302,6 +302,17 @@ class ConnectionStrategy(Strategy):
     def _backlog(self, sessions: SessionSample, now: float) -> Finding:
         """Sessions silent past the stuck line while the sweep still makes progress: it is catching up."""
         down = self._sweep.last_down
+        flat = self._sweep.flat_for()
+        if down is not None and now - down <= self.stall_seconds():
+            state = (
+                f"the backend's sweep is working through them (the count last went down "
+                f"{units.duration(now - down)} ago), so nothing is done"
+            )
+        else:
+            state = (
+                f"their number has not gone down for {units.duration(flat)}; the sweep counts as stuck after "
+                f"{units.duration(self.stall_seconds())} ({self._o.stuck_sweep_periods} of its periods)"
+            )
         return Finding(
             id="sessions-sweep-backlog",
             strategy=self.name,
@@ -309,9 +320,7 @@ class ConnectionStrategy(Strategy):
             summary=(
                 f"{sessions.stale} viewer session(s) are silent past the backend's "
                 f"{self._o.session_timeout_seconds:g} s timeout, {sessions.stuck} of them past "
-                f"{units.duration(self._o.stuck_session_seconds)}; the backend's sweep is working through them"
-                + (f" (the count last went down {units.duration(now - down)} ago)" if down is not None else "")
-                + ", so nothing is done"
+                f"{units.duration(self._o.stuck_session_seconds)}: {state}"
             ),
             evidence={
                 "stale_sessions": sessions.stale,

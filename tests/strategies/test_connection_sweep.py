@@ -20,7 +20,7 @@ from config.settings import ConnectionOptions, DetectionSettings
 from metrics.snapshot import Snapshot
 from metrics.sqlite import DatabaseReader
 from metrics.window import Windows
-from strategies.base import Plan, StrategyContext, StrategyDeferred
+from strategies.base import Finding, Plan, StrategyContext, StrategyDeferred
 from strategies.connection import ConnectionStrategy, SweepProgress
 
 SQL = "%Y-%m-%d %H:%M:%S"
@@ -211,10 +211,10 @@ class Round:
         armed = ("sessions_stuck",) if snap.signals().get("sessions_stuck", 0) >= 1 else ()
         return StrategyContext(snapshot=snap, windows=self.windows, armed=armed, manual=False, now=at)
 
-    async def look(self, at: float) -> tuple[set[str], Plan | None]:
-        """One round: the findings' ids and the plan."""
+    async def look(self, at: float) -> tuple[dict[str, Finding], Plan | None]:
+        """One round: the findings by id, and the plan."""
         ctx = self.sample(at)
-        findings = {f.id for f in self.strategy.findings(ctx)}
+        findings = {f.id: f for f in self.strategy.findings(ctx)}
         return findings, await self.strategy.plan(ctx)
 
 
@@ -235,6 +235,8 @@ async def test_a_sweep_working_through_a_backlog_is_left_alone_and_a_stalled_one
         findings, plan = await r.look(at)
         assert plan is None, "the backend's sweep is making progress"
         assert "sessions-sweep-backlog" in findings and "sessions-sweep-stuck" not in findings
+        if at > 0:
+            assert "the backend's sweep is working through them" in findings["sessions-sweep-backlog"].summary
         assert backend_sweep(backend, limit=300) == 300
         at += 25.0
     by_backend = count(backend, "SELECT count(*) FROM viewer_session_history")
@@ -242,6 +244,9 @@ async def test_a_sweep_working_through_a_backlog_is_left_alone_and_a_stalled_one
     # the sweep stops: the count stays at 500 for three periods
     for step in range(4):
         findings, plan = await r.look(at + step * INTERVAL)
+        if step == 2:
+            assert plan is None
+            assert "(the count last went down 40 s ago)" in findings["sessions-sweep-backlog"].summary
     assert plan is not None and "sessions-sweep-stuck" in findings
     assert plan.changes[0].before == "500 active, silent past 15 s"
     result = await r.strategy.apply(plan)
@@ -281,7 +286,10 @@ async def test_a_session_the_backend_ended_meanwhile_is_neither_copied_nor_count
     r = Round(path_of(backend))
     plan = None
     for step in range(5):
-        _, plan = await r.look(step * INTERVAL)
+        findings, plan = await r.look(step * INTERVAL)
+        if step == 2:
+            summary = findings["sessions-sweep-backlog"].summary
+            assert "has not gone down for 40 s; the sweep counts as stuck after 1 min (3 of its periods)" in summary
     assert plan is not None
     ended_by_backend = [
         row["session_id"] for row in backend.execute("SELECT session_id FROM viewer_sessions LIMIT 7").fetchall()
