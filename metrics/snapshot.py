@@ -135,6 +135,8 @@ class DatabaseSample:
     probe_seconds: float
     busy: bool
     tables: Mapping[str, TableStat] = field(default_factory=lambda: MappingProxyType({}))
+    # the backend's timezone as its system_settings row names it at this sample (None: not read)
+    timezone: str | None = None
 
     @property
     def freelist_ratio(self) -> float:

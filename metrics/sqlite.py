@@ -275,6 +275,7 @@ class DatabaseReader:
             probe_seconds=probe,
             busy=busy,
             tables=self._table_stats,
+            timezone=self.zone.current.name,
         )
 
     def _sessions(self, conn: sqlite3.Connection, zone: bt.Zone) -> SessionSample | None:

@@ -348,6 +348,8 @@ class DatabaseStrategy(Strategy):
     async def plan(self, ctx: StrategyContext) -> Plan | None:
         """A checkpoint when the WAL is over its limit; else retention or VACUUM when due; else (manual) upkeep."""
         db = ctx.snapshot.database
+        if db is not None and db.timezone is not None:
+            self._zone = bt.resolve_zone(db.timezone, self._offset)  # the vacuum window follows a changed zone
         if db is None:
             status = ctx.snapshot.sources.get("database")
             if ctx.manual and status is not None and status.error:

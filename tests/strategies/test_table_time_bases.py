@@ -207,3 +207,22 @@ async def test_the_retention_reason_counts_the_tables_holding_the_rows(backend_d
     assert f"in {holding} tables nobody cleans" in plan.reason
     table = plan.changes[0].target.removeprefix("table:")
     assert plan.reason.endswith(f"; 1 of them this round, from 1 table ({table})")
+
+
+async def test_the_vacuum_window_follows_the_backends_zone(backend_db: Path) -> None:
+    """19:30 UTC is 02:30 in WIB, outside 03:00-05:00, and 03:30 in WITA, inside: the sampled zone decides."""
+    wall = datetime(2026, 1, 15, 19, 30, tzinfo=UTC).timestamp()
+    s = DatabaseStrategy(
+        backend_db,
+        DatabaseOptions(vacuum_enabled=True),
+        exit_ratio=0.9,
+        timezone_offset_hours=OFFSET,
+        wall=lambda: wall,
+    )
+    await s.plan(manual(snapshot(sample(backend_db))))
+    assert not s.in_vacuum_window(wall)
+    set_zone(backend_db, "WITA")
+    db = sample(backend_db)
+    assert db.timezone == "Asia/Makassar"
+    await s.plan(manual(snapshot(db)))
+    assert s.in_vacuum_window(wall)
