@@ -22,7 +22,7 @@ import urllib.parse
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 from types import MappingProxyType
 
@@ -31,7 +31,6 @@ from metrics.errors import SamplingError
 from metrics.snapshot import DatabaseSample, SessionSample, TableStat
 from metrics.tables import TableSpec
 
-LOCAL_FORMAT = "%Y-%m-%d %H:%M:%S"
 SQLITE_MAGIC = b"SQLite format 3\x00"
 HEADER_BYTES = 100
 SIDECARS = ("-wal", "-shm")
@@ -154,17 +153,6 @@ def is_not_a_database(exc: sqlite3.Error) -> bool:
     """Whether an SQLite error says the file is damaged or not a database at all (not a transient lock)."""
     text = str(exc)
     return "not a database" in text or "malformed" in text or "file is encrypted" in text
-
-
-def local_now(offset_hours: float, now: datetime | None = None) -> datetime:
-    """The backend's local wall time (naive), as its session timestamps are written."""
-    base = now if now is not None else datetime.now(UTC)
-    return (base.astimezone(UTC) + timedelta(hours=offset_hours)).replace(tzinfo=None)
-
-
-def local_text(moment: datetime) -> str:
-    """Format a naive local time the way the backend stores it."""
-    return moment.strftime(LOCAL_FORMAT)
 
 
 def table_columns(conn: sqlite3.Connection, table: str) -> set[str]:

@@ -28,7 +28,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from metrics import backendtime as bt
-from metrics.sqlite import LOCAL_FORMAT, is_busy, table_columns
+from metrics.sqlite import is_busy, table_columns
 from strategies.actions.sqlite import reading, writing
 from strategies.base import StrategyError
 
@@ -70,29 +70,6 @@ class EndedSessions:
     session_ids: tuple[str, ...]
 
 
-def parse_local(text: str) -> datetime | None:
-    """A stored local-time text as a naive datetime (None when it is not one)."""
-    try:
-        return datetime.strptime(str(text)[:19].replace("T", " "), LOCAL_FORMAT)
-    except ValueError:
-        return None
-
-
-def count_stuck(path: Path, cutoff: str, busy_timeout_ms: int) -> StuckSessions:
-    """How many active sessions have a heartbeat older than ``cutoff`` (local-time text); read-only."""
-    with reading(path, busy_timeout_ms) as conn:
-        try:
-            row = conn.execute(
-                "SELECT count(*), min(last_heartbeat) FROM viewer_sessions WHERE is_active = 1 AND last_heartbeat < ?",
-                (cutoff,),
-            ).fetchone()
-        except sqlite3.OperationalError as exc:
-            if is_busy(exc):
-                raise StrategyError(f"database busy: cannot count stuck sessions ({exc})") from None
-            raise StrategyError(f"cannot read viewer_sessions: {exc}") from None
-    return StuckSessions(count=int(row[0]), oldest_heartbeat=str(row[1]) if row[1] is not None else None)
-
-
 def _local_sql_parts(text: object) -> datetime | None:
     """The backend's parseLocalSqlParts: the wall-clock fields of a local SQL text (naive), else None."""
     if not isinstance(text, str):
@@ -111,7 +88,7 @@ def resolve_end(heartbeat: object, zone: bt.Zone) -> str:
     """The backend's resolveLocalSqlTimestamp(last_heartbeat): the same wall time, as ``YYYY-MM-DD HH:MM:SS``."""
     parts = _local_sql_parts(heartbeat)
     if parts is not None:
-        return parts.strftime(LOCAL_FORMAT)
+        return bt.sql_text(parts)
     moment = bt.parse(heartbeat, bt.TimeBase.UTC, zone) if isinstance(heartbeat, str) else None
     return zone.local_text(moment)
 

@@ -13,7 +13,7 @@ import pytest
 
 from metrics.backendtime import TimeBase
 from metrics.errors import SamplingError
-from metrics.sqlite import DatabaseReader, local_now, local_text, read_database
+from metrics.sqlite import DatabaseReader, read_database
 from metrics.tables import TableSpec
 
 UTC_BASE = TimeBase.UTC
@@ -203,13 +203,6 @@ def test_negative_offset_zone(tmp_path: Path) -> None:
     db.read(1.0)
     assert db.last_sessions is not None
     assert (db.last_sessions.active, db.last_sessions.stuck) == (2, 1)
-
-
-def test_local_time_helpers_apply_the_offset() -> None:
-    """local_now shifts a UTC instant by the offset; local_text formats it as the backend stores it."""
-    instant = datetime(2026, 8, 1, 20, 30, 15, tzinfo=UTC)
-    assert local_text(local_now(7.0, instant)) == "2026-08-02 03:30:15"
-    assert local_text(local_now(-5.5, instant)) == "2026-08-01 15:00:15"
 
 
 def test_database_without_sessions_table(tmp_path: Path) -> None:
