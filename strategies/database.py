@@ -83,9 +83,9 @@ class DatabaseStrategy(Strategy):
       ``login_attempts``, ``camera_source_lifecycle_events``, ``recording_maintenance_events``, and the two
       history archive tables after ``archive_retention_days`` (365). Each column is compared in the clock the
       backend writes it in (metrics/tables.py): session columns in its local time, in the zone of its
-      ``system_settings`` row read at each plan; the others in UTC, as text or ISO. It deletes ``retention_batch_rows`` (500) rows per short write
-      transaction, at most ``retention_max_rows_per_run`` per round, within ``maintenance_max_seconds``,
-      and stops when the backend's writer holds the lock. It never touches ``telegram_archive_uploads``
+      ``system_settings`` row read at each plan; the others in UTC, as text or ISO. It deletes
+      ``retention_batch_rows`` (500) rows per short write transaction, at most ``retention_max_rows_per_run``
+      per round, within ``maintenance_max_seconds``, and stops when the backend's writer holds the lock. It never touches ``telegram_archive_uploads``
       (the only index of archived footage) nor the tables the backend cleans itself. Armed when a table's
       oldest row is a day past its cutoff. Expected effect: ``freelist_ratio`` up (the pages are reused).
     - ``VACUUM`` (``vacuum_enabled``): only inside ``vacuum_window`` (``HH:MM-HH:MM``, the backend's local
@@ -161,6 +161,11 @@ class DatabaseStrategy(Strategy):
     def _local(self, wall: float) -> datetime:
         return self._zone.now_local(datetime.fromtimestamp(wall, UTC))
 
+    def _follow_zone(self, db: DatabaseSample) -> None:
+        """Take the backend's zone as sampled: the vacuum window follows a zone changed at runtime."""
+        if db.timezone is not None and db.timezone != self._zone.name:
+            self._zone = bt.resolve_zone(db.timezone, self._offset)
+
     def in_vacuum_window(self, wall: float) -> bool:
         """Whether the wall time falls in the configured quiet window (the backend's local time)."""
         return ret.in_window(self._o.vacuum_window, self._local(wall))
@@ -192,6 +197,7 @@ class DatabaseStrategy(Strategy):
         db = ctx.snapshot.database
         if db is None:
             return ()
+        self._follow_zone(db)
         out: list[Finding] = []
         if db.busy:
             out.append(
@@ -348,8 +354,8 @@ class DatabaseStrategy(Strategy):
     async def plan(self, ctx: StrategyContext) -> Plan | None:
         """A checkpoint when the WAL is over its limit; else retention or VACUUM when due; else (manual) upkeep."""
         db = ctx.snapshot.database
-        if db is not None and db.timezone is not None:
-            self._zone = bt.resolve_zone(db.timezone, self._offset)  # the vacuum window follows a changed zone
+        if db is not None:
+            self._follow_zone(db)
         if db is None:
             status = ctx.snapshot.sources.get("database")
             if ctx.manual and status is not None and status.error:
