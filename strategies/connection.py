@@ -299,20 +299,23 @@ class ConnectionStrategy(Strategy):
             out.append(crowded)
         return tuple(out)
 
-    def _backlog(self, sessions: SessionSample, now: float) -> Finding:
-        """Sessions silent past the stuck line while the sweep still makes progress: it is catching up."""
+    def _sweep_state(self, now: float) -> str:
+        """Why nothing is done yet: the sweep is seen working, or the count has not stood still long enough."""
         down = self._sweep.last_down
-        flat = self._sweep.flat_for()
         if down is not None and now - down <= self.stall_seconds():
-            state = (
+            return (
                 f"the backend's sweep is working through them (the count last went down "
                 f"{units.duration(now - down)} ago), so nothing is done"
             )
-        else:
-            state = (
-                f"their number has not gone down for {units.duration(flat)}; the sweep counts as stuck after "
-                f"{units.duration(self.stall_seconds())} ({self._o.stuck_sweep_periods} of its periods)"
-            )
+        return (
+            f"their number has not gone down for {units.duration(self._sweep.flat_for())}; the sweep counts as "
+            f"stuck after {units.duration(self.stall_seconds())} ({self._o.stuck_sweep_periods} of its periods)"
+        )
+
+    def _backlog(self, sessions: SessionSample, now: float) -> Finding:
+        """Sessions silent past the stuck line while the sweep still makes progress: it is catching up."""
+        down = self._sweep.last_down
+        state = self._sweep_state(now)
         return Finding(
             id="sessions-sweep-backlog",
             strategy=self.name,
@@ -417,8 +420,7 @@ class ConnectionStrategy(Strategy):
             sessions = ctx.snapshot.sessions
             if ctx.manual and sessions is not None and sessions.stale > 0 and self._kicker is None:
                 raise StrategyDeferred(
-                    f"{sessions.stale} session(s) silent past the backend's timeout, but the count went down within "
-                    f"the last {units.duration(self.stall_seconds())}: its sweep is working, nothing to do"
+                    f"{sessions.stale} session(s) silent past the backend's timeout: {self._sweep_state(ctx.now)}"
                 )
             return None
         stale = await asyncio.to_thread(

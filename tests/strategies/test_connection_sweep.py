@@ -328,7 +328,7 @@ async def test_asked_by_hand_while_the_sweep_progresses_it_says_so(backend: sqli
     manual = StrategyContext(
         snapshot=ctx.snapshot, windows=ctx.windows, armed=ctx.armed, manual=True, now=ctx.now, baselines={}
     )
-    with pytest.raises(StrategyDeferred, match="its sweep is working"):
+    with pytest.raises(StrategyDeferred, match="sweep is working through them"):
         await r.strategy.plan(manual)
     assert count(backend, "SELECT count(*) FROM viewer_sessions WHERE is_active = 1") == 40
 
