@@ -44,12 +44,19 @@ def stuck_rows(tb: TestbedProcess) -> list[sqlite3.Row]:
         return conn.execute(f"SELECT * FROM viewer_sessions WHERE {STUCK} ORDER BY id").fetchall()
 
 
-def history_rows(tb: TestbedProcess) -> dict[str, sqlite3.Row]:
-    """viewer_session_history rows of the scenario's sessions, by session id."""
+def key(row: sqlite3.Row) -> tuple[str, str]:
+    """A session's identity in viewer_session_history, which has no session_id in the backend's schema."""
+    return (row["ip_address"], row["started_at"])
+
+
+def history_rows(tb: TestbedProcess) -> dict[tuple[str, str], sqlite3.Row]:
+    """viewer_session_history rows of the scenario's sessions, by (address, start); one each."""
     with sqlite3.connect(f"file:{tb.database}?mode=ro", uri=True) as conn:
         conn.row_factory = sqlite3.Row
         rows = conn.execute(f"SELECT * FROM viewer_session_history WHERE {STUCK}").fetchall()
-    return {r["session_id"]: r for r in rows}
+    out = {key(r): r for r in rows}
+    assert len(out) == len(rows), "one history row per session"
+    return out
 
 
 async def round_of(daemon: Daemon) -> tuple[int, ...]:
@@ -78,14 +85,14 @@ async def test_stuck_sessions_are_ended_like_the_backend_does(testbed: TestbedPr
 
         sessions = stuck_rows(testbed)
         history = history_rows(testbed)
-        assert len(sessions) == 20 and set(history) == {s["session_id"] for s in sessions}
+        assert len(sessions) == 20 and set(history) == {key(s) for s in sessions}
         for s in sessions:
             assert s["is_active"] == 0
             # what the backend's endSession writes: ended_at is the last heartbeat, the duration up to it
             assert s["ended_at"] == s["last_heartbeat"]
             watched = datetime.strptime(s["last_heartbeat"], FORMAT) - datetime.strptime(s["started_at"], FORMAT)
             assert s["duration_seconds"] == int(watched.total_seconds())
-            copy = history[s["session_id"]]
+            copy = history[key(s)]
             assert (copy["ended_at"], copy["started_at"], copy["duration_seconds"]) == (
                 s["ended_at"],
                 s["started_at"],
@@ -135,7 +142,7 @@ async def test_the_sweeps_whole_job_is_done_sessions_short_of_the_stuck_line_too
     newest_ended = max(datetime.strptime(s["last_heartbeat"], FORMAT) for s in ended)
     oldest_active = min(datetime.strptime(s["last_heartbeat"], FORMAT) for s in active)
     assert oldest_active - newest_ended >= timedelta(seconds=50), "the fresh sessions are the ones left active"
-    assert set(history_rows(testbed)) == {s["session_id"] for s in ended}
+    assert set(history_rows(testbed)) == {key(s) for s in ended}
 
 
 async def test_observe_and_dry_run_end_no_session(testbed: TestbedProcess, tmp_path: Path) -> None:
