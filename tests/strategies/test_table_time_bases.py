@@ -226,3 +226,20 @@ async def test_the_vacuum_window_follows_the_backends_zone(backend_db: Path) -> 
     assert db.timezone == "Asia/Makassar"
     await s.plan(manual(snapshot(db)))
     assert s.in_vacuum_window(wall)
+
+
+async def test_a_text_that_is_no_time_is_never_pruned(backend_db: Path) -> None:
+    """datetime() cannot read 'never' or an empty text: such rows stay, the old ISO ones next to them go."""
+    run(backend_db, "DELETE FROM token_blacklist")
+    for n, expires in enumerate(("never", "", iso(-timedelta(days=200)))):
+        run(
+            backend_db,
+            "INSERT INTO token_blacklist (token_hash, user_id, reason, expires_at) VALUES (?, 1, 'logout', ?)",
+            f"hash-{n}",
+            expires,
+        )
+    s = strategy(backend_db)
+    plan = await s.plan(manual(snapshot(sample(backend_db))))
+    assert plan is not None
+    await s.apply(plan)
+    assert sorted(r[0] for r in rows(backend_db, "SELECT expires_at FROM token_blacklist")) == ["", "never"]
