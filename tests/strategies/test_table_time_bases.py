@@ -46,6 +46,20 @@ def run(path: Path, sql: str, *args: Any) -> None:
     conn.close()
 
 
+def insert_row(path: Path, table: str, values: dict[str, Any]) -> None:
+    """Insert a row with the given values, in whatever columns of these the schema has; columns the schema
+    requires (NOT NULL without a default) and the values do not name get a placeholder."""
+    with sqlite3.connect(path) as conn:
+        info = conn.execute(f'PRAGMA table_info("{table}")').fetchall()
+        row = {c[1]: values[c[1]] for c in info if c[1] in values}
+        for _, name, kind, notnull, default, pk in info:
+            if notnull and default is None and not pk and name not in row:
+                row[name] = 1 if "INT" in str(kind).upper() else f"{name}-{len(values)}-{time.monotonic_ns()}"
+        marks = ", ".join("?" for _ in row)
+        conn.execute(f'INSERT INTO "{table}" ({", ".join(row)}) VALUES ({marks})', tuple(row.values()))
+    conn.close()
+
+
 def rows(path: Path, sql: str, *args: Any) -> list[tuple[Any, ...]]:
     """Query results."""
     with sqlite3.connect(path) as conn:
@@ -127,31 +141,35 @@ async def test_a_token_session_expired_89_days_20_hours_ago_is_kept_under_a_90_d
     """playback_token_sessions.expires_at is UTC: read as local time (+7 h) it looked 90 d 3 h old and was deleted."""
     run(backend_db, "DELETE FROM playback_token_sessions")
     for name, age in (("recent", timedelta(days=89, hours=20)), ("old", timedelta(days=90, hours=4))):
-        run(
+        insert_row(
             backend_db,
-            "INSERT INTO playback_token_sessions (token_hash, camera_id, ip_address, created_at, last_seen_at,"
-            " expires_at) VALUES (?, 1, '10.0.0.1', ?, ?, ?)",
-            name,
-            utc_sql(-age - timedelta(hours=1)),
-            utc_sql(-age),
-            utc_sql(-age),
+            "playback_token_sessions",
+            {
+                "token_id": 1,
+                "token_hash": name,
+                "session_id_hash": name,
+                "ip_address": name,
+                "created_at": utc_sql(-age - timedelta(hours=1)),
+                "last_seen_at": utc_sql(-age),
+                "expires_at": utc_sql(-age),
+                "ended_at": utc_sql(-age),
+            },
         )
     s = strategy(backend_db)
     plan = await s.plan(manual(snapshot(sample(backend_db))))
     assert plan is not None
     await s.apply(plan)
-    assert rows(backend_db, "SELECT token_hash FROM playback_token_sessions") == [("recent",)]
+    assert rows(backend_db, "SELECT ip_address FROM playback_token_sessions") == [("recent",)]
 
 
 def test_an_expiry_still_ahead_is_age_zero_never_negative(backend_db: Path) -> None:
     """token_blacklist holds ISO UTC expiries a week ahead: the oldest is 0 days old, not -7 (or -7 d 7 h)."""
     run(backend_db, "DELETE FROM token_blacklist")
     for n, ahead in enumerate((timedelta(days=7), timedelta(days=6, hours=23))):
-        run(
+        insert_row(
             backend_db,
-            "INSERT INTO token_blacklist (token_hash, user_id, reason, expires_at) VALUES (?, 1, 'logout', ?)",
-            f"hash-{n}",
-            iso(ahead),
+            "token_blacklist",
+            {"token_hash": f"hash-{n}", "user_id": 1, "reason": "logout", "expires_at": iso(ahead)},
         )
     snap = snapshot(sample(backend_db))
     assert snap.signals()["table_oldest_days:token_blacklist"] == 0.0
@@ -168,13 +186,18 @@ async def test_local_cutoffs_follow_the_timezone_an_admin_sets_at_runtime(backen
     """
     run(backend_db, "DELETE FROM viewer_sessions")
     age = -timedelta(days=90, minutes=30)
-    run(
+    insert_row(
         backend_db,
-        "INSERT INTO viewer_sessions (session_id, camera_id, started_at, last_heartbeat, ended_at, is_active)"
-        " VALUES ('wita', 1, ?, ?, ?, 0)",
-        local_in(8.0, age),
-        local_in(8.0, age),
-        local_in(8.0, age),
+        "viewer_sessions",
+        {
+            "session_id": "wita",
+            "camera_id": 1,
+            "ip_address": "10.0.0.8",
+            "started_at": local_in(8.0, age),
+            "last_heartbeat": local_in(8.0, age),
+            "ended_at": local_in(8.0, age),
+            "is_active": 0,
+        },
     )
     s = strategy(backend_db)
     set_zone(backend_db, "WIB")
@@ -232,11 +255,10 @@ async def test_a_text_that_is_no_time_is_never_pruned(backend_db: Path) -> None:
     """datetime() cannot read 'never' or an empty text: such rows stay, the old ISO ones next to them go."""
     run(backend_db, "DELETE FROM token_blacklist")
     for n, expires in enumerate(("never", "", iso(-timedelta(days=200)))):
-        run(
+        insert_row(
             backend_db,
-            "INSERT INTO token_blacklist (token_hash, user_id, reason, expires_at) VALUES (?, 1, 'logout', ?)",
-            f"hash-{n}",
-            expires,
+            "token_blacklist",
+            {"token_hash": f"hash-{n}", "user_id": 1, "reason": "logout", "expires_at": expires},
         )
     s = strategy(backend_db)
     plan = await s.plan(manual(snapshot(sample(backend_db))))
