@@ -416,6 +416,10 @@ class ConnectionStrategy(Strategy):
 
     async def _sessions_plan(self, ctx: StrategyContext) -> Plan | None:
         assert self._db is not None
+        status = ctx.snapshot.sources.get("database")
+        if ctx.manual and ctx.snapshot.sessions is None and status is not None and status.error:
+            # asked by hand while the database cannot be read: say why (a deferral, never a failure)
+            raise StrategyDeferred(status.error)
         if not self.sweep_stalled(ctx):
             sessions = ctx.snapshot.sessions
             if ctx.manual and sessions is not None and sessions.stale > 0 and self._kicker is None:
