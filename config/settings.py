@@ -251,9 +251,14 @@ class CpuOptions:
 class ConnectionOptions:
     """Options of the connection strategy (``CCTV_OPTIMIZER_STRATEGIES__CONNECTION__<FIELD>``).
 
-    - ``session_timeout_seconds``: the backend's own viewer-session timeout (15 s); ended sessions get this much
-      time after their last heartbeat, as the backend's sweep would have given them.
-    - ``stuck_session_seconds``: an active session whose heartbeat is older than this means the sweep is stuck.
+    - ``session_timeout_seconds``: the backend's own viewer-session timeout (15 s): its sweep ends sessions silent
+      for longer, and so does this strategy when it does the sweep's job.
+    - ``sweep_interval_seconds``: how often the backend's sweep runs (20 s).
+    - ``stuck_sweep_periods``: the sweep counts as stuck only when the number of sessions past the timeout has not
+      gone down for this many sweep periods (and the oldest has been silent that long); while it goes down the
+      sweep is working through a backlog and nothing is done.
+    - ``stuck_session_seconds``: an active session silent for longer than this arms the strategy (and is counted
+      as ``sessions_stuck``); it then acts only on the rule above.
     - ``session_batch_rows``, ``session_max_batches``: sessions ended per short transaction, and batches per action.
     - ``busy_timeout_ms``: how long a batch may wait for the backend's writer before the action gives up.
     - ``finding_hold_seconds``: how long ``sessions-sweep-stuck`` stays reported after the last stuck session.
@@ -271,6 +276,8 @@ class ConnectionOptions:
     mode: Mode | None = _f(None)
     session_timeout_seconds: float = _f(15.0, min=1.0, max=3600.0)
     stuck_session_seconds: float = _f(120.0, min=10.0, max=86400.0)
+    sweep_interval_seconds: float = _f(20.0, min=0.01, max=3600.0)
+    stuck_sweep_periods: int = _f(6, min=1, max=1000)
     session_batch_rows: int = _f(100, min=1, max=10_000)
     session_max_batches: int = _f(50, min=1, max=10_000)
     busy_timeout_ms: int = _f(1000, min=0, max=60_000)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from types import MappingProxyType
 
 _EMPTY: Mapping[str, float] = MappingProxyType({})
@@ -106,24 +105,21 @@ class CacheStatsSample:
     hit_rate: float
 
 
-def oldest_age_days(text: str | None, wall_time: float) -> float | None:
-    """Days since a ``YYYY-MM-DD HH:MM:SS`` timestamp read as UTC; None when the text is not such a timestamp."""
-    # local-time columns come out off by the backend's UTC offset: hours, against thresholds of days
-    if not text:
+def age_days(epoch: float | None, wall_time: float) -> float | None:
+    """Days from a row's time (epoch seconds) to ``wall_time``; 0 for a time still ahead (an expiry to come)."""
+    if epoch is None:
         return None
-    try:
-        moment = datetime.strptime(text[:19].replace("T", " "), "%Y-%m-%d %H:%M:%S").replace(tzinfo=UTC)
-    except ValueError:
-        return None
-    return (wall_time - moment.timestamp()) / 86400.0
+    return max(0.0, (wall_time - epoch) / 86400.0)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class TableStat:
-    """Row count and oldest timestamp text of one backend table."""
+    """Row count and oldest timestamp text of one backend table; ``oldest_epoch`` is that text read in its
+    column's own time base (metrics/tables.py), None when it is not a time."""
 
     rows: int
     oldest: str | None
+    oldest_epoch: float | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -139,6 +135,8 @@ class DatabaseSample:
     probe_seconds: float
     busy: bool
     tables: Mapping[str, TableStat] = field(default_factory=lambda: MappingProxyType({}))
+    # the backend's timezone as its system_settings row names it at this sample (None: not read)
+    timezone: str | None = None
 
     @property
     def freelist_ratio(self) -> float:
@@ -179,6 +177,9 @@ class SessionSample:
     active: int
     stuck: int
     oldest_heartbeat_age_seconds: float | None
+    # silent past the backend's own timeout (15 s): what its sweep ends; and the zone its times were read in
+    stale: int = 0
+    timezone: str | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -254,7 +255,7 @@ class Snapshot:
             out["freelist_ratio"] = self.database.freelist_ratio
             out["database_probe_seconds"] = self.database.probe_seconds
             for table, stat in self.database.tables.items():
-                age = oldest_age_days(stat.oldest, self.wall_time)
+                age = age_days(stat.oldest_epoch, self.wall_time)
                 if age is not None:
                     out[f"table_oldest_days:{table}"] = age
         if self.hls is not None:
@@ -263,6 +264,7 @@ class Snapshot:
         if self.sessions is not None:
             out["sessions_active"] = float(self.sessions.active)
             out["sessions_stuck"] = float(self.sessions.stuck)
+            out["sessions_stale"] = float(self.sessions.stale)
         if self.mediamtx is not None:
             out["mediamtx_readers"] = float(self.mediamtx.readers)
         if self.own is not None:
@@ -302,6 +304,7 @@ SIGNAL_LABELS: Mapping[str, str] = MappingProxyType(
         "hls_stale_files": "Stale HLS files",
         "sessions_active": "Active viewer sessions",
         "sessions_stuck": "Stuck viewer sessions",
+        "sessions_stale": "Viewer sessions past the backend's timeout",
         "mediamtx_readers": "MediaMTX readers",
         "own_rss_bytes": "Optimizer memory (RSS)",
     }

@@ -47,6 +47,7 @@ from metrics.prometheus import DaemonMetrics, SnapshotCollector
 from metrics.sampler import Sampler, Sources
 from metrics.snapshot import Snapshot
 from metrics.sqlite import DatabaseReader
+from metrics.tables import TABLES
 from metrics.tcp import TcpCounter, make_tcp_counter
 from metrics.window import Windows
 from optimizer.alertmanager import AlertmanagerReceiver
@@ -73,20 +74,8 @@ VERSION = "0.1.0"
 OWN_SIGNALS = frozenset({"own_rss_bytes"})
 log = structlog.get_logger("daemon")
 
-# tables the backend never cleans, with the column that dates their rows (TARGET.md)
-UNCLEANED_TABLES: tuple[tuple[str, str], ...] = (
-    ("viewer_sessions", "started_at"),
-    ("viewer_session_history", "started_at"),
-    ("viewer_session_history_archive", "started_at"),
-    ("playback_viewer_sessions", "started_at"),
-    ("playback_token_sessions", "expires_at"),
-    ("playback_token_audit_logs", "created_at"),
-    ("login_attempts", "attempt_time"),
-    ("token_blacklist", "expires_at"),
-    ("camera_source_lifecycle_events", "created_at"),
-    ("recording_maintenance_events", "created_at"),
-)
-
+# the dated tables the database reader samples, each column in its own time base (metrics/tables.py)
+UNCLEANED_TABLES = TABLES
 
 EX_OK, EX_FAIL, EX_CONFIG = 0, 1, 78
 # bind() errors that restarting cannot fix: the address is not on this host, or the port needs a privilege
@@ -231,6 +220,7 @@ class Daemon:
                 s.backend.database,
                 timezone_offset_hours=s.backend.timezone_offset_hours,
                 stuck_session_seconds=s.strategies.connection.stuck_session_seconds,
+                session_timeout_seconds=s.strategies.connection.session_timeout_seconds,
                 tables=UNCLEANED_TABLES,
             )
             if s.backend.database is not None

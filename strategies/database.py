@@ -11,8 +11,8 @@ from typing import Any, NoReturn
 
 from config import units
 from config.settings import DatabaseOptions
-from metrics.snapshot import DatabaseSample, TableStat
-from metrics.sqlite import LOCAL_FORMAT, local_now
+from metrics import backendtime as bt
+from metrics.snapshot import DatabaseSample, TableStat, age_days
 from strategies.actions import backup
 from strategies.actions import retention as ret
 from strategies.actions import sqlite as sql
@@ -42,8 +42,7 @@ TABLE_AGE_SIGNAL = "table_oldest_days:"
 HISTORY_DAYS = 90.0
 HISTORY_TABLE = "viewer_session_history"
 ARCHIVE_TABLE = "viewer_session_history_archive"
-# the table-age signals read local-time columns as UTC, so they are off by up to 14 hours; retention arms
-# a day past the cutoff and disarms only once the oldest row is back within the cutoff plus that error
+# retention arms a day past the cutoff and disarms once the oldest row is back within the cutoff plus a margin
 ARM_SLACK_DAYS = 1.0
 DISARM_SLACK_DAYS = 0.6
 PLAN_COUNT_SECONDS = 5.0
@@ -54,16 +53,14 @@ _mib = units.size
 _days = units.days
 
 
-def _age_days(text: str | None, base: ret.TimeBase, now_utc: datetime, offset_hours: float) -> float | None:
-    """Age in days of a stored timestamp, read in its own time base; None when it cannot be parsed."""
-    if not text:
-        return None
-    try:
-        moment = datetime.strptime(text[:19].replace("T", " "), LOCAL_FORMAT)
-    except ValueError:
-        return None
-    now = local_now(offset_hours if base is ret.TimeBase.LOCAL else 0.0, now_utc)
-    return (now - moment).total_seconds() / 86400.0
+def _count(n: int, noun: str) -> str:
+    """``1 table``, ``3 tables``."""
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
+def _age_days(stat: TableStat, now_utc: datetime) -> float | None:
+    """Age in days of a table's oldest row, read in its column's own time base when sampled; never negative."""
+    return age_days(stat.oldest_epoch, now_utc.timestamp())
 
 
 class DatabaseStrategy(Strategy):
@@ -88,11 +85,11 @@ class DatabaseStrategy(Strategy):
       tables nobody cleans: ended ``viewer_sessions`` and ``playback_viewer_sessions`` rows (never an active
       one), ``playback_token_sessions`` and ``token_blacklist`` by expiry, ``playback_token_audit_logs``,
       ``login_attempts``, ``camera_source_lifecycle_events``, ``recording_maintenance_events``, and the two
-      history archive tables after ``archive_retention_days`` (365). Each column is compared in its own time
-      base: session columns in the backend's local time (``backend.timezone_offset_hours``), columns filled
-      by ``CURRENT_TIMESTAMP`` in UTC. It deletes ``retention_batch_rows`` (500) rows per short write
-      transaction, at most ``retention_max_rows_per_run`` per round, within ``maintenance_max_seconds``,
-      and stops when the backend's writer holds the lock. It never touches ``telegram_archive_uploads``
+      history archive tables after ``archive_retention_days`` (365). Each column is compared in the clock the
+      backend writes it in (metrics/tables.py): session columns in its local time, in the zone of its
+      ``system_settings`` row read at each plan; the others in UTC, as text or ISO. It deletes
+      ``retention_batch_rows`` (500) rows per short write transaction, at most ``retention_max_rows_per_run``
+      per round, within ``maintenance_max_seconds``, and stops when the backend's writer holds the lock. It never touches ``telegram_archive_uploads``
       (the only index of archived footage) nor the tables the backend cleans itself. Armed when a table's
       oldest row is a day past its cutoff. Expected effect: ``freelist_ratio`` up (the pages are reused).
     - ``VACUUM`` (``vacuum_enabled``): only inside ``vacuum_window`` (``HH:MM-HH:MM``, the backend's local
@@ -155,6 +152,8 @@ class DatabaseStrategy(Strategy):
         self._no_room: dict[str, Any] | None = None
         self._exit_ratio = exit_ratio
         self._offset = timezone_offset_hours
+        # the backend's timezone (its system_settings row), read again at every retention plan
+        self._zone = bt.resolve_zone(None, timezone_offset_hours)
         self._clock = clock
         self._wall = wall
         self._last_optimize: float | None = None
@@ -167,7 +166,12 @@ class DatabaseStrategy(Strategy):
         return float(self._o.archive_retention_days if rule.archive else self._o.retention_days)
 
     def _local(self, wall: float) -> datetime:
-        return local_now(self._offset, datetime.fromtimestamp(wall, UTC))
+        return self._zone.now_local(datetime.fromtimestamp(wall, UTC))
+
+    def _follow_zone(self, db: DatabaseSample) -> None:
+        """Take the backend's zone as sampled: the vacuum window follows a zone changed at runtime."""
+        if db.timezone is not None and db.timezone != self._zone.name:
+            self._zone = bt.resolve_zone(db.timezone, self._offset)
 
     def in_vacuum_window(self, wall: float) -> bool:
         """Whether the wall time falls in the configured quiet window (the backend's local time)."""
@@ -200,6 +204,7 @@ class DatabaseStrategy(Strategy):
         db = ctx.snapshot.database
         if db is None:
             return ()
+        self._follow_zone(db)
         out: list[Finding] = []
         if db.busy:
             out.append(
@@ -268,7 +273,7 @@ class DatabaseStrategy(Strategy):
         history = db.tables.get(HISTORY_TABLE)
         if history is None:
             return []
-        age = _age_days(history.oldest, ret.TimeBase.LOCAL, now, self._offset)
+        age = _age_days(history, now)
         evidence: dict[str, Any] = {
             "history_rows": history.rows,
             "oldest": history.oldest,
@@ -311,7 +316,7 @@ class DatabaseStrategy(Strategy):
             if stat is None:
                 continue
             days = self._retention_days(rule)
-            age = _age_days(stat.oldest, rule.time_base, now, self._offset)
+            age = _age_days(stat, now)
             too_old = age is not None and age > days + ARM_SLACK_DAYS
             too_big = stat.rows >= self._o.table_rows_warning
             if not (too_old or too_big):
@@ -356,6 +361,8 @@ class DatabaseStrategy(Strategy):
     async def plan(self, ctx: StrategyContext) -> Plan | None:
         """A checkpoint when the WAL is over its limit; else retention or VACUUM when due; else (manual) upkeep."""
         db = ctx.snapshot.database
+        if db is not None:
+            self._follow_zone(db)
         if db is None:
             status = ctx.snapshot.sources.get("database")
             if ctx.manual and status is not None and status.error:
@@ -471,12 +478,14 @@ class DatabaseStrategy(Strategy):
     def _cutoffs(self, wall: float) -> dict[str, str]:
         now = datetime.fromtimestamp(wall, UTC)
         return {
-            rule.table: ret.cutoff_text(rule.time_base, now, self._retention_days(rule), self._offset)
+            rule.table: ret.cutoff_text(rule.time_base, now, self._retention_days(rule), self._zone)
             for rule in ret.RULES
         }
 
     async def _plan_retention(self, db: DatabaseSample, wall: float) -> Plan | None:
         """Count, read-only, the rows past their cutoff; plan to delete up to the per-round budget."""
+        # the zone an admin set now, not the one at start-up: local-time cutoffs follow it
+        self._zone = await asyncio.to_thread(ret.backend_zone, self._path, self._o.busy_timeout_ms, self._offset)
         cutoffs = self._cutoffs(wall)
         counts = await asyncio.to_thread(
             ret.count_candidates,
@@ -512,12 +521,13 @@ class DatabaseStrategy(Strategy):
         if not changes:
             return None
         waiting = sum(c.prunable for c in counts)
+        holding = sum(1 for c in counts if c.prunable > 0)
         reason = (
             f"{waiting} rows past their retention ({self._o.retention_days} days, archives "
-            f"{self._o.archive_retention_days}) in {len(tables)} tables nobody cleans"
+            f"{self._o.archive_retention_days}) in {_count(holding, 'table')} nobody cleans"
         )
         if total < waiting:
-            reason += f"; {total} this round"
+            reason += f"; {total} of them this round, from {_count(len(tables), 'table')} ({', '.join(tables)})"
         expected = (
             ExpectedEffect(
                 signal="freelist_ratio",
