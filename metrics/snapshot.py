@@ -91,6 +91,9 @@ class ProbeSample:
     bytes_received: int
     # why the backend counts as unavailable (refused, timed out, a bad status or body); None when available
     error: str | None = None
+    # why no hot endpoint was timed this round (the request budget was spent): the response time is then
+    # unknown, not the /health time, and the previous value stands (not fed to baselines or triggers)
+    stale_reason: str | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -104,6 +107,9 @@ class CacheStatsSample:
     size: int
     max_size: int | None
     hit_rate: float
+    # seconds since these counters were read: above 0 when an earlier reading stands in (budget share, 429);
+    # such a reading is shown but not pushed to the signal windows again
+    age_seconds: float = 0.0
 
 
 def oldest_age_days(text: str | None, wall_time: float) -> float | None:
@@ -199,6 +205,9 @@ class SourceStatus:
     duration_seconds: float
 
 
+CACHE_SIGNALS = ("cache_hit_rate", "cache_entries", "cache_lookups")
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Snapshot:
     """Everything one sample saw. Parts are None when their source was unavailable."""
@@ -218,6 +227,15 @@ class Snapshot:
     sessions: SessionSample | None
     own: OwnSample | None
     sources: Mapping[str, SourceStatus]
+
+    def held_signals(self) -> frozenset[str]:
+        """Signals this sample did not measure again although their source is up: their windows keep what they have."""
+        held: set[str] = set()
+        if self.cache is not None and self.cache.age_seconds > 0.0:
+            held.update(CACHE_SIGNALS)
+        if self.probe is not None and self.probe.available and self.probe.stale_reason is not None:
+            held.add("response_time_seconds")
+        return frozenset(held)
 
     def signals(self) -> Mapping[str, float]:
         """The flat numeric signals strategies detect on and the engine verifies against."""
@@ -244,7 +262,7 @@ class Snapshot:
             out["probe_errors"] = float(self.probe.errors)
             if self.probe.response_time_seconds is not None:
                 out["response_time_seconds"] = self.probe.response_time_seconds
-        if self.cache is not None:
+        if self.cache is not None and self.cache.age_seconds <= 0.0:
             out["cache_hit_rate"] = self.cache.hit_rate
             out["cache_entries"] = float(self.cache.size)
             out["cache_lookups"] = float(self.cache.hits + self.cache.misses)
