@@ -159,6 +159,14 @@ class Sampler:
                 error=probe.error or "backend unavailable",
                 duration_seconds=statuses["probe"].duration_seconds,
             )
+        if isinstance(process, ProcessSample) and process.degraded is not None and "process" in statuses:
+            # measured, but perhaps not the server: up, with the reason shown wherever the sources are
+            statuses["process"] = SourceStatus(
+                name="process",
+                up=True,
+                error=process.degraded,
+                duration_seconds=statuses["process"].duration_seconds,
+            )
         ports = set(s.extra_ports)
         if isinstance(process, ProcessSample):
             ports.update(process.listen_ports)

@@ -63,6 +63,8 @@ class ProcessSample:
     children: int
     open_files: int
     listen_ports: tuple[int, ...]
+    # why these figures may not be the server's (the process found listens on no port); None when they are
+    degraded: str | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

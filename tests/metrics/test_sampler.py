@@ -409,3 +409,15 @@ def test_a_standing_in_reading_is_held_not_measured_again() -> None:
     windows.retain({*held.signals(), *held.held_signals()})
     assert windows.values("cache_entries") == [float(CACHE.size)]
     assert windows.values("response_time_seconds") == [PROBE.response_time_seconds]
+
+
+async def test_a_degraded_process_reading_is_up_with_its_reason(fakes: Fakes) -> None:
+    """A process that listens on nothing (a launcher, perhaps) is measured, and its status carries the reason."""
+    from dataclasses import replace
+
+    reason = "pid:/run/backend.pid names process 7 (sh start.sh), which listens on no port"
+    fakes.process.value = replace(PROCESS, listen_ports=(), degraded=reason)
+    snap = await fakes.sampler().sample()
+    status = snap.sources["process"]
+    assert (status.up, status.error) == (True, reason)
+    assert snap.backend is not None and snap.backend.degraded == reason
