@@ -186,6 +186,8 @@ class MemoryOptions:
     - ``backend_kill_bytes``: pm2's ``max_memory_restart`` (1 GiB in production): the hard kill to get ahead of.
     - ``restart_lead_seconds``: steady RSS growth that reaches the kill within this time also arms the strategy.
     - ``growth_min_span_seconds``: growth is trusted only over samples spanning at least this long.
+    - ``growth_warmup_seconds``: after a backend (re)start its RSS rises while it warms up: growth is judged
+      only on samples taken this long after the start.
     - ``own_budget_bytes``: the daemon's own memory budget; GC_THRESHOLD of it is the self-cleanup line.
     - ``cache_entries_limit``: backend response-cache entries above which junk is invalidated (or the cache cleared).
     - ``cache_junk_prefixes``: URL path prefixes to invalidate first (comma-separated; empty: the hot endpoints).
@@ -208,6 +210,7 @@ class MemoryOptions:
     backend_kill_bytes: int = _f(1024 * MIB, min=32 * MIB, max=1 << 40)
     restart_lead_seconds: float = _f(3600.0, min=0.0, max=7 * 86400.0)
     growth_min_span_seconds: float = _f(300.0, min=1.0, max=7 * 86400.0)
+    growth_warmup_seconds: float = _f(600.0, min=0.0, max=86400.0)
     own_budget_bytes: int = _f(128 * MIB, min=16 * MIB, max=1 << 34)
     cache_entries_limit: int = _f(5000, min=10, max=10_000_000)
     cache_junk_prefixes: tuple[str, ...] = _f(())

@@ -309,6 +309,7 @@ class ProcessReader:
                 times = process.cpu_times()
                 cpu = times.user + times.system
                 open_files = count_fds(process)
+                started = process.create_time()
             tree = self._tree_rss(process.pid) if self._kernel_children else None
             if tree is None:
                 children = process.children(recursive=True)
@@ -340,6 +341,7 @@ class ProcessReader:
             open_files=open_files,
             listen_ports=self._listen_ports,
             degraded=self._degraded,
+            started_wall=started,
         )
 
     @staticmethod

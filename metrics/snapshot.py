@@ -63,6 +63,8 @@ class ProcessSample:
     children: int
     open_files: int
     listen_ports: tuple[int, ...]
+    # when the process started (wall-clock seconds); a new value means a restart
+    started_wall: float | None = None
     # why these figures may not be the server's (the process found listens on no port); None when they are
     degraded: str | None = None
 
@@ -254,6 +256,8 @@ class Snapshot:
         if self.backend is not None:
             out["backend_rss_bytes"] = float(self.backend.rss_bytes)
             out["backend_cpu_ratio"] = self.backend.cpu_ratio
+            if self.backend.started_wall is not None:
+                out["backend_uptime_seconds"] = max(0.0, self.wall_time - self.backend.started_wall)
         if self.tcp is not None:
             out["tcp_established"] = float(self.tcp.get("established"))
             out["tcp_close_wait"] = float(self.tcp.get("close_wait"))
@@ -302,6 +306,7 @@ SIGNAL_LABELS: Mapping[str, str] = MappingProxyType(
         "psi_memory_some": "Memory pressure (PSI some, 10 s)",
         "backend_rss_bytes": "Backend memory (RSS)",
         "backend_cpu_ratio": "Backend CPU",
+        "backend_uptime_seconds": "Backend uptime",
         "tcp_established": "Established connections",
         "tcp_close_wait": "Connections in CLOSE_WAIT",
         "tcp_time_wait": "Connections in TIME_WAIT",

@@ -382,6 +382,8 @@ def test_a_pid_file_naming_a_launcher_measures_the_listener_below_it(
     assert reader.launcher_pid == shell.pid
     assert sample.degraded is None
     assert sample.rss_bytes == pytest.approx(server.memory_info().rss, rel=0.2)
+    # its start time, from which the uptime signal (and a restart) is seen
+    assert sample.started_wall == pytest.approx(server.create_time())
     # the backend's port not known: any listener below the launcher is the server
     assert ProcessReader(ProcessSpec(kind="pid", value=str(pid_file))).read(1.0).pid == server.pid
 
