@@ -293,6 +293,8 @@ class CacheOptions:
 
     ``hit_rate_floor``: recent hit rate (from counter deltas) below which the cache has collapsed, judged only
     over at least ``min_lookups`` lookups; ``entries_limit``: entry count that counts as an explosion;
+    ``junk_share_limit``: share of the recent misses that left a new entry behind (keys never seen before: junk
+    query strings) above which the cache is filling with junk, judged over at least ``min_lookups`` misses;
     ``clear_fallback``: clear the whole cache when invalidating the hot prefixes leaves it over the limit;
     ``response_time_floor_ms`` and ``baseline_factor``: hot endpoints slower than the larger of the floor and
     the learned baseline times the factor arm the strategy (invalidate the hot paths' junk and warm them when
@@ -304,6 +306,7 @@ class CacheOptions:
     hit_rate_floor: float = _f(0.3, min=0.0, max=1.0, unit="ratio")
     min_lookups: int = _f(50, min=1, max=10_000_000)
     entries_limit: int = _f(2000, min=10, max=10_000_000)
+    junk_share_limit: float = _f(0.5, min=0.05, max=1.0, unit="ratio")
     clear_fallback: bool = _f(True)
     response_time_floor_ms: float = _f(500.0, min=1.0, max=600_000.0)
     baseline_factor: float = _f(3.0, min=1.0, max=100.0)

@@ -97,6 +97,14 @@ class RequestBudget:
             return True
         return False
 
+    def available(self) -> float:
+        """Requests that could be spent now (0 during a Retry-After pause)."""
+        now = self._clock()
+        if now < self._paused_until:
+            return 0.0
+        self._refill(now)
+        return self._tokens
+
     def wait_seconds(self) -> float:
         """How long until one request can be spent."""
         pause = self.paused_for()
@@ -392,8 +400,9 @@ class BackendClient:
         self._last_cache = (self._clock(), sample)
         return sample
 
-    async def sampled_cache_stats(self) -> CacheStatsSample:
-        """Cache stats for a sample: read at most once per ``cache_interval``; in between the last reading stands in.
+    async def sampled_cache_stats(self, hot_endpoints: int = 0) -> CacheStatsSample:
+        """Cache stats for a sample: read when the budget has room beyond the hot probe's ``hot_endpoints`` calls,
+        and at least once per ``cache_interval``; otherwise the last reading stands in.
 
         At a 1 s sample interval the cache stats would otherwise take the whole budget (they go out as the probe
         does) and leave the hot endpoints untimed. A reading that stands in carries its age, so it is shown but
@@ -402,7 +411,8 @@ class BackendClient:
         last = self._last_cache
         if last is not None:
             age = self._clock() - last[0]
-            if age < self._cache_interval:
+            room = self._budget.available() >= self._budget.action_reserve + hot_endpoints + 1.0
+            if age < self._cache_interval and not room:
                 return replace(last[1], age_seconds=max(age, 1e-6))
         return await self.cache_stats()
 

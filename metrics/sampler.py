@@ -138,8 +138,12 @@ class Sampler:
         host_t = start("host", self._in_thread(s.host.read, started))
         proc_t = start("process", self._in_thread(s.process.read, started) if s.process else None)
         probe_t = start("probe", (lambda: backend.probe(s.hot_endpoints)) if backend is not None else None)
+        hot_calls = len(s.hot_endpoints)
         cache_t = start(
-            "cache", backend.sampled_cache_stats if backend is not None and backend.has_credentials else None
+            "cache",
+            (lambda: backend.sampled_cache_stats(hot_calls))
+            if backend is not None and backend.has_credentials
+            else None,
         )
         db_t = start("database", self._in_thread(s.database.read, started) if s.database else None)
         hls_t = start("hls", self._in_thread(s.hls.read, wall) if s.hls else None)

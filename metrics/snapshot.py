@@ -107,6 +107,8 @@ class CacheStatsSample:
     hits: int
     misses: int
     sets: int
+    # entries removed by someone (invalidations and deletes; a bounded cache's evictions): a clear bumps it by
+    # the entries it dropped, the backend's expiry sweep does not
     evictions: int
     size: int
     max_size: int | None
@@ -209,7 +211,7 @@ class SourceStatus:
     duration_seconds: float
 
 
-CACHE_SIGNALS = ("cache_hit_rate", "cache_entries", "cache_lookups")
+CACHE_SIGNALS = ("cache_hit_rate", "cache_entries", "cache_lookups", "cache_removals")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -272,6 +274,7 @@ class Snapshot:
             out["cache_hit_rate"] = self.cache.hit_rate
             out["cache_entries"] = float(self.cache.size)
             out["cache_lookups"] = float(self.cache.hits + self.cache.misses)
+            out["cache_removals"] = float(self.cache.evictions)
         if self.database is not None:
             out["wal_bytes"] = float(self.database.wal_bytes)
             out["database_bytes"] = float(self.database.file_bytes)
@@ -319,6 +322,8 @@ SIGNAL_LABELS: Mapping[str, str] = MappingProxyType(
         "cache_entries": "Cache entries",
         "cache_cleared": "Cache found emptied",
         "cache_lookups": "Cache lookups",
+        "cache_removals": "Cache entries removed (invalidated, deleted, evicted)",
+        "cache_junk_share": "Cache misses leaving a new entry (junk)",
         "wal_bytes": "Database WAL size",
         "database_bytes": "Database file size",
         "freelist_ratio": "Database free pages",

@@ -72,7 +72,8 @@ async def test_junk_explosion_is_invalidated_warmed_and_verified(testbed: Testbe
 
 
 async def test_hit_rate_collapse_is_judged_on_recent_lookups(testbed: TestbedProcess, tmp_path: Path) -> None:
-    """A burst of misses under the entries limit arms on the recent hit rate; the lifetime rate then rises."""
+    """A burst of junk misses under the entries limit arms on the recent hit rate and the junk share (each miss
+    left a new entry); the reason names both, and the junk entries are gone afterwards."""
     async with running_daemon(env_for(testbed, tmp_path)) as daemon:
         testbed.scenario("cache_junk", entries=100)
         await sample_times(daemon, 2)
@@ -84,10 +85,10 @@ async def test_hit_rate_collapse_is_judged_on_recent_lookups(testbed: TestbedPro
         await daemon.engine.verify_due()
         [row] = cache_rows(daemon)
         assert row.outcome == "applied"
-        assert "hit rate fell to" in row.reason
+        assert "hit rate fell to" in row.reason and "junk query strings" in row.reason
         assert row.verdict == "improved"
-        assert row.verdict_detail is not None and row.verdict_detail["signal"] == "cache_hit_rate"
-        assert row.verdict_detail["after"] > row.verdict_detail["before"]
+        assert row.verdict_detail is not None and row.verdict_detail["signal"] == "cache_entries"
+        assert row.verdict_detail["after"] < row.verdict_detail["before"]
 
 
 async def test_a_clear_by_someone_else_is_followed_by_warming(testbed: TestbedProcess, tmp_path: Path) -> None:

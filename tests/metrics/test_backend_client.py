@@ -843,7 +843,7 @@ async def test_hot_endpoints_keep_their_share_of_the_budget_at_1_s_sampling(odd:
     client = make_client(odd.url, password="pw", per_minute=30, clock=clock)
     rounds = []
     for _ in range(60):
-        probe, cache = await asyncio.gather(client.probe(HOT), client.sampled_cache_stats())
+        probe, cache = await asyncio.gather(client.probe(HOT), client.sampled_cache_stats(len(HOT)))
         rounds.append((probe, cache))
         clock.advance(1.0)
     paths = odd.paths()
@@ -855,6 +855,7 @@ async def test_hot_endpoints_keep_their_share_of_the_budget_at_1_s_sampling(odd:
     assert min(paths.count(p) for p in HOT) >= hot_gets // 3
     fresh_cache = [c for _, c in rounds if c.age_seconds == 0.0]
     assert len(fresh_cache) == stats_reads
+    print(f"a minute at 1 s, 30 requests a minute: {stats_reads} cache-stats reads, {hot_gets} hot GETs")
     for probe, _ in rounds:
         timed = [probe.endpoint_seconds[e] for e in HOT if e in probe.endpoint_seconds]
         if timed:
@@ -864,3 +865,20 @@ async def test_hot_endpoints_keep_their_share_of_the_budget_at_1_s_sampling(odd:
             # never the /health time in disguise: unknown, and marked so
             assert probe.response_time_seconds is None
             assert probe.stale_reason is not None and "budget" in probe.stale_reason
+
+
+async def test_cache_stats_are_read_every_sample_while_the_budget_has_room(odd: OddServer, make_client: Any) -> None:
+    """With a budget well above what sampling asks for, every sample reads the cache stats afresh."""
+
+    async def stats(_request: web.Request) -> web.Response:
+        return json_response({"success": True, "data": {"hits": 3, "misses": 1, "size": 2}})
+
+    odd.routes["/api/cache/stats"] = stats
+    clock = FakeClock()
+    client = make_client(odd.url, password="pw", per_minute=600, clock=clock)
+    ages = []
+    for _ in range(10):
+        ages.append((await client.sampled_cache_stats(len(HOT))).age_seconds)
+        clock.advance(1.0)
+    assert ages == [0.0] * 10
+    assert odd.paths().count("/api/cache/stats") == 10

@@ -89,7 +89,7 @@ class FakeBackend:
             raise self.probe_error
         return PROBE
 
-    async def sampled_cache_stats(self) -> CacheStatsSample:
+    async def sampled_cache_stats(self, _hot_endpoints: int = 0) -> CacheStatsSample:
         """Answer the cache stats."""
         if self.cache_error is not None:
             raise self.cache_error
