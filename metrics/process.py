@@ -259,8 +259,9 @@ class ProcessReader:
         self._listen_ports = tuple(ports or ())
         self._launcher = launcher
         self._degraded = degraded
+        if self._process is None or self._process.pid != process.pid:
+            self._last = None  # another process: its CPU time is not comparable with the previous reading
         self._process = process
-        self._last = None
         return process
 
     def _listener_below(self, named: psutil.Process) -> tuple[tuple[psutil.Process, list[int]] | None, str | None]:

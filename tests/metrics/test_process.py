@@ -20,6 +20,7 @@ import pytest
 
 from metrics.errors import SamplingError
 from metrics.process import (
+    LAUNCHER_RECHECK_SECONDS,
     ProcessReader,
     ProcessSpec,
     count_fds,
@@ -413,4 +414,39 @@ def test_a_launcher_with_nothing_listening_below_it_is_measured_but_degraded(tmp
         assert shell.stdin is not None and shell.stdout is not None
         shell.stdin.close()
         shell.wait(timeout=STOP_TIMEOUT_S)
+        shell.stdout.close()
+
+
+def test_a_server_started_later_under_the_launcher_is_found_at_the_next_look(tmp_path: Path) -> None:
+    """The launcher starts the server only after a while: degraded until then, the server once it listens.
+
+    The reader looks again every LAUNCHER_RECHECK_SECONDS (of the sample clock it is given), not at every sample.
+    """
+    script = f'read go; "{sys.executable}" -c "{LISTENER}"; echo stopped'
+    shell = subprocess.Popen(["sh", "-c", script], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    assert shell.stdin is not None and shell.stdout is not None
+    try:
+        pid_file = tmp_path / "backend.pid"
+        pid_file.write_text(f"{shell.pid}\n")
+        reader = ProcessReader(ProcessSpec(kind="pid", value=str(pid_file)))
+        first = reader.read(1.0)
+        assert (first.pid, first.listen_ports) == (shell.pid, ())
+        assert first.degraded is not None
+        shell.stdin.write(b"go\n")
+        shell.stdin.flush()
+        port = int(first_line(shell))
+        assert reader.read(1.0 + LAUNCHER_RECHECK_SECONDS / 2).pid == shell.pid
+        found = reader.read(1.0 + LAUNCHER_RECHECK_SECONDS)
+        (server,) = psutil.Process(shell.pid).children()
+        assert (found.pid, found.listen_ports, found.degraded) == (server.pid, (port,), None)
+        assert reader.launcher_pid == shell.pid
+    finally:
+        shell.stdin.close()
+        try:
+            shell.wait(timeout=STOP_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            for proc in psutil.Process(shell.pid).children(recursive=True):
+                proc.kill()
+            shell.kill()
+            shell.wait(timeout=STOP_TIMEOUT_S)
         shell.stdout.close()
