@@ -62,6 +62,10 @@ class ProcessSample:
     children: int
     open_files: int
     listen_ports: tuple[int, ...]
+    # when the process started (wall-clock seconds); a new value means a restart
+    started_wall: float | None = None
+    # why these figures may not be the server's (the process found listens on no port); None when they are
+    degraded: str | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -90,6 +94,9 @@ class ProbeSample:
     bytes_received: int
     # why the backend counts as unavailable (refused, timed out, a bad status or body); None when available
     error: str | None = None
+    # why no hot endpoint was timed this round (the request budget was spent): the response time is then
+    # unknown, not the /health time, and the previous value stands (not fed to baselines or triggers)
+    stale_reason: str | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -99,10 +106,15 @@ class CacheStatsSample:
     hits: int
     misses: int
     sets: int
+    # entries removed by someone (invalidations and deletes; a bounded cache's evictions): a clear bumps it by
+    # the entries it dropped, the backend's expiry sweep does not
     evictions: int
     size: int
     max_size: int | None
     hit_rate: float
+    # seconds since these counters were read: above 0 when an earlier reading stands in (budget share, 429);
+    # such a reading is shown but not pushed to the signal windows again
+    age_seconds: float = 0.0
 
 
 def age_days(epoch: float | None, wall_time: float) -> float | None:
@@ -200,6 +212,9 @@ class SourceStatus:
     duration_seconds: float
 
 
+CACHE_SIGNALS = ("cache_hit_rate", "cache_entries", "cache_lookups", "cache_removals")
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Snapshot:
     """Everything one sample saw. Parts are None when their source was unavailable."""
@@ -220,6 +235,15 @@ class Snapshot:
     own: OwnSample | None
     sources: Mapping[str, SourceStatus]
 
+    def held_signals(self) -> frozenset[str]:
+        """Signals this sample did not measure again although their source is up: their windows keep what they have."""
+        held: set[str] = set()
+        if self.cache is not None and self.cache.age_seconds > 0.0:
+            held.update(CACHE_SIGNALS)
+        if self.probe is not None and self.probe.available and self.probe.stale_reason is not None:
+            held.add("response_time_seconds")
+        return frozenset(held)
+
     def signals(self) -> Mapping[str, float]:
         """The flat numeric signals strategies detect on and the engine verifies against."""
         out: dict[str, float] = {}
@@ -235,6 +259,8 @@ class Snapshot:
         if self.backend is not None:
             out["backend_rss_bytes"] = float(self.backend.rss_bytes)
             out["backend_cpu_ratio"] = self.backend.cpu_ratio
+            if self.backend.started_wall is not None:
+                out["backend_uptime_seconds"] = max(0.0, self.wall_time - self.backend.started_wall)
         if self.tcp is not None:
             out["tcp_established"] = float(self.tcp.get("established"))
             out["tcp_close_wait"] = float(self.tcp.get("close_wait"))
@@ -245,10 +271,11 @@ class Snapshot:
             out["probe_errors"] = float(self.probe.errors)
             if self.probe.response_time_seconds is not None:
                 out["response_time_seconds"] = self.probe.response_time_seconds
-        if self.cache is not None:
+        if self.cache is not None and self.cache.age_seconds <= 0.0:
             out["cache_hit_rate"] = self.cache.hit_rate
             out["cache_entries"] = float(self.cache.size)
             out["cache_lookups"] = float(self.cache.hits + self.cache.misses)
+            out["cache_removals"] = float(self.cache.evictions)
         if self.database is not None:
             out["wal_bytes"] = float(self.database.wal_bytes)
             out["database_bytes"] = float(self.database.file_bytes)
@@ -284,6 +311,7 @@ SIGNAL_LABELS: Mapping[str, str] = MappingProxyType(
         "psi_memory_some": "Memory pressure (PSI some, 10 s)",
         "backend_rss_bytes": "Backend memory (RSS)",
         "backend_cpu_ratio": "Backend CPU",
+        "backend_uptime_seconds": "Backend uptime",
         "tcp_established": "Established connections",
         "tcp_close_wait": "Connections in CLOSE_WAIT",
         "tcp_time_wait": "Connections in TIME_WAIT",
@@ -296,6 +324,8 @@ SIGNAL_LABELS: Mapping[str, str] = MappingProxyType(
         "cache_entries": "Cache entries",
         "cache_cleared": "Cache found emptied",
         "cache_lookups": "Cache lookups",
+        "cache_removals": "Cache entries removed (invalidated, deleted, evicted)",
+        "cache_junk_share": "Cache misses leaving a new entry (junk)",
         "wal_bytes": "Database WAL size",
         "database_bytes": "Database file size",
         "freelist_ratio": "Database free pages",

@@ -213,7 +213,7 @@ class Daemon:
         )
         self.mediamtx = MediaMtxClient(s.backend.mediamtx_url, s.backend.timeout_seconds)
         process_spec = ProcessSpec.parse(s.backend.process or f"port:{url_port(s.backend.url)}")
-        self.process = ProcessReader(process_spec, self._proc_root)
+        self.process = ProcessReader(process_spec, self._proc_root, port=url_port(s.backend.url))
         self.hls = HlsReader(s.backend.hls_directory, s.strategies.memory.hls_stale_age_seconds)
         database = (
             DatabaseReader(
@@ -449,6 +449,9 @@ class Daemon:
                     log.info("source_up", source=name)
                 else:
                     log.warning("source_down", source=name, error=status.error)
+            if status.up and status.error is not None and (before is None or before.error != status.error):
+                # up but perhaps measuring the wrong thing (a launcher's pid): said once, when it starts or changes
+                log.warning("source_degraded", source=name, error=status.error)
 
     def _adapt_interval(self) -> None:
         """Stretch the sample interval while every signal is far from its threshold; tighten near one.

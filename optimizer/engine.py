@@ -589,7 +589,7 @@ class Engine:
         self.latest = snapshot
         signals = snapshot.signals()
         self.windows.push(snapshot.monotonic, signals)
-        self.windows.retain(signals.keys())
+        self.windows.retain({*signals.keys(), *snapshot.held_signals()})
         if any(p.due <= snapshot.monotonic for p in self._pending) and (
             self._verify_task is None or self._verify_task.done()
         ):
