@@ -50,7 +50,15 @@ from metrics.sqlite import DatabaseReader
 from metrics.tcp import TcpCounter, make_tcp_counter
 from metrics.window import Windows
 from optimizer.alertmanager import AlertmanagerReceiver
-from optimizer.api import BODY_TIMEOUT_SECONDS, IDLE_TIMEOUT_SECONDS, LINGER_SECONDS, ApiContext, build_app
+from optimizer.api import (
+    BODY_TIMEOUT_SECONDS,
+    IDLE_TIMEOUT_SECONDS,
+    LINGER_SECONDS,
+    ApiContext,
+    HostPolicy,
+    ReadGate,
+    build_app,
+)
 from optimizer.baselines import ALL_HOURS, BaselineLearner, BaselineRecord
 from optimizer.clock import Clock, SystemClock
 from optimizer.dashboard import load_dashboard
@@ -62,10 +70,11 @@ from optimizer.engine import (
     signal_proximity,
     stretched_interval,
 )
+from optimizer.executors import Executors, run_in
 from optimizer.logs import REDACTOR, configure_logging
 from optimizer.registry import Dependencies, build_strategies
 from optimizer.sdnotify import SystemdNotifier
-from optimizer.state import StateStore
+from optimizer.state import HistoryReader, StateStore
 
 VERSION = "0.1.0"
 # The daemon's own figures: its RSS sits near 60% of its soft line from the libraries alone, so counting it
@@ -201,12 +210,14 @@ class Daemon:
         self.token, token_source = resolve_api_token(s, env)
         REDACTOR.register(self.token, password, api_key)
         self.token_source = token_source
+        self.executors = Executors()
         self.store = StateStore(
             s.state_directory,
             retention_days=s.state.retention_days,
             max_history_rows=s.state.max_history_rows,
             wall_clock=self.clock.wall,
         )
+        self.history = HistoryReader(self.store)
         self.registry = CollectorRegistry()
         self.metrics = DaemonMetrics(self.registry)
         self.registry.register(SnapshotCollector(lambda: self.engine.latest, VERSION))
@@ -248,6 +259,7 @@ class Daemon:
             source_timeout_seconds=s.sampler.source_timeout_seconds,
             clock=self.clock.monotonic,
             wall_clock=self.clock.wall,
+            executor=self.executors.sampler,
         )
         self.windows = Windows(s.sampler.window_size)
         self.baselines = BaselineLearner()
@@ -279,6 +291,7 @@ class Daemon:
     async def start(self) -> None:
         """Build, open state, bind the API, take a first sample, start the loops, tell systemd we are ready."""
         self._build()
+        self.executors.install(asyncio.get_running_loop())
         await asyncio.to_thread(self.store.open)
         if self.store.moved_aside is not None:
             log.warning("state_corrupt_moved_aside", moved_to=str(self.store.moved_aside))
@@ -288,6 +301,7 @@ class Daemon:
         saved_baselines = await asyncio.to_thread(self.store.load_baselines)
         self.baselines.load(saved_baselines, saved_at=await asyncio.to_thread(self.store.baseline_times))
         host, port = parse_listen(self.settings.api.listen)
+        hosts = HostPolicy(host, port, self.settings.api.allowed_hosts)
         self.alertmanager = AlertmanagerReceiver(
             self.engine, lambda: self.settings.alertmanager, monotonic=self.clock.monotonic
         )
@@ -305,6 +319,10 @@ class Daemon:
                 alertmanager=self.alertmanager,
                 dashboard_html=load_dashboard(),
                 body_timeout=self._api_body_timeout,
+                hosts=hosts,
+                reads=ReadGate(self.settings.api.max_concurrent_reads, self.settings.api.read_queue_seconds),
+                history=self.history,
+                history_executor=self.executors.history,
             ),
             client_max_size=self.settings.api.client_max_size,
         )
@@ -331,6 +349,7 @@ class Daemon:
         sockets = getattr(server, "sockets", None) or []
         self.api_host = host
         self.api_port = sockets[0].getsockname()[1] if sockets else port
+        hosts.port = self.api_port
         await self.sample_now()
         # What start-up built (modules, clients, strategies, the first sample's caches) lives as long as the daemon.
         # A full collection walks every tracked object holding the GIL, so even one run in a worker thread (the
@@ -409,7 +428,7 @@ class Daemon:
         """Take one sample, publish it to the engine and metrics, and adapt the interval."""
         previous = self.engine.latest
         # the state file deleted or replaced under the daemon is recreated now, not at the next decision's write
-        await asyncio.to_thread(self.store.verify)
+        await run_in(self.executors.state, self.store.verify)
         snapshot = await self.sampler.sample()
         self._log_source_changes(previous, snapshot)
         self._learn(snapshot)
@@ -436,7 +455,7 @@ class Daemon:
             for r in records:
                 self.store.save_baseline(r.signal, r.hour if r.hour >= 0 else ALL_HOURS, r.value, r.samples)
 
-        task = asyncio.get_running_loop().run_in_executor(None, save)
+        task = asyncio.get_running_loop().run_in_executor(self.executors.state, save)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
@@ -617,7 +636,9 @@ class Daemon:
             await rt.strategy.close()
         if self._background:
             await asyncio.gather(*self._background, return_exceptions=True)
+        await asyncio.to_thread(self.history.close)
         await asyncio.to_thread(self.store.close)
+        self.executors.shutdown()
         # hand the start-up objects back to the collector: a process that outlives this daemon (tests, the
         # benchmarks) must not keep them out of collection for good
         gc.unfreeze()

@@ -22,6 +22,7 @@ from metrics.prometheus import DaemonMetrics
 from metrics.snapshot import Snapshot
 from metrics.window import Windows
 from optimizer.clock import Clock
+from optimizer.executors import watch_queueing
 from optimizer.state import StateStore
 from strategies.base import (
     ApplyResult,
@@ -777,8 +778,18 @@ class Engine:
         if rt.breaker_open:
             return await record(Outcome.BLOCKED_BREAKER, rt.breaker_reason or "circuit breaker open"), False
         try:
-            plan = await asyncio.wait_for(rt.strategy.plan(ctx), self._settings.plan_timeout_seconds)
+            with watch_queueing() as queueing:
+                plan = await asyncio.wait_for(rt.strategy.plan(ctx), self._settings.plan_timeout_seconds)
         except TimeoutError:
+            queued = queueing.queued()
+            if queued >= self._settings.plan_timeout_seconds / 2:
+                # Most of the time went waiting for a worker thread: the daemon's own queueing, not the strategy's.
+                self._log.warning("plan_queued", strategy=rt.name, queued_seconds=round(queued, 3))
+                return await record(
+                    Outcome.DEFERRED,
+                    f"plan waited {queued:.1f} s for a worker thread; not counted as a failure",
+                    error=f"plan exceeded {self._settings.plan_timeout_seconds} s while queued",
+                ), False
             self._count_failure(rt, "plan timed out")
             return await record(
                 Outcome.TIMEOUT, "plan timed out", error=f"plan exceeded {self._settings.plan_timeout_seconds} s"
