@@ -54,11 +54,12 @@ log = structlog.get_logger("api")
 class ApiError(Exception):
     """A request the API refuses, with its HTTP status and a stable code."""
 
-    def __init__(self, status: int, code: str, message: str) -> None:
+    def __init__(self, status: int, code: str, message: str, *, retry_after: int | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.code = code
         self.message = message
+        self.retry_after = retry_after
 
 
 def error_body(code: str, message: str) -> dict[str, Any]:
@@ -116,7 +117,9 @@ class ReadGate:
                 await self._slots.acquire()
         except TimeoutError:
             self.refused += 1
-            raise ApiError(503, "busy", f"more than {self.limit} expensive reads at once; retry shortly") from None
+            raise ApiError(
+                503, "busy", f"more than {self.limit} expensive reads at once; retry shortly", retry_after=1
+            ) from None
         try:
             yield
         finally:
@@ -208,6 +211,8 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
         return await handler(request)
     except ApiError as exc:
         response = web.json_response(error_body(exc.code, exc.message), status=exc.status)
+        if exc.retry_after is not None:
+            response.headers["Retry-After"] = str(exc.retry_after)
         if exc.status == 408:
             # the rest of that body may never come: do not wait for it on this connection
             response.force_close()
@@ -369,7 +374,7 @@ async def _performance_body(ctx: ApiContext, history: HistoryCache) -> dict[str,
     engine = ctx.engine
     settings = ctx.settings()
     now = ctx.wall()
-    (count, ok, avg_ms, last), recent = await history.get(ctx)
+    (count, ok, avg_ms, last), recent = await history.get(ctx.store, ctx.read_history)
     snap = engine.latest
     host = snap.host if snap else None
     probe = snap.probe if snap else None
@@ -428,12 +433,20 @@ class HistoryCache:
     version: int = -1
     pending: asyncio.Future[DecisionSummary] | None = None
 
-    async def get(self, ctx: ApiContext) -> DecisionSummary:
-        """(decision_stats(), the ten newest decisions as dicts), current for the store's version."""
-        version = ctx.store.version
-        if self.pending is None or self.version != version:
-            self.version = version
-            self.pending = asyncio.ensure_future(ctx.read_history(self._read))
+    async def get(
+        self,
+        store: StateStore,
+        run: Callable[[Callable[[HistoryReader | StateStore], DecisionSummary]], Awaitable[DecisionSummary]]
+        | None = None,
+    ) -> DecisionSummary:
+        """(decision_stats(), the ten newest decisions as dicts), current for the store's version.
+
+        ``run`` runs the read off the loop (the API's history pool); a worker thread over ``store`` when None.
+        """
+        if self.pending is None or self.version != store.version:
+            self.version = store.version
+            read = run(self._read) if run is not None else asyncio.to_thread(self._read, store)
+            self.pending = asyncio.ensure_future(read)
         pending = self.pending
         try:
             return await asyncio.shield(pending)

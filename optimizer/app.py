@@ -272,6 +272,7 @@ class Daemon:
             store=self.store,
             metrics=self.metrics,
             clock=self.clock,
+            store_executor=self.executors.state,
         )
         self._built = True
 

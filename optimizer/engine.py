@@ -7,12 +7,14 @@ and Alertmanager triggers skip detection but never the gates (mode, cooldown, bu
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any
+from typing import Any, TypeVar
 
 import structlog
 
@@ -22,7 +24,7 @@ from metrics.prometheus import DaemonMetrics
 from metrics.snapshot import Snapshot
 from metrics.window import Windows
 from optimizer.clock import Clock
-from optimizer.executors import watch_queueing
+from optimizer.executors import run_in, watch_queueing
 from optimizer.state import StateStore
 from strategies.base import (
     ApplyResult,
@@ -40,6 +42,7 @@ from strategies.base import (
 
 _RANK = {Mode.OBSERVE: 0, Mode.DRY_RUN: 1, Mode.ENFORCE: 2}
 SCORE_HISTORY = 10
+T = TypeVar("T")
 
 
 class Outcome(StrEnum):
@@ -269,8 +272,11 @@ class Engine:
         metrics: DaemonMetrics,
         clock: Clock,
         log: Any = None,
+        store_executor: Executor | None = None,
     ) -> None:
         self._settings = engine
+        # the state writes' own pool: strategies' threads (the loop's default pool) cannot hold up the records
+        self._store_executor = store_executor
         self._detection = detection
         self.global_mode = global_mode
         self.windows = windows
@@ -302,9 +308,15 @@ class Engine:
 
     # lifecycle and state -------------------------------------------------------------------------------------------
 
+    async def _stored(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
+        """Run a state store call on the store's pool (a worker thread when the engine has none)."""
+        if self._store_executor is None:
+            return await asyncio.to_thread(fn, *args, **kwargs)
+        return await run_in(self._store_executor, functools.partial(fn, *args, **kwargs))
+
     async def load(self) -> None:
         """Restore strategy state from the store and reconcile interrupted journal records."""
-        saved = await asyncio.to_thread(self._store.load_strategies)
+        saved = await self._stored(self._store.load_strategies)
         for name, data in saved.items():
             if name in self.runtimes:
                 self.runtimes[name].load_state(data)
@@ -314,10 +326,10 @@ class Engine:
 
     async def reconcile(self) -> None:
         """Settle journal intents without a done record: the daemon stopped in the middle of an apply."""
-        for entry in await asyncio.to_thread(self._store.journal, "intent"):
+        for entry in await self._stored(self._store.journal, "intent"):
             rt = self.runtimes.get(entry.strategy)
             if rt is None:
-                await asyncio.to_thread(self._store.journal_finish, entry.id, "reconciled", {"note": "strategy gone"})
+                await self._stored(self._store.journal_finish, entry.id, "reconciled", {"note": "strategy gone"})
                 continue
             try:
                 plan = Plan.from_dict(entry.plan)
@@ -331,11 +343,9 @@ class Engine:
                 self._log.exception("reconcile_crashed", strategy=entry.strategy, journal_id=entry.id)
                 note = f"reconcile failed: {exc.__class__.__name__}: {exc}"
                 status = "reconcile_failed"
-            await asyncio.to_thread(self._store.journal_finish, entry.id, status, {"note": note})
+            await self._stored(self._store.journal_finish, entry.id, status, {"note": note})
             if entry.decision_id is not None:
-                await asyncio.to_thread(
-                    self._store.update_decision, entry.decision_id, outcome="interrupted", error=note
-                )
+                await self._stored(self._store.update_decision, entry.decision_id, outcome="interrupted", error=note)
             self._log.warning(
                 "journal_reconciled", strategy=entry.strategy, journal_id=entry.id, status=status, note=note
             )
@@ -368,7 +378,7 @@ class Engine:
         """
         self._pending.clear()
         count = 0
-        for entry in reversed(await asyncio.to_thread(self._store.journal, "done")):
+        for entry in reversed(await self._stored(self._store.journal, "done")):
             rt = self.runtimes.get(entry.strategy)
             if rt is None or not entry.result:
                 continue
@@ -415,7 +425,7 @@ class Engine:
 
     async def _save(self, rt: StrategyRuntime) -> None:
         self._publish(rt)
-        await asyncio.to_thread(self._store.save_strategy, rt.name, rt.to_state())
+        await self._stored(self._store.save_strategy, rt.name, rt.to_state())
 
     def _publish(self, rt: StrategyRuntime) -> None:
         self._metrics.breaker_open.labels(rt.name).set(1 if rt.breaker_open else 0)
@@ -537,7 +547,7 @@ class Engine:
         else:
             self._count_failure(rt, f"regressed {expected.signal}")
         if pending.decision_id is not None:
-            await asyncio.to_thread(
+            await self._stored(
                 self._store.update_decision, pending.decision_id, verdict=str(verdict), verdict_detail=detail
             )
         self._log.info(
@@ -565,7 +575,7 @@ class Engine:
             return None
         self._metrics.reverts.labels(rt.name).inc()
         if journal_id is not None:
-            await asyncio.to_thread(self._store.journal_finish, journal_id, "reverted", result.as_dict())
+            await self._stored(self._store.journal_finish, journal_id, "reverted", result.as_dict())
         self._log.warning(
             "change_reverted",
             strategy=rt.name,
@@ -853,7 +863,7 @@ class Engine:
 
     async def _apply(self, rt: StrategyRuntime, plan: Plan, *, record: Any, signals: Mapping[str, float]) -> int | None:
         decision_id: int | None = await record(Outcome.APPLIED, plan.reason, plan)
-        journal_id = await asyncio.to_thread(
+        journal_id = await self._stored(
             self._store.journal_intent, decision_id=decision_id, strategy=rt.name, plan=plan.as_dict()
         )
         now = self._clock.wall()
@@ -885,14 +895,14 @@ class Engine:
         duration_ms = (time.perf_counter() - started) * 1000
         changes = [c.as_dict() for c in (result.changes if result else plan.changes)]
         if journal_id is not None:
-            await asyncio.to_thread(
+            await self._stored(
                 self._store.journal_finish,
                 journal_id,
                 "done" if result is not None or outcome is Outcome.DEFERRED else "failed",
                 result.as_dict() if result is not None else {"error": error},
             )
         if decision_id is not None:
-            await asyncio.to_thread(
+            await self._stored(
                 self._store.update_decision,
                 decision_id,
                 outcome=str(outcome),
@@ -983,7 +993,7 @@ class Engine:
             return None
         duration_ms = (time.perf_counter() - started) * 1000
         changes = [c.as_dict() for c in plan.changes] if plan else []
-        decision_id = await asyncio.to_thread(
+        decision_id = await self._stored(
             self._store.add_decision,
             run_id=run_id,
             strategy=rt.name,
