@@ -44,9 +44,9 @@ class ApiSettings:
     # "name" allows any port, "name:port" only that one
     allowed_hosts: tuple[str, ...] = _f(())
     # open API connections at most; further ones are accepted and closed at once
-    max_connections: int = _f(256, min=1, max=100_000)
+    max_connections: int = _f(1024, min=1, max=100_000)
     # descriptors kept free below the soft RLIMIT_NOFILE for sampling, actions and the state database
-    reserved_descriptors: int = _f(128, min=16, max=100_000)
+    reserved_descriptors: int = _f(256, min=16, max=100_000)
     # a connection that has not sent a whole request line and headers in this long is closed
     header_timeout_seconds: float = _f(10.0, min=0.5, max=600.0)
     # expensive reads (history, samples, performance metrics) served at once; more wait, then get 503

@@ -61,6 +61,14 @@ from optimizer.api import (
 )
 from optimizer.baselines import ALL_HOURS, BaselineLearner, BaselineRecord
 from optimizer.clock import Clock, SystemClock
+from optimizer.connections import (
+    AcceptErrorLog,
+    ConnectionCollector,
+    ConnectionLimiter,
+    LimitedSite,
+    connection_cap,
+    open_descriptors,
+)
 from optimizer.dashboard import load_dashboard
 from optimizer.engine import (
     CALM_PROXIMITY,
@@ -198,6 +206,7 @@ class Daemon:
         self._background: set[asyncio.Future[None]] = set()
         # set once _build() has made every part: stop() after a failed start closes only what exists
         self._built = False
+        self.accept_errors = AcceptErrorLog()
 
     # building ----------------------------------------------------------------------------------------------------
 
@@ -337,7 +346,14 @@ class Daemon:
             lingering_time=LINGER_SECONDS,
         )
         await self._runner.setup()
-        site = web.TCPSite(self._runner, host, port, reuse_address=True)
+        api = self.settings.api
+        self.connection_limiter = ConnectionLimiter(
+            connection_cap(api.max_connections, api.reserved_descriptors, in_use=open_descriptors()),
+            api.header_timeout_seconds,
+        )
+        self.accept_errors.install(asyncio.get_running_loop())
+        self.registry.register(ConnectionCollector(self.connection_limiter, self.accept_errors))
+        site = LimitedSite(self._runner, host, port, self.connection_limiter)
         try:
             await site.start()
         except OSError as exc:
@@ -346,8 +362,7 @@ class Daemon:
                 f"{os.strerror(exc.errno) if exc.errno else exc}",
                 config=exc.errno in _BIND_CONFIG_ERRNOS,
             ) from None
-        server = site._server
-        sockets = getattr(server, "sockets", None) or []
+        sockets = getattr(site.server, "sockets", None) or []
         self.api_host = host
         self.api_port = sockets[0].getsockname()[1] if sockets else port
         hosts.port = self.api_port
@@ -368,6 +383,7 @@ class Daemon:
             strategies=self.engine.strategy_names(),
             token=self.token_source,
             state=str(self.store.path),
+            api_connection_cap=self.connection_limiter.cap,
         )
         self._notifier.ready(status=self._status_line())
 
@@ -631,6 +647,7 @@ class Daemon:
                 self._sample_task.cancel()
         if self._runner is not None:
             await self._runner.cleanup()
+        self.accept_errors.uninstall(asyncio.get_running_loop())
         await self.backend.close()
         await self.mediamtx.close()
         for rt in self.engine.runtimes.values():

@@ -16,7 +16,7 @@ import itertools
 import threading
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, ParamSpec, TypeVar
@@ -118,7 +118,7 @@ class Executors:
             pool.shutdown(wait=False, cancel_futures=True)
 
 
-async def run_in(executor: ThreadPoolExecutor, fn: Callable[..., T], *args: Any) -> T:
+async def run_in(executor: Executor, fn: Callable[..., T], *args: Any) -> T:
     """Run ``fn(*args)`` on ``executor`` with the caller's context variables, like ``asyncio.to_thread``."""
     loop = asyncio.get_running_loop()
     ctx = contextvars.copy_context()
