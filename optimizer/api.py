@@ -92,6 +92,30 @@ class ApiContext:
     reads: ReadGate = field(default_factory=lambda: ReadGate(MAX_CONCURRENT_READS, READ_QUEUE_SECONDS))
     history: HistoryReader | None = None
     history_executor: ThreadPoolExecutor | None = None
+    # the loop the engine runs on, when the API is served on a loop of its own (in another thread)
+    main_loop: asyncio.AbstractEventLoop | None = None
+
+    async def on_main(self, fn: Callable[[], T]) -> T:
+        """``fn()`` run on the engine's loop: what reads or changes the engine's state does not race it."""
+        loop = self.main_loop
+        if loop is None or loop is asyncio.get_running_loop():
+            return fn()
+
+        async def call() -> T:
+            return fn()
+
+        return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(call(), loop))
+
+    async def await_main(self, make: Callable[[], Awaitable[T]]) -> T:
+        """``await make()`` on the engine's loop (a round, a mode change), the answer back on the API's loop."""
+        loop = self.main_loop
+        if loop is None or loop is asyncio.get_running_loop():
+            return await make()
+
+        async def call() -> T:
+            return await make()
+
+        return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(call(), loop))
 
     async def read_history(self, fn: Callable[[HistoryReader | StateStore], T]) -> T:
         """Run a history read off the loop: on the history pool over its own connections when the daemon has them."""
@@ -371,10 +395,15 @@ class PageCache:
 
 
 async def _performance_body(ctx: ApiContext, history: HistoryCache) -> dict[str, Any]:
+    summary = await history.get(ctx.store, ctx.read_history)
+    return await ctx.on_main(lambda: _performance_dict(ctx, summary))
+
+
+def _performance_dict(ctx: ApiContext, summary: DecisionSummary) -> dict[str, Any]:
     engine = ctx.engine
     settings = ctx.settings()
     now = ctx.wall()
-    (count, ok, avg_ms, last), recent = await history.get(ctx.store, ctx.read_history)
+    (count, ok, avg_ms, last), recent = summary
     snap = engine.latest
     host = snap.host if snap else None
     probe = snap.probe if snap else None
@@ -482,7 +511,9 @@ async def performance_optimize(request: web.Request) -> web.Response:
     if not isinstance(dry_run, bool):
         raise ApiError(400, "invalid_body", "dryRun must be true or false")
     try:
-        result = await ctx.engine.request_round(trigger="manual", strategy=strategy, dry_run=dry_run, manual=True)
+        result = await ctx.await_main(
+            lambda: ctx.engine.request_round(trigger="manual", strategy=strategy, dry_run=dry_run, manual=True)
+        )
     except EngineStopping:
         raise ApiError(503, "stopping", "the daemon is stopping") from None
     return web.json_response(
@@ -543,12 +574,13 @@ async def health(request: web.Request) -> web.Response:
 async def strategies(request: web.Request) -> web.Response:
     """GET /strategies: each strategy's state, score, cooldown and breaker, and the baselines."""
     ctx = request.app[CTX]
-    return web.json_response(
-        {
+    body = await ctx.on_main(
+        lambda: {
             "strategies": [_strategy_view(ctx, n) for n in ctx.engine.strategy_names()],
             "baselines": dict(ctx.engine.baselines),
         }
     )
+    return web.json_response(body)
 
 
 def _strategy_name(request: web.Request) -> str:
@@ -571,8 +603,8 @@ async def strategy_mode(request: web.Request) -> web.Response:
     if mode is None:
         raise ApiError(400, "invalid_mode", "mode must be one of observe, dry_run, enforce")
     ctx = request.app[CTX]
-    await ctx.engine.set_mode(name, mode)
-    return web.json_response(_strategy_view(ctx, name))
+    await ctx.await_main(lambda: ctx.engine.set_mode(name, mode))
+    return web.json_response(await ctx.on_main(lambda: _strategy_view(ctx, name)))
 
 
 async def strategy_reset(request: web.Request) -> web.Response:
@@ -580,8 +612,8 @@ async def strategy_reset(request: web.Request) -> web.Response:
     require_token(request)
     name = _strategy_name(request)
     ctx = request.app[CTX]
-    await ctx.engine.reset(name)
-    return web.json_response(_strategy_view(ctx, name))
+    await ctx.await_main(lambda: ctx.engine.reset(name))
+    return web.json_response(await ctx.on_main(lambda: _strategy_view(ctx, name)))
 
 
 async def optimizations(request: web.Request) -> web.Response:
@@ -632,10 +664,10 @@ async def samples(request: web.Request) -> web.Response:
     if not 0 <= since <= MAX_ROW_ID:
         raise ApiError(400, "invalid_query", "since must be a whole number of epoch milliseconds, 0 or more")
     async with ctx.reads.slot():
-        return _samples_page(ctx, names, since)
+        return web.json_response(await ctx.on_main(lambda: _samples_body(ctx, names, since)))
 
 
-def _samples_page(ctx: ApiContext, names: list[str], since: int) -> web.Response:
+def _samples_body(ctx: ApiContext, names: list[str], since: int) -> dict[str, Any]:
     engine = ctx.engine
     latest = engine.latest
     # the windows are timed on the monotonic clock; the latest sample ties it to the wall clock
@@ -651,9 +683,7 @@ def _samples_page(ctx: ApiContext, names: list[str], since: int) -> web.Response
                 "points": [p for p in points if p[0] > since],
             }
         )
-    return web.json_response(
-        {"timestamp": round(ctx.wall() * 1000), "windowSamples": engine.windows.size, "signals": series}
-    )
+    return {"timestamp": round(ctx.wall() * 1000), "windowSamples": engine.windows.size, "signals": series}
 
 
 async def alertmanager(request: web.Request) -> web.Response:
@@ -663,7 +693,8 @@ async def alertmanager(request: web.Request) -> web.Response:
     if ctx.alertmanager is None:
         raise ApiError(404, "not_found", "the Alertmanager receiver is not enabled")
     body = await read_json_object(request, optional=False)
-    return web.json_response(await ctx.alertmanager(body))
+    receiver = ctx.alertmanager
+    return web.json_response(await ctx.await_main(lambda: receiver(body)))
 
 
 async def dashboard(request: web.Request) -> web.Response:

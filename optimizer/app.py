@@ -59,6 +59,7 @@ from optimizer.api import (
     ReadGate,
     build_app,
 )
+from optimizer.apiloop import ApiLoop
 from optimizer.baselines import ALL_HOURS, BaselineLearner, BaselineRecord
 from optimizer.clock import Clock, SystemClock
 from optimizer.connections import (
@@ -207,6 +208,7 @@ class Daemon:
         # set once _build() has made every part: stop() after a failed start closes only what exists
         self._built = False
         self.accept_errors = AcceptErrorLog()
+        self._api_loop: ApiLoop | None = None
 
     # building ----------------------------------------------------------------------------------------------------
 
@@ -333,6 +335,7 @@ class Daemon:
                 reads=ReadGate(self.settings.api.max_concurrent_reads, self.settings.api.read_queue_seconds),
                 history=self.history,
                 history_executor=self.executors.history,
+                main_loop=asyncio.get_running_loop(),
             ),
             client_max_size=self.settings.api.client_max_size,
         )
@@ -345,26 +348,16 @@ class Daemon:
             keepalive_timeout=self._api_idle_timeout,
             lingering_time=LINGER_SECONDS,
         )
-        await self._runner.setup()
         api = self.settings.api
         self.connection_limiter = ConnectionLimiter(
             connection_cap(api.max_connections, api.reserved_descriptors, in_use=open_descriptors()),
             api.header_timeout_seconds,
         )
-        self.accept_errors.install(asyncio.get_running_loop())
         self.registry.register(ConnectionCollector(self.connection_limiter, self.accept_errors))
-        site = LimitedSite(self._runner, host, port, self.connection_limiter)
-        try:
-            await site.start()
-        except OSError as exc:
-            raise StartupError(
-                f"cannot listen on {self.settings.api.listen} (api.listen): "
-                f"{os.strerror(exc.errno) if exc.errno else exc}",
-                config=exc.errno in _BIND_CONFIG_ERRNOS,
-            ) from None
-        sockets = getattr(site.server, "sockets", None) or []
+        self._api_loop = ApiLoop()
+        self._api_loop.start()
         self.api_host = host
-        self.api_port = sockets[0].getsockname()[1] if sockets else port
+        self.api_port = await self._api_loop.call(self._serve_api(self._runner, host, port))
         hosts.port = self.api_port
         await self.sample_now()
         # What start-up built (modules, clients, strategies, the first sample's caches) lives as long as the daemon.
@@ -386,6 +379,27 @@ class Daemon:
             api_connection_cap=self.connection_limiter.cap,
         )
         self._notifier.ready(status=self._status_line())
+
+    async def _serve_api(self, runner: web.AppRunner, host: str, port: int) -> int:
+        """(On the API's loop.) Set the runner up and listen; the port bound."""
+        await runner.setup()
+        self.accept_errors.install(asyncio.get_running_loop())
+        site = LimitedSite(runner, host, port, self.connection_limiter)
+        try:
+            await site.start()
+        except OSError as exc:
+            raise StartupError(
+                f"cannot listen on {self.settings.api.listen} (api.listen): "
+                f"{os.strerror(exc.errno) if exc.errno else exc}",
+                config=exc.errno in _BIND_CONFIG_ERRNOS,
+            ) from None
+        sockets = getattr(site.server, "sockets", None) or []
+        return int(sockets[0].getsockname()[1]) if sockets else port
+
+    async def _close_api(self, runner: web.AppRunner) -> None:
+        """(On the API's loop.) Stop listening, let the handlers finish (bounded), close the connections."""
+        await runner.cleanup()
+        self.accept_errors.uninstall(asyncio.get_running_loop())
 
     @property
     def api_url_host(self) -> str:
@@ -645,9 +659,10 @@ class Daemon:
                 await asyncio.wait_for(self._sample_task, self.settings.sampler.source_timeout_seconds + 1)
             except (TimeoutError, asyncio.CancelledError):
                 self._sample_task.cancel()
-        if self._runner is not None:
-            await self._runner.cleanup()
-        self.accept_errors.uninstall(asyncio.get_running_loop())
+        if self._api_loop is not None:
+            if self._runner is not None:
+                await self._api_loop.call(self._close_api(self._runner))
+            await self._api_loop.stop()
         await self.backend.close()
         await self.mediamtx.close()
         for rt in self.engine.runtimes.values():

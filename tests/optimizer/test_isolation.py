@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -184,3 +185,30 @@ async def test_queue_watch_sees_only_its_own_work() -> None:
         assert watch.queued() == 0.0
     finally:
         executors.shutdown()
+
+
+async def test_history_health_and_metrics_answer_while_the_engines_loop_is_busy(
+    testbed: TestbedProcess, tmp_path: Path
+) -> None:
+    """The API serves on a loop of its own: with the engine's loop blocked, history, /health and /metrics answer."""
+    env = daemon_env(testbed, tmp_path / "s", ENABLE_PERFORMANCE_OPTIMIZATION="false")
+    async with running_daemon(env) as daemon:
+        await daemon.engine.request_round(trigger="manual", manual=True)
+        base = f"http://127.0.0.1:{daemon.api_port}"
+        answered: dict[str, int] = {}
+        done = threading.Event()
+
+        def client() -> None:
+            try:
+                for path in ("/optimizations?after=0&limit=1000", "/health", "/metrics"):
+                    with urllib.request.urlopen(base + path, timeout=FINISHED_WITHIN) as resp:
+                        answered[path] = resp.status
+            finally:
+                done.set()
+
+        worker = threading.Thread(target=client)
+        worker.start()
+        # the engine's loop (this one) is blocked until the client is done, or for the whole bound
+        assert done.wait(FINISHED_WITHIN), "the API waited for the engine's loop"
+        worker.join()
+    assert answered == {"/optimizations?after=0&limit=1000": 200, "/health": 200, "/metrics": 200}
