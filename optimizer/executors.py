@@ -24,7 +24,8 @@ from typing import Any, ParamSpec, TypeVar
 P = ParamSpec("P")
 T = TypeVar("T")
 
-SAMPLER_THREADS = 4
+# one per blocking source (host, process, database, HLS, TCP): the sampler never starts a source still running
+SAMPLER_THREADS = 5
 STATE_THREADS = 1
 HISTORY_THREADS = 2
 STRATEGY_THREADS = 8
