@@ -47,6 +47,8 @@ MAX_CONCURRENT_READS = 4
 READ_QUEUE_SECONDS = 2.0
 # How stale /performance-metrics may be for the same sample and state version (its clock fields included).
 PAGE_CACHE_SECONDS = 1.0
+# Tries at reading the engine's state from the API's loop before handing the read to the engine's.
+READ_ATTEMPTS = 5
 STATE_CHANGING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 log = structlog.get_logger("api")
 
@@ -105,6 +107,19 @@ class ApiContext:
             return fn()
 
         return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(call(), loop))
+
+    async def read_engine(self, fn: Callable[[], T]) -> T:
+        """``fn()`` reading the engine's state from the API's own loop, without waiting for the engine's.
+
+        Single reads are atomic under the interpreter's lock; a walk over a dict or deque the engine changes
+        meanwhile can fail with RuntimeError, and is tried again; after a few failures it runs on the engine's loop.
+        """
+        for _ in range(READ_ATTEMPTS):
+            try:
+                return fn()
+            except RuntimeError:
+                await asyncio.sleep(0)
+        return await self.on_main(fn)
 
     async def await_main(self, make: Callable[[], Awaitable[T]]) -> T:
         """``await make()`` on the engine's loop (a round, a mode change), the answer back on the API's loop."""
@@ -396,7 +411,7 @@ class PageCache:
 
 async def _performance_body(ctx: ApiContext, history: HistoryCache) -> dict[str, Any]:
     summary = await history.get(ctx.store, ctx.read_history)
-    return await ctx.on_main(lambda: _performance_dict(ctx, summary))
+    return await ctx.read_engine(lambda: _performance_dict(ctx, summary))
 
 
 def _performance_dict(ctx: ApiContext, summary: DecisionSummary) -> dict[str, Any]:
@@ -574,7 +589,7 @@ async def health(request: web.Request) -> web.Response:
 async def strategies(request: web.Request) -> web.Response:
     """GET /strategies: each strategy's state, score, cooldown and breaker, and the baselines."""
     ctx = request.app[CTX]
-    body = await ctx.on_main(
+    body = await ctx.read_engine(
         lambda: {
             "strategies": [_strategy_view(ctx, n) for n in ctx.engine.strategy_names()],
             "baselines": dict(ctx.engine.baselines),
@@ -664,7 +679,7 @@ async def samples(request: web.Request) -> web.Response:
     if not 0 <= since <= MAX_ROW_ID:
         raise ApiError(400, "invalid_query", "since must be a whole number of epoch milliseconds, 0 or more")
     async with ctx.reads.slot():
-        return web.json_response(await ctx.on_main(lambda: _samples_body(ctx, names, since)))
+        return web.json_response(await ctx.read_engine(lambda: _samples_body(ctx, names, since)))
 
 
 def _samples_body(ctx: ApiContext, names: list[str], since: int) -> dict[str, Any]:
