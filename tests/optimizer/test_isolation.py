@@ -24,6 +24,15 @@ from tests.optimizer.fakes import ScriptedStrategy, SnapshotBuilder, make_engine
 # generous bounds: they only tell "it finished" from "it hung behind the reads"
 FINISHED_WITHIN = 30.0
 READS = 12
+PATHS = (
+    "/optimizations?after=0&limit=1000",
+    "/health",
+    "/metrics",
+    "/performance-metrics",
+    "/strategies",
+    "/samples",
+    "/",
+)
 
 
 @pytest.fixture
@@ -187,10 +196,9 @@ async def test_queue_watch_sees_only_its_own_work() -> None:
         executors.shutdown()
 
 
-async def test_history_health_and_metrics_answer_while_the_engines_loop_is_busy(
-    testbed: TestbedProcess, tmp_path: Path
-) -> None:
-    """The API serves on a loop of its own: with the engine's loop blocked, history, /health and /metrics answer."""
+async def test_every_read_answers_while_the_engines_loop_is_busy(testbed: TestbedProcess, tmp_path: Path) -> None:
+    """The API serves on a loop of its own and reads the engine's state from there: with the engine's loop
+    blocked, every read route answers."""
     env = daemon_env(testbed, tmp_path / "s", ENABLE_PERFORMANCE_OPTIMIZATION="false")
     async with running_daemon(env) as daemon:
         await daemon.engine.request_round(trigger="manual", manual=True)
@@ -200,7 +208,7 @@ async def test_history_health_and_metrics_answer_while_the_engines_loop_is_busy(
 
         def client() -> None:
             try:
-                for path in ("/optimizations?after=0&limit=1000", "/health", "/metrics"):
+                for path in PATHS:
                     with urllib.request.urlopen(base + path, timeout=FINISHED_WITHIN) as resp:
                         answered[path] = resp.status
             finally:
@@ -211,4 +219,4 @@ async def test_history_health_and_metrics_answer_while_the_engines_loop_is_busy(
         # the engine's loop (this one) is blocked until the client is done, or for the whole bound
         assert done.wait(FINISHED_WITHIN), "the API waited for the engine's loop"
         worker.join()
-    assert answered == {"/optimizations?after=0&limit=1000": 200, "/health": 200, "/metrics": 200}
+    assert answered == dict.fromkeys(PATHS, 200)
