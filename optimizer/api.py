@@ -96,6 +96,8 @@ class ApiContext:
     history_executor: ThreadPoolExecutor | None = None
     # the loop the engine runs on, when the API is served on a loop of its own (in another thread)
     main_loop: asyncio.AbstractEventLoop | None = None
+    # bumped by every write the API made (a round, a mode change, a reset): cached pages are renewed after one
+    writes: int = 0
 
     async def on_main(self, fn: Callable[[], T]) -> T:
         """``fn()`` run on the engine's loop: what reads or changes the engine's state does not race it."""
@@ -370,13 +372,14 @@ def _sum_window(engine: Engine, signal: str) -> float:
 async def performance_metrics(request: web.Request) -> web.Response:
     """GET /performance-metrics: the specification's JSON shape, plus strategies and sources.
 
-    The page is rendered once per sample, state version and round (and at most ``PAGE_CACHE_SECONDS`` old), so
-    a busy poller costs a dictionary look-up; a new rendering waits for a read slot like the history reads.
+    The page is rendered once per sample, round start and end, and write through the API, and is never more than
+    ``PAGE_CACHE_SECONDS`` old (what changes between those, a verdict or a reload, shows within that), so a busy
+    poller costs a dictionary look-up; a new rendering waits for a read slot like the history reads.
     """
     ctx = request.app[CTX]
     engine = ctx.engine
     latest = engine.latest
-    key = (latest.seq if latest is not None else None, ctx.store.version, engine.rounds_run, engine.optimizing)
+    key = (latest.seq if latest is not None else None, engine.rounds_run, engine.optimizing, ctx.writes)
     pages = request.app[PAGES]
     now = asyncio.get_running_loop().time()
     payload = pages.fresh(key, now)
@@ -531,6 +534,8 @@ async def performance_optimize(request: web.Request) -> web.Response:
         )
     except EngineStopping:
         raise ApiError(503, "stopping", "the daemon is stopping") from None
+    finally:
+        ctx.writes += 1
     return web.json_response(
         {
             "message": "Optimization round joined" if result.joined else "Optimization round completed",
@@ -619,6 +624,7 @@ async def strategy_mode(request: web.Request) -> web.Response:
         raise ApiError(400, "invalid_mode", "mode must be one of observe, dry_run, enforce")
     ctx = request.app[CTX]
     await ctx.await_main(lambda: ctx.engine.set_mode(name, mode))
+    ctx.writes += 1
     return web.json_response(await ctx.on_main(lambda: _strategy_view(ctx, name)))
 
 
@@ -628,6 +634,7 @@ async def strategy_reset(request: web.Request) -> web.Response:
     name = _strategy_name(request)
     ctx = request.app[CTX]
     await ctx.await_main(lambda: ctx.engine.reset(name))
+    ctx.writes += 1
     return web.json_response(await ctx.on_main(lambda: _strategy_view(ctx, name)))
 
 
@@ -709,7 +716,11 @@ async def alertmanager(request: web.Request) -> web.Response:
         raise ApiError(404, "not_found", "the Alertmanager receiver is not enabled")
     body = await read_json_object(request, optional=False)
     receiver = ctx.alertmanager
-    return web.json_response(await ctx.await_main(lambda: receiver(body)))
+    try:
+        answer = await ctx.await_main(lambda: receiver(body))
+    finally:
+        ctx.writes += 1
+    return web.json_response(answer)
 
 
 async def dashboard(request: web.Request) -> web.Response:
