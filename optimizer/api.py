@@ -12,6 +12,7 @@ import ipaddress
 import json
 import os
 import re
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
@@ -49,6 +50,8 @@ READ_QUEUE_SECONDS = 2.0
 PAGE_CACHE_SECONDS = 1.0
 # Tries at reading the engine's state from the API's loop before handing the read to the engine's.
 READ_ATTEMPTS = 5
+# Encoded GET /optimizations pages kept for the current state version, in bytes.
+HISTORY_PAGES_BYTES = 4 * 1024 * 1024
 STATE_CHANGING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 log = structlog.get_logger("api")
 
@@ -651,11 +654,62 @@ async def optimizations(request: web.Request) -> web.Response:
     if not 0 <= after <= MAX_ROW_ID or not 1 <= limit <= 1000:
         raise ApiError(400, "invalid_query", f"after must be within 0..{MAX_ROW_ID} and limit within 1..1000")
     strategy = request.query.get("strategy")
-    async with ctx.reads.slot():
-        rows = await ctx.read_history(lambda history: history.decisions(after=after, limit=limit, strategy=strategy))
-        items = [r.as_dict() for r in rows]
-        payload = json.dumps({"items": items, "last": items[-1]["id"] if items else after}).encode()
+    key = (after, limit, strategy)
+    pages = request.app[HISTORY_PAGES]
+    version = ctx.store.version
+    payload = pages.get(version, key)
+    if payload is None:
+        async with ctx.reads.slot():
+            payload = pages.get(version, key)
+            if payload is None:
+                payload = await ctx.read_history(lambda history: _history_page(history, after, limit, strategy))
+                pages.put(version, key, payload)
     return web.Response(body=payload, content_type="application/json")
+
+
+def _history_page(history: HistoryReader | StateStore, after: int, limit: int, strategy: str | None) -> bytes:
+    """(In a history thread.) One page of GET /optimizations, read and encoded off the API's loop."""
+    items = [r.as_dict() for r in history.decisions(after=after, limit=limit, strategy=strategy)]
+    return json.dumps({"items": items, "last": items[-1]["id"] if items else after}).encode()
+
+
+@dataclass(slots=True)
+class HistoryPages:
+    """Encoded history pages of the current state version, the most recently used kept within ``budget`` bytes.
+
+    A page of a thousand rows is most of a megabyte of JSON; many clients asking for the same one (a dashboard
+    in many tabs, a scraper, a hostile loop) are served the same bytes until the next write.
+    """
+
+    budget: int = HISTORY_PAGES_BYTES
+    version: int = -1
+    size: int = 0
+    pages: OrderedDict[tuple[int, int, str | None], bytes] = field(default_factory=OrderedDict)
+
+    def get(self, version: int, key: tuple[int, int, str | None]) -> bytes | None:
+        """The page for ``key`` at ``version``, if kept; a new version forgets every page."""
+        if version != self.version:
+            self.pages.clear()
+            self.size = 0
+            self.version = version
+            return None
+        page = self.pages.get(key)
+        if page is not None:
+            self.pages.move_to_end(key)
+        return page
+
+    def put(self, version: int, key: tuple[int, int, str | None], page: bytes) -> None:
+        """Keep ``page`` (read at ``version``), dropping the least recently used ones over the budget."""
+        if version != self.version or len(page) > self.budget or key in self.pages:
+            return
+        self.pages[key] = page
+        self.size += len(page)
+        while self.size > self.budget:
+            _, dropped = self.pages.popitem(last=False)
+            self.size -= len(dropped)
+
+
+HISTORY_PAGES: web.AppKey[HistoryPages] = web.AppKey("history_pages", HistoryPages)
 
 
 # The dashboard's four charts; GET /samples returns these when no signals are named.
@@ -753,6 +807,7 @@ def build_app(ctx: ApiContext, *, client_max_size: int) -> web.Application:
     app[SCRAPES] = ScrapeCache()
     app[HISTORY] = HistoryCache()
     app[PAGES] = PageCache()
+    app[HISTORY_PAGES] = HistoryPages()
     for method, path, handler in ROUTES:
         if method == "GET":
             # HEAD answers wherever GET does (same status and headers, no body): probes and curl -I

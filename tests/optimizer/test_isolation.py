@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 from aiohttp import ClientResponse
 
+from optimizer.api import HistoryPages
 from optimizer.clock import FakeClock
 from optimizer.engine import Outcome
 from optimizer.executors import Executors, watch_queueing
@@ -220,3 +221,20 @@ async def test_every_read_answers_while_the_engines_loop_is_busy(testbed: Testbe
         assert done.wait(FINISHED_WITHIN), "the API waited for the engine's loop"
         worker.join()
     assert answered == dict.fromkeys(PATHS, 200)
+
+
+def test_history_pages_stay_within_their_byte_budget_and_version() -> None:
+    """Encoded pages are kept for one state version only, the least recently used dropped past the budget."""
+    pages = HistoryPages(budget=10_000)
+    assert pages.get(1, (0, 100, None)) is None
+    for after in range(50):
+        pages.put(1, (after, 1000, None), b"x" * 900)
+        assert pages.size <= 10_000
+    assert pages.get(1, (49, 1000, None)) == b"x" * 900
+    assert pages.get(1, (0, 1000, None)) is None  # dropped: the oldest
+    pages.put(1, (0, 1000, None), b"y" * 20_000)  # larger than the whole budget: not kept
+    assert pages.get(1, (0, 1000, None)) is None
+    assert pages.get(2, (49, 1000, None)) is None  # a write since: every page is forgotten
+    assert pages.size == 0
+    pages.put(1, (1, 1000, None), b"stale")  # read before that write: not kept for the new version
+    assert pages.get(2, (1, 1000, None)) is None
