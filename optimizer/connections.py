@@ -221,7 +221,7 @@ class AcceptErrorLog:
     def __call__(self, loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
         exc = context.get("exception")
         message = str(context.get("message", ""))
-        if (isinstance(exc, OSError) and exc.errno in _ACCEPT_ERRNOS) or "accept" in message.lower():
+        if (isinstance(exc, OSError) and exc.errno in _ACCEPT_ERRNOS) or message.startswith("socket.accept()"):
             self.total += 1
             self._since_log += 1
             now = loop.time()
