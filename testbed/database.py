@@ -116,6 +116,8 @@ class Database:
         self._reader = _connect(self.path)
         self._zone_reader = _connect(self.path)
         self.write(lambda conn: _seed(conn, self.clock, cameras=cameras, admin_password=admin_password))
+        # the backend starts on a database its setup script made and closed (checkpointed, WAL emptied)
+        writer.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         # the backend reads its zone from this row on every timestamp (timezoneService.getTimezone)
         self.clock.follow(self.timezone_setting)
 
