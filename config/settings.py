@@ -40,6 +40,19 @@ class ApiSettings:
     listen: str = _f("127.0.0.1:9877")
     token_file: Path | None = _f(None, secret=True, example="/etc/cctv-optimizer/api-token")
     client_max_size: int = _f(64 * 1024, min=1024, max=16 * MIB, unit="bytes")
+    # names besides the listen address and localhost that requests may use in Host (e.g. behind a proxy);
+    # "name" allows any port, "name:port" only that one
+    allowed_hosts: tuple[str, ...] = _f(())
+    # open API connections at most; further ones are accepted and closed at once
+    max_connections: int = _f(1024, min=1, max=100_000)
+    # descriptors kept free below the soft RLIMIT_NOFILE for sampling, actions and the state database
+    reserved_descriptors: int = _f(256, min=16, max=100_000)
+    # a connection that has not sent a whole request line and headers in this long is closed
+    header_timeout_seconds: float = _f(10.0, min=0.5, max=600.0)
+    # expensive reads (history, samples, performance metrics) served at once; more wait, then get 503
+    max_concurrent_reads: int = _f(4, min=1, max=64)
+    # how long a read waits for its turn before the 503 (with Retry-After)
+    read_queue_seconds: float = _f(2.0, min=0.0, max=60.0)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

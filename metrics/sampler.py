@@ -11,6 +11,7 @@ import asyncio
 import os
 import time
 from collections.abc import Awaitable, Callable
+from concurrent.futures import Executor
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any, TypeVar
@@ -57,8 +58,11 @@ class Sampler:
         source_timeout_seconds: float,
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
+        executor: Executor | None = None,
     ) -> None:
         self._s = sources
+        # the blocking reads run on this pool (the loop's default when None), apart from other work's threads
+        self._executor = executor
         self._timeout = source_timeout_seconds
         self._clock = clock
         self._wall = wall_clock
@@ -117,7 +121,10 @@ class Sampler:
             task.exception()
 
     def _in_thread(self, fn: Callable[..., T], *args: Any) -> Callable[[], Awaitable[T]]:
-        return lambda: asyncio.to_thread(fn, *args)
+        if self._executor is None:
+            return lambda: asyncio.to_thread(fn, *args)
+        executor = self._executor
+        return lambda: asyncio.get_running_loop().run_in_executor(executor, fn, *args)
 
     async def sample(self) -> Snapshot:
         """Read every source once and return the snapshot."""

@@ -51,9 +51,26 @@ from metrics.tables import TABLES
 from metrics.tcp import TcpCounter, make_tcp_counter
 from metrics.window import Windows
 from optimizer.alertmanager import AlertmanagerReceiver
-from optimizer.api import BODY_TIMEOUT_SECONDS, IDLE_TIMEOUT_SECONDS, LINGER_SECONDS, ApiContext, build_app
+from optimizer.api import (
+    BODY_TIMEOUT_SECONDS,
+    IDLE_TIMEOUT_SECONDS,
+    LINGER_SECONDS,
+    ApiContext,
+    HostPolicy,
+    ReadGate,
+    build_app,
+)
+from optimizer.apiloop import ApiLoop
 from optimizer.baselines import ALL_HOURS, BaselineLearner, BaselineRecord
 from optimizer.clock import Clock, SystemClock
+from optimizer.connections import (
+    AcceptErrorLog,
+    ConnectionCollector,
+    ConnectionLimiter,
+    LimitedSite,
+    connection_cap,
+    open_descriptors,
+)
 from optimizer.dashboard import load_dashboard
 from optimizer.engine import (
     CALM_PROXIMITY,
@@ -63,10 +80,11 @@ from optimizer.engine import (
     signal_proximity,
     stretched_interval,
 )
+from optimizer.executors import Executors, run_in
 from optimizer.logs import REDACTOR, configure_logging
 from optimizer.registry import Dependencies, build_strategies
 from optimizer.sdnotify import SystemdNotifier
-from optimizer.state import StateStore
+from optimizer.state import HistoryReader, StateStore
 
 VERSION = "0.1.0"
 # The daemon's own figures: its RSS sits near 60% of its soft line from the libraries alone, so counting it
@@ -181,6 +199,8 @@ class Daemon:
         self._background: set[asyncio.Future[None]] = set()
         # set once _build() has made every part: stop() after a failed start closes only what exists
         self._built = False
+        self.accept_errors = AcceptErrorLog()
+        self._api_loop: ApiLoop | None = None
 
     # building ----------------------------------------------------------------------------------------------------
 
@@ -193,12 +213,14 @@ class Daemon:
         self.token, token_source = resolve_api_token(s, env)
         REDACTOR.register(self.token, password, api_key)
         self.token_source = token_source
+        self.executors = Executors()
         self.store = StateStore(
             s.state_directory,
             retention_days=s.state.retention_days,
             max_history_rows=s.state.max_history_rows,
             wall_clock=self.clock.wall,
         )
+        self.history = HistoryReader(self.store)
         self.registry = CollectorRegistry()
         self.metrics = DaemonMetrics(self.registry)
         self.registry.register(SnapshotCollector(lambda: self.engine.latest, VERSION))
@@ -241,6 +263,7 @@ class Daemon:
             source_timeout_seconds=s.sampler.source_timeout_seconds,
             clock=self.clock.monotonic,
             wall_clock=self.clock.wall,
+            executor=self.executors.sampler,
         )
         self.windows = Windows(s.sampler.window_size)
         self.baselines = BaselineLearner()
@@ -254,6 +277,7 @@ class Daemon:
             metrics=self.metrics,
             clock=self.clock,
             refresh=self.sample_now,
+            store_executor=self.executors.state,
         )
         self._built = True
 
@@ -273,6 +297,7 @@ class Daemon:
     async def start(self) -> None:
         """Build, open state, bind the API, take a first sample, start the loops, tell systemd we are ready."""
         self._build()
+        self.executors.install(asyncio.get_running_loop())
         await asyncio.to_thread(self.store.open)
         if self.store.moved_aside is not None:
             log.warning("state_corrupt_moved_aside", moved_to=str(self.store.moved_aside))
@@ -282,6 +307,7 @@ class Daemon:
         saved_baselines = await asyncio.to_thread(self.store.load_baselines)
         self.baselines.load(saved_baselines, saved_at=await asyncio.to_thread(self.store.baseline_times))
         host, port = parse_listen(self.settings.api.listen)
+        hosts = HostPolicy(host, port, self.settings.api.allowed_hosts)
         self.alertmanager = AlertmanagerReceiver(
             self.engine, lambda: self.settings.alertmanager, monotonic=self.clock.monotonic
         )
@@ -299,6 +325,11 @@ class Daemon:
                 alertmanager=self.alertmanager,
                 dashboard_html=load_dashboard(),
                 body_timeout=self._api_body_timeout,
+                hosts=hosts,
+                reads=ReadGate(self.settings.api.max_concurrent_reads, self.settings.api.read_queue_seconds),
+                history=self.history,
+                history_executor=self.executors.history,
+                main_loop=asyncio.get_running_loop(),
             ),
             client_max_size=self.settings.api.client_max_size,
         )
@@ -311,20 +342,17 @@ class Daemon:
             keepalive_timeout=self._api_idle_timeout,
             lingering_time=LINGER_SECONDS,
         )
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, host, port, reuse_address=True)
-        try:
-            await site.start()
-        except OSError as exc:
-            raise StartupError(
-                f"cannot listen on {self.settings.api.listen} (api.listen): "
-                f"{os.strerror(exc.errno) if exc.errno else exc}",
-                config=exc.errno in _BIND_CONFIG_ERRNOS,
-            ) from None
-        server = site._server
-        sockets = getattr(server, "sockets", None) or []
+        api = self.settings.api
+        self.connection_limiter = ConnectionLimiter(
+            connection_cap(api.max_connections, api.reserved_descriptors, in_use=open_descriptors()),
+            api.header_timeout_seconds,
+        )
+        self.registry.register(ConnectionCollector(self.connection_limiter, self.accept_errors))
+        self._api_loop = ApiLoop()
+        self._api_loop.start()
         self.api_host = host
-        self.api_port = sockets[0].getsockname()[1] if sockets else port
+        self.api_port = await self._api_loop.call(self._serve_api(self._runner, host, port))
+        hosts.port = self.api_port
         await self.sample_now()
         # What start-up built (modules, clients, strategies, the first sample's caches) lives as long as the daemon.
         # A full collection walks every tracked object holding the GIL, so even one run in a worker thread (the
@@ -342,8 +370,30 @@ class Daemon:
             strategies=self.engine.strategy_names(),
             token=self.token_source,
             state=str(self.store.path),
+            api_connection_cap=self.connection_limiter.cap,
         )
         self._notifier.ready(status=self._status_line())
+
+    async def _serve_api(self, runner: web.AppRunner, host: str, port: int) -> int:
+        """(On the API's loop.) Set the runner up and listen; the port bound."""
+        await runner.setup()
+        self.accept_errors.install(asyncio.get_running_loop())
+        site = LimitedSite(runner, host, port, self.connection_limiter)
+        try:
+            await site.start()
+        except OSError as exc:
+            raise StartupError(
+                f"cannot listen on {self.settings.api.listen} (api.listen): "
+                f"{os.strerror(exc.errno) if exc.errno else exc}",
+                config=exc.errno in _BIND_CONFIG_ERRNOS,
+            ) from None
+        sockets = getattr(site.server, "sockets", None) or []
+        return int(sockets[0].getsockname()[1]) if sockets else port
+
+    async def _close_api(self, runner: web.AppRunner) -> None:
+        """(On the API's loop.) Stop listening, let the handlers finish (bounded), close the connections."""
+        await runner.cleanup()
+        self.accept_errors.uninstall(asyncio.get_running_loop())
 
     @property
     def api_url_host(self) -> str:
@@ -410,7 +460,7 @@ class Daemon:
     async def _sample(self) -> Snapshot:
         previous = self.engine.latest
         # the state file deleted or replaced under the daemon is recreated now, not at the next decision's write
-        await asyncio.to_thread(self.store.verify)
+        await run_in(self.executors.state, self.store.verify)
         snapshot = await self.sampler.sample()
         self._log_source_changes(previous, snapshot)
         self._learn(snapshot)
@@ -437,7 +487,7 @@ class Daemon:
             for r in records:
                 self.store.save_baseline(r.signal, r.hour if r.hour >= 0 else ALL_HOURS, r.value, r.samples)
 
-        task = asyncio.get_running_loop().run_in_executor(None, save)
+        task = asyncio.get_running_loop().run_in_executor(self.executors.state, save)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
@@ -620,15 +670,19 @@ class Daemon:
                 await asyncio.wait_for(self._sample_task, self.settings.sampler.source_timeout_seconds + 1)
             except (TimeoutError, asyncio.CancelledError):
                 self._sample_task.cancel()
-        if self._runner is not None:
-            await self._runner.cleanup()
+        if self._api_loop is not None:
+            if self._runner is not None:
+                await self._api_loop.call(self._close_api(self._runner))
+            await self._api_loop.stop()
         await self.backend.close()
         await self.mediamtx.close()
         for rt in self.engine.runtimes.values():
             await rt.strategy.close()
         if self._background:
             await asyncio.gather(*self._background, return_exceptions=True)
+        await asyncio.to_thread(self.history.close)
         await asyncio.to_thread(self.store.close)
+        self.executors.shutdown()
         # hand the start-up objects back to the collector: a process that outlives this daemon (tests, the
         # benchmarks) must not keep them out of collection for good
         gc.unfreeze()

@@ -8,13 +8,15 @@ a sample taken for them. Cooldown and budget are kept per action family of a str
 from __future__ import annotations
 
 import asyncio
+import functools
 import math
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
+from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any
+from typing import Any, TypeVar
 
 import structlog
 
@@ -24,6 +26,7 @@ from metrics.prometheus import DaemonMetrics
 from metrics.snapshot import Snapshot
 from metrics.window import Windows
 from optimizer.clock import Clock
+from optimizer.executors import run_in, watch_queueing
 from optimizer.state import StateStore
 from strategies.base import (
     DEFAULT_FAMILY,
@@ -42,6 +45,7 @@ from strategies.base import (
 
 _RANK = {Mode.OBSERVE: 0, Mode.DRY_RUN: 1, Mode.ENFORCE: 2}
 SCORE_HISTORY = 10
+T = TypeVar("T")
 
 
 class Outcome(StrEnum):
@@ -327,11 +331,14 @@ class Engine:
         clock: Clock,
         log: Any = None,
         refresh: Callable[[], Awaitable[Snapshot]] | None = None,
+        store_executor: Executor | None = None,
     ) -> None:
         self._settings = engine
         # takes a fresh sample for a requested round (manual or Alertmanager), which plans from it, not from a
         # sample that may be as old as the stretched sample interval
         self.refresh = refresh
+        # the state writes' own pool: strategies' threads (the loop's default pool) cannot hold up the records
+        self._store_executor = store_executor
         self._detection = detection
         self.global_mode = global_mode
         self.windows = windows
@@ -362,9 +369,15 @@ class Engine:
 
     # lifecycle and state -------------------------------------------------------------------------------------------
 
+    async def _stored(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
+        """Run a state store call on the store's pool (a worker thread when the engine has none)."""
+        if self._store_executor is None:
+            return await asyncio.to_thread(fn, *args, **kwargs)
+        return await run_in(self._store_executor, functools.partial(fn, *args, **kwargs))
+
     async def load(self) -> None:
         """Restore strategy state from the store and reconcile interrupted journal records."""
-        saved = await asyncio.to_thread(self._store.load_strategies)
+        saved = await self._stored(self._store.load_strategies)
         now_mono, now_wall = self._clock.monotonic(), self._clock.wall()
         for name, data in saved.items():
             if name in self.runtimes:
@@ -375,10 +388,10 @@ class Engine:
 
     async def reconcile(self) -> None:
         """Settle journal intents without a done record: the daemon stopped in the middle of an apply."""
-        for entry in await asyncio.to_thread(self._store.journal, "intent"):
+        for entry in await self._stored(self._store.journal, "intent"):
             rt = self.runtimes.get(entry.strategy)
             if rt is None:
-                await asyncio.to_thread(self._store.journal_finish, entry.id, "reconciled", {"note": "strategy gone"})
+                await self._stored(self._store.journal_finish, entry.id, "reconciled", {"note": "strategy gone"})
                 continue
             try:
                 plan = Plan.from_dict(entry.plan)
@@ -392,11 +405,9 @@ class Engine:
                 self._log.exception("reconcile_crashed", strategy=entry.strategy, journal_id=entry.id)
                 note = f"reconcile failed: {exc.__class__.__name__}: {exc}"
                 status = "reconcile_failed"
-            await asyncio.to_thread(self._store.journal_finish, entry.id, status, {"note": note})
+            await self._stored(self._store.journal_finish, entry.id, status, {"note": note})
             if entry.decision_id is not None:
-                await asyncio.to_thread(
-                    self._store.update_decision, entry.decision_id, outcome="interrupted", error=note
-                )
+                await self._stored(self._store.update_decision, entry.decision_id, outcome="interrupted", error=note)
             self._log.warning(
                 "journal_reconciled", strategy=entry.strategy, journal_id=entry.id, status=status, note=note
             )
@@ -429,7 +440,7 @@ class Engine:
         """
         self._pending.clear()
         count = 0
-        for entry in reversed(await asyncio.to_thread(self._store.journal, "done")):
+        for entry in reversed(await self._stored(self._store.journal, "done")):
             rt = self.runtimes.get(entry.strategy)
             if rt is None or not entry.result:
                 continue
@@ -477,7 +488,7 @@ class Engine:
     async def _save(self, rt: StrategyRuntime) -> None:
         self._publish(rt)
         state = rt.to_state(self._clock.monotonic(), self._clock.wall())
-        await asyncio.to_thread(self._store.save_strategy, rt.name, state)
+        await self._stored(self._store.save_strategy, rt.name, state)
 
     def _publish(self, rt: StrategyRuntime) -> None:
         self._metrics.breaker_open.labels(rt.name).set(1 if rt.breaker_open else 0)
@@ -650,7 +661,7 @@ class Engine:
         else:
             self._count_failure(rt, f"regressed {expected.signal}")
         if pending.decision_id is not None:
-            await asyncio.to_thread(
+            await self._stored(
                 self._store.update_decision, pending.decision_id, verdict=str(verdict), verdict_detail=detail
             )
         self._log.info(
@@ -678,7 +689,7 @@ class Engine:
             return None
         self._metrics.reverts.labels(rt.name).inc()
         if journal_id is not None:
-            await asyncio.to_thread(self._store.journal_finish, journal_id, "reverted", result.as_dict())
+            await self._stored(self._store.journal_finish, journal_id, "reverted", result.as_dict())
         self._log.warning(
             "change_reverted",
             strategy=rt.name,
@@ -915,8 +926,18 @@ class Engine:
         if rt.breaker_open:
             return await record(Outcome.BLOCKED_BREAKER, rt.breaker_reason or "circuit breaker open"), False
         try:
-            plan = await asyncio.wait_for(rt.strategy.plan(ctx), self._settings.plan_timeout_seconds)
+            with watch_queueing() as queueing:
+                plan = await asyncio.wait_for(rt.strategy.plan(ctx), self._settings.plan_timeout_seconds)
         except TimeoutError:
+            queued = queueing.queued()
+            if queued >= self._settings.plan_timeout_seconds / 2:
+                # Most of the time went waiting for a worker thread: the daemon's own queueing, not the strategy's.
+                self._log.warning("plan_queued", strategy=rt.name, queued_seconds=round(queued, 3))
+                return await record(
+                    Outcome.DEFERRED,
+                    f"plan waited {queued:.1f} s for a worker thread; not counted as a failure",
+                    error=f"plan exceeded {self._settings.plan_timeout_seconds} s while queued",
+                ), False
             self._count_failure(rt, "plan timed out")
             return await record(
                 Outcome.TIMEOUT, "plan timed out", error=f"plan exceeded {self._settings.plan_timeout_seconds} s"
@@ -993,7 +1014,7 @@ class Engine:
 
     async def _apply(self, rt: StrategyRuntime, plan: Plan, *, record: Any, signals: Mapping[str, float]) -> int | None:
         decision_id: int | None = await record(Outcome.APPLIED, plan.reason, plan)
-        journal_id = await asyncio.to_thread(
+        journal_id = await self._stored(
             self._store.journal_intent, decision_id=decision_id, strategy=rt.name, plan=plan.as_dict()
         )
         pacing = rt.pace(plan.pacing_family)
@@ -1042,14 +1063,14 @@ class Engine:
         duration_ms = (time.perf_counter() - started) * 1000
         changes = [c.as_dict() for c in (result.changes if result else plan.changes)]
         if journal_id is not None:
-            await asyncio.to_thread(
+            await self._stored(
                 self._store.journal_finish,
                 journal_id,
                 "done" if result is not None or outcome is Outcome.DEFERRED else "failed",
                 result.as_dict() if result is not None else {"error": error},
             )
         if decision_id is not None:
-            await asyncio.to_thread(
+            await self._stored(
                 self._store.update_decision,
                 decision_id,
                 outcome=str(outcome),
@@ -1160,7 +1181,7 @@ class Engine:
             return None
         duration_ms = (time.perf_counter() - started) * 1000
         changes = [c.as_dict() for c in plan.changes] if plan else []
-        decision_id = await asyncio.to_thread(
+        decision_id = await self._stored(
             self._store.add_decision,
             run_id=run_id,
             strategy=rt.name,

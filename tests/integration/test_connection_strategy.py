@@ -7,8 +7,6 @@ import sqlite3
 from datetime import datetime, timedelta
 from pathlib import Path
 
-import pytest
-
 from optimizer.app import Daemon
 from testbed.harness import TestbedProcess
 from tests.harness import daemon_env, running_daemon, sample_times
