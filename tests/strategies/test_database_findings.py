@@ -239,7 +239,7 @@ def test_local_and_utc_columns_are_cut_at_their_own_time(backend_db: Path) -> No
     insert(
         backend_db,
         "INSERT INTO viewer_sessions (session_id, camera_id, ip_address, started_at, last_heartbeat, is_active)"
-        " VALUES (?, 1, '10.0.0.1', ?, ?, 0)",
+        " VALUES (?, 1, '10.0.0.5', ?, ?, 0)",
         [
             (sid, local(days), local(days))
             for sid, days in (("older-local", 90 + 3 / 24), ("younger-local", 90 - 3 / 24))
