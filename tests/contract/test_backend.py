@@ -55,7 +55,6 @@ async def test_connections_are_counted_once(real: RealBackend, tmp_path: Path) -
             conn.close()
 
 
-@pytest.mark.xfail(strict=True, reason="defect 3d: cache-stats reads spend the budget; the hot-endpoint probe starves")
 async def test_the_request_budget_keeps_the_hot_endpoint_probe(real: RealBackend, tmp_path: Path) -> None:
     """Sampling every second for 40 s under the default budget (30 requests a minute): no 429 from the backend
     (the fixture reads its log), and every response time the daemon uses was measured on a hot endpoint, not
