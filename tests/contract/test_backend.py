@@ -34,7 +34,6 @@ def ss_established(port: int) -> int:
     return len([line for line in out.splitlines() if line.strip()])
 
 
-@pytest.mark.xfail(strict=True, reason="defect 3i: loopback connections are counted at both ends")
 async def test_connections_are_counted_once(real: RealBackend, tmp_path: Path) -> None:
     """Two visitors keep a connection open to the backend on loopback: the daemon counts what ``ss`` shows on
     the backend's port, not both ends of each connection."""
@@ -55,7 +54,6 @@ async def test_connections_are_counted_once(real: RealBackend, tmp_path: Path) -
             conn.close()
 
 
-@pytest.mark.xfail(strict=True, reason="defect 3d: cache-stats reads spend the budget; the hot-endpoint probe starves")
 async def test_the_request_budget_keeps_the_hot_endpoint_probe(real: RealBackend, tmp_path: Path) -> None:
     """Sampling every second for 40 s under the default budget (30 requests a minute): no 429 from the backend
     (the fixture reads its log), and every response time the daemon uses was measured on a hot endpoint, not
@@ -147,10 +145,11 @@ async def test_a_hot_host_without_recorders_writes_no_empty_action(real: RealBac
                 await daemon.sample_now()
                 await daemon.engine.request_round(trigger="scheduled", strategy="cpu")
             rows = daemon.store.decisions(strategy="cpu")
+            hottest = max(daemon.windows.values("cpu_ratio"))
     finally:
         burner.kill()
         await burner.wait()
     texts = [f"{r.outcome}: {r.reason} {r.changes}" for r in rows]
     print(texts)
-    assert rows, "the host was not seen hot"
+    assert hottest > 0.05, "the host was not seen hot"
     assert not any("0 recorder(s)" in t for t in texts), texts

@@ -37,7 +37,6 @@ def makassar(real: RealBackend) -> Iterator[RealBackend]:
         real.set_timezone("WIB")
 
 
-@pytest.mark.xfail(strict=True, reason="defect 3g: the daemon reads local times with a fixed +7 h, not the setting")
 async def test_a_timezone_changed_at_runtime_is_followed(makassar: RealBackend, tmp_path: Path) -> None:
     """After an admin switches the backend to WITA, a viewer who just started (written by the backend in
     Asia/Makassar time) is seconds old to the daemon, not an hour in the future."""
@@ -80,7 +79,6 @@ def forget_time_rows(real: RealBackend) -> None:
         conn.execute("DELETE FROM playback_tokens WHERE label = ?", (OLD,))
 
 
-@pytest.mark.xfail(strict=True, reason="defect 3f: playback_token_sessions.expires_at (UTC) is read as local time")
 async def test_retention_reads_each_table_in_its_own_time_base(real: RealBackend, tmp_path: Path) -> None:
     """Rows written as the backend writes them, under the 90-day rule: failed logins (attempt_time ISO UTC,
     trackFailedAttempt) and playback sessions (expires_at UTC, toUtcSql) 91 days old go; those 89 days
