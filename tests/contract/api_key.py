@@ -3,7 +3,8 @@
 The backend validates keys as 64 hex digits (services/apiKeyService.js) and stores their SHA-256. A key of
 another length is stored but can never be presented: once stored and active it locks every client out. This
 writes a 64-hex key to ``<root>/api-key`` (where the daemon's settings look for it), stores its hash the way
-``createApiKey`` does, and deactivates an unusable key that the file held before.
+``createApiKey`` does, and deactivates the keys it (or the backend's ``run.sh api-key``) made before, usable or
+not.
 
     python -m tests.contract.api_key [<root>]       # root: CCTV_REAL_ROOT, default <tempdir>/cctv-real
     python -m tests.contract.api_key --remove [<root>]   # deactivate it again: no key demanded
@@ -18,6 +19,8 @@ import sqlite3
 import sys
 import tempfile
 from pathlib import Path
+
+CLIENT = "cctv-optimizer"
 
 
 def _hash(key: str) -> str:
@@ -37,6 +40,8 @@ def main(argv: list[str]) -> int:
     conn = sqlite3.connect(database, timeout=30)
     try:
         with conn:
+            # the one key this tool (and the backend's run.sh) keeps: earlier ones, usable or not, are retired
+            conn.execute("UPDATE api_keys SET is_active = 0 WHERE client_name = ?", (CLIENT,))
             if old is not None:
                 conn.execute("UPDATE api_keys SET is_active = 0 WHERE key_hash = ?", (_hash(old),))
             if remove:
@@ -46,7 +51,7 @@ def main(argv: list[str]) -> int:
             key = secrets.token_hex(32)
             conn.execute(
                 "INSERT INTO api_keys (key_hash, client_name, expires_at, is_active) VALUES (?, ?, NULL, 1)",
-                (_hash(key), "cctv-optimizer"),
+                (_hash(key), CLIENT),
             )
     finally:
         conn.close()

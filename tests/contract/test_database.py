@@ -96,7 +96,6 @@ async def test_a_wal_grown_over_its_limit_is_truncated(real: RealBackend, tmp_pa
     print(f"WAL {before} -> {after} bytes")
 
 
-@pytest.mark.xfail(strict=True, reason="defect 3b: a requested round plans from the last sample, not a fresh one")
 async def test_a_requested_round_plans_from_the_wal_as_it_is_now(real: RealBackend, tmp_path: Path) -> None:
     """The last sample saw a small WAL; the WAL then grows past its limit; an operator's POST
     /performance-optimize for the database truncates it (it samples first), records what it changed, and
