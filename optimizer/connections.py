@@ -30,6 +30,7 @@ log = structlog.get_logger("api")
 
 ACCEPT_LOG_INTERVAL_SECONDS = 10.0
 HEADER_END = b"\r\n\r\n"
+MAX_BACKLOG = 128
 _ACCEPT_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 
 
@@ -41,13 +42,24 @@ def open_descriptors() -> int:
         return 0
 
 
-def connection_cap(max_connections: int, reserved: int, *, soft_limit: int | None = None, in_use: int = 0) -> int:
-    """The API's connection cap: the configured one, within the descriptors left after ``reserved`` and ``in_use``."""
+def accept_backlog(reserved: int) -> int:
+    """The listen backlog, which is also how many connections the loop accepts in one go before any is refused.
+
+    Those descriptors are held (briefly) beyond the cap, so the cap leaves room for one burst besides the reserve.
+    """
+    return max(8, min(MAX_BACKLOG, reserved))
+
+
+def connection_cap(
+    max_connections: int, reserved: int, *, soft_limit: int | None = None, in_use: int = 0, backlog: int = 0
+) -> int:
+    """The API's connection cap: the configured one, within the descriptors left after ``reserved``, ``in_use``
+    and one accept burst (``backlog``)."""
     if soft_limit is None:
         soft_limit, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft_limit == resource.RLIM_INFINITY or soft_limit < 0:
         return max_connections
-    return max(1, min(max_connections, soft_limit - reserved - in_use))
+    return max(1, min(max_connections, soft_limit - reserved - in_use - backlog))
 
 
 class ConnectionLimiter:
@@ -161,9 +173,16 @@ class LimitedSite(web.BaseSite):
     __slots__ = ("_host", "_limiter", "_port", "_reuse_address")
 
     def __init__(
-        self, runner: web.BaseRunner, host: str, port: int, limiter: ConnectionLimiter, *, reuse_address: bool = True
+        self,
+        runner: web.BaseRunner,
+        host: str,
+        port: int,
+        limiter: ConnectionLimiter,
+        *,
+        backlog: int = MAX_BACKLOG,
+        reuse_address: bool = True,
     ) -> None:
-        super().__init__(runner)
+        super().__init__(runner, backlog=backlog)
         self._host = host
         self._port = port
         self._limiter = limiter
