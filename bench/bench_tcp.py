@@ -138,11 +138,9 @@ def stop_child(child: subprocess.Popen[str]) -> None:
 
 
 def psutil_counts(ports: frozenset[int]) -> dict[str, int]:
-    """Count with psutil the way the daemon would have without metrics.tcp."""
+    """Count with psutil the way the daemon would have without metrics.tcp (the sockets owning the port)."""
     tally = Counter(
-        conn.status.lower()
-        for conn in psutil.net_connections(kind="tcp")
-        if not ports.isdisjoint((getattr(conn.laddr, "port", None), getattr(conn.raddr, "port", None)))
+        conn.status.lower() for conn in psutil.net_connections(kind="tcp") if getattr(conn.laddr, "port", None) in ports
     )
     return {state.value: tally.get(state.value, 0) for state in TcpState}
 
@@ -154,8 +152,7 @@ def foreign_sockets(ports: frozenset[int]) -> dict[str, int]:
     tally = Counter(
         conn.status.lower()
         for conn in psutil.net_connections(kind="tcp")
-        if conn.pid not in ours
-        and not ports.isdisjoint((getattr(conn.laddr, "port", None), getattr(conn.raddr, "port", None)))
+        if conn.pid not in ours and getattr(conn.laddr, "port", None) in ports
     )
     return dict(sorted(tally.items()))
 

@@ -1,6 +1,6 @@
 """Benchmark 4: HTTP throughput and latency of the daemon's API under wrk, against node_exporter's /metrics.
 
-wrk (50 connections, 2 threads, ``--latency``) drives GET /metrics and GET /performance-metrics of a daemon
+wrk (50 connections, 2 threads, ``--latency``) drives GET /metrics, /performance-metrics and /optimizations of a daemon
 subprocess pointed at the testbed, and node_exporter's /metrics, in the same run; then the daemon's two paths
 again while a client POSTs /performance-optimize back to back (decision rounds without a pause). When uvloop is
 installed, a second daemon run on uvloop gives the difference it makes. Goals: daemon /metrics
@@ -117,7 +117,12 @@ def measure_daemon(base: str, token: str, seconds: int, *, with_rounds: bool) ->
     if not with_rounds:
         return out
     out["performance_metrics_idle"] = wrk(base + "/performance-metrics", seconds)
-    for path, key in (("/metrics", "metrics_rounds"), ("/performance-metrics", "performance_metrics_rounds")):
+    out["optimizations_idle"] = wrk(base + "/optimizations", seconds)
+    for path, key in (
+        ("/metrics", "metrics_rounds"),
+        ("/performance-metrics", "performance_metrics_rounds"),
+        ("/optimizations", "optimizations_rounds"),
+    ):
         with RoundLoop(base, token) as loop:
             out[key] = wrk(base + path, seconds)
         out[key]["rounds_completed"] = loop.rounds
@@ -189,6 +194,7 @@ def summarise(figures: dict[str, Any], has_uvloop: bool) -> dict[str, Any]:
     for path, idle_key, busy_key in (
         ("/metrics", "metrics_idle", "metrics_rounds"),
         ("/performance-metrics", "performance_metrics_idle", "performance_metrics_rounds"),
+        ("/optimizations", "optimizations_idle", "optimizations_rounds"),
     ):
         idle, busy = d[idle_key], d[busy_key]
         x = busy["p99_s"] / idle["p99_s"]

@@ -33,7 +33,7 @@ from bench.common import RESULTS_DIR, machine_info, row  # noqa: E402
 from bench.readme import BENCHMARKS_DOC, splice_readme  # noqa: E402
 
 # Order matters: the idle-footprint benchmark runs last, alone, so nothing else disturbs its ten minutes.
-REGISTRY = ("tcp_count", "whole_sample", "http_api", "detection", "effect", "footprint")
+REGISTRY = ("tcp_count", "whole_sample", "scale", "loadgen", "http_api", "detection", "effect", "footprint")
 SUMMARY_COLUMNS = ("figure", "value", "reference", "ratio", "goal", "met")
 
 

@@ -1,7 +1,7 @@
 """Benchmark 2: one full ``Sampler.sample()`` with 10,000 connections open to the backend, and the loop's lag.
 
-The testbed runs as the backend and a child process holds 10,000 idle connections to its listening port (both
-ends count). The daemon runs in this process without its timed loops. Timed: one full sample (every source),
+The testbed runs as the backend and a child process holds 10,000 idle connections to its listening port (the
+backend's ends count; psutil lists both). The daemon runs in this process without its timed loops. Timed: one full sample (every source),
 against ``psutil.net_connections(kind="tcp")`` alone at the same size. A ticker coroutine measures how late the
 event loop wakes while samples are taken and while decision rounds apply every strategy (WAL checkpoint, HLS
 prune, cache clear, stuck sessions, recorder renice). Goals: sample < 1/10 of psutil; loop lag never > 20 ms.

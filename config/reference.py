@@ -56,7 +56,10 @@ MEANINGS: dict[str, str] = {
     "backend.mediamtx_url": "MediaMTX control API",
     "backend.hot_endpoints": "public endpoints probed and warmed after a cache clear (comma-separated)",
     "backend.timeout_seconds": "timeout of one call to the backend",
-    "backend.timezone_offset_hours": "the backend's local-time offset (its timestamps carry no zone)",
+    "backend.timezone_offset_hours": (
+        "hours from UTC used only when the backend's `system_settings` timezone names a zone this host does not "
+        "know (the zone itself is read from the database)"
+    ),
     "backend.user_agent": "User-Agent of the daemon's calls",
     "backend.requests_per_minute": "the daemon's budget of calls to the backend (the backend allows 100/min per IP)",
     "detection.samples_required": "N: samples past the enter line that arm a strategy ...",

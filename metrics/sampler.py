@@ -145,7 +145,13 @@ class Sampler:
         host_t = start("host", self._in_thread(s.host.read, started))
         proc_t = start("process", self._in_thread(s.process.read, started) if s.process else None)
         probe_t = start("probe", (lambda: backend.probe(s.hot_endpoints)) if backend is not None else None)
-        cache_t = start("cache", backend.cache_stats if backend is not None and backend.has_credentials else None)
+        hot_calls = len(s.hot_endpoints)
+        cache_t = start(
+            "cache",
+            (lambda: backend.sampled_cache_stats(hot_calls))
+            if backend is not None and backend.has_credentials
+            else None,
+        )
         db_t = start("database", self._in_thread(s.database.read, started) if s.database else None)
         hls_t = start("hls", self._in_thread(s.hls.read, wall) if s.hls else None)
         mtx_t = start("mediamtx", s.mediamtx.read if s.mediamtx else None)
@@ -163,6 +169,14 @@ class Sampler:
                 up=False,
                 error=probe.error or "backend unavailable",
                 duration_seconds=statuses["probe"].duration_seconds,
+            )
+        if isinstance(process, ProcessSample) and process.degraded is not None and "process" in statuses:
+            # measured, but perhaps not the server: up, with the reason shown wherever the sources are
+            statuses["process"] = SourceStatus(
+                name="process",
+                up=True,
+                error=process.degraded,
+                duration_seconds=statuses["process"].duration_seconds,
             )
         ports = set(s.extra_ports)
         if isinstance(process, ProcessSample):

@@ -1,15 +1,17 @@
 """Cheap counts of the backend's TCP connections by state, via sock_diag netlink or /proc/net/tcp.
 
-A socket matches when its local port or its remote port is in the requested set, so the backend's
-listening ports catch both its clients and its own upstream connections (MediaMTX, for example).
-Each socket is counted once, even when both of its ports are in the set.
+A socket matches when its local port is in the requested set (the backend's listening ports and the
+configured extra ports): each connection is counted once, from the end that owns the port. A loopback
+connection has both ends on this host, and the client end (whose remote port is the backend's) is not
+counted again, which is also what ``ss state all sport = :PORT`` shows. Connections the backend opens to a
+service on another host (whose port is only the remote one) are not counted.
 
 Families: every socket is counted exactly once, under the family of the socket itself. An IPv4 client
 accepted by a dual-stack listener (an AF_INET6 socket with IPV6_V6ONLY off) is an AF_INET6 socket whose
 addresses are IPv4-mapped (``::ffff:a.b.c.d``): it appears only in ``net/tcp6`` and only in the AF_INET6
-dump (once in the family-less dump), and is counted once from there; its peer, if local, is a separate AF_INET socket counted from
-``net/tcp``. Ports are compared regardless of the address, so a mapped socket matches exactly like any
-other. This is also what ``psutil.net_connections(kind="tcp")`` reports, so all three agree.
+dump (once in the family-less dump), and is counted once from there. Ports are compared regardless of
+the address, so a mapped socket matches exactly like any other. Filtered on the local port,
+``psutil.net_connections(kind="tcp")`` reports the same, so all three agree.
 
 States: the kernel's request sockets (TCP_NEW_SYN_RECV) are counted as SYN_RECV, as /proc shows them.
 Sockets that are only bound (neither listening nor connected) are not counted: /proc/net/tcp does not
@@ -110,7 +112,7 @@ class TcpCounts:
 
 
 class TcpCounter(Protocol):
-    """Counts the TCP sockets whose local or remote port is in a set."""
+    """Counts the TCP sockets whose local port is in a set."""
 
     def count(self, ports: frozenset[int]) -> TcpCounts:
         """Return the counts by state of the sockets matching ``ports``."""
@@ -137,8 +139,8 @@ def _check_ports(ports: frozenset[int]) -> None:
 
 # Offsets from the colon after the slot number, per the kernel's fixed-width format
 # ("%4d: %08X:%04X %08X:%04X %02X ..."; tcp6 prints the address as four %08X words).
-_TCP4_OFFSETS = (11, 25, 30)
-_TCP6_OFFSETS = (35, 73, 78)
+_TCP4_OFFSETS = (11, 30)
+_TCP6_OFFSETS = (35, 78)
 _HEX_STATES: Mapping[bytes, int] = MappingProxyType({b"%02X" % number: number for number in _KERNEL_STATES})
 
 
@@ -153,7 +155,7 @@ class ProcNetTcpCounter:
             probe.readline()
 
     def count(self, ports: frozenset[int]) -> TcpCounts:
-        """Return the counts by state of the sockets whose local or remote port is in ``ports``."""
+        """Return the counts by state of the sockets whose local port is in ``ports``."""
         _check_ports(ports)
         slots = [0] * _STATE_SLOTS
         if ports:
@@ -166,14 +168,14 @@ class ProcNetTcpCounter:
     @staticmethod
     def _tally(
         path: Path,
-        offsets: tuple[int, int, int],
+        offsets: tuple[int, int],
         wanted: frozenset[bytes],
         slots: list[int],
         *,
         required: bool,
     ) -> None:
         """Add the matching lines of one table to ``slots``."""
-        local_at, remote_at, state_at = offsets
+        local_at, state_at = offsets
         hex_states = _HEX_STATES
         try:
             with path.open("rb", buffering=1 << 17) as table:
@@ -181,8 +183,7 @@ class ProcNetTcpCounter:
                 for line in table:
                     colon = line.find(b":")
                     local = colon + local_at
-                    remote = colon + remote_at
-                    if line[local : local + 4] in wanted or line[remote : remote + 4] in wanted:
+                    if line[local : local + 4] in wanted:
                         state = colon + state_at
                         slots[hex_states.get(line[state : state + 2], 0)] += 1
         except FileNotFoundError:
@@ -204,7 +205,6 @@ _NLMSG_DONE = 3
 _INET_DIAG_REQ_BYTECODE = 1
 _INET_DIAG_BC_JMP = 1
 _INET_DIAG_BC_S_EQ = 11
-_INET_DIAG_BC_D_EQ = 12
 
 _NLMSGHDR = struct.Struct("=IHHII")  # len, type, flags, seq, pid
 _NLMSG_HEAD = struct.Struct("=IHHI")  # len, type, flags, seq: what the reply loop reads
@@ -217,12 +217,11 @@ _ERRNO = struct.Struct("=i")
 # inet_diag_msg after the 16-byte nlmsghdr: state at +1, then sockid with sport/dport (big endian) at +4/+6.
 _STATE_AT = 16 + 1
 _SPORT_AT = 16 + 4
-_DPORT_AT = 16 + 6
 _DIAG_MSG_MIN = 16 + 72
 
 # Every state but CLOSE (7) and the kernel's bound-only pseudo-state (13), which /proc never lists.
 _STATE_MASK = sum(1 << number for number in _KERNEL_STATES if number != 7)
-# Beyond this many ports the in-kernel program (two tests per port, run for every socket) gets long, so
+# Beyond this many ports the in-kernel program (a test per port, run for every socket) gets long, so
 # the full dump is filtered here instead; this also keeps its 16-bit jump offsets far from their limit.
 _MAX_KERNEL_FILTER_PORTS = 64
 _RECV_BUFFER = 1 << 16
@@ -232,14 +231,14 @@ _MAX_CHUNKS_PER_DUMP = 1 << 20
 
 
 def port_filter_bytecode(ports: Iterable[int]) -> bytes:
-    """Return an inet_diag program accepting a socket whose source or destination port is in ``ports``.
+    """Return an inet_diag program accepting a socket whose source (local) port is in ``ports``.
 
     The kernel runs it per socket: a test that holds jumps ``yes`` bytes ahead, one that fails jumps ``no``
     bytes; landing exactly on the end accepts, landing 4 bytes past it rejects. ``yes`` is one byte wide,
     so a hit steps onto a following JMP whose 16-bit offset reaches the end; a miss skips that JMP and
     tries the next port. The last test's hit lands on the end and its miss 4 bytes beyond it.
     """
-    tests = [(code, port) for port in sorted(set(ports)) for code in (_INET_DIAG_BC_S_EQ, _INET_DIAG_BC_D_EQ)]
+    tests = [(_INET_DIAG_BC_S_EQ, port) for port in sorted(set(ports))]
     if not tests:
         raise ValueError("a port filter needs at least one port")
     length = 12 * (len(tests) - 1) + 8
@@ -404,7 +403,7 @@ class NetlinkTcpCounter:
             _close_all(self._held)
 
     def count(self, ports: frozenset[int]) -> TcpCounts:
-        """Return the counts by state of the sockets whose local or remote port is in ``ports``."""
+        """Return the counts by state of the sockets whose local port is in ``ports``."""
         _check_ports(ports)
         with self._lock:
             if self._fallback is None:
@@ -476,10 +475,7 @@ class NetlinkTcpCounter:
                     raise OSError(errno.EBADMSG, "malformed netlink message")
                 if message_seq == seq:
                     if kind == reply_kind and length >= _DIAG_MSG_MIN:
-                        if ports is None or (
-                            (buffer[offset + _SPORT_AT] << 8 | buffer[offset + _SPORT_AT + 1]) in ports
-                            or (buffer[offset + _DPORT_AT] << 8 | buffer[offset + _DPORT_AT + 1]) in ports
-                        ):
+                        if ports is None or (buffer[offset + _SPORT_AT] << 8 | buffer[offset + _SPORT_AT + 1]) in ports:
                             slots[buffer[offset + _STATE_AT]] += 1
                     elif kind == _NLMSG_DONE:
                         # A dump that failed part-way says so with a negative errno in DONE.

@@ -345,6 +345,7 @@ def _strategy_view(ctx: ApiContext, name: str) -> dict[str, Any]:
         "cooldownSeconds": rt.cooldown,
         "cooldownLeftSeconds": round(engine.cooldown_left(rt), 3),
         "budgetLeft": engine.budget_left(rt),
+        "pacing": engine.pacing_view(rt),
         "breakerOpen": rt.breaker_open,
         "breakerReason": rt.breaker_reason,
         "consecutiveFailures": rt.consecutive_failures,

@@ -47,6 +47,7 @@ from metrics.prometheus import DaemonMetrics, SnapshotCollector
 from metrics.sampler import Sampler, Sources
 from metrics.snapshot import Snapshot
 from metrics.sqlite import DatabaseReader
+from metrics.tables import TABLES
 from metrics.tcp import TcpCounter, make_tcp_counter
 from metrics.window import Windows
 from optimizer.alertmanager import AlertmanagerReceiver
@@ -92,20 +93,8 @@ VERSION = "0.1.0"
 OWN_SIGNALS = frozenset({"own_rss_bytes"})
 log = structlog.get_logger("daemon")
 
-# tables the backend never cleans, with the column that dates their rows (TARGET.md)
-UNCLEANED_TABLES: tuple[tuple[str, str], ...] = (
-    ("viewer_sessions", "started_at"),
-    ("viewer_session_history", "started_at"),
-    ("viewer_session_history_archive", "started_at"),
-    ("playback_viewer_sessions", "started_at"),
-    ("playback_token_sessions", "expires_at"),
-    ("playback_token_audit_logs", "created_at"),
-    ("login_attempts", "attempt_time"),
-    ("token_blacklist", "expires_at"),
-    ("camera_source_lifecycle_events", "created_at"),
-    ("recording_maintenance_events", "created_at"),
-)
-
+# the dated tables the database reader samples, each column in its own time base (metrics/tables.py)
+UNCLEANED_TABLES = TABLES
 
 EX_OK, EX_FAIL, EX_CONFIG = 0, 1, 78
 # bind() errors that restarting cannot fix: the address is not on this host, or the port needs a privilege
@@ -193,6 +182,9 @@ class Daemon:
         self._reload_task: asyncio.Task[None] | None = None
         self._sample_task: asyncio.Task[None] | None = None
         self._sample_wakeup = asyncio.Event()
+        # one sample at a time: a requested round's sample waits for the loop's (a source read twice at once is
+        # reported down by the sampler)
+        self._sample_lock = asyncio.Lock()
         self._scheduler: AsyncIOScheduler | None = None
         self._runner: web.AppRunner | None = None
         self.started_wall = self.clock.wall()
@@ -244,13 +236,14 @@ class Daemon:
         )
         self.mediamtx = MediaMtxClient(s.backend.mediamtx_url, s.backend.timeout_seconds)
         process_spec = ProcessSpec.parse(s.backend.process or f"port:{url_port(s.backend.url)}")
-        self.process = ProcessReader(process_spec, self._proc_root)
+        self.process = ProcessReader(process_spec, self._proc_root, port=url_port(s.backend.url))
         self.hls = HlsReader(s.backend.hls_directory, s.strategies.memory.hls_stale_age_seconds)
         database = (
             DatabaseReader(
                 s.backend.database,
                 timezone_offset_hours=s.backend.timezone_offset_hours,
                 stuck_session_seconds=s.strategies.connection.stuck_session_seconds,
+                session_timeout_seconds=s.strategies.connection.session_timeout_seconds,
                 tables=UNCLEANED_TABLES,
             )
             if s.backend.database is not None
@@ -284,6 +277,7 @@ class Daemon:
             store=self.store,
             metrics=self.metrics,
             clock=self.clock,
+            refresh=self.sample_now,
             store_executor=self.executors.state,
         )
         self._built = True
@@ -460,7 +454,14 @@ class Daemon:
                 log.exception("sample_crashed")
 
     async def sample_now(self) -> Snapshot:
-        """Take one sample, publish it to the engine and metrics, and adapt the interval."""
+        """Take one sample, publish it to the engine and metrics, and adapt the interval.
+
+        The sample loop calls it, and so does a requested round (manual, Alertmanager) before it plans.
+        """
+        async with self._sample_lock:
+            return await self._sample()
+
+    async def _sample(self) -> Snapshot:
         previous = self.engine.latest
         # the state file deleted or replaced under the daemon is recreated now, not at the next decision's write
         await run_in(self.executors.state, self.store.verify)
@@ -502,6 +503,9 @@ class Daemon:
                     log.info("source_up", source=name)
                 else:
                     log.warning("source_down", source=name, error=status.error)
+            if status.up and status.error is not None and (before is None or before.error != status.error):
+                # up but perhaps measuring the wrong thing (a launcher's pid): said once, when it starts or changes
+                log.warning("source_degraded", source=name, error=status.error)
 
     def _adapt_interval(self) -> None:
         """Stretch the sample interval while every signal is far from its threshold; tighten near one.
@@ -529,12 +533,19 @@ class Daemon:
         The daemon's own signals do not count (OWN_SIGNALS). Nor does a strategy that asks for a stretch (the
         cpu strategy while the host is hot): tightening for it would undo the stretch (1 s doubled is 2 s,
         more often than the base); while one asks, the interval holds at least at its base for the factor.
+        Nor does a strategy that cannot act (breaker open, held by its cooldown or budget, or planning a disruptive
+        change while those are off): it holds the interval at its base too, instead of sampling every second for
+        minutes while nothing can come of it.
         """
         proximity = 0.0
         armed = False
         stretching = False
         for rt in self.engine.runtimes.values():
-            if self.engine.factor_of(rt) > 1.0:
+            if not rt.enabled:
+                continue  # it never gets a turn: its lines are nobody's concern
+            # a strategy that cannot act now (its breaker is open, or its plan waits for a cooldown or the budget)
+            # gains nothing from closer samples: it holds the interval at its base, like a stretching one
+            if self.engine.factor_of(rt) > 1.0 or not self.engine.can_act(rt):
                 stretching = True
                 continue
             specs = [spec for spec in self.engine.triggers_of(rt) if spec.signal not in OWN_SIGNALS]

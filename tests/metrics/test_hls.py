@@ -8,6 +8,7 @@ import time
 import tracemalloc
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -352,3 +353,84 @@ def test_a_playlist_just_over_the_bound_protects_what_its_tail_names(tmp_path: P
     put(cam / "stream.m3u8", 0, 1.0, now, text="#" + (cam / "stream.m3u8").read_text())
     over = scan_hls(root, STALE_AGE, now).sample
     assert (over.stale_files, over.protected_directories) == (0, 1)
+
+
+def settled_tree(root: Path, now: float) -> None:
+    """Two stream directories unchanged for ten minutes: one live-ish with a playlist, one stopped."""
+    live = root / "camA"
+    stopped = root / "camB"
+    live.mkdir(parents=True)
+    stopped.mkdir()
+    names = [f"0a1b2c3d4e5f_seg{n}.mp4" for n in range(30)]
+    for n, name in enumerate(names):
+        put(live / name, 100 + n, OLD - n, now)
+    put(live / "0a1b2c3d4e5f_init.mp4", 50, OLD, now)
+    put(live / "fresh_0a1b2c3d4e5f", 7, 10, now)  # not MediaMTX's: an unknown file
+    put(live / "index.m3u8", 0, 5, now, text=media_playlist("0a1b2c3d4e5f_init.mp4", names[-3:]))
+    for n in range(20):
+        put(stopped / f"ffffffffffff_seg{n}.mp4", 200, 30 + n, now)  # fresh now, stale in STALE_AGE
+    for directory in (live, stopped, root):
+        os.utime(directory, (now - OLD, now - OLD))
+
+
+def test_reader_does_not_read_unchanged_stream_directories_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A second sample of an unchanged HLS root lists no stream directory again, and says what a full scan says."""
+    from metrics import hls
+
+    now = time.time()
+    settled_tree(tmp_path / "hls", now)
+    listed: list[str] = []
+    files = hls.Walk.files
+
+    def counting(self: hls.Walk, stream: hls.Stream) -> Any:
+        listed.append(stream.name)
+        return files(self, stream)
+
+    monkeypatch.setattr(hls.Walk, "files", counting)
+    scans: list[str] = []
+    scandir = os.scandir
+
+    def counting_scandir(path: Any) -> Any:
+        scans.append(str(path))
+        return scandir(path)
+
+    reader = HlsReader(tmp_path / "hls", STALE_AGE)
+    assert reader.read(now) == walk_hls(tmp_path / "hls", STALE_AGE, now).sample
+    listed.clear()
+    monkeypatch.setattr(hls.os, "scandir", counting_scandir)
+    later = now + 1.0
+    assert reader.read(later) == scan_hls(tmp_path / "hls", STALE_AGE, later).sample
+    # what the reader listed: the root only, neither stream directory for its files nor for its playlists;
+    # the full scan (its own root, two directories for playlists, two for files) comes after it
+    assert len(scans) == 1 + 1 + 2 + 2, scans
+    assert listed.count("camA") == listed.count("camB") == 1
+
+
+def test_reader_follows_changes_and_ageing_like_a_full_scan(tmp_path: Path) -> None:
+    """Files added and removed, files ageing past the stale age, and files rewritten in place all show."""
+    now = time.time()
+    root = tmp_path / "hls"
+    settled_tree(root, now)
+    clock = [1000.0]
+    reader = HlsReader(root, STALE_AGE, clock=lambda: clock[0])
+
+    def agrees(at: float) -> None:
+        assert reader.read(at) == scan_hls(root, STALE_AGE, at).sample
+
+    agrees(now)
+    agrees(now + STALE_AGE + 60)  # camB's segments have aged past the stale age, camB unchanged
+    put(root / "camB" / "ffffffffffff_seg99.mp4", 300, OLD, now)  # added: camB's times change
+    agrees(now + 1)
+    for name in ("0a1b2c3d4e5f_seg0.mp4", "0a1b2c3d4e5f_seg1.mp4"):
+        (root / "camA" / name).unlink()  # pruned
+    agrees(now + 2)
+    for directory in (root / "camA", root / "camB"):
+        os.utime(directory, (now - OLD, now - OLD))
+    agrees(now + 3)
+    with (root / "camB" / "ffffffffffff_seg0.mp4").open("ab") as grown:
+        grown.write(b"\0" * 1000)  # rewritten in place: its directory's times stay
+    os.utime(root / "camB", (now - OLD, now - OLD))
+    clock[0] += 61.0  # past the re-read interval
+    agrees(now + 4)

@@ -60,9 +60,7 @@ needs_netlink = pytest.mark.skipif(not netlink_works(), reason="sock_diag netlin
 def psutil_counts(ports: frozenset[int]) -> dict[TcpState, int]:
     """Count with psutil.net_connections, filtered the same way as the counters."""
     tally = Counter(
-        TcpState(conn.status.lower())
-        for conn in psutil.net_connections(kind="tcp")
-        if conn.laddr.port in ports or (conn.raddr and conn.raddr.port in ports)
+        TcpState(conn.status.lower()) for conn in psutil.net_connections(kind="tcp") if conn.laddr.port in ports
     )
     return {state: tally.get(state, 0) for state in TcpState}
 
@@ -87,9 +85,9 @@ class Loopback:
     def listen(self, family: int = socket.AF_INET, host: str = "127.0.0.1", *, v6only: bool = True) -> int:
         """Open a listener on ``host`` port 0 and return its port.
 
-        The counters match a socket by its local *or remote* port, so a port that another socket on the host
-        still names (a closed connection's client end in TIME_WAIT, for one) would add to the counts: such a
-        port is kept bound, out of the way, and another one is taken.
+        The counters match a socket by its local port, so a port that another socket on the host still has
+        (a closed connection's client end in TIME_WAIT, for one) would add to the counts: such a port is kept
+        bound, out of the way, and another one is taken.
         """
         for _ in range(PORT_ATTEMPTS):
             listener = self._keep(socket.socket(family, socket.SOCK_STREAM))
@@ -177,43 +175,47 @@ def settle(counter: TcpCounter, ports: frozenset[int], want: dict[TcpState, int]
 
 # --- /proc fixture trees -----------------------------------------------------------------------------------
 
+# The sockets whose local port is 3000 or 9997; the client ends (remote port 3000) are not counted again.
 DUAL_STACK_ALL = expected(
     listen=2,
-    established=7,
+    established=5,
     close_wait=1,
-    fin_wait2=1,
     time_wait=1,
     syn_recv=1,
-    syn_sent=1,
-    close=1,
     last_ack=1,
-    fin_wait1=1,
-    closing=1,
 )
 
 
 def test_proc_counts_fixture_tree_by_state() -> None:
-    """Every state in net/tcp and net/tcp6 is counted for matching local or remote ports, LISTEN out of total."""
+    """Every state in net/tcp and net/tcp6 is counted for matching local ports, LISTEN out of total."""
     counts = ProcNetTcpCounter(FIXTURES / "dual_stack").count(frozenset({3000, 9997}))
     assert dict(counts.by_state) == DUAL_STACK_ALL
-    assert counts.total == 16
+    assert counts.total == 9
     assert counts.method == "proc"
-    assert counts.get(TcpState.ESTABLISHED) == 7
+    assert counts.get(TcpState.ESTABLISHED) == 5
 
 
 def test_proc_port_filter_keeps_only_requested_ports() -> None:
-    """Only sockets with a requested local or remote port count; hex digits inside an address never match."""
+    """Only sockets with a requested local port count; hex digits inside an address never match."""
     counter = ProcNetTcpCounter(FIXTURES / "dual_stack")
-    assert dict(counter.count(frozenset({9997})).by_state) == expected(established=2)
-    # The 8080 -> 8081 line has "0BB8" (3000) in both addresses; it counts for its ports, not for 3000.
-    assert dict(counter.count(frozenset({8081})).by_state) == expected(established=1)
+    assert dict(counter.count(frozenset({9997})).by_state) == expected(established=1)
+    # The 8080 -> 8081 line has "0BB8" (3000) in both addresses; it counts for its local port, not for 3000.
+    assert dict(counter.count(frozenset({8080})).by_state) == expected(established=1)
+    # ... and not for its remote port either: only the end that owns a port counts.
+    assert dict(counter.count(frozenset({8081})).by_state) == expected()
     assert dict(counter.count(frozenset({4242})).by_state) == expected()
-    assert dict(counter.count(frozenset({8888})).by_state) == expected(listen=1, established=2)
+    assert dict(counter.count(frozenset({8888})).by_state) == expected(listen=1, established=1)
 
 
-def test_proc_counts_mapped_ipv4_under_tcp6_once() -> None:
+def test_proc_counts_mapped_ipv4_under_tcp6_once(tmp_path: Path) -> None:
     """An IPv4-mapped socket in tcp6 counts once, like any IPv6 socket."""
-    counts = ProcNetTcpCounter(FIXTURES / "dual_stack").count(frozenset({54331}))
+    (tmp_path / "net").mkdir()
+    source = (FIXTURES / "dual_stack" / "net" / "tcp6").read_text(encoding="ascii").splitlines(keepends=True)
+    mapped = [line for line in source if "FFFF00000100007F:0BB8" in line]
+    assert len(mapped) == 1
+    (tmp_path / "net" / "tcp").write_text(source[0], encoding="ascii")
+    (tmp_path / "net" / "tcp6").write_text(source[0] + mapped[0], encoding="ascii")
+    counts = ProcNetTcpCounter(tmp_path).count(frozenset({3000}))
     assert dict(counts.by_state) == expected(established=1)
 
 
@@ -228,8 +230,8 @@ def test_proc_empty_ports_gives_all_states_at_zero() -> None:
 def test_proc_tree_without_tcp6_counts_ipv4() -> None:
     """A host without IPv6 (no net/tcp6) still counts net/tcp."""
     counts = ProcNetTcpCounter(FIXTURES / "ipv4_only").count(frozenset({3000}))
-    assert dict(counts.by_state) == expected(listen=1, established=2)
-    assert counts.total == 2
+    assert dict(counts.by_state) == expected(listen=1, established=1)
+    assert counts.total == 1
 
 
 def test_proc_constructor_raises_oserror_without_net_tcp(tmp_path: Path) -> None:
@@ -267,14 +269,14 @@ def test_counts_by_state_is_read_only() -> None:
 
 
 def arrange_states(net: Loopback, port: int, host: str) -> dict[TcpState, int]:
-    """Open 3 live, 2 half-closed and 2 server-closed connections; return the expected counts."""
+    """Open 3 live, 2 half-closed and 2 server-closed connections; return the expected counts (server ends)."""
     for _ in range(3):
         net.connect(port, host)
     for _ in range(2):
         net.half_close(port, host)
     for _ in range(2):
         net.time_wait(port, host)
-    return expected(listen=1, established=6, close_wait=2, fin_wait2=2, time_wait=2)
+    return expected(listen=1, established=3, close_wait=2, time_wait=2)
 
 
 @needs_netlink
@@ -303,7 +305,7 @@ def test_counters_agree_with_psutil_on_loopback(
     assert dict(by_proc.by_state) == want
     assert psutil_counts(ports) == want
     assert (by_netlink.method, by_proc.method) == ("netlink", "proc")
-    assert by_netlink.total == by_proc.total == 12
+    assert by_netlink.total == by_proc.total == 7
 
 
 @needs_netlink
@@ -315,14 +317,15 @@ def test_dual_stack_socket_counted_once_under_its_own_family(
     for _ in range(2):
         loopback.connect(port, "127.0.0.1")
     ports = frozenset({port})
-    want = expected(listen=1, established=4)
+    want = expected(listen=1, established=2)
     assert dict(settle(netlink, ports, want).by_state) == want
     assert dict(ProcNetTcpCounter().count(ports).by_state) == want
     assert psutil_counts(ports) == want
-    # With net/tcp alone only the AF_INET client ends remain: the mapped ends live in tcp6.
+    # With net/tcp alone nothing remains: the mapped server ends live in tcp6, the AF_INET client ends do not
+    # own the port.
     (tmp_path / "net").mkdir()
     (tmp_path / "net" / "tcp").symlink_to("/proc/self/net/tcp")
-    assert dict(ProcNetTcpCounter(tmp_path).count(ports).by_state) == expected(established=2)
+    assert dict(ProcNetTcpCounter(tmp_path).count(ports).by_state) == expected()
 
 
 @needs_netlink
@@ -334,14 +337,34 @@ def test_port_filter_excludes_other_ports(loopback: Loopback, netlink: NetlinkTc
             loopback.connect(port)
     proc = ProcNetTcpCounter()
     cases = {
-        frozenset({first}): expected(listen=1, established=2),
-        frozenset({second}): expected(listen=1, established=4),
-        frozenset({first, third}): expected(listen=2, established=8),
-        frozenset({first, second, third}): expected(listen=3, established=12),
+        frozenset({first}): expected(listen=1, established=1),
+        frozenset({second}): expected(listen=1, established=2),
+        frozenset({first, third}): expected(listen=2, established=4),
+        frozenset({first, second, third}): expected(listen=3, established=6),
     }
     for ports, want in cases.items():
         assert dict(settle(netlink, ports, want).by_state) == want, ports
         assert dict(proc.count(ports).by_state) == want, ports
+
+
+@needs_netlink
+def test_loopback_connection_counted_once_from_the_backend_end(loopback: Loopback, netlink: NetlinkTcpCounter) -> None:
+    """Two loopback connections to the backend's port count as 2, as `ss sport = :PORT` shows, not 4.
+
+    Both ends live on this host; only the one whose local port is the backend's counts, in every reader and
+    in the many-ports path filtered outside the kernel.
+    """
+    port = loopback.listen()
+    loopback.connect(port)
+    loopback.connect(port)
+    want = expected(listen=1, established=2)
+    ports = frozenset({port})
+    assert dict(settle(netlink, ports, want).by_state) == want
+    assert dict(ProcNetTcpCounter().count(ports).by_state) == want
+    many = ports | {loopback.reserve_port() for _ in range(70)}
+    assert netlink.count(many).get(TcpState.ESTABLISHED) == 2
+    assert ProcNetTcpCounter().count(many).get(TcpState.ESTABLISHED) == 2
+    assert netlink.count(ports).total == 2
 
 
 @needs_netlink
@@ -350,7 +373,7 @@ def test_many_ports_filtered_outside_the_kernel_agree(loopback: Loopback, netlin
     port = loopback.listen()
     loopback.connect(port)
     reserved = {loopback.reserve_port() for _ in range(70)}
-    want = expected(listen=1, established=2)
+    want = expected(listen=1, established=1)
     few = settle(netlink, frozenset({port}), want)
     many = netlink.count(frozenset({port} | reserved))
     from_proc = ProcNetTcpCounter().count(frozenset({port} | reserved))
@@ -526,25 +549,23 @@ def test_multipart_reply_parsed_across_chunks() -> None:
 
 
 def test_requests_carry_the_port_filter_bytecode() -> None:
-    """A small port set is sent as an INET_DIAG_REQ_BYTECODE attribute: two 8-byte tests and a JMP per port."""
+    """A small port set is sent as an INET_DIAG_REQ_BYTECODE attribute: an 8-byte local-port test per port."""
     sock = ScriptedSocket([empty_dump] * 4)
     counter = NetlinkTcpCounter(combined=False, socket_factory=lambda: sock)
     counter.count(frozenset({3000, 9997}))
     request = sock.requests[-1]
     attr_len, attr_type = struct.unpack_from("=HH", request, 16 + 56)
-    assert (attr_type, attr_len) == (1, 4 + 3 * 12 + 8)
+    assert (attr_type, attr_len) == (1, 4 + 12 + 8)
     assert len(request) == 16 + 56 + attr_len
     ops = [struct.unpack_from("=BBH", request, 16 + 56 + 4 + at) for at in range(0, attr_len - 4, 4)]
     assert ops == [
-        (11, 8, 12), (0, 0, 3000), (1, 4, 36),
-        (12, 8, 12), (0, 0, 3000), (1, 4, 24),
-        (11, 8, 12), (0, 0, 9997), (1, 4, 12),
-        (12, 8, 12), (0, 0, 9997),
+        (11, 8, 12), (0, 0, 3000), (1, 4, 12),
+        (11, 8, 12), (0, 0, 9997),
     ]  # fmt: skip
 
 
 def test_many_ports_filtered_in_userspace() -> None:
-    """Past 64 ports the dump is unfiltered and sockets are matched here on either port."""
+    """Past 64 ports the dump is unfiltered and sockets are matched here on their local port."""
     ports = frozenset(range(1000, 1070))
 
     def dump(family: int, seq: int) -> list[bytes]:
@@ -559,7 +580,7 @@ def test_many_ports_filtered_in_userspace() -> None:
 
     sock = ScriptedSocket([empty_dump, empty_dump, dump, dump])
     counts = NetlinkTcpCounter(combined=False, socket_factory=lambda: sock).count(ports)
-    assert dict(counts.by_state) == expected(established=2)
+    assert dict(counts.by_state) == expected(established=1)
     assert len(sock.requests[-1]) == 16 + 56  # no bytecode attribute
 
 
@@ -613,7 +634,7 @@ def test_fallback_after_reopen_fails_too() -> None:
     counter = NetlinkTcpCounter(combined=False, proc_root=FIXTURES / "ipv4_only", socket_factory=sockets.popleft)
     counts = counter.count(frozenset({3000}))
     assert counts.method == "proc"
-    assert dict(counts.by_state) == expected(listen=1, established=2)
+    assert dict(counts.by_state) == expected(listen=1, established=1)
     assert first.closed and second.closed
 
 

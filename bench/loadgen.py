@@ -1,0 +1,361 @@
+"""Benchmark 7b: decision rounds, sampling and /health under hostile local clients.
+
+A daemon subprocess (limited to 4,096 descriptors, as a service often is) runs against the stand-in backend,
+sampling every second. While a client POSTs /performance-optimize back to back (each round timed), wrk keeps
+100 connections busy on each read route (/, /performance-metrics, /metrics, /strategies,
+/optimizations?limit=1000, /samples) and a child process holds 4,500 idle connections to the API. A monitor asks
+/health once a second (1 s timeout) and reads the last sample's time from /metrics. Goals: every round
+<= 2 s; sampling never stops (the last sample is never older than 10 s); /health answers within 1 s every time;
+the daemon's RSS growth bounded (<= 64 MiB over the run).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import re
+import resource
+import shutil
+import socket
+import struct
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import psutil
+
+from bench.common import (
+    FD_MARGIN,
+    fmt_mib,
+    fmt_ms,
+    http_get,
+    http_post_json,
+    median,
+    raise_fd_limit,
+    row,
+    running_daemon,
+    running_testbed,
+    scratch_dir,
+    skipped,
+)
+from bench.http_api import parse_wrk
+
+NAME = "loadgen"
+TITLE = "7b. Hostile load"
+READ_ROUTES = ("/", "/performance-metrics", "/metrics", "/strategies", "/optimizations?limit=1000", "/samples")
+CLIENTS_PER_ROUTE = 100
+IDLE_CONNECTIONS = 4_500
+DAEMON_FD_LIMIT = 4_096
+GOAL_ROUND_S = 2.0
+GOAL_HEALTH_S = 1.0
+GOAL_SAMPLE_AGE_S = 10.0
+GOAL_RSS_GROWTH = 64 * 2**20
+LINGER_RESET = struct.pack("ii", 1, 0)
+_ROUND_HISTOGRAM = re.compile(
+    rb'^cctv_optimizer_round_duration_seconds_(count|sum|bucket)(?:\{le="([^"]+)"\})? ([0-9.e+]+)$', re.MULTILINE
+)
+_LAST_SAMPLE = re.compile(rb"^cctv_optimizer_last_sample_timestamp_seconds(?:\{[^}]*\})? ([0-9.e+]+)$", re.MULTILINE)
+
+
+def hold_idle(port: int, count: int) -> None:
+    """Child mode: open ``count`` connections to the API without sending a byte; hold them until stdin closes."""
+    raise_fd_limit(count + FD_MARGIN)
+    held: list[socket.socket] = []
+    refused = 0
+    for _ in range(count):
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setblocking(False)
+        code = sock.connect_ex(("127.0.0.1", port))
+        if code in {0, errno.EINPROGRESS}:
+            held.append(sock)
+        else:
+            refused += 1
+            sock.close()
+    sys.stdout.write(f"ready {len(held)} {refused}\n")
+    sys.stdout.flush()
+    sys.stdin.read()
+    for sock in held:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, LINGER_RESET)
+        sock.close()
+
+
+@contextlib.contextmanager
+def idle_clients(port: int, count: int) -> Iterator[dict[str, int]]:
+    """Hold ``count`` idle connections to ``port`` from a child process; yield how many were opened."""
+    child = subprocess.Popen(
+        [sys.executable, "-m", "bench.loadgen", "--hold", str(port), str(count)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert child.stdout is not None
+        words = child.stdout.readline().split()
+        opened = {"opened": int(words[1]), "refused": int(words[2])} if len(words) == 3 else {"opened": 0}
+        yield opened
+    finally:
+        with contextlib.suppress(OSError):
+            if child.stdin is not None:
+                child.stdin.close()
+        try:
+            child.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            child.kill()
+            child.wait()
+        if child.stdout is not None:
+            child.stdout.close()
+
+
+class Rounds:
+    """POSTs /performance-optimize back to back in a thread; times each round."""
+
+    def __init__(self, base: str, token: str) -> None:
+        self._url = base + "/performance-optimize"
+        self._token = token
+        self._stop = threading.Event()
+        self.durations: list[float] = []
+        self.statuses: dict[str, int] = {}
+        self._thread = threading.Thread(target=self._loop, name="rounds", daemon=True)
+
+    def __enter__(self) -> Rounds:
+        """Start posting."""
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        """Stop after the current request."""
+        self._stop.set()
+        self._thread.join(timeout=120)
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            started = time.monotonic()
+            try:
+                status, _ = http_post_json(self._url, {}, token=self._token, timeout=30)
+            except OSError:
+                status = 0
+            key = str(status)
+            self.statuses[key] = self.statuses.get(key, 0) + 1
+            if status == 200:
+                self.durations.append(time.monotonic() - started)
+
+
+class Monitor:
+    """Once a second: /health with a 1 s timeout, the last sample's age from /metrics, the daemon's RSS."""
+
+    def __init__(self, base: str, pid: int) -> None:
+        self._base = base
+        self._proc = psutil.Process(pid)
+        self._stop = threading.Event()
+        self.health: list[float | None] = []  # seconds, None when it did not answer 200 within the timeout
+        self.sample_ages: list[float] = []
+        self.rss: list[int] = []
+        self._thread = threading.Thread(target=self._loop, name="monitor", daemon=True)
+
+    def __enter__(self) -> Monitor:
+        """Start watching."""
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        """Stop watching."""
+        self._stop.set()
+        self._thread.join(timeout=30)
+
+    def _loop(self) -> None:
+        while not self._stop.wait(1.0):
+            started = time.monotonic()
+            try:
+                status, _ = http_get(self._base + "/health", timeout=GOAL_HEALTH_S)
+                self.health.append(time.monotonic() - started if status == 200 else None)
+            except OSError:
+                self.health.append(None)
+            try:
+                _, body = http_get(self._base + "/metrics", timeout=5.0)
+                found = _LAST_SAMPLE.search(body)
+                if found:
+                    self.sample_ages.append(max(0.0, time.time() - float(found.group(1))))
+            except OSError:
+                pass
+            with contextlib.suppress(psutil.Error):
+                self.rss.append(int(self._proc.memory_info().rss))
+
+
+def round_histogram(base: str) -> dict[str, float]:
+    """The engine's own round-duration histogram (count, sum, cumulative buckets) from /metrics; {} on failure."""
+    try:
+        _, body = http_get(base + "/metrics", timeout=30.0)
+    except OSError:
+        return {}
+    out: dict[str, float] = {}
+    for kind, le, value in _ROUND_HISTOGRAM.findall(body):
+        out[kind.decode() + (f"_le_{le.decode()}" if le else "")] = float(value)
+    return out
+
+
+def engine_rounds(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+    """What the engine timed between two histogram readings: rounds, mean, and how many ended within 1 and 2.5 s."""
+    delta = {key: after.get(key, 0.0) - before.get(key, 0.0) for key in after}
+    count = delta.get("count", 0.0)
+    return {
+        "rounds": count,
+        "mean_s": delta.get("sum", 0.0) / count if count else 0.0,
+        "within_1s": delta.get("bucket_le_1.0", 0.0),
+        "within_2.5s": delta.get("bucket_le_2.5", 0.0),
+    }
+
+
+@contextlib.contextmanager
+def fd_limit_for_children(limit: int) -> Iterator[None]:
+    """Lower this process's soft descriptor limit while children that should inherit it are started."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (min(limit, hard), hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+def flood(base: str, seconds: int) -> list[subprocess.Popen[str]]:
+    """Start one wrk per read route, CLIENTS_PER_ROUTE connections each."""
+    return [
+        subprocess.Popen(
+            ["wrk", "-t1", f"-c{CLIENTS_PER_ROUTE}", f"-d{seconds}s", "--timeout", "5s", "--latency", base + route],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for route in READ_ROUTES
+    ]
+
+
+def collect(processes: list[subprocess.Popen[str]], seconds: int) -> dict[str, Any]:
+    """Wait for the wrk runs and parse their figures, by route."""
+    out: dict[str, Any] = {}
+    for route, proc in zip(READ_ROUTES, processes, strict=True):
+        try:
+            text, _ = proc.communicate(timeout=seconds + 60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            text, _ = proc.communicate()
+        try:
+            out[route] = parse_wrk(text)
+        except RuntimeError:
+            out[route] = {"error": text[-500:]}
+    return out
+
+
+def run(quick: bool) -> dict[str, Any]:
+    """Run the hostile load and return its figures and summary rows."""
+    if shutil.which("wrk") is None:
+        return skipped(TITLE, "wrk is not installed")
+    seconds = 20 if quick else 60
+    raise_fd_limit(IDLE_CONNECTIONS + FD_MARGIN)
+    with scratch_dir(NAME) as work, running_testbed(work / "testbed") as tb, contextlib.ExitStack() as stack:
+        with fd_limit_for_children(DAEMON_FD_LIMIT):
+            daemon = stack.enter_context(
+                running_daemon(
+                    tb.env,
+                    work,
+                    CCTV_OPTIMIZER_SAMPLE_INTERVAL="1000",
+                    CCTV_OPTIMIZER_SAMPLER__MIN_INTERVAL_MS="1000",
+                    CCTV_OPTIMIZER_SAMPLER__MAX_INTERVAL_MS="1000",
+                )
+            )
+        # some history to read: rounds before the load
+        for _ in range(20):
+            http_post_json(daemon.base + "/performance-optimize", {}, token=daemon.token)
+        rss_before = psutil.Process(daemon.pid).memory_info().rss
+        histogram_before = round_histogram(daemon.base)
+        port = int(daemon.base.rsplit(":", 1)[1])
+        with (
+            idle_clients(port, IDLE_CONNECTIONS) as idle,
+            Monitor(daemon.base, daemon.pid) as monitor,
+            Rounds(daemon.base, daemon.token) as rounds,
+        ):
+            routes = collect(flood(daemon.base, seconds), seconds)
+        alive = daemon.process.alive()
+        engine = engine_rounds(histogram_before, round_histogram(daemon.base)) if alive else {}
+        rss_after = psutil.Process(daemon.pid).memory_info().rss if alive else 0
+        log_tail = daemon.process.log_tail(5)
+    answered = [h for h in monitor.health if h is not None]
+    health_ok = len(answered) == len(monitor.health) and bool(monitor.health)
+    max_round = max(rounds.durations) if rounds.durations else float("inf")
+    max_age = max(monitor.sample_ages) if monitor.sample_ages else float("inf")
+    rss_peak = max([rss_before, rss_after, *monitor.rss])
+    growth = rss_peak - rss_before
+    served = ", ".join(
+        f"{route.split('?')[0]} {figures.get('requests_per_s', 0):.0f}/s"
+        + (f" ({figures['non_2xx']} not 2xx)" if figures.get("non_2xx") else "")
+        for route, figures in routes.items()
+    )
+    rows = [
+        row(
+            "decision rounds under load (max)",
+            f"{max_round:.2f} s (median {median(rounds.durations) if rounds.durations else 0:.2f} s,"
+            f" {len(rounds.durations)} rounds)",
+            reference=f"as the client saw them (POST to the answer); the engine's own timing: mean"
+            f" {engine.get('mean_s', 0.0):.2f} s, {engine.get('within_1s', 0):.0f} within 1 s and"
+            f" {engine.get('within_2.5s', 0):.0f} within 2.5 s of {engine.get('rounds', 0):.0f};"
+            f" answers {rounds.statuses}; reads served: {served}",
+            goal="<= 2 s",
+            met=max_round <= GOAL_ROUND_S,
+        ),
+        row(
+            "age of the last sample under load (max)",
+            f"{max_age:.1f} s",
+            reference=f"interval 1 s; {len(monitor.sample_ages)} readings",
+            goal="sampling never stops (<= 10 s)",
+            met=max_age <= GOAL_SAMPLE_AGE_S,
+        ),
+        row(
+            "GET /health under load",
+            f"{len(answered)} of {len(monitor.health)} within 1 s (max {fmt_ms(max(answered) if answered else 0)})",
+            reference=f"{idle.get('opened', 0):,} idle connections held, {CLIENTS_PER_ROUTE} clients per read route",
+            goal="every one within 1 s",
+            met=health_ok,
+        ),
+        row(
+            "daemon RSS growth under load (peak)",
+            f"+{fmt_mib(growth)}",
+            reference=f"{fmt_mib(rss_before)} before; descriptor limit {DAEMON_FD_LIMIT}",
+            goal="<= 64 MiB",
+            met=alive and growth <= GOAL_RSS_GROWTH,
+        ),
+    ]
+    return {
+        "goal": "rounds <= 2 s, sampling never stops, /health within 1 s, RSS growth bounded, under hostile load",
+        "goal_met": all(r["met"] for r in rows),
+        "seconds": seconds,
+        "idle_connections": idle,
+        "routes": routes,
+        "round_s": rounds.durations,
+        "round_statuses": rounds.statuses,
+        "engine_rounds": engine,
+        "health_s": monitor.health,
+        "sample_age_s": monitor.sample_ages,
+        "rss_bytes": {"before": rss_before, "after": rss_after, "peak": rss_peak},
+        "daemon_alive": alive,
+        "daemon_log_tail": log_tail,
+        "rows": rows,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``--hold PORT N``: the idle-connection child; otherwise a quick run, printed as JSON."""
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) == 3 and args[0] == "--hold":
+        hold_idle(int(args[1]), int(args[2]))
+        return 0
+    import json
+
+    print(json.dumps(run(quick=True), indent=2, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
