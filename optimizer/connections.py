@@ -4,8 +4,10 @@ A client that opens thousands of connections (or trickles header bytes on each) 
 the sampler, the strategies and the state database need. So:
 
 - the API holds at most ``cap`` connections: ``api.max_connections``, and never more than the soft
-  ``RLIMIT_NOFILE`` less ``api.reserved_descriptors`` less what the daemon had open when it started; one more is
-  accepted and closed at once (a reset, no reply), which costs next to nothing;
+  ``RLIMIT_NOFILE`` less ``api.reserved_descriptors`` less what the daemon had open when it started; at the cap a
+  new connection takes the place of the oldest one still waiting for its request headers (idle, or trickling
+  them), so a client that asks at once is served however many slow ones hold on; when every connection is busy
+  with a request, the new one is accepted and closed at once (a reset, no reply), which costs next to nothing;
 - a connection that has not sent its first request line and headers within ``api.header_timeout_seconds`` is
   closed (idle keep-alive connections are closed by the server's idle timeout);
 - accept errors (``EMFILE`` and the like, when something else used the descriptors up) are logged as one line
@@ -63,15 +65,19 @@ def connection_cap(
 
 
 class ConnectionLimiter:
-    """Counts the API's connections, refuses those over the cap, and closes ones slow to send their headers."""
+    """Counts the API's connections; at the cap closes the oldest still waiting for headers (or refuses the new one)."""
 
     def __init__(self, cap: int, header_timeout: float) -> None:
         self.cap = cap
         self.header_timeout = header_timeout
         self.current = 0
         self.rejected_total = 0
+        self.evicted_total = 0
         self.header_timeouts_total = 0
+        # connections still waiting for their first request's headers, oldest first
+        self.waiting: dict[_Counted, None] = {}
         self._refused_since_log = 0
+        self._evicted_since_log = 0
         self._last_refusal_log = float("-inf")
 
     def factory(self, inner: Callable[[], asyncio.Protocol]) -> Callable[[], asyncio.Protocol]:
@@ -79,21 +85,39 @@ class ConnectionLimiter:
 
         def make() -> asyncio.Protocol:
             if self.current >= self.cap:
-                return _Refused(self)
+                if not self.waiting:
+                    return _Refused(self)
+                oldest = next(iter(self.waiting))
+                oldest.close()
+                self.evicted_total += 1
+                self._evicted_since_log += 1
+                self._log_cap()
+            # counted from here, not from connection_made: a burst of accepts calls this many times first
+            self.current += 1
             return _Counted(self, inner())
 
         return make
 
     def refused(self) -> None:
-        """Count a refused connection; log once per interval with how many were refused since."""
+        """Count a refused connection."""
         self.rejected_total += 1
         self._refused_since_log += 1
+        self._log_cap()
+
+    def _log_cap(self) -> None:
+        """One line per interval: how many connections were refused or closed for newer ones since the last."""
         now = asyncio.get_running_loop().time()
         if now - self._last_refusal_log >= ACCEPT_LOG_INTERVAL_SECONDS:
             log.warning(
-                "api_connections_refused", refused=self._refused_since_log, cap=self.cap, total=self.rejected_total
+                "api_connection_cap_reached",
+                cap=self.cap,
+                refused=self._refused_since_log,
+                evicted=self._evicted_since_log,
+                refused_total=self.rejected_total,
+                evicted_total=self.evicted_total,
             )
             self._refused_since_log = 0
+            self._evicted_since_log = 0
             self._last_refusal_log = now
 
 
@@ -123,15 +147,23 @@ class _Counted(asyncio.Protocol):
         self._tail = b""
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self._limiter.current += 1
+        self._limiter.waiting[self] = None
         self._transport = transport
         self._deadline = asyncio.get_running_loop().call_later(self._limiter.header_timeout, self._too_slow)
         self._inner.connection_made(transport)
 
     def _too_slow(self) -> None:
-        self._deadline = None
         if self._transport is not None and not self._transport.is_closing():
             self._limiter.header_timeouts_total += 1
+        self.close()
+
+    def close(self) -> None:
+        """Drop the connection at once (a reset): it no longer waits for anything."""
+        self._limiter.waiting.pop(self, None)
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
+        if self._transport is not None and not self._transport.is_closing():
             abort = getattr(self._transport, "abort", None)
             if abort is not None:
                 abort()
@@ -145,6 +177,7 @@ class _Counted(asyncio.Protocol):
                 self._deadline.cancel()
                 self._deadline = None
                 self._tail = b""
+                self._limiter.waiting.pop(self, None)
             else:
                 self._tail = seen[-3:]
         self._inner.data_received(data)
@@ -160,6 +193,7 @@ class _Counted(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._limiter.current -= 1
+        self._limiter.waiting.pop(self, None)
         if self._deadline is not None:
             self._deadline.cancel()
             self._deadline = None
@@ -279,6 +313,11 @@ class ConnectionCollector(Collector):
             "cctv_optimizer_api_connections_rejected",
             "API connections closed at once because the cap was reached.",
             value=lim.rejected_total,
+        )
+        yield CounterMetricFamily(
+            "cctv_optimizer_api_connections_evicted",
+            "API connections still waiting for their request headers, closed at the cap for a newer one.",
+            value=lim.evicted_total,
         )
         yield CounterMetricFamily(
             "cctv_optimizer_api_header_timeouts",
