@@ -5,9 +5,10 @@ the sampler, the strategies and the state database need. So:
 
 - the API holds at most ``cap`` connections: ``api.max_connections``, and never more than the soft
   ``RLIMIT_NOFILE`` less ``api.reserved_descriptors`` less what the daemon had open when it started; at the cap a
-  new connection takes the place of the oldest one still waiting for its request headers (idle, or trickling
-  them), so a client that asks at once is served however many slow ones hold on; when every connection is busy
-  with a request, the new one is accepted and closed at once (a reset, no reply), which costs next to nothing;
+  new connection takes the place of the oldest one still waiting for its request headers (silent, or trickling
+  them), else of the oldest keep-alive connection between requests, so a client that asks at once is served
+  however many slow or idle ones hold on; when every connection is busy with a request, the new one is
+  accepted and closed at once (a reset, no reply), which costs next to nothing;
 - a connection that has not sent its first request line and headers within ``api.header_timeout_seconds`` is
   closed (idle keep-alive connections are closed by the server's idle timeout);
 - accept errors (``EMFILE`` and the like, when something else used the descriptors up) are logged as one line
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import itertools
 import os
 import resource
 from collections.abc import Callable, Iterator
@@ -33,6 +35,8 @@ log = structlog.get_logger("api")
 ACCEPT_LOG_INTERVAL_SECONDS = 10.0
 HEADER_END = b"\r\n\r\n"
 MAX_BACKLOG = 128
+# At the cap, how many of the oldest connections are looked at for one idle between requests.
+IDLE_SCAN = 64
 _ACCEPT_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 
 
@@ -76,6 +80,8 @@ class ConnectionLimiter:
         self.header_timeouts_total = 0
         # connections still waiting for their first request's headers, oldest first
         self.waiting: dict[_Counted, None] = {}
+        # every open connection, oldest first
+        self.open: dict[_Counted, None] = {}
         self._refused_since_log = 0
         self._evicted_since_log = 0
         self._last_refusal_log = float("-inf")
@@ -85,9 +91,11 @@ class ConnectionLimiter:
 
         def make() -> asyncio.Protocol:
             if self.current >= self.cap:
-                if not self.waiting:
+                oldest = next(iter(self.waiting), None) or next(
+                    (c for c in itertools.islice(self.open, IDLE_SCAN) if c.idle()), None
+                )
+                if oldest is None:
                     return _Refused(self)
-                oldest = next(iter(self.waiting))
                 oldest.close()
                 self.evicted_total += 1
                 self._evicted_since_log += 1
@@ -148,6 +156,7 @@ class _Counted(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._limiter.waiting[self] = None
+        self._limiter.open[self] = None
         self._transport = transport
         self._deadline = asyncio.get_running_loop().call_later(self._limiter.header_timeout, self._too_slow)
         self._inner.connection_made(transport)
@@ -157,9 +166,17 @@ class _Counted(asyncio.Protocol):
             self._limiter.header_timeouts_total += 1
         self.close()
 
+    def idle(self) -> bool:
+        """A keep-alive connection between requests: its first request came and no request is being handled now."""
+        if self._deadline is not None or self._transport is None or self._transport.is_closing():
+            return False
+        # the web server's own flag; a server without it is never taken for idle
+        return getattr(self._inner, "_request_in_progress", True) is False
+
     def close(self) -> None:
         """Drop the connection at once (a reset): it no longer waits for anything."""
         self._limiter.waiting.pop(self, None)
+        self._limiter.open.pop(self, None)
         if self._deadline is not None:
             self._deadline.cancel()
             self._deadline = None
@@ -194,6 +211,7 @@ class _Counted(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._limiter.current -= 1
         self._limiter.waiting.pop(self, None)
+        self._limiter.open.pop(self, None)
         if self._deadline is not None:
             self._deadline.cancel()
             self._deadline = None

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
@@ -17,7 +18,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from testbed.harness import TestbedProcess
-from tests.harness import ROOT, daemon_env, daemon_process
+from tests.harness import ROOT, daemon_env, daemon_process, running_daemon
 
 NOFILE = 256
 TRICKLERS = 400  # more than the daemon's whole descriptor limit
@@ -177,3 +178,33 @@ def test_accept_errors_are_one_line_per_interval_with_a_count(tmp_path: Path) ->
     assert 1 <= len(failed) <= 4, out[-2000:]
     assert failed[0]["count"] >= 1 and "open files" in failed[0]["error"]
     assert "Traceback" not in out
+
+
+async def test_idle_keep_alive_connections_at_the_cap_make_room_for_a_new_one(
+    testbed: TestbedProcess, tmp_path: Path
+) -> None:
+    """Every slot held by a keep-alive connection that asked once and then sits idle: a new client is served,
+    in the place of the oldest idle one."""
+    slots = 20
+    env = daemon_env(testbed, tmp_path / "s", ENABLE_PERFORMANCE_OPTIMIZATION="false")
+    env["CCTV_OPTIMIZER_API__MAX_CONNECTIONS"] = str(slots)
+    async with running_daemon(env) as daemon:
+        assert daemon.connection_limiter.cap == slots
+        port = daemon.api_port
+        request = f"GET /health HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n".encode()
+        idle = []
+        for _ in range(slots):
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(request)
+            await writer.drain()
+            assert (await asyncio.wait_for(reader.readline(), ANSWERED_WITHIN)).startswith(b"HTTP/1.1 200")
+            idle.append((reader, writer))
+        try:
+            assert daemon.connection_limiter.current == slots
+            status = await asyncio.to_thread(health, f"http://127.0.0.1:{port}", ANSWERED_WITHIN)
+            assert status == 200
+            assert daemon.connection_limiter.evicted_total >= 1
+            assert daemon.connection_limiter.rejected_total == 0
+        finally:
+            for _, writer in idle:
+                writer.close()
