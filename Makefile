@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed-stamp
 DEMO_STAMP := $(VENV)/.demo-stamp
 PYDIRS := $(wildcard config metrics strategies optimizer testbed tests bench)
 
-.PHONY: venv test lint bench chaos demo install clean debs docs
+.PHONY: venv test lint bench chaos demo install clean debs docs contract
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -29,7 +29,7 @@ debs:
 	@bash scripts/ensure-debs.sh
 
 test: $(STAMP) debs
-	$(PY) -m pytest -q -m "not slow"
+	$(PY) -m pytest -q -m "not slow and not contract"
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check $(PYDIRS)
@@ -45,6 +45,11 @@ bench: $(STAMP)
 chaos: $(STAMP) debs
 	$(PY) -m pytest -q -m slow
 	FUZZ_EXAMPLES=$${FUZZ_EXAMPLES:-1000} $(PY) -m pytest -q -s tests/system/test_fuzz.py
+
+# Contract checks against the real backend (docs/CONTRACT.md): CCTV_REAL_BACKEND and CCTV_REAL_DATABASE name it;
+# without them every check is skipped with the reason.
+contract: $(STAMP)
+	$(PY) -m pytest -q -m contract tests/contract
 
 demo: $(DEMO_STAMP)
 	$(PY) -m testbed.demo

@@ -416,6 +416,9 @@ def _build(cls: type[Any], values: Mapping[str, Any], prefix: str = "") -> Any:
     return cls(**kwargs)
 
 
+_ALLOWED_HOST = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._-]{1,253})(:[0-9]{1,5})?$")
+
+
 def parse_listen(listen: str) -> tuple[str, int]:
     """Split ``host:port`` (``[::1]:port`` for IPv6) and check both parts."""
     host, sep, port_text = listen.rpartition(":")
@@ -499,6 +502,12 @@ def validate(
         has_token = settings.api.token_file is not None or credential_path(environ, "api-token") is not None
         if not is_loopback(host) and not has_token:
             add("api.listen", "a non-loopback address needs a token (api.token_file or credential api-token)")
+    for name in settings.api.allowed_hosts:
+        if not _ALLOWED_HOST.match(name):
+            add(
+                "api.allowed_hosts",
+                f"each entry must be a host name or address, optionally with :port, got {name!r:.80}",
+            )
     for path, url in (
         ("backend.url", settings.backend.url),
         ("backend.mediamtx_url", settings.backend.mediamtx_url),

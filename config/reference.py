@@ -33,6 +33,12 @@ MEANINGS: dict[str, str] = {
     "api.listen": "host:port of the HTTP API; a non-loopback address needs a token",
     "api.token_file": "file with the bearer token for writes (or credential `api-token`); unset on loopback: generated",
     "api.client_max_size": "largest accepted request body, bytes",
+    "api.allowed_hosts": "names besides the listen address and localhost that Host may carry (`name` or `name:port`)",
+    "api.max_connections": "open API connections at most (also kept below RLIMIT_NOFILE less the reserve)",
+    "api.reserved_descriptors": "descriptors kept free for sampling, actions and the state database",
+    "api.header_timeout_seconds": "a connection that has not sent its request headers by then is closed",
+    "api.max_concurrent_reads": "expensive reads (history, samples, metrics page) served at once",
+    "api.read_queue_seconds": "how long one more expensive read waits for its turn before 503 with Retry-After",
     "state.directory": "where `state.db` and the generated token live (`$STATE_DIRECTORY`, else `./state`)",
     "state.retention_days": "decision history kept this many days",
     "state.max_history_rows": "and at most this many rows",
@@ -50,7 +56,10 @@ MEANINGS: dict[str, str] = {
     "backend.mediamtx_url": "MediaMTX control API",
     "backend.hot_endpoints": "public endpoints probed and warmed after a cache clear (comma-separated)",
     "backend.timeout_seconds": "timeout of one call to the backend",
-    "backend.timezone_offset_hours": "the backend's local-time offset (its timestamps carry no zone)",
+    "backend.timezone_offset_hours": (
+        "hours from UTC used only when the backend's `system_settings` timezone names a zone this host does not "
+        "know (the zone itself is read from the database)"
+    ),
     "backend.user_agent": "User-Agent of the daemon's calls",
     "backend.requests_per_minute": "the daemon's budget of calls to the backend (the backend allows 100/min per IP)",
     "detection.samples_required": "N: samples past the enter line that arm a strategy ...",

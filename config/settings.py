@@ -40,6 +40,19 @@ class ApiSettings:
     listen: str = _f("127.0.0.1:9877")
     token_file: Path | None = _f(None, secret=True, example="/etc/cctv-optimizer/api-token")
     client_max_size: int = _f(64 * 1024, min=1024, max=16 * MIB, unit="bytes")
+    # names besides the listen address and localhost that requests may use in Host (e.g. behind a proxy);
+    # "name" allows any port, "name:port" only that one
+    allowed_hosts: tuple[str, ...] = _f(())
+    # open API connections at most; further ones are accepted and closed at once
+    max_connections: int = _f(1024, min=1, max=100_000)
+    # descriptors kept free below the soft RLIMIT_NOFILE for sampling, actions and the state database
+    reserved_descriptors: int = _f(256, min=16, max=100_000)
+    # a connection that has not sent a whole request line and headers in this long is closed
+    header_timeout_seconds: float = _f(10.0, min=0.5, max=600.0)
+    # expensive reads (history, samples, performance metrics) served at once; more wait, then get 503
+    max_concurrent_reads: int = _f(4, min=1, max=64)
+    # how long a read waits for its turn before the 503 (with Retry-After)
+    read_queue_seconds: float = _f(2.0, min=0.0, max=60.0)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -186,6 +199,8 @@ class MemoryOptions:
     - ``backend_kill_bytes``: pm2's ``max_memory_restart`` (1 GiB in production): the hard kill to get ahead of.
     - ``restart_lead_seconds``: steady RSS growth that reaches the kill within this time also arms the strategy.
     - ``growth_min_span_seconds``: growth is trusted only over samples spanning at least this long.
+    - ``growth_warmup_seconds``: after a backend (re)start its RSS rises while it warms up: growth is judged
+      only on samples taken this long after the start.
     - ``own_budget_bytes``: the daemon's own memory budget; GC_THRESHOLD of it is the self-cleanup line.
     - ``cache_entries_limit``: backend response-cache entries above which junk is invalidated (or the cache cleared).
     - ``cache_junk_prefixes``: URL path prefixes to invalidate first (comma-separated; empty: the hot endpoints).
@@ -208,6 +223,7 @@ class MemoryOptions:
     backend_kill_bytes: int = _f(1024 * MIB, min=32 * MIB, max=1 << 40)
     restart_lead_seconds: float = _f(3600.0, min=0.0, max=7 * 86400.0)
     growth_min_span_seconds: float = _f(300.0, min=1.0, max=7 * 86400.0)
+    growth_warmup_seconds: float = _f(600.0, min=0.0, max=86400.0)
     own_budget_bytes: int = _f(128 * MIB, min=16 * MIB, max=1 << 34)
     cache_entries_limit: int = _f(5000, min=10, max=10_000_000)
     cache_junk_prefixes: tuple[str, ...] = _f(())
@@ -251,9 +267,14 @@ class CpuOptions:
 class ConnectionOptions:
     """Options of the connection strategy (``CCTV_OPTIMIZER_STRATEGIES__CONNECTION__<FIELD>``).
 
-    - ``session_timeout_seconds``: the backend's own viewer-session timeout (15 s); ended sessions get this much
-      time after their last heartbeat, as the backend's sweep would have given them.
-    - ``stuck_session_seconds``: an active session whose heartbeat is older than this means the sweep is stuck.
+    - ``session_timeout_seconds``: the backend's own viewer-session timeout (15 s): its sweep ends sessions silent
+      for longer, and so does this strategy when it does the sweep's job.
+    - ``sweep_interval_seconds``: how often the backend's sweep runs (20 s).
+    - ``stuck_sweep_periods``: the sweep counts as stuck only when the number of sessions past the timeout has not
+      gone down for this many sweep periods (and the oldest has been silent that long); while it goes down the
+      sweep is working through a backlog and nothing is done.
+    - ``stuck_session_seconds``: an active session silent for longer than this arms the strategy (and is counted
+      as ``sessions_stuck``); it then acts only on the rule above.
     - ``session_batch_rows``, ``session_max_batches``: sessions ended per short transaction, and batches per action.
     - ``busy_timeout_ms``: how long a batch may wait for the backend's writer before the action gives up.
     - ``finding_hold_seconds``: how long ``sessions-sweep-stuck`` stays reported after the last stuck session.
@@ -271,6 +292,8 @@ class ConnectionOptions:
     mode: Mode | None = _f(None)
     session_timeout_seconds: float = _f(15.0, min=1.0, max=3600.0)
     stuck_session_seconds: float = _f(120.0, min=10.0, max=86400.0)
+    sweep_interval_seconds: float = _f(20.0, min=0.01, max=3600.0)
+    stuck_sweep_periods: int = _f(6, min=1, max=1000)
     session_batch_rows: int = _f(100, min=1, max=10_000)
     session_max_batches: int = _f(50, min=1, max=10_000)
     busy_timeout_ms: int = _f(1000, min=0, max=60_000)
@@ -290,6 +313,8 @@ class CacheOptions:
 
     ``hit_rate_floor``: recent hit rate (from counter deltas) below which the cache has collapsed, judged only
     over at least ``min_lookups`` lookups; ``entries_limit``: entry count that counts as an explosion;
+    ``junk_share_limit``: share of the recent misses that left a new entry behind (keys never seen before: junk
+    query strings) above which the cache is filling with junk, judged over at least ``min_lookups`` misses;
     ``clear_fallback``: clear the whole cache when invalidating the hot prefixes leaves it over the limit;
     ``response_time_floor_ms`` and ``baseline_factor``: hot endpoints slower than the larger of the floor and
     the learned baseline times the factor arm the strategy (invalidate the hot paths' junk and warm them when
@@ -301,6 +326,7 @@ class CacheOptions:
     hit_rate_floor: float = _f(0.3, min=0.0, max=1.0, unit="ratio")
     min_lookups: int = _f(50, min=1, max=10_000_000)
     entries_limit: int = _f(2000, min=10, max=10_000_000)
+    junk_share_limit: float = _f(0.5, min=0.05, max=1.0, unit="ratio")
     clear_fallback: bool = _f(True)
     response_time_floor_ms: float = _f(500.0, min=1.0, max=600_000.0)
     baseline_factor: float = _f(3.0, min=1.0, max=100.0)

@@ -12,7 +12,7 @@ import json
 import secrets
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import aiohttp
@@ -26,6 +26,8 @@ LOGIN_BACKOFF_MAX_SECONDS = 6 * 3600.0
 # requests of the budget that sampling never spends: kept for the strategies' invalidate, clear and warm calls
 ACTION_RESERVE = 2.0
 MIN_BUDGET_WAIT_SECONDS = 0.05
+# the share of the request budget that sampling may spend on cache stats: the rest is the hot-endpoint probe's
+CACHE_STATS_SHARE = 0.25
 
 
 class BackendError(SamplingError):
@@ -94,6 +96,14 @@ class RequestBudget:
             self._tokens -= 1.0
             return True
         return False
+
+    def available(self) -> float:
+        """Requests that could be spent now (0 during a Retry-After pause)."""
+        now = self._clock()
+        if now < self._paused_until:
+            return 0.0
+        self._refill(now)
+        return self._tokens
 
     def wait_seconds(self) -> float:
         """How long until one request can be spent."""
@@ -203,6 +213,13 @@ class BackendClient:
         self._login_lock = asyncio.Lock()
         self._session: aiohttp.ClientSession | None = None
         self._last_cache: tuple[float, CacheStatsSample] | None = None
+        self._cache_interval = 60.0 / max(1e-9, requests_per_minute * CACHE_STATS_SHARE)
+        self._hot_timed: dict[str, float] = {}
+
+    @property
+    def cache_interval(self) -> float:
+        """Seconds between two cache-stats reads by sampling: their share of the budget, no more."""
+        return self._cache_interval
 
     @property
     def budget(self) -> RequestBudget:
@@ -375,12 +392,29 @@ class BackendClient:
                 data = await self.admin("GET", "/api/admin/cache/stats")
         except BackendError as exc:
             last = self._last_cache
-            if exc.status == 429 and last is not None and self._clock() - last[0] <= max_age:
-                return last[1]
+            age = self._clock() - last[0] if last is not None else 0.0
+            if exc.status == 429 and last is not None and age <= max_age:
+                return replace(last[1], age_seconds=max(age, 1e-6))
             raise
         sample = parse_cache_stats(data)
         self._last_cache = (self._clock(), sample)
         return sample
+
+    async def sampled_cache_stats(self, hot_endpoints: int = 0) -> CacheStatsSample:
+        """Cache stats for a sample: read when the budget has room beyond the hot probe's ``hot_endpoints`` calls,
+        and at least once per ``cache_interval``; otherwise the last reading stands in.
+
+        At a 1 s sample interval the cache stats would otherwise take the whole budget (they go out as the probe
+        does) and leave the hot endpoints untimed. A reading that stands in carries its age, so it is shown but
+        not counted as a new measurement.
+        """
+        last = self._last_cache
+        if last is not None:
+            age = self._clock() - last[0]
+            room = self._budget.available() >= self._budget.action_reserve + hot_endpoints + 1.0
+            if age < self._cache_interval and not room:
+                return replace(last[1], age_seconds=max(age, 1e-6))
+        return await self.cache_stats()
 
     async def probe(self, hot_endpoints: tuple[str, ...]) -> ProbeSample:
         """GET /health and the hot endpoints; the mean time of the hot ones is the response time."""
@@ -408,12 +442,16 @@ class BackendClient:
             requests += 1
             errors += 1
             error = str(exc)
-        if available:
-            for endpoint in hot_endpoints:
+        skipped: list[str] = []
+        if available and hot_endpoints:
+            # the longest untimed first, so that a budget short of all of them still times each in turn
+            order = sorted(hot_endpoints, key=lambda e: self._hot_timed.get(e, float("-inf")))
+            for endpoint in order:
                 try:
                     resp = await self.get_public(endpoint)
                 except BackendError as exc:
                     if exc.status == 429:
+                        skipped.append(endpoint)
                         continue
                     requests += 1
                     errors += 1
@@ -424,8 +462,18 @@ class BackendClient:
                     errors += 1
                 else:
                     times[endpoint] = resp.seconds
+                    self._hot_timed[endpoint] = self._clock()
         hot = [times[e] for e in hot_endpoints if e in times]
-        response_time = sum(hot) / len(hot) if hot else times.get("/health")
+        stale: str | None = None
+        if hot:
+            response_time: float | None = sum(hot) / len(hot)
+        elif hot_endpoints and available:
+            # /health is no stand-in for the hot endpoints: it never touches the database or the cache
+            response_time = None
+            if skipped:
+                stale = "hot endpoints not timed: request budget spent"
+        else:
+            response_time = times.get("/health")
         return ProbeSample(
             available=available,
             response_time_seconds=response_time,
@@ -434,4 +482,5 @@ class BackendClient:
             errors=errors,
             bytes_received=received,
             error=error,
+            stale_reason=stale,
         )

@@ -25,6 +25,7 @@ from metrics.memory import rss_bytes
 from metrics.snapshot import ProcessSample
 
 _LISTEN = "0A"
+LAUNCHER_RECHECK_SECONDS = 30.0
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -150,6 +151,16 @@ def pid_of_listener_owner(port: int, proc_root: Path = Path("/proc")) -> int:
     return candidates[0]
 
 
+def _listen_ports(process: psutil.Process) -> list[int] | None:
+    """The TCP ports ``process`` listens on; None when its sockets cannot be read (another user's process)."""
+    try:
+        return sorted(
+            {c.laddr.port for c in process.net_connections(kind="tcp") if c.status == psutil.CONN_LISTEN and c.laddr}
+        )
+    except psutil.Error:
+        return None
+
+
 def _unit_pid(unit: str) -> int | None:
     """The main PID of a systemd unit, from systemctl."""
     name = unit if "." in unit else f"{unit}.service"
@@ -202,9 +213,15 @@ class ProcessReader:
 
     name = "process"
 
-    def __init__(self, spec: ProcessSpec, proc_root: Path = Path("/proc")) -> None:
+    def __init__(self, spec: ProcessSpec, proc_root: Path = Path("/proc"), *, port: int | None = None) -> None:
         self._spec = spec
         self._proc_root = proc_root
+        # the backend's own port (from its URL): what the server listens on, and a launcher does not
+        self._port = port
+        self._launcher: int | None = None
+        # why the process measured may not be the server (it listens on nothing, nor does anything below it)
+        self._degraded: str | None = None
+        self._degraded_checked = 0.0
         self._process: psutil.Process | None = None
         self._listen_ports: tuple[int, ...] = ()
         self._last: tuple[float, float] | None = None
@@ -222,28 +239,70 @@ class ProcessReader:
         """The backend's PID when it is known."""
         return self._process.pid if self._process is not None else None
 
+    @property
+    def launcher_pid(self) -> int | None:
+        """The process the spec named when it was a launcher and the backend was found below it."""
+        return self._launcher
+
     def _discover(self) -> psutil.Process:
         pid = discover_pid(self._spec, self._proc_root)
         process = psutil.Process(pid)
-        try:
-            ports = sorted(
-                {
-                    c.laddr.port
-                    for c in process.net_connections(kind="tcp")
-                    if c.status == psutil.CONN_LISTEN and c.laddr
-                }
-            )
-        except psutil.Error:
-            ports = []
-        self._listen_ports = tuple(ports)
+        ports = _listen_ports(process)
+        launcher: int | None = None
+        degraded: str | None = None
+        if ports is not None and not ports and self._spec.kind != "port":
+            # a shell wrapper or pm2's daemon: the server is below it; measuring the launcher would say 2 MB, CPU 0
+            found, degraded = self._listener_below(process)
+            if found is not None:
+                launcher = pid
+                process, ports = found
+        self._listen_ports = tuple(ports or ())
+        self._launcher = launcher
+        self._degraded = degraded
+        if self._process is None or self._process.pid != process.pid:
+            self._last = None  # another process: its CPU time is not comparable with the previous reading
         self._process = process
-        self._last = None
         return process
+
+    def _listener_below(self, named: psutil.Process) -> tuple[tuple[psutil.Process, list[int]] | None, str | None]:
+        """The descendant of ``named`` listening on the backend's port (any port when not known), or why none is."""
+        where = f"port {self._port}" if self._port is not None else "any port"
+        try:
+            descendants = named.children(recursive=True)
+            command = " ".join(named.cmdline())[:80]
+        except psutil.Error as exc:
+            return None, f"{self._spec} names process {named.pid}, which listens on no port: {exc}"
+        found: dict[int, tuple[psutil.Process, list[int]]] = {}
+        for child in descendants:
+            ports = _listen_ports(child)
+            if ports and (self._port is None or self._port in ports):
+                found[child.pid] = (child, ports)
+        # the topmost listener: a cluster's workers share the socket their primary holds
+        top = []
+        for pid, (child, _) in found.items():
+            try:
+                parent = child.ppid()
+            except psutil.Error:
+                continue
+            if parent not in found:
+                top.append(pid)
+        if top:
+            return found[min(top)], None
+        return None, (
+            f"{self._spec} names process {named.pid} ({command}), which listens on no port, and none of its "
+            f"{len(descendants)} descendant(s) listens on {where}: if it is a launcher (a shell wrapper, pm2's "
+            "daemon), its figures are not the server's; set backend.process to port:N or to the server's own pid file"
+        )
 
     def read(self, now: float) -> ProcessSample:
         """Take one sample of the backend's tree (blocking; run in a worker thread)."""
         process = self._process
         if process is None or not process.is_running():
+            process = self._discover()
+            self._degraded_checked = now
+        elif self._degraded is not None and now - self._degraded_checked >= LAUNCHER_RECHECK_SECONDS:
+            # the server may have started under the launcher since: look again, now and then (a walk of its tree)
+            self._degraded_checked = now
             process = self._discover()
         try:
             with process.oneshot():
@@ -251,6 +310,7 @@ class ProcessReader:
                 times = process.cpu_times()
                 cpu = times.user + times.system
                 open_files = count_fds(process)
+                started = process.create_time()
             tree = self._tree_rss(process.pid) if self._kernel_children else None
             if tree is None:
                 children = process.children(recursive=True)
@@ -281,6 +341,8 @@ class ProcessReader:
             children=count,
             open_files=open_files,
             listen_ports=self._listen_ports,
+            degraded=self._degraded,
+            started_wall=started,
         )
 
     @staticmethod

@@ -133,6 +133,7 @@ class SnapshotCollector(Collector):
             )
             sessions.add_metric(["active"], snap.sessions.active)
             sessions.add_metric(["stuck"], snap.sessions.stuck)
+            sessions.add_metric(["stale"], snap.sessions.stale)
             yield sessions
         if snap.mediamtx is not None:
             yield _gauge("mediamtx_paths", "MediaMTX paths.", snap.mediamtx.paths)

@@ -11,6 +11,7 @@ import asyncio
 import os
 import time
 from collections.abc import Awaitable, Callable
+from concurrent.futures import Executor
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any, TypeVar
@@ -57,8 +58,11 @@ class Sampler:
         source_timeout_seconds: float,
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
+        executor: Executor | None = None,
     ) -> None:
         self._s = sources
+        # the blocking reads run on this pool (the loop's default when None), apart from other work's threads
+        self._executor = executor
         self._timeout = source_timeout_seconds
         self._clock = clock
         self._wall = wall_clock
@@ -117,7 +121,10 @@ class Sampler:
             task.exception()
 
     def _in_thread(self, fn: Callable[..., T], *args: Any) -> Callable[[], Awaitable[T]]:
-        return lambda: asyncio.to_thread(fn, *args)
+        if self._executor is None:
+            return lambda: asyncio.to_thread(fn, *args)
+        executor = self._executor
+        return lambda: asyncio.get_running_loop().run_in_executor(executor, fn, *args)
 
     async def sample(self) -> Snapshot:
         """Read every source once and return the snapshot."""
@@ -138,7 +145,13 @@ class Sampler:
         host_t = start("host", self._in_thread(s.host.read, started))
         proc_t = start("process", self._in_thread(s.process.read, started) if s.process else None)
         probe_t = start("probe", (lambda: backend.probe(s.hot_endpoints)) if backend is not None else None)
-        cache_t = start("cache", backend.cache_stats if backend is not None and backend.has_credentials else None)
+        hot_calls = len(s.hot_endpoints)
+        cache_t = start(
+            "cache",
+            (lambda: backend.sampled_cache_stats(hot_calls))
+            if backend is not None and backend.has_credentials
+            else None,
+        )
         db_t = start("database", self._in_thread(s.database.read, started) if s.database else None)
         hls_t = start("hls", self._in_thread(s.hls.read, wall) if s.hls else None)
         mtx_t = start("mediamtx", s.mediamtx.read if s.mediamtx else None)
@@ -156,6 +169,14 @@ class Sampler:
                 up=False,
                 error=probe.error or "backend unavailable",
                 duration_seconds=statuses["probe"].duration_seconds,
+            )
+        if isinstance(process, ProcessSample) and process.degraded is not None and "process" in statuses:
+            # measured, but perhaps not the server: up, with the reason shown wherever the sources are
+            statuses["process"] = SourceStatus(
+                name="process",
+                up=True,
+                error=process.degraded,
+                duration_seconds=statuses["process"].duration_seconds,
             )
         ports = set(s.extra_ports)
         if isinstance(process, ProcessSample):

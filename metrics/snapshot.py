@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from types import MappingProxyType
 
 _EMPTY: Mapping[str, float] = MappingProxyType({})
@@ -63,6 +62,10 @@ class ProcessSample:
     children: int
     open_files: int
     listen_ports: tuple[int, ...]
+    # when the process started (wall-clock seconds); a new value means a restart
+    started_wall: float | None = None
+    # why these figures may not be the server's (the process found listens on no port); None when they are
+    degraded: str | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -91,6 +94,9 @@ class ProbeSample:
     bytes_received: int
     # why the backend counts as unavailable (refused, timed out, a bad status or body); None when available
     error: str | None = None
+    # why no hot endpoint was timed this round (the request budget was spent): the response time is then
+    # unknown, not the /health time, and the previous value stands (not fed to baselines or triggers)
+    stale_reason: str | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -100,30 +106,32 @@ class CacheStatsSample:
     hits: int
     misses: int
     sets: int
+    # entries removed by someone (invalidations and deletes; a bounded cache's evictions): a clear bumps it by
+    # the entries it dropped, the backend's expiry sweep does not
     evictions: int
     size: int
     max_size: int | None
     hit_rate: float
+    # seconds since these counters were read: above 0 when an earlier reading stands in (budget share, 429);
+    # such a reading is shown but not pushed to the signal windows again
+    age_seconds: float = 0.0
 
 
-def oldest_age_days(text: str | None, wall_time: float) -> float | None:
-    """Days since a ``YYYY-MM-DD HH:MM:SS`` timestamp read as UTC; None when the text is not such a timestamp."""
-    # local-time columns come out off by the backend's UTC offset: hours, against thresholds of days
-    if not text:
+def age_days(epoch: float | None, wall_time: float) -> float | None:
+    """Days from a row's time (epoch seconds) to ``wall_time``; 0 for a time still ahead (an expiry to come)."""
+    if epoch is None:
         return None
-    try:
-        moment = datetime.strptime(text[:19].replace("T", " "), "%Y-%m-%d %H:%M:%S").replace(tzinfo=UTC)
-    except ValueError:
-        return None
-    return (wall_time - moment.timestamp()) / 86400.0
+    return max(0.0, (wall_time - epoch) / 86400.0)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class TableStat:
-    """Row count and oldest timestamp text of one backend table."""
+    """Row count and oldest timestamp text of one backend table; ``oldest_epoch`` is that text read in its
+    column's own time base (metrics/tables.py), None when it is not a time."""
 
     rows: int
     oldest: str | None
+    oldest_epoch: float | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -139,6 +147,8 @@ class DatabaseSample:
     probe_seconds: float
     busy: bool
     tables: Mapping[str, TableStat] = field(default_factory=lambda: MappingProxyType({}))
+    # the backend's timezone as its system_settings row names it at this sample (None: not read)
+    timezone: str | None = None
 
     @property
     def freelist_ratio(self) -> float:
@@ -179,6 +189,9 @@ class SessionSample:
     active: int
     stuck: int
     oldest_heartbeat_age_seconds: float | None
+    # silent past the backend's own timeout (15 s): what its sweep ends; and the zone its times were read in
+    stale: int = 0
+    timezone: str | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -197,6 +210,9 @@ class SourceStatus:
     up: bool
     error: str | None
     duration_seconds: float
+
+
+CACHE_SIGNALS = ("cache_hit_rate", "cache_entries", "cache_lookups", "cache_removals")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -219,6 +235,15 @@ class Snapshot:
     own: OwnSample | None
     sources: Mapping[str, SourceStatus]
 
+    def held_signals(self) -> frozenset[str]:
+        """Signals this sample did not measure again although their source is up: their windows keep what they have."""
+        held: set[str] = set()
+        if self.cache is not None and self.cache.age_seconds > 0.0:
+            held.update(CACHE_SIGNALS)
+        if self.probe is not None and self.probe.available and self.probe.stale_reason is not None:
+            held.add("response_time_seconds")
+        return frozenset(held)
+
     def signals(self) -> Mapping[str, float]:
         """The flat numeric signals strategies detect on and the engine verifies against."""
         out: dict[str, float] = {}
@@ -234,6 +259,8 @@ class Snapshot:
         if self.backend is not None:
             out["backend_rss_bytes"] = float(self.backend.rss_bytes)
             out["backend_cpu_ratio"] = self.backend.cpu_ratio
+            if self.backend.started_wall is not None:
+                out["backend_uptime_seconds"] = max(0.0, self.wall_time - self.backend.started_wall)
         if self.tcp is not None:
             out["tcp_established"] = float(self.tcp.get("established"))
             out["tcp_close_wait"] = float(self.tcp.get("close_wait"))
@@ -244,17 +271,18 @@ class Snapshot:
             out["probe_errors"] = float(self.probe.errors)
             if self.probe.response_time_seconds is not None:
                 out["response_time_seconds"] = self.probe.response_time_seconds
-        if self.cache is not None:
+        if self.cache is not None and self.cache.age_seconds <= 0.0:
             out["cache_hit_rate"] = self.cache.hit_rate
             out["cache_entries"] = float(self.cache.size)
             out["cache_lookups"] = float(self.cache.hits + self.cache.misses)
+            out["cache_removals"] = float(self.cache.evictions)
         if self.database is not None:
             out["wal_bytes"] = float(self.database.wal_bytes)
             out["database_bytes"] = float(self.database.file_bytes)
             out["freelist_ratio"] = self.database.freelist_ratio
             out["database_probe_seconds"] = self.database.probe_seconds
             for table, stat in self.database.tables.items():
-                age = oldest_age_days(stat.oldest, self.wall_time)
+                age = age_days(stat.oldest_epoch, self.wall_time)
                 if age is not None:
                     out[f"table_oldest_days:{table}"] = age
         if self.hls is not None:
@@ -263,6 +291,7 @@ class Snapshot:
         if self.sessions is not None:
             out["sessions_active"] = float(self.sessions.active)
             out["sessions_stuck"] = float(self.sessions.stuck)
+            out["sessions_stale"] = float(self.sessions.stale)
         if self.mediamtx is not None:
             out["mediamtx_readers"] = float(self.mediamtx.readers)
         if self.own is not None:
@@ -282,6 +311,7 @@ SIGNAL_LABELS: Mapping[str, str] = MappingProxyType(
         "psi_memory_some": "Memory pressure (PSI some, 10 s)",
         "backend_rss_bytes": "Backend memory (RSS)",
         "backend_cpu_ratio": "Backend CPU",
+        "backend_uptime_seconds": "Backend uptime",
         "tcp_established": "Established connections",
         "tcp_close_wait": "Connections in CLOSE_WAIT",
         "tcp_time_wait": "Connections in TIME_WAIT",
@@ -294,6 +324,8 @@ SIGNAL_LABELS: Mapping[str, str] = MappingProxyType(
         "cache_entries": "Cache entries",
         "cache_cleared": "Cache found emptied",
         "cache_lookups": "Cache lookups",
+        "cache_removals": "Cache entries removed (invalidated, deleted, evicted)",
+        "cache_junk_share": "Cache misses leaving a new entry (junk)",
         "wal_bytes": "Database WAL size",
         "database_bytes": "Database file size",
         "freelist_ratio": "Database free pages",
@@ -302,6 +334,7 @@ SIGNAL_LABELS: Mapping[str, str] = MappingProxyType(
         "hls_stale_files": "Stale HLS files",
         "sessions_active": "Active viewer sessions",
         "sessions_stuck": "Stuck viewer sessions",
+        "sessions_stale": "Viewer sessions past the backend's timeout",
         "mediamtx_readers": "MediaMTX readers",
         "own_rss_bytes": "Optimizer memory (RSS)",
     }

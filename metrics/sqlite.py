@@ -22,14 +22,15 @@ import urllib.parse
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 from types import MappingProxyType
 
+from metrics import backendtime as bt
 from metrics.errors import SamplingError
 from metrics.snapshot import DatabaseSample, SessionSample, TableStat
+from metrics.tables import TableSpec
 
-LOCAL_FORMAT = "%Y-%m-%d %H:%M:%S"
 SQLITE_MAGIC = b"SQLite format 3\x00"
 HEADER_BYTES = 100
 SIDECARS = ("-wal", "-shm")
@@ -156,17 +157,6 @@ def is_not_a_database(exc: sqlite3.Error) -> bool:
     return "not a database" in text or "malformed" in text or "file is encrypted" in text
 
 
-def local_now(offset_hours: float, now: datetime | None = None) -> datetime:
-    """The backend's local wall time (naive), as its session timestamps are written."""
-    base = now if now is not None else datetime.now(UTC)
-    return (base.astimezone(UTC) + timedelta(hours=offset_hours)).replace(tzinfo=None)
-
-
-def local_text(moment: datetime) -> str:
-    """Format a naive local time the way the backend stores it."""
-    return moment.strftime(LOCAL_FORMAT)
-
-
 def table_columns(conn: sqlite3.Connection, table: str) -> set[str]:
     """The column names of ``table`` (empty when it does not exist)."""
     return {str(r[1]) for r in conn.execute(f'PRAGMA table_info("{table}")')}
@@ -178,7 +168,12 @@ def is_busy(exc: sqlite3.Error) -> bool:
 
 
 class DatabaseReader:
-    """Samples file sizes, pages, freelist, probe latency and (slowly) table ages of the backend DB."""
+    """Samples file sizes, pages, freelist, probe latency, viewer sessions and (slowly) table ages of the backend DB.
+
+    The backend's timezone is read from its ``system_settings`` row at every sample (one indexed lookup), so
+    a change an admin makes at runtime applies to the next sample; ``timezone_offset_hours`` is used only
+    when that row names a zone this host does not know.
+    """
 
     name = "database"
 
@@ -189,17 +184,20 @@ class DatabaseReader:
         busy_timeout_ms: int = 200,
         timezone_offset_hours: float = 7.0,
         stuck_session_seconds: float = 120.0,
+        session_timeout_seconds: float = 15.0,
         table_interval_seconds: float = 300.0,
-        tables: Iterable[tuple[str, str]] = (),
+        tables: Iterable[TableSpec] = (),
     ) -> None:
         self._path = path
         self._busy_ms = busy_timeout_ms
-        self._offset = timezone_offset_hours
+        self.zone = bt.BackendZone(timezone_offset_hours)
         self._stuck = stuck_session_seconds
+        self._timeout = session_timeout_seconds
         self._table_interval = table_interval_seconds
         self._tables = tuple(tables)
         self._table_stats: MappingProxyType[str, TableStat] = MappingProxyType({})
         self._tables_read_at: float | None = None
+        self._tables_zone: str | None = None
         self.last_sessions: SessionSample | None = None
 
     @property
@@ -226,12 +224,17 @@ class DatabaseReader:
                     mode = conn.execute("PRAGMA journal_mode").fetchone()[0]
                     conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
                     probe = time.perf_counter() - started
-                    self.last_sessions = self._sessions(conn)
+                    zone = self.zone.read(conn)
+                    self.last_sessions = self._sessions(conn, zone)
+                    # read again at once when the zone changed: local-time columns then date differently
                     if self._tables and (
-                        self._tables_read_at is None or now - self._tables_read_at >= self._table_interval
+                        self._tables_read_at is None
+                        or now - self._tables_read_at >= self._table_interval
+                        or zone.name != self._tables_zone
                     ):
-                        self._table_stats = MappingProxyType(self._read_tables(conn))
+                        self._table_stats = MappingProxyType(self._read_tables(conn, zone))
                         self._tables_read_at = now
+                        self._tables_zone = zone.name
                 except sqlite3.DatabaseError as exc:
                     if not is_busy(exc):
                         raise
@@ -262,34 +265,42 @@ class DatabaseReader:
             probe_seconds=probe,
             busy=busy,
             tables=self._table_stats,
+            timezone=self.zone.current.name,
         )
 
-    def _sessions(self, conn: sqlite3.Connection) -> SessionSample | None:
-        """Active viewer sessions and how many have a heartbeat older than the stuck limit."""
+    def _sessions(self, conn: sqlite3.Connection, zone: bt.Zone) -> SessionSample | None:
+        """Active viewer sessions: how many are past the backend's timeout (stale) and past the stuck limit.
+
+        The comparison is the backend's own (``datetime(last_heartbeat) < datetime(now, '-15 seconds')``, with
+        ``now`` its local time in its configured zone), so the daemon counts what its sweep would end.
+        """
+        now_text = zone.local_text()
         try:
             row = conn.execute(
-                "SELECT count(*), min(last_heartbeat) FROM viewer_sessions WHERE is_active = 1"
+                "SELECT count(*), min(last_heartbeat),"
+                " sum(datetime(last_heartbeat) < datetime(?, ?)), sum(datetime(last_heartbeat) < datetime(?, ?))"
+                " FROM viewer_sessions WHERE is_active = 1",
+                (now_text, f"-{self._timeout:g} seconds", now_text, f"-{self._stuck:g} seconds"),
             ).fetchone()
         except sqlite3.OperationalError as exc:
             if is_busy(exc):
                 raise
             return None
-        now_local = local_now(self._offset)
-        cutoff = local_text(now_local - timedelta(seconds=self._stuck))
-        stuck = conn.execute(
-            "SELECT count(*) FROM viewer_sessions WHERE is_active = 1 AND last_heartbeat < ?", (cutoff,)
-        ).fetchone()[0]
         oldest_age: float | None = None
-        if row[1]:
-            try:
-                oldest_age = (now_local - datetime.strptime(str(row[1])[:19], LOCAL_FORMAT)).total_seconds()
-            except ValueError:
-                oldest_age = None
-        return SessionSample(active=int(row[0]), stuck=int(stuck), oldest_heartbeat_age_seconds=oldest_age)
+        oldest = bt.parse(row[1], bt.TimeBase.LOCAL, zone)
+        if oldest is not None:
+            oldest_age = (datetime.now(UTC) - oldest).total_seconds()
+        return SessionSample(
+            active=int(row[0]),
+            stuck=int(row[3] or 0),
+            oldest_heartbeat_age_seconds=oldest_age,
+            stale=int(row[2] or 0),
+            timezone=zone.name,
+        )
 
-    def _read_tables(self, conn: sqlite3.Connection) -> dict[str, TableStat]:
-        """Row counts and oldest timestamps of the tables the backend never cleans, in reads that do not grow
-        with the tables.
+    def _read_tables(self, conn: sqlite3.Connection, zone: bt.Zone) -> dict[str, TableStat]:
+        """Row counts and oldest times of the dated tables, each read in its column's own time base, in reads that
+        do not grow with the tables.
 
         Rows are the rowid span (two index look-ups, not a scan): exact while rows are only deleted oldest
         first, as retention does, an upper bound otherwise. The oldest value is ``min(column)`` through an
@@ -298,7 +309,8 @@ class DatabaseReader:
         """
         existing = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
         out: dict[str, TableStat] = {}
-        for table, column in self._tables:
+        for spec in self._tables:
+            table, column = spec.table, spec.column
             if table not in existing:
                 continue
             try:
@@ -315,7 +327,11 @@ class DatabaseReader:
             # column's name: with another schema, report no age
             if rows and column in table_columns(conn, table):
                 oldest = _oldest(conn, table, column)
-            out[table] = TableStat(rows=rows, oldest=str(oldest) if oldest is not None else None)
+            text = str(oldest) if oldest is not None else None
+            moment = bt.parse(text, spec.time_base, zone)
+            out[table] = TableStat(
+                rows=rows, oldest=text, oldest_epoch=moment.timestamp() if moment is not None else None
+            )
         return out
 
 

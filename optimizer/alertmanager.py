@@ -8,11 +8,15 @@ cooldown, budget, breaker). Resolved alerts start nothing.
 Alertmanager repeats itself (``repeat_interval``, retries after errors, one notification per peer in an HA
 cluster), so an alert of a group (group key, fingerprint, ``startsAt``) that was handled less than
 ``alertmanager.dedupe_seconds`` ago starts no new round; when nothing in a notification is new, the answer
-says ``deduplicated``.
+says ``deduplicated``. What is remembered per alert is a 16-byte digest of its key, never the key itself (group
+keys are as long as the sender makes them), so the memory it takes is bounded in bytes; logs show a group key
+shortened to ``LOGGED_KEY_LIMIT`` characters.
 """
 
 from __future__ import annotations
 
+import hashlib
+import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
@@ -33,7 +37,10 @@ NAME_LIMIT = 128
 JOIN_ATTEMPTS = 3
 UNNAMED = "unnamed"
 
-AlertKey = tuple[str, str, str]
+LOGGED_KEY_LIMIT = 160
+DIGEST_BYTES = 16
+
+AlertKey = bytes
 
 
 class AlertStatus(StrEnum):
@@ -73,8 +80,14 @@ class Notification:
     alerts: tuple[Alert, ...]
 
     def key(self, alert: Alert) -> AlertKey:
-        """What identifies one firing episode of an alert in this group."""
-        return (self.group_key, alert.fingerprint, alert.starts_at)
+        """What identifies one firing episode of an alert in this group: a fixed-size digest of it."""
+        digest = hashlib.blake2b(digest_size=DIGEST_BYTES)
+        for part in (self.group_key, alert.fingerprint, alert.starts_at):
+            encoded = part.encode("utf-8", "surrogatepass")
+            # length-prefixed, so no two different triples hash the same input
+            digest.update(len(encoded).to_bytes(8, "little"))
+            digest.update(encoded)
+        return digest.digest()
 
 
 def _bad(where: str, message: str) -> ApiError:
@@ -141,6 +154,13 @@ def parse_notification(payload: Mapping[str, Any]) -> Notification:
         common_labels=_labels(payload, "commonLabels", "", required=False),
         alerts=tuple(_alert(a, i) for i, a in enumerate(alerts)),
     )
+
+
+def shorten(text: str, limit: int = LOGGED_KEY_LIMIT) -> str:
+    """``text`` cut to ``limit`` characters, saying how long it was when cut."""
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}... ({len(text)} characters)"
 
 
 def _names(alerts: Sequence[Alert]) -> list[str]:
@@ -233,7 +253,7 @@ class AlertmanagerReceiver:
         }
         self._log.info(
             "alertmanager_notification",
-            group_key=note.group_key,
+            group_key=shorten(note.group_key),
             status=str(note.status),
             firing=len(firing),
             resolved=answer["resolved"],
@@ -257,6 +277,10 @@ class AlertmanagerReceiver:
             if not result.joined or result.trigger == trigger or attempt >= JOIN_ATTEMPTS:
                 return result
             attempt += 1
+
+    def stored_bytes(self) -> int:
+        """The bytes the dedupe memory takes: the table and every key and time in it."""
+        return sys.getsizeof(self._handled) + sum(sys.getsizeof(k) + sys.getsizeof(v) for k, v in self._handled.items())
 
     def _remember(self, keys: Sequence[AlertKey]) -> None:
         now = self._monotonic()

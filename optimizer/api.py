@@ -8,13 +8,17 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import ipaddress
 import json
 import os
 import re
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import structlog
 from aiohttp import web
@@ -24,9 +28,11 @@ from config.settings import Mode, Settings
 from config.units import unit_of
 from metrics.snapshot import signal_label
 from optimizer.engine import Engine, EngineStopping
-from optimizer.state import StateStore
+from optimizer.executors import run_in
+from optimizer.state import HistoryReader, StateStore
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+T = TypeVar("T")
 MAX_ROW_ID = 2**63 - 1
 # A rendered /metrics payload is reused for the same snapshot this long (scrapes never sample or re-render).
 SCRAPE_CACHE_SECONDS = 1.0
@@ -37,17 +43,28 @@ IDLE_TIMEOUT_SECONDS = 30.0
 # After answering early (401, 408, 413) the server reads and drops the rest of the body this long, so a
 # well-behaved client still sees the answer; a stalled one is closed after it (aiohttp's default is 10 s).
 LINGER_SECONDS = 2.0
+# Expensive reads served at once, and how long one more waits for its turn before a 503 with Retry-After.
+MAX_CONCURRENT_READS = 4
+READ_QUEUE_SECONDS = 2.0
+# How stale /performance-metrics may be for the same sample and state version (its clock fields included).
+PAGE_CACHE_SECONDS = 1.0
+# Tries at reading the engine's state from the API's loop before handing the read to the engine's.
+READ_ATTEMPTS = 5
+# Encoded GET /optimizations pages kept for the current state version, in bytes.
+HISTORY_PAGES_BYTES = 4 * 1024 * 1024
+STATE_CHANGING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 log = structlog.get_logger("api")
 
 
 class ApiError(Exception):
     """A request the API refuses, with its HTTP status and a stable code."""
 
-    def __init__(self, status: int, code: str, message: str) -> None:
+    def __init__(self, status: int, code: str, message: str, *, retry_after: int | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.code = code
         self.message = message
+        self.retry_after = retry_after
 
 
 def error_body(code: str, message: str) -> dict[str, Any]:
@@ -76,6 +93,156 @@ class ApiContext:
     alertmanager: Callable[[dict[str, Any]], Awaitable[dict[str, Any]]] | None = None
     dashboard_html: bytes | None = None
     body_timeout: float = BODY_TIMEOUT_SECONDS
+    hosts: HostPolicy | None = None
+    reads: ReadGate = field(default_factory=lambda: ReadGate(MAX_CONCURRENT_READS, READ_QUEUE_SECONDS))
+    history: HistoryReader | None = None
+    history_executor: ThreadPoolExecutor | None = None
+    # the loop the engine runs on, when the API is served on a loop of its own (in another thread)
+    main_loop: asyncio.AbstractEventLoop | None = None
+    # bumped by every write the API made (a round, a mode change, a reset): cached pages are renewed after one
+    writes: int = 0
+
+    async def on_main(self, fn: Callable[[], T]) -> T:
+        """``fn()`` run on the engine's loop: what reads or changes the engine's state does not race it."""
+        loop = self.main_loop
+        if loop is None or loop is asyncio.get_running_loop():
+            return fn()
+
+        async def call() -> T:
+            return fn()
+
+        return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(call(), loop))
+
+    async def read_engine(self, fn: Callable[[], T]) -> T:
+        """``fn()`` reading the engine's state from the API's own loop, without waiting for the engine's.
+
+        Single reads are atomic under the interpreter's lock; a walk over a dict or deque the engine changes
+        meanwhile can fail with RuntimeError, and is tried again; after a few failures it runs on the engine's loop.
+        """
+        for _ in range(READ_ATTEMPTS):
+            try:
+                return fn()
+            except RuntimeError:
+                await asyncio.sleep(0)
+        return await self.on_main(fn)
+
+    async def await_main(self, make: Callable[[], Awaitable[T]]) -> T:
+        """``await make()`` on the engine's loop (a round, a mode change), the answer back on the API's loop."""
+        loop = self.main_loop
+        if loop is None or loop is asyncio.get_running_loop():
+            return await make()
+
+        async def call() -> T:
+            return await make()
+
+        return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(call(), loop))
+
+    async def read_history(self, fn: Callable[[HistoryReader | StateStore], T]) -> T:
+        """Run a history read off the loop: on the history pool over its own connections when the daemon has them."""
+        if self.history is not None and self.history_executor is not None:
+            return await run_in(self.history_executor, fn, self.history)
+        return await asyncio.to_thread(fn, self.store)
+
+
+class ReadGate:
+    """At most ``limit`` expensive reads at once; one more waits up to ``wait`` seconds, then gets 503."""
+
+    def __init__(self, limit: int, wait: float) -> None:
+        self.limit = limit
+        self.wait = wait
+        self._slots = asyncio.Semaphore(limit)
+        self.refused = 0
+
+    @asynccontextmanager
+    async def slot(self) -> AsyncIterator[None]:
+        """Hold a read slot for the block; ApiError 503 (``busy``) when none comes free in time."""
+        try:
+            async with asyncio.timeout(self.wait):
+                await self._slots.acquire()
+        except TimeoutError:
+            self.refused += 1
+            raise ApiError(
+                503, "busy", f"more than {self.limit} expensive reads at once; retry shortly", retry_after=1
+            ) from None
+        try:
+            yield
+        finally:
+            self._slots.release()
+
+
+class HostPolicy:
+    """Which Host and Origin values the API answers: its own address, localhost, and configured names.
+
+    A page in the operator's browser from another site (DNS rebinding) sends its own name as Host: 421.
+    A state-changing request from another origin (a form posted cross-site) gets 403.
+    """
+
+    LOCAL_NAMES = ("localhost", "127.0.0.1", "::1")
+
+    def __init__(self, listen_host: str, port: int, allowed: Iterable[str] = ()) -> None:
+        self.port = port
+        names = {n.lower() for n in self.LOCAL_NAMES}
+        self.any_address = listen_host in ("0.0.0.0", "::", "")
+        if not self.any_address:
+            names.add(listen_host.lower())
+        self._own = frozenset(names)
+        any_port: set[str] = set()
+        with_port: set[tuple[str, int]] = set()
+        for entry in allowed:
+            name, port_text = _split_host(entry.lower())
+            if port_text is None:
+                any_port.add(name)
+            elif port_text.isdigit():
+                with_port.add((name, int(port_text)))
+        self._any_port = frozenset(any_port)
+        self._with_port = frozenset(with_port)
+
+    def allows(self, authority: str) -> bool:
+        """Whether ``host[:port]`` names this API."""
+        name, port_text = _split_host(authority.strip().lower())
+        if not name:
+            return False
+        if port_text is None:
+            port = None
+        elif port_text.isdigit():
+            port = int(port_text)
+        else:
+            return False
+        if name in self._any_port or (port is not None and (name, port) in self._with_port):
+            return True
+        own = name in self._own or (self.any_address and _is_address(name))
+        return own and (port == self.port or (port is None and self.port == 80))
+
+    def allows_origin(self, origin: str) -> bool:
+        """Whether an Origin header is this API's own (http or https, an allowed host)."""
+        scheme, sep, authority = origin.strip().lower().partition("://")
+        if not sep or scheme not in ("http", "https") or not authority or "/" in authority:
+            return False
+        name, port_text = _split_host(authority)
+        if port_text is None:
+            port_text = "80" if scheme == "http" else "443"
+        return self.allows(f"[{name}]:{port_text}" if ":" in name else f"{name}:{port_text}")
+
+
+def _split_host(authority: str) -> tuple[str, str | None]:
+    """``name`` and ``port`` (None when absent) of ``host[:port]`` or ``[v6][:port]``."""
+    if authority.startswith("["):
+        name, _, rest = authority[1:].partition("]")
+        if rest.startswith(":"):
+            return name, rest[1:]
+        return name, None if not rest else "x"
+    name, sep, port = authority.partition(":")
+    if sep and ":" in port:
+        return authority, None  # a bare IPv6 address
+    return name, port if sep else None
+
+
+def _is_address(name: str) -> bool:
+    try:
+        ipaddress.ip_address(name)
+    except ValueError:
+        return False
+    return True
 
 
 CTX: web.AppKey[ApiContext] = web.AppKey("ctx", ApiContext)
@@ -88,6 +255,8 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
         return await handler(request)
     except ApiError as exc:
         response = web.json_response(error_body(exc.code, exc.message), status=exc.status)
+        if exc.retry_after is not None:
+            response.headers["Retry-After"] = str(exc.retry_after)
         if exc.status == 408:
             # the rest of that body may never come: do not wait for it on this connection
             response.force_close()
@@ -102,6 +271,29 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
     except Exception:
         log.exception("api_handler_crashed", path=request.path, method=request.method)
         return web.json_response(error_body("internal", "internal error; see the daemon's log"), status=500)
+
+
+@web.middleware
+async def host_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """421 for a Host that is not this API's; 403 for a state-changing request from another origin."""
+    policy = request.app[CTX].hosts
+    if policy is not None:
+        host = request.headers.get("Host")
+        if host is not None and not policy.allows(host):
+            return web.json_response(
+                error_body(
+                    "misdirected_request", "this API answers only its own address, localhost and api.allowed_hosts"
+                ),
+                status=421,
+            )
+        if request.method in STATE_CHANGING:
+            origin = request.headers.get("Origin")
+            cross_site = request.headers.get("Sec-Fetch-Site", "").lower() == "cross-site"
+            if cross_site or (origin is not None and not policy.allows_origin(origin)):
+                return web.json_response(
+                    error_body("cross_origin", "state-changing requests from another origin are refused"), status=403
+                )
+    return await handler(request)
 
 
 def require_token(request: web.Request) -> None:
@@ -153,6 +345,7 @@ def _strategy_view(ctx: ApiContext, name: str) -> dict[str, Any]:
         "cooldownSeconds": rt.cooldown,
         "cooldownLeftSeconds": round(engine.cooldown_left(rt), 3),
         "budgetLeft": engine.budget_left(rt),
+        "pacing": engine.pacing_view(rt),
         "breakerOpen": rt.breaker_open,
         "breakerReason": rt.breaker_reason,
         "consecutiveFailures": rt.consecutive_failures,
@@ -181,12 +374,58 @@ def _sum_window(engine: Engine, signal: str) -> float:
 
 
 async def performance_metrics(request: web.Request) -> web.Response:
-    """GET /performance-metrics: the specification's JSON shape, plus strategies and sources."""
+    """GET /performance-metrics: the specification's JSON shape, plus strategies and sources.
+
+    The page is rendered once per sample, round start and end, and write through the API, and is never more than
+    ``PAGE_CACHE_SECONDS`` old (what changes between those, a verdict or a reload, shows within that), so a busy
+    poller costs a dictionary look-up; a new rendering waits for a read slot like the history reads.
+    """
     ctx = request.app[CTX]
+    engine = ctx.engine
+    latest = engine.latest
+    key = (latest.seq if latest is not None else None, engine.rounds_run, engine.optimizing, ctx.writes)
+    pages = request.app[PAGES]
+    now = asyncio.get_running_loop().time()
+    payload = pages.fresh(key, now)
+    if payload is None:
+        async with ctx.reads.slot():
+            payload = pages.fresh(key, now)
+            if payload is None:
+                payload = json.dumps(await _performance_body(ctx, request.app[HISTORY])).encode()
+                pages.store(key, now, payload)
+    return web.Response(body=payload, content_type="application/json")
+
+
+@dataclass(slots=True)
+class PageCache:
+    """One rendered page, reused for the same key within ``max_age`` seconds."""
+
+    max_age: float = PAGE_CACHE_SECONDS
+    key: Any = None
+    rendered_at: float = float("-inf")
+    payload: bytes = b""
+
+    def fresh(self, key: Any, now: float) -> bytes | None:
+        """The payload when it was rendered for ``key`` less than ``max_age`` ago."""
+        if key == self.key and now - self.rendered_at < self.max_age:
+            return self.payload
+        return None
+
+    def store(self, key: Any, now: float, payload: bytes) -> None:
+        """Keep ``payload`` as the rendering for ``key``."""
+        self.key, self.rendered_at, self.payload = key, now, payload
+
+
+async def _performance_body(ctx: ApiContext, history: HistoryCache) -> dict[str, Any]:
+    summary = await history.get(ctx.store, ctx.read_history)
+    return await ctx.read_engine(lambda: _performance_dict(ctx, summary))
+
+
+def _performance_dict(ctx: ApiContext, summary: DecisionSummary) -> dict[str, Any]:
     engine = ctx.engine
     settings = ctx.settings()
     now = ctx.wall()
-    (count, ok, avg_ms, last), recent = await request.app[HISTORY].get(ctx.store)
+    (count, ok, avg_ms, last), recent = summary
     snap = engine.latest
     host = snap.host if snap else None
     probe = snap.probe if snap else None
@@ -227,7 +466,7 @@ async def performance_metrics(request: web.Request) -> web.Response:
         # restart-only settings a reload changed: the running values stay until a restart
         "restartNeeded": list(ctx.status().get("restartNeeded", [])),
     }
-    return web.json_response(body)
+    return body
 
 
 DecisionSummary = tuple[tuple[int, int, float, float | None], list[dict[str, Any]]]
@@ -245,11 +484,20 @@ class HistoryCache:
     version: int = -1
     pending: asyncio.Future[DecisionSummary] | None = None
 
-    async def get(self, store: StateStore) -> DecisionSummary:
-        """(decision_stats(), the ten newest decisions as dicts), current for the store's version."""
+    async def get(
+        self,
+        store: StateStore,
+        run: Callable[[Callable[[HistoryReader | StateStore], DecisionSummary]], Awaitable[DecisionSummary]]
+        | None = None,
+    ) -> DecisionSummary:
+        """(decision_stats(), the ten newest decisions as dicts), current for the store's version.
+
+        ``run`` runs the read off the loop (the API's history pool); a worker thread over ``store`` when None.
+        """
         if self.pending is None or self.version != store.version:
             self.version = store.version
-            self.pending = asyncio.ensure_future(asyncio.to_thread(self._read, store))
+            read = run(self._read) if run is not None else asyncio.to_thread(self._read, store)
+            self.pending = asyncio.ensure_future(read)
         pending = self.pending
         try:
             return await asyncio.shield(pending)
@@ -259,11 +507,12 @@ class HistoryCache:
             raise
 
     @staticmethod
-    def _read(store: StateStore) -> DecisionSummary:
-        return store.decision_stats(), [r.as_dict() for r in store.recent_decisions(10)]
+    def _read(history: HistoryReader | StateStore) -> DecisionSummary:
+        return history.decision_stats(), [r.as_dict() for r in history.recent_decisions(10)]
 
 
 HISTORY: web.AppKey[HistoryCache] = web.AppKey("history", HistoryCache)
+PAGES: web.AppKey[PageCache] = web.AppKey("pages", PageCache)
 
 
 async def performance_optimize(request: web.Request) -> web.Response:
@@ -284,9 +533,13 @@ async def performance_optimize(request: web.Request) -> web.Response:
     if not isinstance(dry_run, bool):
         raise ApiError(400, "invalid_body", "dryRun must be true or false")
     try:
-        result = await ctx.engine.request_round(trigger="manual", strategy=strategy, dry_run=dry_run, manual=True)
+        result = await ctx.await_main(
+            lambda: ctx.engine.request_round(trigger="manual", strategy=strategy, dry_run=dry_run, manual=True)
+        )
     except EngineStopping:
         raise ApiError(503, "stopping", "the daemon is stopping") from None
+    finally:
+        ctx.writes += 1
     return web.json_response(
         {
             "message": "Optimization round joined" if result.joined else "Optimization round completed",
@@ -345,12 +598,13 @@ async def health(request: web.Request) -> web.Response:
 async def strategies(request: web.Request) -> web.Response:
     """GET /strategies: each strategy's state, score, cooldown and breaker, and the baselines."""
     ctx = request.app[CTX]
-    return web.json_response(
-        {
+    body = await ctx.read_engine(
+        lambda: {
             "strategies": [_strategy_view(ctx, n) for n in ctx.engine.strategy_names()],
             "baselines": dict(ctx.engine.baselines),
         }
     )
+    return web.json_response(body)
 
 
 def _strategy_name(request: web.Request) -> str:
@@ -373,8 +627,9 @@ async def strategy_mode(request: web.Request) -> web.Response:
     if mode is None:
         raise ApiError(400, "invalid_mode", "mode must be one of observe, dry_run, enforce")
     ctx = request.app[CTX]
-    await ctx.engine.set_mode(name, mode)
-    return web.json_response(_strategy_view(ctx, name))
+    await ctx.await_main(lambda: ctx.engine.set_mode(name, mode))
+    ctx.writes += 1
+    return web.json_response(await ctx.on_main(lambda: _strategy_view(ctx, name)))
 
 
 async def strategy_reset(request: web.Request) -> web.Response:
@@ -382,8 +637,9 @@ async def strategy_reset(request: web.Request) -> web.Response:
     require_token(request)
     name = _strategy_name(request)
     ctx = request.app[CTX]
-    await ctx.engine.reset(name)
-    return web.json_response(_strategy_view(ctx, name))
+    await ctx.await_main(lambda: ctx.engine.reset(name))
+    ctx.writes += 1
+    return web.json_response(await ctx.on_main(lambda: _strategy_view(ctx, name)))
 
 
 async def optimizations(request: web.Request) -> web.Response:
@@ -399,9 +655,62 @@ async def optimizations(request: web.Request) -> web.Response:
     if not 0 <= after <= MAX_ROW_ID or not 1 <= limit <= 1000:
         raise ApiError(400, "invalid_query", f"after must be within 0..{MAX_ROW_ID} and limit within 1..1000")
     strategy = request.query.get("strategy")
-    rows = await asyncio.to_thread(ctx.store.decisions, after=after, limit=limit, strategy=strategy)
-    items = [r.as_dict() for r in rows]
-    return web.json_response({"items": items, "last": items[-1]["id"] if items else after})
+    key = (after, limit, strategy)
+    pages = request.app[HISTORY_PAGES]
+    version = ctx.store.version
+    payload = pages.get(version, key)
+    if payload is None:
+        async with ctx.reads.slot():
+            payload = pages.get(version, key)
+            if payload is None:
+                payload = await ctx.read_history(lambda history: _history_page(history, after, limit, strategy))
+                pages.put(version, key, payload)
+    return web.Response(body=payload, content_type="application/json")
+
+
+def _history_page(history: HistoryReader | StateStore, after: int, limit: int, strategy: str | None) -> bytes:
+    """(In a history thread.) One page of GET /optimizations, read and encoded off the API's loop."""
+    items = [r.as_dict() for r in history.decisions(after=after, limit=limit, strategy=strategy)]
+    return json.dumps({"items": items, "last": items[-1]["id"] if items else after}).encode()
+
+
+@dataclass(slots=True)
+class HistoryPages:
+    """Encoded history pages of the current state version, the most recently used kept within ``budget`` bytes.
+
+    A page of a thousand rows is most of a megabyte of JSON; many clients asking for the same one (a dashboard
+    in many tabs, a scraper, a hostile loop) are served the same bytes until the next write.
+    """
+
+    budget: int = HISTORY_PAGES_BYTES
+    version: int = -1
+    size: int = 0
+    pages: OrderedDict[tuple[int, int, str | None], bytes] = field(default_factory=OrderedDict)
+
+    def get(self, version: int, key: tuple[int, int, str | None]) -> bytes | None:
+        """The page for ``key`` at ``version``, if kept; a new version forgets every page."""
+        if version != self.version:
+            self.pages.clear()
+            self.size = 0
+            self.version = version
+            return None
+        page = self.pages.get(key)
+        if page is not None:
+            self.pages.move_to_end(key)
+        return page
+
+    def put(self, version: int, key: tuple[int, int, str | None], page: bytes) -> None:
+        """Keep ``page`` (read at ``version``), dropping the least recently used ones over the budget."""
+        if version != self.version or len(page) > self.budget or key in self.pages:
+            return
+        self.pages[key] = page
+        self.size += len(page)
+        while self.size > self.budget:
+            _, dropped = self.pages.popitem(last=False)
+            self.size -= len(dropped)
+
+
+HISTORY_PAGES: web.AppKey[HistoryPages] = web.AppKey("history_pages", HistoryPages)
 
 
 # The dashboard's four charts; GET /samples returns these when no signals are named.
@@ -431,6 +740,11 @@ async def samples(request: web.Request) -> web.Response:
         raise ApiError(400, "invalid_query", "since must be a whole number of epoch milliseconds") from None
     if not 0 <= since <= MAX_ROW_ID:
         raise ApiError(400, "invalid_query", "since must be a whole number of epoch milliseconds, 0 or more")
+    async with ctx.reads.slot():
+        return web.json_response(await ctx.read_engine(lambda: _samples_body(ctx, names, since)))
+
+
+def _samples_body(ctx: ApiContext, names: list[str], since: int) -> dict[str, Any]:
     engine = ctx.engine
     latest = engine.latest
     # the windows are timed on the monotonic clock; the latest sample ties it to the wall clock
@@ -446,9 +760,7 @@ async def samples(request: web.Request) -> web.Response:
                 "points": [p for p in points if p[0] > since],
             }
         )
-    return web.json_response(
-        {"timestamp": round(ctx.wall() * 1000), "windowSamples": engine.windows.size, "signals": series}
-    )
+    return {"timestamp": round(ctx.wall() * 1000), "windowSamples": engine.windows.size, "signals": series}
 
 
 async def alertmanager(request: web.Request) -> web.Response:
@@ -458,7 +770,12 @@ async def alertmanager(request: web.Request) -> web.Response:
     if ctx.alertmanager is None:
         raise ApiError(404, "not_found", "the Alertmanager receiver is not enabled")
     body = await read_json_object(request, optional=False)
-    return web.json_response(await ctx.alertmanager(body))
+    receiver = ctx.alertmanager
+    try:
+        answer = await ctx.await_main(lambda: receiver(body))
+    finally:
+        ctx.writes += 1
+    return web.json_response(answer)
 
 
 async def dashboard(request: web.Request) -> web.Response:
@@ -486,10 +803,12 @@ ROUTES: tuple[tuple[str, str, Handler], ...] = (
 
 def build_app(ctx: ApiContext, *, client_max_size: int) -> web.Application:
     """The aiohttp application with every route and the error middleware."""
-    app = web.Application(middlewares=[errors_middleware], client_max_size=client_max_size)
+    app = web.Application(middlewares=[host_middleware, errors_middleware], client_max_size=client_max_size)
     app[CTX] = ctx
     app[SCRAPES] = ScrapeCache()
     app[HISTORY] = HistoryCache()
+    app[PAGES] = PageCache()
+    app[HISTORY_PAGES] = HistoryPages()
     for method, path, handler in ROUTES:
         if method == "GET":
             # HEAD answers wherever GET does (same status and headers, no body): probes and curl -I

@@ -47,12 +47,30 @@ from metrics.prometheus import DaemonMetrics, SnapshotCollector
 from metrics.sampler import Sampler, Sources
 from metrics.snapshot import Snapshot
 from metrics.sqlite import DatabaseReader
+from metrics.tables import TABLES
 from metrics.tcp import TcpCounter, make_tcp_counter
 from metrics.window import Windows
 from optimizer.alertmanager import AlertmanagerReceiver
-from optimizer.api import BODY_TIMEOUT_SECONDS, IDLE_TIMEOUT_SECONDS, LINGER_SECONDS, ApiContext, build_app
+from optimizer.api import (
+    BODY_TIMEOUT_SECONDS,
+    IDLE_TIMEOUT_SECONDS,
+    LINGER_SECONDS,
+    ApiContext,
+    HostPolicy,
+    ReadGate,
+    build_app,
+)
+from optimizer.apiloop import ApiLoop
 from optimizer.baselines import ALL_HOURS, BaselineLearner, BaselineRecord
 from optimizer.clock import Clock, SystemClock
+from optimizer.connections import (
+    AcceptErrorLog,
+    ConnectionCollector,
+    ConnectionLimiter,
+    LimitedSite,
+    connection_cap,
+    open_descriptors,
+)
 from optimizer.dashboard import load_dashboard
 from optimizer.engine import (
     CALM_PROXIMITY,
@@ -62,10 +80,11 @@ from optimizer.engine import (
     signal_proximity,
     stretched_interval,
 )
+from optimizer.executors import Executors, run_in
 from optimizer.logs import REDACTOR, configure_logging
 from optimizer.registry import Dependencies, build_strategies
 from optimizer.sdnotify import SystemdNotifier
-from optimizer.state import StateStore
+from optimizer.state import HistoryReader, StateStore
 
 VERSION = "0.1.0"
 # The daemon's own figures: its RSS sits near 60% of its soft line from the libraries alone, so counting it
@@ -73,20 +92,8 @@ VERSION = "0.1.0"
 OWN_SIGNALS = frozenset({"own_rss_bytes"})
 log = structlog.get_logger("daemon")
 
-# tables the backend never cleans, with the column that dates their rows (TARGET.md)
-UNCLEANED_TABLES: tuple[tuple[str, str], ...] = (
-    ("viewer_sessions", "started_at"),
-    ("viewer_session_history", "started_at"),
-    ("viewer_session_history_archive", "started_at"),
-    ("playback_viewer_sessions", "started_at"),
-    ("playback_token_sessions", "expires_at"),
-    ("playback_token_audit_logs", "created_at"),
-    ("login_attempts", "attempt_time"),
-    ("token_blacklist", "expires_at"),
-    ("camera_source_lifecycle_events", "created_at"),
-    ("recording_maintenance_events", "created_at"),
-)
-
+# the dated tables the database reader samples, each column in its own time base (metrics/tables.py)
+UNCLEANED_TABLES = TABLES
 
 EX_OK, EX_FAIL, EX_CONFIG = 0, 1, 78
 # bind() errors that restarting cannot fix: the address is not on this host, or the port needs a privilege
@@ -174,6 +181,9 @@ class Daemon:
         self._reload_task: asyncio.Task[None] | None = None
         self._sample_task: asyncio.Task[None] | None = None
         self._sample_wakeup = asyncio.Event()
+        # one sample at a time: a requested round's sample waits for the loop's (a source read twice at once is
+        # reported down by the sampler)
+        self._sample_lock = asyncio.Lock()
         self._scheduler: AsyncIOScheduler | None = None
         self._runner: web.AppRunner | None = None
         self.started_wall = self.clock.wall()
@@ -189,6 +199,8 @@ class Daemon:
         self._background: set[asyncio.Future[None]] = set()
         # set once _build() has made every part: stop() after a failed start closes only what exists
         self._built = False
+        self.accept_errors = AcceptErrorLog()
+        self._api_loop: ApiLoop | None = None
 
     # building ----------------------------------------------------------------------------------------------------
 
@@ -201,12 +213,14 @@ class Daemon:
         self.token, token_source = resolve_api_token(s, env)
         REDACTOR.register(self.token, password, api_key)
         self.token_source = token_source
+        self.executors = Executors()
         self.store = StateStore(
             s.state_directory,
             retention_days=s.state.retention_days,
             max_history_rows=s.state.max_history_rows,
             wall_clock=self.clock.wall,
         )
+        self.history = HistoryReader(self.store)
         self.registry = CollectorRegistry()
         self.metrics = DaemonMetrics(self.registry)
         self.registry.register(SnapshotCollector(lambda: self.engine.latest, VERSION))
@@ -221,13 +235,14 @@ class Daemon:
         )
         self.mediamtx = MediaMtxClient(s.backend.mediamtx_url, s.backend.timeout_seconds)
         process_spec = ProcessSpec.parse(s.backend.process or f"port:{url_port(s.backend.url)}")
-        self.process = ProcessReader(process_spec, self._proc_root)
+        self.process = ProcessReader(process_spec, self._proc_root, port=url_port(s.backend.url))
         self.hls = HlsReader(s.backend.hls_directory, s.strategies.memory.hls_stale_age_seconds)
         database = (
             DatabaseReader(
                 s.backend.database,
                 timezone_offset_hours=s.backend.timezone_offset_hours,
                 stuck_session_seconds=s.strategies.connection.stuck_session_seconds,
+                session_timeout_seconds=s.strategies.connection.session_timeout_seconds,
                 tables=UNCLEANED_TABLES,
             )
             if s.backend.database is not None
@@ -248,6 +263,7 @@ class Daemon:
             source_timeout_seconds=s.sampler.source_timeout_seconds,
             clock=self.clock.monotonic,
             wall_clock=self.clock.wall,
+            executor=self.executors.sampler,
         )
         self.windows = Windows(s.sampler.window_size)
         self.baselines = BaselineLearner()
@@ -260,6 +276,8 @@ class Daemon:
             store=self.store,
             metrics=self.metrics,
             clock=self.clock,
+            refresh=self.sample_now,
+            store_executor=self.executors.state,
         )
         self._built = True
 
@@ -279,6 +297,7 @@ class Daemon:
     async def start(self) -> None:
         """Build, open state, bind the API, take a first sample, start the loops, tell systemd we are ready."""
         self._build()
+        self.executors.install(asyncio.get_running_loop())
         await asyncio.to_thread(self.store.open)
         if self.store.moved_aside is not None:
             log.warning("state_corrupt_moved_aside", moved_to=str(self.store.moved_aside))
@@ -288,6 +307,7 @@ class Daemon:
         saved_baselines = await asyncio.to_thread(self.store.load_baselines)
         self.baselines.load(saved_baselines, saved_at=await asyncio.to_thread(self.store.baseline_times))
         host, port = parse_listen(self.settings.api.listen)
+        hosts = HostPolicy(host, port, self.settings.api.allowed_hosts)
         self.alertmanager = AlertmanagerReceiver(
             self.engine, lambda: self.settings.alertmanager, monotonic=self.clock.monotonic
         )
@@ -305,6 +325,11 @@ class Daemon:
                 alertmanager=self.alertmanager,
                 dashboard_html=load_dashboard(),
                 body_timeout=self._api_body_timeout,
+                hosts=hosts,
+                reads=ReadGate(self.settings.api.max_concurrent_reads, self.settings.api.read_queue_seconds),
+                history=self.history,
+                history_executor=self.executors.history,
+                main_loop=asyncio.get_running_loop(),
             ),
             client_max_size=self.settings.api.client_max_size,
         )
@@ -317,20 +342,17 @@ class Daemon:
             keepalive_timeout=self._api_idle_timeout,
             lingering_time=LINGER_SECONDS,
         )
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, host, port, reuse_address=True)
-        try:
-            await site.start()
-        except OSError as exc:
-            raise StartupError(
-                f"cannot listen on {self.settings.api.listen} (api.listen): "
-                f"{os.strerror(exc.errno) if exc.errno else exc}",
-                config=exc.errno in _BIND_CONFIG_ERRNOS,
-            ) from None
-        server = site._server
-        sockets = getattr(server, "sockets", None) or []
+        api = self.settings.api
+        self.connection_limiter = ConnectionLimiter(
+            connection_cap(api.max_connections, api.reserved_descriptors, in_use=open_descriptors()),
+            api.header_timeout_seconds,
+        )
+        self.registry.register(ConnectionCollector(self.connection_limiter, self.accept_errors))
+        self._api_loop = ApiLoop()
+        self._api_loop.start()
         self.api_host = host
-        self.api_port = sockets[0].getsockname()[1] if sockets else port
+        self.api_port = await self._api_loop.call(self._serve_api(self._runner, host, port))
+        hosts.port = self.api_port
         await self.sample_now()
         # What start-up built (modules, clients, strategies, the first sample's caches) lives as long as the daemon.
         # A full collection walks every tracked object holding the GIL, so even one run in a worker thread (the
@@ -348,8 +370,30 @@ class Daemon:
             strategies=self.engine.strategy_names(),
             token=self.token_source,
             state=str(self.store.path),
+            api_connection_cap=self.connection_limiter.cap,
         )
         self._notifier.ready(status=self._status_line())
+
+    async def _serve_api(self, runner: web.AppRunner, host: str, port: int) -> int:
+        """(On the API's loop.) Set the runner up and listen; the port bound."""
+        await runner.setup()
+        self.accept_errors.install(asyncio.get_running_loop())
+        site = LimitedSite(runner, host, port, self.connection_limiter)
+        try:
+            await site.start()
+        except OSError as exc:
+            raise StartupError(
+                f"cannot listen on {self.settings.api.listen} (api.listen): "
+                f"{os.strerror(exc.errno) if exc.errno else exc}",
+                config=exc.errno in _BIND_CONFIG_ERRNOS,
+            ) from None
+        sockets = getattr(site.server, "sockets", None) or []
+        return int(sockets[0].getsockname()[1]) if sockets else port
+
+    async def _close_api(self, runner: web.AppRunner) -> None:
+        """(On the API's loop.) Stop listening, let the handlers finish (bounded), close the connections."""
+        await runner.cleanup()
+        self.accept_errors.uninstall(asyncio.get_running_loop())
 
     @property
     def api_url_host(self) -> str:
@@ -406,10 +450,17 @@ class Daemon:
                 log.exception("sample_crashed")
 
     async def sample_now(self) -> Snapshot:
-        """Take one sample, publish it to the engine and metrics, and adapt the interval."""
+        """Take one sample, publish it to the engine and metrics, and adapt the interval.
+
+        The sample loop calls it, and so does a requested round (manual, Alertmanager) before it plans.
+        """
+        async with self._sample_lock:
+            return await self._sample()
+
+    async def _sample(self) -> Snapshot:
         previous = self.engine.latest
         # the state file deleted or replaced under the daemon is recreated now, not at the next decision's write
-        await asyncio.to_thread(self.store.verify)
+        await run_in(self.executors.state, self.store.verify)
         snapshot = await self.sampler.sample()
         self._log_source_changes(previous, snapshot)
         self._learn(snapshot)
@@ -436,7 +487,7 @@ class Daemon:
             for r in records:
                 self.store.save_baseline(r.signal, r.hour if r.hour >= 0 else ALL_HOURS, r.value, r.samples)
 
-        task = asyncio.get_running_loop().run_in_executor(None, save)
+        task = asyncio.get_running_loop().run_in_executor(self.executors.state, save)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
@@ -448,6 +499,9 @@ class Daemon:
                     log.info("source_up", source=name)
                 else:
                     log.warning("source_down", source=name, error=status.error)
+            if status.up and status.error is not None and (before is None or before.error != status.error):
+                # up but perhaps measuring the wrong thing (a launcher's pid): said once, when it starts or changes
+                log.warning("source_degraded", source=name, error=status.error)
 
     def _adapt_interval(self) -> None:
         """Stretch the sample interval while every signal is far from its threshold; tighten near one.
@@ -475,12 +529,19 @@ class Daemon:
         The daemon's own signals do not count (OWN_SIGNALS). Nor does a strategy that asks for a stretch (the
         cpu strategy while the host is hot): tightening for it would undo the stretch (1 s doubled is 2 s,
         more often than the base); while one asks, the interval holds at least at its base for the factor.
+        Nor does a strategy that cannot act (breaker open, held by its cooldown or budget, or planning a disruptive
+        change while those are off): it holds the interval at its base too, instead of sampling every second for
+        minutes while nothing can come of it.
         """
         proximity = 0.0
         armed = False
         stretching = False
         for rt in self.engine.runtimes.values():
-            if self.engine.factor_of(rt) > 1.0:
+            if not rt.enabled:
+                continue  # it never gets a turn: its lines are nobody's concern
+            # a strategy that cannot act now (its breaker is open, or its plan waits for a cooldown or the budget)
+            # gains nothing from closer samples: it holds the interval at its base, like a stretching one
+            if self.engine.factor_of(rt) > 1.0 or not self.engine.can_act(rt):
                 stretching = True
                 continue
             specs = [spec for spec in self.engine.triggers_of(rt) if spec.signal not in OWN_SIGNALS]
@@ -609,15 +670,19 @@ class Daemon:
                 await asyncio.wait_for(self._sample_task, self.settings.sampler.source_timeout_seconds + 1)
             except (TimeoutError, asyncio.CancelledError):
                 self._sample_task.cancel()
-        if self._runner is not None:
-            await self._runner.cleanup()
+        if self._api_loop is not None:
+            if self._runner is not None:
+                await self._api_loop.call(self._close_api(self._runner))
+            await self._api_loop.stop()
         await self.backend.close()
         await self.mediamtx.close()
         for rt in self.engine.runtimes.values():
             await rt.strategy.close()
         if self._background:
             await asyncio.gather(*self._background, return_exceptions=True)
+        await asyncio.to_thread(self.history.close)
         await asyncio.to_thread(self.store.close)
+        self.executors.shutdown()
         # hand the start-up objects back to the collector: a process that outlives this daemon (tests, the
         # benchmarks) must not keep them out of collection for good
         gc.unfreeze()

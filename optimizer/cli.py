@@ -549,6 +549,12 @@ def cmd_strategies(client: Client, as_json: bool, action: str | None, name: str 
                     f"  {kind} {signal}: enter {units.named(signal, trig['enter'])}"
                     f" exit {units.named(signal, trig['exit'])}"
                 )
+            for family, pace in sorted(st.get("pacing", {}).items()):
+                left = pace["cooldownLeftSeconds"]
+                print(
+                    f"  actions {family}: cooldown {units.duration(left) + ' left' if left > 0 else 'over'}"
+                    f" of {units.duration(pace['cooldownSeconds'])}, budget {pace['budgetLeft']}"
+                )
             for finding in st["findings"]:
                 print(f"  finding: {finding['summary']}")
     if action != "describe":

@@ -49,3 +49,7 @@ class FakeClock:
         """Move both clocks forward."""
         self._wall += seconds
         self._mono += seconds
+
+    def set_wall(self, seconds: float) -> None:
+        """Step the wall clock alone (an operator or NTP setting the time), forward or back."""
+        self._wall = seconds

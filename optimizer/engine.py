@@ -1,18 +1,22 @@
 """The decision engine: detect on windows, plan, gate, apply with a journal, verify, learn.
 
 One executor: rounds run one at a time; a request that arrives while a round runs joins it. Manual
-and Alertmanager triggers skip detection but never the gates (mode, cooldown, budget, breaker).
+and Alertmanager triggers skip detection but never the gates (mode, cooldown, budget, breaker), and plan from
+a sample taken for them. Cooldown and budget are kept per action family of a strategy, on monotonic time.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
+import math
 import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any
+from typing import Any, TypeVar
 
 import structlog
 
@@ -22,8 +26,10 @@ from metrics.prometheus import DaemonMetrics
 from metrics.snapshot import Snapshot
 from metrics.window import Windows
 from optimizer.clock import Clock
+from optimizer.executors import run_in, watch_queueing
 from optimizer.state import StateStore
 from strategies.base import (
+    DEFAULT_FAMILY,
     ApplyResult,
     Change,
     Direction,
@@ -39,6 +45,7 @@ from strategies.base import (
 
 _RANK = {Mode.OBSERVE: 0, Mode.DRY_RUN: 1, Mode.ENFORCE: 2}
 SCORE_HISTORY = 10
+T = TypeVar("T")
 
 
 class Outcome(StrEnum):
@@ -57,6 +64,8 @@ class Outcome(StrEnum):
     BLOCKED_DISRUPTIVE = "blocked_disruptive"
     BACKED_OFF = "backed_off"
     DEFERRED = "deferred"
+    # the apply's re-read found nothing to change (the WAL was already small, the sessions already ended)
+    NO_CHANGE = "no_change"
 
 
 ATTEMPTS = frozenset({Outcome.APPLIED, Outcome.FAILED, Outcome.TIMEOUT, Outcome.ERROR})
@@ -176,6 +185,25 @@ class Pending:
 
 
 @dataclass(slots=True)
+class Pacing:
+    """How one action family of a strategy is paced: its cooldown, and its attempts (monotonic seconds)."""
+
+    cooldown: float
+    last_attempt: float | None = None
+    attempts: list[float] = field(default_factory=list)
+    # the family's last apply changed nothing (and was given back): a second one in a row counts as an attempt
+    unneeded: bool = False
+
+
+def _clamped(stored: Any, now_wall: float, now_mono: float) -> float | None:
+    """A persisted wall time as monotonic time; a time in the future (the wall clock went back) counts as now."""
+    if stored is None:
+        return None
+    wall = min(float(stored), now_wall)
+    return now_mono - (now_wall - wall)
+
+
+@dataclass(slots=True)
 class StrategyRuntime:
     """A strategy with what the engine learned about it (persisted in the state database)."""
 
@@ -183,18 +211,21 @@ class StrategyRuntime:
     config_mode: Mode | None
     enabled: bool
     base_cooldown: float
-    cooldown: float
     detector: Detector = field(default_factory=Detector)
     mode_override: Mode | None = None
     scores: list[int] = field(default_factory=list)
     consecutive_failures: int = 0
     breaker_open: bool = False
     breaker_reason: str | None = None
-    last_attempt: float | None = None
-    attempts: list[float] = field(default_factory=list)
+    # cooldown and budget per action family (Plan.family), on monotonic time so a wall-clock jump changes nothing
+    pacing: dict[str, Pacing] = field(default_factory=dict)
     last_outcome: str | None = None
     last_verdict: str | None = None
-    last_row: str | None = None
+    # what the last history row was about (outcome, family, action, gate): a skip for another reason is a new row
+    last_row: tuple[str, ...] | None = None
+    # monotonic time until which the strategy cannot act (its plan was held by a cooldown, the budget or the
+    # breaker): the sample interval does not tighten for it meanwhile
+    held_until: float | None = None
 
     @property
     def name(self) -> str:
@@ -206,33 +237,64 @@ class StrategyRuntime:
         """Mean of recent verdicts: +1 improved, 0 neutral, -1 regressed or failed."""
         return sum(self.scores) / len(self.scores) if self.scores else 0.0
 
-    def to_state(self) -> dict[str, Any]:
-        """What survives a restart."""
+    @property
+    def cooldown(self) -> float:
+        """The longest cooldown of the strategy's action families (the configured one before any action)."""
+        return max((p.cooldown for p in self.pacing.values()), default=self.base_cooldown)
+
+    def pace(self, family: str) -> Pacing:
+        """The pacing of one action family, created with the configured cooldown on first use."""
+        found = self.pacing.get(family)
+        if found is None:
+            found = self.pacing[family] = Pacing(cooldown=self.base_cooldown)
+        return found
+
+    def to_state(self, now_mono: float, now_wall: float) -> dict[str, Any]:
+        """What survives a restart; attempt times are stored as wall time."""
+
+        def wall(mono: float) -> float:
+            return now_wall - (now_mono - mono)
+
         return {
             "mode_override": str(self.mode_override) if self.mode_override else None,
             "scores": self.scores,
-            "cooldown": self.cooldown,
             "consecutive_failures": self.consecutive_failures,
             "breaker_open": self.breaker_open,
             "breaker_reason": self.breaker_reason,
-            "last_attempt": self.last_attempt,
-            "attempts": self.attempts,
+            "pacing": {
+                family: {
+                    "cooldown": p.cooldown,
+                    "last_attempt": wall(p.last_attempt) if p.last_attempt is not None else None,
+                    "attempts": [wall(t) for t in p.attempts],
+                }
+                for family, p in self.pacing.items()
+            },
             "last_outcome": self.last_outcome,
             "last_verdict": self.last_verdict,
         }
 
-    def load_state(self, data: Mapping[str, Any]) -> None:
-        """Restore what a previous run learned."""
+    def load_state(self, data: Mapping[str, Any], now_mono: float, now_wall: float) -> None:
+        """Restore what a previous run learned; attempt times in the future (the clock went back) become now."""
         mode = data.get("mode_override")
         self.mode_override = Mode(mode) if mode else None
         self.scores = [int(x) for x in data.get("scores", [])][-SCORE_HISTORY:]
-        self.cooldown = float(data.get("cooldown", self.cooldown))
         self.consecutive_failures = int(data.get("consecutive_failures", 0))
         self.breaker_open = bool(data.get("breaker_open", False))
         self.breaker_reason = data.get("breaker_reason")
-        last = data.get("last_attempt")
-        self.last_attempt = float(last) if last is not None else None
-        self.attempts = [float(x) for x in data.get("attempts", [])]
+        saved = data.get("pacing")
+        if not isinstance(saved, Mapping):
+            # the state of an earlier version: one cooldown and one budget for the whole strategy
+            saved = {DEFAULT_FAMILY: data} if {"cooldown", "last_attempt", "attempts"} & set(data) else {}
+        self.pacing = {}
+        for family, entry in saved.items():
+            if not isinstance(entry, Mapping):
+                continue
+            attempts = [_clamped(t, now_wall, now_mono) for t in entry.get("attempts", [])]
+            self.pacing[str(family)] = Pacing(
+                cooldown=float(entry.get("cooldown", self.base_cooldown)),
+                last_attempt=_clamped(entry.get("last_attempt"), now_wall, now_mono),
+                attempts=[t for t in attempts if t is not None],
+            )
         self.last_outcome = data.get("last_outcome")
         self.last_verdict = data.get("last_verdict")
 
@@ -268,8 +330,15 @@ class Engine:
         metrics: DaemonMetrics,
         clock: Clock,
         log: Any = None,
+        refresh: Callable[[], Awaitable[Snapshot]] | None = None,
+        store_executor: Executor | None = None,
     ) -> None:
         self._settings = engine
+        # takes a fresh sample for a requested round (manual or Alertmanager), which plans from it, not from a
+        # sample that may be as old as the stretched sample interval
+        self.refresh = refresh
+        # the state writes' own pool: strategies' threads (the loop's default pool) cannot hold up the records
+        self._store_executor = store_executor
         self._detection = detection
         self.global_mode = global_mode
         self.windows = windows
@@ -283,7 +352,6 @@ class Engine:
                 config_mode=mode,
                 enabled=enabled,
                 base_cooldown=engine.cooldown_seconds,
-                cooldown=engine.cooldown_seconds,
             )
             for s, mode, enabled in strategies
         }
@@ -301,22 +369,29 @@ class Engine:
 
     # lifecycle and state -------------------------------------------------------------------------------------------
 
+    async def _stored(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
+        """Run a state store call on the store's pool (a worker thread when the engine has none)."""
+        if self._store_executor is None:
+            return await asyncio.to_thread(fn, *args, **kwargs)
+        return await run_in(self._store_executor, functools.partial(fn, *args, **kwargs))
+
     async def load(self) -> None:
         """Restore strategy state from the store and reconcile interrupted journal records."""
-        saved = await asyncio.to_thread(self._store.load_strategies)
+        saved = await self._stored(self._store.load_strategies)
+        now_mono, now_wall = self._clock.monotonic(), self._clock.wall()
         for name, data in saved.items():
             if name in self.runtimes:
-                self.runtimes[name].load_state(data)
+                self.runtimes[name].load_state(data, now_mono, now_wall)
         for rt in self.runtimes.values():
             self._publish(rt)
         await self.reconcile()
 
     async def reconcile(self) -> None:
         """Settle journal intents without a done record: the daemon stopped in the middle of an apply."""
-        for entry in await asyncio.to_thread(self._store.journal, "intent"):
+        for entry in await self._stored(self._store.journal, "intent"):
             rt = self.runtimes.get(entry.strategy)
             if rt is None:
-                await asyncio.to_thread(self._store.journal_finish, entry.id, "reconciled", {"note": "strategy gone"})
+                await self._stored(self._store.journal_finish, entry.id, "reconciled", {"note": "strategy gone"})
                 continue
             try:
                 plan = Plan.from_dict(entry.plan)
@@ -330,11 +405,9 @@ class Engine:
                 self._log.exception("reconcile_crashed", strategy=entry.strategy, journal_id=entry.id)
                 note = f"reconcile failed: {exc.__class__.__name__}: {exc}"
                 status = "reconcile_failed"
-            await asyncio.to_thread(self._store.journal_finish, entry.id, status, {"note": note})
+            await self._stored(self._store.journal_finish, entry.id, status, {"note": note})
             if entry.decision_id is not None:
-                await asyncio.to_thread(
-                    self._store.update_decision, entry.decision_id, outcome="interrupted", error=note
-                )
+                await self._stored(self._store.update_decision, entry.decision_id, outcome="interrupted", error=note)
             self._log.warning(
                 "journal_reconciled", strategy=entry.strategy, journal_id=entry.id, status=status, note=note
             )
@@ -367,7 +440,7 @@ class Engine:
         """
         self._pending.clear()
         count = 0
-        for entry in reversed(await asyncio.to_thread(self._store.journal, "done")):
+        for entry in reversed(await self._stored(self._store.journal, "done")):
             rt = self.runtimes.get(entry.strategy)
             if rt is None or not entry.result:
                 continue
@@ -400,21 +473,22 @@ class Engine:
         await self._save(rt)
 
     async def reset(self, name: str) -> None:
-        """Re-arm a strategy: close its breaker, clear failures, restore the base cooldown."""
+        """Re-arm a strategy: close its breaker, clear failures, restore the base cooldown, give the budget back."""
         rt = self.runtimes[name]
         was_open = rt.breaker_open
         rt.breaker_open = False
         rt.breaker_reason = None
         rt.consecutive_failures = 0
-        rt.cooldown = rt.base_cooldown
-        rt.last_attempt = None
+        rt.pacing = {}
+        rt.held_until = None
         rt.last_row = None
         self._log.info("strategy_reset", strategy=name, breaker_was_open=was_open)
         await self._save(rt)
 
     async def _save(self, rt: StrategyRuntime) -> None:
         self._publish(rt)
-        await asyncio.to_thread(self._store.save_strategy, rt.name, rt.to_state())
+        state = rt.to_state(self._clock.monotonic(), self._clock.wall())
+        await self._stored(self._store.save_strategy, rt.name, state)
 
     def _publish(self, rt: StrategyRuntime) -> None:
         self._metrics.breaker_open.labels(rt.name).set(1 if rt.breaker_open else 0)
@@ -422,17 +496,60 @@ class Engine:
         self._metrics.cooldown.labels(rt.name).set(rt.cooldown)
         self._metrics.score.labels(rt.name).set(rt.score)
 
-    def cooldown_left(self, rt: StrategyRuntime) -> float:
-        """Seconds until the strategy may act again."""
-        if rt.last_attempt is None:
-            return 0.0
-        return max(0.0, rt.last_attempt + rt.cooldown - self._clock.wall())
+    @staticmethod
+    def _families(rt: StrategyRuntime, family: str | None) -> list[Pacing]:
+        """One family's pacing (none when it never acted), or every family's."""
+        if family is None:
+            return list(rt.pacing.values())
+        found = rt.pacing.get(family)
+        return [found] if found is not None else []
 
-    def budget_left(self, rt: StrategyRuntime) -> int:
-        """Attempts left in the rolling budget window."""
-        horizon = self._clock.wall() - self._settings.budget_window_seconds
-        rt.attempts = [t for t in rt.attempts if t > horizon]
-        return max(0, self._settings.budget_actions - len(rt.attempts))
+    def cooldown_left(self, rt: StrategyRuntime, family: str | None = None) -> float:
+        """Seconds until the family may act again; without one, until every family of the strategy may."""
+        now = self._clock.monotonic()
+        return max(
+            (
+                max(0.0, p.last_attempt + p.cooldown - now)
+                for p in self._families(rt, family)
+                if p.last_attempt is not None
+            ),
+            default=0.0,
+        )
+
+    def budget_left(self, rt: StrategyRuntime, family: str | None = None) -> int:
+        """Attempts left in the family's rolling budget window; without one, the least left in any family."""
+        horizon = self._clock.monotonic() - self._settings.budget_window_seconds
+        left = self._settings.budget_actions
+        for p in self._families(rt, family):
+            p.attempts = [t for t in p.attempts if t > horizon]
+            left = min(left, self._settings.budget_actions - len(p.attempts))
+        return max(0, left)
+
+    def budget_free_at(self, rt: StrategyRuntime, family: str) -> float:
+        """The monotonic time at which the family's budget has an attempt free again."""
+        p = rt.pace(family)
+        spent = len(p.attempts) - self._settings.budget_actions
+        if spent < 0 or not p.attempts:
+            return self._clock.monotonic()
+        return sorted(p.attempts)[spent] + self._settings.budget_window_seconds
+
+    def can_act(self, rt: StrategyRuntime) -> bool:
+        """Whether the strategy could act now: not held by an open breaker, or by the cooldown, budget or
+        disabled disruptive changes its last plan met."""
+        if rt.breaker_open:
+            return False
+        return rt.held_until is None or self._clock.monotonic() >= rt.held_until
+
+    def pacing_view(self, rt: StrategyRuntime) -> dict[str, dict[str, float | int]]:
+        """Each action family's cooldown, cooldown left and budget left, for display."""
+        return {
+            family: {
+                "cooldownSeconds": p.cooldown,
+                "cooldownLeftSeconds": round(self.cooldown_left(rt, family), 3),
+                "budgetLeft": self.budget_left(rt, family),
+            }
+            for family, p in sorted(rt.pacing.items())
+        }
 
     # samples and verification ------------------------------------------------------------------------------------
 
@@ -471,7 +588,8 @@ class Engine:
         for rt in self.runtimes.values():
             if rt.base_cooldown != engine.cooldown_seconds:
                 rt.base_cooldown = engine.cooldown_seconds
-                rt.cooldown = min(max(rt.cooldown, engine.cooldown_seconds), engine.cooldown_max_seconds)
+                for p in rt.pacing.values():
+                    p.cooldown = min(max(p.cooldown, engine.cooldown_seconds), engine.cooldown_max_seconds)
 
     def on_snapshot(self, snapshot: Snapshot) -> None:
         """Take a new sample into the windows; start verifying plans whose settle time has passed.
@@ -482,7 +600,7 @@ class Engine:
         self.latest = snapshot
         signals = snapshot.signals()
         self.windows.push(snapshot.monotonic, signals)
-        self.windows.retain(signals.keys())
+        self.windows.retain({*signals.keys(), *snapshot.held_signals()})
         if any(p.due <= snapshot.monotonic for p in self._pending) and (
             self._verify_task is None or self._verify_task.done()
         ):
@@ -525,18 +643,25 @@ class Engine:
         rt.scores = ([*rt.scores, {Verdict.IMPROVED: 1, Verdict.NEUTRAL: 0, Verdict.REGRESSED: -1}[verdict]])[
             -SCORE_HISTORY:
         ]
+        pacing = rt.pace(pending.plan.pacing_family)
         if verdict is Verdict.IMPROVED:
             rt.consecutive_failures = 0
-            rt.cooldown = max(rt.base_cooldown, rt.cooldown / 2)
+            pacing.cooldown = max(rt.base_cooldown, pacing.cooldown / 2)
         elif verdict is Verdict.NEUTRAL:
             # Neither a failure nor a regression: the run the breaker counts is broken.
             rt.consecutive_failures = 0
-            rt.cooldown = min(self._settings.cooldown_max_seconds, max(rt.cooldown, 1.0) * 2)
-            self._log.info("strategy_backed_off", strategy=rt.name, cooldown_seconds=rt.cooldown, reason="no effect")
+            pacing.cooldown = min(self._settings.cooldown_max_seconds, max(pacing.cooldown, 1.0) * 2)
+            self._log.info(
+                "strategy_backed_off",
+                strategy=rt.name,
+                family=pending.plan.pacing_family,
+                cooldown_seconds=pacing.cooldown,
+                reason="no effect",
+            )
         else:
             self._count_failure(rt, f"regressed {expected.signal}")
         if pending.decision_id is not None:
-            await asyncio.to_thread(
+            await self._stored(
                 self._store.update_decision, pending.decision_id, verdict=str(verdict), verdict_detail=detail
             )
         self._log.info(
@@ -564,7 +689,7 @@ class Engine:
             return None
         self._metrics.reverts.labels(rt.name).inc()
         if journal_id is not None:
-            await asyncio.to_thread(self._store.journal_finish, journal_id, "reverted", result.as_dict())
+            await self._stored(self._store.journal_finish, journal_id, "reverted", result.as_dict())
         self._log.warning(
             "change_reverted",
             strategy=rt.name,
@@ -582,15 +707,25 @@ class Engine:
             self._log.exception("take_overrides_crashed", strategy=rt.name)
             return []
 
-    async def _back_off(self, rt: StrategyRuntime, overrides: Sequence[OperatorOverride], *, record: Any) -> None:
-        """An operator changed values this strategy manages: stretch its cooldown from now, say so, act no more now."""
-        rt.cooldown = min(self._settings.cooldown_max_seconds, max(rt.cooldown, 1.0) * 2)
-        rt.last_attempt = self._clock.wall()
+    async def _back_off(
+        self, rt: StrategyRuntime, overrides: Sequence[OperatorOverride], *, record: Any, family: str
+    ) -> None:
+        """An operator changed values this strategy manages: stretch its cooldowns from now, say so, act no more now.
+
+        Every action family of the strategy backs off (the operator's value is the strategy's to leave alone,
+        whichever of its actions would touch it next), starting with the family of the plan that noticed it.
+        """
+        rt.pace(family)
+        now = self._clock.monotonic()
+        for pacing in rt.pacing.values():
+            pacing.cooldown = min(self._settings.cooldown_max_seconds, max(pacing.cooldown, 1.0) * 2)
+            pacing.last_attempt = now
         targets = ", ".join(f"{o.target} (set {o.expected}, found {o.found})" for o in overrides)
         self._log.warning(
             "strategy_backed_off",
             strategy=rt.name,
             reason="operator_override",
+            family=family,
             cooldown_seconds=rt.cooldown,
             overrides=[o.as_dict() for o in overrides],
         )
@@ -649,7 +784,7 @@ class Engine:
             self.heartbeat = self._clock.monotonic()
             ids: list[int] = []
             disruptive_used = False
-            snapshot = self.latest
+            snapshot = await self._requested_snapshot() if manual else self.latest
             for rt in self.runtimes.values():
                 if only is not None and rt.name != only:
                     continue
@@ -682,6 +817,20 @@ class Engine:
             )
             self.last_round = result
             return result
+
+    async def _requested_snapshot(self) -> Snapshot | None:
+        """A fresh sample for a requested round; the latest one when none can be taken (the failure is logged)."""
+        if self.refresh is None:
+            return self.latest
+        try:
+            return await self.refresh()
+        except Exception as exc:
+            self._log.warning(
+                "requested_sample_failed",
+                error=f"{exc.__class__.__name__}: {exc}",
+                kept="the latest sample",
+            )
+            return self.latest
 
     def _update_findings(self, rt: StrategyRuntime, ctx: StrategyContext) -> None:
         try:
@@ -777,8 +926,18 @@ class Engine:
         if rt.breaker_open:
             return await record(Outcome.BLOCKED_BREAKER, rt.breaker_reason or "circuit breaker open"), False
         try:
-            plan = await asyncio.wait_for(rt.strategy.plan(ctx), self._settings.plan_timeout_seconds)
+            with watch_queueing() as queueing:
+                plan = await asyncio.wait_for(rt.strategy.plan(ctx), self._settings.plan_timeout_seconds)
         except TimeoutError:
+            queued = queueing.queued()
+            if queued >= self._settings.plan_timeout_seconds / 2:
+                # Most of the time went waiting for a worker thread: the daemon's own queueing, not the strategy's.
+                self._log.warning("plan_queued", strategy=rt.name, queued_seconds=round(queued, 3))
+                return await record(
+                    Outcome.DEFERRED,
+                    f"plan waited {queued:.1f} s for a worker thread; not counted as a failure",
+                    error=f"plan exceeded {self._settings.plan_timeout_seconds} s while queued",
+                ), False
             self._count_failure(rt, "plan timed out")
             return await record(
                 Outcome.TIMEOUT, "plan timed out", error=f"plan exceeded {self._settings.plan_timeout_seconds} s"
@@ -805,7 +964,8 @@ class Engine:
         )
         overrides += self._take_overrides(rt)  # noticed while applying (a re-read found an operator's value)
         if overrides:
-            await self._back_off(rt, overrides, record=record)
+            family = plan.pacing_family if plan is not None else DEFAULT_FAMILY
+            await self._back_off(rt, overrides, record=record, family=family)
         return decision_id, used
 
     async def _gate_and_apply(
@@ -821,6 +981,7 @@ class Engine:
     ) -> tuple[int | None, bool]:
         """The gates after planning (dry run, disruptive, cooldown, budget), then the apply."""
         if plan is None or not plan.changes:
+            rt.held_until = None  # nothing to do is not being held back
             if manual:
                 return await record(Outcome.NOTHING_TO_DO, "nothing to do"), False
             return None, False
@@ -832,23 +993,42 @@ class Engine:
                 if not self._settings.allow_disruptive
                 else "one disruptive action per round"
             )
+            if not self._settings.allow_disruptive:
+                rt.held_until = math.inf  # until a round finds it allowed (a reload) or plans something else
             return await record(Outcome.BLOCKED_DISRUPTIVE, f"{plan.reason} ({why})", plan), False
-        left = self.cooldown_left(rt)
-        if left > 0:
-            return await record(Outcome.SKIPPED_COOLDOWN, f"{plan.reason} (cooldown: {left:.0f} s left)", plan), False
-        if self.budget_left(rt) <= 0:
-            return await record(Outcome.SKIPPED_BUDGET, f"{plan.reason} (action budget spent)", plan), False
+        family = plan.pacing_family
+        named = "" if family == DEFAULT_FAMILY else f"{family} "
+        # undoing the strategy's own earlier change is never held back: waiting only keeps that change in effect
+        if not plan.restores:
+            left = self.cooldown_left(rt, family)
+            if left > 0:
+                rt.held_until = self._clock.monotonic() + left
+                return await record(
+                    Outcome.SKIPPED_COOLDOWN, f"{plan.reason} ({named}cooldown: {left:.0f} s left)", plan
+                ), False
+            if self.budget_left(rt, family) <= 0:
+                rt.held_until = self.budget_free_at(rt, family)
+                return await record(Outcome.SKIPPED_BUDGET, f"{plan.reason} ({named}action budget spent)", plan), False
+        rt.held_until = None
         return await self._apply(rt, plan, record=record, signals=signals), plan.disruptive
 
     async def _apply(self, rt: StrategyRuntime, plan: Plan, *, record: Any, signals: Mapping[str, float]) -> int | None:
         decision_id: int | None = await record(Outcome.APPLIED, plan.reason, plan)
-        journal_id = await asyncio.to_thread(
+        journal_id = await self._stored(
             self._store.journal_intent, decision_id=decision_id, strategy=rt.name, plan=plan.as_dict()
         )
-        now = self._clock.wall()
-        previous_attempt = rt.last_attempt
-        rt.last_attempt = now
-        rt.attempts.append(now)
+        pacing = rt.pace(plan.pacing_family)
+        now = self._clock.monotonic()
+        previous_attempt = pacing.last_attempt
+        pacing.last_attempt = now
+        pacing.attempts.append(now)
+
+        def give_back() -> None:
+            # nothing was changed: the attempt starts no cooldown and spends no budget
+            pacing.last_attempt = previous_attempt
+            if pacing.attempts and pacing.attempts[-1] == now:
+                pacing.attempts.pop()
+
         # Persist the attempt before writing: an apply that kills the daemon must still spend cooldown and budget.
         await self._save(rt)
         started = time.perf_counter()
@@ -861,33 +1041,49 @@ class Engine:
             outcome, error = Outcome.TIMEOUT, f"apply exceeded {self._settings.apply_timeout_seconds} s"
         except StrategyDeferred as exc:
             outcome, error = Outcome.DEFERRED, str(exc)
-            # nothing was changed and the target will be ready soon: the attempt is given back
-            rt.last_attempt = previous_attempt
-            if rt.attempts and rt.attempts[-1] == now:
-                rt.attempts.pop()
+            # the target will be ready soon: the next round tries again
+            give_back()
         except StrategyError as exc:
             outcome, error = Outcome.FAILED, str(exc)
             self._log.warning("apply_failed", strategy=rt.name, error=error)
         except Exception as exc:
             outcome, error = Outcome.ERROR, f"{exc.__class__.__name__}: {exc}"
             self._log.exception("apply_crashed", strategy=rt.name)
+        if result is not None and not result.changed:
+            # The apply's re-read found nothing to change: recorded with its figures and judged neutral at once,
+            # and it neither holds the next, needed action back by a cooldown nor spends the budget. Only once in
+            # a row, though: an action that keeps changing nothing (a collection that frees no memory) is paced
+            # like any other instead of running every round.
+            outcome = Outcome.NO_CHANGE
+            if not pacing.unneeded:
+                give_back()
+            pacing.unneeded = True
+        elif result is not None:
+            pacing.unneeded = False
         duration_ms = (time.perf_counter() - started) * 1000
         changes = [c.as_dict() for c in (result.changes if result else plan.changes)]
         if journal_id is not None:
-            await asyncio.to_thread(
+            await self._stored(
                 self._store.journal_finish,
                 journal_id,
                 "done" if result is not None or outcome is Outcome.DEFERRED else "failed",
                 result.as_dict() if result is not None else {"error": error},
             )
         if decision_id is not None:
-            await asyncio.to_thread(
+            await self._stored(
                 self._store.update_decision,
                 decision_id,
                 outcome=str(outcome),
                 error=error,
                 changes=changes if result is not None else None,
                 duration_ms=duration_ms,
+                verdict=str(Verdict.NEUTRAL) if outcome is Outcome.NO_CHANGE else None,
+                verdict_detail={
+                    "note": result.detail,
+                    "figures": [f"{c['target']}: {c['before']} -> {c['after']}" for c in changes],
+                }
+                if result is not None and outcome is Outcome.NO_CHANGE
+                else None,
             )
         rt.last_outcome = str(outcome)
         self._metrics.actions.labels(rt.name, plan.action, str(outcome), str(Mode.ENFORCE)).inc()
@@ -896,7 +1092,9 @@ class Engine:
             self._count_failure(rt, error or str(outcome))
         log = self._log.warning if outcome in FAILURES else self._log.info
         log(
-            "change_applied"
+            "change_unneeded"
+            if outcome is Outcome.NO_CHANGE
+            else "change_applied"
             if result is not None
             else "change_deferred"
             if outcome is Outcome.DEFERRED
@@ -910,7 +1108,7 @@ class Engine:
             duration_ms=round(duration_ms, 2),
         )
         verifying = False
-        if result is not None and plan.expected is not None and result.changes:
+        if result is not None and outcome is Outcome.APPLIED and plan.expected is not None and result.changes:
             before = signals.get(plan.expected.signal)
             if before is not None:
                 verifying = True
@@ -925,7 +1123,7 @@ class Engine:
                         due=self._clock.monotonic() + plan.expected.settle_seconds,
                     )
                 )
-        if outcome is Outcome.APPLIED and not verifying:
+        if outcome in (Outcome.APPLIED, Outcome.NO_CHANGE) and not verifying:
             # Nothing is left to judge, so this success ends any run of failures; otherwise the verdict decides.
             rt.consecutive_failures = 0
         await self._save(rt)
@@ -947,7 +1145,18 @@ class Engine:
         started: float,
         manual: bool,
     ) -> int | None:
-        """One history row and one log line per decision; repeated identical skips are not written again."""
+        """One history row and one log line per decision; repeated identical skips are not written again.
+
+        A skip is a repeat when it is about the same thing as the last row: the same outcome for the same action
+        family, action and targets (or, without a plan, the same reason). The figures in a reason (the cooldown
+        left, the WAL size) do not make a new row; a skip of another family or action, or for another reason,
+        does.
+        """
+        key: tuple[str, ...] = (
+            (str(outcome), plan.pacing_family, plan.action, *sorted({c.target for c in plan.changes}))
+            if plan is not None
+            else (str(outcome), reason)
+        )
         if outcome is not Outcome.APPLIED:
             self._metrics.actions.labels(rt.name, plan.action if plan else "none", str(outcome), str(mode)).inc()
         repeat = (
@@ -961,18 +1170,18 @@ class Engine:
                 Outcome.OBSERVED,
                 Outcome.DRY_RUN,
             )
-            and rt.last_row == str(outcome)
+            and rt.last_row == key
         )
         # last_row (not last_outcome) decides repeats: last_outcome is persisted and shown, last_row is reset
         # when an episode ends, so a new episode's first skip is written again.
-        rt.last_row = str(outcome)
+        rt.last_row = key
         if outcome is not Outcome.APPLIED:
             rt.last_outcome = str(outcome)
         if repeat:
             return None
         duration_ms = (time.perf_counter() - started) * 1000
         changes = [c.as_dict() for c in plan.changes] if plan else []
-        decision_id = await asyncio.to_thread(
+        decision_id = await self._stored(
             self._store.add_decision,
             run_id=run_id,
             strategy=rt.name,

@@ -642,3 +642,88 @@ class StateStore:
             except OSError:
                 continue
         return total
+
+
+class HistoryReader:
+    """Reads the decision history over read-only connections of its own, one per thread: never the store's lock.
+
+    The API's history reads can be many and slow (a full page of rows, the whole-table counts); behind the
+    store's one lock they held up the writes a round makes. A reader thread gets its own connection on first
+    use (WAL lets it read while the store writes); when the store runs in memory, or a read-only connection
+    cannot be had, the read goes through the store as before.
+    """
+
+    _COLUMNS = StateStore._COLUMNS
+    _record = staticmethod(StateStore._record)
+
+    def __init__(self, store: StateStore) -> None:
+        self._store = store
+        self._local = threading.local()
+        self._opened: list[sqlite3.Connection] = []
+        self._guard = threading.Lock()
+        self._closed = False
+
+    @property
+    def version(self) -> int:
+        """The store's write version (what readers cache by)."""
+        return self._store.version
+
+    def decisions(self, *, after: int = 0, limit: int = 100, strategy: str | None = None) -> list[DecisionRecord]:
+        """Decisions with id > after, oldest first."""
+        return StateStore.decisions(self, after=after, limit=limit, strategy=strategy)  # type: ignore[arg-type]
+
+    def recent_decisions(self, limit: int = 10) -> list[DecisionRecord]:
+        """The newest decisions, newest first."""
+        return StateStore.recent_decisions(self, limit)  # type: ignore[arg-type]
+
+    def decision_stats(self) -> tuple[int, int, float, float | None]:
+        """(count of applied attempts, successes, mean duration ms, wall time of the last one)."""
+        return StateStore.decision_stats(self)  # type: ignore[arg-type]
+
+    def _connection(self) -> sqlite3.Connection | None:
+        store = self._store
+        if self._closed or store._memory_fallback or store._conn is None:
+            return None
+        generation = store.recreated
+        held: tuple[sqlite3.Connection, int] | None = getattr(self._local, "conn", None)
+        if held is not None and held[1] == generation:
+            return held[0]
+        if held is not None:
+            self._drop(held[0])
+        try:
+            uri = f"{store.path.resolve().as_uri()}?mode=ro"
+            conn = sqlite3.connect(uri, uri=True, check_same_thread=False, isolation_level=None, timeout=5)
+            conn.execute("PRAGMA busy_timeout=5000")
+            conn.execute("PRAGMA query_only=1")
+        except (OSError, sqlite3.Error):
+            return None
+        with self._guard:
+            self._opened.append(conn)
+        self._local.conn = (conn, generation)
+        return conn
+
+    def _drop(self, conn: sqlite3.Connection) -> None:
+        self._local.conn = None
+        with self._guard:
+            if conn in self._opened:
+                self._opened.remove(conn)
+        conn.close()
+
+    def _read(self, sql: str, args: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+        conn = self._connection()
+        if conn is None:
+            return self._store._read(sql, args)
+        try:
+            return conn.execute(sql, args).fetchall()
+        except sqlite3.Error:
+            # the file went away or changed under us: read through the store this time, reconnect next time
+            self._drop(conn)
+            return self._store._read(sql, args)
+
+    def close(self) -> None:
+        """Close every connection this reader opened."""
+        with self._guard:
+            self._closed = True
+            opened, self._opened = self._opened, []
+        for conn in opened:
+            conn.close()

@@ -18,6 +18,8 @@ from metrics.window import Windows
 
 JsonValue = Any
 _EMPTY: Mapping[str, JsonValue] = MappingProxyType({})
+# the pacing family of a plan that names none: every such action of a strategy shares one cooldown and budget
+DEFAULT_FAMILY = "default"
 
 
 class StrategyError(Exception):
@@ -96,6 +98,17 @@ class Plan:
     changes: tuple[Change, ...]
     expected: ExpectedEffect | None = None
     params: Mapping[str, JsonValue] = field(default_factory=lambda: _EMPTY)
+    # the action family this plan is paced in: each family of a strategy has its own cooldown and budget
+    # (a WAL checkpoint does not wait for a retention run); plans that name none share DEFAULT_FAMILY
+    family: str | None = None
+    # the plan only undoes this strategy's own earlier change (gives recorders their priority back): it is never
+    # held by a cooldown or the budget, since waiting would only keep the earlier change in effect longer
+    restores: bool = False
+
+    @property
+    def pacing_family(self) -> str:
+        """The family whose cooldown and budget this plan uses."""
+        return self.family or DEFAULT_FAMILY
 
     @property
     def reversible(self) -> bool:
@@ -120,6 +133,8 @@ class Plan:
             "changes": [c.as_dict() for c in self.changes],
             "expected": self.expected.as_dict() if self.expected else None,
             "params": dict(self.params),
+            "family": self.family,
+            "restores": self.restores,
         }
 
     @classmethod
@@ -139,6 +154,8 @@ class Plan:
             if isinstance(expected, Mapping)
             else None,
             params=MappingProxyType(dict(data.get("params") or {})),
+            family=str(data["family"]) if data.get("family") else None,
+            restores=bool(data.get("restores", False)),
         )
 
 
@@ -161,6 +178,11 @@ class ApplyResult:
     changes: tuple[Change, ...]
     detail: str
     revert_data: Mapping[str, JsonValue] = field(default_factory=lambda: _EMPTY)
+
+    @property
+    def changed(self) -> bool:
+        """Whether the re-read found anything to change: some change whose value after differs from before."""
+        return any(c.before != c.after for c in self.changes)
 
     def as_dict(self) -> dict[str, JsonValue]:
         """A JSON-ready form, for the journal."""

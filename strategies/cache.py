@@ -29,6 +29,7 @@ from strategies.base import (
 # signals this strategy derives from the sampled counters and keeps in the shared windows
 RECENT_HIT_RATE = "cache_recent_hit_rate"
 CLEARED = "cache_cleared"
+JUNK_SHARE = "cache_junk_share"
 
 INVALIDATE = "cache_invalidate"
 CLEAR = "cache_clear"
@@ -38,11 +39,15 @@ KIND_ENTRIES = "entries"
 KIND_HIT_RATE = "hit_rate"
 KIND_WARM = "warm"
 KIND_RESPONSE = "response"
+KIND_JUNK = "junk"
 
 # the lifetime hit rate the backend reports moves slowly; one percentage point is a visible recovery
 HIT_RATE_RECOVERY = 0.01
 # a clear leaves at most a tenth of the entries (or only what the probe re-fetched at once)
 CLEAR_RESIDUE_RATIO = 0.1
+# a clear (or an invalidation) counts the entries it drops among the removals; the expiry sweep counts nothing,
+# so a drop is someone's clear only when at least this share of the lost entries shows up there
+CLEAR_COUNTED_SHARE = 0.5
 # misses that add fewer new entries than this share are repeats of keys that expired (TTL), not junk
 TTL_NEW_ENTRY_SHARE = 0.2
 FULL_RATIO = 0.95
@@ -60,12 +65,14 @@ class Slowness:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class CounterPoint:
-    """One sample of the cache counters: when, lifetime hits and lookups, entries held."""
+    """One sample of the cache counters: when, lifetime hits, lookups and removals, entries held."""
 
     at: float
     hits: int
     lookups: int
     entries: int
+    # lifetime entries removed by invalidations, deletes and clears; None when the sample did not have it
+    removals: int | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -93,13 +100,23 @@ def counter_points(windows: Windows) -> list[CounterPoint]:
     """The cache counters of every sample in the windows that has all three of them, oldest first."""
     rates = dict(windows.points("cache_hit_rate"))
     entries = dict(windows.points("cache_entries"))
+    removals = dict(windows.points("cache_removals"))
     out: list[CounterPoint] = []
     for at, lookups in windows.points("cache_lookups"):
         rate, size = rates.get(at), entries.get(at)
         if rate is None or size is None:
             continue
+        removed = removals.get(at)
         # the stats give hits/(hits+misses); multiplying back recovers the hit counter exactly enough
-        out.append(CounterPoint(at=at, hits=round(rate * lookups), lookups=int(lookups), entries=int(size)))
+        out.append(
+            CounterPoint(
+                at=at,
+                hits=round(rate * lookups),
+                lookups=int(lookups),
+                entries=int(size),
+                removals=int(removed) if removed is not None else None,
+            )
+        )
     return out
 
 
@@ -120,11 +137,39 @@ def activity(points: Sequence[CounterPoint]) -> CacheActivity:
     )
 
 
+def restarted(prev: CounterPoint, cur: CounterPoint) -> bool:
+    """Whether the lifetime counters went back between two samples: the backend restarted with an empty map."""
+    return cur.lookups < prev.lookups or cur.hits < prev.hits
+
+
 def looks_cleared(prev: CounterPoint, cur: CounterPoint, residue: int) -> bool:
-    """Whether the cache lost nearly everything between two samples (a clear, or a backend restart)."""
+    """Whether the cache was emptied between two samples: by someone's clear, or by a backend restart.
+
+    Losing nearly every entry is not enough: on a small cache the backend's expiry sweep (every 60 s) does that
+    too (4 -> 1 entries), and it counts nothing. A clear adds the entries it dropped to the removal counters.
+    """
     if prev.entries <= residue or cur.entries >= prev.entries:
         return False
-    return cur.entries <= max(residue, int(prev.entries * CLEAR_RESIDUE_RATIO))
+    if cur.entries > max(residue, int(prev.entries * CLEAR_RESIDUE_RATIO)):
+        return False
+    if restarted(prev, cur):
+        return True
+    if prev.removals is None or cur.removals is None:
+        # no removal counter to tell by: the drop is all there is
+        return True
+    return cur.removals - prev.removals >= CLEAR_COUNTED_SHARE * (prev.entries - cur.entries)
+
+
+def junk_share(act: CacheActivity, min_misses: int) -> float:
+    """The share of the misses that left a new entry behind (keys never seen before); 0 below ``min_misses``.
+
+    A miss on a hot route's expired key stores that key again and the map does not grow; a junk query string
+    adds a key nobody asks for twice. Hits do not enter into it: the backend's services look up their own keys
+    in the same map, and their hits hid the junk from the hit rate.
+    """
+    if act.misses < min_misses or act.misses <= 0:
+        return 0.0
+    return min(1.0, act.new_entries / act.misses)
 
 
 def _median(values: Sequence[float]) -> float:
@@ -147,24 +192,31 @@ class CacheStrategy(Strategy):
     """Keeps the backend's response cache useful: drops junk entries and warms the hot endpoints after a clear.
 
     Watches: the backend's cache stats (either JSON shape) through the signals ``cache_hit_rate``,
-    ``cache_entries`` and ``cache_lookups``. Because the backend's counters are lifetime totals, the strategy
-    derives two signals from the differences between samples and keeps them in the shared windows:
-    ``cache_recent_hit_rate`` (hits per lookup over the last M samples, reading 1.0 while fewer than
-    ``min_lookups`` lookups happened, too few to judge) and ``cache_cleared`` (1.0 for M samples after the
-    cache lost nearly all its entries at once: a clear by anyone, or a backend restart, until it is warmed).
+    ``cache_entries``, ``cache_lookups`` and ``cache_removals``. Because the backend's counters are lifetime
+    totals, the strategy derives three signals from the differences between samples and keeps them in the
+    shared windows: ``cache_recent_hit_rate`` (hits per lookup over the last M samples, reading 1.0 while fewer
+    than ``min_lookups`` lookups happened, too few to judge); ``cache_junk_share`` (the share of the misses over
+    the last M samples that left a new entry behind: a junk query string adds a key nobody asks for again,
+    while a miss on an expired hot key stores that key again; 0 below ``min_lookups`` misses, and not counting
+    the refill after a clear); and ``cache_cleared`` (1.0 for M samples after the cache was emptied, until it
+    is warmed: a clear by anyone, which adds what it dropped to the removal counters, or a backend restart,
+    which zeroes the counters; the backend's 60 s expiry sweep empties a small cache too, but counts nothing,
+    and is not a clear). The backend's services keep their own entries in the same map and count their hits
+    in the same counters, so under junk the hit rate stays high; the junk share does not see their hits.
     It also watches the response time of the hot endpoints (signal ``response_time_seconds``) against the
     line ``max(response_time_floor_ms, learned baseline x baseline_factor)``: the floor while no baseline is
     learned, three times the usual p95 (by default) once one is, so a busy evening is not an incident and a
     quiet night's spike is.
 
-    Changes (safe): when the recent hit rate has fallen below ``hit_rate_floor`` or the cache holds more than
-    ``entries_limit`` entries for N of the last M samples, it invalidates the path prefixes of the hot
+    Changes (safe): when the junk share is above ``junk_share_limit``, the recent hit rate has fallen below
+    ``hit_rate_floor`` or the cache holds more than ``entries_limit`` entries for N of the last M samples, it
+    invalidates the path prefixes of the hot
     endpoints (``backend.hot_endpoints``; junk query strings on those paths are what inflates the map, and the
     backend's stats do not list keys), clears the whole cache when that left it over the limit and
     ``clear_fallback`` is on, then warms the hot endpoints with one GET each so the next viewers do not all go
     to the database. After a clear it did not make, it only warms, and a clear arms it at the first sample
     that shows it (not N of M): the stampede comes with the next viewers. Expected effect: ``cache_entries`` down
-    (explosion) or ``cache_hit_rate`` up (collapse), after ``settle_seconds``.
+    (explosion, junk) or ``cache_hit_rate`` up (collapse), after ``settle_seconds``.
 
     Slow hot endpoints also arm it (response time past its line in N of the last M samples). When the
     median of the last M samples is past the line while ``/health`` answers in under half of it, the answers
@@ -180,7 +232,7 @@ class CacheStrategy(Strategy):
     ``response_time_floor_ms`` and the learned baseline times ``baseline_factor`` while ``/health`` is fast.
 
     Options (``CCTV_OPTIMIZER_STRATEGIES__CACHE__*``): ``hit_rate_floor`` (0.3), ``min_lookups`` (50),
-    ``entries_limit`` (2000), ``clear_fallback`` (true), ``response_time_floor_ms`` (500),
+    ``entries_limit`` (2000), ``junk_share_limit`` (0.5), ``clear_fallback`` (true), ``response_time_floor_ms`` (500),
     ``baseline_factor`` (3), ``settle_seconds`` (10). ``ENABLE_CACHING=false`` switches it off.
 
     Risks: an invalidation or clear sends the next requests for those paths to the database (hence the
@@ -248,6 +300,14 @@ class CacheStrategy(Strategy):
                 return 1.0
         return 0.0
 
+    def _junk_value(self, points: Sequence[CounterPoint], index: int) -> float:
+        span = self._since_action(points[: index + 1], points[index].at)[-(self._span + 1) :]
+        # after a clear or a restart every miss stores a new entry until the working set is back: not junk
+        for prev, cur in itertools.pairwise(span):
+            if restarted(prev, cur) or looks_cleared(prev, cur, len(self._warm)):
+                return 0.0
+        return junk_share(activity(span), self._o.min_lookups)
+
     def update_signals(self) -> None:
         """Bring the derived signals up to date with the sampled counters (idempotent)."""
         points = counter_points(self._windows)
@@ -261,11 +321,12 @@ class CacheStrategy(Strategy):
                 {
                     RECENT_HIT_RATE: self._recent_value(points, index),
                     CLEARED: self._cleared_value(points, index),
+                    JUNK_SHARE: self._junk_value(points, index),
                 },
             )
 
     def triggers(self, baselines: Mapping[str, float]) -> Sequence[TriggerSpec]:
-        """Armed by too many entries, a collapsed recent hit rate, a cache found emptied, or slow hot endpoints."""
+        """Armed by too many entries, junk filling it, a collapsed recent hit rate, a cache emptied, slow hot endpoints."""
         # the engine asks for triggers before every detection: the moment to extend the derived series
         self.update_signals()
         limit = float(self._o.entries_limit)
@@ -275,6 +336,9 @@ class CacheStrategy(Strategy):
             TriggerSpec(signal="cache_entries", enter=limit, exit=limit * self._exit_ratio),
             TriggerSpec(signal=RECENT_HIT_RATE, enter=floor, exit=min(1.0, floor / self._exit_ratio), above=False),
             TriggerSpec(signal=CLEARED, enter=1.0, exit=0.5, samples_required=1),
+            TriggerSpec(
+                signal=JUNK_SHARE, enter=self._o.junk_share_limit, exit=self._o.junk_share_limit * self._exit_ratio
+            ),
             TriggerSpec(signal=RESPONSE, enter=slow, exit=slow * self._exit_ratio),
         )
 
@@ -394,8 +458,10 @@ class CacheStrategy(Strategy):
         recent = self.recent()
         rate = recent.hit_rate
         collapsed = rate is not None and recent.lookups >= o.min_lookups and rate < o.hit_rate_floor
-        if over or collapsed:
-            return self._plan_cleanup(cache.size, over=over, recent=recent)
+        share = self._windows.last(JUNK_SHARE) or 0.0
+        junky = share >= o.junk_share_limit
+        if over or collapsed or junky:
+            return self._plan_cleanup(cache.size, over=over, recent=recent, junk=share if junky else None)
         if self._cleared_now() and self._warm:
             return Plan(
                 strategy=self.name,
@@ -468,7 +534,7 @@ class CacheStrategy(Strategy):
             },
         )
 
-    def _plan_cleanup(self, size: int, *, over: bool, recent: CacheActivity) -> Plan | None:
+    def _plan_cleanup(self, size: int, *, over: bool, recent: CacheActivity, junk: float | None = None) -> Plan | None:
         o = self._o
         limit = o.entries_limit
         if not self._prefixes and not o.clear_fallback:
@@ -477,6 +543,11 @@ class CacheStrategy(Strategy):
         if over:
             reasons.append(f"backend cache holds {size} entries, over its limit of {limit}")
         rate = recent.hit_rate
+        if junk is not None:
+            reasons.append(
+                f"{_pct(junk)} of the last {recent.misses} misses left a new entry behind ({recent.new_entries} new "
+                f"entries, limit {_pct(o.junk_share_limit)}): junk query strings are filling the cache"
+            )
         if rate is not None and recent.lookups >= o.min_lookups and rate < o.hit_rate_floor:
             reasons.append(
                 f"hit rate fell to {_pct(rate)} over the last {recent.lookups} lookups (floor {_pct(o.hit_rate_floor)})"
@@ -505,6 +576,14 @@ class CacheStrategy(Strategy):
                 amount=float(max(1.0, size - limit * self._exit_ratio)),
                 settle_seconds=o.settle_seconds,
             )
+        elif junk is not None:
+            # the junk under the hot paths goes; at least half of what the window saw arrive
+            expected = ExpectedEffect(
+                signal="cache_entries",
+                direction=Direction.DOWN,
+                amount=float(max(1.0, min(size, recent.new_entries) / 2)),
+                settle_seconds=o.settle_seconds,
+            )
         else:
             expected = ExpectedEffect(
                 signal="cache_hit_rate",
@@ -513,7 +592,7 @@ class CacheStrategy(Strategy):
                 settle_seconds=o.settle_seconds,
             )
         params: dict[str, Any] = {
-            "kind": KIND_ENTRIES if over else KIND_HIT_RATE,
+            "kind": KIND_ENTRIES if over else KIND_JUNK if junk is not None else KIND_HIT_RATE,
             "prefixes": list(self._prefixes),
             "warm": list(self._warm),
             "limit": limit,
@@ -521,6 +600,7 @@ class CacheStrategy(Strategy):
             "entries_before": size,
             "recent_lookups": recent.lookups,
             "recent_hit_rate": round(rate, 4) if rate is not None else None,
+            "junk_share": round(junk, 4) if junk is not None else None,
         }
         return Plan(
             strategy=self.name, reason="; ".join(reasons), changes=tuple(changes), expected=expected, params=params

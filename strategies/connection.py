@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +14,7 @@ import structlog
 
 from config import units
 from config.settings import ConnectionOptions, DetectionSettings
-from metrics.sqlite import local_now, local_text
+from metrics.snapshot import SessionSample
 from strategies.actions import sessions as sess
 from strategies.actions.mediamtx import MediaMtxKicker, ReaderSession
 from strategies.base import (
@@ -27,11 +27,16 @@ from strategies.base import (
     Risk,
     Strategy,
     StrategyContext,
+    StrategyDeferred,
     StrategyError,
     TriggerSpec,
 )
 
 ESTABLISHED = "tcp_established"
+STALE = "sessions_stale"
+# pacing families: ending stuck sessions and kicking idle readers each have their own cooldown and budget
+SESSIONS_FAMILY = "end_sessions"
+KICK_FAMILY = "kick"
 
 
 def parse_created(text: str | None) -> datetime | None:
@@ -93,26 +98,67 @@ class IdleReaders:
         return out
 
 
+class SweepProgress:
+    """Whether the backend's sweep makes progress: since when the stale count has been above 0 and not gone down.
+
+    Fed with the ``sessions_stale`` samples (time, count) in order; remembers only the start of the current
+    flat-or-rising run and when the count last went down, so its memory does not grow.
+    """
+
+    def __init__(self) -> None:
+        self._seen_until: float | None = None
+        self._last: float | None = None
+        self.flat_since: float | None = None
+        self.last_down: float | None = None
+
+    def observe(self, points: Iterable[tuple[float, float]]) -> None:
+        """Take in the samples not seen yet."""
+        for at, value in points:
+            if self._seen_until is not None and at <= self._seen_until:
+                continue
+            self._seen_until = at
+            if value <= 0:
+                self.flat_since = None
+            elif self._last is not None and value < self._last:
+                self.last_down = at
+                self.flat_since = at
+            elif self.flat_since is None:
+                self.flat_since = at
+            self._last = value
+
+    def flat_for(self) -> float:
+        """Seconds the stale count has been seen above 0 without going down, up to the latest sample (0 when it is 0).
+
+        Measured between samples, never up to the present: a gap in sampling is no evidence.
+        """
+        if self.flat_since is None or self._seen_until is None:
+            return 0.0
+        return max(0.0, self._seen_until - self.flat_since)
+
+
 class ConnectionStrategy(Strategy):
     """Watches the backend's connections and viewer sessions; ends sessions its own sweep left behind.
 
-    Watches: viewer sessions in the backend database (``sessions_active``, ``sessions_stuck``: active
-    sessions whose last heartbeat, a LOCAL-time text, is older than ``stuck_session_seconds``), TCP
-    sockets per state on the backend's ports (``tcp_established``, ``tcp_close_wait``, ``tcp_time_wait``)
-    and MediaMTX readers (``mediamtx_readers``).
+    Watches: viewer sessions in the backend database (``sessions_active``; ``sessions_stale``: active sessions
+    silent past the backend's own ``session_timeout_seconds``, 15 s, compared exactly as its sweep compares,
+    in its own timezone read from ``system_settings``; ``sessions_stuck``: silent past
+    ``stuck_session_seconds``), TCP sockets per state on the backend's ports (``tcp_established``,
+    ``tcp_close_wait``, ``tcp_time_wait``) and MediaMTX readers (``mediamtx_readers``).
 
-    The backend ends a viewer session itself after 15 s without a heartbeat, with a sweep every 20 s,
-    so no session should stay active much past 35 s of silence. When some have been silent for
-    ``stuck_session_seconds`` (default 120) in N of the last M samples, the sweep is stuck or failing:
+    The backend's sweep runs every ``sweep_interval_seconds`` (20 s) and ends every session silent past 15 s.
+    A session silent past ``stuck_session_seconds`` (120 s) arms the strategy, but it acts only when the sweep
+    is shown not to progress: the count of stale sessions has not gone down for ``stuck_sweep_periods`` (6)
+    sweep periods and the oldest has been silent that long too. While the count goes down the sweep is
+    working through a backlog (20,000 stale sessions take it minutes): the finding ``sessions-sweep-backlog``
+    says so, and nothing is done.
 
-    Changes (safe, irreversible): the sweep's work is done for it. Every active session silent for longer
-    than the backend's own ``session_timeout_seconds`` (15 s), the stuck ones and those that would be next,
-    is ended the way the backend does it (``is_active = 0``, ``ended_at`` and ``duration_seconds`` in local
-    time, a copy in ``viewer_session_history``), in batches of ``session_batch_rows`` in short transactions,
-    giving up on a busy database after ``busy_timeout_ms``. ``ended_at`` is the last heartbeat plus
-    ``session_timeout_seconds``, when the working sweep would have ended it, so watch-time statistics are
-    not inflated by the outage. The finding ``sessions-sweep-stuck`` reports it, and stays for
-    ``finding_hold_seconds`` after the last stuck session because the backend still needs fixing.
+    Changes (safe, irreversible): the stalled sweep's work is done for it. Every session it would end now is
+    ended the way its ``endSession`` does it (``is_active = 0``, ``ended_at`` = the last heartbeat,
+    ``duration_seconds``, the ``viewer_session_history`` row, the ``camera_view_stats`` view), in batches of
+    ``session_batch_rows`` in short transactions, each session guarded by ``is_active = 1`` so one ended
+    meanwhile is not copied or counted twice, giving up on a busy database after ``busy_timeout_ms``. The finding
+    ``sessions-sweep-stuck`` reports it, and stays for ``finding_hold_seconds`` after the last stalled look
+    because the backend still needs fixing.
 
     Finding ``close-wait-leak``: CLOSE_WAIT sockets at or above ``close_wait_threshold`` in N of the last
     M samples (the backend does not close connections its peers closed), with the numbers.
@@ -133,12 +179,21 @@ class ConnectionStrategy(Strategy):
     switches the strategy off.
 
     Risks: ending a session that is in fact alive makes that viewer's next heartbeat fail, and the
-    player starts a new session; with the default 120 s that cannot hit a viewer whose heartbeats
-    arrive (every 5 s). A kicked reader reconnects if it is still there. Nothing here is reverted.
+    player starts a new session; only sessions silent past the backend's own timeout are ended, which a viewer
+    whose heartbeats arrive (every 5 s) never is. The backend caches its public view counts for a few
+    seconds, so they catch up with ``camera_view_stats`` a little later. A kicked reader reconnects if it
+    is still there. Nothing here is reverted.
     """
 
     name = "connection"
-    RUNTIME_STATE = ("_idle", "_stuck_seen_at", "_stuck_evidence", "_ended_total", "_ended_at")
+    RUNTIME_STATE = (
+        "_idle",
+        "_stuck_seen_at",
+        "_stuck_evidence",
+        "_ended_total",
+        "_ended_at",
+        "_sweep",
+    )
 
     def __init__(
         self,
@@ -150,7 +205,6 @@ class ConnectionStrategy(Strategy):
         exit_ratio: float,
         kicker: MediaMtxKicker | None = None,
         clock: Callable[[], float] = time.monotonic,
-        local_clock: Callable[[], datetime] | None = None,
         log: Any = None,
     ) -> None:
         self._o = options
@@ -160,7 +214,7 @@ class ConnectionStrategy(Strategy):
         self._exit_ratio = exit_ratio
         self._kicker = kicker if options.kick_idle_readers else None
         self._clock = clock
-        self._local = local_clock if local_clock is not None else (lambda: local_now(timezone_offset_hours))
+        self._sweep = SweepProgress()
         self._log = log if log is not None else structlog.get_logger("strategy.connection")
         self._idle = IdleReaders()
         self._stuck_seen_at: float | None = None
@@ -182,46 +236,64 @@ class ConnectionStrategy(Strategy):
         specs.append(TriggerSpec(signal=ESTABLISHED, enter=line, exit=line * self._exit_ratio))
         return tuple(specs)
 
-    def _cutoff(self) -> tuple[datetime, str]:
-        now = self._local()
-        return now, local_text(now - timedelta(seconds=self._o.stuck_session_seconds))
+    def stall_seconds(self) -> float:
+        """How long the stale count must not go down before the sweep counts as stuck."""
+        return self._o.stuck_sweep_periods * self._o.sweep_interval_seconds
+
+    def sweep_stalled(self, ctx: StrategyContext) -> bool:
+        """Whether the backend's sweep is shown not to progress (after taking in the samples since the last look)."""
+        self._sweep.observe(ctx.windows.points(STALE))
+        sessions = ctx.snapshot.sessions
+        if sessions is None or sessions.stale <= 0:
+            return False
+        oldest = sessions.oldest_heartbeat_age_seconds or 0.0
+        return (
+            self._sweep.flat_for() >= self.stall_seconds()
+            and oldest >= self._o.session_timeout_seconds + self.stall_seconds()
+        )
 
     # findings ----------------------------------------------------------------------------------------------------
 
     def findings(self, ctx: StrategyContext) -> Sequence[Finding]:
-        """``sessions-sweep-stuck`` while sessions are stuck (and a while after); ``close-wait-leak``."""
+        """``sessions-sweep-stuck`` or ``sessions-sweep-backlog``; ``close-wait-leak``; ``connections-above-normal``."""
         out: list[Finding] = []
         sessions = ctx.snapshot.sessions
-        if sessions is not None and sessions.stuck > 0:
+        stalled = self.sweep_stalled(ctx)
+        if stalled and sessions is not None:
             self._stuck_seen_at = ctx.now
             self._stuck_evidence = {
+                "stale_sessions": sessions.stale,
                 "stuck_sessions": sessions.stuck,
                 "active_sessions": sessions.active,
                 "oldest_heartbeat_age_seconds": round(sessions.oldest_heartbeat_age_seconds or 0.0, 1),
+                "not_down_for_seconds": round(self._sweep.flat_for(), 1),
+                "timezone": sessions.timezone,
             }
         last = max((t for t in (self._stuck_seen_at, self._ended_at) if t is not None), default=None)
         if last is not None and ctx.now - last <= self._o.finding_hold_seconds:
-            current = sessions.stuck if sessions is not None else None
             out.append(
                 Finding(
                     id="sessions-sweep-stuck",
                     strategy=self.name,
                     severity="warning",
                     summary=(
-                        "the backend's viewer-session sweep is not ending silent sessions: active sessions "
-                        f"had no heartbeat for over {self._o.stuck_session_seconds:g} s (the backend ends them "
-                        f"after {self._o.session_timeout_seconds:g} s)"
+                        "the backend's viewer-session sweep is not ending silent sessions: the number of sessions "
+                        f"silent past its {self._o.session_timeout_seconds:g} s timeout did not go down for "
+                        f"{self._o.stuck_sweep_periods} sweep periods ({units.duration(self.stall_seconds())})"
                     ),
                     evidence={
                         **self._stuck_evidence,
-                        "stuck_now": current,
-                        "stuck_after_seconds": self._o.stuck_session_seconds,
+                        "stale_now": sessions.stale if sessions is not None else None,
+                        "sweep_periods": self._o.stuck_sweep_periods,
+                        "sweep_interval_seconds": self._o.sweep_interval_seconds,
                         "backend_timeout_seconds": self._o.session_timeout_seconds,
                         "ended_by_optimizer": self._ended_total,
                         "last_seen_seconds_ago": round(ctx.now - last, 1),
                     },
                 )
             )
+        elif not stalled and sessions is not None and sessions.stuck > 0:
+            out.append(self._backlog(sessions, ctx.now))
         leak = self._close_wait(ctx)
         if leak is not None:
             out.append(leak)
@@ -229,6 +301,43 @@ class ConnectionStrategy(Strategy):
         if crowded is not None:
             out.append(crowded)
         return tuple(out)
+
+    def _sweep_state(self, now: float) -> str:
+        """Why nothing is done yet: the sweep is seen working, or the count has not stood still long enough."""
+        down = self._sweep.last_down
+        if down is not None and now - down <= self.stall_seconds():
+            return (
+                f"the backend's sweep is working through them (the count last went down "
+                f"{units.duration(now - down)} ago), so nothing is done"
+            )
+        return (
+            f"their number has not gone down for {units.duration(self._sweep.flat_for())}; the sweep counts as "
+            f"stuck after {units.duration(self.stall_seconds())} ({self._o.stuck_sweep_periods} of its periods)"
+        )
+
+    def _backlog(self, sessions: SessionSample, now: float) -> Finding:
+        """Sessions silent past the stuck line while the sweep still makes progress: it is catching up."""
+        down = self._sweep.last_down
+        state = self._sweep_state(now)
+        return Finding(
+            id="sessions-sweep-backlog",
+            strategy=self.name,
+            severity="info",
+            summary=(
+                f"{sessions.stale} viewer session(s) are silent past the backend's "
+                f"{self._o.session_timeout_seconds:g} s timeout, {sessions.stuck} of them past "
+                f"{units.duration(self._o.stuck_session_seconds)}: {state}"
+            ),
+            evidence={
+                "stale_sessions": sessions.stale,
+                "stuck_sessions": sessions.stuck,
+                "active_sessions": sessions.active,
+                "oldest_heartbeat_age_seconds": round(sessions.oldest_heartbeat_age_seconds or 0.0, 1),
+                "last_down_seconds_ago": round(now - down, 1) if down is not None else None,
+                "not_down_for_seconds": round(self._sweep.flat_for(), 1),
+                "stuck_after_seconds": round(self.stall_seconds(), 1),
+            },
+        )
 
     def _above_normal(self, ctx: StrategyContext) -> Finding | None:
         n, m = self._detection.samples_required, self._detection.window_samples
@@ -300,7 +409,7 @@ class ConnectionStrategy(Strategy):
     async def plan(self, ctx: StrategyContext) -> Plan | None:
         """End stuck sessions (safe) when there are any; otherwise kick idle readers when that is switched on."""
         if self._db is not None and ("sessions_stuck" in ctx.armed or ctx.manual):
-            plan = await self._sessions_plan()
+            plan = await self._sessions_plan(ctx)
             if plan is not None:
                 return plan
         # without kicking, ESTABLISHED past its line is the finding only: nothing to plan, no empty row
@@ -308,38 +417,50 @@ class ConnectionStrategy(Strategy):
             return await self._kick_plan(ctx)
         return None
 
-    async def _sessions_plan(self) -> Plan | None:
+    async def _sessions_plan(self, ctx: StrategyContext) -> Plan | None:
         assert self._db is not None
-        now, cutoff = self._cutoff()
-        stuck = await asyncio.to_thread(sess.count_stuck, self._db, cutoff, self._o.busy_timeout_ms)
-        if stuck.count == 0:
+        status = ctx.snapshot.sources.get("database")
+        if ctx.manual and ctx.snapshot.sessions is None and status is not None and status.error:
+            # asked by hand while the database cannot be read: say why (a deferral, never a failure)
+            raise StrategyDeferred(status.error)
+        if not self.sweep_stalled(ctx):
+            sessions = ctx.snapshot.sessions
+            if ctx.manual and sessions is not None and sessions.stale > 0 and self._kicker is None:
+                raise StrategyDeferred(
+                    f"{sessions.stale} session(s) silent past the backend's timeout: {self._sweep_state(ctx.now)}"
+                )
             return None
-        # an age, not the backend's local clock time: a history line shows one clock (its own, zone named)
-        oldest = sess.parse_local(stuck.oldest_heartbeat) if stuck.oldest_heartbeat else None
-        silent = f" for {units.duration((now - oldest).total_seconds())}" if oldest is not None else ""
+        stale = await asyncio.to_thread(
+            sess.count_stale, self._db, self._o.session_timeout_seconds, self._o.busy_timeout_ms, self._offset
+        )
+        if stale.count == 0:
+            return None
+        flat = self._sweep.flat_for()
         return Plan(
             strategy=self.name,
             reason=(
-                f"{stuck.count} viewer session(s) still active, the oldest without a heartbeat{silent} "
-                f"(over {units.duration(self._o.stuck_session_seconds)}; the backend's sweep ends them after "
-                f"{units.duration(self._o.session_timeout_seconds)}): the sweep is stuck"
+                f"{stale.count} viewer session(s) silent past the backend's "
+                f"{units.duration(self._o.session_timeout_seconds)} timeout and their number has not gone down for "
+                f"{units.duration(flat)} ({self._o.stuck_sweep_periods} or more sweep periods of "
+                f"{units.duration(self._o.sweep_interval_seconds)}): the sweep is stuck"
             ),
             changes=(
                 Change(
                     target="backend.viewer_sessions",
                     action="end_stuck_sessions",
-                    before=f"{stuck.count} active, silent over {self._o.stuck_session_seconds:g} s",
-                    after="ended, copied to viewer_session_history",
+                    before=f"{stale.count} active, silent past {self._o.session_timeout_seconds:g} s",
+                    after="ended as the backend ends them (history row, view counted)",
                     reversible=False,
                 ),
             ),
             expected=ExpectedEffect(
-                signal="sessions_stuck",
+                signal=STALE,
                 direction=Direction.DOWN,
-                amount=float(stuck.count),
+                amount=float(stale.count),
                 settle_seconds=self._o.settle_seconds,
             ),
-            params={"mode": "sessions", "count": stuck.count, "oldest_heartbeat": stuck.oldest_heartbeat},
+            params={"mode": "sessions", "count": stale.count, "oldest_heartbeat": stale.oldest_heartbeat},
+            family=SESSIONS_FAMILY,
         )
 
     async def _kick_plan(self, ctx: StrategyContext) -> Plan | None:
@@ -383,6 +504,7 @@ class ConnectionStrategy(Strategy):
                 "mode": "kick",
                 "readers": [{"kind": r.kind, "id": r.id, "bytes_sent": r.bytes_sent} for r in idle],
             },
+            family=KICK_FAMILY,
         )
 
     # acting ------------------------------------------------------------------------------------------------------
@@ -399,24 +521,17 @@ class ConnectionStrategy(Strategy):
     async def _end_sessions(self) -> ApplyResult:
         if self._db is None:
             raise StrategyError("backend.database is not configured")
-        now, cutoff = self._cutoff()
-        still = await asyncio.to_thread(sess.count_stuck, self._db, cutoff, self._o.busy_timeout_ms)
-        if still.count == 0:
-            return ApplyResult(changes=(), detail="no stuck session left: the backend ended them meanwhile")
-        # The sweep is stuck: do its whole job, so sessions just short of the stuck line do not wait a cooldown.
-        silent = min(self._o.stuck_session_seconds, self._o.session_timeout_seconds)
         result = await asyncio.to_thread(
-            sess.end_stuck_sessions,
+            sess.end_stale_sessions,
             self._db,
-            cutoff=local_text(now - timedelta(seconds=silent)),
-            now=now,
-            session_timeout_seconds=self._o.session_timeout_seconds,
+            timeout_seconds=self._o.session_timeout_seconds,
+            fallback_offset_hours=self._offset,
             batch_rows=self._o.session_batch_rows,
             max_batches=self._o.session_max_batches,
             busy_timeout_ms=self._o.busy_timeout_ms,
         )
         if result.ended == 0:
-            return ApplyResult(changes=(), detail="no stuck session left: the backend ended them meanwhile")
+            return ApplyResult(changes=(), detail="no stale session left: the backend ended them meanwhile")
         self._ended_total += result.ended
         self._ended_at = self._clock()
         self._log.warning(
@@ -427,7 +542,7 @@ class ConnectionStrategy(Strategy):
             remaining=result.remaining,
             stopped=result.stopped,
         )
-        detail = f"ended {result.ended} session(s) in {result.batches} batch(es); {result.remaining} still stuck"
+        detail = f"ended {result.ended} session(s) in {result.batches} batch(es); {result.remaining} still stale"
         if result.stopped:
             detail += f"; stopped: {result.stopped}"
         return ApplyResult(
@@ -435,8 +550,8 @@ class ConnectionStrategy(Strategy):
                 Change(
                     target="backend.viewer_sessions",
                     action="end_stuck_sessions",
-                    before=f"{result.ended + max(result.remaining, 0)} stuck",
-                    after=f"{max(result.remaining, 0)} stuck ({result.ended} ended, copied to history)",
+                    before=f"{result.ended + max(result.remaining, 0)} stale",
+                    after=f"{max(result.remaining, 0)} stale ({result.ended} ended, copied to history)",
                     reversible=False,
                 ),
             ),
@@ -485,9 +600,10 @@ class ConnectionStrategy(Strategy):
     async def reconcile(self, plan: Plan) -> str:
         """Each batch of ended sessions is complete or absent, and kicks are one-shot: say what is left."""
         if plan.params.get("mode") == "sessions" and self._db is not None:
-            _, cutoff = self._cutoff()
-            stuck = await asyncio.to_thread(sess.count_stuck, self._db, cutoff, self._o.busy_timeout_ms)
-            return f"{stuck.count} session(s) still stuck; the next round ends them"
+            stale = await asyncio.to_thread(
+                sess.count_stale, self._db, self._o.session_timeout_seconds, self._o.busy_timeout_ms, self._offset
+            )
+            return f"{stale.count} session(s) still stale; the next round ends them if the sweep is still stuck"
         return "nothing to reconcile: kicks are one-shot"
 
     async def close(self) -> None:

@@ -116,15 +116,17 @@ class CpuStrategy(Strategy):
     and IO priority best-effort 7 (or ``idle`` with ``recorder_ionice_idle``); a recorder already at a
     lower priority is left alone, and a real-time IO class is never demoted. The values each thread had
     are saved first (also to ``cpu-priorities.json`` in the state directory, so a restart or a reload
-    still restores them). While hot, ``sample_interval_factor`` asks the daemon to stretch its own
-    sample interval by ``hot_sample_interval_factor`` (the daemon multiplies its adapted interval by the
-    largest factor any strategy asks for, up to ``sampler.max_interval_ms``). The expected effect is a faster backend
-    (``response_time_seconds`` down) after ``settle_seconds``; if it got slower the engine reverts.
+    still restores them). While it holds lowered recorders, ``sample_interval_factor`` asks the daemon to
+    stretch its own sample interval by ``hot_sample_interval_factor`` (the daemon multiplies its adapted interval
+    by the largest factor any strategy asks for, up to ``sampler.max_interval_ms``). The expected effect is a
+    faster backend (``response_time_seconds`` down) after ``settle_seconds``; if it got slower the engine reverts.
+    With no recorder to lower (a host without recorders) it plans nothing and writes no row.
 
     Restoring: while it holds lowered recorders, the strategy also arms on calm (``cpu_ratio`` at or
     below its exit line), so it is asked to plan although the heat is gone; it restores the saved
     values once every watched signal has stayed under its exit line for the whole window (M samples).
-    This keeps the restore a plan of its own, gated and recorded like any other change.
+    This keeps the restore a plan of its own, recorded like any other change; as it only undoes the
+    strategy's own change, no cooldown or budget holds it (sampling is not left stretched on a calm host).
 
     Operators win: if a managed recorder's nice or IO priority is no longer what the strategy set, it
     is dropped from management without a fight (log event ``operator_override``, and the finding
@@ -381,6 +383,9 @@ class CpuStrategy(Strategy):
                     reversible=True,
                 )
             )
+        if not targets:
+            # no recorder to lower (none on this host, or all lowered already): nothing to plan, and no row
+            return None
         factor = self._o.hot_sample_interval_factor
         if factor > self._factor:
             changes.append(
@@ -392,12 +397,10 @@ class CpuStrategy(Strategy):
                     reversible=True,
                 )
             )
-        if not changes:
-            return None
         signals = ctx.snapshot.signals()
         response = signals.get("response_time_seconds")
         expected = None
-        if targets and response is not None and response > 0:
+        if response is not None and response > 0:
             expected = ExpectedEffect(
                 signal="response_time_seconds",
                 direction=Direction.DOWN,
@@ -409,11 +412,7 @@ class CpuStrategy(Strategy):
             f"load per core {units.number(signals.get('load_per_core', 0.0))},"
             f" PSI cpu {units.named('psi_cpu_some', signals.get('psi_cpu_some', 0.0))}"
         )
-        reason = (
-            f"{heat}: {len(targets)} recorder(s) at normal priority using {busy:.0%} CPU yield to the backend"
-            if targets
-            else f"{heat}: no recorder to lower; the daemon samples less often"
-        )
+        reason = f"{heat}: {len(targets)} recorder(s) at normal priority using {busy:.0%} CPU yield to the backend"
         return Plan(
             strategy=self.name,
             reason=reason,
@@ -445,18 +444,24 @@ class CpuStrategy(Strategy):
             )
         m = self._detection.window_samples
         cpu = max(ctx.windows.values("cpu_ratio", m), default=0.0)
+        what = (
+            f"{len(self._held)} recorder(s) get their priority back"
+            if self._held
+            else "the sample interval goes back to normal (the lowered recorders have exited)"
+        )
         return Plan(
             strategy=self.name,
             reason=(
                 f"calm for the last {m} samples (host CPU at most {cpu:.0%}, exit line "
-                f"{_percent(self._threshold * self._exit_ratio)}): {len(self._held)} recorder(s) get "
-                "their priority back"
+                f"{_percent(self._threshold * self._exit_ratio)}): {what}"
             ),
             changes=tuple(changes),
             params={
                 "mode": "restore",
                 "recorders": [{"pid": h.pid, "start_ticks": h.start_ticks} for h in self._held.values()],
             },
+            # undoing its own change: no cooldown holds it, so sampling is not left stretched on a calm host
+            restores=True,
         )
 
     async def apply(self, plan: Plan) -> ApplyResult:
@@ -530,7 +535,8 @@ class CpuStrategy(Strategy):
             )
         factor_before = self._factor
         factor = float(plan.params.get("factor", 1.0))
-        if factor > self._factor:
+        # the daemon samples less often only while it holds lowered recorders (all exited: nothing to stretch for)
+        if factor > self._factor and self._held:
             self._factor = factor
             done.append(
                 Change(

@@ -11,8 +11,8 @@ from typing import Any, NoReturn
 
 from config import units
 from config.settings import DatabaseOptions
-from metrics.snapshot import DatabaseSample, TableStat
-from metrics.sqlite import LOCAL_FORMAT, local_now
+from metrics import backendtime as bt
+from metrics.snapshot import DatabaseSample, TableStat, age_days
 from strategies.actions import backup
 from strategies.actions import retention as ret
 from strategies.actions import sqlite as sql
@@ -33,13 +33,16 @@ from strategies.base import (
 
 PRUNE = "retention_prune"
 VACUUM = "vacuum"
+# pacing families: a checkpoint, a retention run and a VACUUM each wait only for their own cooldown and budget
+CHECKPOINT_FAMILY = "checkpoint"
+RETENTION_FAMILY = "retention"
+VACUUM_FAMILY = "vacuum"
 TABLE_AGE_SIGNAL = "table_oldest_days:"
 # the backend archives history older than 90 days every 6 hours: a day more means the job is not keeping up
 HISTORY_DAYS = 90.0
 HISTORY_TABLE = "viewer_session_history"
 ARCHIVE_TABLE = "viewer_session_history_archive"
-# the table-age signals read local-time columns as UTC, so they are off by up to 14 hours; retention arms
-# a day past the cutoff and disarms only once the oldest row is back within the cutoff plus that error
+# retention arms a day past the cutoff and disarms once the oldest row is back within the cutoff plus a margin
 ARM_SLACK_DAYS = 1.0
 DISARM_SLACK_DAYS = 0.6
 PLAN_COUNT_SECONDS = 5.0
@@ -50,16 +53,14 @@ _mib = units.size
 _days = units.days
 
 
-def _age_days(text: str | None, base: ret.TimeBase, now_utc: datetime, offset_hours: float) -> float | None:
-    """Age in days of a stored timestamp, read in its own time base; None when it cannot be parsed."""
-    if not text:
-        return None
-    try:
-        moment = datetime.strptime(text[:19].replace("T", " "), LOCAL_FORMAT)
-    except ValueError:
-        return None
-    now = local_now(offset_hours if base is ret.TimeBase.LOCAL else 0.0, now_utc)
-    return (now - moment).total_seconds() / 86400.0
+def _count(n: int, noun: str) -> str:
+    """``1 table``, ``3 tables``."""
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
+def _age_days(stat: TableStat, now_utc: datetime) -> float | None:
+    """Age in days of a table's oldest row, read in its column's own time base when sampled; never negative."""
+    return age_days(stat.oldest_epoch, now_utc.timestamp())
 
 
 class DatabaseStrategy(Strategy):
@@ -84,11 +85,11 @@ class DatabaseStrategy(Strategy):
       tables nobody cleans: ended ``viewer_sessions`` and ``playback_viewer_sessions`` rows (never an active
       one), ``playback_token_sessions`` and ``token_blacklist`` by expiry, ``playback_token_audit_logs``,
       ``login_attempts``, ``camera_source_lifecycle_events``, ``recording_maintenance_events``, and the two
-      history archive tables after ``archive_retention_days`` (365). Each column is compared in its own time
-      base: session columns in the backend's local time (``backend.timezone_offset_hours``), columns filled
-      by ``CURRENT_TIMESTAMP`` in UTC. It deletes ``retention_batch_rows`` (500) rows per short write
-      transaction, at most ``retention_max_rows_per_run`` per round, within ``maintenance_max_seconds``,
-      and stops when the backend's writer holds the lock. It never touches ``telegram_archive_uploads``
+      history archive tables after ``archive_retention_days`` (365). Each column is compared in the clock the
+      backend writes it in (metrics/tables.py): session columns in its local time, in the zone of its
+      ``system_settings`` row read at each plan; the others in UTC, as text or ISO. It deletes
+      ``retention_batch_rows`` (500) rows per short write transaction, at most ``retention_max_rows_per_run``
+      per round, within ``maintenance_max_seconds``, and stops when the backend's writer holds the lock. It never touches ``telegram_archive_uploads``
       (the only index of archived footage) nor the tables the backend cleans itself. Armed when a table's
       oldest row is a day past its cutoff. Expected effect: ``freelist_ratio`` up (the pages are reused).
     - ``VACUUM`` (``vacuum_enabled``): only inside ``vacuum_window`` (``HH:MM-HH:MM``, the backend's local
@@ -103,7 +104,10 @@ class DatabaseStrategy(Strategy):
     restore-backup FILE`` puts a backup back (with the backend stopped).
 
     A round does one thing: a checkpoint when the WAL is over its limit, else retention, else VACUUM, else
-    (when asked by hand) a checkpoint and ``PRAGMA optimize``.
+    (when asked by hand) a checkpoint and ``PRAGMA optimize``. Each is paced on its own (action families
+    ``checkpoint``, ``retention`` and ``vacuum``, each with its own cooldown and budget), so a retention run
+    never holds an oversized WAL back. A checkpoint truncates whenever the live WAL is over its limit when it
+    runs, whatever the sample it was planned from said.
 
     Findings: ``database-busy``; ``database-backup-no-room``; ``database-integrity`` (quick_check found problems: critical);
     ``archive-table-missing`` (``viewer_session_history_archive`` does not
@@ -148,6 +152,8 @@ class DatabaseStrategy(Strategy):
         self._no_room: dict[str, Any] | None = None
         self._exit_ratio = exit_ratio
         self._offset = timezone_offset_hours
+        # the backend's timezone (its system_settings row), read again at every retention plan
+        self._zone = bt.resolve_zone(None, timezone_offset_hours)
         self._clock = clock
         self._wall = wall
         self._last_optimize: float | None = None
@@ -160,7 +166,12 @@ class DatabaseStrategy(Strategy):
         return float(self._o.archive_retention_days if rule.archive else self._o.retention_days)
 
     def _local(self, wall: float) -> datetime:
-        return local_now(self._offset, datetime.fromtimestamp(wall, UTC))
+        return self._zone.now_local(datetime.fromtimestamp(wall, UTC))
+
+    def _follow_zone(self, db: DatabaseSample) -> None:
+        """Take the backend's zone as sampled: the vacuum window follows a zone changed at runtime."""
+        if db.timezone is not None and db.timezone != self._zone.name:
+            self._zone = bt.resolve_zone(db.timezone, self._offset)
 
     def in_vacuum_window(self, wall: float) -> bool:
         """Whether the wall time falls in the configured quiet window (the backend's local time)."""
@@ -193,6 +204,7 @@ class DatabaseStrategy(Strategy):
         db = ctx.snapshot.database
         if db is None:
             return ()
+        self._follow_zone(db)
         out: list[Finding] = []
         if db.busy:
             out.append(
@@ -261,7 +273,7 @@ class DatabaseStrategy(Strategy):
         history = db.tables.get(HISTORY_TABLE)
         if history is None:
             return []
-        age = _age_days(history.oldest, ret.TimeBase.LOCAL, now, self._offset)
+        age = _age_days(history, now)
         evidence: dict[str, Any] = {
             "history_rows": history.rows,
             "oldest": history.oldest,
@@ -304,7 +316,7 @@ class DatabaseStrategy(Strategy):
             if stat is None:
                 continue
             days = self._retention_days(rule)
-            age = _age_days(stat.oldest, rule.time_base, now, self._offset)
+            age = _age_days(stat, now)
             too_old = age is not None and age > days + ARM_SLACK_DAYS
             too_big = stat.rows >= self._o.table_rows_warning
             if not (too_old or too_big):
@@ -349,6 +361,8 @@ class DatabaseStrategy(Strategy):
     async def plan(self, ctx: StrategyContext) -> Plan | None:
         """A checkpoint when the WAL is over its limit; else retention or VACUUM when due; else (manual) upkeep."""
         db = ctx.snapshot.database
+        if db is not None:
+            self._follow_zone(db)
         if db is None:
             status = ctx.snapshot.sources.get("database")
             if ctx.manual and status is not None and status.error:
@@ -452,17 +466,26 @@ class DatabaseStrategy(Strategy):
             if over
             else f"requested: WAL is {_mib(wal)} (limit {_mib(limit)})"
         )
-        return Plan(strategy=self.name, reason=reason, changes=tuple(changes), expected=expected, params=params)
+        return Plan(
+            strategy=self.name,
+            reason=reason,
+            changes=tuple(changes),
+            expected=expected,
+            params=params,
+            family=CHECKPOINT_FAMILY,
+        )
 
     def _cutoffs(self, wall: float) -> dict[str, str]:
         now = datetime.fromtimestamp(wall, UTC)
         return {
-            rule.table: ret.cutoff_text(rule.time_base, now, self._retention_days(rule), self._offset)
+            rule.table: ret.cutoff_text(rule.time_base, now, self._retention_days(rule), self._zone)
             for rule in ret.RULES
         }
 
     async def _plan_retention(self, db: DatabaseSample, wall: float) -> Plan | None:
         """Count, read-only, the rows past their cutoff; plan to delete up to the per-round budget."""
+        # the zone an admin set now, not the one at start-up: local-time cutoffs follow it
+        self._zone = await asyncio.to_thread(ret.backend_zone, self._path, self._o.busy_timeout_ms, self._offset)
         cutoffs = self._cutoffs(wall)
         counts = await asyncio.to_thread(
             ret.count_candidates,
@@ -498,12 +521,13 @@ class DatabaseStrategy(Strategy):
         if not changes:
             return None
         waiting = sum(c.prunable for c in counts)
+        holding = sum(1 for c in counts if c.prunable > 0)
         reason = (
             f"{waiting} rows past their retention ({self._o.retention_days} days, archives "
-            f"{self._o.archive_retention_days}) in {len(tables)} tables nobody cleans"
+            f"{self._o.archive_retention_days}) in {_count(holding, 'table')} nobody cleans"
         )
         if total < waiting:
-            reason += f"; {total} this round"
+            reason += f"; {total} of them this round, from {_count(len(tables), 'table')} ({', '.join(tables)})"
         expected = (
             ExpectedEffect(
                 signal="freelist_ratio",
@@ -520,6 +544,7 @@ class DatabaseStrategy(Strategy):
             changes=tuple(changes),
             expected=expected,
             params={"retention": True, "tables": tables, "cutoffs": {t: cutoffs[t] for t in tables}},
+            family=RETENTION_FAMILY,
         )
 
     def _plan_vacuum(self, db: DatabaseSample, wall: float) -> Plan | None:
@@ -551,6 +576,7 @@ class DatabaseStrategy(Strategy):
                 settle_seconds=self._o.settle_seconds,
             ),
             params={"vacuum": True},
+            family=VACUUM_FAMILY,
         )
 
     # acting ------------------------------------------------------------------------------------------------------
@@ -575,7 +601,9 @@ class DatabaseStrategy(Strategy):
             else:
                 passive = sql.checkpoint(self._path, "PASSIVE", busy_ms)
                 result = passive
-                if plan.params.get("truncate") and passive.wal_bytes_after >= limit:
+                # the live WAL decides, not the plan: a WAL that grew past its limit since the plan's sample
+                # (a request planned "WAL is 0.6 MiB" while it was 71.5 MiB) is truncated all the same
+                if passive.wal_bytes_after >= limit:
                     if passive.busy or passive.checkpointed_frames < passive.log_frames:
                         # A TRUNCATE would wait busy_timeout_ms holding off the backend's writer, then fail.
                         self._defer(passive)

@@ -45,6 +45,7 @@ PRUNE = "hls_prune"
 CACHE = "cache_cleanup"
 SELF = "self_cleanup"
 RESTART = "backend_restart"
+UPTIME = "backend_uptime_seconds"
 
 log = structlog.get_logger("strategy.memory")
 
@@ -85,7 +86,8 @@ class MemoryStrategy(Strategy):
     ``MEMORY_THRESHOLD`` (``memory_used_ratio``); /dev/shm against ``shm_used_ratio``; the HLS directory
     against ``hls_budget_bytes`` (``hls_bytes``); the backend's RSS against ``backend_rss_limit_bytes``, or its
     steady growth when that reaches pm2's ``backend_kill_bytes`` within ``restart_lead_seconds``
-    (``backend_rss_bytes``); the backend response cache against ``cache_entries_limit`` (``cache_entries``);
+    (``backend_rss_bytes``; growth is judged only on samples taken ``growth_warmup_seconds`` after the backend's
+    latest start, from ``backend_uptime_seconds``, so a restart starts it over); the backend response cache against ``cache_entries_limit`` (``cache_entries``);
     and, with ``ENABLE_GC``, the daemon's own RSS against ``GC_THRESHOLD`` x ``own_budget_bytes``
     (``own_rss_bytes``).
 
@@ -171,8 +173,17 @@ class MemoryStrategy(Strategy):
     # detection ---------------------------------------------------------------------------------------------------
 
     def backend_growth(self) -> Growth | None:
-        """Steady growth of the backend's RSS over the window, when there is one."""
+        """Steady growth of the backend's RSS since its warm-up ended, when there is one.
+
+        A restart starts over: the old process's samples say nothing about the new one, and a fresh process
+        grows while it warms up (heap, caches, connections) without leaking.
+        """
         points = self._windows.points("backend_rss_bytes")
+        uptime = self._windows.points(UPTIME)
+        if uptime:
+            at, seconds = uptime[-1]
+            judged_from = at - seconds + self._o.growth_warmup_seconds
+            points = [p for p in points if p[0] >= judged_from]
         return steady_growth(points, min_span_seconds=self._o.growth_min_span_seconds)
 
     def backend_enter(self, growth: Growth | None) -> float:

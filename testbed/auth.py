@@ -121,10 +121,17 @@ class Lockout:
 
 
 class LoginGuard:
-    """Counts failed logins and locks out a user after 5 and an IP after 10 within the lockout window."""
+    """services/bruteForceProtection.js: failed logins counted per username and per client address.
+
+    A username with 5 or an address with 10 failures inside the tracking window (15 minutes) is locked:
+    every further login, even a correct one, is refused with the same 401 "Invalid credentials" as a
+    wrong password, and a refused attempt is not counted again. The backend's 30/60-minute lockout
+    lengths start at the last failure and so never outlast the window. A success clears the username's
+    failures (the address's remain).
+    """
 
     def __init__(self, *, lockout_seconds: float, clock: Callable[[], float] = time.monotonic) -> None:
-        """Start with no failures recorded."""
+        """``lockout_seconds`` is the tracking window (900 s in the backend)."""
         self.lockout_seconds = lockout_seconds
         self._clock = clock
         self._by_user: dict[str, deque[float]] = {}
@@ -136,30 +143,35 @@ class LoginGuard:
         self._by_ip.clear()
 
     def check(self, username: str, ip: str) -> Lockout | None:
-        """A Lockout when this user or IP is locked now, else None."""
+        """A Lockout when this username or address is locked now, else None."""
         now = self._clock()
         for scope, failures, limit in (
-            ("user", self._recent(self._by_user, username.lower(), now), USER_FAILURE_LIMIT),
+            ("user", self._recent(self._by_user, username, now), USER_FAILURE_LIMIT),
             ("ip", self._recent(self._by_ip, ip, now), IP_FAILURE_LIMIT),
         ):
             if len(failures) >= limit:
-                # Locked until the failure that crossed the limit leaves the window.
+                # locked until the failure that crossed the limit leaves the window
                 until = failures[-limit] + self.lockout_seconds
                 return Lockout(scope=scope, retry_after=max(1, int(until - now + 0.999)))
         return None
 
-    def record_failure(self, username: str, ip: str) -> None:
-        """Count one failed attempt against both the user and the IP."""
+    def failures(self, username: str, ip: str) -> int:
+        """getCurrentAttemptCount: the larger of the username's and the address's recent failures."""
         now = self._clock()
-        self._by_user.setdefault(username.lower(), deque()).append(now)
+        return max(len(self._recent(self._by_user, username, now)), len(self._recent(self._by_ip, ip, now)))
+
+    def record_failure(self, username: str, ip: str) -> None:
+        """Count one failed attempt against both the username and the address."""
+        now = self._clock()
+        self._by_user.setdefault(username, deque()).append(now)
         self._by_ip.setdefault(ip, deque()).append(now)
 
     def record_success(self, username: str) -> None:
-        """A successful login clears the user's failures (the IP's remain)."""
-        self._by_user.pop(username.lower(), None)
+        """A successful login clears the username's failures (the address's remain)."""
+        self._by_user.pop(username, None)
 
     def _recent(self, table: dict[str, deque[float]], key: str, now: float) -> deque[float]:
-        """Failures of `key` still inside the lockout window."""
+        """Failures of ``key`` still inside the tracking window."""
         failures = table.get(key)
         if failures is None:
             return deque()

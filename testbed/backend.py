@@ -1,16 +1,15 @@
-"""The backend's HTTP contract (TARGET.md), served with aiohttp.
+"""The backend's HTTP contract, served with aiohttp, as the real backend's code and answers have it.
 
-Request pipeline, in order: JSON error mapping; per-IP rate limit (not /health, not
-/_testbed/*); X-API-Key on non-public paths when an API key is configured; CSRF
-double-submit on every POST/PUT/PATCH/DELETE except login and refresh; then the route,
-which checks the admin token where needed.
+Request pipeline, in the backend's hook order: per-client rate limit (middleware/rateLimiter.js; not the
+whitelist, not /_testbed/*); X-API-Key on non-public paths once a key is configured
+(middleware/apiKeyValidator.js: 403 "Access denied" when missing or wrong); for the routes whose auth is
+an onRequest hook (``/api/admin/*``, ``/api/auth/logout``, ``/api/auth/verify``) the token next; then the
+CSRF double-submit on POST/PUT/PATCH/DELETE (middleware/csrfProtection.js; login, refresh, viewer and
+stream routes are skipped); then the route, whose own preHandler checks the token (``/api/cache/*``).
 
-Login lockout: 5 failed logins for a username or 10 from an IP within the lockout
-window (30 min by default) refuse further logins, even with the right password, with
-**429** `{"success":false,"message":"Too many failed login attempts...","retryAfter":N}`
-and a `Retry-After` header. 429 rather than 423 because TARGET.md groups lockout with
-rate limiting ("never retry a failed login in a loop", "honour Retry-After"): a client
-that honours Retry-After on 429 then waits out the lockout instead of hammering login.
+Login lockout (services/bruteForceProtection.js): 5 failures for a username or 10 from an address inside
+the 15-minute tracking window refuse further logins, even correct ones, with the same 401
+"Invalid credentials" as a wrong password; each failure is answered after a 1/2/4/8 s delay.
 """
 
 from __future__ import annotations
@@ -33,11 +32,13 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 from testbed.auth import TokenError, csrf_valid, token_fingerprint
+from testbed.cache import AREA_LIST_KEY, CAMERA_LIST_KEY, CAMERA_MAP_KEY, SERVICE_TTL_SECONDS, middleware_key
 from testbed.database import verify_password
 from testbed.hls import TEMP_SUFFIX
-from testbed.ratelimit import route_class
+from testbed.localtime import SHORT_NAMES, ZONE_ALIASES
+from testbed.ratelimit import TOO_MANY, route_class
 from testbed.scenarios import ScenarioError, run_scenario
-from testbed.viewers import camera_exists, heartbeat, start_session, stop_session, viewer_stats
+from testbed.viewers import heartbeat, start_session, stop_session, viewer_stats
 
 if TYPE_CHECKING:
     from testbed.runtime import Testbed
@@ -47,20 +48,46 @@ compact_json = functools.partial(json.dumps, separators=(",", ":"))
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
+# apiKeyValidator.js: paths that never need X-API-Key (note: /api/auth/refresh and /api/auth/csrf do)
 PUBLIC_PATHS = frozenset(
     {
         "/health",
+        "/api/auth/login",
+        "/api/auth/register",
+        "/api/auth/register-info",
         "/api/cameras/active",
+        "/api/stream",
         "/api/areas/public",
         "/api/viewer/start",
         "/api/viewer/heartbeat",
         "/api/viewer/stop",
-        "/api/auth/login",
-        "/api/auth/refresh",
     }
 )
-PUBLIC_PREFIXES = ("/api/stream/", "/hls/", "/_testbed/")
-CSRF_EXEMPT = frozenset({"/api/auth/login", "/api/auth/refresh"})
+PUBLIC_PREFIXES = (
+    "/api/public/",
+    "/api/stream/",
+    "/hls/",
+    "/api/billing/webhook",
+    "/api/voucher/webhook",
+    "/_testbed/",
+)
+# csrfProtection.js: URL prefixes whose state-changing requests skip the CSRF check
+CSRF_SKIP_PREFIXES = (
+    "/api/stream",
+    "/api/viewer/",
+    "/api/playback-viewer/",
+    "/api/auth/refresh",
+    "/health",
+    "/hls",
+    "/api/billing/webhook",
+    "/api/voucher/webhook",
+    "/api/playback-access/webhook",
+    "/api/auth/login",
+)
+# routes whose token check is an onRequest hook, so it answers before the CSRF preHandler
+AUTH_BEFORE_CSRF_PREFIXES = ("/api/admin/", "/api/auth/logout", "/api/auth/verify")
+API_KEY_PATTERN = re.compile(r"[0-9a-fA-F]{64}")
+LOGIN_DELAYS = (1.0, 2.0, 4.0, 8.0)
 MUTATING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 LOOPBACK = frozenset({"127.0.0.1", "::1", "::ffff:127.0.0.1"})
 SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
@@ -68,8 +95,14 @@ CONTENT_TYPES = {".m3u8": "application/vnd.apple.mpegurl", ".mp4": "video/mp4", 
 
 
 def is_public(path: str) -> bool:
-    """True for paths that never need a token or an API key."""
+    """True for paths that never need an API key."""
     return path in PUBLIC_PATHS or path.startswith(PUBLIC_PREFIXES)
+
+
+def validation_error(message: str) -> ApiFailure:
+    """Fastify's schema-validation answer (no ``success`` key)."""
+    body = {"statusCode": 400, "code": "FST_ERR_VALIDATION", "error": "Bad Request", "message": message}
+    return ApiFailure(400, body)
 
 
 class ApiFailure(Exception):
@@ -119,8 +152,23 @@ async def read_json(request: web.Request) -> dict[str, Any]:
 
 
 def client_ip(request: web.Request) -> str:
-    """The peer address the limits and logs use."""
+    """The peer address (Fastify's request.ip), used by the login lockout and the logs."""
     return request.remote or "unknown"
+
+
+def viewer_ip(request: web.Request) -> str:
+    """The address a viewer session records (getRealIP): X-Forwarded-For's first, X-Real-IP, else the peer."""
+    forwarded = request.headers.get("X-Forwarded-For", "")
+    if forwarded:
+        return forwarded.split(",")[0].strip()
+    real = request.headers.get("X-Real-IP", "").strip()
+    return real or client_ip(request)
+
+
+def rate_limit_client(request: web.Request) -> str:
+    """The rate limiter's client: CF-Connecting-IP when sent, else the peer address (resolveClientIp)."""
+    forwarded = request.headers.get("CF-Connecting-IP", "").strip()
+    return forwarded or client_ip(request)
 
 
 class BackendApi:
@@ -153,61 +201,71 @@ class BackendApi:
 
     @web.middleware
     async def guard(self, request: web.Request, handler: Handler) -> web.StreamResponse:
-        """Rate limit, API key and CSRF, in the backend's order."""
+        """Rate limit, API key, early token check and CSRF, in the backend's order."""
         path = request.path
         if path.startswith("/_testbed/"):
             if request.remote not in LOOPBACK:
                 raise fail(403, "Control routes are loopback only")
             return await handler(request)
         limit_headers: dict[str, str] = {}
-        cls = route_class(path)
+        cls = route_class(request.path_qs)
         if cls is not None:
-            decision = self.tb.limiter.hit(client_ip(request), cls)
+            decision = self.tb.limiter.hit(rate_limit_client(request), cls)
             limit_headers = {
-                "x-ratelimit-limit": str(decision.limit),
-                "x-ratelimit-remaining": str(decision.remaining),
-                "x-ratelimit-reset": str(decision.reset_after),
+                "X-RateLimit-Limit": str(decision.limit),
+                "X-RateLimit-Remaining": str(decision.remaining),
+                "X-RateLimit-Reset": str(decision.reset_epoch),
             }
             if not decision.allowed:
-                body = {
-                    "success": False,
-                    "statusCode": 429,
-                    "error": "Too Many Requests",
-                    "message": f"Rate limit exceeded, retry in {decision.retry_after} seconds",
-                    "retryAfter": decision.retry_after,
-                }
+                body = {"success": False, "message": TOO_MANY, "retryAfter": decision.retry_after}
                 headers = {**limit_headers, "Retry-After": str(decision.retry_after)}
                 return respond(body, status=429, headers=headers)
-        api_key = self.tb.settings.api_key
-        if api_key and not is_public(path):
-            sent = request.headers.get("X-API-Key")
-            if not sent:
-                raise fail(401, "API key required")
-            if not secrets.compare_digest(sent.encode(), api_key.encode()):
-                raise fail(401, "Invalid API key")
-        csrf_needed = request.method in MUTATING and path not in CSRF_EXEMPT
-        if csrf_needed and not csrf_valid(request.cookies.get("csrf_token"), request.headers.get("X-CSRF-Token")):
-            raise fail(403, "CSRF validation failed")
-        response = await handler(request)
+        try:
+            self._check_api_key(request)
+            if path.startswith(AUTH_BEFORE_CSRF_PREFIXES):
+                self.require_admin(request)
+            csrf_needed = request.method in MUTATING and not request.path_qs.startswith(CSRF_SKIP_PREFIXES)
+            if csrf_needed and not csrf_valid(request.cookies.get("csrf_token"), request.headers.get("X-CSRF-Token")):
+                raise fail(403, "CSRF validation failed", error="Forbidden")
+            response = await handler(request)
+        except ApiFailure as exc:
+            exc.headers.update(limit_headers)
+            raise
         if not response.prepared:
             response.headers.update(limit_headers)
         return response
+
+    def _check_api_key(self, request: web.Request) -> None:
+        """apiKeyValidator: once a key exists, a non-public path needs it; missing or wrong is 403."""
+        api_key = self.tb.settings.api_key
+        if not api_key or is_public(request.path):
+            return
+        sent = request.headers.get("X-API-Key", "")
+        # the backend only ever accepts 64 hex characters (apiKeyService.validateApiKey)
+        matches = secrets.compare_digest(sent.encode(), api_key.encode())
+        if not sent or not matches or (API_KEY_PATTERN.fullmatch(api_key) and not API_KEY_PATTERN.fullmatch(sent)):
+            raise fail(403, "Access denied")
 
     # ----- auth helpers ----------------------------------------------------------------------
 
     def require_admin(self, request: web.Request) -> dict[str, Any]:
         """The token's user when it is a valid admin access token, else 401/403."""
         header = request.headers.get("Authorization", "")
-        token = header[7:].strip() if header[:7].lower() == "bearer " else request.cookies.get("token", "")
-        if not token:
-            raise fail(401, "Access token required")
-        try:
-            payload = self.tb.tokens.verify(token, kind="access")
-        except TokenError as exc:
-            raise fail(401, "Invalid or expired token") from exc
-        if payload.get("role") != "admin":
-            raise fail(403, "Insufficient permissions")
-        return payload
+        bearer = header[7:].strip() if header[:7].lower() == "bearer " else ""
+        # authMiddleware: the Authorization header first, then the token cookie
+        for token in (bearer, request.cookies.get("token", "")):
+            if not token:
+                continue
+            try:
+                payload = self.tb.tokens.verify(token, kind="access")
+            except TokenError:
+                continue
+            if payload.get("role") != "admin":
+                raise fail(403, "Forbidden - admin access required")
+            return payload
+        if not request.cookies.get("token"):
+            raise fail(401, "Unauthorized - No token provided")
+        raise fail(401, "Unauthorized - Invalid or expired token")
 
     def _set_auth_cookies(self, response: web.Response, token: str, refresh: str) -> None:
         """The cookies the backend sets on login and refresh."""
@@ -222,26 +280,36 @@ class BackendApi:
     async def health(self, request: web.Request) -> web.Response:
         """GET /health: static, says nothing about the database or MediaMTX."""
         clock = self.tb.clock
+        local, zone = await asyncio.to_thread(lambda: (clock.iso_local(), clock.timezone_name()))
         return respond(
             {
                 "status": "ok",
                 "timestamp": clock.iso_utc(),
-                "timestampLocal": clock.local(),
-                "timezone": clock.timezone_name(),
+                "timestampLocal": local,
+                "timezone": zone,
                 "security": {
                     "rateLimiting": True,
+                    "apiKeyValidation": True,
                     "csrfProtection": True,
-                    "apiKeyValidation": bool(self.tb.settings.api_key),
-                    "bruteForceProtection": True,
                     "securityHeaders": True,
                 },
             }
         )
 
-    async def _cached(self, request: web.Request, produce: Callable[[sqlite3.Connection], Any]) -> web.Response:
-        """Serve through the response cache, keyed by the full URL; a miss queries SQLite."""
+    async def _cached(
+        self,
+        request: web.Request,
+        service_key: str,
+        produce: Callable[[sqlite3.Connection], Any],
+        envelope: Callable[[Any, bool], dict[str, Any]],
+    ) -> web.Response:
+        """Serve through the response-cache middleware; a miss asks the service, which has its own cache entry.
+
+        Both lookups count in the shared counters, as in the backend: a route miss followed by a service hit
+        is one miss and one hit.
+        """
         cache = self.tb.cache
-        key = str(request.rel_url)
+        key = middleware_key(request.path_qs)
         entry = cache.get(key)
         if entry is not None:
             return web.Response(
@@ -250,52 +318,82 @@ class BackendApi:
                 charset="utf-8",
                 headers={"X-Cache": "HIT", "X-Cache-Key": key},
             )
-        cost = self.tb.settings.miss_cost_ms / 1000.0
+        settings = self.tb.settings
+        cost = settings.miss_cost_ms / 1000.0
+        service_ttl = settings.service_cache_ttl or SERVICE_TTL_SECONDS[service_key]
 
         def query() -> bytes:
-            data = self.tb.db.read(produce)
-            if cost:
-                # Stands in for the ORM, serialisation and internal caches a cold request rebuilds.
-                time.sleep(cost)
-            return json.dumps({"success": True, "data": data}).encode()
+            cached = cache.get(service_key)
+            if cached is not None:
+                data, was_cached = cached.body, True
+            else:
+                data, was_cached = self.tb.db.read(produce), False
+                cache.set(service_key, data, ttl_seconds=service_ttl)
+                if cost:
+                    # Stands in for the ORM, serialisation and health enrichment a cold read model rebuilds.
+                    time.sleep(cost)
+            return compact_json(envelope(data, was_cached)).encode()
 
         body = await asyncio.to_thread(query)
         cache.set(key, body, "application/json")
-        return web.Response(body=body, content_type="application/json", charset="utf-8", headers={"X-Cache": "MISS"})
+        return web.Response(
+            body=body,
+            content_type="application/json",
+            charset="utf-8",
+            headers={"X-Cache": "MISS", "X-Cache-Key": key},
+        )
 
     async def cameras_active(self, request: web.Request) -> web.Response:
-        """GET /api/cameras/active (cached)."""
+        """GET /api/cameras/active (cached): the public landing list, or ``?view=map``."""
 
         def produce(conn: sqlite3.Connection) -> list[dict[str, Any]]:
             rows = conn.execute(
-                """SELECT c.id, c.name, c.description, c.location, c.area_id, a.name AS area_name, c.stream_key,
-                          c.enabled, c.is_recording, c.is_online, c.latitude, c.longitude
-                   FROM cameras c LEFT JOIN areas a ON a.id = c.area_id WHERE c.enabled = 1 ORDER BY c.id"""
+                """SELECT c.id, c.name, c.description, c.location, c.group_name, c.area_id, c.is_tunnel,
+                          c.latitude, c.longitude, c.status, c.enabled, c.enable_recording, c.video_codec,
+                          c.thumbnail_path, c.thumbnail_updated_at, c.stream_source, c.external_hls_url,
+                          c.delivery_type, c.external_stream_url, c.external_embed_url, c.external_snapshot_url,
+                          c.external_origin_mode, c.external_use_proxy, c.external_tls_mode, a.name AS area_name,
+                          COALESCE(active.viewer_count, 0) AS live_viewers,
+                          COALESCE(cvs.total_live_views, 0) AS total_views, c.is_online
+                   FROM cameras c LEFT JOIN areas a ON a.id = c.area_id
+                   LEFT JOIN camera_view_stats cvs ON cvs.camera_id = c.id
+                   LEFT JOIN (SELECT camera_id, COUNT(*) AS viewer_count FROM viewer_sessions
+                              WHERE is_active = 1 GROUP BY camera_id) active ON active.camera_id = c.id
+                   WHERE c.enabled = 1 ORDER BY c.is_tunnel ASC, c.id ASC"""
             ).fetchall()
-            return [
-                {
-                    **dict(row),
-                    "status": "online" if row["is_online"] else "offline",
-                    "streams": {"hls": f"/hls/{row['stream_key']}/index.m3u8"},
-                }
-                for row in rows
-            ]
+            cameras = []
+            for row in rows:
+                camera = dict(row)
+                online = bool(camera["is_online"])
+                camera["viewer_stats"] = {"live_viewers": camera["live_viewers"], "total_views": camera["total_views"]}
+                camera["availability_state"] = "online" if online else "offline"
+                camera["availability_reason"] = "healthy" if online else "runtime_offline"
+                camera["availability_confidence"] = 0.75
+                cameras.append(camera)
+            return cameras
 
-        return await self._cached(request, produce)
+        key = CAMERA_MAP_KEY if request.query.get("view") == "map" else CAMERA_LIST_KEY
+        return await self._cached(request, key, produce, lambda data, _cached: {"success": True, "data": data})
 
     async def areas_public(self, request: web.Request) -> web.Response:
-        """GET /api/areas/public (cached)."""
+        """GET /api/areas/public (cached); ``cached`` says whether the area service's entry answered."""
 
         def produce(conn: sqlite3.Connection) -> list[dict[str, Any]]:
             rows = conn.execute(
-                """SELECT a.id, a.name, a.description, a.kecamatan, a.kelurahan,
-                          COUNT(c.id) AS camera_count
-                   FROM areas a LEFT JOIN cameras c ON c.area_id = a.id AND c.enabled = 1
-                   GROUP BY a.id ORDER BY a.id"""
+                """SELECT a.id, a.name, a.slug, a.description, a.rt, a.rw, a.kelurahan, a.kecamatan,
+                          a.latitude, a.longitude, a.coverage_scope, a.viewport_zoom_override,
+                          a.show_on_grid_default, a.grid_default_camera_limit, a.is_access_gated,
+                          (SELECT COUNT(*) FROM cameras c WHERE c.area_id = a.id AND c.enabled = 1) AS camera_count
+                   FROM areas a ORDER BY a.kecamatan, a.kelurahan, a.rw, a.rt, a.name ASC"""
             ).fetchall()
             return [dict(row) for row in rows]
 
-        return await self._cached(request, produce)
+        return await self._cached(
+            request,
+            AREA_LIST_KEY,
+            produce,
+            lambda data, cached: {"success": True, "data": data, "cached": cached},
+        )
 
     async def stream(self, request: web.Request) -> web.Response:
         """GET /api/stream/{cameraId}: the camera's stream URLs."""
@@ -352,26 +450,30 @@ class BackendApi:
     # ----- auth routes -----------------------------------------------------------------------
 
     async def login(self, request: web.Request) -> web.Response:
-        """POST /api/auth/login."""
+        """POST /api/auth/login (authService.login with bruteForceProtection)."""
         body = await read_json(request)
         username, password = body.get("username"), body.get("password")
-        if not isinstance(username, str) or not isinstance(password, str) or not username or not password:
+        for name, value in (("username", username), ("password", password)):
+            if value is None:
+                raise validation_error(f"body must have required property '{name}'")
+            if not isinstance(value, str):
+                raise validation_error(f"body/{name} must be string")
+        assert isinstance(username, str) and isinstance(password, str)
+        if not username or not password:
             raise fail(400, "Username and password are required")
         ip = client_ip(request)
         user_agent = request.headers.get("User-Agent", "")
-        lockout = self.tb.login_guard.check(username, ip)
-        if lockout is not None:
-            minutes = max(1, round(lockout.retry_after / 60))
-            return respond(
-                {
-                    "success": False,
-                    "message": f"Too many failed login attempts. Try again in {minutes} minutes.",
-                    "retryAfter": lockout.retry_after,
-                    "lockedBy": lockout.scope,
-                },
-                status=429,
-                headers={"Retry-After": str(lockout.retry_after)},
+        guard = self.tb.login_guard
+        if guard.check(username, ip) is not None:
+            # locked: logged, not counted again, and answered exactly like a wrong password
+            await asyncio.to_thread(
+                self.tb.db.write,
+                lambda conn: self._log_security(
+                    conn, "AUTH_FAILURE", ip, user_agent, username=username, reason="Account locked"
+                ),
             )
+            raise fail(401, "Invalid credentials")
+        attempts = guard.failures(username, ip)
 
         def check(conn: sqlite3.Connection) -> dict[str, Any] | None:
             row = conn.execute(
@@ -384,40 +486,60 @@ class BackendApi:
         user = await asyncio.to_thread(self.tb.db.read, check)
         await asyncio.to_thread(self.tb.db.write, lambda conn: self._log_attempt(conn, username, ip, user_agent, user))
         if user is None:
-            self.tb.login_guard.record_failure(username, ip)
+            guard.record_failure(username, ip)
+            delay = LOGIN_DELAYS[min(attempts, len(LOGIN_DELAYS) - 1)] * self.tb.settings.login_delay_scale
+            if delay > 0:
+                await asyncio.sleep(delay)
             raise fail(401, "Invalid credentials")
-        self.tb.login_guard.record_success(username)
+        guard.record_success(username)
         token, refresh = self.tb.tokens.access_token(user), self.tb.tokens.refresh_token(user)
-        response = ok({"token": token, "refreshToken": refresh, "user": user})
+        response = ok({"token": token, "refreshToken": refresh, "user": user}, message="Login successful")
         self._set_auth_cookies(response, token, refresh)
         return response
+
+    def _log_security(
+        self, conn: sqlite3.Connection, event: str, ip: str, user_agent: str, *, username: str, reason: str
+    ) -> None:
+        """A security_logs row: ``timestamp`` is ISO UTC, ``created_at`` the UTC default."""
+        conn.execute(
+            "INSERT INTO security_logs (event_type, timestamp, ip_address, user_agent, username, endpoint, details)"
+            " VALUES (?, ?, ?, ?, ?, '/api/auth/login', ?)",
+            (event, self.tb.clock.iso(), ip, user_agent, username, json.dumps({"reason": reason})),
+        )
 
     def _log_attempt(
         self, conn: sqlite3.Connection, username: str, ip: str, user_agent: str, user: dict[str, Any] | None
     ) -> None:
-        """Record a login attempt in login_attempts and security_logs (and audit_logs on success)."""
+        """login_attempts rows as bruteForceProtection writes them (ISO UTC), plus security and audit logs."""
         clock = self.tb.clock
-        conn.execute(
-            "INSERT INTO login_attempts (username, ip_address, user_agent, success, attempt_time) VALUES (?, ?, ?, ?, ?)",
-            (username, ip, user_agent, int(user is not None), clock.local()),
-        )
-        conn.execute(
-            "INSERT INTO security_logs (event_type, severity, username, ip_address, user_agent, details)"
-            " VALUES (?, ?, ?, ?, ?, '{}')",
-            (
-                "LOGIN_SUCCESS" if user else "LOGIN_FAILED",
-                "info" if user else "warning",
-                username,
-                ip,
-                user_agent,
-            ),
-        )
-        if user is not None:
+        now = clock.iso()
+        if user is None:
             conn.execute(
-                "INSERT INTO audit_logs (user_id, action, details, ip_address) VALUES (?, 'LOGIN', '{}', ?)",
-                (user["id"], ip),
+                "INSERT INTO login_attempts (identifier, identifier_type, attempt_time, success)"
+                " VALUES (?, 'username', ?, 0)",
+                (username, now),
             )
-            conn.execute("UPDATE users SET last_login = ? WHERE id = ?", (clock.local(), user["id"]))
+            conn.execute(
+                "INSERT INTO login_attempts (identifier, identifier_type, attempt_time, success) VALUES (?, 'ip', ?, 0)",
+                (ip, now),
+            )
+            self._log_security(conn, "AUTH_FAILURE", ip, user_agent, username=username, reason="Invalid password")
+            return
+        conn.execute(
+            "INSERT INTO login_attempts (identifier, identifier_type, attempt_time, success)"
+            " VALUES (?, 'username', ?, 1)",
+            (username, now),
+        )
+        conn.execute(
+            "DELETE FROM login_attempts WHERE identifier = ? AND identifier_type = 'username' AND success = 0",
+            (username,),
+        )
+        conn.execute(
+            "INSERT INTO audit_logs (user_id, action, details, ip_address) VALUES (?, 'LOGIN', ?, ?)",
+            (user["id"], "User logged in successfully", ip),
+        )
+        self._log_security(conn, "AUTH_SUCCESS", ip, user_agent, username=username, reason="Login successful")
+        conn.execute("UPDATE users SET last_login_at = ?, last_login_ip = ? WHERE id = ?", (now, ip, user["id"]))
 
     async def refresh(self, request: web.Request) -> web.Response:
         """POST /api/auth/refresh with `{"refreshToken"}` or the cookie."""
@@ -437,27 +559,30 @@ class BackendApi:
         user = await asyncio.to_thread(self.tb.db.read, load)
         if user is None:
             raise fail(401, "Invalid or expired refresh token")
+        # token rotation: the refresh token just used is blacklisted (sessionManager.blacklistToken)
+        self.tb.tokens.revoked.add(token_fingerprint(supplied))
+        await asyncio.to_thread(
+            self.tb.db.write, lambda conn: self._blacklist(conn, supplied, user["id"], "token_rotation")
+        )
         token, refresh = self.tb.tokens.access_token(user), self.tb.tokens.refresh_token(user)
-        response = ok({"token": token, "refreshToken": refresh})
+        response = ok({"token": token, "refreshToken": refresh}, message="Tokens refreshed successfully")
         self._set_auth_cookies(response, token, refresh)
         return response
+
+    def _blacklist(self, conn: sqlite3.Connection, token: str, user_id: Any, reason: str) -> None:
+        """sessionManager.blacklistToken: ``expires_at`` is ISO UTC, the refresh lifetime from now."""
+        conn.execute(
+            "INSERT OR REPLACE INTO token_blacklist (token_hash, user_id, reason, expires_at) VALUES (?, ?, ?, ?)",
+            (token_fingerprint(token), user_id, reason, self.tb.clock.iso(-float(self.tb.tokens.refresh_ttl))),
+        )
 
     async def logout(self, request: web.Request) -> web.Response:
         """POST /api/auth/logout: blacklist the access token and drop the cookies."""
         user = self.require_admin(request)
         header = request.headers.get("Authorization", "")
         token = header[7:].strip() if header[:7].lower() == "bearer " else request.cookies.get("token", "")
-        fingerprint = token_fingerprint(token)
-        self.tb.tokens.revoked.add(fingerprint)
-        expires = self.tb.clock.local(-float(self.tb.tokens.access_ttl))
-        await asyncio.to_thread(
-            self.tb.db.write,
-            lambda conn: conn.execute(
-                "INSERT OR IGNORE INTO token_blacklist (token_hash, user_id, reason, expires_at)"
-                " VALUES (?, ?, 'logout', ?)",
-                (fingerprint, user.get("id"), expires),
-            ),
-        )
+        self.tb.tokens.revoked.add(token_fingerprint(token))
+        await asyncio.to_thread(self.tb.db.write, lambda conn: self._blacklist(conn, token, user.get("id"), "logout"))
         response = ok(message="Logged out successfully")
         response.del_cookie("token", path="/")
         response.del_cookie("refreshToken", path="/")
@@ -471,7 +596,7 @@ class BackendApi:
     async def csrf(self, request: web.Request) -> web.Response:
         """GET /api/auth/csrf: a fresh double-submit value, also set as the csrf_token cookie."""
         value = secrets.token_hex(32)
-        response = ok({"csrfToken": value})
+        response = ok({"token": value, "headerName": "X-CSRF-Token", "expiresIn": 3600})
         response.set_cookie("csrf_token", value, samesite="Strict", path="/")
         return response
 
@@ -502,51 +627,78 @@ class BackendApi:
         """POST /api/admin/cache/clear."""
         self.require_admin(request)
         cleared = self.tb.cache.clear()
-        return ok({"cleared": cleared}, message="All caches cleared")
+        return ok({"cleared": cleared}, message=f"Cache cleared successfully. {cleared} entries removed.")
+
+    # ----- settings ----------------------------------------------------------------------------
+
+    async def timezone_get(self, request: web.Request) -> web.Response:
+        """GET /api/admin/settings/timezone: the zone row and its short name (WIB when it has none)."""
+        self.require_admin(request)
+        zone = await asyncio.to_thread(lambda: self.tb.clock.zone)
+        return ok({"timezone": zone, "shortName": SHORT_NAMES.get(zone, "WIB")})
+
+    async def timezone_put(self, request: web.Request) -> web.Response:
+        """PUT /api/admin/settings/timezone {"timezone": "WIB"|"WITA"|"WIT"}: stored as the IANA name."""
+        self.require_admin(request)
+        body = await read_json(request)
+        zone = body.get("timezone")
+        if zone is None:
+            raise validation_error("body must have required property 'timezone'")
+        if zone not in ZONE_ALIASES:
+            raise validation_error("body/timezone must be equal to one of the allowed values")
+        await asyncio.to_thread(self.tb.db.set_timezone, str(zone))
+        return ok({"timezone": zone}, message="Timezone berhasil diupdate")
 
     # ----- viewers ---------------------------------------------------------------------------
 
     async def viewer_start(self, request: web.Request) -> web.Response:
-        """POST /api/viewer/start {cameraId}."""
+        """POST /api/viewer/start {cameraId} (viewerController.startViewerSession)."""
         body = await read_json(request)
         try:
-            camera_id = int(body["cameraId"])
-        except (KeyError, TypeError, ValueError) as exc:
-            raise fail(400, "cameraId is required") from exc
-        ip, agent = client_ip(request), request.headers.get("User-Agent", "")
+            camera_id = int(str(body.get("cameraId")).strip())
+        except ValueError:
+            camera_id = 0
+        if camera_id <= 0:
+            raise fail(400, "Camera ID is required")
+        ip, agent = viewer_ip(request), request.headers.get("User-Agent", "")
         clock = self.tb.clock
 
-        def start(conn: sqlite3.Connection) -> str | None:
-            if not camera_exists(conn, camera_id):
-                return None
+        def start(conn: sqlite3.Connection) -> str | int:
+            row = conn.execute("SELECT enabled FROM cameras WHERE id = ?", (camera_id,)).fetchone()
+            if row is None:
+                return 404
+            if not row["enabled"]:
+                return 400
             return start_session(conn, clock, camera_id=camera_id, ip_address=ip, user_agent=agent)
 
-        session_id = await asyncio.to_thread(self.tb.db.write, start)
-        if session_id is None:
+        result = await asyncio.to_thread(self.tb.db.write, start)
+        if result == 404:
             raise fail(404, "Camera not found")
-        return ok({"sessionId": session_id})
+        if result == 400:
+            raise fail(400, "Camera is disabled")
+        return ok({"sessionId": result})
 
     async def _session_id(self, request: web.Request) -> str:
-        """The `sessionId` of a heartbeat or stop body."""
+        """The ``sessionId`` of a heartbeat or stop body; 400 when missing."""
         body = await read_json(request)
         session_id = body.get("sessionId")
-        if not isinstance(session_id, str) or not session_id:
-            raise fail(400, "sessionId is required")
-        return session_id
+        if not session_id:
+            raise fail(400, "Session ID is required")
+        return str(session_id)
 
     async def viewer_heartbeat(self, request: web.Request) -> web.Response:
-        """POST /api/viewer/heartbeat {sessionId}."""
+        """POST /api/viewer/heartbeat {sessionId}: 200 either way, ``success`` says whether it was alive."""
         session_id = await self._session_id(request)
         alive = await asyncio.to_thread(self.tb.db.write, lambda conn: heartbeat(conn, self.tb.clock, session_id))
-        if not alive:
-            raise fail(404, "Session not found or inactive")
-        return ok(message="Heartbeat received")
+        return respond({"success": alive, "message": "Heartbeat received" if alive else "Session not found or expired"})
 
     async def viewer_stop(self, request: web.Request) -> web.Response:
-        """POST /api/viewer/stop {sessionId} (idempotent)."""
+        """POST /api/viewer/stop {sessionId}: ends the session now; ``success`` false when it was not active."""
         session_id = await self._session_id(request)
         ended = await asyncio.to_thread(self.tb.db.write, lambda conn: stop_session(conn, self.tb.clock, session_id))
-        return ok({"ended": ended}, message="Session ended")
+        return respond(
+            {"success": ended, "message": "Session ended" if ended else "Session not found or already ended"}
+        )
 
     async def viewer_statistics(self, request: web.Request) -> web.Response:
         """GET /api/viewer/stats."""
@@ -686,6 +838,8 @@ def build_app(testbed: Testbed) -> web.Application:
     route.add_get("/api/admin/cache/stats", api.cache_stats)
     route.add_post("/api/admin/cache/clear", api.admin_cache_clear)
     route.add_get("/api/admin/stats", api.admin_stats)
+    route.add_get("/api/admin/settings/timezone", api.timezone_get)
+    route.add_put("/api/admin/settings/timezone", api.timezone_put)
     route.add_post("/api/viewer/start", api.viewer_start)
     route.add_post("/api/viewer/heartbeat", api.viewer_heartbeat)
     route.add_post("/api/viewer/stop", api.viewer_stop)

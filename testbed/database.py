@@ -12,243 +12,26 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
-from testbed.localtime import LocalClock
+from testbed.localtime import LocalClock, load_zone, zone_name
+from testbed.schema import ARCHIVE_TABLE, SCHEMA
 
 T = TypeVar("T")
 
 PASSWORD_ITERATIONS = 60_000
 
-# Column sets follow what TARGET.md names, plus the ids and bookkeeping columns the
-# real backend's migrations add. Session timestamps hold LOCAL-time strings; columns
-# with DEFAULT CURRENT_TIMESTAMP hold UTC, exactly the mix the daemon must cope with.
-SCHEMA: tuple[str, ...] = (
-    """CREATE TABLE IF NOT EXISTS users (
-        id INTEGER PRIMARY KEY AUTOINCREMENT,
-        username TEXT NOT NULL UNIQUE,
-        password_hash TEXT NOT NULL,
-        role TEXT NOT NULL DEFAULT 'admin',
-        created_at DATETIME DEFAULT CURRENT_TIMESTAMP,
-        last_login DATETIME
-    )""",
-    """CREATE TABLE IF NOT EXISTS areas (
-        id INTEGER PRIMARY KEY AUTOINCREMENT,
-        name TEXT NOT NULL UNIQUE,
-        description TEXT,
-        kecamatan TEXT,
-        kelurahan TEXT,
-        created_at DATETIME DEFAULT CURRENT_TIMESTAMP,
-        updated_at DATETIME DEFAULT CURRENT_TIMESTAMP
-    )""",
-    """CREATE TABLE IF NOT EXISTS cameras (
-        id INTEGER PRIMARY KEY AUTOINCREMENT,
-        name TEXT NOT NULL,
-        description TEXT,
-        location TEXT,
-        private_rtsp_url TEXT,
-        area_id INTEGER REFERENCES areas(id) ON DELETE SET NULL,
-        stream_key TEXT NOT NULL UNIQUE,
-        enabled INTEGER NOT NULL DEFAULT 1,
-        is_recording INTEGER NOT NULL DEFAULT 0,
-        is_online INTEGER NOT NULL DEFAULT 1,
-        latitude REAL,
-        longitude REAL,
-        created_at DATETIME DEFAULT CURRENT_TIMESTAMP,
-        updated_at DATETIME DEFAULT CURRENT_TIMESTAMP
-    )""",
-    """CREATE TABLE IF NOT EXISTS viewer_sessions (
-        id INTEGER PRIMARY KEY AUTOINCREMENT,
-        session_id TEXT NOT NULL UNIQUE,
-        camera_id INTEGER NOT NULL REFERENCES cameras(id) ON DELETE CASCADE,
-        ip_address TEXT,
-        user_agent TEXT,
-        device_type TEXT,
-        started_at DATETIME NOT NULL,
-        last_heartbeat DATETIME NOT NULL,
-        ended_at DATETIME,
-        duration_seconds INTEGER NOT NULL DEFAULT 0,
-        is_active INTEGER NOT NULL DEFAULT 1
-    )""",
-    "CREATE INDEX IF NOT EXISTS idx_viewer_sessions_active ON viewer_sessions(is_active, last_heartbeat)",
-    "CREATE INDEX IF NOT EXISTS idx_viewer_sessions_camera ON viewer_sessions(camera_id)",
-    """CREATE TABLE IF NOT EXISTS viewer_session_history (
-        id INTEGER PRIMARY KEY AUTOINCREMENT,
-        session_id TEXT NOT NULL,
-        camera_id INTEGER,
-        camera_name TEXT,
-        ip_address TEXT,
-        user_agent TEXT,
-        device_type TEXT,
-        started_at DATETIME NOT NULL,
-        ended_at DATETIME,
-        duration_seconds INTEGER NOT NULL DEFAULT 0
-    )""",
-    "CREATE INDEX IF NOT EXISTS idx_viewer_history_started ON viewer_session_history(started_at)",
-    """CREATE TABLE IF NOT EXISTS playback_viewer_sessions (
-        id INTEGER PRIMARY KEY AUTOINCREMENT,
-        session_id TEXT NOT NULL UNIQUE,
-        camera_id INTEGER NOT NULL REFERENCES cameras(id) ON DELETE CASCADE,
-        segment_filename TEXT,
-        ip_address TEXT,
-        user_agent TEXT,
-        started_at DATETIME NOT NULL,
-        last_heartbeat DATETIME NOT NULL,
-        ended_at DATETIME,
-        duration_seconds INTEGER NOT NULL DEFAULT 0,
-        is_active INTEGER NOT NULL DEFAULT 1
-    )""",
-    """CREATE TABLE IF NOT EXISTS playback_viewer_session_history (
-        id INTEGER PRIMARY KEY AUTOINCREMENT,
-        session_id TEXT NOT NULL,
-        camera_id INTEGER,
-        camera_name TEXT,
-        segment_filename TEXT,
-        ip_address TEXT,
-        user_agent TEXT,
-        started_at DATETIME NOT NULL,
-        ended_at DATETIME,
-        duration_seconds INTEGER NOT NULL DEFAULT 0
-    )""",
-    """CREATE TABLE IF NOT EXISTS playback_viewer_session_history_archive (
-        id INTEGER PRIMARY KEY,
-        session_id TEXT NOT NULL,
-        camera_id INTEGER,
-        camera_name TEXT,
-        segment_filename TEXT,
-        ip_address TEXT,
-        user_agent TEXT,
-        started_at DATETIME NOT NULL,
-        ended_at DATETIME,
-        duration_seconds INTEGER NOT NULL DEFAULT 0,
-        archived_at DATETIME DEFAULT CURRENT_TIMESTAMP
-    )""",
-    """CREATE TABLE IF NOT EXISTS playback_token_sessions (
-        id INTEGER PRIMARY KEY AUTOINCREMENT,
-        token_hash TEXT NOT NULL,
-        camera_id INTEGER REFERENCES cameras(id) ON DELETE CASCADE,
-        ip_address TEXT,
-        created_at DATETIME NOT NULL,
-        last_seen_at DATETIME,
-        expires_at DATETIME NOT NULL,
-        ended_at DATETIME
-    )""",
-    """CREATE TABLE IF NOT EXISTS playback_token_audit_logs (
-        id INTEGER PRIMARY KEY AUTOINCREMENT,
-        token_session_id INTEGER,
-        action TEXT NOT NULL,
-        ip_address TEXT,
-        details TEXT,
-        created_at DATETIME DEFAULT CURRENT_TIMESTAMP
-    )""",
-    """CREATE TABLE IF NOT EXISTS audit_logs (
-        id INTEGER PRIMARY KEY AUTOINCREMENT,
-        user_id INTEGER,
-        action TEXT NOT NULL,
-        details TEXT,
-        ip_address TEXT,
-        created_at DATETIME DEFAULT CURRENT_TIMESTAMP
-    )""",
-    "CREATE INDEX IF NOT EXISTS idx_audit_logs_created ON audit_logs(created_at)",
-    """CREATE TABLE IF NOT EXISTS security_logs (
-        id INTEGER PRIMARY KEY AUTOINCREMENT,
-        event_type TEXT NOT NULL,
-        severity TEXT NOT NULL DEFAULT 'info',
-        username TEXT,
-        ip_address TEXT,
-        user_agent TEXT,
-        details TEXT,
-        created_at DATETIME DEFAULT CURRENT_TIMESTAMP
-    )""",
-    """CREATE TABLE IF NOT EXISTS login_attempts (
-        id INTEGER PRIMARY KEY AUTOINCREMENT,
-        username TEXT,
-        ip_address TEXT,
-        user_agent TEXT,
-        success INTEGER NOT NULL DEFAULT 0,
-        attempt_time DATETIME NOT NULL
-    )""",
-    """CREATE TABLE IF NOT EXISTS token_blacklist (
-        id INTEGER PRIMARY KEY AUTOINCREMENT,
-        token_hash TEXT NOT NULL UNIQUE,
-        user_id INTEGER,
-        reason TEXT,
-        expires_at DATETIME NOT NULL,
-        created_at DATETIME DEFAULT CURRENT_TIMESTAMP
-    )""",
-    """CREATE TABLE IF NOT EXISTS restart_logs (
-        id INTEGER PRIMARY KEY AUTOINCREMENT,
-        camera_id INTEGER,
-        reason TEXT,
-        success INTEGER NOT NULL DEFAULT 1,
-        created_at DATETIME DEFAULT CURRENT_TIMESTAMP
-    )""",
-    """CREATE TABLE IF NOT EXISTS recording_segments (
-        id INTEGER PRIMARY KEY AUTOINCREMENT,
-        camera_id INTEGER NOT NULL REFERENCES cameras(id) ON DELETE CASCADE,
-        filename TEXT NOT NULL,
-        file_path TEXT NOT NULL,
-        file_size INTEGER NOT NULL DEFAULT 0,
-        duration INTEGER NOT NULL DEFAULT 600,
-        start_time DATETIME NOT NULL,
-        end_time DATETIME,
-        created_at DATETIME DEFAULT CURRENT_TIMESTAMP
-    )""",
-    """CREATE TABLE IF NOT EXISTS camera_source_lifecycle_events (
-        id INTEGER PRIMARY KEY AUTOINCREMENT,
-        camera_id INTEGER,
-        event_type TEXT NOT NULL,
-        details TEXT,
-        created_at DATETIME DEFAULT CURRENT_TIMESTAMP
-    )""",
-    """CREATE TABLE IF NOT EXISTS recording_maintenance_events (
-        id INTEGER PRIMARY KEY AUTOINCREMENT,
-        camera_id INTEGER,
-        event_type TEXT NOT NULL,
-        details TEXT,
-        created_at DATETIME DEFAULT CURRENT_TIMESTAMP
-    )""",
-    """CREATE TABLE IF NOT EXISTS notification_diagnostic_runs (
-        id INTEGER PRIMARY KEY AUTOINCREMENT,
-        run_type TEXT NOT NULL,
-        status TEXT NOT NULL,
-        details TEXT,
-        created_at DATETIME DEFAULT CURRENT_TIMESTAMP
-    )""",
-    """CREATE TABLE IF NOT EXISTS telegram_archive_uploads (
-        id INTEGER PRIMARY KEY AUTOINCREMENT,
-        camera_id INTEGER,
-        recording_segment_id INTEGER,
-        file_path TEXT NOT NULL,
-        telegram_file_id TEXT,
-        telegram_message_id INTEGER,
-        uploaded_at DATETIME,
-        created_at DATETIME DEFAULT CURRENT_TIMESTAMP
-    )""",
-)
-
-ARCHIVE_TABLE = """CREATE TABLE IF NOT EXISTS viewer_session_history_archive (
-    id INTEGER PRIMARY KEY,
-    session_id TEXT NOT NULL,
-    camera_id INTEGER,
-    camera_name TEXT,
-    ip_address TEXT,
-    user_agent TEXT,
-    device_type TEXT,
-    started_at DATETIME NOT NULL,
-    ended_at DATETIME,
-    duration_seconds INTEGER NOT NULL DEFAULT 0,
-    archived_at DATETIME DEFAULT CURRENT_TIMESTAMP
-)"""
-
 TABLES: tuple[str, ...] = (
     "users",
     "areas",
     "cameras",
+    "system_settings",
+    "api_keys",
     "viewer_sessions",
     "viewer_session_history",
     "viewer_session_history_archive",
     "playback_viewer_sessions",
     "playback_viewer_session_history",
     "playback_viewer_session_history_archive",
+    "playback_tokens",
     "playback_token_sessions",
     "playback_token_audit_logs",
     "audit_logs",
@@ -261,6 +44,7 @@ TABLES: tuple[str, ...] = (
     "recording_maintenance_events",
     "notification_diagnostic_runs",
     "telegram_archive_uploads",
+    "camera_view_stats",
 )
 
 DAY = 86_400.0
@@ -311,6 +95,8 @@ class Database:
         self._reader: sqlite3.Connection | None = None
         self._write_lock = threading.Lock()
         self._read_lock = threading.Lock()
+        self._zone_reader: sqlite3.Connection | None = None
+        self._zone_lock = threading.Lock()
 
     @property
     def wal_path(self) -> Path:
@@ -328,7 +114,38 @@ class Database:
             writer.execute(ARCHIVE_TABLE)
         self._writer = writer
         self._reader = _connect(self.path)
+        self._zone_reader = _connect(self.path)
         self.write(lambda conn: _seed(conn, self.clock, cameras=cameras, admin_password=admin_password))
+        # the backend reads its zone from this row on every timestamp (timezoneService.getTimezone)
+        self.clock.follow(self.timezone_setting)
+
+    def timezone_setting(self) -> str | None:
+        """The ``system_settings`` row ``timezone`` (None when absent or the database is closed)."""
+        with self._zone_lock:
+            if self._zone_reader is None:
+                return None
+            try:
+                row = self._zone_reader.execute(
+                    "SELECT setting_value FROM system_settings WHERE setting_key = 'timezone'"
+                ).fetchone()
+            except sqlite3.Error:
+                return None
+        return str(row[0]) if row is not None and row[0] else None
+
+    def set_timezone(self, name: str) -> str:
+        """Change the ``timezone`` row as the admin page does (setTimezone: WIB/WITA/WIT stored as IANA names)."""
+        stored = zone_name(name)
+        load_zone(stored)
+        self.write(
+            lambda conn: conn.execute(
+                """INSERT INTO system_settings (setting_key, setting_value, updated_at)
+                   VALUES ('timezone', ?, CURRENT_TIMESTAMP)
+                   ON CONFLICT(setting_key) DO UPDATE SET setting_value = excluded.setting_value,
+                   updated_at = CURRENT_TIMESTAMP""",
+                (stored,),
+            )
+        )
+        return stored
 
     def close(self) -> None:
         """Close both connections."""
@@ -336,6 +153,10 @@ class Database:
             if self._reader is not None:
                 self._reader.close()
                 self._reader = None
+        with self._zone_lock:
+            if self._zone_reader is not None:
+                self._zone_reader.close()
+                self._zone_reader = None
         with self._write_lock:
             if self._writer is not None:
                 self._writer.close()
@@ -377,7 +198,7 @@ class Database:
 
 
 def _seed(conn: sqlite3.Connection, clock: LocalClock, *, cameras: int, admin_password: str) -> None:
-    """Set the admin password; on an empty database insert areas, cameras and a few rows per table."""
+    """Set the admin password and the zone row; on an empty database insert areas, cameras and old rows."""
     existing = conn.execute("SELECT id FROM users WHERE username = 'admin'").fetchone()
     if existing is None:
         conn.execute(
@@ -386,6 +207,10 @@ def _seed(conn: sqlite3.Connection, clock: LocalClock, *, cameras: int, admin_pa
         )
     else:
         conn.execute("UPDATE users SET password_hash = ? WHERE id = ?", (hash_password(admin_password), existing[0]))
+    conn.execute(
+        "INSERT OR IGNORE INTO system_settings (setting_key, setting_value) VALUES ('timezone', ?)",
+        (clock.initial_zone,),
+    )
     if conn.execute("SELECT COUNT(*) FROM cameras").fetchone()[0]:
         return
     for name, description, kecamatan, kelurahan in AREAS:
@@ -396,8 +221,8 @@ def _seed(conn: sqlite3.Connection, clock: LocalClock, *, cameras: int, admin_pa
     for index in range(1, cameras + 1):
         conn.execute(
             """INSERT INTO cameras (name, description, location, private_rtsp_url, area_id, stream_key,
-                   enabled, is_recording, latitude, longitude)
-               VALUES (?, ?, ?, ?, ?, ?, 1, ?, ?, ?)""",
+                   enabled, enable_recording, latitude, longitude, video_codec)
+               VALUES (?, ?, ?, ?, ?, ?, 1, ?, ?, ?, 'H264')""",
             (
                 f"CCTV {index:02d}",
                 f"Kamera {index}",
@@ -414,80 +239,112 @@ def _seed(conn: sqlite3.Connection, clock: LocalClock, *, cameras: int, admin_pa
 
 
 def _seed_history(conn: sqlite3.Connection, clock: LocalClock, *, cameras: int) -> None:
-    """Insert old and recent rows into the tables the daemon watches."""
+    """Insert old and recent rows into the tables the daemon watches, each column in its own time base.
+
+    Local text: viewer and playback-viewer sessions and their history. UTC text (SQLite CURRENT_TIMESTAMP,
+    timeService.toUtcSql): ``created_at`` columns and ``playback_token_sessions``. ISO UTC (toISOString):
+    ``login_attempts.attempt_time``, ``token_blacklist.expires_at``, ``security_logs.timestamp``.
+    """
+    conn.execute(
+        "INSERT INTO playback_tokens (label, token_hash, token_prefix, created_at, updated_at)"
+        " VALUES ('seeded', ?, 'seed', ?, ?)",
+        (secrets.token_hex(32), clock.utc(250 * DAY), clock.utc(250 * DAY)),
+    )
+    token_id = conn.execute("SELECT last_insert_rowid()").fetchone()[0]
     for index, age_days in enumerate((0.1, 2.0, 45.0, 120.0, 200.0), start=1):
         camera_id = (index - 1) % cameras + 1
+        camera_name = f"CCTV {camera_id:02d}"
         start_age = age_days * DAY
-        session_id = str(uuid.uuid4())
-        started, ended = clock.local(start_age), clock.local(start_age - 300)
-        row = (session_id, camera_id, f"192.168.1.{index}", "Mozilla/5.0", "desktop", started)
+        end_age = start_age - 300
+        ip = f"192.168.1.{index}"
+        started, ended = clock.local(start_age), clock.local(end_age)
         # Ended live sessions stay in viewer_sessions forever: a gap nobody cleans.
         conn.execute(
             """INSERT INTO viewer_sessions (session_id, camera_id, ip_address, user_agent, device_type,
                    started_at, last_heartbeat, ended_at, duration_seconds, is_active)
-               VALUES (?, ?, ?, ?, ?, ?, ?, ?, 300, 0)""",
-            (*row, ended, ended),
+               VALUES (?, ?, ?, 'Mozilla/5.0', 'desktop', ?, ?, ?, 300, 0)""",
+            (str(uuid.uuid4()), camera_id, ip, started, ended, ended),
         )
         conn.execute(
-            """INSERT INTO viewer_session_history (session_id, camera_id, camera_name, ip_address, user_agent,
-                   device_type, started_at, ended_at, duration_seconds)
-               VALUES (?, ?, ?, ?, ?, ?, ?, ?, 300)""",
-            (session_id, camera_id, f"CCTV {camera_id:02d}", *row[2:], ended),
+            """INSERT INTO viewer_session_history (camera_id, camera_name, ip_address, user_agent, device_type,
+                   started_at, ended_at, duration_seconds, created_at)
+               VALUES (?, ?, ?, 'Mozilla/5.0', 'desktop', ?, ?, 300, ?)""",
+            (camera_id, camera_name, ip, started, ended, clock.utc(end_age)),
         )
         conn.execute(
-            """INSERT INTO playback_viewer_sessions (session_id, camera_id, segment_filename, ip_address,
-                   user_agent, started_at, last_heartbeat, ended_at, duration_seconds, is_active)
-               VALUES (?, ?, ?, ?, ?, ?, ?, ?, 300, 0)""",
-            (str(uuid.uuid4()), camera_id, f"{camera_id}_{index}.mp4", *row[2:4], started, ended, ended),
+            """INSERT INTO playback_viewer_sessions (session_id, camera_id, camera_name, segment_filename, ip_address,
+                   user_agent, device_type, started_at, last_heartbeat, ended_at, duration_seconds, is_active)
+               VALUES (?, ?, ?, ?, ?, 'Mozilla/5.0', 'desktop', ?, ?, ?, 300, 0)""",
+            (str(uuid.uuid4()), camera_id, camera_name, f"{camera_id}_{index}.mp4", ip, started, ended, ended),
         )
         conn.execute(
-            """INSERT INTO playback_token_sessions (token_hash, camera_id, ip_address, created_at, last_seen_at,
-                   expires_at, ended_at) VALUES (?, ?, ?, ?, ?, ?, ?)""",
-            (secrets.token_hex(16), camera_id, row[2], started, ended, clock.local(start_age - 3600), ended),
+            """INSERT INTO playback_token_sessions (token_id, session_id_hash, ip_address, user_agent, activated_at,
+                   last_seen_at, expires_at, ended_at, end_reason, created_at, updated_at)
+               VALUES (?, ?, ?, 'Mozilla/5.0', ?, ?, ?, ?, 'expired', ?, ?)""",
+            (
+                token_id,
+                secrets.token_hex(32),
+                ip,
+                clock.utc(start_age),
+                clock.utc(end_age),
+                clock.utc(start_age - 3600),
+                clock.utc(end_age),
+                clock.utc(start_age),
+                clock.utc(end_age),
+            ),
         )
         conn.execute(
-            "INSERT INTO playback_token_audit_logs (action, ip_address, details, created_at) VALUES (?, ?, ?, ?)",
-            ("token_used", row[2], "{}", clock.utc(start_age)),
+            "INSERT INTO playback_token_audit_logs (token_id, event_type, camera_id, ip_address, detail_json,"
+            " created_at) VALUES (?, 'token_used', ?, ?, '{}', ?)",
+            (token_id, camera_id, ip, clock.utc(start_age)),
         )
         conn.execute(
-            "INSERT INTO audit_logs (user_id, action, details, ip_address, created_at) VALUES (1, ?, ?, ?, ?)",
-            ("LOGIN", "{}", row[2], clock.utc(start_age)),
+            "INSERT INTO audit_logs (user_id, action, details, ip_address, created_at) VALUES (1, 'LOGIN', ?, ?, ?)",
+            ("User logged in successfully", ip, clock.utc(start_age)),
         )
         conn.execute(
-            "INSERT INTO security_logs (event_type, username, ip_address, details, created_at)"
-            " VALUES ('LOGIN_SUCCESS', 'admin', ?, '{}', ?)",
-            (row[2], clock.utc(start_age)),
+            "INSERT INTO security_logs (event_type, timestamp, ip_address, username, details, created_at)"
+            " VALUES ('AUTH_SUCCESS', ?, ?, 'admin', '{}', ?)",
+            (clock.iso(start_age), ip, clock.utc(start_age)),
         )
         conn.execute(
-            "INSERT INTO login_attempts (username, ip_address, success, attempt_time) VALUES ('admin', ?, 1, ?)",
-            (row[2], clock.local(start_age)),
+            "INSERT INTO login_attempts (identifier, identifier_type, attempt_time, success)"
+            " VALUES ('admin', 'username', ?, 1)",
+            (clock.iso(start_age),),
         )
         conn.execute(
-            "INSERT INTO token_blacklist (token_hash, user_id, reason, expires_at, created_at)"
+            "INSERT INTO token_blacklist (token_hash, user_id, reason, blacklisted_at, expires_at)"
             " VALUES (?, 1, 'logout', ?, ?)",
-            (secrets.token_hex(32), clock.local(start_age - 3600), clock.utc(start_age)),
+            (secrets.token_hex(32), clock.utc(start_age), clock.iso(start_age - 7 * DAY)),
         )
         conn.execute(
-            "INSERT INTO restart_logs (camera_id, reason, success, created_at) VALUES (?, 'stream stalled', 1, ?)",
+            "INSERT INTO restart_logs (camera_id, reason, restart_time, success, created_at)"
+            " VALUES (?, 'stream stalled', ?, 1, ?)",
+            (camera_id, clock.iso(start_age), clock.utc(start_age)),
+        )
+        conn.execute(
+            "INSERT INTO camera_source_lifecycle_events (camera_id, event_type, reason, status, created_at)"
+            " VALUES (?, 'source_updated', 'seeded', 'success', ?)",
             (camera_id, clock.utc(start_age)),
         )
-        for table in ("camera_source_lifecycle_events", "recording_maintenance_events"):
-            conn.execute(
-                f"INSERT INTO {table} (camera_id, event_type, details, created_at) VALUES (?, 'seeded', '{{}}', ?)",
-                (camera_id, clock.utc(start_age)),
-            )
         conn.execute(
-            "INSERT INTO notification_diagnostic_runs (run_type, status, details, created_at)"
-            " VALUES ('telegram', 'ok', '{}', ?)",
-            (clock.utc(start_age),),
+            "INSERT INTO recording_maintenance_events (maintenance_type, status, started_at, finished_at, created_at)"
+            " VALUES ('cleanup', 'success', ?, ?, ?)",
+            (clock.iso(start_age), clock.iso(end_age), clock.utc(start_age)),
         )
         conn.execute(
-            """INSERT INTO recording_segments (camera_id, filename, file_path, file_size, duration, start_time,
-                   end_time, created_at) VALUES (1, ?, ?, 1048576, 600, ?, ?, ?)""",
-            (f"{index}.mp4", f"/recordings/camera1/{index}.mp4", started, ended, clock.utc(start_age)),
+            "INSERT INTO notification_diagnostic_runs (camera_id, camera_name, event_type, mode, success, created_at)"
+            " VALUES (?, ?, 'offline', 'preview', 1, ?)",
+            (camera_id, camera_name, clock.utc(start_age)),
         )
         conn.execute(
-            """INSERT INTO telegram_archive_uploads (camera_id, file_path, telegram_file_id, telegram_message_id,
-                   uploaded_at, created_at) VALUES (1, ?, ?, ?, ?, ?)""",
-            (f"/recordings/camera1/{index}.mp4", secrets.token_hex(8), 1000 + index, started, clock.utc(start_age)),
+            """INSERT INTO recording_segments (camera_id, filename, start_time, end_time, file_size, duration,
+                   file_path, created_at) VALUES (1, ?, ?, ?, 1048576, 600, ?, ?)""",
+            (f"{index}.mp4", started, ended, f"/recordings/camera1/{index}.mp4", clock.utc(start_age)),
+        )
+        segment_id = conn.execute("SELECT last_insert_rowid()").fetchone()[0]
+        conn.execute(
+            """INSERT INTO telegram_archive_uploads (segment_id, camera_id, filename, file_size, status, file_id,
+                   recorded_at, uploaded_at) VALUES (?, 1, ?, 1048576, 'uploaded', ?, ?, ?)""",
+            (segment_id, f"{index}.mp4", secrets.token_hex(8), started, clock.utc(end_age)),
         )

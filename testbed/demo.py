@@ -46,6 +46,9 @@ DEMO_ENV = {
     "CCTV_OPTIMIZER_STRATEGIES__CACHE__ENTRIES_LIMIT": "100",
     "CCTV_OPTIMIZER_STRATEGIES__CACHE__SETTLE_SECONDS": "1",
     "CCTV_OPTIMIZER_STRATEGIES__CONNECTION__SETTLE_SECONDS": "1",
+    # the step switches the sweep off: two 2 s periods without the stale count going down show it stuck
+    "CCTV_OPTIMIZER_STRATEGIES__CONNECTION__SWEEP_INTERVAL_SECONDS": "2",
+    "CCTV_OPTIMIZER_STRATEGIES__CONNECTION__STUCK_SWEEP_PERIODS": "2",
     "CCTV_OPTIMIZER_STRATEGIES__CPU__SETTLE_SECONDS": "1",
 }
 CAMERAS = 4
@@ -293,7 +296,7 @@ class Demo:
         return [("WAL", mib(self.tb.state()["wal_bytes"]))]
 
     def stale_figure(self) -> Figure:
-        """Stale HLS files by TARGET.md's rule, at the memory strategy's default age (120 s)."""
+        """Stale HLS files by the pruner's rule, at the memory strategy's default age (120 s)."""
         state = self.tb.state(stale_age=HLS_STALE_AGE_SECONDS)
         return [("stale HLS files", str(state["stale_hls_files"])), ("stale bytes", mib(state["stale_hls_bytes"]))]
 

@@ -10,7 +10,7 @@ stream path (the camera's stream_key):
 - `<prefix>_video_seg<N>.mp4.tmp`   the segment being written; renamed to its final name when complete
 
 MediaMTX itself serves playlists from memory; the stand-in also writes them to disk so a
-pruner can tell referenced files from stale ones (TARGET.md's rule). Rotated-out segments
+pruner can tell referenced files from stale ones (the pruner's rule). Rotated-out segments
 are deleted by the writer, as MediaMTX does. A new muxer run (after `mediamtx_up`) starts
 with a new prefix, so the previous run's files are left unreferenced, as after an unclean
 MediaMTX restart.

@@ -33,7 +33,7 @@ log = logging.getLogger("testbed")
 
 STALE_SESSION_SECONDS = 60.0
 DEFAULT_STALE_HLS_SECONDS = 60.0
-PLAYBACK_TIMEOUT_SECONDS = 60.0
+PLAYBACK_TIMEOUT_SECONDS = 15.0
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -83,7 +83,7 @@ class Testbed:
     def __init__(self, settings: Settings) -> None:
         """Build every part; nothing is opened or bound until start()."""
         self.settings = settings
-        self.clock = LocalClock(settings.timezone_offset_hours)
+        self.clock = LocalClock(settings.timezone_offset_hours, zone=settings.timezone)
         self.db = Database(settings.database, self.clock, create_archive_table=not settings.missing_archive_table)
         self.cache = ResponseCache(
             ttl_seconds=settings.cache_ttl, max_size=LEGACY_MAX_SIZE if settings.legacy_cache_shape else None
@@ -281,19 +281,24 @@ class Testbed:
             await self.run_sweep()
 
     async def run_sweep(self) -> int:
-        """End active viewer sessions whose heartbeat is older than the session timeout."""
+        """End active viewer sessions whose heartbeat is older than the session timeout.
+
+        Statement by statement, each its own transaction (better-sqlite3 without a transaction), as the
+        backend does: another writer can act between the SELECT that finds a session and the UPDATE that
+        ends it, and a big backlog takes the sweep a while to work through.
+        """
         timeout = self.settings.session_timeout
         ended = await asyncio.to_thread(
-            self.db.write, lambda conn: end_stale_sessions(conn, self.clock, timeout_seconds=timeout)
+            self.db.write_raw, lambda conn: end_stale_sessions(conn, self.clock, timeout_seconds=timeout)
         )
         if ended:
-            log.info("viewer sweep ended %d stale sessions", ended)
+            log.info("[ViewerSession] Cleaned up %d stale sessions", ended)
         return ended
 
     async def run_playback_sweep(self) -> int:
-        """End silent playback sessions."""
+        """End silent playback sessions (statement by statement, like the viewer sweep)."""
         return await asyncio.to_thread(
-            self.db.write,
+            self.db.write_raw,
             lambda conn: end_stale_playback(conn, self.clock, timeout_seconds=PLAYBACK_TIMEOUT_SECONDS),
         )
 

@@ -17,6 +17,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from testbed.cache import CAMERA_LIST_KEY, SERVICE_TTL_SECONDS, middleware_key
 from testbed.hls import init_segment_bytes, media_segment_head
 from testbed.leaks import count_close_wait
 from testbed.viewers import end_all_sessions, start_session
@@ -234,18 +235,36 @@ def _remove_created(tb: Testbed) -> int:
     return removed
 
 
+async def timezone(tb: Testbed, params: Params) -> dict[str, Any]:
+    """Change the backend's zone (the ``system_settings`` row ``timezone``) as its admin page does."""
+    zone = params.get("zone")
+    if not isinstance(zone, str) or not zone.strip():
+        raise ScenarioError("zone must be WIB, WITA, WIT or an IANA zone name")
+    try:
+        stored = await asyncio.to_thread(tb.db.set_timezone, zone)
+    except ValueError as exc:
+        raise ScenarioError(str(exc)) from None
+    return {"timezone": stored, "local_now": tb.clock.local()}
+
+
 # ----- cache -------------------------------------------------------------------------------------
 
 
 async def cache_junk(tb: Testbed, params: Params) -> dict[str, Any]:
-    """Fill the response cache with junk-query entries that will never be hit again."""
+    """Fill the response cache with junk-query entries that will never be hit again.
+
+    Each junk request counts as over HTTP: a route-cache miss, a lookup of the camera service's entry
+    (a hit while it lives, else a miss and a store) and the route's store.
+    """
     entries = _count(params, "entries", 500, high=1_000_000)
     nonce = secrets.token_hex(4)
     body = b'{"success":true,"data":[]}'
+    ttl = tb.settings.service_cache_ttl or SERVICE_TTL_SECONDS[CAMERA_LIST_KEY]
     for index in range(entries):
-        key = f"{JUNK_PATH}?_={nonce}{index}"
-        # Each junk request is a lookup that misses and then a store, exactly as over HTTP.
+        key = middleware_key(f"{JUNK_PATH}?_={nonce}{index}")
         tb.cache.get(key)
+        if tb.cache.get(CAMERA_LIST_KEY) is None:
+            tb.cache.set(CAMERA_LIST_KEY, [], ttl_seconds=ttl)
         tb.cache.set(key, body, "application/json")
     return {"added": entries, "cache_size": tb.cache.size, "hit_rate": round(tb.cache.hit_rate(), 2)}
 
@@ -319,8 +338,15 @@ async def reset(tb: Testbed, params: Params) -> dict[str, Any]:
         for start in range(0, len(stuck), 500):
             chunk = stuck[start : start + 500]
             marks = ",".join("?" * len(chunk))
+            # history rows carry no session id: match them by camera, address and start
+            conn.execute(
+                f"""DELETE FROM viewer_session_history WHERE EXISTS (SELECT 1 FROM viewer_sessions vs
+                    WHERE vs.session_id IN ({marks}) AND vs.camera_id = viewer_session_history.camera_id
+                    AND vs.ip_address = viewer_session_history.ip_address
+                    AND vs.started_at = viewer_session_history.started_at)""",
+                chunk,
+            )
             total += conn.execute(f"DELETE FROM viewer_sessions WHERE session_id IN ({marks})", chunk).rowcount
-            conn.execute(f"DELETE FROM viewer_session_history WHERE session_id IN ({marks})", chunk)
         return total
 
     deleted_sessions = await asyncio.to_thread(tb.db.write, delete_stuck)
@@ -356,6 +382,7 @@ SCENARIOS: dict[str, Scenario] = {
     "cache_junk": cache_junk,
     "stuck_sessions": stuck_sessions,
     "sweep": sweep,
+    "timezone": timezone,
     "archive_run": archive_run,
     "hot_recorder": hot_recorder,
     "recorders_stop": recorders_stop,

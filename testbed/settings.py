@@ -6,6 +6,8 @@ import argparse
 from dataclasses import dataclass
 from pathlib import Path
 
+from testbed.localtime import LocalClock
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Settings:
@@ -19,6 +21,7 @@ class Settings:
     sweep_enabled: bool = True
     legacy_cache_shape: bool = False
     timezone_offset_hours: float = 7.0
+    timezone: str | None = None
     mediamtx_host: str = "127.0.0.1"
     mediamtx_port: int = 0
     segment_seconds: float = 2.0
@@ -33,7 +36,9 @@ class Settings:
     miss_cost_ms: float = 25.0
     access_token_ttl: int = 3600
     refresh_token_ttl: int = 7 * 24 * 3600
-    lockout_minutes: float = 30.0
+    lockout_minutes: float = 15.0
+    login_delay_scale: float = 1.0
+    service_cache_ttl: float | None = None
     missing_archive_table: bool = False
     archive_interval: float = 6 * 3600.0
     cleanup_interval: float = 24 * 3600.0
@@ -114,7 +119,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--api-key", default=None, help="require this X-API-Key on non-public paths")
     parser.add_argument("--no-sweep", action="store_true", help="start with the viewer-session sweep off")
     parser.add_argument("--legacy-cache-shape", action="store_true", help="older cache-stats JSON shape")
-    parser.add_argument("--timezone-offset", type=float, default=7.0, help="local time offset in hours (7)")
+    parser.add_argument(
+        "--timezone-offset", type=float, default=7.0, help="zone by UTC offset: 7 Asia/Jakarta, 8, 9 (default 7)"
+    )
+    parser.add_argument(
+        "--timezone", default=None, help="zone seeded into system_settings: WIB, WITA, WIT or an IANA name"
+    )
     parser.add_argument(
         "--mediamtx-listen",
         type=_host_port,
@@ -136,7 +146,21 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--access-token-ttl", type=_positive_int, default=3600, help="access JWT life (s)")
     parser.add_argument("--refresh-token-ttl", type=_positive_int, default=7 * 24 * 3600, help="refresh JWT life")
-    parser.add_argument("--lockout-minutes", type=_positive_float, default=30.0, help="login lockout length")
+    parser.add_argument(
+        "--lockout-minutes", type=_positive_float, default=15.0, help="failed-login tracking window (15 min)"
+    )
+    parser.add_argument(
+        "--login-delay-scale",
+        type=float,
+        default=1.0,
+        help="multiplies the 1/2/4/8 s delay of a failed login (0: none; default 1)",
+    )
+    parser.add_argument(
+        "--service-cache-ttl",
+        type=_positive_float,
+        default=None,
+        help="lifetime of the services' cache entries (default: the backend's, 15 s cameras, 300 s areas)",
+    )
     parser.add_argument(
         "--missing-archive-table",
         action="store_true",
@@ -160,7 +184,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def parse_settings(argv: list[str] | None = None) -> Settings:
     """Parse the command line into Settings."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        LocalClock(args.timezone_offset, zone=args.timezone)
+    except ValueError as exc:
+        parser.error(str(exc))
     host, port = args.listen
     mediamtx_host, mediamtx_port = args.mediamtx_listen
     return Settings(
@@ -172,6 +201,7 @@ def parse_settings(argv: list[str] | None = None) -> Settings:
         sweep_enabled=not args.no_sweep,
         legacy_cache_shape=args.legacy_cache_shape,
         timezone_offset_hours=args.timezone_offset,
+        timezone=args.timezone,
         mediamtx_host=mediamtx_host,
         mediamtx_port=mediamtx_port,
         segment_seconds=args.segment_seconds,
@@ -186,6 +216,8 @@ def parse_settings(argv: list[str] | None = None) -> Settings:
         access_token_ttl=args.access_token_ttl,
         refresh_token_ttl=args.refresh_token_ttl,
         lockout_minutes=args.lockout_minutes,
+        login_delay_scale=max(0.0, args.login_delay_scale),
+        service_cache_ttl=args.service_cache_ttl,
         missing_archive_table=args.missing_archive_table,
         archive_interval=args.archive_interval,
         cleanup_interval=args.cleanup_interval,

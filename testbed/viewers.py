@@ -6,7 +6,10 @@ import sqlite3
 import uuid
 from typing import Any
 
-from testbed.localtime import LocalClock
+from testbed.localtime import LocalClock, local_seconds_between
+
+# cameraViewStatsService: shorter sessions are not counted as views (bots, instant bounces)
+MIN_COUNTABLE_VIEW_SECONDS = 5
 
 
 def device_type(user_agent: str) -> str:
@@ -61,82 +64,125 @@ def heartbeat(conn: sqlite3.Connection, clock: LocalClock, session_id: str) -> b
     return cursor.rowcount > 0
 
 
-def _end(conn: sqlite3.Connection, clock: LocalClock, rows: list[sqlite3.Row]) -> int:
-    """End the given active sessions and copy each into viewer_session_history."""
-    now = clock.local()
-    now_dt = clock.parse_local(now)
-    for row in rows:
-        duration = max(0, int((now_dt - clock.parse_local(row["started_at"])).total_seconds()))
-        conn.execute(
-            "UPDATE viewer_sessions SET is_active = 0, ended_at = ?, duration_seconds = ? WHERE id = ?",
-            (now, duration, row["id"]),
-        )
-        conn.execute(
-            """INSERT INTO viewer_session_history (session_id, camera_id, camera_name, ip_address, user_agent,
-                   device_type, started_at, ended_at, duration_seconds) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)""",
-            (
-                row["session_id"],
-                row["camera_id"],
-                row["camera_name"],
-                row["ip_address"],
-                row["user_agent"],
-                row["device_type"],
-                row["started_at"],
-                now,
-                duration,
-            ),
-        )
-    return len(rows)
+def record_completed_view(conn: sqlite3.Connection, *, camera_id: int, duration: int, viewed_at: str) -> bool:
+    """cameraViewStatsService.recordCompletedLiveView: count a view of at least 5 s in camera_view_stats.
+
+    ``viewed_at`` (the session's local ``ended_at``) also becomes ``created_at``/``updated_at``: this table's
+    times are local text, unlike the ``CURRENT_TIMESTAMP`` defaults elsewhere.
+    """
+    if camera_id <= 0 or duration < MIN_COUNTABLE_VIEW_SECONDS:
+        return False
+    conn.execute(
+        """INSERT INTO camera_view_stats (camera_id, total_live_views, total_watch_seconds, last_viewed_at,
+               created_at, updated_at) VALUES (?, 1, ?, ?, ?, ?)
+           ON CONFLICT(camera_id) DO UPDATE SET total_live_views = total_live_views + 1,
+               total_watch_seconds = total_watch_seconds + excluded.total_watch_seconds,
+               last_viewed_at = excluded.last_viewed_at, updated_at = excluded.updated_at""",
+        (camera_id, duration, viewed_at, viewed_at, viewed_at),
+    )
+    return True
+
+
+def end_session(conn: sqlite3.Connection, clock: LocalClock, session_id: str, *, ended_at: str | None = None) -> bool:
+    """viewerSessionService.endSession: end one active session; False when it is not active.
+
+    ``ended_at`` is the local-time text to record (the sweep passes the session's last heartbeat); None
+    means now. The session's UPDATE is keyed by ``session_id`` alone, without an ``is_active`` guard, as
+    in the backend: only the SELECT before it checks ``is_active``. The history row's ``created_at`` is
+    the UTC ``CURRENT_TIMESTAMP`` default.
+    """
+    row = conn.execute("SELECT * FROM viewer_sessions WHERE session_id = ? AND is_active = 1", (session_id,)).fetchone()
+    if row is None:
+        return False
+    timestamp = ended_at[:19].replace("T", " ") if ended_at else clock.local()
+    duration = local_seconds_between(row["started_at"], timestamp)
+    conn.execute(
+        "UPDATE viewer_sessions SET is_active = 0, ended_at = ?, duration_seconds = ? WHERE session_id = ?",
+        (timestamp, duration, session_id),
+    )
+    camera = conn.execute("SELECT name FROM cameras WHERE id = ?", (row["camera_id"],)).fetchone()
+    conn.execute(
+        """INSERT INTO viewer_session_history (camera_id, camera_name, ip_address, user_agent, device_type,
+               started_at, ended_at, duration_seconds) VALUES (?, ?, ?, ?, ?, ?, ?, ?)""",
+        (
+            row["camera_id"],
+            camera["name"] if camera is not None and camera["name"] else f"Camera {row['camera_id']}",
+            row["ip_address"],
+            row["user_agent"],
+            row["device_type"],
+            row["started_at"],
+            timestamp,
+            duration,
+        ),
+    )
+    record_completed_view(conn, camera_id=int(row["camera_id"]), duration=duration, viewed_at=timestamp)
+    return True
+
+
+def stop_session(conn: sqlite3.Connection, clock: LocalClock, session_id: str) -> bool:
+    """POST /api/viewer/stop: end one active session now; False when it was not active."""
+    return end_session(conn, clock, session_id)
+
+
+def end_stale_sessions(conn: sqlite3.Connection, clock: LocalClock, *, timeout_seconds: float) -> int:
+    """The backend's sweep (cleanupStaleSessions): end sessions silent for longer than the timeout.
+
+    Compared with SQLite's ``datetime()`` against the backend's local now, and each session ends at its
+    last heartbeat.
+    """
+    rows = conn.execute(
+        """SELECT session_id, last_heartbeat FROM viewer_sessions WHERE is_active = 1
+           AND datetime(last_heartbeat) < datetime(?, ?)""",
+        (clock.local(), f"-{int(timeout_seconds)} seconds"),
+    ).fetchall()
+    return sum(end_session(conn, clock, row["session_id"], ended_at=row["last_heartbeat"]) for row in rows)
+
+
+def end_all_sessions(conn: sqlite3.Connection, clock: LocalClock) -> int:
+    """End every active session now (the testbed's reset)."""
+    rows = conn.execute("SELECT session_id FROM viewer_sessions WHERE is_active = 1").fetchall()
+    return sum(end_session(conn, clock, row["session_id"]) for row in rows)
 
 
 _ACTIVE_SELECT = """SELECT vs.*, c.name AS camera_name FROM viewer_sessions vs
     LEFT JOIN cameras c ON c.id = vs.camera_id WHERE vs.is_active = 1"""
 
 
-def stop_session(conn: sqlite3.Connection, clock: LocalClock, session_id: str) -> bool:
-    """End one active session; False when it was not active."""
-    rows = conn.execute(_ACTIVE_SELECT + " AND vs.session_id = ?", (session_id,)).fetchall()
-    return _end(conn, clock, rows) > 0
-
-
-def end_stale_sessions(conn: sqlite3.Connection, clock: LocalClock, *, timeout_seconds: float) -> int:
-    """The backend's sweep: end active sessions whose last heartbeat is older than the timeout."""
-    cutoff = clock.local(timeout_seconds)
-    rows = conn.execute(_ACTIVE_SELECT + " AND vs.last_heartbeat < ?", (cutoff,)).fetchall()
-    return _end(conn, clock, rows)
-
-
-def end_all_sessions(conn: sqlite3.Connection, clock: LocalClock) -> int:
-    """End every active session the way the sweep does."""
-    return _end(conn, clock, conn.execute(_ACTIVE_SELECT).fetchall())
+def end_playback_session(
+    conn: sqlite3.Connection, clock: LocalClock, session_id: str, *, ended_at: str | None = None
+) -> bool:
+    """playbackViewerSessionService.endSession: the live session's rules for playback sessions."""
+    row = conn.execute(
+        "SELECT * FROM playback_viewer_sessions WHERE session_id = ? AND is_active = 1", (session_id,)
+    ).fetchone()
+    if row is None:
+        return False
+    timestamp = ended_at[:19].replace("T", " ") if ended_at else clock.local()
+    duration = local_seconds_between(row["started_at"], timestamp)
+    conn.execute(
+        "UPDATE playback_viewer_sessions SET is_active = 0, ended_at = ?, duration_seconds = ? WHERE session_id = ?",
+        (timestamp, duration, session_id),
+    )
+    columns = (
+        "camera_id, camera_name, segment_filename, segment_started_at, playback_access_mode, ip_address, "
+        "user_agent, device_type, admin_user_id, admin_username, token_id, token_label, started_at"
+    )
+    conn.execute(
+        f"""INSERT INTO playback_viewer_session_history ({columns}, ended_at, duration_seconds)
+            SELECT {columns}, ?, ? FROM playback_viewer_sessions WHERE session_id = ?""",
+        (timestamp, duration, session_id),
+    )
+    return True
 
 
 def end_stale_playback(conn: sqlite3.Connection, clock: LocalClock, *, timeout_seconds: float) -> int:
-    """The backend's playback sweep: end silent playback sessions and copy them to history."""
-    now = clock.local()
+    """The backend's playback sweep: silent playback sessions end at their last heartbeat."""
     rows = conn.execute(
-        """SELECT p.*, c.name AS camera_name FROM playback_viewer_sessions p
-           LEFT JOIN cameras c ON c.id = p.camera_id WHERE p.is_active = 1 AND p.last_heartbeat < ?""",
-        (clock.local(timeout_seconds),),
+        """SELECT session_id, last_heartbeat FROM playback_viewer_sessions WHERE is_active = 1
+           AND datetime(last_heartbeat) < datetime(?, ?)""",
+        (clock.local(), f"-{int(timeout_seconds)} seconds"),
     ).fetchall()
-    for row in rows:
-        conn.execute("UPDATE playback_viewer_sessions SET is_active = 0, ended_at = ? WHERE id = ?", (now, row["id"]))
-        conn.execute(
-            """INSERT INTO playback_viewer_session_history (session_id, camera_id, camera_name, segment_filename,
-                   ip_address, user_agent, started_at, ended_at, duration_seconds) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)""",
-            (
-                row["session_id"],
-                row["camera_id"],
-                row["camera_name"],
-                row["segment_filename"],
-                row["ip_address"],
-                row["user_agent"],
-                row["started_at"],
-                now,
-                row["duration_seconds"],
-            ),
-        )
-    return len(rows)
+    return sum(end_playback_session(conn, clock, row["session_id"], ended_at=row["last_heartbeat"]) for row in rows)
 
 
 def session_counts(conn: sqlite3.Connection, clock: LocalClock, *, stale_after_seconds: float) -> tuple[int, int]:

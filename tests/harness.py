@@ -40,6 +40,9 @@ FAST = {
     "CCTV_OPTIMIZER_DETECTION__SAMPLES_REQUIRED": "2",
     "CCTV_OPTIMIZER_DETECTION__WINDOW_SAMPLES": "3",
     "CCTV_OPTIMIZER_BACKEND__REQUESTS_PER_MINUTE": "90",
+    # the stand-in's sweep is off in its stuck_sessions scenario: a few samples in a row show it (20 s x 3 in life)
+    "CCTV_OPTIMIZER_STRATEGIES__CONNECTION__SWEEP_INTERVAL_SECONDS": "0.01",
+    "CCTV_OPTIMIZER_STRATEGIES__CONNECTION__STUCK_SWEEP_PERIODS": "1",
 }
 
 

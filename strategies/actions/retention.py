@@ -1,8 +1,9 @@
 """Writes that delete or rewrite the backend's SQLite data: batched retention pruning and VACUUM.
 
 Both are disruptive and opt-in. Pruning deletes, in short write transactions of a few hundred rows, only
-rows of the tables the backend never cleans (TARGET.md) that are older than the retention period in the
-column's own time base (session columns hold local time, ``CURRENT_TIMESTAMP`` columns hold UTC). It never
+rows of the tables the backend never cleans (metrics/tables.py) that are older than the retention period in
+the column's own time base (session columns hold the backend's local time in the zone of its ``system_settings``
+row, the others UTC, some as ISO texts). It never
 touches ``telegram_archive_uploads`` (the only index of archived footage) nor a live session. A busy
 database stops the run where it is: every committed batch is whole, the interrupted one is rolled back.
 VACUUM runs under a deadline (an interrupted VACUUM is rolled back by SQLite) after checking free space.
@@ -17,11 +18,13 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime, timedelta
-from enum import StrEnum
+from datetime import datetime
 from pathlib import Path
 
-from metrics.sqlite import LOCAL_FORMAT, is_busy, local_now, table_columns
+from metrics import backendtime as bt
+from metrics.backendtime import TimeBase, Zone
+from metrics.sqlite import is_busy, table_columns
+from metrics.tables import TABLES, TableSpec
 from strategies.actions.sqlite import reading, wal_bytes, writing
 from strategies.base import StrategyError
 
@@ -33,52 +36,9 @@ _PROGRESS_STEPS = 1000
 BATCH_PAUSE_SECONDS = 0.02
 
 
-class TimeBase(StrEnum):
-    """How a date column is written: the backend's local time, or UTC (``CURRENT_TIMESTAMP``)."""
-
-    LOCAL = "local"
-    UTC = "utc"
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class RetentionRule:
-    """Which rows of one table may go: ``column`` older than the cutoff, and ``only_where`` holds."""
-
-    table: str
-    column: str
-    time_base: TimeBase
-    archive: bool = False
-    only_where: str | None = None
-    needs_columns: tuple[str, ...] = ()
-
-
-# The tables nobody cleans (TARGET.md "Gaps nobody cleans"); live sessions are excluded by only_where.
-RULES: tuple[RetentionRule, ...] = (
-    RetentionRule(
-        table="viewer_sessions",
-        column="started_at",
-        time_base=TimeBase.LOCAL,
-        only_where='"is_active" = 0',
-        needs_columns=("is_active",),
-    ),
-    RetentionRule(
-        table="playback_viewer_sessions",
-        column="started_at",
-        time_base=TimeBase.LOCAL,
-        only_where='"is_active" = 0',
-        needs_columns=("is_active",),
-    ),
-    RetentionRule(table="viewer_session_history_archive", column="started_at", time_base=TimeBase.LOCAL, archive=True),
-    RetentionRule(
-        table="playback_viewer_session_history_archive", column="started_at", time_base=TimeBase.LOCAL, archive=True
-    ),
-    RetentionRule(table="playback_token_sessions", column="expires_at", time_base=TimeBase.LOCAL),
-    RetentionRule(table="playback_token_audit_logs", column="created_at", time_base=TimeBase.UTC),
-    RetentionRule(table="login_attempts", column="attempt_time", time_base=TimeBase.LOCAL),
-    RetentionRule(table="token_blacklist", column="expires_at", time_base=TimeBase.LOCAL),
-    RetentionRule(table="camera_source_lifecycle_events", column="created_at", time_base=TimeBase.UTC),
-    RetentionRule(table="recording_maintenance_events", column="created_at", time_base=TimeBase.UTC),
-)
+# One descriptor for sampling, findings and pruning (metrics/tables.py): a rule is a table spec that may be pruned.
+RetentionRule = TableSpec
+RULES: tuple[TableSpec, ...] = tuple(spec for spec in TABLES if spec.pruned and spec.table not in PROTECTED_TABLES)
 RULES_BY_TABLE = {rule.table: rule for rule in RULES}
 
 
@@ -127,10 +87,18 @@ class VacuumResult:
     wal_truncated: bool
 
 
-def cutoff_text(time_base: TimeBase, now_utc: datetime, days: float, offset_hours: float) -> str:
-    """The ``YYYY-MM-DD HH:MM:SS`` text that rows older than ``days`` compare below, in the column's base."""
-    moment = local_now(offset_hours, now_utc) if time_base is TimeBase.LOCAL else local_now(0.0, now_utc)
-    return (moment - timedelta(days=days)).strftime(LOCAL_FORMAT)
+def cutoff_text(time_base: TimeBase, now_utc: datetime, days: float, zone: Zone) -> str:
+    """The ``YYYY-MM-DD HH:MM:SS`` text that times older than ``days`` fall below, in the column's own base."""
+    return bt.cutoff_text(time_base, zone, now_utc, days)
+
+
+def backend_zone(path: Path, busy_timeout_ms: int, fallback_offset_hours: float) -> Zone:
+    """The backend's timezone as its ``system_settings`` row says now (read-only)."""
+    with _connection(path, busy_timeout_ms, write=False) as conn:
+        try:
+            return bt.resolve_zone(bt.read_zone_setting(conn), fallback_offset_hours)
+        except sqlite3.OperationalError as exc:
+            raise StrategyError(f"cannot read the backend's timezone: {exc}") from None
 
 
 def parse_window(window: str) -> tuple[int, int]:
@@ -174,8 +142,10 @@ def _deadline(conn: sqlite3.Connection, deadline: float, clock: Callable[[], flo
 
 
 def _condition(rule: RetentionRule) -> str:
-    # typeof() keeps numbers (e.g. epoch seconds) out: in SQLite every number sorts below any text
-    where = f'typeof("{rule.column}") = \'text\' AND "{rule.column}" < ?'
+    # typeof() keeps numbers (e.g. epoch seconds) out: in SQLite every number sorts below any text. datetime()
+    # reads both forms the backend writes (``2026-12-04 05:00:00`` and ISO ``2026-12-04T05:00:00.000Z``, which
+    # it turns into UTC) and is NULL for anything else, which is then never deleted.
+    where = f'typeof("{rule.column}") = \'text\' AND datetime("{rule.column}") < ?'
     return f"{where} AND ({rule.only_where})" if rule.only_where else where
 
 

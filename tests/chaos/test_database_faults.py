@@ -58,7 +58,8 @@ async def test_a_long_writer_transaction_does_not_stall_sampling(testbed: Testbe
         async with running_daemon(daemon_env(testbed, tmp_path / "state")) as daemon:
             writer.execute("BEGIN IMMEDIATE")
             writer.execute(
-                "INSERT INTO login_attempts (username, ip_address, success, attempt_time) VALUES ('chaos', '127.0.0.1', 0, '2026-01-01 00:00:00')"
+                "INSERT INTO login_attempts (identifier, identifier_type, success, attempt_time)"
+                " VALUES ('chaos', 'ip', 0, '2026-01-01T00:00:00.000Z')"
             )
             try:
                 started = time.monotonic()
@@ -144,7 +145,7 @@ async def test_an_unwritable_wal_fails_the_checkpoint_softly_and_recovers(
                 assert during.health_status == 200
                 started = time.monotonic()
                 await daemon.sample_now()
-                daemon.engine.runtimes["database"].last_attempt = None
+                daemon.engine.runtimes["database"].pace("checkpoint").last_attempt = None  # past the cooldown
                 done = await daemon.engine.request_round(trigger="manual", strategy="database", manual=True)
                 fixed = daemon.store.decision(done.decision_ids[0]) if done.decision_ids else None
                 took = time.monotonic() - started

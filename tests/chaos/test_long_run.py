@@ -73,7 +73,11 @@ async def test_a_long_run_keeps_every_buffer_bounded(testbed: TestbedProcess, tm
         windows = daemon.windows
         longest = max(len(windows.values(name)) for name in windows.names())
         rt = daemon.engine.runtimes["cache"]
-        attempts, scores, pending = len(rt.attempts), len(rt.scores), len(daemon.engine._pending)
+        attempts, scores, pending = (
+            sum(len(p.attempts) for p in rt.pacing.values()),
+            len(rt.scores),
+            len(daemon.engine._pending),
+        )
         history = table_rows(state_db, "decisions")
         journal = table_rows(state_db, "journal")
         applied = len(scripted.applied)

@@ -50,7 +50,7 @@ out["page_count"] = sample.page_count
 for name, action in (
     ("checkpoint", lambda: sql.checkpoint(path, "PASSIVE", 500)),
     ("optimize", lambda: sql.optimize(path, 500)),
-    ("count", lambda: sessions.count_stuck(path, "2030-01-01 00:00:00", 500)),
+    ("count", lambda: sessions.count_stale(path, 15.0, 500, 7.0)),
 ):
     try:
         action()
@@ -179,7 +179,7 @@ try:
 except SamplingError as exc:
     out["sample"] = str(exc)
 try:
-    sessions.count_stuck(path, "2030-01-01 00:00:00", 200)
+    sessions.count_stale(path, 15.0, 200, 7.0)
     out["count"] = "read"
 except StrategyDeferred as exc:
     out["count"] = "deferred: " + str(exc)

@@ -53,14 +53,14 @@ def scalar(tb: TestbedProcess, sql: str, *args: Any) -> int:
 
 
 def old_login_attempts(tb: TestbedProcess, rows: int = BULK_ROWS, days: float = 150.0) -> None:
-    """Login attempts from months ago, the kind nobody cleans (local-time attempt_time)."""
-    when = LocalClock(OFFSET).local(days * DAY)
+    """Login attempts from months ago, the kind nobody cleans (attempt_time ISO UTC, as the backend writes it)."""
+    when = LocalClock(OFFSET).iso(days * DAY)
     with connect(tb) as conn:
         conn.execute("BEGIN IMMEDIATE")
         conn.executemany(
-            "INSERT INTO login_attempts (username, ip_address, user_agent, success, attempt_time)"
-            " VALUES ('guess', '203.0.113.7', ?, 0, ?)",
-            [("Mozilla/5.0 " + "x" * 200, when)] * rows,
+            "INSERT INTO login_attempts (identifier, identifier_type, success, attempt_time)"
+            " VALUES (?, 'username', 0, ?)",
+            [("guess-" + "x" * 200, when)] * rows,
         )
         conn.execute("COMMIT")
 
@@ -72,7 +72,7 @@ def database_rows(daemon: Daemon) -> list[DecisionRecord]:
 
 def counts(tb: TestbedProcess) -> dict[str, int]:
     """Row counts the tests compare before and after."""
-    cutoff = LocalClock(OFFSET).local(90 * DAY)
+    cutoff = LocalClock(OFFSET).iso(90 * DAY)
     return {
         "old_login_attempts": scalar(tb, "SELECT count(*) FROM login_attempts WHERE attempt_time < ?", cutoff),
         "old_token_audit_logs": scalar(
@@ -87,7 +87,7 @@ def counts(tb: TestbedProcess) -> dict[str, int]:
 
 def recent_login_attempts(tb: TestbedProcess) -> int:
     """Login attempts inside the retention period (the daemon's own login adds one)."""
-    cutoff = LocalClock(OFFSET).local(90 * DAY)
+    cutoff = LocalClock(OFFSET).iso(90 * DAY)
     return scalar(tb, "SELECT count(*) FROM login_attempts WHERE attempt_time >= ?", cutoff)
 
 
@@ -166,7 +166,8 @@ async def test_the_archive_lagging_behind_is_reported(testbed: TestbedProcess, t
     """History rows past 91 days although the archive table exists raise history-archive-behind."""
     with connect(testbed) as conn:
         conn.execute(
-            "INSERT INTO viewer_session_history (session_id, camera_id, started_at, ended_at) VALUES ('late', 1, ?, ?)",
+            "INSERT INTO viewer_session_history (camera_id, ip_address, started_at, ended_at, duration_seconds)"
+            " VALUES (1, '10.0.0.1', ?, ?, 60)",
             (LocalClock(OFFSET).local(100 * DAY), LocalClock(OFFSET).local(100 * DAY - 60)),
         )
     async with running_daemon(env_for(testbed, tmp_path)) as daemon:
@@ -276,7 +277,7 @@ async def test_vacuum_in_the_quiet_window_returns_the_free_pages(testbed: Testbe
     """Free pages over the ratio inside the window: one VACUUM, the freelist empties, the backend keeps serving."""
     old_login_attempts(testbed)
     with connect(testbed) as conn:
-        conn.execute("DELETE FROM login_attempts WHERE username = 'guess'")
+        conn.execute("DELETE FROM login_attempts WHERE identifier LIKE 'guess-%'")
         conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
         free_before = int(conn.execute("PRAGMA freelist_count").fetchone()[0])
     assert free_before > 100

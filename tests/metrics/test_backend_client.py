@@ -127,11 +127,12 @@ def for_testbed(make: Callable[..., BackendClient], tb: TestbedProcess, **kwargs
 
 
 def login_attempts(tb: TestbedProcess) -> tuple[int, int]:
-    """(successful, failed) login attempts recorded in the testbed's database."""
+    """(successful, failed) login attempts recorded in the testbed's database (one username row per attempt)."""
     conn = sqlite3.connect(f"file:{tb.database}?mode=ro", uri=True)
     try:
         row = conn.execute(
             "SELECT coalesce(sum(success), 0), coalesce(sum(1 - success), 0) FROM login_attempts"
+            " WHERE identifier_type = 'username'"
         ).fetchone()
     finally:
         conn.close()
@@ -320,12 +321,12 @@ async def test_admin_error_carries_status_and_message(fresh: TestbedProcess, mak
 
 
 async def test_cache_stats_current_shape_from_the_testbed(fresh: TestbedProcess, make_client: Any) -> None:
-    """A miss and a hit on a cached endpoint read back as hits 1, misses 1, ratio 0.5."""
+    """A route miss (and the camera service's miss behind it) and a route hit read back as hits 1, misses 2."""
     assert fresh.request("GET", "/api/cameras/active").header("X-Cache") == "MISS"
     assert fresh.request("GET", "/api/cameras/active").header("X-Cache") == "HIT"
     stats = await for_testbed(make_client, fresh).cache_stats()
-    assert (stats.hits, stats.misses, stats.sets, stats.size) == (1, 1, 1, 1)
-    assert stats.hit_rate == pytest.approx(0.5)
+    assert (stats.hits, stats.misses, stats.sets, stats.size) == (1, 2, 2, 2)
+    assert stats.hit_rate == pytest.approx(1 / 3)
     assert stats.max_size is None
 
 
@@ -336,13 +337,13 @@ async def test_cache_stats_legacy_shape_from_the_testbed(tb_legacy: TestbedProce
     tb_legacy.request("GET", "/api/areas/public")
     tb_legacy.request("GET", "/api/areas/public")
     stats = await for_testbed(make_client, tb_legacy).cache_stats()
-    assert (stats.hits, stats.misses, stats.size) == (2, 1, 1)
-    assert stats.hit_rate == pytest.approx(2 / 3)
+    assert (stats.hits, stats.misses, stats.size) == (2, 2, 2)
+    assert stats.hit_rate == pytest.approx(1 / 2)
     assert stats.max_size == 1000
 
 
 async def test_api_key_is_sent_when_configured(tb_api_key: TestbedProcess, make_client: Any) -> None:
-    """With the API key the admin calls work; without it the login is refused with 401."""
+    """With the API key the admin calls work; without it the login passes (public) but the call gets 403."""
     tb_api_key.scenario("reset")
     assert tb_api_key.api_key == API_KEY
     stats = await for_testbed(make_client, tb_api_key).cache_stats()
@@ -350,7 +351,7 @@ async def test_api_key_is_sent_when_configured(tb_api_key: TestbedProcess, make_
     keyless = make_client(tb_api_key.url, password=tb_api_key.admin_password)
     with pytest.raises(BackendError) as caught:
         await keyless.cache_stats()
-    assert caught.value.status == 401
+    assert caught.value.status == 403
 
 
 async def test_refused_login_is_not_retried(fresh: TestbedProcess, make_client: Any) -> None:
@@ -464,7 +465,10 @@ async def test_cache_stats_fall_back_to_a_recent_reading_while_paused(
     client = make_client(tb_limited.url, password=tb_limited.admin_password, clock=clock)
     first = await client.cache_stats()
     client.budget.pause(30.0)
-    assert await client.cache_stats() is first
+    standing_in = await client.cache_stats()
+    assert (standing_in.size, standing_in.hits, standing_in.misses) == (first.size, first.hits, first.misses)
+    # the stand-in says it is an earlier reading, so it is not pushed to the signal windows as a new one
+    assert first.age_seconds == 0.0 and standing_in.age_seconds > 0.0
     clock.advance(10.0)
     with pytest.raises(BackendError) as caught:
         await client.cache_stats(max_age=5.0)
@@ -816,3 +820,66 @@ async def test_an_action_gets_through_when_sampling_has_spent_its_share(odd: Odd
     assert (await client.get_public("/api/hot", wait=True)).status == 200
     assert (await client.get_public("/api/hot", wait=True)).status == 200
     assert odd.paths().count("/api/hot") == 3
+
+
+async def test_hot_endpoints_keep_their_share_of_the_budget_at_1_s_sampling(odd: OddServer, make_client: Any) -> None:
+    """A minute of 1 s samples at 30 requests a minute: the cache stats take no more than their share.
+
+    The probe and the cache stats go out together every sample; the cache stats used to win the race for every
+    token (28 reads and 1 hot GET in a minute), so the response time silently became the /health time. Now the
+    cache stats are read once per ``cache_interval`` (the last reading stands in, marked with its age), most of
+    the budget times the hot endpoints, and a round that could time none reports no response time.
+    """
+
+    async def ok(_request: web.Request) -> web.Response:
+        return json_response({"success": True, "data": []})
+
+    async def stats(_request: web.Request) -> web.Response:
+        return json_response({"success": True, "data": {"hits": 3, "misses": 1, "size": 2, "hitRate": "75.00%"}})
+
+    for path in ("/health", *HOT):
+        odd.routes[path] = ok
+    odd.routes["/api/cache/stats"] = stats
+    clock = FakeClock()
+    client = make_client(odd.url, password="pw", per_minute=30, clock=clock)
+    rounds = []
+    for _ in range(60):
+        probe, cache = await asyncio.gather(client.probe(HOT), client.sampled_cache_stats(len(HOT)))
+        rounds.append((probe, cache))
+        clock.advance(1.0)
+    paths = odd.paths()
+    stats_reads = paths.count("/api/cache/stats")
+    hot_gets = sum(paths.count(p) for p in HOT)
+    assert stats_reads <= 60.0 / client.cache_interval + 1
+    assert hot_gets >= 2 * stats_reads
+    # both hot endpoints are timed in turn, not only the first one
+    assert min(paths.count(p) for p in HOT) >= hot_gets // 3
+    fresh_cache = [c for _, c in rounds if c.age_seconds == 0.0]
+    assert len(fresh_cache) == stats_reads
+    print(f"a minute at 1 s, 30 requests a minute: {stats_reads} cache-stats reads, {hot_gets} hot GETs")
+    for probe, _ in rounds:
+        timed = [probe.endpoint_seconds[e] for e in HOT if e in probe.endpoint_seconds]
+        if timed:
+            assert probe.response_time_seconds == pytest.approx(sum(timed) / len(timed))
+            assert probe.stale_reason is None
+        else:
+            # never the /health time in disguise: unknown, and marked so
+            assert probe.response_time_seconds is None
+            assert probe.stale_reason is not None and "budget" in probe.stale_reason
+
+
+async def test_cache_stats_are_read_every_sample_while_the_budget_has_room(odd: OddServer, make_client: Any) -> None:
+    """With a budget well above what sampling asks for, every sample reads the cache stats afresh."""
+
+    async def stats(_request: web.Request) -> web.Response:
+        return json_response({"success": True, "data": {"hits": 3, "misses": 1, "size": 2}})
+
+    odd.routes["/api/cache/stats"] = stats
+    clock = FakeClock()
+    client = make_client(odd.url, password="pw", per_minute=600, clock=clock)
+    ages = []
+    for _ in range(10):
+        ages.append((await client.sampled_cache_stats(len(HOT))).age_seconds)
+        clock.advance(1.0)
+    assert ages == [0.0] * 10
+    assert odd.paths().count("/api/cache/stats") == 10

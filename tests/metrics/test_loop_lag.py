@@ -22,6 +22,7 @@ from metrics.mediamtx import MediaMtxClient
 from metrics.process import ProcessReader, ProcessSpec
 from metrics.sampler import SOURCE_NAMES, Sampler, Sources
 from metrics.sqlite import DatabaseReader
+from metrics.tables import BY_TABLE
 from metrics.tcp import make_tcp_counter
 from testbed.harness import TestbedProcess
 from tests.harness import running_testbed
@@ -31,7 +32,7 @@ SAMPLES = 8
 STALE_FILES = 8000
 STUCK_SESSIONS = 500
 TICK_S = 0.005
-TABLES = (("viewer_sessions", "started_at"), ("login_attempts", "attempt_time"), ("token_blacklist", "expires_at"))
+TABLES = tuple(BY_TABLE[t] for t in ("viewer_sessions", "login_attempts", "token_blacklist"))
 
 
 def sources_for(tb: TestbedProcess) -> Sources:

@@ -20,6 +20,7 @@ import pytest
 
 from metrics.errors import SamplingError
 from metrics.process import (
+    LAUNCHER_RECHECK_SECONDS,
     ProcessReader,
     ProcessSpec,
     count_fds,
@@ -334,3 +335,118 @@ def test_port_discovery_of_another_users_backend_goes_by_the_sockets_owner(
     else:
         assert answer.startswith(f"backend process not found by port:{port}: its owner (uid {backend.uid})")
         assert "set backend.process" in answer and server_pid in answer
+
+
+# A launcher: a shell that starts the server (a python listener) and waits for it, as a wrapper script or pm2 does.
+LISTENER = (
+    "import socket, sys; s = socket.socket(); s.bind(('127.0.0.1', 0)); s.listen(); "
+    "print(s.getsockname()[1], flush=True); sys.stdin.read()"
+)
+
+
+@pytest.fixture
+def wrapper() -> Iterator[tuple[subprocess.Popen[bytes], int]]:
+    """``sh -c 'python LISTENER; echo stopped'``: the shell stays (it has more to do), the listener is its child."""
+    script = f'"{sys.executable}" -c "{LISTENER}"; echo stopped'
+    shell = subprocess.Popen(["sh", "-c", script], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    try:
+        port = int(first_line(shell))
+        yield shell, port
+    finally:
+        assert shell.stdin is not None and shell.stdout is not None
+        shell.stdin.close()
+        try:
+            shell.wait(timeout=STOP_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            for proc in psutil.Process(shell.pid).children(recursive=True):
+                proc.kill()
+            shell.kill()
+            shell.wait(timeout=STOP_TIMEOUT_S)
+        shell.stdout.close()
+
+
+def test_a_pid_file_naming_a_launcher_measures_the_listener_below_it(
+    wrapper: tuple[subprocess.Popen[bytes], int], tmp_path: Path
+) -> None:
+    """The pid file names the shell wrapper: the reader measures the process listening on the backend's port.
+
+    It used to measure the wrapper itself: 1.6 MB resident, CPU 0, no listening port (so no connections counted).
+    """
+    shell, port = wrapper
+    (server,) = psutil.Process(shell.pid).children()
+    pid_file = tmp_path / "backend.pid"
+    pid_file.write_text(f"{shell.pid}\n")
+    reader = ProcessReader(ProcessSpec(kind="pid", value=str(pid_file)), port=port)
+    sample = reader.read(1.0)
+    assert sample.pid == server.pid == reader.pid
+    assert sample.listen_ports == (port,)
+    assert reader.launcher_pid == shell.pid
+    assert sample.degraded is None
+    assert sample.rss_bytes == pytest.approx(server.memory_info().rss, rel=0.2)
+    # its start time, from which the uptime signal (and a restart) is seen
+    assert sample.started_wall == pytest.approx(server.create_time())
+    # the backend's port not known: any listener below the launcher is the server
+    assert ProcessReader(ProcessSpec(kind="pid", value=str(pid_file))).read(1.0).pid == server.pid
+
+
+def test_a_launcher_with_nothing_listening_below_it_is_measured_but_degraded(tmp_path: Path) -> None:
+    """Nothing in the named process's tree listens on the port: it is measured, and the reason says why it may be
+    the wrong process; a sample through the sampler shows the source up with that reason."""
+    shell = subprocess.Popen(
+        ["sh", "-c", f'"{sys.executable}" -c "import sys; sys.stdin.read()"; echo stopped'],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+    )
+    try:
+        wait_for_child = time.monotonic() + START_TIMEOUT_S
+        while not psutil.Process(shell.pid).children() and time.monotonic() < wait_for_child:
+            time.sleep(0.05)
+        pid_file = tmp_path / "backend.pid"
+        pid_file.write_text(f"{shell.pid}\n")
+        reader = ProcessReader(ProcessSpec(kind="pid", value=str(pid_file)), port=1)
+        sample = reader.read(1.0)
+        assert sample.pid == shell.pid
+        assert sample.listen_ports == ()
+        assert sample.degraded is not None
+        assert f"process {shell.pid}" in sample.degraded and "listens on no port" in sample.degraded
+        assert "port 1" in sample.degraded and "launcher" in sample.degraded
+    finally:
+        assert shell.stdin is not None and shell.stdout is not None
+        shell.stdin.close()
+        shell.wait(timeout=STOP_TIMEOUT_S)
+        shell.stdout.close()
+
+
+def test_a_server_started_later_under_the_launcher_is_found_at_the_next_look(tmp_path: Path) -> None:
+    """The launcher starts the server only after a while: degraded until then, the server once it listens.
+
+    The reader looks again every LAUNCHER_RECHECK_SECONDS (of the sample clock it is given), not at every sample.
+    """
+    script = f'read go; "{sys.executable}" -c "{LISTENER}"; echo stopped'
+    shell = subprocess.Popen(["sh", "-c", script], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    assert shell.stdin is not None and shell.stdout is not None
+    try:
+        pid_file = tmp_path / "backend.pid"
+        pid_file.write_text(f"{shell.pid}\n")
+        reader = ProcessReader(ProcessSpec(kind="pid", value=str(pid_file)))
+        first = reader.read(1.0)
+        assert (first.pid, first.listen_ports) == (shell.pid, ())
+        assert first.degraded is not None
+        shell.stdin.write(b"go\n")
+        shell.stdin.flush()
+        port = int(first_line(shell))
+        assert reader.read(1.0 + LAUNCHER_RECHECK_SECONDS / 2).pid == shell.pid
+        found = reader.read(1.0 + LAUNCHER_RECHECK_SECONDS)
+        (server,) = psutil.Process(shell.pid).children()
+        assert (found.pid, found.listen_ports, found.degraded) == (server.pid, (port,), None)
+        assert reader.launcher_pid == shell.pid
+    finally:
+        shell.stdin.close()
+        try:
+            shell.wait(timeout=STOP_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            for proc in psutil.Process(shell.pid).children(recursive=True):
+                proc.kill()
+            shell.kill()
+            shell.wait(timeout=STOP_TIMEOUT_S)
+        shell.stdout.close()

@@ -89,7 +89,7 @@ class FakeBackend:
             raise self.probe_error
         return PROBE
 
-    async def cache_stats(self) -> CacheStatsSample:
+    async def sampled_cache_stats(self, _hot_endpoints: int = 0) -> CacheStatsSample:
         """Answer the cache stats."""
         if self.cache_error is not None:
             raise self.cache_error
@@ -383,3 +383,41 @@ async def test_a_reader_failing_as_it_is_called_is_retried_next_time(fakes: Fake
     assert down(first) == {"mediamtx": "MediaMTX client is misconfigured"}
     assert down(second) == {"mediamtx": "MediaMTX client is misconfigured"}
     assert len(calls) == 2
+
+
+def test_a_standing_in_reading_is_held_not_measured_again() -> None:
+    """An earlier cache reading or an untimed hot probe gives no new signal value, and keeps the window as it is."""
+    from dataclasses import replace
+
+    from metrics.window import Windows
+
+    fresh = BASE
+    held = replace(
+        BASE,
+        cache=replace(CACHE, age_seconds=4.0),
+        probe=replace(PROBE, response_time_seconds=None, stale_reason="hot endpoints not timed: request budget spent"),
+    )
+    assert {"cache_entries", "cache_lookups", "cache_hit_rate", "response_time_seconds"} <= set(fresh.signals())
+    assert fresh.held_signals() == frozenset()
+    for name in ("cache_entries", "cache_lookups", "cache_hit_rate", "response_time_seconds"):
+        assert name not in held.signals()
+        assert name in held.held_signals()
+    # what the engine does with each sample: a held signal keeps its earlier values, an absent one is dropped
+    windows = Windows(10)
+    windows.push(1.0, fresh.signals())
+    windows.push(2.0, held.signals())
+    windows.retain({*held.signals(), *held.held_signals()})
+    assert windows.values("cache_entries") == [float(CACHE.size)]
+    assert windows.values("response_time_seconds") == [PROBE.response_time_seconds]
+
+
+async def test_a_degraded_process_reading_is_up_with_its_reason(fakes: Fakes) -> None:
+    """A process that listens on nothing (a launcher, perhaps) is measured, and its status carries the reason."""
+    from dataclasses import replace
+
+    reason = "pid:/run/backend.pid names process 7 (sh start.sh), which listens on no port"
+    fakes.process.value = replace(PROCESS, listen_ports=(), degraded=reason)
+    snap = await fakes.sampler().sample()
+    status = snap.sources["process"]
+    assert (status.up, status.error) == (True, reason)
+    assert snap.backend is not None and snap.backend.degraded == reason

@@ -12,8 +12,12 @@ from typing import Any
 
 import pytest
 
+from metrics.backendtime import TimeBase
 from metrics.errors import SamplingError
-from metrics.sqlite import DatabaseReader, local_now, local_text, read_database
+from metrics.sqlite import DatabaseReader, read_database
+from metrics.tables import TableSpec
+
+UTC_BASE = TimeBase.UTC
 
 OFFSET_HOURS = 7.0
 STUCK_SECONDS = 120.0
@@ -40,12 +44,14 @@ def local_ago(seconds: float, offset_hours: float = OFFSET_HOURS) -> str:
     return moment.strftime("%Y-%m-%d %H:%M:%S")
 
 
-def add_session(conn: sqlite3.Connection, sid: str, heartbeat_age: float, *, active: bool = True) -> None:
+def add_session(
+    conn: sqlite3.Connection, sid: str, heartbeat_age: float, *, active: bool = True, offset_hours: float = OFFSET_HOURS
+) -> None:
     """Insert one viewer session whose last heartbeat is ``heartbeat_age`` seconds old (local time)."""
     conn.execute(
         "INSERT INTO viewer_sessions (session_id, camera_id, started_at, last_heartbeat, is_active)"
         " VALUES (?, 1, ?, ?, ?)",
-        (sid, local_ago(heartbeat_age + 60), local_ago(heartbeat_age), int(active)),
+        (sid, local_ago(heartbeat_age + 60, offset_hours), local_ago(heartbeat_age, offset_hours), int(active)),
     )
 
 
@@ -82,7 +88,7 @@ def reader(
     path: Path,
     *,
     timezone_offset_hours: float = OFFSET_HOURS,
-    tables: tuple[tuple[str, str], ...] = (),
+    tables: tuple[tuple[str, str], ...] | tuple[TableSpec, ...] = (),
     table_interval_seconds: float = 300.0,
 ) -> DatabaseReader:
     """A reader with a short busy timeout and the test's offset and stuck limit unless overridden."""
@@ -92,7 +98,9 @@ def reader(
         timezone_offset_hours=timezone_offset_hours,
         stuck_session_seconds=STUCK_SECONDS,
         table_interval_seconds=table_interval_seconds,
-        tables=tables,
+        tables=tuple(
+            t if isinstance(t, TableSpec) else TableSpec(table=t[0], column=t[1], time_base=UTC_BASE) for t in tables
+        ),
     )
 
 
@@ -142,36 +150,60 @@ def test_sessions_active_and_stuck_in_local_time(writer: sqlite3.Connection, db_
     assert sessions.oldest_heartbeat_age_seconds == pytest.approx(3600, abs=5)
 
 
-def test_wrong_timezone_offset_changes_the_stuck_count(writer: sqlite3.Connection, db_path: Path) -> None:
-    """Read as UTC, heartbeats written at UTC+7 look 7 h in the future, so none is stuck: the offset matters."""
+def set_zone(conn: sqlite3.Connection, value: str) -> None:
+    """What the backend's setTimezone leaves in its database (an admin changing the zone at runtime)."""
+    conn.execute(
+        "CREATE TABLE IF NOT EXISTS system_settings (id INTEGER PRIMARY KEY AUTOINCREMENT,"
+        " setting_key TEXT UNIQUE NOT NULL, setting_value TEXT NOT NULL, updated_at DATETIME)"
+    )
+    conn.execute(
+        "INSERT INTO system_settings (setting_key, setting_value, updated_at) VALUES ('timezone', ?, CURRENT_TIMESTAMP)"
+        " ON CONFLICT(setting_key) DO UPDATE SET setting_value = excluded.setting_value",
+        (value,),
+    )
+
+
+def test_the_zone_is_the_databases_and_a_change_at_runtime_applies_at_once(
+    writer: sqlite3.Connection, db_path: Path
+) -> None:
+    """The configured offset does not decide: the system_settings row does, and the next sample follows it."""
     db = reader(db_path, timezone_offset_hours=0.0)
     db.read(1.0)
     assert db.last_sessions is not None
-    assert db.last_sessions.stuck == 0
+    # no row: the backend's default, Asia/Jakarta (+7), whatever the configured offset says
+    assert (db.last_sessions.stuck, db.last_sessions.timezone) == (2, "Asia/Jakarta")
+    # sessions written at UTC+8 a minute ago look an hour old to a reader that stays at +7 ...
+    writer.execute("DELETE FROM viewer_sessions")
+    add_session(writer, "makassar", 60, offset_hours=8.0)
+    db.read(2.0)
+    assert db.last_sessions is not None and db.last_sessions.stuck == 0
+    # ... only because the zone was not changed yet: an admin sets WITA, and the next sample reads it
+    writer.execute("DELETE FROM viewer_sessions")
+    set_zone(writer, "WITA")
+    add_session(writer, "makassar", 60, offset_hours=8.0)
+    db.read(3.0)
+    sessions = db.last_sessions
+    assert sessions is not None and sessions.timezone == "Asia/Makassar"
+    assert (sessions.active, sessions.stale, sessions.stuck) == (1, 1, 0)
+    assert sessions.oldest_heartbeat_age_seconds == pytest.approx(60, abs=5)
 
 
 def test_negative_offset_zone(tmp_path: Path) -> None:
-    """A zone west of UTC (-5 h) is handled the same way."""
+    """A zone west of UTC (-5 h, named in the database) is handled the same way."""
     path = tmp_path / "west.db"
     with sqlite3.connect(path, isolation_level=None) as conn:
         conn.execute(SCHEMA[0])
+        set_zone(conn, "America/Bogota")
         conn.execute(
             "INSERT INTO viewer_sessions (session_id, camera_id, started_at, last_heartbeat) VALUES"
             " ('a', 1, ?, ?), ('b', 1, ?, ?)",
             (local_ago(30, -5), local_ago(30, -5), local_ago(900, -5), local_ago(900, -5)),
         )
     conn.close()
-    db = reader(path, timezone_offset_hours=-5.0)
+    db = reader(path)
     db.read(1.0)
     assert db.last_sessions is not None
     assert (db.last_sessions.active, db.last_sessions.stuck) == (2, 1)
-
-
-def test_local_time_helpers_apply_the_offset() -> None:
-    """local_now shifts a UTC instant by the offset; local_text formats it as the backend stores it."""
-    instant = datetime(2026, 8, 1, 20, 30, 15, tzinfo=UTC)
-    assert local_text(local_now(7.0, instant)) == "2026-08-02 03:30:15"
-    assert local_text(local_now(-5.5, instant)) == "2026-08-01 15:00:15"
 
 
 def test_database_without_sessions_table(tmp_path: Path) -> None:

@@ -43,14 +43,19 @@ def make_plan(
     risk: Risk = Risk.SAFE,
     expected: ExpectedEffect | None = None,
     reason: str = "cpu is hot",
+    family: str | None = None,
+    restores: bool = False,
+    target: str = "knob",
 ) -> Plan:
     """A one-change plan for ``strategy``."""
     return Plan(
         strategy=strategy,
         reason=reason,
-        changes=(Change(target="knob", action=action, before="1", after="2", reversible=reversible, risk=risk),),
+        changes=(Change(target=target, action=action, before="1", after="2", reversible=reversible, risk=risk),),
         expected=expected,
         params=MappingProxyType({"knob": 2}),
+        family=family,
+        restores=restores,
     )
 
 
@@ -80,6 +85,9 @@ class ScriptedStrategy(Strategy):
         self.plan_gate: asyncio.Event | None = None
         self.apply_error: BaseException | None = None
         self.apply_gate: asyncio.Event | None = None
+        # what apply() reports as done; None: the plan's changes (a re-read that finds nothing to do reports
+        # changes whose value after equals the value before, or none)
+        self.apply_changes: tuple[Change, ...] | None = None
         self.revert_error: BaseException | None = None
         self.reconcile_error: BaseException | None = None
         self.reconcile_note = "checked: the knob is at its target"
@@ -126,7 +134,8 @@ class ScriptedStrategy(Strategy):
         if self.apply_error is not None:
             raise self.apply_error
         self.applied.append(plan)
-        return ApplyResult(changes=plan.changes, detail="knob set", revert_data=MappingProxyType({"knob": 1}))
+        changes = plan.changes if self.apply_changes is None else self.apply_changes
+        return ApplyResult(changes=changes, detail="knob set", revert_data=MappingProxyType({"knob": 1}))
 
     def take_overrides(self) -> Sequence[OperatorOverride]:
         """The scripted operator changes noticed by plan() or apply() since the last call."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import sys
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -378,4 +379,55 @@ def test_a_real_alertmanager_body_parses() -> None:
     assert note.version == "4" and note.receiver == "cctv-optimizer-cctv-1"
     assert [a.name for a in note.alerts] == ["Wal", "Hls"]
     assert note.alerts[0].labels["optimize_strategy"] == "database"
-    assert note.key(note.alerts[0]) == ('{}:{alertname="X"}', "fp-Wal-database", STARTS)
+    assert len(note.key(note.alerts[0])) == 16
+    assert note.key(note.alerts[0]) != note.key(note.alerts[1])
+
+
+def _deep_bytes(value: object) -> int:
+    """What an object takes with what it holds (tuples, strings, bytes, floats): no shared-object discount."""
+    size = sys.getsizeof(value)
+    if isinstance(value, tuple):
+        size += sum(_deep_bytes(v) for v in value)
+    return size
+
+
+async def test_dedupe_memory_is_bounded_in_bytes_whatever_the_group_keys(store: StateStore, clock: FakeClock) -> None:
+    """Thousands of 60 KB group keys: the dedupe table holds fixed-size digests, its bytes stay under a bound.
+
+    The bound comes from the structure: a hash table with room for twice the entries (a dict with steady
+    insertions and deletions keeps up to that many slots), plus every 16-byte key and float time.
+    """
+    remembered = 256
+    eng = make_engine([ScriptedStrategy("database")], store=store, clock=clock)
+    log = RecordingLog()
+    receiver = AlertmanagerReceiver(
+        eng,
+        lambda: AlertmanagerSettings(dedupe_seconds=DEDUPE),
+        monotonic=clock.monotonic,
+        max_remembered=remembered,
+        log=log,
+    )
+    big = "k" * 60_000
+    for i in range(2000):
+        await receiver(notification(alert("Wal", strategy=None, fingerprint=f"fp{i}"), group_key=f"{i}:{big}"))
+    handled = receiver._handled
+    assert len(handled) == remembered
+    table = sys.getsizeof({i.to_bytes(16, "big"): 0.0 for i in range(2 * remembered)})
+    per_entry = sys.getsizeof(b"\0" * 16) + sys.getsizeof(0.0)
+    stored = sys.getsizeof(handled) + sum(_deep_bytes(k) + _deep_bytes(v) for k, v in handled.items())
+    assert stored <= table + remembered * per_entry
+    assert receiver.stored_bytes() == stored
+    logged = [r.fields["group_key"] for r in log.records if r.event == "alertmanager_notification"]
+    assert len(logged) == 2000
+    assert max(len(k) for k in logged) <= 200
+    assert logged[-1].startswith("1999:kkk") and logged[-1].endswith("(60005 characters)")
+    await eng.stop(1.0)
+
+
+async def test_a_digest_still_tells_groups_fingerprints_and_starts_apart(rig: Rig) -> None:
+    """Keys that would run together when joined (a|bc vs ab|c) are different alerts."""
+    db = ScriptedStrategy("database")
+    _, receiver = rig.build([db])
+    await receiver(notification(alert("Wal", fingerprint="bc"), group_key="a"))
+    other = await receiver(notification(alert("Wal", fingerprint="c"), group_key="ab"))
+    assert other["deduplicated"] is False

@@ -188,3 +188,21 @@ def test_strategies_describe_names_the_restore_trigger(capsys: pytest.CaptureFix
     assert "  trigger cpu_ratio: enter 90 % exit 81 %" in out
     assert cmd_strategies(CannedClient({"/strategies": body}), False, "list", None, None) == 0
     assert "baseline response_time_seconds = 4.2 ms" in capsys.readouterr().out
+
+
+def test_strategies_describe_shows_each_action_familys_pacing(capsys: pytest.CaptureFixture[str]) -> None:
+    """``strategies describe database`` gives one line per action family: cooldown left of its length, budget."""
+    view = {
+        **strategy("database", []),
+        "pacing": {
+            "retention": {"cooldownSeconds": 300.0, "cooldownLeftSeconds": 280.0, "budgetLeft": 5},
+            "checkpoint": {"cooldownSeconds": 600.0, "cooldownLeftSeconds": 0.0, "budgetLeft": 6},
+        },
+    }
+    assert (
+        cmd_strategies(CannedClient({"/strategies": {"strategies": [view]}}), False, "describe", "database", None) == 0
+    )
+    lines = capsys.readouterr().out.splitlines()
+    pacing = [line.strip() for line in lines if line.strip().startswith("actions ")]
+    assert pacing[0].startswith("actions checkpoint: cooldown over of ") and pacing[0].endswith("budget 6")
+    assert pacing[1].startswith("actions retention: cooldown ") and " left of " in pacing[1]

@@ -81,6 +81,7 @@ async def test_revert_on_exit_restores_a_reniced_recorder_on_a_clean_stop(
     )
     clock = FakeClock()
     async with running_daemon(env, clock=clock) as daemon:
+        daemon.engine.refresh = None  # the requested round plans from the injected sample, not a real one
         daemon.engine.on_snapshot(SnapshotBuilder(clock).build(cpu=0.99))  # the host is hot
         result = await daemon.engine.request_round(trigger="manual", strategy="cpu", manual=True)
         assert len(result.decision_ids) == 1
@@ -139,12 +140,13 @@ async def test_a_hot_host_stretches_the_sample_interval_until_the_cpu_strategy_r
     testbed: TestbedProcess, tmp_path: Path
 ) -> None:
     """While the cpu strategy holds (factor 2) the interval in use and its metric double; after restore they do not."""
-    empty = tmp_path / "no-recorders"
-    empty.mkdir()
-    env = daemon_env(testbed, tmp_path / "state", CCTV_OPTIMIZER_STRATEGIES__CPU__RECORDINGS_DIRECTORY=str(empty))
+    # a recorder to lower: on a host without one the strategy plans nothing, so it never stretches sampling
+    testbed.scenario("hot_recorder", count=1)
+    env = daemon_env(testbed, tmp_path / "state")
     clock = FakeClock()
     snapshots = SnapshotBuilder(clock)
     async with running_daemon(env, clock=clock) as daemon:
+        daemon.engine.refresh = None  # the requested rounds plan from the injected samples, not a real one
         high = daemon.settings.sampler.max_interval_ms / 1000
         await daemon.sample_now()
         assert daemon.sample_interval == daemon.adaptive_interval  # nothing asks for a stretch yet

@@ -757,7 +757,7 @@ async def test_learned_state_survives_a_new_engine_on_the_same_store(
     await second.load()
     for name in ("learner", "failing"):
         old, new = first.runtimes[name], second.runtimes[name]
-        assert new.to_state() == old.to_state()
+        assert new.to_state(clock.monotonic(), clock.wall()) == old.to_state(clock.monotonic(), clock.wall())
         assert second.cooldown_left(new) == first.cooldown_left(old)
         assert second.budget_left(new) == first.budget_left(old)
     assert second.runtimes["learner"].scores == [0]

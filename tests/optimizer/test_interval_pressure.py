@@ -49,12 +49,13 @@ async def test_a_stretching_cpu_strategy_keeps_the_interval_at_base_times_its_fa
     testbed: TestbedProcess, tmp_path: Path
 ) -> None:
     """While the cpu strategy holds a hot host (factor 2), the interval is base x 2, not the tightened 1 s x 2."""
-    empty = tmp_path / "no-recorders"
-    empty.mkdir()
-    env = daemon_env(testbed, tmp_path / "state", CCTV_OPTIMIZER_STRATEGIES__CPU__RECORDINGS_DIRECTORY=str(empty))
+    # a recorder to lower: on a host without one the strategy plans nothing, so it never stretches sampling
+    testbed.scenario("hot_recorder", count=1)
+    env = daemon_env(testbed, tmp_path / "state")
     clock = FakeClock()
     snapshots = SnapshotBuilder(clock)
     async with running_daemon(env, clock=clock) as daemon:
+        daemon.engine.refresh = None  # the requested rounds plan from the injected samples, not a real one
         base = daemon.settings.sample_interval / 1000
         daemon.engine.on_snapshot(snapshots.build(cpu=0.99, memory=0.1))
         result = await daemon.engine.request_round(trigger="manual", strategy="cpu", manual=True)
@@ -69,3 +70,70 @@ async def test_a_stretching_cpu_strategy_keeps_the_interval_at_base_times_its_fa
         assert daemon.engine.proximity() > CALM_PROXIMITY  # the hot cpu line alone would tighten the interval
         assert daemon.adaptive_interval == base
         assert daemon.sample_interval == 2 * base
+
+
+async def test_an_armed_strategy_that_cannot_act_does_not_tighten_the_interval(
+    testbed: TestbedProcess, tmp_path: Path
+) -> None:
+    """A hot host arms the cpu strategy; while its breaker is open the interval holds at its base, not 1 s."""
+    clock = FakeClock()
+    snapshots = SnapshotBuilder(clock)
+    async with running_daemon(daemon_env(testbed, tmp_path / "state"), clock=clock) as daemon:
+        base = daemon.settings.sample_interval / 1000
+        low = daemon.settings.sampler.min_interval_ms / 1000
+        assert low < base
+        cpu = daemon.engine.runtimes["cpu"]
+        cpu.breaker_open, cpu.breaker_reason = True, "3 consecutive failures (last: permission denied)"
+        for _ in range(10):
+            clock.advance(1.0)
+            daemon.engine.on_snapshot(snapshots.build(cpu=0.99, memory=0.1))
+            cpu.detector.armed = True
+            daemon._adapt_interval()
+        assert daemon.adaptive_interval == base
+        cpu.breaker_open = False  # re-armed: the hot line tightens the interval again
+        for _ in range(10):
+            clock.advance(1.0)
+            daemon.engine.on_snapshot(snapshots.build(cpu=0.99, memory=0.1))
+            daemon._adapt_interval()
+        assert daemon.adaptive_interval == low
+
+
+async def test_the_cpu_restore_brings_the_interval_back_without_waiting_for_a_cooldown(
+    testbed: TestbedProcess, tmp_path: Path
+) -> None:
+    """Lowered and stretched while hot; calm for the window a minute later: restored at once, not after 300 s."""
+    testbed.scenario("hot_recorder", count=1)
+    clock = FakeClock()
+    snapshots = SnapshotBuilder(clock)
+    async with running_daemon(daemon_env(testbed, tmp_path / "state"), clock=clock) as daemon:
+        daemon.engine.refresh = None  # the requested rounds plan from the injected samples, not a real one
+        strategy = daemon.engine.runtimes["cpu"].strategy
+        assert isinstance(strategy, CpuStrategy)
+        daemon.engine.on_snapshot(snapshots.build(cpu=0.99, memory=0.1))
+        await daemon.engine.request_round(trigger="manual", strategy="cpu", manual=True)
+        assert strategy.sample_interval_factor == 2.0 and strategy.held
+        for _ in range(daemon.settings.detection.window_samples):
+            clock.advance(10.0)
+            daemon.engine.on_snapshot(snapshots.build(cpu=0.1, memory=0.1))
+        assert daemon.engine.cooldown_left(daemon.engine.runtimes["cpu"]) > 0
+        result = await daemon.engine.request_round(trigger="scheduled", strategy="cpu")
+        [row] = [daemon.store.decision(i) for i in result.decision_ids]
+        assert row is not None and row.outcome == "applied"
+        assert {c["action"] for c in row.changes} == {"restore_priority", "restore_sampling"}
+        assert strategy.sample_interval_factor == 1.0 and not strategy.held
+        daemon._adapt_interval()
+        assert daemon.sample_interval == daemon.adaptive_interval
+
+
+async def test_a_disabled_strategy_does_not_steer_the_interval(testbed: TestbedProcess, tmp_path: Path) -> None:
+    """With the cpu strategy disabled, a hot host alone does not tighten the interval below its base."""
+    env = daemon_env(testbed, tmp_path / "state", CCTV_OPTIMIZER_STRATEGIES__CPU__ENABLED="false")
+    clock = FakeClock()
+    snapshots = SnapshotBuilder(clock)
+    async with running_daemon(env, clock=clock) as daemon:
+        base = daemon.settings.sample_interval / 1000
+        for _ in range(10):
+            clock.advance(1.0)
+            daemon.engine.on_snapshot(snapshots.build(cpu=0.99, memory=0.1))
+            daemon._adapt_interval()
+        assert daemon.adaptive_interval >= base

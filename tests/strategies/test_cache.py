@@ -19,6 +19,8 @@ from optimizer.engine import Detector
 from strategies.base import Direction, Plan, StrategyContext, StrategyError
 from strategies.cache import (
     CLEARED,
+    JUNK_SHARE,
+    KIND_JUNK,
     RECENT_HIT_RATE,
     CacheStrategy,
     CounterPoint,
@@ -179,10 +181,13 @@ def make(
     )
 
 
-def push(windows: Windows, at: float, *, hits: int, lookups: int, entries: int) -> None:
+def push(windows: Windows, at: float, *, hits: int, lookups: int, entries: int, removals: int | None = None) -> None:
     """One sampled reading of the lifetime counters, as the engine pushes it."""
     rate = hits / lookups if lookups else 0.0
-    windows.push(at, {"cache_hit_rate": rate, "cache_lookups": float(lookups), "cache_entries": float(entries)})
+    signals = {"cache_hit_rate": rate, "cache_lookups": float(lookups), "cache_entries": float(entries)}
+    if removals is not None:
+        signals["cache_removals"] = float(removals)
+    windows.push(at, signals)
 
 
 def cache_stats(
@@ -252,7 +257,8 @@ def test_a_collapse_arms_on_counter_deltas_while_the_lifetime_rate_stays_high() 
     assert recent[-1] == pytest.approx((9544 - 9519) / (10_360 - 10_020))
     detector = Detector()
     assert detector.update(specs, windows, DETECTION) is True
-    assert detector.armed_signals == (RECENT_HIT_RATE,)
+    # each of those misses left a new entry (340 entries from 40): junk, which the junk share sees too
+    assert set(detector.armed_signals) == {RECENT_HIT_RATE, JUNK_SHARE}
 
 
 def test_healthy_traffic_does_not_arm() -> None:
@@ -333,6 +339,123 @@ def test_a_partial_drop_is_not_a_clear() -> None:
     assert windows.values(CLEARED) == [0.0, 0.0]
 
 
+def test_natural_expiry_of_a_small_cache_is_not_a_clear() -> None:
+    """4 -> 1 entries with no removal counted is the backend's 60 s expiry sweep: no clear, no warm, no action.
+
+    It used to be read as someone's clear: the warm started a cooldown, and a real junk explosion three minutes
+    later was skipped. A clear adds what it dropped to the backend's invalidations (cacheService.cacheClear).
+    """
+    windows = Windows(120)
+    push(windows, 1.0, hits=30, lookups=40, entries=4, removals=7)
+    push(windows, 2.0, hits=31, lookups=42, entries=1, removals=7)
+    for at in (3.0, 4.0):
+        push(windows, at, hits=32, lookups=44, entries=1, removals=7)
+    strategy = make(windows=windows)
+    assert Detector().update(strategy.triggers({}), windows, DETECTION) is False
+    assert windows.values(CLEARED) == [0.0, 0.0, 0.0, 0.0]
+    assert windows.values(JUNK_SHARE) == [0.0, 0.0, 0.0, 0.0]
+
+
+async def test_natural_expiry_plans_nothing_even_by_hand() -> None:
+    """After an expiry there is nothing to warm: a manual round plans nothing (so no cooldown starts)."""
+    windows = Windows(120)
+    push(windows, 1.0, hits=30, lookups=40, entries=4, removals=7)
+    push(windows, 2.0, hits=31, lookups=42, entries=1, removals=7)
+    strategy = make(windows=windows)
+    assert await strategy.plan(ctx(snapshot(cache_stats(1, hits=31, misses=11)), windows, manual=True)) is None
+
+
+def test_a_clear_counted_in_the_removals_is_a_clear() -> None:
+    """The same drop with the dropped entries counted as invalidations is a clear; a counter reset is a restart."""
+    windows = Windows(120)
+    push(windows, 1.0, hits=30, lookups=40, entries=4, removals=7)
+    push(windows, 2.0, hits=30, lookups=40, entries=0, removals=11)
+    strategy = make(windows=windows)
+    strategy.triggers({})
+    assert windows.values(CLEARED) == [0.0, 1.0]
+    restart = Windows(120)
+    push(restart, 1.0, hits=30, lookups=40, entries=4, removals=7)
+    push(restart, 2.0, hits=1, lookups=2, entries=1, removals=0)
+    make(windows=restart).triggers({})
+    assert restart.values(CLEARED) == [0.0, 1.0]
+
+
+def sustained_junk(windows: Windows, *, start: float = 10.0, samples: int = 5) -> None:
+    """Junk at 10 requests a second, read every 8 s: every junk URL a middleware miss and a new entry, each
+    followed by the service cache's hit on its own camera list (so the hit rate stays near 50 %)."""
+    hits, lookups, entries = 9_000, 10_000, 40
+    push(windows, start, hits=hits, lookups=lookups, entries=entries, removals=500)
+    for i in range(1, samples):
+        hits += 80
+        lookups += 160
+        entries += 80
+        push(windows, start + 8.0 * i, hits=hits, lookups=lookups, entries=entries, removals=500)
+
+
+def test_sustained_junk_arms_though_service_hits_keep_the_hit_rate_up() -> None:
+    """The recent hit rate stays at 50 % (over the 0.30 floor) and entries stay far under the limit, yet the
+    junk share (new entries per miss) reads 1.0 and arms the strategy."""
+    windows = Windows(120)
+    sustained_junk(windows)
+    strategy = make(windows=windows)
+    detector = Detector()
+    assert detector.update(strategy.triggers({}), windows, DETECTION) is True
+    assert detector.armed_signals == (JUNK_SHARE,)
+    assert windows.last(RECENT_HIT_RATE) == pytest.approx(0.5)
+    assert windows.last(JUNK_SHARE) == pytest.approx(1.0)
+
+
+async def test_sustained_junk_plans_invalidation_expecting_fewer_entries() -> None:
+    """The plan invalidates the hot prefixes and warms; it expects the entries down by half of the junk seen
+    over the last M intervals (3 x 80 new entries)."""
+    windows = Windows(120)
+    sustained_junk(windows)
+    strategy = make(windows=windows)
+    snap = snapshot(cache_stats(360, hits=9320, misses=1320))
+    plan = await strategy.plan(ctx(snap, windows, JUNK_SHARE))
+    assert plan is not None
+    assert plan.params["kind"] == KIND_JUNK
+    assert [c.action for c in plan.changes] == ["cache_invalidate", "cache_invalidate", "cache_warm"]
+    assert "junk query strings" in plan.reason
+    assert plan.expected is not None
+    assert (plan.expected.signal, plan.expected.direction) == ("cache_entries", Direction.DOWN)
+    assert plan.expected.amount == pytest.approx(120.0)
+
+
+def test_an_expiry_then_junk_three_minutes_later_is_junk() -> None:
+    """The incident: the small cache expires (no clear, no warm), then junk arrives three minutes later and arms."""
+    windows = Windows(120)
+    push(windows, 1.0, hits=30, lookups=40, entries=4, removals=7)
+    push(windows, 2.0, hits=31, lookups=42, entries=1, removals=7)
+    strategy = make(windows=windows)
+    strategy.triggers({})
+    sustained_junk(windows, start=182.0)
+    detector = Detector()
+    assert detector.update(strategy.triggers({}), windows, DETECTION) is True
+    assert CLEARED not in detector.armed_signals
+    assert JUNK_SHARE in detector.armed_signals
+
+
+def test_misses_on_expired_hot_keys_are_not_junk() -> None:
+    """Many misses that store known keys again (the map does not grow) read as no junk at all."""
+    windows = Windows(120)
+    for i in range(5):
+        push(windows, 1.0 + 8 * i, hits=1000 + 20 * i, lookups=1100 + 120 * i, entries=40, removals=0)
+    make(windows=windows).triggers({})
+    assert windows.values(JUNK_SHARE) == [0.0] * 5
+
+
+def test_the_refill_after_a_clear_is_not_junk() -> None:
+    """After a clear every miss stores a new entry again: that refill does not count as junk."""
+    windows = Windows(120)
+    push(windows, 1.0, hits=1000, lookups=1100, entries=300, removals=0)
+    push(windows, 2.0, hits=1000, lookups=1100, entries=0, removals=300)
+    push(windows, 3.0, hits=1000, lookups=1200, entries=100, removals=300)
+    push(windows, 4.0, hits=1010, lookups=1300, entries=190, removals=300)
+    make(windows=windows).triggers({})
+    assert windows.values(JUNK_SHARE) == [0.0] * 4
+
+
 # ----- planning --------------------------------------------------------------------------------------------------
 
 
@@ -356,9 +479,10 @@ async def test_a_collapse_under_the_limit_expects_the_hit_rate_up() -> None:
     """A collapsed recent hit rate with few entries expects cache_hit_rate up; the reason names the figures."""
     windows = Windows(120)
     busy_history(windows)
-    push(windows, 4.0, hits=9541, lookups=10_340, entries=340)
+    # misses on keys the cache holds again (expired ones): no junk, a collapse of the hit rate only
+    push(windows, 4.0, hits=9541, lookups=10_340, entries=40)
     strategy = make(windows=windows)
-    plan = await strategy.plan(ctx(snapshot(cache_stats(340, hits=9541, misses=799)), windows, RECENT_HIT_RATE))
+    plan = await strategy.plan(ctx(snapshot(cache_stats(40, hits=9541, misses=799)), windows, RECENT_HIT_RATE))
     assert plan is not None and plan.expected is not None
     assert (plan.expected.signal, plan.expected.direction) == ("cache_hit_rate", Direction.UP)
     # M=3 intervals back: 340 lookups since the first sample, 41 of them hits

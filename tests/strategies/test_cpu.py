@@ -586,3 +586,34 @@ async def test_close_restores_only_with_revert_on_exit(
 def _fail() -> Any:
     """A plan was expected."""
     raise AssertionError("expected a plan")
+
+
+async def test_a_host_without_recorders_plans_nothing_while_hot(tmp_path: Path) -> None:
+    """No recorder to lower: no plan (and so no "0 recorder(s)" row), scheduled or asked by hand."""
+    strategy = make_strategy(tmp_path / "no-recorders")
+    assert await strategy.plan(ctx(windows_with([0.95, 0.97, 0.99]))) is None
+    assert await strategy.plan(ctx(windows_with([0.99]), manual=True)) is None
+    assert strategy.sample_interval_factor == 1.0
+
+
+async def test_the_restore_is_a_restoring_plan_and_names_what_it_gives_back(
+    spawn: Callable[..., subprocess.Popen[bytes]], tmp_path: Path
+) -> None:
+    """The calm plan is marked as undoing the strategy's own change (no cooldown holds it); with every lowered
+    recorder gone it says the sampling goes back, not "0 recorder(s)"."""
+    root = tmp_path / "rec"
+    recorder = spawn(*recorder_args(root, 1))
+    strategy = make_strategy(root)
+    hot = await strategy.plan(ctx(windows_with([0.95, 0.97])))
+    assert hot is not None and hot.restores is False
+    await strategy.apply(hot)
+    calm = await strategy.plan(ctx(windows_with([0.5, 0.5, 0.5])))
+    assert calm is not None and calm.restores is True
+    assert "1 recorder(s) get their priority back" in calm.reason
+
+    recorder.kill()
+    recorder.wait()
+    alone = await strategy.plan(ctx(windows_with([0.5, 0.5, 0.5])))
+    assert alone is not None and alone.restores is True
+    assert [c.action for c in alone.changes] == ["restore_sampling"]
+    assert "recorder(s)" not in alone.reason and "sample interval goes back to normal" in alone.reason

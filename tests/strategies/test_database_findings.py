@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from config.settings import DatabaseOptions
+from metrics import backendtime as bt
 from metrics.snapshot import DatabaseSample, Snapshot
 from metrics.sqlite import DatabaseReader
 from metrics.window import Windows
@@ -26,6 +27,7 @@ from testbed.localtime import LocalClock
 from testbed.maintenance import archive_history
 
 OFFSET = 7.0
+ZONE = bt.resolve_zone(None, OFFSET)  # no system_settings row: the backend's Asia/Jakarta
 DAY = 86400.0
 # 03:30 in the backend's local time (UTC+7)
 IN_WINDOW = datetime(2026, 1, 15, 20, 30, tzinfo=UTC).timestamp()
@@ -111,6 +113,12 @@ def utc(days_ago: float) -> str:
     return LocalClock(OFFSET).utc(days_ago * DAY)
 
 
+def iso(days_ago: float) -> str:
+    """A JavaScript ``toISOString()`` text (UTC, milliseconds, ``Z``), as login_attempts and token_blacklist hold."""
+    moment = datetime.now(UTC) - timedelta(days=days_ago)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+
+
 def insert(path: Path, sql: str, rows: list[tuple[Any, ...]]) -> None:
     """Insert rows directly, as the backend would."""
     with sqlite3.connect(path) as conn:
@@ -143,12 +151,14 @@ def test_history_past_90_days_means_the_archive_job_is_behind(backend_db: Path) 
 def test_uncleaned_tables_are_reported_by_age_and_by_size(backend_db: Path) -> None:
     """Each table nobody cleans with rows past retention gets its own stable id; a row count alone also counts."""
     findings = {f.id: f for f in strategy(backend_db).findings(ctx(snapshot(sample(backend_db))))}
-    expected = {f"uncleaned-{table}" for table, _ in UNCLEANED_TABLES if table in ret.RULES_BY_TABLE}
-    expected.discard("uncleaned-viewer_session_history_archive")  # empty: nothing archived yet
+    expected = {f"uncleaned-{t.table}" for t in UNCLEANED_TABLES if t.table in ret.RULES_BY_TABLE}
+    # empty: nothing archived yet
+    expected -= {"uncleaned-viewer_session_history_archive", "uncleaned-playback_viewer_session_history_archive"}
     assert expected <= set(findings)
     login = findings["uncleaned-login_attempts"]
-    assert login.evidence["time_base"] == "local"
-    assert login.evidence["oldest_days"] == pytest.approx(200.0, abs=0.01)
+    assert login.evidence["time_base"] == "utc"
+    # the seed's 200 days, within the hours its clock may differ from the column's
+    assert login.evidence["oldest_days"] == pytest.approx(200.0, abs=0.5)
     assert "enable retention pruning" in login.summary
     audit = findings["uncleaned-playback_token_audit_logs"]
     assert audit.evidence["time_base"] == "utc"
@@ -162,20 +172,21 @@ def test_uncleaned_tables_are_reported_by_age_and_by_size(backend_db: Path) -> N
 
 
 def test_the_table_age_signal_reads_the_oldest_row(backend_db: Path) -> None:
-    """Snapshot.signals() carries table_oldest_days:<table>; local-time text read as UTC is off by the offset."""
+    """Snapshot.signals() carries table_oldest_days:<table>, each read in its column's time base."""
     signals = snapshot(sample(backend_db)).signals()
     assert signals["table_oldest_days:playback_token_audit_logs"] == pytest.approx(200.0, abs=0.01)
-    assert signals["table_oldest_days:login_attempts"] == pytest.approx(200.0 - OFFSET / 24, abs=0.01)
+    assert signals["table_oldest_days:login_attempts"] == pytest.approx(200.0, abs=0.5)
 
 
 # ----- cutoffs, windows and the rules ----------------------------------------------------------------------------
 
 
 def test_cutoffs_follow_the_column_time_base() -> None:
-    """A local-time cutoff is the UTC one plus the backend's offset."""
+    """A local-time cutoff is the UTC one in the backend's zone: +7 for WIB, +8 for WITA."""
     now = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
-    assert ret.cutoff_text(ret.TimeBase.UTC, now, 90, OFFSET) == "2025-12-01 12:00:00"
-    assert ret.cutoff_text(ret.TimeBase.LOCAL, now, 90, OFFSET) == "2025-12-01 19:00:00"
+    assert ret.cutoff_text(ret.TimeBase.UTC, now, 90, ZONE) == "2025-12-01 12:00:00"
+    assert ret.cutoff_text(ret.TimeBase.LOCAL, now, 90, ZONE) == "2025-12-01 19:00:00"
+    assert ret.cutoff_text(ret.TimeBase.LOCAL, now, 90, bt.resolve_zone("WITA", OFFSET)) == "2025-12-01 20:00:00"
 
 
 def test_quiet_windows_may_wrap_midnight() -> None:
@@ -212,7 +223,7 @@ def test_the_footage_index_is_never_a_retention_target() -> None:
 def prune(path: Path, table: str, days: float = 90, **kwargs: Any) -> ret.PruneResult:
     """Prune one table with its rule and a cutoff computed now."""
     rule = ret.RULES_BY_TABLE[table]
-    cutoff = ret.cutoff_text(rule.time_base, datetime.now(UTC), days, OFFSET)
+    cutoff = ret.cutoff_text(rule.time_base, datetime.now(UTC), days, ZONE)
     options: dict[str, Any] = {
         "batch_rows": 500,
         "max_rows": 100_000,
@@ -224,32 +235,45 @@ def prune(path: Path, table: str, days: float = 90, **kwargs: Any) -> ret.PruneR
 
 
 def test_local_and_utc_columns_are_cut_at_their_own_time(backend_db: Path) -> None:
-    """Three hours either side of 90 days decides, in the column's own time base (local vs UTC)."""
+    """Three hours either side of 90 days decides, in the column's own time base (local vs UTC, ISO UTC)."""
+    insert(
+        backend_db,
+        "INSERT INTO viewer_sessions (session_id, camera_id, started_at, last_heartbeat, is_active)"
+        " VALUES (?, 1, ?, ?, 0)",
+        [
+            (sid, local(days), local(days))
+            for sid, days in (("older-local", 90 + 3 / 24), ("younger-local", 90 - 3 / 24))
+        ],
+    )
     insert(
         backend_db,
         "INSERT INTO login_attempts (username, ip_address, success, attempt_time) VALUES (?, '10.0.0.1', 0, ?)",
-        [("older-local", local(90 + 3 / 24)), ("younger-local", local(90 - 3 / 24))],
+        [("older-iso", iso(90 + 3 / 24)), ("younger-iso", iso(90 - 3 / 24))],
     )
     insert(
         backend_db,
-        "INSERT INTO playback_token_audit_logs (action, ip_address, details, created_at) VALUES (?, '10.0.0.1', '{}', ?)",
+        "INSERT INTO playback_token_audit_logs (event_type, ip_address, created_at) VALUES (?, '10.0.0.1', ?)",
         [("older-utc", utc(90 + 3 / 24)), ("younger-utc", utc(90 - 3 / 24))],
     )
+    prune(backend_db, "viewer_sessions")
     prune(backend_db, "login_attempts")
     prune(backend_db, "playback_token_audit_logs")
     with sqlite3.connect(backend_db) as conn:
+        sessions = {r[0] for r in conn.execute("SELECT session_id FROM viewer_sessions")}
         users = {r[0] for r in conn.execute("SELECT username FROM login_attempts")}
         actions = {r[0] for r in conn.execute("SELECT action FROM playback_token_audit_logs")}
-    assert "younger-local" in users and "older-local" not in users
+    assert "younger-local" in sessions and "older-local" not in sessions
+    assert "younger-iso" in users and "older-iso" not in users
     assert "younger-utc" in actions and "older-utc" not in actions
+    assert "younger-iso" in users and "older-iso" not in users
 
 
 def test_live_sessions_are_never_pruned(backend_db: Path) -> None:
     """An active viewer session that started 200 days ago stays; the ended old ones go."""
     insert(
         backend_db,
-        "INSERT INTO viewer_sessions (session_id, camera_id, started_at, last_heartbeat, is_active)"
-        " VALUES ('live-one', 1, ?, ?, 1)",
+        "INSERT INTO viewer_sessions (session_id, camera_id, ip_address, started_at, last_heartbeat, is_active)"
+        " VALUES ('live-one', 1, '10.0.0.4', ?, ?, 1)",
         [(local(200), local(0))],
     )
     result = prune(backend_db, "viewer_sessions")
@@ -260,10 +284,10 @@ def test_live_sessions_are_never_pruned(backend_db: Path) -> None:
 
 def test_pruning_goes_in_batches_within_the_row_budget(backend_db: Path) -> None:
     """1 200 old rows in batches of 500 take three transactions; a budget of 700 stops at 700."""
-    rows = [("bulk", local(150)) for _ in range(1200)]
+    rows = [("bulk", iso(150)) for _ in range(1200)]
     insert(
         backend_db,
-        "INSERT INTO login_attempts (username, ip_address, success, attempt_time) VALUES (?, '10.0.0.2', 0, ?)",
+        "INSERT INTO login_attempts (identifier, identifier_type, success, attempt_time) VALUES (?, 'ip', 0, ?)",
         rows,
     )
     limited = prune(backend_db, "login_attempts", max_rows=700)
@@ -291,11 +315,11 @@ def test_numbers_in_a_date_column_are_left_alone(backend_db: Path) -> None:
     """An epoch number sorts below any text in SQLite; it must not be taken for an old date."""
     insert(
         backend_db,
-        "INSERT INTO login_attempts (username, ip_address, success, attempt_time) VALUES ('epoch', '10.0.0.3', 0, ?)",
+        "INSERT INTO login_attempts (identifier, identifier_type, success, attempt_time) VALUES ('epoch', 'ip', 0, ?)",
         [(1_700_000_000,)],
     )
     prune(backend_db, "login_attempts")
-    assert count(backend_db, "SELECT count(*) FROM login_attempts WHERE username = 'epoch'") == 1
+    assert count(backend_db, "SELECT count(*) FROM login_attempts WHERE identifier = 'epoch'") == 1
 
 
 def test_a_spent_time_budget_deletes_nothing(backend_db: Path) -> None:

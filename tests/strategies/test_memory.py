@@ -703,3 +703,35 @@ async def test_a_cache_already_shrunk_is_left_alone(cache_server: tuple[CacheSer
     assert result.changes == ()
     assert server.calls == []
     assert "already down to 5 entries" in result.detail
+
+
+def test_a_backend_restart_starts_growth_over_after_a_warm_up() -> None:
+    """A restart resets the growth baseline: the new process's warm-up rise is no leak.
+
+    The finding used to appear 5.5 minutes after a restart: by then the window held only the new process's
+    samples, and its RSS climbing while it warmed up fits a straight line as well as a leak does.
+    """
+    o = MemoryOptions(growth_min_span_seconds=300, growth_warmup_seconds=600)
+    windows = Windows(80)
+    # the old process: flat at 400 MiB, up 3 h; restarted at t=600, then warming up for 400 s (5 s samples)
+    for t in range(0, 600, 10):
+        windows.push(float(t), {"backend_rss_bytes": 400.0 * MIB, "backend_uptime_seconds": 10_800.0 + t})
+    restart = 600
+    for t in range(restart, restart + 401, 5):
+        rss = 80 * MIB + 200_000.0 * (t - restart)
+        windows.push(float(t), {"backend_rss_bytes": rss, "backend_uptime_seconds": float(t - restart)})
+    assert windows.points("backend_rss_bytes")[0][0] >= restart  # only the new process is in the window
+    s = strategy(o, windows=windows)
+    snap = snapshot(backend=backend(int(80 * MIB + 200_000.0 * 400), pid=5151))
+    assert s.backend_growth() is None
+    assert "memory-backend-rss-growth" not in {f.id for f in s.findings(ctx(snap))}
+    spec = next(x for x in s.triggers({}) if x.signal == "backend_rss_bytes")
+    assert spec.enter == o.backend_rss_limit_bytes
+    # the new process keeps growing after its warm-up: that is judged, on the samples after the warm-up only
+    for t in range(restart + 405, restart + 1101, 5):
+        rss = 150 * MIB + 100_000.0 * (t - restart)
+        windows.push(float(t), {"backend_rss_bytes": rss, "backend_uptime_seconds": float(t - restart)})
+    growth = s.backend_growth()
+    assert growth is not None
+    assert growth.slope == pytest.approx(100_000.0)
+    assert "memory-backend-rss-growth" in {f.id for f in s.findings(ctx(snap))}

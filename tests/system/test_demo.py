@@ -29,7 +29,8 @@ def test_demo_tour_shows_every_strategy_acting_and_stops_cleanly(tmp_path: Path)
     assert set(acted) == set(STRATEGIES), out
     assert re.search(r"WAL [\d.]+ MiB -> 0\.0 MiB", acted["database"]), acted["database"]
     assert re.search(r"stale HLS files [1-9]\d* -> 0", acted["memory"]), acted["memory"]
-    assert re.search(r"cache entries [1-9]\d{2,} -> [0-2],", acted["cache"]), acted["cache"]
+    # what stays: the warmed hot routes and the camera and area services' entries behind them
+    assert re.search(r"cache entries [1-9]\d{2,} -> [0-4],", acted["cache"]), acted["cache"]
     assert "stuck sessions 20 -> 0" in acted["connection"], acted["connection"]
     assert re.search(r"recorder nice [\d,]+ -> (10,)*10;", acted["cpu"]), acted["cpu"]
     # the verdicts come from the history: the measured effect of every step but the cpu one is a clear gain

@@ -99,7 +99,7 @@ async def test_stalled_body_does_not_block_others_and_is_closed(testbed: Testbed
         reader, writer = await asyncio.open_connection("127.0.0.1", daemon.api_port)
         try:
             head = (
-                "POST /performance-optimize HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                f"POST /performance-optimize HTTP/1.1\r\nHost: 127.0.0.1:{daemon.api_port}\r\n"
                 f"Authorization: Bearer {daemon.token}\r\nContent-Type: application/json\r\n"
                 "Content-Length: 100\r\n\r\n{"
             )
@@ -133,7 +133,7 @@ async def test_unfinished_headers_are_closed_after_the_idle_timeout(testbed: Tes
         slow_reader, slow_writer = await asyncio.open_connection("127.0.0.1", daemon.api_port)
         idle_reader, idle_writer = await asyncio.open_connection("127.0.0.1", daemon.api_port)
         try:
-            slow_writer.write(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: a")
+            slow_writer.write(f"GET /health HTTP/1.1\r\nHost: 127.0.0.1:{daemon.api_port}\r\nX-Slow: a".encode())
             await slow_writer.drain()
             async with api_client(daemon) as http:
                 resp = await asyncio.wait_for(http.get("/health"), SERVED_WITHIN)

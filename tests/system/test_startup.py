@@ -114,6 +114,17 @@ def test_unusable_secret_file_is_exit_78(tmp_path: Path, make: Any, fragment: st
     assert "Traceback" not in output
 
 
+def test_world_readable_password_file_is_exit_78(tmp_path: Path) -> None:
+    """The backend password file, like the token: readable by others is refused with exit 78, naming it and its
+    mode, before anything logs in with it."""
+    path = secret(tmp_path / "backend-admin-password", mode=0o644)
+    status, lines, output = run_once(quiet_env(tmp_path, CCTV_OPTIMIZER_BACKEND__ADMIN_PASSWORD_FILE=str(path)))
+    assert status == EX_CONFIG, output
+    [error] = errors(lines)
+    assert any(f"{path} is readable by others (mode 0644)" in p for p in error["problems"]), error
+    assert "s3cret-value" not in output and "Traceback" not in output
+
+
 def test_world_readable_secret_allowed_by_setting_is_warned_about_once(tmp_path: Path) -> None:
     """With secrets.allow_world_readable the daemon starts and says once which file, with which mode."""
     token = secret(tmp_path / "api-token", mode=0o644)

@@ -29,9 +29,9 @@ def clean(tb: TestbedProcess) -> Iterator[None]:
 
 
 def stream_keys(tb: TestbedProcess) -> list[str]:
-    """Stream keys of the enabled cameras, from the public API."""
+    """Stream keys of the enabled cameras, from the stream route (the public camera list does not name them)."""
     cameras = tb.request("GET", "/api/cameras/active?keys").json()["data"]
-    return [camera["stream_key"] for camera in cameras]
+    return [tb.request("GET", f"/api/stream/{camera['id']}").json()["data"]["stream_key"] for camera in cameras]
 
 
 def media_segments(directory: Path) -> list[str]:

@@ -53,27 +53,27 @@ def test_first_line_is_the_environment(tmp_path: Path) -> None:
         assert health.status == 200
         assert set(body) == {"status", "timestamp", "timestampLocal", "timezone", "security"}
         assert body["status"] == "ok"
-        assert body["timezone"] == "Asia/Jakarta"
-        assert LOCAL_FORMAT.fullmatch(body["timestampLocal"])
+        assert body["timezone"] == "Asia/Jakarta (WIB, UTC+7)"
         utc = datetime.fromisoformat(body["timestamp"].replace("Z", "+00:00"))
-        local = datetime.strptime(body["timestampLocal"], "%Y-%m-%d %H:%M:%S").replace(tzinfo=UTC)
-        assert abs((local - utc) - timedelta(hours=7)) < timedelta(seconds=2)
+        local = datetime.fromisoformat(body["timestampLocal"])
+        assert local.utcoffset() == timedelta(hours=7)
+        assert abs(local - utc) < timedelta(seconds=2)
     assert tb.returncode == 0
     assert not pid_file.exists()
 
 
 def test_api_key_option_adds_key_file(tmp_path: Path) -> None:
     """With --api-key the line also names a 0600 key file holding the key."""
-    with TestbedProcess(tmp_path, "--api-key", "k3y-123", "--timezone-offset", "0") as tb:
+    with TestbedProcess(tmp_path, "--api-key", "k3y-123", "--timezone", "WITA") as tb:
         assert set(tb.env) == EXPECTED_KEYS | {"CCTV_OPTIMIZER_BACKEND__API_KEY_FILE"}
         key_file = Path(tb.env["CCTV_OPTIMIZER_BACKEND__API_KEY_FILE"])
         assert key_file.read_text().strip() == "k3y-123"
         assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
-        assert tb.request("GET", "/health").json()["timezone"] == "UTC+00:00"
+        assert tb.request("GET", "/health").json()["timezone"] == "Asia/Makassar (WITA, UTC+8)"
 
 
 def test_database_is_wal_with_the_named_tables(make_testbed: TestbedFactory) -> None:
-    """The SQLite file is in WAL mode, has every table TARGET.md names and seeded local-time rows."""
+    """The SQLite file is in WAL mode, has every table the testbed keeps and seeded local-time rows."""
     tb = make_testbed("--cameras", "3")
     with read_only(tb.database) as conn:
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"

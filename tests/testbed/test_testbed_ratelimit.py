@@ -1,7 +1,8 @@
-"""Per-IP rate limits: 429 with Retry-After, separate classes, /health and control routes exempt."""
+"""Per-client rate limits: fixed windows, 429 with Retry-After, classes, CF-Connecting-IP, the whitelist."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -15,7 +16,7 @@ DEFAULT_LIMIT, ADMIN_LIMIT, AUTH_LIMIT = 5, 3, 2
 @pytest.fixture(scope="module")
 def tb(make_testbed: TestbedFactory) -> TestbedProcess:
     """A testbed with tiny limits."""
-    return make_testbed("--rate-limit-scale", "0.05")
+    return make_testbed("--rate-limit-scale", "0.05", "--login-delay-scale", "0")
 
 
 @pytest.fixture(autouse=True)
@@ -36,18 +37,25 @@ def test_default_limit_answers_429_with_retry_after(tb: TestbedProcess) -> None:
     assert refused.status == 429
     retry_after = int(refused.header("Retry-After") or 0)
     assert 1 <= retry_after <= 60
-    body = refused.json()
-    assert body["statusCode"] == 429
-    assert body["retryAfter"] == retry_after
+    assert refused.json() == {
+        "success": False,
+        "message": "Too many requests. Please try again later.",
+        "retryAfter": retry_after,
+    }
+    # X-RateLimit-Reset is the window's end in Unix seconds
+    assert abs(int(refused.header("x-ratelimit-reset") or 0) - time.time() - retry_after) <= 2
     # The default class is shared: other default paths are refused too.
     assert tb.request("GET", "/api/cameras/active").status == 429
+    # the window is keyed by CF-Connecting-IP when a proxy sends it
+    assert tb.request("GET", "/api/cameras/active", headers={"CF-Connecting-IP": "203.0.113.5"}).status == 200
 
 
 def test_health_and_control_routes_are_never_limited(tb: TestbedProcess) -> None:
-    """Twenty calls to /health and to /_testbed/state all succeed under a limit of five."""
+    """Twenty calls to /health, heartbeats and /_testbed/state all succeed under a limit of five."""
     for _ in range(20):
         assert tb.request("GET", "/health").status == 200
         assert tb.request("GET", "/_testbed/state").status == 200
+        assert tb.request("POST", "/api/viewer/heartbeat", json_body={"sessionId": "gone"}).status == 200
 
 
 def test_auth_and_admin_classes_have_their_own_limits(tb: TestbedProcess) -> None:
@@ -69,5 +77,4 @@ def test_rate_limited_login_is_not_a_lockout(tb: TestbedProcess) -> None:
         tb.request("POST", "/api/auth/login", json_body={"username": "admin", "password": "x"})
     limited = tb.request("POST", "/api/auth/login", json_body={"username": "admin", "password": "x"})
     assert limited.status == 429
-    assert "lockedBy" not in limited.json()
-    assert "Rate limit exceeded" in limited.json()["message"]
+    assert limited.json()["message"] == "Too many requests. Please try again later."

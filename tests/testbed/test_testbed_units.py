@@ -5,12 +5,13 @@ from __future__ import annotations
 import os
 import re
 import time
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
 
 from testbed.auth import LoginGuard, TokenError, TokenIssuer, csrf_valid, decode_jwt, encode_jwt
-from testbed.cache import ResponseCache
+from testbed.cache import ResponseCache, middleware_key
 from testbed.hls import HlsWriter, scan_hls
 from testbed.localtime import LocalClock
 from testbed.ratelimit import RateLimiter, RouteClass, route_class
@@ -60,79 +61,103 @@ def test_token_issuer_keeps_access_and_refresh_apart() -> None:
 
 
 def test_login_guard_locks_user_after_five_and_ip_after_ten() -> None:
-    """Five failures lock the username, ten lock the IP, and the lock lifts after the window."""
+    """Five failures inside the window lock the username (case-sensitive), ten the address; the window frees them."""
     clock = FakeClock()
-    guard = LoginGuard(lockout_seconds=1800, clock=clock)
+    guard = LoginGuard(lockout_seconds=900, clock=clock)
     for _ in range(4):
         guard.record_failure("admin", "10.0.0.1")
     assert guard.check("admin", "10.0.0.1") is None
     guard.record_failure("ADMIN", "10.0.0.1")
+    assert guard.check("admin", "10.0.0.2") is None
+    guard.record_failure("admin", "10.0.0.1")
     lock = guard.check("admin", "10.0.0.2")
     assert lock is not None
-    assert (lock.scope, lock.retry_after) == ("user", 1800)
-    for index in range(5):
+    assert (lock.scope, lock.retry_after) == ("user", 900)
+    assert guard.failures("admin", "10.0.0.1") == 6
+    for index in range(4):
         guard.record_failure(f"user{index}", "10.0.0.1")
     ip_lock = guard.check("someone-else", "10.0.0.1")
     assert ip_lock is not None
     assert ip_lock.scope == "ip"
-    clock.now += 1801
+    clock.now += 901
     assert guard.check("admin", "10.0.0.1") is None
 
 
-def test_rate_limiter_sliding_window_and_retry_after() -> None:
-    """The limit-th request passes, the next is refused with the seconds until the oldest leaves."""
+def test_rate_limiter_fixed_window_and_retry_after() -> None:
+    """The first request opens a 60 s window; past the limit the answer waits for the window's end."""
     clock = FakeClock()
-    limiter = RateLimiter(scale=0.03, clock=clock)
+    limiter = RateLimiter(scale=0.03, clock=clock, wall=lambda: 1_000_000.0 + clock.now)
     assert limiter.limits == {RouteClass.DEFAULT: 3, RouteClass.ADMIN: 2, RouteClass.AUTH: 1}
     for remaining in (2, 1, 0):
         decision = limiter.hit("1.2.3.4", RouteClass.DEFAULT)
         assert (decision.allowed, decision.remaining) == (True, remaining)
+        assert decision.reset_epoch == 1_000_000 + 1000 + 60
         clock.now += 10
     refused = limiter.hit("1.2.3.4", RouteClass.DEFAULT)
     assert (refused.allowed, refused.retry_after) == (False, 30)
     assert limiter.hit("5.6.7.8", RouteClass.DEFAULT).allowed
     assert limiter.hit("1.2.3.4", RouteClass.AUTH).allowed
-    clock.now += 30
+    clock.now += 20
+    assert not limiter.hit("1.2.3.4", RouteClass.DEFAULT).allowed
+    clock.now += 10.5
     assert limiter.hit("1.2.3.4", RouteClass.DEFAULT).allowed
 
 
 def test_route_classes() -> None:
-    """/health and control routes are unlimited; auth and admin paths have their own classes."""
-    assert route_class("/health") is None
-    assert route_class("/_testbed/state") is None
+    """The whitelist and control routes are unlimited; auth and admin prefixes have their own classes."""
+    for unlimited in ("/health", "/_testbed/state", "/api/stream/3", "/api/viewer/heartbeat", "/hls/k/index.m3u8"):
+        assert route_class(unlimited) is None
+    # the backend matches the URL as sent: a query string takes /health out of the whitelist
+    assert route_class("/health?x=1") is RouteClass.DEFAULT
     assert route_class("/api/auth/login") is RouteClass.AUTH
     assert route_class("/api/admin/cache/stats") is RouteClass.ADMIN
     assert route_class("/api/cache/stats") is RouteClass.DEFAULT
-    assert route_class("/api/viewer/stats") is RouteClass.DEFAULT
+    assert route_class("/api/viewer/start") is RouteClass.DEFAULT
 
 
-def test_cache_ttl_invalidate_sweep_and_stats() -> None:
-    """Entries expire after the TTL, invalidation is by path prefix, stats count every operation."""
+def test_cache_counters_are_the_backends() -> None:
+    """Expiry on lookup is only a miss, invalidate and clear count entries as invalidations, the sweep nothing."""
     clock = FakeClock()
     cache = ResponseCache(ttl_seconds=30, clock=clock)
-    assert cache.get("/api/cameras/active") is None
-    cache.set("/api/cameras/active", b"{}", "application/json")
-    cache.set("/api/cameras/active?_=1", b"{}", "application/json")
-    cache.set("/api/areas/public", b"{}", "application/json")
-    assert cache.get("/api/cameras/active") is not None
+    assert cache.stats()["hitRate"] == "0%"
+    cameras = middleware_key("/api/cameras/active")
+    assert cameras == "middleware:GET:/api/cameras/active:{}"
+    assert middleware_key("/api/cameras/active?_=1&a=2&a=3") == (
+        'middleware:GET:/api/cameras/active?_=1&a=2&a=3:{"_":"1","a":["2","3"]}'
+    )
+    assert cache.get(cameras) is None
+    cache.set(cameras, b"{}", "application/json")
+    cache.set(middleware_key("/api/cameras/active?_=1"), b"{}", "application/json")
+    cache.set(middleware_key("/api/areas/public"), b"{}", "application/json")
+    cache.set("areas:all:public", [], ttl_seconds=300)
+    assert cache.get(cameras) is not None
     assert cache.stats() == {
         "hits": 1,
         "misses": 1,
-        "sets": 3,
+        "sets": 4,
         "deletes": 0,
         "invalidations": 0,
         "hitRate": "50.00%",
-        "size": 3,
+        "size": 4,
     }
     assert cache.invalidate("/api/cameras") == 2
-    assert cache.keys() == ["/api/areas/public"]
+    assert cache.invalidations == 2
     clock.now += 31
     assert cache.sweep() == 1
-    assert cache.size == 0
+    assert cache.size == 1
     cache.set("/x", b"1", "text/plain")
     clock.now += 31
     assert cache.get("/x") is None
-    assert cache.stats()["deletes"] == 4
+    assert cache.clear() == 1
+    assert cache.stats() == {
+        "hits": 1,
+        "misses": 2,
+        "sets": 5,
+        "deletes": 0,
+        "invalidations": 3,
+        "hitRate": "33.33%",
+        "size": 0,
+    }
 
 
 def test_cache_legacy_shape_is_bounded() -> None:
@@ -164,15 +189,32 @@ def test_csrf_double_submit_rules() -> None:
 
 
 def test_local_clock_strings() -> None:
-    """Local strings use the configured offset and the backend's format; zone labels are readable."""
+    """Local text uses the zone and the backend's format; /health's labels follow timezoneService's names."""
     clock = LocalClock(7)
     text = clock.local()
     assert re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d", text)
     skew = (clock.parse_local(text) - clock.now()).total_seconds()
     assert -2 <= skew <= 0
-    assert clock.timezone_name() == "Asia/Jakarta"
-    assert LocalClock(5.5).timezone_name() == "UTC+05:30"
+    assert clock.timezone_name() == "Asia/Jakarta (WIB, UTC+7)"
+    assert LocalClock(zone="WITA").zone == "Asia/Makassar"
+    assert LocalClock(0).timezone_name() == "Etc/UTC (UTC+0)"
     assert clock.iso_utc().endswith("Z")
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", clock.iso(3600))
+    with pytest.raises(ValueError, match="no zone"):
+        LocalClock(5.5)
+
+
+def test_clock_follows_the_timezone_row() -> None:
+    """A clock that follows a source changes zone with it, as the backend reads system_settings every time."""
+    row = {"value": "Asia/Jakarta"}
+    clock = LocalClock(7)
+    clock.follow(lambda: row["value"])
+    jakarta = clock.now().utcoffset()
+    row["value"] = "Asia/Jayapura"
+    assert clock.zone == "Asia/Jayapura"
+    assert clock.now().utcoffset() - jakarta == timedelta(hours=2)  # type: ignore[operator]
+    row["value"] = "Not/AZone"
+    assert clock.zone == "Asia/Jayapura"
 
 
 def test_hls_writer_rotates_and_scan_finds_stale(tmp_path: Path) -> None:

@@ -42,11 +42,18 @@ def session_row(tb: TestbedProcess, session_id: str) -> sqlite3.Row:
         return row
 
 
+def history_rows(tb: TestbedProcess, session_id: str) -> list[sqlite3.Row]:
+    """A session's history rows (history has no session id: matched by camera, address and start)."""
+    row = session_row(tb, session_id)
+    with contextlib.closing(sqlite3.connect(f"file:{tb.database}?mode=ro", uri=True)) as conn:
+        conn.row_factory = sqlite3.Row
+        query = "SELECT * FROM viewer_session_history WHERE camera_id = ? AND ip_address = ? AND started_at = ?"
+        return list(conn.execute(query, (row["camera_id"], row["ip_address"], row["started_at"])).fetchall())
+
+
 def history_count(tb: TestbedProcess, session_id: str) -> int:
     """How many history rows a session has."""
-    with contextlib.closing(sqlite3.connect(f"file:{tb.database}?mode=ro", uri=True)) as conn:
-        query = "SELECT COUNT(*) FROM viewer_session_history WHERE session_id = ?"
-        return int(conn.execute(query, (session_id,)).fetchone()[0])
+    return len(history_rows(tb, session_id))
 
 
 def local_now() -> datetime:
@@ -71,8 +78,16 @@ def test_start_heartbeat_stop_and_stats(tb: TestbedProcess, admin: AdminSession)
     assert abs(stored - local_now()) < timedelta(seconds=5)
     beat = tb.request("POST", "/api/viewer/heartbeat", json_body={"sessionId": session_id}, csrf=admin.csrf)
     assert beat.status == 200
+    proxied = tb.request(
+        "POST", "/api/viewer/start", json_body={"cameraId": 2}, headers={"X-Forwarded-For": "198.51.100.9, 10.0.0.1"}
+    )
+    proxied_id = proxied.json()["data"]["sessionId"]
+    assert session_row(tb, proxied_id)["ip_address"] == "198.51.100.9"
+    assert tb.request("POST", "/api/viewer/stop", json_body={"sessionId": proxied_id}).json()["success"] is True
     stopped = tb.request("POST", "/api/viewer/stop", json_body={"sessionId": session_id}, csrf=admin.csrf)
-    assert stopped.json()["data"] == {"ended": True}
+    assert stopped.json() == {"success": True, "message": "Session ended"}
+    again = tb.request("POST", "/api/viewer/stop", json_body={"sessionId": session_id})
+    assert again.json() == {"success": False, "message": "Session not found or already ended"}
     row = session_row(tb, session_id)
     assert (row["is_active"], row["ended_at"] is not None) == (0, True)
     assert history_count(tb, session_id) == 1
@@ -80,23 +95,27 @@ def test_start_heartbeat_stop_and_stats(tb: TestbedProcess, admin: AdminSession)
 
 
 def test_bad_viewer_requests(tb: TestbedProcess, admin: AdminSession) -> None:
-    """Missing cameraId is 400, an unknown camera 404, a heartbeat for an unknown session 404."""
+    """Missing cameraId is 400, an unknown camera 404, a heartbeat for an unknown session 200 with success false."""
     assert tb.request("POST", "/api/viewer/start", json_body={}, csrf=admin.csrf).status == 400
     assert tb.request("POST", "/api/viewer/start", json_body={"cameraId": 999}, csrf=admin.csrf).status == 404
     unknown = {"sessionId": "00000000-0000-4000-8000-000000000000"}
-    assert tb.request("POST", "/api/viewer/heartbeat", json_body=unknown, csrf=admin.csrf).status == 404
+    beat = tb.request("POST", "/api/viewer/heartbeat", json_body=unknown)
+    assert (beat.status, beat.json()) == (200, {"success": False, "message": "Session not found or expired"})
+    assert tb.request("POST", "/api/viewer/heartbeat", json_body={}).status == 400
     assert tb.request("GET", "/api/viewer/stats").status == 401
 
 
 def test_sweep_ends_a_silent_session(tb: TestbedProcess, admin: AdminSession) -> None:
-    """Without heartbeats the sweep ends the session (is_active=0, ended_at, history row)."""
+    """Without heartbeats the sweep ends the session at its last heartbeat, with one history row."""
     started = tb.request("POST", "/api/viewer/start", json_body={"cameraId": 1}, csrf=admin.csrf)
     session_id = started.json()["data"]["sessionId"]
     wait_until(lambda: session_row(tb, session_id)["is_active"] == 0, timeout=8)
-    assert session_row(tb, session_id)["ended_at"] is not None
-    assert history_count(tb, session_id) == 1
+    row = session_row(tb, session_id)
+    assert row["ended_at"] == row["last_heartbeat"]
+    [history] = history_rows(tb, session_id)
+    assert (history["ended_at"], history["duration_seconds"]) == (row["ended_at"], row["duration_seconds"])
     beat = tb.request("POST", "/api/viewer/heartbeat", json_body={"sessionId": session_id}, csrf=admin.csrf)
-    assert beat.status == 404
+    assert beat.json()["success"] is False
 
 
 def test_stuck_sessions_and_sweep_switch(tb: TestbedProcess, admin: AdminSession) -> None:
@@ -120,3 +139,29 @@ def test_sweep_run_now_spares_fresh_sessions(tb: TestbedProcess, admin: AdminSes
     result = tb.scenario("sweep", run_now=True)
     assert (result["sweep_enabled"], result["ended"]) == (False, 3)
     assert session_row(tb, fresh.json()["data"]["sessionId"])["is_active"] == 1
+
+
+def test_zone_change_over_the_admin_route_moves_new_local_times(tb: TestbedProcess, admin: AdminSession) -> None:
+    """PUT /api/admin/settings/timezone WITA stores Asia/Makassar; the next session starts an hour later locally."""
+    tb.scenario("sweep", enabled=False)
+    zone = tb.request("GET", "/api/admin/settings/timezone", token=admin.token).json()["data"]
+    assert zone == {"timezone": "Asia/Jakarta", "shortName": "WIB"}
+    bad = tb.request(
+        "PUT", "/api/admin/settings/timezone", token=admin.token, csrf=admin.csrf, json_body={"timezone": "X"}
+    )
+    assert (bad.status, bad.json()["code"]) == (400, "FST_ERR_VALIDATION")
+    try:
+        changed = tb.request(
+            "PUT", "/api/admin/settings/timezone", token=admin.token, csrf=admin.csrf, json_body={"timezone": "WITA"}
+        )
+        assert changed.json() == {
+            "success": True,
+            "message": "Timezone berhasil diupdate",
+            "data": {"timezone": "WITA"},
+        }
+        assert tb.request("GET", "/health").json()["timezone"] == "Asia/Makassar (WITA, UTC+8)"
+        started = tb.request("POST", "/api/viewer/start", json_body={"cameraId": 1}).json()["data"]["sessionId"]
+        stored = datetime.strptime(session_row(tb, started)["started_at"], "%Y-%m-%d %H:%M:%S")
+        assert abs(stored - local_now() - timedelta(hours=1)) < timedelta(seconds=5)
+    finally:
+        tb.scenario("timezone", zone="WIB")

@@ -1,0 +1,281 @@
+"""The API's connection limits: a cap below the descriptor limit, a header timeout, and a quiet accept-error log.
+
+A client that opens thousands of connections (or trickles header bytes on each) must not take the descriptors
+the sampler, the strategies and the state database need. So:
+
+- the API holds at most ``cap`` connections: ``api.max_connections``, and never more than the soft
+  ``RLIMIT_NOFILE`` less ``api.reserved_descriptors`` less what the daemon had open when it started; one more is
+  accepted and closed at once (a reset, no reply), which costs next to nothing;
+- a connection that has not sent its first request line and headers within ``api.header_timeout_seconds`` is
+  closed (idle keep-alive connections are closed by the server's idle timeout);
+- accept errors (``EMFILE`` and the like, when something else used the descriptors up) are logged as one line
+  per interval with a count, instead of a traceback per attempt.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import os
+import resource
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import structlog
+from aiohttp import web
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+log = structlog.get_logger("api")
+
+ACCEPT_LOG_INTERVAL_SECONDS = 10.0
+HEADER_END = b"\r\n\r\n"
+_ACCEPT_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+
+
+def open_descriptors() -> int:
+    """How many descriptors this process has open now."""
+    try:
+        return len(os.listdir("/proc/self/fd"))
+    except OSError:
+        return 0
+
+
+def connection_cap(max_connections: int, reserved: int, *, soft_limit: int | None = None, in_use: int = 0) -> int:
+    """The API's connection cap: the configured one, within the descriptors left after ``reserved`` and ``in_use``."""
+    if soft_limit is None:
+        soft_limit, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft_limit == resource.RLIM_INFINITY or soft_limit < 0:
+        return max_connections
+    return max(1, min(max_connections, soft_limit - reserved - in_use))
+
+
+class ConnectionLimiter:
+    """Counts the API's connections, refuses those over the cap, and closes ones slow to send their headers."""
+
+    def __init__(self, cap: int, header_timeout: float) -> None:
+        self.cap = cap
+        self.header_timeout = header_timeout
+        self.current = 0
+        self.rejected_total = 0
+        self.header_timeouts_total = 0
+        self._refused_since_log = 0
+        self._last_refusal_log = float("-inf")
+
+    def factory(self, inner: Callable[[], asyncio.Protocol]) -> Callable[[], asyncio.Protocol]:
+        """A protocol factory for ``loop.create_server`` around the web server's own."""
+
+        def make() -> asyncio.Protocol:
+            if self.current >= self.cap:
+                return _Refused(self)
+            return _Counted(self, inner())
+
+        return make
+
+    def refused(self) -> None:
+        """Count a refused connection; log once per interval with how many were refused since."""
+        self.rejected_total += 1
+        self._refused_since_log += 1
+        now = asyncio.get_running_loop().time()
+        if now - self._last_refusal_log >= ACCEPT_LOG_INTERVAL_SECONDS:
+            log.warning(
+                "api_connections_refused", refused=self._refused_since_log, cap=self.cap, total=self.rejected_total
+            )
+            self._refused_since_log = 0
+            self._last_refusal_log = now
+
+
+class _Refused(asyncio.Protocol):
+    """A connection over the cap: closed as soon as it is accepted."""
+
+    def __init__(self, limiter: ConnectionLimiter) -> None:
+        self._limiter = limiter
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._limiter.refused()
+        abort = getattr(transport, "abort", None)
+        if abort is not None:
+            abort()
+        else:
+            transport.close()
+
+
+class _Counted(asyncio.Protocol):
+    """The web server's protocol for one connection, counted, with a deadline for its first request's headers."""
+
+    def __init__(self, limiter: ConnectionLimiter, inner: asyncio.Protocol) -> None:
+        self._limiter = limiter
+        self._inner = inner
+        self._transport: asyncio.BaseTransport | None = None
+        self._deadline: asyncio.TimerHandle | None = None
+        self._tail = b""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._limiter.current += 1
+        self._transport = transport
+        self._deadline = asyncio.get_running_loop().call_later(self._limiter.header_timeout, self._too_slow)
+        self._inner.connection_made(transport)
+
+    def _too_slow(self) -> None:
+        self._deadline = None
+        if self._transport is not None and not self._transport.is_closing():
+            self._limiter.header_timeouts_total += 1
+            abort = getattr(self._transport, "abort", None)
+            if abort is not None:
+                abort()
+            else:
+                self._transport.close()
+
+    def data_received(self, data: bytes) -> None:
+        if self._deadline is not None:
+            seen = self._tail + data
+            if HEADER_END in seen:
+                self._deadline.cancel()
+                self._deadline = None
+                self._tail = b""
+            else:
+                self._tail = seen[-3:]
+        self._inner.data_received(data)
+
+    def eof_received(self) -> bool | None:
+        return self._inner.eof_received()
+
+    def pause_writing(self) -> None:
+        self._inner.pause_writing()
+
+    def resume_writing(self) -> None:
+        self._inner.resume_writing()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._limiter.current -= 1
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
+        self._transport = None
+        self._inner.connection_lost(exc)
+
+
+class LimitedSite(web.BaseSite):
+    """A TCP site whose connections go through a ``ConnectionLimiter``."""
+
+    __slots__ = ("_host", "_limiter", "_port", "_reuse_address")
+
+    def __init__(
+        self, runner: web.BaseRunner, host: str, port: int, limiter: ConnectionLimiter, *, reuse_address: bool = True
+    ) -> None:
+        super().__init__(runner)
+        self._host = host
+        self._port = port
+        self._limiter = limiter
+        self._reuse_address = reuse_address
+
+    @property
+    def name(self) -> str:
+        """The site's URL."""
+        host = f"[{self._host}]" if ":" in self._host else self._host
+        return f"http://{host}:{self._port}"
+
+    @property
+    def server(self) -> asyncio.AbstractServer | None:
+        """The listening server, once started."""
+        return self._server
+
+    async def start(self) -> None:
+        """Listen, with the limiter in front of the web server's protocol."""
+        await super().start()
+        server = self._runner.server
+        assert server is not None
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(
+            self._limiter.factory(server),
+            self._host,
+            self._port,
+            reuse_address=self._reuse_address,
+            backlog=self._backlog,
+        )
+
+
+class AcceptErrorLog:
+    """An event loop exception handler that turns accept errors into one log line per interval with a count.
+
+    Everything else goes to the handler that was there before (asyncio's default logs it with its traceback).
+    """
+
+    def __init__(self, interval: float = ACCEPT_LOG_INTERVAL_SECONDS) -> None:
+        self.interval = interval
+        self.total = 0
+        self._since_log = 0
+        self._last_log = float("-inf")
+        self._previous: Callable[[asyncio.AbstractEventLoop, dict[str, Any]], object] | None = None
+
+    def install(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Become the loop's exception handler."""
+        self._previous = loop.get_exception_handler()
+        loop.set_exception_handler(self)
+
+    def uninstall(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Give the loop its previous handler back."""
+        if loop.get_exception_handler() is self:
+            loop.set_exception_handler(self._previous)
+
+    def __call__(self, loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        exc = context.get("exception")
+        message = str(context.get("message", ""))
+        if (isinstance(exc, OSError) and exc.errno in _ACCEPT_ERRNOS) or message.startswith("socket.accept()"):
+            self.total += 1
+            self._since_log += 1
+            now = loop.time()
+            if now - self._last_log >= self.interval:
+                log.error(
+                    "api_accept_failed",
+                    error=(os.strerror(exc.errno) if isinstance(exc, OSError) and exc.errno else str(exc or message)),
+                    count=self._since_log,
+                    total=self.total,
+                    hint="the daemon is out of descriptors: see api.max_connections and LimitNOFILE",
+                )
+                self._since_log = 0
+                self._last_log = now
+            return
+        if self._previous is not None:
+            self._previous(loop, context)
+        else:
+            loop.default_exception_handler(context)
+
+
+class ConnectionCollector(Collector):
+    """The API's connection figures for /metrics."""
+
+    def __init__(self, limiter: ConnectionLimiter, accept_errors: AcceptErrorLog) -> None:
+        self._limiter = limiter
+        self._accept = accept_errors
+
+    def collect(self) -> Iterator[Metric]:
+        """Current connections, the cap, and what was refused or closed."""
+        lim = self._limiter
+        yield GaugeMetricFamily("cctv_optimizer_api_connections", "Open API connections.", value=lim.current)
+        yield GaugeMetricFamily(
+            "cctv_optimizer_api_connection_cap", "The API's connection cap in effect.", value=lim.cap
+        )
+        yield CounterMetricFamily(
+            "cctv_optimizer_api_connections_rejected",
+            "API connections closed at once because the cap was reached.",
+            value=lim.rejected_total,
+        )
+        yield CounterMetricFamily(
+            "cctv_optimizer_api_header_timeouts",
+            "API connections closed for not sending their request headers in time.",
+            value=lim.header_timeouts_total,
+        )
+        yield CounterMetricFamily(
+            "cctv_optimizer_api_accept_errors", "Failed accepts (out of descriptors).", value=self._accept.total
+        )
+
+
+__all__ = [
+    "AcceptErrorLog",
+    "ConnectionCollector",
+    "ConnectionLimiter",
+    "LimitedSite",
+    "connection_cap",
+    "open_descriptors",
+]

@@ -1,0 +1,168 @@
+"""Connection limits on a real daemon process with a low descriptor limit: trickling clients over the cap,
+/health still answers, sampling goes on, and accept errors are one log line per interval, not a traceback each."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from testbed.harness import TestbedProcess
+from tests.harness import ROOT, daemon_env, daemon_process
+
+NOFILE = 256
+TRICKLERS = 400  # more than the daemon's whole descriptor limit
+HEADER_TIMEOUT = "2"
+# generous bounds: they only tell "it answered / it closed" from "it hung"
+ANSWERED_WITHIN = 60.0
+
+
+def health(base: str, timeout: float = 5.0) -> int:
+    """GET /health's status, or 0 when the connection was refused, reset or timed out."""
+    try:
+        with urllib.request.urlopen(f"{base}/health", timeout=timeout) as resp:
+            return int(resp.status)
+    except urllib.error.HTTPError as exc:
+        return int(exc.code)
+    except OSError:
+        return 0
+
+
+def metric(base: str, name: str) -> float:
+    """One sample's value from /metrics."""
+    with urllib.request.urlopen(f"{base}/metrics", timeout=10) as resp:
+        for line in resp.read().decode().splitlines():
+            if line.startswith(name + " "):
+                return float(line.split()[1])
+    raise AssertionError(f"{name} not in /metrics")
+
+
+def open_tricklers(host: str, port: int, count: int) -> list[socket.socket]:
+    """Connections that send a request line and one header byte, and then nothing."""
+    out = []
+    for _ in range(count):
+        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        s.settimeout(5)
+        try:
+            s.connect((host, port))
+            s.sendall(f"GET /health HTTP/1.1\r\nHost: {host}:{port}\r\nX".encode())
+        except OSError:
+            s.close()
+            continue
+        out.append(s)
+    return out
+
+
+def test_trickling_clients_over_the_cap_cannot_starve_the_daemon(testbed: TestbedProcess, tmp_path: Path) -> None:
+    """400 trickling connections against a daemon limited to 256 descriptors: the excess is refused at once,
+    the rest are closed on the header timeout, /health answers, and samples keep coming without a crash."""
+    env = {
+        **os.environ,
+        **daemon_env(
+            testbed,
+            tmp_path / "s",
+            ENABLE_PERFORMANCE_OPTIMIZATION="false",
+            CCTV_OPTIMIZER_API__MAX_CONNECTIONS="100000",
+            CCTV_OPTIMIZER_API__RESERVED_DESCRIPTORS="64",
+            CCTV_OPTIMIZER_API__HEADER_TIMEOUT_SECONDS=HEADER_TIMEOUT,
+        ),
+        "PYTHONPATH": str(ROOT),
+    }
+    command = ["prlimit", f"--nofile={NOFILE}:{NOFILE}", sys.executable, "-m", "optimizer.cli", "run"]
+    with daemon_process(env, command=command) as daemon:
+        started = daemon.wait_event("daemon_started")
+        base = started["api"]
+        cap = started["api_connection_cap"]
+        assert 0 < cap <= NOFILE - 64
+        parts = urlsplit(base)
+        host, port = parts.hostname or "127.0.0.1", parts.port or 80
+        tricklers = open_tricklers(host, port, TRICKLERS)
+        try:
+            deadline = time.monotonic() + ANSWERED_WITHIN
+            status = 0
+            while time.monotonic() < deadline and status != 200:
+                status = health(base)
+                if status != 200:
+                    time.sleep(0.5)
+            assert status == 200, "/health never answered while the tricklers held on"
+            rejected = metric(base, "cctv_optimizer_api_connections_rejected_total")
+            timed_out = metric(base, "cctv_optimizer_api_header_timeouts_total")
+            current = metric(base, "cctv_optimizer_api_connections")
+            assert rejected >= 1 and timed_out >= 1 and current <= cap
+            # every trickler was refused at once, closed on the header timeout, or is still within it
+            assert rejected + timed_out + current >= TRICKLERS
+        finally:
+            for s in tricklers:
+                s.close()
+        # the decision loop and the sampler were fresh all along: still healthy now, nothing crashed
+        assert health(base) == 200
+        assert daemon.stop() == 0
+    events = [e.get("event") for e in (json.loads(line) for line in daemon.raw if line.startswith("{"))]
+    assert "sample_crashed" not in events
+    assert "api_handler_crashed" not in events
+    refusals = events.count("api_connections_refused")
+    assert 1 <= refusals <= 1 + int(ANSWERED_WITHIN / 10) + 1
+    assert not [line for line in daemon.raw if "Traceback" in line]
+
+
+ACCEPT_SERVER = textwrap.dedent(
+    """
+    import asyncio, os, resource, sys
+    from optimizer.connections import AcceptErrorLog
+    from optimizer.logs import configure_logging
+
+    async def main():
+        configure_logging("info", json=True)
+        loop = asyncio.get_running_loop()
+        AcceptErrorLog(interval=float(sys.argv[1])).install(loop)
+        server = await asyncio.start_server(lambda r, w: w.close(), "127.0.0.1", 0)
+        hoard = []
+        try:
+            while True:
+                hoard.append(os.open("/dev/null", os.O_RDONLY))
+        except OSError:
+            pass
+        print(server.sockets[0].getsockname()[1], flush=True)
+        await asyncio.sleep(float(sys.argv[2]))
+        print("done", flush=True)
+
+    asyncio.run(main())
+    """
+)
+
+
+def test_accept_errors_are_one_line_per_interval_with_a_count(tmp_path: Path) -> None:
+    """A process out of descriptors fails every accept: one log line per interval with a count, no tracebacks."""
+    script = tmp_path / "accept_server.py"
+    script.write_text(ACCEPT_SERVER)
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    command = ["prlimit", "--nofile=64:64", sys.executable, str(script), "2", "5"]
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    try:
+        assert proc.stdout is not None
+        port = int(proc.stdout.readline())
+        clients = []
+        for _ in range(50):
+            with contextlib.suppress(OSError):
+                clients.append(socket.create_connection(("127.0.0.1", port), timeout=2))
+        out, _ = proc.communicate(timeout=60)
+        for c in clients:
+            c.close()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+    lines = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+    failed = [e for e in lines if e.get("event") == "api_accept_failed"]
+    assert 1 <= len(failed) <= 4, out[-2000:]
+    assert failed[0]["count"] >= 1 and "open files" in failed[0]["error"]
+    assert "Traceback" not in out
