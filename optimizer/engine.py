@@ -182,6 +182,13 @@ class Pending:
     result: ApplyResult
     before: float
     due: float
+    # when the change was made (monotonic): the verdict is judged on a value measured after it
+    applied_at: float = 0.0
+
+
+# how long past its settle time a verdict waits for its signal to be measured again (a source whose earlier
+# reading stands in, such as the cache stats when the request budget is spent, is not measured every sample)
+VERIFY_WAIT_SECONDS = 60.0
 
 
 @dataclass(slots=True)
@@ -620,7 +627,12 @@ class Engine:
         expected = pending.plan.expected
         if expected is None:
             return
-        after = self.windows.last(expected.signal)
+        measured = self.windows.points(expected.signal, since=pending.applied_at)
+        after = measured[-1][1] if measured else self.windows.last(expected.signal)
+        if not measured and after is not None and self._clock.monotonic() < pending.due + VERIFY_WAIT_SECONDS:
+            # only the reading from before the change stands: judging on it would call any change neutral
+            self._pending.append(pending)
+            return
         if after is None:
             detail: dict[str, Any] = {"signal": expected.signal, "before": pending.before, "after": None}
             verdict = Verdict.NEUTRAL
@@ -1121,6 +1133,7 @@ class Engine:
                         result=result,
                         before=before,
                         due=self._clock.monotonic() + plan.expected.settle_seconds,
+                        applied_at=self._clock.monotonic(),
                     )
                 )
         if outcome in (Outcome.APPLIED, Outcome.NO_CHANGE) and not verifying:

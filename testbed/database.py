@@ -116,6 +116,8 @@ class Database:
         self._reader = _connect(self.path)
         self._zone_reader = _connect(self.path)
         self.write(lambda conn: _seed(conn, self.clock, cameras=cameras, admin_password=admin_password))
+        # the backend starts on a database its setup script made and closed (checkpointed, WAL emptied)
+        writer.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         # the backend reads its zone from this row on every timestamp (timezoneService.getTimezone)
         self.clock.follow(self.timezone_setting)
 
@@ -125,12 +127,13 @@ class Database:
             if self._zone_reader is None:
                 return None
             try:
-                row = self._zone_reader.execute(
+                # fetchall: a half-read statement would keep a read snapshot open and stall checkpoints
+                rows = self._zone_reader.execute(
                     "SELECT setting_value FROM system_settings WHERE setting_key = 'timezone'"
-                ).fetchone()
+                ).fetchall()
             except sqlite3.Error:
                 return None
-        return str(row[0]) if row is not None and row[0] else None
+        return str(rows[0][0]) if rows and rows[0][0] else None
 
     def set_timezone(self, name: str) -> str:
         """Change the ``timezone`` row as the admin page does (setTimezone: WIB/WITA/WIT stored as IANA names)."""
