@@ -65,6 +65,8 @@ GOAL_DB_GROWTH = 1.25
 SETUP_TIMEOUT_S = 120.0
 LINGER_RESET = struct.pack("ii", 1, 0)
 ROW_PAD = 900
+# more rows than any database size here holds (per table), so synthetic times stay in the past
+MAX_ROWS = 2_000_000
 
 
 # --- connections -------------------------------------------------------------------------------------------
@@ -187,23 +189,28 @@ def grow_database(path: Path, target_bytes: int) -> float:
     try:
         conn.execute("PRAGMA journal_mode = WAL")
         conn.execute("PRAGMA synchronous = OFF")
-        batch = 20_000
+        batch = 5_000
+        # rows are appended oldest first, as the backend writes them: one second apart, ending now
+        first = int(conn.execute("SELECT coalesce(max(id), 0) FROM viewer_session_history").fetchone()[0])
         while path.stat().st_size < target_bytes:
+            ago = f"'-' || ({MAX_ROWS} - {first} - i) || ' seconds'"
+            first += batch
             conn.execute("BEGIN")
+            # the backend's schema (testbed/schema.py): a history table with an index on its time column and
+            # an audit table without one, so both ways of finding a table's oldest row are exercised
             conn.execute(
                 "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < ?)"
                 " INSERT INTO viewer_session_history"
-                " (session_id, camera_id, camera_name, ip_address, user_agent, device_type, started_at, ended_at,"
+                " (camera_id, camera_name, ip_address, user_agent, device_type, started_at, ended_at,"
                 " duration_seconds)"
-                " SELECT hex(randomblob(8)), 1, 'cam', '10.0.0.1', printf('%.*c', ?, 'x'), 'desktop',"
-                " datetime('now', '-' || (i % 86400) || ' minutes', 'localtime'), NULL, 60 FROM n",
+                " SELECT 1, 'cam', '10.0.0.1', printf('%.*c', ?, 'x'), 'desktop',"
+                f" datetime('now', {ago}, 'localtime'), datetime('now', {ago}, 'localtime'), 60 FROM n",
                 (batch, ROW_PAD),
             )
             conn.execute(
                 "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < ?)"
-                " INSERT INTO playback_token_audit_logs (token_session_id, action, ip_address, details, created_at)"
-                " SELECT i, 'seen', '10.0.0.1', printf('%.*c', ?, 'y'), datetime('now', '-' || (i % 86400) || ' minutes')"
-                " FROM n",
+                " INSERT INTO playback_token_audit_logs (event_type, ip_address, detail_json, created_at)"
+                f" SELECT 'seen', '10.0.0.1', printf('%.*c', ?, 'y'), datetime('now', {ago}) FROM n",
                 (batch, ROW_PAD),
             )
             conn.execute("COMMIT")

@@ -68,6 +68,7 @@ from optimizer.connections import (
     ConnectionCollector,
     ConnectionLimiter,
     LimitedSite,
+    accept_backlog,
     connection_cap,
     open_descriptors,
 )
@@ -343,8 +344,11 @@ class Daemon:
             lingering_time=LINGER_SECONDS,
         )
         api = self.settings.api
+        self._api_backlog = accept_backlog(api.reserved_descriptors)
         self.connection_limiter = ConnectionLimiter(
-            connection_cap(api.max_connections, api.reserved_descriptors, in_use=open_descriptors()),
+            connection_cap(
+                api.max_connections, api.reserved_descriptors, in_use=open_descriptors(), backlog=self._api_backlog
+            ),
             api.header_timeout_seconds,
         )
         self.registry.register(ConnectionCollector(self.connection_limiter, self.accept_errors))
@@ -378,7 +382,7 @@ class Daemon:
         """(On the API's loop.) Set the runner up and listen; the port bound."""
         await runner.setup()
         self.accept_errors.install(asyncio.get_running_loop())
-        site = LimitedSite(runner, host, port, self.connection_limiter)
+        site = LimitedSite(runner, host, port, self.connection_limiter, backlog=self._api_backlog)
         try:
             await site.start()
         except OSError as exc:

@@ -4,7 +4,10 @@ A client that opens thousands of connections (or trickles header bytes on each) 
 the sampler, the strategies and the state database need. So:
 
 - the API holds at most ``cap`` connections: ``api.max_connections``, and never more than the soft
-  ``RLIMIT_NOFILE`` less ``api.reserved_descriptors`` less what the daemon had open when it started; one more is
+  ``RLIMIT_NOFILE`` less ``api.reserved_descriptors`` less what the daemon had open when it started; at the cap a
+  new connection takes the place of the oldest one still waiting for its request headers (silent, or trickling
+  them), else of the oldest keep-alive connection between requests, so a client that asks at once is served
+  however many slow or idle ones hold on; when every connection is busy with a request, the new one is
   accepted and closed at once (a reset, no reply), which costs next to nothing;
 - a connection that has not sent its first request line and headers within ``api.header_timeout_seconds`` is
   closed (idle keep-alive connections are closed by the server's idle timeout);
@@ -16,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import itertools
 import os
 import resource
 from collections.abc import Callable, Iterator
@@ -30,6 +34,9 @@ log = structlog.get_logger("api")
 
 ACCEPT_LOG_INTERVAL_SECONDS = 10.0
 HEADER_END = b"\r\n\r\n"
+MAX_BACKLOG = 128
+# At the cap, how many of the oldest connections are looked at for one idle between requests.
+IDLE_SCAN = 64
 _ACCEPT_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 
 
@@ -41,25 +48,42 @@ def open_descriptors() -> int:
         return 0
 
 
-def connection_cap(max_connections: int, reserved: int, *, soft_limit: int | None = None, in_use: int = 0) -> int:
-    """The API's connection cap: the configured one, within the descriptors left after ``reserved`` and ``in_use``."""
+def accept_backlog(reserved: int) -> int:
+    """The listen backlog, which is also how many connections the loop accepts in one go before any is refused.
+
+    Those descriptors are held (briefly) beyond the cap, so the cap leaves room for one burst besides the reserve.
+    """
+    return max(8, min(MAX_BACKLOG, reserved))
+
+
+def connection_cap(
+    max_connections: int, reserved: int, *, soft_limit: int | None = None, in_use: int = 0, backlog: int = 0
+) -> int:
+    """The API's connection cap: the configured one, within the descriptors left after ``reserved``, ``in_use``
+    and one accept burst (``backlog``)."""
     if soft_limit is None:
         soft_limit, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft_limit == resource.RLIM_INFINITY or soft_limit < 0:
         return max_connections
-    return max(1, min(max_connections, soft_limit - reserved - in_use))
+    return max(1, min(max_connections, soft_limit - reserved - in_use - backlog))
 
 
 class ConnectionLimiter:
-    """Counts the API's connections, refuses those over the cap, and closes ones slow to send their headers."""
+    """Counts the API's connections; at the cap closes the oldest still waiting for headers (or refuses the new one)."""
 
     def __init__(self, cap: int, header_timeout: float) -> None:
         self.cap = cap
         self.header_timeout = header_timeout
         self.current = 0
         self.rejected_total = 0
+        self.evicted_total = 0
         self.header_timeouts_total = 0
+        # connections still waiting for their first request's headers, oldest first
+        self.waiting: dict[_Counted, None] = {}
+        # every open connection, oldest first
+        self.open: dict[_Counted, None] = {}
         self._refused_since_log = 0
+        self._evicted_since_log = 0
         self._last_refusal_log = float("-inf")
 
     def factory(self, inner: Callable[[], asyncio.Protocol]) -> Callable[[], asyncio.Protocol]:
@@ -67,21 +91,41 @@ class ConnectionLimiter:
 
         def make() -> asyncio.Protocol:
             if self.current >= self.cap:
-                return _Refused(self)
+                oldest = next(iter(self.waiting), None) or next(
+                    (c for c in itertools.islice(self.open, IDLE_SCAN) if c.idle()), None
+                )
+                if oldest is None:
+                    return _Refused(self)
+                oldest.close()
+                self.evicted_total += 1
+                self._evicted_since_log += 1
+                self._log_cap()
+            # counted from here, not from connection_made: a burst of accepts calls this many times first
+            self.current += 1
             return _Counted(self, inner())
 
         return make
 
     def refused(self) -> None:
-        """Count a refused connection; log once per interval with how many were refused since."""
+        """Count a refused connection."""
         self.rejected_total += 1
         self._refused_since_log += 1
+        self._log_cap()
+
+    def _log_cap(self) -> None:
+        """One line per interval: how many connections were refused or closed for newer ones since the last."""
         now = asyncio.get_running_loop().time()
         if now - self._last_refusal_log >= ACCEPT_LOG_INTERVAL_SECONDS:
             log.warning(
-                "api_connections_refused", refused=self._refused_since_log, cap=self.cap, total=self.rejected_total
+                "api_connection_cap_reached",
+                cap=self.cap,
+                refused=self._refused_since_log,
+                evicted=self._evicted_since_log,
+                refused_total=self.rejected_total,
+                evicted_total=self.evicted_total,
             )
             self._refused_since_log = 0
+            self._evicted_since_log = 0
             self._last_refusal_log = now
 
 
@@ -111,15 +155,32 @@ class _Counted(asyncio.Protocol):
         self._tail = b""
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self._limiter.current += 1
+        self._limiter.waiting[self] = None
+        self._limiter.open[self] = None
         self._transport = transport
         self._deadline = asyncio.get_running_loop().call_later(self._limiter.header_timeout, self._too_slow)
         self._inner.connection_made(transport)
 
     def _too_slow(self) -> None:
-        self._deadline = None
         if self._transport is not None and not self._transport.is_closing():
             self._limiter.header_timeouts_total += 1
+        self.close()
+
+    def idle(self) -> bool:
+        """A keep-alive connection between requests: its first request came and no request is being handled now."""
+        if self._deadline is not None or self._transport is None or self._transport.is_closing():
+            return False
+        # the web server's own flag; a server without it is never taken for idle
+        return getattr(self._inner, "_request_in_progress", True) is False
+
+    def close(self) -> None:
+        """Drop the connection at once (a reset): it no longer waits for anything."""
+        self._limiter.waiting.pop(self, None)
+        self._limiter.open.pop(self, None)
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
+        if self._transport is not None and not self._transport.is_closing():
             abort = getattr(self._transport, "abort", None)
             if abort is not None:
                 abort()
@@ -133,6 +194,7 @@ class _Counted(asyncio.Protocol):
                 self._deadline.cancel()
                 self._deadline = None
                 self._tail = b""
+                self._limiter.waiting.pop(self, None)
             else:
                 self._tail = seen[-3:]
         self._inner.data_received(data)
@@ -148,6 +210,8 @@ class _Counted(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._limiter.current -= 1
+        self._limiter.waiting.pop(self, None)
+        self._limiter.open.pop(self, None)
         if self._deadline is not None:
             self._deadline.cancel()
             self._deadline = None
@@ -161,9 +225,16 @@ class LimitedSite(web.BaseSite):
     __slots__ = ("_host", "_limiter", "_port", "_reuse_address")
 
     def __init__(
-        self, runner: web.BaseRunner, host: str, port: int, limiter: ConnectionLimiter, *, reuse_address: bool = True
+        self,
+        runner: web.BaseRunner,
+        host: str,
+        port: int,
+        limiter: ConnectionLimiter,
+        *,
+        backlog: int = MAX_BACKLOG,
+        reuse_address: bool = True,
     ) -> None:
-        super().__init__(runner)
+        super().__init__(runner, backlog=backlog)
         self._host = host
         self._port = port
         self._limiter = limiter
@@ -260,6 +331,11 @@ class ConnectionCollector(Collector):
             "cctv_optimizer_api_connections_rejected",
             "API connections closed at once because the cap was reached.",
             value=lim.rejected_total,
+        )
+        yield CounterMetricFamily(
+            "cctv_optimizer_api_connections_evicted",
+            "API connections still waiting for their request headers, closed at the cap for a newer one.",
+            value=lim.evicted_total,
         )
         yield CounterMetricFamily(
             "cctv_optimizer_api_header_timeouts",
