@@ -46,6 +46,8 @@ class Sources:
     mediamtx: MediaMtxClient | None = None
     hot_endpoints: tuple[str, ...] = ()
     extra_ports: frozenset[int] = frozenset()
+    # services the backend connects to: their sockets are counted from the backend's (client) end
+    upstream_ports: frozenset[int] = frozenset()
 
 
 class Sampler:
@@ -181,7 +183,7 @@ class Sampler:
         ports = set(s.extra_ports)
         if isinstance(process, ProcessSample):
             ports.update(process.listen_ports)
-        tcp = await self._run("tcp", statuses, self._in_thread(self._count_tcp, frozenset(ports)))
+        tcp = await self._run("tcp", statuses, self._in_thread(self._count_tcp, frozenset(ports - s.upstream_ports)))
         sessions = s.database.last_sessions if s.database is not None and database is not None else None
         own = self._own_sample()
         self._seq += 1
@@ -204,9 +206,10 @@ class Sampler:
         )
 
     def _count_tcp(self, ports: frozenset[int]) -> TcpSample:
-        counts = self._s.tcp.count(ports)
+        upstream = self._s.upstream_ports
+        counts = self._s.tcp.count(ports, upstream) if upstream else self._s.tcp.count(ports)
         return TcpSample(
-            ports=tuple(sorted(ports)),
+            ports=tuple(sorted(ports | upstream)),
             by_state=MappingProxyType({str(k.value): v for k, v in counts.by_state.items()}),
             total=counts.total,
             method=str(counts.method),

@@ -1,10 +1,11 @@
 """Cheap counts of the backend's TCP connections by state, via sock_diag netlink or /proc/net/tcp.
 
-A socket matches when its local port is in the requested set (the backend's listening ports and the
-configured extra ports): each connection is counted once, from the end that owns the port. A loopback
-connection has both ends on this host, and the client end (whose remote port is the backend's) is not
-counted again, which is also what ``ss state all sport = :PORT`` shows. Connections the backend opens to a
-service on another host (whose port is only the remote one) are not counted.
+A socket matches when its local port is in the requested set (the backend's listening ports), or when its
+remote port is in the upstream set (the services the backend connects to, such as MediaMTX's API): each
+connection is counted once, from the backend's end. A loopback client of the backend has both ends on this
+host, and its client end (whose remote port is the backend's) is not counted again, which is also what
+``ss state all sport = :PORT`` shows; a connection from the backend to a local MediaMTX is counted from the
+backend's end (where a leak shows as CLOSE_WAIT), not from MediaMTX's.
 
 Families: every socket is counted exactly once, under the family of the socket itself. An IPv4 client
 accepted by a dual-stack listener (an AF_INET6 socket with IPV6_V6ONLY off) is an AF_INET6 socket whose
@@ -114,8 +115,9 @@ class TcpCounts:
 class TcpCounter(Protocol):
     """Counts the TCP sockets whose local port is in a set."""
 
-    def count(self, ports: frozenset[int]) -> TcpCounts:
-        """Return the counts by state of the sockets matching ``ports``."""
+    def count(self, ports: frozenset[int], upstream: frozenset[int] = frozenset()) -> TcpCounts:
+        """Return the counts by state of the sockets whose local port is in ``ports`` or whose remote port is
+        in ``upstream``."""
         ...
 
 
@@ -139,8 +141,8 @@ def _check_ports(ports: frozenset[int]) -> None:
 
 # Offsets from the colon after the slot number, per the kernel's fixed-width format
 # ("%4d: %08X:%04X %08X:%04X %02X ..."; tcp6 prints the address as four %08X words).
-_TCP4_OFFSETS = (11, 30)
-_TCP6_OFFSETS = (35, 78)
+_TCP4_OFFSETS = (11, 25, 30)
+_TCP6_OFFSETS = (35, 73, 78)
 _HEX_STATES: Mapping[bytes, int] = MappingProxyType({b"%02X" % number: number for number in _KERNEL_STATES})
 
 
@@ -154,28 +156,31 @@ class ProcNetTcpCounter:
         with self._tcp.open("rb") as probe:
             probe.readline()
 
-    def count(self, ports: frozenset[int]) -> TcpCounts:
-        """Return the counts by state of the sockets whose local port is in ``ports``."""
-        _check_ports(ports)
+    def count(self, ports: frozenset[int], upstream: frozenset[int] = frozenset()) -> TcpCounts:
+        """Return the counts by state of the sockets whose local port is in ``ports`` or whose remote port is
+        in ``upstream``."""
+        _check_ports(ports | upstream)
         slots = [0] * _STATE_SLOTS
-        if ports:
+        if ports or upstream:
             # The kernel prints ports as four upper-case hex digits: compare bytes, skip int parsing.
             wanted = frozenset(b"%04X" % port for port in ports)
-            self._tally(self._tcp, _TCP4_OFFSETS, wanted, slots, required=True)
-            self._tally(self._tcp6, _TCP6_OFFSETS, wanted, slots, required=False)
+            remote = frozenset(b"%04X" % port for port in upstream)
+            self._tally(self._tcp, _TCP4_OFFSETS, wanted, remote, slots, required=True)
+            self._tally(self._tcp6, _TCP6_OFFSETS, wanted, remote, slots, required=False)
         return _counts_from_slots(slots, CountMethod.PROC)
 
     @staticmethod
     def _tally(
         path: Path,
-        offsets: tuple[int, int],
+        offsets: tuple[int, int, int],
         wanted: frozenset[bytes],
+        remote: frozenset[bytes],
         slots: list[int],
         *,
         required: bool,
     ) -> None:
         """Add the matching lines of one table to ``slots``."""
-        local_at, state_at = offsets
+        local_at, remote_at, state_at = offsets
         hex_states = _HEX_STATES
         try:
             with path.open("rb", buffering=1 << 17) as table:
@@ -183,7 +188,9 @@ class ProcNetTcpCounter:
                 for line in table:
                     colon = line.find(b":")
                     local = colon + local_at
-                    if line[local : local + 4] in wanted:
+                    if line[local : local + 4] in wanted or (
+                        remote and line[colon + remote_at : colon + remote_at + 4] in remote
+                    ):
                         state = colon + state_at
                         slots[hex_states.get(line[state : state + 2], 0)] += 1
         except FileNotFoundError:
@@ -205,6 +212,7 @@ _NLMSG_DONE = 3
 _INET_DIAG_REQ_BYTECODE = 1
 _INET_DIAG_BC_JMP = 1
 _INET_DIAG_BC_S_EQ = 11
+_INET_DIAG_BC_D_EQ = 12
 
 _NLMSGHDR = struct.Struct("=IHHII")  # len, type, flags, seq, pid
 _NLMSG_HEAD = struct.Struct("=IHHI")  # len, type, flags, seq: what the reply loop reads
@@ -217,6 +225,7 @@ _ERRNO = struct.Struct("=i")
 # inet_diag_msg after the 16-byte nlmsghdr: state at +1, then sockid with sport/dport (big endian) at +4/+6.
 _STATE_AT = 16 + 1
 _SPORT_AT = 16 + 4
+_DPORT_AT = 16 + 6
 _DIAG_MSG_MIN = 16 + 72
 
 # Every state but CLOSE (7) and the kernel's bound-only pseudo-state (13), which /proc never lists.
@@ -230,8 +239,9 @@ _SOCKET_TIMEOUT_S = 5.0
 _MAX_CHUNKS_PER_DUMP = 1 << 20
 
 
-def port_filter_bytecode(ports: Iterable[int]) -> bytes:
-    """Return an inet_diag program accepting a socket whose source (local) port is in ``ports``.
+def port_filter_bytecode(ports: Iterable[int], upstream: Iterable[int] = ()) -> bytes:
+    """Return an inet_diag program accepting a socket whose source (local) port is in ``ports`` or whose
+    destination (remote) port is in ``upstream``.
 
     The kernel runs it per socket: a test that holds jumps ``yes`` bytes ahead, one that fails jumps ``no``
     bytes; landing exactly on the end accepts, landing 4 bytes past it rejects. ``yes`` is one byte wide,
@@ -239,6 +249,7 @@ def port_filter_bytecode(ports: Iterable[int]) -> bytes:
     tries the next port. The last test's hit lands on the end and its miss 4 bytes beyond it.
     """
     tests = [(_INET_DIAG_BC_S_EQ, port) for port in sorted(set(ports))]
+    tests += [(_INET_DIAG_BC_D_EQ, port) for port in sorted(set(upstream))]
     if not tests:
         raise ValueError("a port filter needs at least one port")
     length = 12 * (len(tests) - 1) + 8
@@ -369,7 +380,7 @@ class NetlinkTcpCounter:
         self._held: list[NetlinkSocket] = []
         self._finalizer = weakref.finalize(self, _close_all, self._held)
         self._families: tuple[int, ...] = _PER_FAMILY if combined is False else _COMBINED
-        self._bytecode_ports: frozenset[int] = frozenset()
+        self._bytecode_ports: tuple[frozenset[int], frozenset[int]] = (frozenset(), frozenset())
         self._bytecode: bytes | None = None
         try:
             self._held.append(socket_factory())
@@ -402,15 +413,16 @@ class NetlinkTcpCounter:
         with self._lock:
             _close_all(self._held)
 
-    def count(self, ports: frozenset[int]) -> TcpCounts:
-        """Return the counts by state of the sockets whose local port is in ``ports``."""
-        _check_ports(ports)
+    def count(self, ports: frozenset[int], upstream: frozenset[int] = frozenset()) -> TcpCounts:
+        """Return the counts by state of the sockets whose local port is in ``ports`` or whose remote port is
+        in ``upstream``."""
+        _check_ports(ports | upstream)
         with self._lock:
             if self._fallback is None:
-                if not ports:
+                if not ports and not upstream:
                     return _counts_from_slots([0] * _STATE_SLOTS, CountMethod.NETLINK)
                 try:
-                    return _counts_from_slots(self._dump_with_retry(ports), CountMethod.NETLINK)
+                    return _counts_from_slots(self._dump_with_retry(ports, upstream), CountMethod.NETLINK)
                 except OSError:
                     _close_all(self._held)
                     try:
@@ -419,29 +431,32 @@ class NetlinkTcpCounter:
                         raise SamplingError(
                             f"sock_diag failed and {self._proc_root}/net/tcp is unreadable: {exc.strerror}"
                         ) from None
-            return self._fallback.count(ports)
+            return self._fallback.count(ports, upstream)
 
-    def _dump_with_retry(self, ports: frozenset[int]) -> list[int]:
+    def _dump_with_retry(self, ports: frozenset[int], upstream: frozenset[int]) -> list[int]:
         """Dump on the current socket; on failure reopen it and try once more."""
         if self._held:
             try:
-                return self._dump_all(ports)
+                return self._dump_all(ports, upstream)
             except OSError:
                 # A failed dump can leave unread parts queued: start over on a fresh socket.
                 _close_all(self._held)
         self._held.append(self._socket_factory())
-        return self._dump_all(ports)
+        return self._dump_all(ports, upstream)
 
-    def _dump_all(self, ports: frozenset[int]) -> list[int]:
+    def _dump_all(self, ports: frozenset[int], upstream: frozenset[int] = frozenset()) -> list[int]:
         """Run the dump (or one per address family) and return the tallies by kernel state."""
-        in_kernel = len(ports) <= _MAX_KERNEL_FILTER_PORTS
-        if in_kernel and ports != self._bytecode_ports:
-            # The port set rarely changes between counts: build its program once.
-            self._bytecode = port_filter_bytecode(ports)
-            self._bytecode_ports = ports
+        in_kernel = len(ports) + len(upstream) <= _MAX_KERNEL_FILTER_PORTS
+        if in_kernel and (ports, upstream) != self._bytecode_ports:
+            # The port sets rarely change between counts: build their program once.
+            self._bytecode = port_filter_bytecode(ports, upstream)
+            self._bytecode_ports = (ports, upstream)
         slots = [0] * _STATE_SLOTS
         for family in self._families:
-            self._dump(family, self._bytecode if in_kernel else None, None if in_kernel else ports, slots)
+            if in_kernel:
+                self._dump(family, self._bytecode, None, frozenset(), slots)
+            else:
+                self._dump(family, None, ports, upstream, slots)
         return slots
 
     def _dump(
@@ -449,9 +464,11 @@ class NetlinkTcpCounter:
         family: int,
         bytecode: bytes | None,
         ports: frozenset[int] | None,
+        upstream: frozenset[int],
         slots: list[int],
     ) -> None:
-        """Send one dump request and tally its replies until NLMSG_DONE; ``ports`` filters here if given."""
+        """Send one dump request and tally its replies until NLMSG_DONE; ``ports`` (local) and ``upstream``
+        (remote) filter here if ``ports`` is given."""
         sock = self._held[0]
         self._seq = self._seq % 0xFFFFFFFF + 1
         seq = self._seq
@@ -475,7 +492,11 @@ class NetlinkTcpCounter:
                     raise OSError(errno.EBADMSG, "malformed netlink message")
                 if message_seq == seq:
                     if kind == reply_kind and length >= _DIAG_MSG_MIN:
-                        if ports is None or (buffer[offset + _SPORT_AT] << 8 | buffer[offset + _SPORT_AT + 1]) in ports:
+                        if (
+                            ports is None
+                            or (buffer[offset + _SPORT_AT] << 8 | buffer[offset + _SPORT_AT + 1]) in ports
+                            or (buffer[offset + _DPORT_AT] << 8 | buffer[offset + _DPORT_AT + 1]) in upstream
+                        ):
                             slots[buffer[offset + _STATE_AT]] += 1
                     elif kind == _NLMSG_DONE:
                         # A dump that failed part-way says so with a negative errno in DONE.

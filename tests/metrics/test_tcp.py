@@ -368,6 +368,32 @@ def test_loopback_connection_counted_once_from_the_backend_end(loopback: Loopbac
 
 
 @needs_netlink
+def test_a_leak_towards_an_upstream_service_is_counted_from_the_backends_end(
+    loopback: Loopback, netlink: NetlinkTcpCounter
+) -> None:
+    """The backend as a client of a local service (MediaMTX's API) that closed on it: the backend's sockets sit
+    in CLOSE_WAIT. Matched on their remote port they count once each, from the backend's end, in every reader;
+    the service's own ends (FIN_WAIT2, its LISTEN) are not counted."""
+    service = loopback.listen()
+    for _ in range(3):
+        client, server = loopback.connect(service)
+        server.close()
+        assert client.recv(1) == b""  # the backend's end has the service's FIN and never closes: CLOSE_WAIT
+    want = expected(close_wait=3)
+    none: frozenset[int] = frozenset()
+    upstream = frozenset({service})
+    deadline = time.monotonic() + SETTLE_TIMEOUT_S
+    counts = netlink.count(none, upstream)
+    while dict(counts.by_state) != want and time.monotonic() < deadline:
+        counts = netlink.count(none, upstream)
+    assert dict(counts.by_state) == want
+    assert dict(ProcNetTcpCounter().count(none, upstream).by_state) == want
+    many = frozenset({loopback.reserve_port() for _ in range(70)})
+    assert netlink.count(many, upstream).get(TcpState.CLOSE_WAIT) == 3
+    assert ProcNetTcpCounter().count(many, upstream).get(TcpState.CLOSE_WAIT) == 3
+
+
+@needs_netlink
 def test_many_ports_filtered_outside_the_kernel_agree(loopback: Loopback, netlink: NetlinkTcpCounter) -> None:
     """Past the in-kernel filter's port limit the counts are the same; bound-only sockets never count."""
     port = loopback.listen()
