@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -159,6 +160,26 @@ class ScriptedStrategy(Strategy):
         if self.reconcile_error is not None:
             raise self.reconcile_error
         return self.reconcile_note
+
+
+def snapshot_of(*, seq: int = 1, monotonic: float = 100.0, wall: float | None = None, **parts: Any) -> Snapshot:
+    """A snapshot holding only the parts given (``database=``, ``sessions=``, ...), the others None; taken now
+    unless ``wall`` says when."""
+    fields: dict[str, Any] = dict.fromkeys(
+        ("host", "backend", "tcp", "probe", "cache", "database", "hls", "mediamtx", "sessions", "own")
+    )
+    unknown = set(parts) - set(fields)
+    if unknown:
+        raise TypeError(f"not a snapshot part: {sorted(unknown)}")
+    fields.update(parts)
+    return Snapshot(
+        seq=seq,
+        monotonic=monotonic,
+        wall_time=time.time() if wall is None else wall,
+        duration_seconds=0.01,
+        sources=MappingProxyType({}),
+        **fields,
+    )
 
 
 class SnapshotBuilder:

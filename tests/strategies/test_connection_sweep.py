@@ -7,21 +7,19 @@ The backend's sweep is played by ``backend_end_session``: the statements of its 
 from __future__ import annotations
 
 import sqlite3
-import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from types import MappingProxyType
 from typing import Any
 
 import pytest
 
 from config.settings import ConnectionOptions, DetectionSettings
-from metrics.snapshot import Snapshot
 from metrics.sqlite import DatabaseReader
 from metrics.window import Windows
 from strategies.base import Finding, Plan, StrategyContext, StrategyDeferred
 from strategies.connection import ConnectionStrategy, SweepProgress
+from tests.optimizer.fakes import snapshot_of
 
 SQL = "%Y-%m-%d %H:%M:%S"
 # the real backend's tables as its migrations create them (add_viewer_sessions.js, zz_20260505_add_camera_view_stats.js)
@@ -190,23 +188,7 @@ class Round:
     def sample(self, at: float) -> StrategyContext:
         """Sample the file at monotonic ``at`` and build the round's context (armed as the engine would)."""
         database = self.reader.read(at)
-        snap = Snapshot(
-            seq=int(at),
-            monotonic=at,
-            wall_time=time.time(),
-            duration_seconds=0.01,
-            host=None,
-            backend=None,
-            tcp=None,
-            probe=None,
-            cache=None,
-            database=database,
-            hls=None,
-            mediamtx=None,
-            sessions=self.reader.last_sessions,
-            own=None,
-            sources=MappingProxyType({}),
-        )
+        snap = snapshot_of(seq=int(at), monotonic=at, database=database, sessions=self.reader.last_sessions)
         self.windows.push(at, snap.signals())
         armed = ("sessions_stuck",) if snap.signals().get("sessions_stuck", 0) >= 1 else ()
         return StrategyContext(snapshot=snap, windows=self.windows, armed=armed, manual=False, now=at)

@@ -8,7 +8,6 @@ import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from types import MappingProxyType
 from typing import Any
 
 import pytest
@@ -25,6 +24,7 @@ from strategies.database import DatabaseStrategy
 from testbed.database import Database
 from testbed.localtime import LocalClock
 from testbed.maintenance import archive_history
+from tests.optimizer.fakes import snapshot_of
 
 OFFSET = 7.0
 ZONE = bt.resolve_zone(None, OFFSET)  # no system_settings row: the backend's Asia/Jakarta
@@ -62,23 +62,7 @@ def sample(path: Path) -> DatabaseSample:
 
 def snapshot(database: DatabaseSample | None, wall: float | None = None) -> Snapshot:
     """A snapshot with only the database part."""
-    return Snapshot(
-        seq=1,
-        monotonic=100.0,
-        wall_time=time.time() if wall is None else wall,
-        duration_seconds=0.01,
-        host=None,
-        backend=None,
-        tcp=None,
-        probe=None,
-        cache=None,
-        database=database,
-        hls=None,
-        mediamtx=None,
-        sessions=None,
-        own=None,
-        sources=MappingProxyType({}),
-    )
+    return snapshot_of(database=database, wall=wall)
 
 
 def ctx(snap: Snapshot, *armed: str, manual: bool = False) -> StrategyContext:

@@ -7,18 +7,17 @@ import sqlite3
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from types import MappingProxyType
 
 import pytest
 
 from config.settings import DatabaseOptions
-from metrics.snapshot import Snapshot
 from metrics.sqlite import DatabaseReader
 from metrics.window import Windows
 from strategies.base import StrategyContext
 from strategies.database import CHECKPOINT_FAMILY, DatabaseStrategy
 from testbed.database import Database
 from testbed.localtime import LocalClock
+from tests.optimizer.fakes import snapshot_of
 
 OFFSET = 7.0
 LIMIT = 1024 * 1024
@@ -64,23 +63,7 @@ def grow_wal(path: Path, target: int) -> None:
 def context(path: Path, *, manual: bool) -> StrategyContext:
     """A planning context over a real reading of the file, taken now."""
     database = DatabaseReader(path, timezone_offset_hours=OFFSET).read(0.0)
-    snapshot = Snapshot(
-        seq=1,
-        monotonic=100.0,
-        wall_time=time.time(),
-        duration_seconds=0.01,
-        host=None,
-        backend=None,
-        tcp=None,
-        probe=None,
-        cache=None,
-        database=database,
-        hls=None,
-        mediamtx=None,
-        sessions=None,
-        own=None,
-        sources=MappingProxyType({}),
-    )
+    snapshot = snapshot_of(database=database)
     return StrategyContext(snapshot=snapshot, windows=Windows(10), armed=(), manual=manual, now=100.0)
 
 

@@ -11,7 +11,6 @@ import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from types import MappingProxyType
 from typing import Any
 
 import pytest
@@ -25,6 +24,7 @@ from strategies.base import StrategyContext
 from strategies.database import DatabaseStrategy
 from testbed.database import Database
 from testbed.localtime import LocalClock
+from tests.optimizer.fakes import snapshot_of
 
 OFFSET = 7.0
 SQL = "%Y-%m-%d %H:%M:%S"
@@ -106,23 +106,7 @@ def sample(path: Path) -> DatabaseSample:
 
 def snapshot(database: DatabaseSample) -> Snapshot:
     """A snapshot with only the database part, taken now."""
-    return Snapshot(
-        seq=1,
-        monotonic=100.0,
-        wall_time=time.time(),
-        duration_seconds=0.01,
-        host=None,
-        backend=None,
-        tcp=None,
-        probe=None,
-        cache=None,
-        database=database,
-        hls=None,
-        mediamtx=None,
-        sessions=None,
-        own=None,
-        sources=MappingProxyType({}),
-    )
+    return snapshot_of(database=database)
 
 
 def manual(snap: Snapshot) -> StrategyContext:
