@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
@@ -277,6 +277,8 @@ class RecordingLog:
 
 
 StrategyEntry = Strategy | tuple[Strategy, Mode | None, bool]
+# what the `build` fixture gives: make_engine on the test's store and clock
+EngineFactory = Callable[..., Engine]
 
 
 def make_engine(

@@ -5,8 +5,7 @@ from __future__ import annotations
 import asyncio
 import copy
 import sys
-from collections.abc import AsyncIterator, Callable, Iterator
-from pathlib import Path
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
@@ -86,21 +85,6 @@ class Rig:
     def triggers(self, strategy: str | None = None) -> list[str]:
         """The trigger of every decision row, oldest first."""
         return [r.trigger for r in self.store.decisions(limit=1000, strategy=strategy)]
-
-
-@pytest.fixture
-def clock() -> FakeClock:
-    """A clock that moves only when a test advances it."""
-    return FakeClock()
-
-
-@pytest.fixture
-def store(tmp_path: Path, clock: FakeClock) -> Iterator[StateStore]:
-    """An open state store in a temporary directory."""
-    st = StateStore(tmp_path / "state", wall_clock=clock.wall)
-    st.open()
-    yield st
-    st.close()
 
 
 @pytest.fixture

@@ -5,8 +5,6 @@ from __future__ import annotations
 import asyncio
 import itertools
 import random
-from collections.abc import AsyncIterator, Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -20,56 +18,16 @@ from optimizer.state import DecisionRecord, StateStore
 from strategies.base import OperatorOverride, Risk, StrategyError, TriggerSpec
 from tests.optimizer.fakes import (
     HIT_RATE_TRIGGER,
+    EngineFactory,
     RecordingLog,
     ScriptedStrategy,
     SnapshotBuilder,
-    StrategyEntry,
     cpu_down,
-    make_engine,
     make_plan,
 )
 
 HOT, WARM, CALM = 0.95, 0.85, 0.5
 SAMPLE_STEP = 5.0
-
-EngineFactory = Callable[..., Engine]
-
-
-@pytest.fixture
-def clock() -> FakeClock:
-    """A clock that moves only when a test advances it."""
-    return FakeClock()
-
-
-@pytest.fixture
-def store(tmp_path: Path, clock: FakeClock) -> Iterator[StateStore]:
-    """An open state store in a temporary directory, on the fake wall clock."""
-    st = StateStore(tmp_path / "state", wall_clock=clock.wall)
-    st.open()
-    yield st
-    st.close()
-
-
-@pytest.fixture
-def samples(clock: FakeClock) -> SnapshotBuilder:
-    """Snapshots stamped with the fake clock."""
-    return SnapshotBuilder(clock)
-
-
-@pytest.fixture
-async def build(store: StateStore, clock: FakeClock) -> AsyncIterator[EngineFactory]:
-    """Builds engines on the shared store and clock, and stops each one at the end of the test."""
-    engines: list[Engine] = []
-
-    def factory(strategies: list[StrategyEntry], **kwargs: Any) -> Engine:
-        kwargs.setdefault("store", store)
-        engine = make_engine(strategies, clock=clock, **kwargs)
-        engines.append(engine)
-        return engine
-
-    yield factory
-    for engine in engines:
-        await engine.stop(1.0)
 
 
 def feed(engine: Engine, samples: SnapshotBuilder, clock: FakeClock, values: list[float]) -> None:

@@ -5,8 +5,6 @@ Driven deterministically with the fake clock and a scripted strategy; nothing sl
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -15,49 +13,16 @@ from optimizer.clock import FakeClock
 from optimizer.engine import Engine, RoundResult
 from optimizer.state import StateStore
 from strategies.base import Change, Risk, StrategyError
-from tests.optimizer.fakes import RecordingLog, ScriptedStrategy, SnapshotBuilder, StrategyEntry, make_engine, make_plan
+from tests.optimizer.fakes import (
+    EngineFactory,
+    RecordingLog,
+    ScriptedStrategy,
+    SnapshotBuilder,
+    make_plan,
+)
 
 HOT, CALM = 0.95, 0.5
 DAY = 86400.0
-
-EngineFactory = Callable[..., Engine]
-
-
-@pytest.fixture
-def clock() -> FakeClock:
-    """A clock that moves only when a test moves it."""
-    return FakeClock()
-
-
-@pytest.fixture
-def store(tmp_path: Path, clock: FakeClock) -> Iterator[StateStore]:
-    """An open state store on the fake wall clock."""
-    st = StateStore(tmp_path / "state", wall_clock=clock.wall)
-    st.open()
-    yield st
-    st.close()
-
-
-@pytest.fixture
-def samples(clock: FakeClock) -> SnapshotBuilder:
-    """Snapshots stamped with the fake clock."""
-    return SnapshotBuilder(clock)
-
-
-@pytest.fixture
-async def build(store: StateStore, clock: FakeClock) -> AsyncIterator[EngineFactory]:
-    """Builds engines on the shared store and clock and stops them at the end."""
-    engines: list[Engine] = []
-
-    def factory(strategies: list[StrategyEntry], **kwargs: Any) -> Engine:
-        kwargs.setdefault("store", store)
-        engine = make_engine(strategies, clock=clock, **kwargs)
-        engines.append(engine)
-        return engine
-
-    yield factory
-    for engine in engines:
-        await engine.stop(1.0)
 
 
 async def manual(engine: Engine, **kwargs: Any) -> RoundResult:

@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
 from pathlib import Path
-
-import pytest
 
 from metrics.snapshot import Snapshot
 from optimizer.clock import FakeClock
@@ -16,21 +13,6 @@ from tests.harness import api_client, auth, daemon_env, running_daemon, sample_t
 from tests.optimizer.fakes import RecordingLog, ScriptedStrategy, SnapshotBuilder, make_engine
 
 LIMIT = 2 * 1024 * 1024
-
-
-@pytest.fixture
-def clock() -> FakeClock:
-    """A clock that moves only when a test moves it."""
-    return FakeClock()
-
-
-@pytest.fixture
-def store(tmp_path: Path, clock: FakeClock) -> Iterator[StateStore]:
-    """An open state store on the fake wall clock."""
-    st = StateStore(tmp_path / "state", wall_clock=clock.wall)
-    st.open()
-    yield st
-    st.close()
 
 
 async def test_a_manual_round_plans_from_a_sample_taken_for_it(clock: FakeClock, store: StateStore) -> None:
