@@ -14,6 +14,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -25,6 +26,9 @@ from typing import Any
 from testbed.harness import TestbedProcess
 
 ROOT = Path(__file__).resolve().parent.parent
+# Outside the checkout: the daemon refuses an HLS directory inside its own installation (an editable install
+# is the checkout), so the demo's stand-in data lives in the temporary directory instead.
+DEFAULT_DATA_DIR = Path(tempfile.gettempdir()) / "cctv-optimizer-demo"
 MIB = 1024 * 1024
 
 # Demo settings: fast rounds, short detection windows and small limits so each condition shows within seconds.
@@ -476,7 +480,7 @@ class Demo:
 def main(argv: list[str] | None = None) -> int:
     """Run the demo."""
     parser = argparse.ArgumentParser(prog="make demo")
-    parser.add_argument("--data-dir", type=Path, default=ROOT / "demo-data")
+    parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR)
     parser.add_argument("--port", type=int, default=9877)
     parser.add_argument(
         "--duration",

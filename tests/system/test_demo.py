@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from config.safety import hls_root_problems
+from testbed.demo import DEFAULT_DATA_DIR
 from testbed.harness import pids_alive
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -53,3 +55,16 @@ def test_demo_tour_shows_every_strategy_acting_and_stops_cleanly(tmp_path: Path)
     recorders = [int(p) for p in re.search(r"recorder pids ([\d ]+)", out).group(1).split()]  # type: ignore[union-attr]
     assert recorders
     assert pids_alive([backend_pid, daemon_pid, *recorders]) == []
+
+
+def test_the_demos_default_data_directory_is_one_the_daemon_accepts() -> None:
+    """`make demo` without --data-dir: the stand-in's HLS directory there passes the daemon's HLS root rules
+    (inside the checkout it would be refused as the daemon's own installation, and the demo would not start)."""
+    data = DEFAULT_DATA_DIR.resolve()
+    problems = hls_root_problems(
+        data / "testbed" / "hls",
+        database=data / "testbed" / "data" / "cctv.db",
+        state_directory=data / "state",
+        allow_disk=True,
+    )
+    assert problems == []
