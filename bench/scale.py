@@ -146,9 +146,9 @@ class PortsAdded:
         self.inner = inner
         self.extra: frozenset[int] = frozenset()
 
-    def count(self, ports: frozenset[int]) -> TcpCounts:
-        """Count ``ports`` and the extra ones."""
-        return self.inner.count(ports | self.extra)
+    def count(self, ports: frozenset[int], upstream: frozenset[int] = frozenset()) -> TcpCounts:
+        """Count ``ports`` and the extra ones (and ``upstream`` by remote port, as asked)."""
+        return self.inner.count(ports | self.extra, upstream)
 
 
 def time_psutil(repeat: int) -> list[float]:
