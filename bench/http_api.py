@@ -13,6 +13,7 @@ import re
 import shutil
 import subprocess
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -76,15 +77,27 @@ def wrk(url: str, seconds: int) -> dict[str, Any]:
 
 
 class RoundLoop:
-    """POSTs /performance-optimize back to back in a thread until stopped; counts the rounds."""
+    """POSTs /performance-optimize back to back in a thread until stopped; counts the answers and times the
+    rounds that completed."""
 
-    def __init__(self, base: str, token: str) -> None:
+    def __init__(self, base: str, token: str, *, timeout: float = 60.0) -> None:
         self._url = base + "/performance-optimize"
         self._token = token
+        self._timeout = timeout
         self._stop = threading.Event()
-        self.rounds = 0
-        self.failures = 0
+        self.durations: list[float] = []  # of the rounds answered 200
+        self.statuses: dict[str, int] = {}  # answers by status code ("0": no answer)
         self._thread = threading.Thread(target=self._loop, name="round-loop", daemon=True)
+
+    @property
+    def rounds(self) -> int:
+        """Rounds completed (answered 200)."""
+        return len(self.durations)
+
+    @property
+    def failures(self) -> int:
+        """Requests that did not complete a round."""
+        return sum(self.statuses.values()) - self.rounds
 
     def __enter__(self) -> RoundLoop:
         """Start posting."""
@@ -98,14 +111,15 @@ class RoundLoop:
 
     def _loop(self) -> None:
         while not self._stop.is_set():
+            started = time.monotonic()
             try:
-                status, _ = http_post_json(self._url, {}, token=self._token)
+                status, _ = http_post_json(self._url, {}, token=self._token, timeout=self._timeout)
             except OSError:
                 status = 0
+            key = str(status)
+            self.statuses[key] = self.statuses.get(key, 0) + 1
             if status == 200:
-                self.rounds += 1
-            else:
-                self.failures += 1
+                self.durations.append(time.monotonic() - started)
 
 
 def measure_daemon(base: str, token: str, seconds: int, *, with_rounds: bool) -> dict[str, Any]:

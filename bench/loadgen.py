@@ -41,7 +41,7 @@ from bench.common import (
     scratch_dir,
     skipped,
 )
-from bench.http_api import parse_wrk
+from bench.http_api import RoundLoop, parse_wrk
 
 NAME = "loadgen"
 TITLE = "7b. Hostile load"
@@ -108,40 +108,6 @@ def idle_clients(port: int, count: int) -> Iterator[dict[str, int]]:
             child.wait()
         if child.stdout is not None:
             child.stdout.close()
-
-
-class Rounds:
-    """POSTs /performance-optimize back to back in a thread; times each round."""
-
-    def __init__(self, base: str, token: str) -> None:
-        self._url = base + "/performance-optimize"
-        self._token = token
-        self._stop = threading.Event()
-        self.durations: list[float] = []
-        self.statuses: dict[str, int] = {}
-        self._thread = threading.Thread(target=self._loop, name="rounds", daemon=True)
-
-    def __enter__(self) -> Rounds:
-        """Start posting."""
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        """Stop after the current request."""
-        self._stop.set()
-        self._thread.join(timeout=120)
-
-    def _loop(self) -> None:
-        while not self._stop.is_set():
-            started = time.monotonic()
-            try:
-                status, _ = http_post_json(self._url, {}, token=self._token, timeout=30)
-            except OSError:
-                status = 0
-            key = str(status)
-            self.statuses[key] = self.statuses.get(key, 0) + 1
-            if status == 200:
-                self.durations.append(time.monotonic() - started)
 
 
 class Monitor:
@@ -275,7 +241,7 @@ def run(quick: bool) -> dict[str, Any]:
         with (
             idle_clients(port, IDLE_CONNECTIONS) as idle,
             Monitor(daemon.base, daemon.pid) as monitor,
-            Rounds(daemon.base, daemon.token) as rounds,
+            RoundLoop(daemon.base, daemon.token, timeout=30) as rounds,
         ):
             routes = collect(flood(daemon.base, seconds), seconds)
         alive = daemon.process.alive()
