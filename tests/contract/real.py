@@ -308,27 +308,8 @@ class RealBackend:
     def log_problems(self, mark: int, *, own_ip: str = "127.0.0.1") -> list[str]:
         """What the backend logged since ``mark`` that a well-behaved daemon never causes: SQLITE_BUSY or a
         locked database, a 429 to ``own_ip`` (the daemon's address) and a refused login."""
-        problems: list[str] = []
-        urls: dict[str, tuple[str, str]] = {}
-        for line in self.log_since(mark):
-            if "SQLITE_BUSY" in line or "database is locked" in line:
-                problems.append(line)
-                continue
-            if not line.startswith("{"):
-                continue
-            try:
-                entry = json.loads(line)
-            except ValueError:
-                continue
-            req = entry.get("req")
-            if isinstance(req, dict):
-                urls[str(entry.get("reqId"))] = (str(req.get("url", "")), str(req.get("remoteAddress", "")))
-                continue
-            res = entry.get("res")
-            if not isinstance(res, dict):
-                continue
-            url, address = urls.get(str(entry.get("reqId")), ("", ""))
-            status = res.get("statusCode")
+        problems = [line for line in self.log_since(mark) if "SQLITE_BUSY" in line or "database is locked" in line]
+        for url, address, status in self.requests_since(mark):
             if status == 429 and address == own_ip:
                 problems.append(f"429 for {url}")
             if url.startswith("/api/auth/login") and status != 200:
