@@ -112,6 +112,8 @@ def test_sweep_ends_a_silent_session(tb: TestbedProcess, admin: AdminSession) ->
     wait_until(lambda: session_row(tb, session_id)["is_active"] == 0, timeout=8)
     row = session_row(tb, session_id)
     assert row["ended_at"] == row["last_heartbeat"]
+    # the sweep writes statement by statement, as the backend's does: the history row follows the UPDATE
+    wait_until(lambda: len(history_rows(tb, session_id)) > 0, timeout=8)
     [history] = history_rows(tb, session_id)
     assert (history["ended_at"], history["duration_seconds"]) == (row["ended_at"], row["duration_seconds"])
     beat = tb.request("POST", "/api/viewer/heartbeat", json_body={"sessionId": session_id}, csrf=admin.csrf)
