@@ -14,6 +14,7 @@ from metrics.errors import SamplingError
 from metrics.snapshot import HostSample, PsiSample
 
 _SECTOR_BYTES = 512
+_MIN_TICKS_PER_CORE = 10  # clock ticks (USER_HZ, 100 a second) each core must have run before a CPU share is taken
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -124,7 +125,35 @@ class HostReader:
         self._proc = proc_root
         self._shm = shm_path
         self._previous: _Counters | None = None
+        self._last_rates: tuple[float, tuple[float, float, float, float]] = (0.0, (0.0, 0.0, 0.0, 0.0))
         self._has_psi = (proc_root / "pressure" / "cpu").exists()
+
+    def _rates(self, current: _Counters, cpu_count: int) -> tuple[float, tuple[float, float, float, float]]:
+        """The CPU share and the network and disk byte rates since the previous counters.
+
+        Two reads a few milliseconds apart span too few clock ticks to measure (the share would round to 0 % or
+        100 %): the older counters stay the baseline and the last figures are repeated.
+        """
+        prev = self._previous
+        if prev is not None and 0 <= current.cpu_total - prev.cpu_total < cpu_count * _MIN_TICKS_PER_CORE:
+            return self._last_rates
+        self._previous = current
+        cpu_ratio = 0.0
+        rates = (0.0, 0.0, 0.0, 0.0)
+        if prev is not None:
+            dt_cpu = current.cpu_total - prev.cpu_total
+            if dt_cpu > 0:
+                cpu_ratio = min(1.0, max(0.0, (current.cpu_busy - prev.cpu_busy) / dt_cpu))
+            elapsed = current.at - prev.at
+            if elapsed > 0:
+                rates = (
+                    max(0, current.net_rx - prev.net_rx) / elapsed,
+                    max(0, current.net_tx - prev.net_tx) / elapsed,
+                    max(0, current.disk_read - prev.disk_read) / elapsed,
+                    max(0, current.disk_write - prev.disk_write) / elapsed,
+                )
+        self._last_rates = (cpu_ratio, rates)
+        return self._last_rates
 
     def read(self, now: float) -> HostSample:
         """Take one host sample at monotonic time ``now`` (blocking; run in a worker thread)."""
@@ -150,22 +179,8 @@ class HostReader:
             disk_read=disk_read,
             disk_write=disk_write,
         )
-        prev = self._previous
-        self._previous = current
-        cpu_ratio = 0.0
-        rates = (0.0, 0.0, 0.0, 0.0)
-        if prev is not None:
-            dt_cpu = current.cpu_total - prev.cpu_total
-            if dt_cpu > 0:
-                cpu_ratio = min(1.0, max(0.0, (current.cpu_busy - prev.cpu_busy) / dt_cpu))
-            elapsed = current.at - prev.at
-            if elapsed > 0:
-                rates = (
-                    max(0, current.net_rx - prev.net_rx) / elapsed,
-                    max(0, current.net_tx - prev.net_tx) / elapsed,
-                    max(0, current.disk_read - prev.disk_read) / elapsed,
-                    max(0, current.disk_write - prev.disk_write) / elapsed,
-                )
+        cpu_count = max(1, parse_cpu_count(stat))
+        cpu_ratio, rates = self._rates(current, cpu_count)
         total_mem = mem.get("MemTotal", 0)
         available = mem.get("MemAvailable", mem.get("MemFree", 0))
         swap_total = mem.get("SwapTotal", 0)
@@ -174,7 +189,7 @@ class HostReader:
         shm_total, shm_used = self._shm_usage()
         return HostSample(
             cpu_ratio=cpu_ratio,
-            cpu_count=max(1, parse_cpu_count(stat)),
+            cpu_count=cpu_count,
             memory_total_bytes=total_mem,
             memory_available_bytes=available,
             memory_used_ratio=(1 - available / total_mem) if total_mem else 0.0,

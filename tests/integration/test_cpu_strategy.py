@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import time
@@ -46,8 +47,10 @@ def io_of(pid: int) -> tuple[int, int]:
 
 
 async def samples(daemon: Daemon, clock: JumpClock, n: int) -> None:
-    """Take n samples, a fake second apart (the backend client's request budget refills with it)."""
+    """Take n samples, a fake second apart (the backend client's request budget refills with it) and a real 0.3 s
+    apart (the host's CPU share needs real clock ticks between two reads)."""
     for _ in range(n):
+        await asyncio.sleep(0.3)
         clock.advance(1.0)
         await daemon.sample_now()
 

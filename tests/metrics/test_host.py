@@ -159,6 +159,27 @@ def test_same_time_twice_gives_no_rate(proc_tree: Path, tmp_path: Path) -> None:
     assert sample.cpu_ratio == pytest.approx(0.8)
 
 
+def test_reads_too_close_together_repeat_the_last_figures(proc_tree: Path, tmp_path: Path) -> None:
+    """A read only a few clock ticks after the last one (too few to measure a share; it would read 0 % or 100 %)
+    repeats the last CPU share and rates and keeps the older counters as the baseline for the next read."""
+    reader = HostReader(proc_tree, shm_path=tmp_path)
+    reader.read(100.0)
+    advance(proc_tree)
+    measured = reader.read(110.0)
+    assert measured.cpu_ratio == pytest.approx(0.8)
+    stat = proc_tree / "stat"
+    # 10 ticks of idle time on 2 cores: under the 20 needed
+    stat.write_text(stat.read_text().replace("cpu  1600 0 700 8200", "cpu  1600 0 700 8210", 1))
+    close = reader.read(110.05)
+    assert close.cpu_ratio == pytest.approx(0.8)
+    assert close.net_rx_bytes_per_second == pytest.approx(measured.net_rx_bytes_per_second)
+    # 30 busy and 10 idle ticks more: measured against the baseline, 30 busy of 50
+    stat.write_text(stat.read_text().replace("cpu  1600 0 700 8210", "cpu  1630 0 700 8220", 1))
+    later = reader.read(110.5)
+    assert later.cpu_ratio == pytest.approx(30 / 50)
+    assert later.net_rx_bytes_per_second == 0.0
+
+
 def test_tree_without_pressure_has_no_psi() -> None:
     """A kernel without /proc/pressure yields psi=None and the other figures as usual."""
     sample = HostReader(FIXTURES / "no_pressure", shm_path=FIXTURES).read(1.0)
