@@ -6,20 +6,172 @@ only says what it watches (its triggers), what it would change (a Plan), and how
 
 from __future__ import annotations
 
+import dataclasses
+import types
+import typing
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from enum import StrEnum
+from enum import Enum, StrEnum
 from types import MappingProxyType
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 from metrics.snapshot import Snapshot
 from metrics.window import Windows
+
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
 
 JsonValue = Any
 _EMPTY: Mapping[str, JsonValue] = MappingProxyType({})
 # the pacing family of a plan that names none: every such action of a strategy shares one cooldown and budget
 DEFAULT_FAMILY = "default"
+
+
+class Action:
+    """One thing a plan asks its strategy to do, with what it needs to do it; declared by the strategy.
+
+    A subclass is a frozen dataclass naming its ``kind`` (unique, "<strategy>.<what>"); declaring it registers
+    the kind, so that a journaled plan is rebuilt as the same type (``to_json`` / ``Action.from_json``). Field
+    types are what JSON can carry: str, int, float, bool, None, StrEnums, tuples, str-keyed mappings and
+    dataclasses of those (another action included).
+    """
+
+    __slots__ = ()
+    kind: ClassVar[str] = ""
+
+    def __init_subclass__(cls, **kwargs: object) -> None:
+        kind = cls.__dict__.get("kind")
+        if not isinstance(kind, str) or not kind:
+            raise TypeError(f"action {cls.__qualname__} declares no kind")
+        known = _ACTION_KINDS.get(kind)
+        # a slotted dataclass is made twice (plain, then with slots): the same class, not a second one
+        if known is not None and (known.__module__, known.__qualname__) != (cls.__module__, cls.__qualname__):
+            raise TypeError(f"action kind {kind!r} is declared by both {known.__qualname__} and {cls.__qualname__}")
+        _ACTION_KINDS[kind] = cls
+
+    def to_json(self) -> dict[str, object]:
+        """A JSON-ready form, tagged with the kind."""
+        out: dict[str, object] = {"kind": self.kind}
+        for f in dataclasses.fields(typing.cast("DataclassInstance", self)):
+            out[f.name] = _encode(getattr(self, f.name))
+        return out
+
+    @staticmethod
+    def from_json(data: object) -> Action:
+        """Rebuild an action from its JSON form by its kind; ValueError when the kind or a field is unknown or wrong."""
+        if not isinstance(data, Mapping):
+            raise ValueError(f"an action must be an object, not {type(data).__name__}")
+        kind = data.get("kind")
+        cls = _ACTION_KINDS.get(kind) if isinstance(kind, str) else None
+        if cls is None:
+            raise ValueError(f"unknown action kind {kind!r}")
+        return decode(cls, data)
+
+
+_ACTION_KINDS: dict[str, type[Action]] = {}
+_T = TypeVar("_T")
+
+
+def action_kinds() -> Mapping[str, type[Action]]:
+    """Every declared action kind and its class."""
+    return MappingProxyType(_ACTION_KINDS)
+
+
+def _encode(value: object) -> object:
+    if isinstance(value, Action):
+        return value.to_json()
+    if isinstance(value, Enum):
+        return value.value
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: _encode(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, tuple | list):
+        return [_encode(v) for v in value]
+    if isinstance(value, Mapping):
+        return {str(k): _encode(v) for k, v in value.items()}
+    return value
+
+
+def decode(cls: type[_T], data: Mapping[str, object]) -> _T:
+    """Build the dataclass ``cls`` from a JSON object, checking every field against its declared type.
+
+    Keys the class does not declare are ignored; a field missing from ``data`` takes its default.
+    """
+    if not dataclasses.is_dataclass(cls):
+        raise TypeError(f"{cls.__qualname__} is not a dataclass")
+    hints = typing.get_type_hints(cls)
+    values: dict[str, object] = {}
+    for f in dataclasses.fields(cls):
+        if not f.init:
+            continue
+        if f.name not in data:
+            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+                raise ValueError(f"{cls.__qualname__}: {f.name} is missing")
+            continue
+        values[f.name] = _decode(hints[f.name], data[f.name], f"{cls.__qualname__}.{f.name}")
+    return cls(**values)
+
+
+def _decode(tp: object, value: object, where: str) -> object:
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if tp is object or tp is Any:
+        return value
+    if origin in (types.UnionType, typing.Union):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _decode(arg, value, where)
+            except ValueError as exc:
+                errors.append(str(exc))
+        raise ValueError("; ".join(errors) or f"{where}: no type fits {value!r}")
+    if origin is tuple:
+        if not isinstance(value, list | tuple):
+            raise ValueError(f"{where}: expected a list, got {type(value).__name__}")
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_decode(args[0], v, f"{where}[{i}]") for i, v in enumerate(value))
+        if len(args) != len(value):
+            raise ValueError(f"{where}: expected {len(args)} items, got {len(value)}")
+        return tuple(_decode(a, v, f"{where}[{i}]") for i, (a, v) in enumerate(zip(args, value, strict=True)))
+    if origin is not None and isinstance(origin, type) and issubclass(origin, Mapping):
+        if not isinstance(value, Mapping):
+            raise ValueError(f"{where}: expected an object, got {type(value).__name__}")
+        return MappingProxyType({str(k): _decode(args[1], v, f"{where}[{k}]") for k, v in value.items()})
+    if not isinstance(tp, type):
+        raise ValueError(f"{where}: cannot decode the type {tp!r}")
+    if tp is Action:
+        return Action.from_json(value)
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, Mapping):
+            raise ValueError(f"{where}: expected an object, got {type(value).__name__}")
+        return decode(tp, value)
+    if issubclass(tp, Enum):
+        try:
+            return tp(value)
+        except ValueError:
+            raise ValueError(f"{where}: {value!r} is not a {tp.__name__}") from None
+    if tp is float and isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    if tp is int and isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if tp in (str, bool) and isinstance(value, tp):
+        return value
+    raise ValueError(f"{where}: expected {tp.__name__}, got {value!r}")
+
+
+def decode_actions(items: object) -> tuple[Action, ...]:
+    """The actions of a journal record's list."""
+    if not isinstance(items, list | tuple):
+        raise ValueError(f"actions must be a list, not {type(items).__name__}")
+    return tuple(Action.from_json(item) for item in items)
+
+
+# rebuilds the actions of a record journaled before actions were typed, from its untyped ``params`` / ``revert_data``
+LegacyDecoder = Callable[[Mapping[str, object]], tuple[Action, ...]]
 
 
 class StrategyError(Exception):
@@ -91,12 +243,14 @@ class ExpectedEffect:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Plan:
-    """What a strategy would do and why; ``params`` carries what apply() needs (JSON-ready, for the journal)."""
+    """What a strategy would do and why; ``actions`` are what apply() does, typed by the strategy, in order."""
 
     strategy: str
     reason: str
     changes: tuple[Change, ...]
     expected: ExpectedEffect | None = None
+    actions: tuple[Action, ...] = ()
+    # compatibility path for a strategy not yet converted to typed actions: untyped, unchecked; goes once all are
     params: Mapping[str, JsonValue] = field(default_factory=lambda: _EMPTY)
     # the action family this plan is paced in: each family of a strategy has its own cooldown and budget
     # (a WAL checkpoint does not wait for a retention run); plans that name none share DEFAULT_FAMILY
@@ -132,15 +286,27 @@ class Plan:
             "reason": self.reason,
             "changes": [c.as_dict() for c in self.changes],
             "expected": self.expected.as_dict() if self.expected else None,
-            "params": dict(self.params),
+            "actions": [a.to_json() for a in self.actions],
+            **({"params": dict(self.params)} if self.params else {}),
             "family": self.family,
             "restores": self.restores,
         }
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, JsonValue]) -> Plan:
-        """Rebuild a plan from its journal record."""
+    def from_dict(cls, data: Mapping[str, JsonValue], *, legacy: LegacyDecoder | None = None) -> Plan:
+        """Rebuild a plan from its journal record; ValueError when its actions cannot be rebuilt.
+
+        A record journaled before actions were typed has ``params`` instead: ``legacy`` (the strategy's
+        ``legacy_actions``) rebuilds its actions from them.
+        """
         expected = data.get("expected")
+        params = data.get("params") or {}
+        if "actions" in data:
+            actions = decode_actions(data["actions"])
+        elif params and legacy is not None:
+            actions = legacy(params)
+        else:
+            actions = ()
         return cls(
             strategy=str(data["strategy"]),
             reason=str(data["reason"]),
@@ -153,7 +319,8 @@ class Plan:
             )
             if isinstance(expected, Mapping)
             else None,
-            params=MappingProxyType(dict(data.get("params") or {})),
+            actions=actions,
+            params=MappingProxyType(dict(params)),
             family=str(data["family"]) if data.get("family") else None,
             restores=bool(data.get("restores", False)),
         )
@@ -173,10 +340,12 @@ def change_from_dict(data: Mapping[str, JsonValue]) -> Change:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ApplyResult:
-    """What apply() did: the changes as actually made, a short detail, and what revert() needs."""
+    """What apply() did: the changes as actually made, a short detail, and what revert() needs (typed actions)."""
 
     changes: tuple[Change, ...]
     detail: str
+    revert: tuple[Action, ...] = ()
+    # compatibility path for a strategy not yet converted to typed actions: untyped, unchecked; goes once all are
     revert_data: Mapping[str, JsonValue] = field(default_factory=lambda: _EMPTY)
 
     @property
@@ -189,16 +358,25 @@ class ApplyResult:
         return {
             "changes": [c.as_dict() for c in self.changes],
             "detail": self.detail,
-            "revert_data": dict(self.revert_data),
+            "revert": [a.to_json() for a in self.revert],
+            **({"revert_data": dict(self.revert_data)} if self.revert_data else {}),
         }
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, JsonValue]) -> ApplyResult:
-        """Rebuild from the journal."""
+    def from_dict(cls, data: Mapping[str, JsonValue], *, legacy: LegacyDecoder | None = None) -> ApplyResult:
+        """Rebuild from the journal; a record of the older shape has ``revert_data``, which ``legacy`` rebuilds."""
+        revert_data = data.get("revert_data") or {}
+        if "revert" in data:
+            revert = decode_actions(data["revert"])
+        elif revert_data and legacy is not None:
+            revert = legacy(revert_data)
+        else:
+            revert = ()
         return cls(
             changes=tuple(change_from_dict(c) for c in data.get("changes", [])),
             detail=str(data.get("detail", "")),
-            revert_data=MappingProxyType(dict(data.get("revert_data") or {})),
+            revert=revert,
+            revert_data=MappingProxyType(dict(revert_data)),
         )
 
 
@@ -302,6 +480,19 @@ class Strategy(ABC):
     async def reconcile(self, plan: Plan) -> str:
         """Settle a plan whose apply was interrupted (the daemon died); say what was found and done."""
         return "nothing to reconcile: the changes are idempotent or irreversible"
+
+    def legacy_actions(self, params: Mapping[str, object]) -> tuple[Action, ...]:
+        """The actions of a plan journaled before actions were typed, rebuilt from its untyped ``params``.
+
+        A state database outlives upgrades: an interrupted plan of the older shape is still reconciled, a
+        change of the older shape still reverted. ValueError when they cannot be rebuilt (the record is then
+        closed with that reason).
+        """
+        return ()  # compatibility path: an unconverted strategy reads ``plan.params`` itself
+
+    def legacy_revert(self, revert_data: Mapping[str, object]) -> tuple[Action, ...]:
+        """What revert() needs, rebuilt from the untyped ``revert_data`` of a change journaled before actions were typed."""
+        return ()  # compatibility path: an unconverted strategy reads ``result.revert_data`` itself
 
     # the attributes an instance learns while it runs (not its options): a reload rebuilds the strategy with the new
     # options and hands these over, so that rate limits and held state survive it

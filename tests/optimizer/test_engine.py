@@ -21,6 +21,7 @@ from tests.optimizer.fakes import (
     EngineFactory,
     RecordingLog,
     ScriptedStrategy,
+    SetKnob,
     SnapshotBuilder,
     cpu_down,
     make_plan,
@@ -625,7 +626,7 @@ async def test_regression_of_a_reversible_plan_is_reverted(
     assert row.verdict_detail is not None and row.verdict_detail["reverted"] is True
     [undone] = strat.reverted
     assert undone.detail == "knob set"
-    assert dict(undone.revert_data) == {"knob": 1}
+    assert undone.revert == (SetKnob(value=1),)
     [entry] = store.journal()
     assert entry.status == "reverted"
     assert entry.result is not None and entry.result["detail"] == "knob restored"
