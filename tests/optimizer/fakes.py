@@ -19,11 +19,11 @@ from optimizer.clock import FakeClock
 from optimizer.engine import Engine
 from optimizer.state import StateStore
 from strategies.base import (
+    Action,
     ApplyResult,
     Change,
     Direction,
     ExpectedEffect,
-    Action,
     Finding,
     OperatorOverride,
     Plan,
@@ -32,6 +32,7 @@ from strategies.base import (
     StrategyContext,
     TriggerSpec,
 )
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class SetKnob(Action):

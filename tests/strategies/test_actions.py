@@ -108,7 +108,7 @@ def test_a_malformed_record_is_a_value_error_that_says_what_is_wrong(data: objec
 
 def test_a_kind_declared_twice_is_refused() -> None:
     """Two classes cannot share a kind: the journal could not tell them apart."""
-    with pytest.raises(TypeError, match="test.nothing"):
+    with pytest.raises(TypeError, match=r"test\.nothing"):
 
         @dataclass(frozen=True, slots=True, kw_only=True)
         class Again(Action):
