@@ -727,7 +727,7 @@ async def test_a_plan_journaled_before_typed_actions_is_rebuilt_and_reconciled(
     """An interrupted plan of the older untyped shape (``params``) becomes the same typed action and is settled."""
     backend, client = fake
     strategy = make(client, hot=())
-    old = {"strategy": "cache", "reason": "t", "changes": [], "expected": None, "params": params}
+    old: dict[str, object] = {"strategy": "cache", "reason": "t", "changes": [], "expected": None, "params": params}
     plan = Plan.from_dict(json.loads(json.dumps(old)), legacy=strategy.legacy_actions)
     assert plan.actions == (expected,)
     assert await strategy.reconcile(plan) == "interrupted cache action: warmed 2 endpoints"
