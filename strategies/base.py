@@ -174,6 +174,22 @@ def decode_actions(items: object) -> tuple[Action, ...]:
 LegacyDecoder = Callable[[Mapping[str, object]], tuple[Action, ...]]
 
 
+def _actions_of(
+    data: Mapping[str, object], key: str, legacy_key: str, legacy: LegacyDecoder | None
+) -> tuple[Action, ...]:
+    """The typed actions under ``key``; from a record of the older shape, its untyped ``legacy_key`` via ``legacy``."""
+    if key in data:
+        return decode_actions(data[key])
+    untyped = data.get(legacy_key)
+    if not untyped:
+        return ()
+    if not isinstance(untyped, Mapping):
+        raise ValueError(f"{legacy_key} must be an object, not {type(untyped).__name__}")
+    if legacy is None:
+        raise ValueError(f"journaled before actions were typed ({legacy_key}), and nothing here can rebuild it")
+    return legacy(untyped)
+
+
 class StrategyError(Exception):
     """An expected failure of a strategy (busy database, backend 500, permission denied): a warning, no traceback."""
 
@@ -210,7 +226,7 @@ class Change:
     reversible: bool
     risk: Risk = Risk.SAFE
 
-    def as_dict(self) -> dict[str, JsonValue]:
+    def as_dict(self) -> dict[str, object]:
         """A JSON-ready form for history rows and the API."""
         return {
             "target": self.target,
@@ -231,7 +247,7 @@ class ExpectedEffect:
     amount: float
     settle_seconds: float
 
-    def as_dict(self) -> dict[str, JsonValue]:
+    def as_dict(self) -> dict[str, object]:
         """A JSON-ready form."""
         return {
             "signal": self.signal,
@@ -250,8 +266,6 @@ class Plan:
     changes: tuple[Change, ...]
     expected: ExpectedEffect | None = None
     actions: tuple[Action, ...] = ()
-    # compatibility path for a strategy not yet converted to typed actions: untyped, unchecked; goes once all are
-    params: Mapping[str, JsonValue] = field(default_factory=lambda: _EMPTY)
     # the action family this plan is paced in: each family of a strategy has its own cooldown and budget
     # (a WAL checkpoint does not wait for a retention run); plans that name none share DEFAULT_FAMILY
     family: str | None = None
@@ -279,7 +293,7 @@ class Plan:
         """The main action's name (the metric label)."""
         return self.changes[0].action if self.changes else "none"
 
-    def as_dict(self) -> dict[str, JsonValue]:
+    def as_dict(self) -> dict[str, object]:
         """A JSON-ready form, for the journal and the history."""
         return {
             "strategy": self.strategy,
@@ -287,55 +301,42 @@ class Plan:
             "changes": [c.as_dict() for c in self.changes],
             "expected": self.expected.as_dict() if self.expected else None,
             "actions": [a.to_json() for a in self.actions],
-            **({"params": dict(self.params)} if self.params else {}),
             "family": self.family,
             "restores": self.restores,
         }
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, JsonValue], *, legacy: LegacyDecoder | None = None) -> Plan:
+    def from_dict(cls, data: Mapping[str, object], *, legacy: LegacyDecoder | None = None) -> Plan:
         """Rebuild a plan from its journal record; ValueError when its actions cannot be rebuilt.
 
         A record journaled before actions were typed has ``params`` instead: ``legacy`` (the strategy's
         ``legacy_actions``) rebuilds its actions from them.
         """
         expected = data.get("expected")
-        params = data.get("params") or {}
-        if "actions" in data:
-            actions = decode_actions(data["actions"])
-        elif params and legacy is not None:
-            actions = legacy(params)
-        else:
-            actions = ()
+        actions = _actions_of(data, "actions", "params", legacy)
         return cls(
             strategy=str(data["strategy"]),
             reason=str(data["reason"]),
-            changes=tuple(change_from_dict(c) for c in data.get("changes", [])),
-            expected=ExpectedEffect(
-                signal=str(expected["signal"]),
-                direction=Direction(expected["direction"]),
-                amount=float(expected["amount"]),
-                settle_seconds=float(expected["settle_seconds"]),
-            )
-            if isinstance(expected, Mapping)
-            else None,
+            changes=_changes_of(data),
+            expected=decode(ExpectedEffect, expected) if isinstance(expected, Mapping) else None,
             actions=actions,
-            params=MappingProxyType(dict(params)),
             family=str(data["family"]) if data.get("family") else None,
             restores=bool(data.get("restores", False)),
         )
 
 
-def change_from_dict(data: Mapping[str, JsonValue]) -> Change:
-    """Rebuild a change from its JSON form."""
-    return Change(
-        target=str(data["target"]),
-        action=str(data["action"]),
-        before=str(data["before"]),
-        after=str(data["after"]),
-        reversible=bool(data["reversible"]),
-        risk=Risk(data.get("risk", "safe")),
-    )
+def change_from_dict(data: object) -> Change:
+    """Rebuild a change from its JSON form; ValueError when it is not one."""
+    if not isinstance(data, Mapping):
+        raise ValueError(f"a change must be an object, not {type(data).__name__}")
+    return decode(Change, data)
+
+
+def _changes_of(data: Mapping[str, object]) -> tuple[Change, ...]:
+    items = data.get("changes") or []
+    if not isinstance(items, list | tuple):
+        raise ValueError(f"changes must be a list, not {type(items).__name__}")
+    return tuple(change_from_dict(c) for c in items)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -345,38 +346,28 @@ class ApplyResult:
     changes: tuple[Change, ...]
     detail: str
     revert: tuple[Action, ...] = ()
-    # compatibility path for a strategy not yet converted to typed actions: untyped, unchecked; goes once all are
-    revert_data: Mapping[str, JsonValue] = field(default_factory=lambda: _EMPTY)
 
     @property
     def changed(self) -> bool:
         """Whether the re-read found anything to change: some change whose value after differs from before."""
         return any(c.before != c.after for c in self.changes)
 
-    def as_dict(self) -> dict[str, JsonValue]:
+    def as_dict(self) -> dict[str, object]:
         """A JSON-ready form, for the journal."""
         return {
             "changes": [c.as_dict() for c in self.changes],
             "detail": self.detail,
             "revert": [a.to_json() for a in self.revert],
-            **({"revert_data": dict(self.revert_data)} if self.revert_data else {}),
         }
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, JsonValue], *, legacy: LegacyDecoder | None = None) -> ApplyResult:
+    def from_dict(cls, data: Mapping[str, object], *, legacy: LegacyDecoder | None = None) -> ApplyResult:
         """Rebuild from the journal; a record of the older shape has ``revert_data``, which ``legacy`` rebuilds."""
-        revert_data = data.get("revert_data") or {}
-        if "revert" in data:
-            revert = decode_actions(data["revert"])
-        elif revert_data and legacy is not None:
-            revert = legacy(revert_data)
-        else:
-            revert = ()
+        revert = _actions_of(data, "revert", "revert_data", legacy)
         return cls(
-            changes=tuple(change_from_dict(c) for c in data.get("changes", [])),
+            changes=_changes_of(data),
             detail=str(data.get("detail", "")),
             revert=revert,
-            revert_data=MappingProxyType(dict(revert_data)),
         )
 
 
@@ -488,11 +479,11 @@ class Strategy(ABC):
         change of the older shape still reverted. ValueError when they cannot be rebuilt (the record is then
         closed with that reason).
         """
-        return ()  # compatibility path: an unconverted strategy reads ``plan.params`` itself
+        raise ValueError(f"{self.name}: a plan journaled in the older untyped shape cannot be rebuilt")
 
     def legacy_revert(self, revert_data: Mapping[str, object]) -> tuple[Action, ...]:
         """What revert() needs, rebuilt from the untyped ``revert_data`` of a change journaled before actions were typed."""
-        return ()  # compatibility path: an unconverted strategy reads ``result.revert_data`` itself
+        raise ValueError(f"{self.name}: revert data journaled in the older untyped shape cannot be rebuilt")
 
     # the attributes an instance learns while it runs (not its options): a reload rebuilds the strategy with the new
     # options and hands these over, so that rate limits and held state survive it
