@@ -83,9 +83,10 @@ from optimizer.engine import (
 )
 from optimizer.executors import Executors, run_in
 from optimizer.logs import REDACTOR, configure_logging
-from optimizer.registry import Dependencies, build_strategies
+from optimizer.registry import build_strategies
 from optimizer.sdnotify import SystemdNotifier
 from optimizer.state import HistoryReader, StateStore
+from strategies.base import StrategyDeps
 
 VERSION = "0.1.0"
 # The daemon's own figures: its RSS sits near 60% of its soft line from the libraries alone, so counting it
@@ -270,7 +271,7 @@ class Daemon:
         self.windows = Windows(s.sampler.window_size)
         self.baselines = BaselineLearner()
         self.engine = Engine(
-            build_strategies(s, self._deps()),
+            [(b.strategy, b.mode, b.enabled) for b in build_strategies(s, self._deps())],
             engine=s.engine,
             detection=s.detection,
             global_mode=s.effective_mode,
@@ -283,8 +284,8 @@ class Daemon:
         )
         self._built = True
 
-    def _deps(self) -> Dependencies:
-        return Dependencies(
+    def _deps(self) -> StrategyDeps:
+        return StrategyDeps(
             backend=self.backend,
             hls=self.hls,
             process=self.process,
@@ -612,7 +613,12 @@ class Daemon:
             self._notifier.reloading()
             try:
                 loaded = await asyncio.to_thread(load_settings, self._environ_for_reload(), self._config_file)
+                # built before anything is applied: a plugin's wrong option keeps the whole previous configuration
+                built = build_strategies(keep_restart_only(self.settings, loaded.settings), self._deps())
                 self._apply_reload(loaded)
+                # the rebuilt strategies take over what the running ones learned (a restart's once-a-day guard,
+                # held recorders...); the old ones are closed
+                await self.engine.replace_strategies({b.strategy.name: (b.strategy, b.mode, b.enabled) for b in built})
             except ConfigError as exc:
                 log.error(
                     "config_reload_failed", problems=[str(p) for p in exc.problems], kept="previous configuration"
@@ -641,13 +647,6 @@ class Daemon:
         self.settings = new
         configure_logging(new.log_level)
         self.engine.update_settings(new.engine, new.detection, new.effective_mode)
-        fresh = {s.name: (s, mode, enabled) for s, mode, enabled in build_strategies(new, self._deps())}
-        for name, rt in self.engine.runtimes.items():
-            if name in fresh:
-                strategy, rt.config_mode, rt.enabled = fresh[name]
-                # what the old instance learned while running (a restart's once-a-day guard, held recorders...)
-                strategy.carry_over(rt.strategy)
-                rt.strategy = strategy
         if self._scheduler is not None and old.optimization_interval != new.optimization_interval:
             self._scheduler.reschedule_job("round", trigger="interval", seconds=new.optimization_interval / 1000)
         log.info("config_reloaded", mode=str(new.effective_mode), restart_needed=list(self.restart_needed) or None)
