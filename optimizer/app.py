@@ -31,6 +31,7 @@ from prometheus_client.process_collector import ProcessCollector
 from config.errors import ConfigError, Problem
 from config.loader import (
     LoadedSettings,
+    did_you_mean,
     keep_restart_only,
     load_settings,
     parse_listen,
@@ -45,7 +46,7 @@ from metrics.mediamtx import MediaMtxClient
 from metrics.process import ProcessReader, ProcessSpec
 from metrics.prometheus import DaemonMetrics, SnapshotCollector
 from metrics.sampler import Sampler, Sources
-from metrics.snapshot import Snapshot
+from metrics.snapshot import SIGNAL_LABELS, Snapshot, is_known_signal
 from metrics.sqlite import DatabaseReader
 from metrics.tables import TABLES
 from metrics.tcp import TcpCounter, make_tcp_counter
@@ -284,6 +285,19 @@ class Daemon:
         )
         self._built = True
 
+    def _check_triggers(self) -> None:
+        """Say at start which triggers watch a signal nothing measures (a misspelt name in a plugin): they never arm."""
+        for name, rt in self.engine.runtimes.items():
+            for spec in self.engine.triggers_of(rt):
+                if not is_known_signal(spec.signal):
+                    log.warning(
+                        "trigger_unknown_signal",
+                        strategy=name,
+                        signal=spec.signal,
+                        consequence="this trigger never arms",
+                        hint=did_you_mean(spec.signal, SIGNAL_LABELS).removeprefix("; ") or None,
+                    )
+
     def _deps(self) -> StrategyDeps:
         return StrategyDeps(
             backend=self.backend,
@@ -307,6 +321,7 @@ class Daemon:
         if not self.store.healthy:
             log.warning("state_unavailable", error=self.store.last_error)
         await self.engine.load()
+        self._check_triggers()
         saved_baselines = await asyncio.to_thread(self.store.load_baselines)
         self.baselines.load(saved_baselines, saved_at=await asyncio.to_thread(self.store.baseline_times))
         host, port = parse_listen(self.settings.api.listen)

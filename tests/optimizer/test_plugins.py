@@ -11,17 +11,20 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import structlog
 
 from config.errors import ConfigError
 from config.loader import load_settings
 from config.settings import Mode
+from metrics.snapshot import is_known_signal
 from metrics.window import Windows
+from optimizer import app
 from optimizer.cli import EX_CONFIG, check_config
 from optimizer.registry import build_strategies, plugin_classes
-from strategies.base import StrategyDeps
+from strategies.base import Built, StrategyDeps, TriggerSpec
 from testbed.harness import TestbedProcess
 from tests.harness import daemon_env, running_daemon
-from tests.optimizer.fakes import SnapshotBuilder
+from tests.optimizer.fakes import ScriptedStrategy, SnapshotBuilder
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "contrib" / "example-plugin"
@@ -157,3 +160,27 @@ def test_check_config_checks_a_plugins_options(plugin_path: Path, tmp_path: Path
     env["CCTV_OPTIMIZER_STRATEGIES__LOADNOTE__LOAD_PER_CORE"] = "2"
     out = io.StringIO()
     assert check_config(None, env, out, use_env_file=False) == 0, out.getvalue()
+
+
+def test_every_built_in_trigger_watches_a_known_signal() -> None:
+    """The built-ins' triggers (with their default options) all name signals some source or the engine measures."""
+    loaded = load_settings({"CCTV_OPTIMIZER_BACKEND__DATABASE": "/nonexistent/cctv.db"}, check_files=False)
+    built = build_strategies(loaded.settings, deps())
+    names = {spec.signal for b in built for spec in b.strategy.triggers({})}
+    assert names and all(is_known_signal(n) for n in names), sorted(n for n in names if not is_known_signal(n))
+
+
+async def test_a_trigger_on_a_signal_nothing_measures_is_named_at_start(
+    testbed: TestbedProcess, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A strategy watching a misspelt signal (it would never arm) gets a warning at start naming it and the near
+    name; the built-ins get none."""
+    typo = ScriptedStrategy("typo", triggers=(TriggerSpec(signal="load_per_cor", enter=1.0, exit=0.9),))
+    monkeypatch.setattr(
+        app, "build_strategies", lambda settings, deps: [*build_strategies(settings, deps), Built(typo, None, True)]
+    )
+    with structlog.testing.capture_logs() as logs:
+        async with running_daemon(daemon_env(testbed, tmp_path / "state")):
+            pass
+    warned = [(e["strategy"], e["signal"], e["hint"]) for e in logs if e["event"] == "trigger_unknown_signal"]
+    assert warned == [("typo", "load_per_cor", "did you mean load_per_core?")]
