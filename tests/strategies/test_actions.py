@@ -155,3 +155,50 @@ def test_a_record_of_the_older_untyped_shape_is_rebuilt_through_the_legacy_decod
         name="y", count=0, share=0.0, flag=False
     )
     assert seen == [{"n": "x"}, {"n": "y"}]
+
+
+def built_in_examples() -> list[Action]:
+    """One action of every kind the built-in strategies declare, with every field set away from its default."""
+    from strategies import cache, connection, cpu, database, memory
+
+    ref = cpu.RecorderRef(pid=7, start_ticks=99, camera_id=3)
+    return [
+        cache.WarmCache(warm=("/a", "/b")),
+        cache.CleanCache(
+            cause=cache.Cause.JUNK,
+            prefixes=("/a",),
+            warm=("/a",),
+            limit=5,
+            clear_fallback=True,
+            entries_before=9,
+            recent_lookups=50,
+            recent_hit_rate=0.5,
+            junk_share=0.75,
+            response_seconds=1.5,
+            response_limit_seconds=0.5,
+        ),
+        connection.EndStuckSessions(count=4, oldest_heartbeat="2026-01-01 00:00:00"),
+        connection.KickReaders(readers=(connection.IdleReader(kind="rtspsessions", id="x", bytes_sent=3),)),
+        cpu.LowerRecorders(recorders=(ref,), factor=2.0, firing=("cpu_ratio",)),
+        cpu.RestoreRecorders(recorders=(ref,)),
+        cpu.UndoLowering(recorders=(ref,), factor_before=1.5),
+        database.CheckpointWal(limit=1024, truncate=True),
+        database.OptimizeStatistics(),
+        database.QuickCheck(),
+        database.PruneTables(tables=("a", "b"), cutoffs=MappingProxyType({"a": "x", "b": "y"})),
+        database.Vacuum(),
+        memory.PruneHls(root="/hls", stale_age=60.0, max_files=10),
+        memory.TrimBackendCache(prefixes=("/a",), limit=10, warm=("/a",)),
+        memory.CleanSelf(line=1024.0),
+        memory.RestartBackend(pid=5, start_ticks=6, enter=7.0),
+    ]
+
+
+def test_every_built_in_action_kind_round_trips_through_the_journal() -> None:
+    """Each built-in kind is named after its strategy and comes back from JSON as an equal action; none is missed."""
+    examples = built_in_examples()
+    for action in examples:
+        assert action.kind.split(".", 1)[0] in {"cache", "connection", "cpu", "database", "memory"}
+        assert Action.from_json(through_json(action.to_json())) == action, action.kind
+    built_in = {k for k in action_kinds() if k.split(".", 1)[0] in {"cache", "connection", "cpu", "database", "memory"}}
+    assert {a.kind for a in examples} == built_in
