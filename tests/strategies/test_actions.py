@@ -73,6 +73,13 @@ def through_json(value: object) -> object:
     return json.loads(json.dumps(value))
 
 
+def record_copy(record: dict[str, object]) -> dict[str, object]:
+    """A journal record as the journal gives it back."""
+    copy = through_json(record)
+    assert isinstance(copy, dict)
+    return copy
+
+
 def test_an_action_round_trips_through_json_as_the_same_type() -> None:
     """Every field type survives the journal and the rebuilt action equals the original."""
     data = through_json(FULL.to_json())
@@ -134,15 +141,21 @@ def test_a_plan_and_a_result_journal_their_actions_by_kind() -> None:
     """Plan and ApplyResult write their actions tagged with the kind and rebuild them as the same types."""
     change = Change(target="t", action="a", before="1", after="2", reversible=True)
     plan = Plan(strategy="s", reason="r", changes=(change,), actions=(FULL, Nothing()), family="f")
-    rebuilt = Plan.from_dict(through_json(plan.as_dict()))  # type: ignore[arg-type]
+    rebuilt = Plan.from_dict(record_copy(plan.as_dict()))
     assert rebuilt == plan
     result = ApplyResult(changes=(change,), detail="d", revert=(Nothing(),))
-    assert ApplyResult.from_dict(through_json(result.as_dict())) == result  # type: ignore[arg-type]
+    assert ApplyResult.from_dict(record_copy(result.as_dict())) == result
 
 
 def test_a_record_of_the_older_untyped_shape_is_rebuilt_through_the_legacy_decoder() -> None:
     """A plan journaled with ``params`` (and a result with ``revert_data``) goes through the strategy's decoder."""
-    old_plan = {"strategy": "s", "reason": "r", "changes": [], "expected": None, "params": {"n": "x"}}
+    old_plan: dict[str, object] = {
+        "strategy": "s",
+        "reason": "r",
+        "changes": [],
+        "expected": None,
+        "params": {"n": "x"},
+    }
     seen: list[Mapping[str, object]] = []
 
     def legacy(params: Mapping[str, object]) -> tuple[Action, ...]:
@@ -150,7 +163,7 @@ def test_a_record_of_the_older_untyped_shape_is_rebuilt_through_the_legacy_decod
         return (Everything(name=str(params["n"]), count=0, share=0.0, flag=False),)
 
     assert Plan.from_dict(old_plan, legacy=legacy).actions == (Everything(name="x", count=0, share=0.0, flag=False),)
-    old_result = {"changes": [], "detail": "d", "revert_data": {"n": "y"}}
+    old_result: dict[str, object] = {"changes": [], "detail": "d", "revert_data": {"n": "y"}}
     assert ApplyResult.from_dict(old_result, legacy=legacy).revert[0] == Everything(
         name="y", count=0, share=0.0, flag=False
     )
