@@ -7,6 +7,7 @@ only says what it watches (its triggers), what it would change (a Plan), and how
 from __future__ import annotations
 
 import dataclasses
+import functools
 import types
 import typing
 from abc import ABC, abstractmethod
@@ -97,6 +98,12 @@ def _encode(value: object) -> object:
     return value
 
 
+@functools.cache
+def _field_types(cls: type) -> dict[str, object]:
+    """The resolved field types of a dataclass (resolving them is slow: once per class)."""
+    return typing.get_type_hints(cls)
+
+
 def decode(cls: type[_T], data: Mapping[str, object]) -> _T:
     """Build the dataclass ``cls`` from a JSON object, checking every field against its declared type.
 
@@ -104,7 +111,7 @@ def decode(cls: type[_T], data: Mapping[str, object]) -> _T:
     """
     if not dataclasses.is_dataclass(cls):
         raise TypeError(f"{cls.__qualname__} is not a dataclass")
-    hints = typing.get_type_hints(cls)
+    hints = _field_types(cls)
     values: dict[str, object] = {}
     for f in dataclasses.fields(cls):
         if not f.init:
