@@ -25,6 +25,7 @@ from config.settings import DetectionSettings, EngineSettings, Mode
 from metrics.prometheus import DaemonMetrics
 from metrics.snapshot import Snapshot
 from metrics.window import Windows
+from optimizer.cadence import Watch
 from optimizer.clock import Clock
 from optimizer.executors import run_in, watch_queueing
 from optimizer.state import StateStore
@@ -95,49 +96,6 @@ def judge(before: float, after: float, direction: Direction, amount: float) -> t
     if good <= -max(0.25 * amount, 0.05 * abs(before), 1e-12):
         return Verdict.REGRESSED, good
     return Verdict.NEUTRAL, good
-
-
-def signal_proximity(specs: Sequence[TriggerSpec], windows: Windows) -> float:
-    """How close the latest values are to their enter thresholds: 1.0 is at the line, above 1.0 past it."""
-    proximity = 0.0
-    for spec in specs:
-        value = windows.last(spec.signal)
-        if value is None or spec.enter == 0:
-            continue
-        # a below-type trigger (a hit rate under a floor) nears its line as the value falls
-        below = spec.enter / value if value > 0 else 2.0
-        proximity = max(proximity, value / spec.enter if spec.above else below)
-    return proximity
-
-
-NEAR_PROXIMITY = 0.8
-CALM_PROXIMITY = 0.5
-STRETCH_FACTOR = 1.25
-
-
-def next_sample_interval(
-    current: float, *, base: float, low: float, high: float, proximity: float, armed: bool
-) -> float:
-    """The next sample interval: halve toward ``low`` near a line, stretch by 1.25 toward ``high`` when calm.
-
-    Between calm and near the configured base interval is used again. The result is always within bounds.
-    """
-    if armed or proximity >= NEAR_PROXIMITY:
-        target = max(low, min(base, current / 2))
-    elif proximity < CALM_PROXIMITY:
-        target = min(high, max(base, current * STRETCH_FACTOR))
-    else:
-        target = base
-    return max(low, min(high, target))
-
-
-def stretched_interval(adaptive: float, *, factor: float, low: float, high: float) -> float:
-    """The interval in use: the adaptive one stretched by the largest factor a strategy asks for, within bounds.
-
-    The adaptive interval is kept unstretched (the caller feeds it back to next_sample_interval), so a factor
-    held over many samples doubles the interval once instead of compounding.
-    """
-    return max(low, min(high, adaptive * max(1.0, factor)))
 
 
 @dataclass(slots=True)
@@ -567,10 +525,6 @@ class Engine:
         except Exception:
             return ()
 
-    def proximity(self) -> float:
-        """How close the nearest watched signal is to its enter line, over every strategy (see signal_proximity)."""
-        return max((signal_proximity(self.triggers_of(rt), self.windows) for rt in self.runtimes.values()), default=0.0)
-
     @staticmethod
     def factor_of(rt: StrategyRuntime) -> float:
         """The stretch of the sample interval one strategy asks for (1.0: none; a crashing hook asks none)."""
@@ -579,13 +533,18 @@ class Engine:
         except Exception:
             return 1.0
 
-    def sample_interval_factor(self) -> float:
-        """The largest stretch of the sample interval any strategy asks for (1.0: none)."""
-        factor = 1.0
-        for rt in self.runtimes.values():
-            # a NaN never compares greater, so max() keeps the factor found so far
-            factor = max(factor, self.factor_of(rt))
-        return factor
+    def watches(self) -> list[Watch]:
+        """What the sample cadence reads of each strategy, taken now."""
+        return [
+            Watch(
+                specs=self.triggers_of(rt),
+                armed=rt.detector.armed,
+                factor=self.factor_of(rt),
+                can_act=self.can_act(rt),
+                enabled=rt.enabled,
+            )
+            for rt in self.runtimes.values()
+        ]
 
     def update_settings(self, engine: EngineSettings, detection: DetectionSettings, global_mode: Mode) -> None:
         """Apply reloaded engine and detection settings (SIGHUP) without losing what was learned."""

@@ -12,8 +12,9 @@ from prometheus_client import CollectorRegistry
 
 from config.settings import DetectionSettings, Mode
 from metrics.window import Windows
+from optimizer import cadence
 from optimizer.clock import FakeClock
-from optimizer.engine import Detector, Engine, RoundResult, next_sample_interval
+from optimizer.engine import Detector, Engine, RoundResult
 from optimizer.state import DecisionRecord, StateStore
 from strategies.base import OperatorOverride, Risk, StrategyError, TriggerSpec
 from tests.optimizer.fakes import (
@@ -1043,49 +1044,29 @@ async def test_a_failing_revert_on_exit_is_logged_and_the_others_go_on(
 # adaptive sampling -------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(
-    ("proximity", "armed", "current", "expected"),
-    [
-        (0.1, False, 5.0, 6.25),  # calm: stretch by 1.25
-        (0.1, False, 28.0, 30.0),  # ... never past the upper bound
-        (0.6, False, 20.0, 5.0),  # between calm and near: back to the base
-        (0.85, False, 5.0, 2.5),  # near a line: halve
-        (1.5, False, 1.5, 1.0),  # ... never below the lower bound
-        (0.1, True, 20.0, 5.0),  # armed: at most the base, halving from a stretched interval
-    ],
-)
-def test_next_sample_interval_moves_within_bounds(
-    proximity: float, armed: bool, current: float, expected: float
-) -> None:
-    """The interval stretches while calm, tightens near a threshold, and stays within [low, high]."""
-    got = next_sample_interval(current, base=5.0, low=1.0, high=30.0, proximity=proximity, armed=armed)
-    assert got == pytest.approx(expected)
-
-
 async def test_the_sample_interval_stretches_while_calm_and_tightens_near_a_threshold(
     build: EngineFactory, samples: SnapshotBuilder, clock: FakeClock
 ) -> None:
-    """Driven by the engine's proximity: calm samples walk the interval up to the cap, a warm one pulls it down."""
+    """Driven by what the engine watches: calm samples walk the interval up to the cap, a warm one pulls it down."""
     floor = TriggerSpec(signal="cache_hit_rate", enter=0.3, exit=0.4, above=False)
     engine = build([ScriptedStrategy("cpu"), ScriptedStrategy("cache", triggers=(floor,))])
+    bounds = cadence.Bounds(base=5.0, low=1.0, high=30.0)
     interval = 5.0
     seen = []
     for _ in range(12):
         clock.advance(interval)
         engine.on_snapshot(samples.build(cpu=0.2, hit_rate=0.95))
-        interval = next_sample_interval(
-            interval, base=5.0, low=1.0, high=30.0, proximity=engine.proximity(), armed=False
-        )
+        interval, _ = cadence.adapt(interval, bounds, engine.watches(), engine.windows)
         seen.append(interval)
-    assert engine.proximity() == pytest.approx(0.3 / 0.95)  # the nearest of the two lines
+    assert cadence.interval_pressure(engine.watches(), engine.windows) == (pytest.approx(0.3 / 0.95), False)
     assert seen[0] == 6.25 and seen[-1] == 30.0 and seen == sorted(seen)
     clock.advance(interval)
     engine.on_snapshot(samples.build(cpu=0.8, hit_rate=0.95))  # 0.8 / 0.9: near the cpu line
-    interval = next_sample_interval(interval, base=5.0, low=1.0, high=30.0, proximity=engine.proximity(), armed=False)
+    interval, _ = cadence.adapt(interval, bounds, engine.watches(), engine.windows)
     assert interval == 5.0
     engine.on_snapshot(samples.build(cpu=0.2, hit_rate=0.33))  # 0.3 / 0.33: the hit rate nears its floor
-    assert engine.proximity() == pytest.approx(0.3 / 0.33)
-    interval = next_sample_interval(interval, base=5.0, low=1.0, high=30.0, proximity=engine.proximity(), armed=False)
+    assert cadence.interval_pressure(engine.watches(), engine.windows) == (pytest.approx(0.3 / 0.33), False)
+    interval, _ = cadence.adapt(interval, bounds, engine.watches(), engine.windows)
     assert interval == 2.5
 
 

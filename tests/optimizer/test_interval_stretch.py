@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from optimizer.cadence import largest_factor
 from optimizer.clock import FakeClock
-from optimizer.engine import Engine, next_sample_interval, stretched_interval
+from optimizer.engine import Engine
 from optimizer.state import StateStore
 from tests.optimizer.fakes import ScriptedStrategy, make_engine
 
@@ -50,43 +51,19 @@ async def engine(store: StateStore) -> AsyncIterator[Engine]:
     await eng.stop(1.0)
 
 
-@pytest.mark.parametrize(
-    ("adaptive", "factor", "expected"),
-    [
-        (5.0, 1.0, 5.0),  # nothing asked: the adaptive interval itself
-        (5.0, 2.0, 10.0),  # a hot host: twice as long
-        (20.0, 2.0, 30.0),  # ... never past the upper bound
-        (0.5, 0.5, 1.0),  # a factor under 1 never shortens it, and the lower bound holds
-    ],
-)
-def test_the_stretched_interval_multiplies_within_bounds(adaptive: float, factor: float, expected: float) -> None:
-    """The interval in use is the adaptive one times the factor (at least 1), clamped to [low, high]."""
-    assert stretched_interval(adaptive, factor=factor, low=1.0, high=30.0) == pytest.approx(expected)
-
-
-def test_a_held_factor_doubles_the_interval_once_instead_of_compounding() -> None:
-    """Feeding back the unstretched interval keeps x2 at twice the adaptive value however many samples pass."""
-    adaptive = 5.0
-    used = []
-    for _ in range(6):
-        adaptive = next_sample_interval(adaptive, base=5.0, low=1.0, high=300.0, proximity=0.6, armed=False)
-        used.append(stretched_interval(adaptive, factor=2.0, low=1.0, high=300.0))
-    assert used == [10.0] * 6
-
-
 async def test_the_engine_takes_the_largest_factor_any_strategy_asks_for(engine: Engine) -> None:
     """The largest factor wins; a strategy whose hook crashes counts as asking for none."""
-    assert engine.sample_interval_factor() == 2.0
+    assert largest_factor(engine.watches()) == 2.0
     cache = engine.runtimes["cache"].strategy
     assert isinstance(cache, Stretching)
     cache.factor = 3.0
-    assert engine.sample_interval_factor() == 3.0
+    assert largest_factor(engine.watches()) == 3.0
     cache.factor = float("nan")
-    assert engine.sample_interval_factor() == 2.0
+    assert largest_factor(engine.watches()) == 2.0
     cpu = engine.runtimes["cpu"].strategy
     assert isinstance(cpu, Stretching)
     cpu.factor = 1.0
-    assert engine.sample_interval_factor() == 1.0
+    assert largest_factor(engine.watches()) == 1.0
 
 
 def test_a_strategy_asks_for_no_stretch_by_default() -> None:
