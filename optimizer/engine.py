@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import math
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -28,6 +27,7 @@ from metrics.window import Windows
 from optimizer.cadence import Watch
 from optimizer.clock import Clock
 from optimizer.executors import run_in, watch_queueing
+from optimizer.pacing import Paced, Pacer
 from optimizer.state import StateStore
 from strategies.base import (
     DEFAULT_FAMILY,
@@ -45,7 +45,6 @@ from strategies.base import (
 )
 
 _RANK = {Mode.OBSERVE: 0, Mode.DRY_RUN: 1, Mode.ENFORCE: 2}
-SCORE_HISTORY = 10
 T = TypeVar("T")
 
 
@@ -149,91 +148,30 @@ class Pending:
 VERIFY_WAIT_SECONDS = 60.0
 
 
-@dataclass(slots=True)
-class Pacing:
-    """How one action family of a strategy is paced: its cooldown, and its attempts (monotonic seconds)."""
-
-    cooldown: float
-    last_attempt: float | None = None
-    attempts: list[float] = field(default_factory=list)
-    # the family's last apply changed nothing (and was given back): a second one in a row counts as an attempt
-    unneeded: bool = False
-
-
-def _clamped(stored: Any, now_wall: float, now_mono: float) -> float | None:
-    """A persisted wall time as monotonic time; a time in the future (the wall clock went back) counts as now."""
-    if stored is None:
-        return None
-    wall = min(float(stored), now_wall)
-    return now_mono - (now_wall - wall)
-
-
-@dataclass(slots=True)
-class StrategyRuntime:
+@dataclass(slots=True, kw_only=True)
+class StrategyRuntime(Paced):
     """A strategy with what the engine learned about it (persisted in the state database)."""
 
     strategy: Strategy
     config_mode: Mode | None
     enabled: bool
-    base_cooldown: float
     detector: Detector = field(default_factory=Detector)
     mode_override: Mode | None = None
-    scores: list[int] = field(default_factory=list)
-    consecutive_failures: int = 0
-    breaker_open: bool = False
-    breaker_reason: str | None = None
-    # cooldown and budget per action family (Plan.family), on monotonic time so a wall-clock jump changes nothing
-    pacing: dict[str, Pacing] = field(default_factory=dict)
     last_outcome: str | None = None
     last_verdict: str | None = None
     # what the last history row was about (outcome, family, action, gate): a skip for another reason is a new row
     last_row: tuple[str, ...] | None = None
-    # monotonic time until which the strategy cannot act (its plan was held by a cooldown, the budget or the
-    # breaker): the sample interval does not tighten for it meanwhile
-    held_until: float | None = None
 
     @property
     def name(self) -> str:
         """The strategy's name."""
         return self.strategy.name
 
-    @property
-    def score(self) -> float:
-        """Mean of recent verdicts: +1 improved, 0 neutral, -1 regressed or failed."""
-        return sum(self.scores) / len(self.scores) if self.scores else 0.0
-
-    @property
-    def cooldown(self) -> float:
-        """The longest cooldown of the strategy's action families (the configured one before any action)."""
-        return max((p.cooldown for p in self.pacing.values()), default=self.base_cooldown)
-
-    def pace(self, family: str) -> Pacing:
-        """The pacing of one action family, created with the configured cooldown on first use."""
-        found = self.pacing.get(family)
-        if found is None:
-            found = self.pacing[family] = Pacing(cooldown=self.base_cooldown)
-        return found
-
     def to_state(self, now_mono: float, now_wall: float) -> dict[str, Any]:
         """What survives a restart; attempt times are stored as wall time."""
-
-        def wall(mono: float) -> float:
-            return now_wall - (now_mono - mono)
-
         return {
             "mode_override": str(self.mode_override) if self.mode_override else None,
-            "scores": self.scores,
-            "consecutive_failures": self.consecutive_failures,
-            "breaker_open": self.breaker_open,
-            "breaker_reason": self.breaker_reason,
-            "pacing": {
-                family: {
-                    "cooldown": p.cooldown,
-                    "last_attempt": wall(p.last_attempt) if p.last_attempt is not None else None,
-                    "attempts": [wall(t) for t in p.attempts],
-                }
-                for family, p in self.pacing.items()
-            },
+            **self.pacing_state(now_mono, now_wall),
             "last_outcome": self.last_outcome,
             "last_verdict": self.last_verdict,
         }
@@ -242,24 +180,7 @@ class StrategyRuntime:
         """Restore what a previous run learned; attempt times in the future (the clock went back) become now."""
         mode = data.get("mode_override")
         self.mode_override = Mode(mode) if mode else None
-        self.scores = [int(x) for x in data.get("scores", [])][-SCORE_HISTORY:]
-        self.consecutive_failures = int(data.get("consecutive_failures", 0))
-        self.breaker_open = bool(data.get("breaker_open", False))
-        self.breaker_reason = data.get("breaker_reason")
-        saved = data.get("pacing")
-        if not isinstance(saved, Mapping):
-            # the state of an earlier version: one cooldown and one budget for the whole strategy
-            saved = {DEFAULT_FAMILY: data} if {"cooldown", "last_attempt", "attempts"} & set(data) else {}
-        self.pacing = {}
-        for family, entry in saved.items():
-            if not isinstance(entry, Mapping):
-                continue
-            attempts = [_clamped(t, now_wall, now_mono) for t in entry.get("attempts", [])]
-            self.pacing[str(family)] = Pacing(
-                cooldown=float(entry.get("cooldown", self.base_cooldown)),
-                last_attempt=_clamped(entry.get("last_attempt"), now_wall, now_mono),
-                attempts=[t for t in attempts if t is not None],
-            )
+        self.load_pacing(data, now_mono, now_wall)
         self.last_outcome = data.get("last_outcome")
         self.last_verdict = data.get("last_verdict")
 
@@ -299,6 +220,7 @@ class Engine:
         store_executor: Executor | None = None,
     ) -> None:
         self._settings = engine
+        self.pacer = Pacer(engine, clock)
         # takes a fresh sample for a requested round (manual or Alertmanager), which plans from it, not from a
         # sample that may be as old as the stretched sample interval
         self.refresh = refresh
@@ -440,12 +362,7 @@ class Engine:
     async def reset(self, name: str) -> None:
         """Re-arm a strategy: close its breaker, clear failures, restore the base cooldown, give the budget back."""
         rt = self.runtimes[name]
-        was_open = rt.breaker_open
-        rt.breaker_open = False
-        rt.breaker_reason = None
-        rt.consecutive_failures = 0
-        rt.pacing = {}
-        rt.held_until = None
+        was_open = self.pacer.reset(rt)
         rt.last_row = None
         self._log.info("strategy_reset", strategy=name, breaker_was_open=was_open)
         await self._save(rt)
@@ -460,61 +377,6 @@ class Engine:
         self._metrics.armed.labels(rt.name).set(1 if rt.detector.armed else 0)
         self._metrics.cooldown.labels(rt.name).set(rt.cooldown)
         self._metrics.score.labels(rt.name).set(rt.score)
-
-    @staticmethod
-    def _families(rt: StrategyRuntime, family: str | None) -> list[Pacing]:
-        """One family's pacing (none when it never acted), or every family's."""
-        if family is None:
-            return list(rt.pacing.values())
-        found = rt.pacing.get(family)
-        return [found] if found is not None else []
-
-    def cooldown_left(self, rt: StrategyRuntime, family: str | None = None) -> float:
-        """Seconds until the family may act again; without one, until every family of the strategy may."""
-        now = self._clock.monotonic()
-        return max(
-            (
-                max(0.0, p.last_attempt + p.cooldown - now)
-                for p in self._families(rt, family)
-                if p.last_attempt is not None
-            ),
-            default=0.0,
-        )
-
-    def budget_left(self, rt: StrategyRuntime, family: str | None = None) -> int:
-        """Attempts left in the family's rolling budget window; without one, the least left in any family."""
-        horizon = self._clock.monotonic() - self._settings.budget_window_seconds
-        left = self._settings.budget_actions
-        for p in self._families(rt, family):
-            p.attempts = [t for t in p.attempts if t > horizon]
-            left = min(left, self._settings.budget_actions - len(p.attempts))
-        return max(0, left)
-
-    def budget_free_at(self, rt: StrategyRuntime, family: str) -> float:
-        """The monotonic time at which the family's budget has an attempt free again."""
-        p = rt.pace(family)
-        spent = len(p.attempts) - self._settings.budget_actions
-        if spent < 0 or not p.attempts:
-            return self._clock.monotonic()
-        return sorted(p.attempts)[spent] + self._settings.budget_window_seconds
-
-    def can_act(self, rt: StrategyRuntime) -> bool:
-        """Whether the strategy could act now: not held by an open breaker, or by the cooldown, budget or
-        disabled disruptive changes its last plan met."""
-        if rt.breaker_open:
-            return False
-        return rt.held_until is None or self._clock.monotonic() >= rt.held_until
-
-    def pacing_view(self, rt: StrategyRuntime) -> dict[str, dict[str, float | int]]:
-        """Each action family's cooldown, cooldown left and budget left, for display."""
-        return {
-            family: {
-                "cooldownSeconds": p.cooldown,
-                "cooldownLeftSeconds": round(self.cooldown_left(rt, family), 3),
-                "budgetLeft": self.budget_left(rt, family),
-            }
-            for family, p in sorted(rt.pacing.items())
-        }
 
     # samples and verification ------------------------------------------------------------------------------------
 
@@ -540,7 +402,7 @@ class Engine:
                 specs=self.triggers_of(rt),
                 armed=rt.detector.armed,
                 factor=self.factor_of(rt),
-                can_act=self.can_act(rt),
+                can_act=self.pacer.can_act(rt),
                 enabled=rt.enabled,
             )
             for rt in self.runtimes.values()
@@ -548,14 +410,11 @@ class Engine:
 
     def update_settings(self, engine: EngineSettings, detection: DetectionSettings, global_mode: Mode) -> None:
         """Apply reloaded engine and detection settings (SIGHUP) without losing what was learned."""
-        self._settings = engine
+        self._settings = self.pacer.settings = engine
         self._detection = detection
         self.global_mode = global_mode
         for rt in self.runtimes.values():
-            if rt.base_cooldown != engine.cooldown_seconds:
-                rt.base_cooldown = engine.cooldown_seconds
-                for p in rt.pacing.values():
-                    p.cooldown = min(max(p.cooldown, engine.cooldown_seconds), engine.cooldown_max_seconds)
+            self.pacer.reconfigure(engine, rt)
 
     def on_snapshot(self, snapshot: Snapshot) -> None:
         """Take a new sample into the windows; start verifying plans whose settle time has passed.
@@ -611,23 +470,14 @@ class Engine:
         detail["reverted"] = reverted
         self._metrics.verdicts.labels(rt.name, str(verdict)).inc()
         rt.last_verdict = str(verdict)
-        rt.scores = ([*rt.scores, {Verdict.IMPROVED: 1, Verdict.NEUTRAL: 0, Verdict.REGRESSED: -1}[verdict]])[
-            -SCORE_HISTORY:
-        ]
-        pacing = rt.pace(pending.plan.pacing_family)
+        self.pacer.scored(rt, {Verdict.IMPROVED: 1, Verdict.NEUTRAL: 0, Verdict.REGRESSED: -1}[verdict])
+        family = pending.plan.pacing_family
         if verdict is Verdict.IMPROVED:
-            rt.consecutive_failures = 0
-            pacing.cooldown = max(rt.base_cooldown, pacing.cooldown / 2)
+            self.pacer.improved(rt, family)
         elif verdict is Verdict.NEUTRAL:
-            # Neither a failure nor a regression: the run the breaker counts is broken.
-            rt.consecutive_failures = 0
-            pacing.cooldown = min(self._settings.cooldown_max_seconds, max(pacing.cooldown, 1.0) * 2)
+            cooldown = self.pacer.no_effect(rt, family)
             self._log.info(
-                "strategy_backed_off",
-                strategy=rt.name,
-                family=pending.plan.pacing_family,
-                cooldown_seconds=pacing.cooldown,
-                reason="no effect",
+                "strategy_backed_off", strategy=rt.name, family=family, cooldown_seconds=cooldown, reason="no effect"
             )
         else:
             self._count_failure(rt, f"regressed {expected.signal}")
@@ -686,11 +536,7 @@ class Engine:
         Every action family of the strategy backs off (the operator's value is the strategy's to leave alone,
         whichever of its actions would touch it next), starting with the family of the plan that noticed it.
         """
-        rt.pace(family)
-        now = self._clock.monotonic()
-        for pacing in rt.pacing.values():
-            pacing.cooldown = min(self._settings.cooldown_max_seconds, max(pacing.cooldown, 1.0) * 2)
-            pacing.last_attempt = now
+        self.pacer.back_off(rt, family)
         targets = ", ".join(f"{o.target} (set {o.expected}, found {o.found})" for o in overrides)
         self._log.warning(
             "strategy_backed_off",
@@ -711,11 +557,9 @@ class Engine:
         await record(Outcome.BACKED_OFF, row.reason, row)
 
     def _count_failure(self, rt: StrategyRuntime, why: str) -> None:
-        rt.consecutive_failures += 1
-        if rt.consecutive_failures >= self._settings.breaker_failures and not rt.breaker_open:
-            rt.breaker_open = True
-            rt.breaker_reason = f"{rt.consecutive_failures} consecutive failures or regressions (last: {why})"
-            self._log.error("breaker_opened", strategy=rt.name, reason=rt.breaker_reason)
+        opened = self.pacer.failed(rt, why)
+        if opened is not None:
+            self._log.error("breaker_opened", strategy=rt.name, reason=opened)
 
     # rounds ------------------------------------------------------------------------------------------------------
 
@@ -952,7 +796,7 @@ class Engine:
     ) -> tuple[int | None, bool]:
         """The gates after planning (dry run, disruptive, cooldown, budget), then the apply."""
         if plan is None or not plan.changes:
-            rt.held_until = None  # nothing to do is not being held back
+            self.pacer.release(rt)  # nothing to do is not being held back
             if manual:
                 return await record(Outcome.NOTHING_TO_DO, "nothing to do"), False
             return None, False
@@ -965,22 +809,16 @@ class Engine:
                 else "one disruptive action per round"
             )
             if not self._settings.allow_disruptive:
-                rt.held_until = math.inf  # until a round finds it allowed (a reload) or plans something else
+                self.pacer.hold_for_ever(rt)
             return await record(Outcome.BLOCKED_DISRUPTIVE, f"{plan.reason} ({why})", plan), False
         family = plan.pacing_family
         named = "" if family == DEFAULT_FAMILY else f"{family} "
         # undoing the strategy's own earlier change is never held back: waiting only keeps that change in effect
-        if not plan.restores:
-            left = self.cooldown_left(rt, family)
-            if left > 0:
-                rt.held_until = self._clock.monotonic() + left
-                return await record(
-                    Outcome.SKIPPED_COOLDOWN, f"{plan.reason} ({named}cooldown: {left:.0f} s left)", plan
-                ), False
-            if self.budget_left(rt, family) <= 0:
-                rt.held_until = self.budget_free_at(rt, family)
-                return await record(Outcome.SKIPPED_BUDGET, f"{plan.reason} ({named}action budget spent)", plan), False
-        rt.held_until = None
+        held = None if plan.restores else self.pacer.hold(rt, family)
+        if held is not None:
+            outcome = Outcome.SKIPPED_COOLDOWN if held.gate == "cooldown" else Outcome.SKIPPED_BUDGET
+            return await record(outcome, f"{plan.reason} ({named}{held.why})", plan), False
+        self.pacer.release(rt)
         return await self._apply(rt, plan, record=record, signals=signals), plan.disruptive
 
     async def _apply(self, rt: StrategyRuntime, plan: Plan, *, record: Any, signals: Mapping[str, float]) -> int | None:
@@ -988,18 +826,7 @@ class Engine:
         journal_id = await self._stored(
             self._store.journal_intent, decision_id=decision_id, strategy=rt.name, plan=plan.as_dict()
         )
-        pacing = rt.pace(plan.pacing_family)
-        now = self._clock.monotonic()
-        previous_attempt = pacing.last_attempt
-        pacing.last_attempt = now
-        pacing.attempts.append(now)
-
-        def give_back() -> None:
-            # nothing was changed: the attempt starts no cooldown and spends no budget
-            pacing.last_attempt = previous_attempt
-            if pacing.attempts and pacing.attempts[-1] == now:
-                pacing.attempts.pop()
-
+        attempt = self.pacer.attempt(rt, plan.pacing_family)
         # Persist the attempt before writing: an apply that kills the daemon must still spend cooldown and budget.
         await self._save(rt)
         started = time.perf_counter()
@@ -1013,24 +840,19 @@ class Engine:
         except StrategyDeferred as exc:
             outcome, error = Outcome.DEFERRED, str(exc)
             # the target will be ready soon: the next round tries again
-            give_back()
+            attempt.give_back()
         except StrategyError as exc:
             outcome, error = Outcome.FAILED, str(exc)
             self._log.warning("apply_failed", strategy=rt.name, error=error)
         except Exception as exc:
             outcome, error = Outcome.ERROR, f"{exc.__class__.__name__}: {exc}"
             self._log.exception("apply_crashed", strategy=rt.name)
-        if result is not None and not result.changed:
-            # The apply's re-read found nothing to change: recorded with its figures and judged neutral at once,
-            # and it neither holds the next, needed action back by a cooldown nor spends the budget. Only once in
-            # a row, though: an action that keeps changing nothing (a collection that frees no memory) is paced
-            # like any other instead of running every round.
-            outcome = Outcome.NO_CHANGE
-            if not pacing.unneeded:
-                give_back()
-            pacing.unneeded = True
-        elif result is not None:
-            pacing.unneeded = False
+        if result is not None:
+            # An apply whose re-read found nothing to change is recorded with its figures and judged neutral at
+            # once, and (once in a row) neither holds the next, needed action back nor spends the budget.
+            attempt.settle(changed=result.changed)
+            if not result.changed:
+                outcome = Outcome.NO_CHANGE
         duration_ms = (time.perf_counter() - started) * 1000
         changes = [c.as_dict() for c in (result.changes if result else plan.changes)]
         if journal_id is not None:
@@ -1059,7 +881,7 @@ class Engine:
         rt.last_outcome = str(outcome)
         self._metrics.actions.labels(rt.name, plan.action, str(outcome), str(Mode.ENFORCE)).inc()
         if outcome in FAILURES:
-            rt.scores = [*rt.scores, -1][-SCORE_HISTORY:]
+            self.pacer.scored(rt, -1)
             self._count_failure(rt, error or str(outcome))
         log = self._log.warning if outcome in FAILURES else self._log.info
         log(
@@ -1097,7 +919,7 @@ class Engine:
                 )
         if outcome in (Outcome.APPLIED, Outcome.NO_CHANGE) and not verifying:
             # Nothing is left to judge, so this success ends any run of failures; otherwise the verdict decides.
-            rt.consecutive_failures = 0
+            self.pacer.succeeded(rt)
         await self._save(rt)
         return decision_id
 

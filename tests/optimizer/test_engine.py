@@ -211,7 +211,7 @@ async def test_enforce_mode_applies_and_journals(
     [entry] = store.journal()
     assert (entry.status, entry.decision_id, entry.strategy) == ("done", row.id, "cpu")
     assert entry.result is not None and entry.result["detail"] == "knob set"
-    assert engine.budget_left(engine.runtimes["cpu"]) == 5
+    assert engine.pacer.budget_left(engine.runtimes["cpu"]) == 5
     assert len(strat.applied) == 1
 
 
@@ -325,7 +325,7 @@ async def test_cooldown_skips_until_it_has_passed(
         feed(engine, samples, clock, [HOT] * 6)  # 30 s per round
         await scheduled(engine)
     assert outcomes(store) == ["applied", "skipped_cooldown"]
-    assert engine.cooldown_left(engine.runtimes["cpu"]) == pytest.approx(150.0)
+    assert engine.pacer.cooldown_left(engine.runtimes["cpu"]) == pytest.approx(150.0)
     clock.advance(150.0)
     await scheduled(engine)
     assert outcomes(store) == ["applied", "skipped_cooldown", "applied"]
@@ -348,9 +348,9 @@ async def test_budget_counts_attempts_in_a_rolling_window(
     clock.advance(60.0)
     await manual(engine)
     assert outcomes(store) == ["failed", "applied", "skipped_budget"]
-    assert engine.budget_left(rt) == 0
+    assert engine.pacer.budget_left(rt) == 0
     clock.advance(1741.0)  # the first attempt is now more than an hour old, the second is not
-    assert engine.budget_left(rt) == 1
+    assert engine.pacer.budget_left(rt) == 1
     await manual(engine)
     await manual(engine)
     assert outcomes(store)[3:] == ["applied", "skipped_budget"]
@@ -467,7 +467,7 @@ async def test_apply_timeout_is_recorded_journalled_and_counted(
     assert entry.status == "failed"
     assert entry.result == {"error": "apply exceeded 0.05 s"}
     assert rt.consecutive_failures == 1
-    assert engine.budget_left(rt) == 5
+    assert engine.pacer.budget_left(rt) == 5
     assert rt.scores == [-1]
 
 
@@ -717,13 +717,13 @@ async def test_learned_state_survives_a_new_engine_on_the_same_store(
     for name in ("learner", "failing"):
         old, new = first.runtimes[name], second.runtimes[name]
         assert new.to_state(clock.monotonic(), clock.wall()) == old.to_state(clock.monotonic(), clock.wall())
-        assert second.cooldown_left(new) == first.cooldown_left(old)
-        assert second.budget_left(new) == first.budget_left(old)
+        assert second.pacer.cooldown_left(new) == first.pacer.cooldown_left(old)
+        assert second.pacer.budget_left(new) == first.pacer.budget_left(old)
     assert second.runtimes["learner"].scores == [0]
     assert second.runtimes["learner"].cooldown == 200.0
     assert second.runtimes["learner"].mode_override is Mode.DRY_RUN
     assert second.runtimes["failing"].breaker_open is True
-    assert second.budget_left(second.runtimes["failing"]) == 3
+    assert second.pacer.budget_left(second.runtimes["failing"]) == 3
     second.on_snapshot(samples.build(cpu=CALM))
     await manual(second)
     assert outcomes(store)[-2:] == ["dry_run", "blocked_breaker"]
@@ -802,8 +802,8 @@ async def test_an_attempt_is_persisted_before_the_apply_runs(
     second = build([second_strategy], budget_actions=6)
     await second.load()  # the restart: the first daemon is still inside apply()
     rt = second.runtimes["cpu"]
-    assert second.budget_left(rt) == 5
-    assert second.cooldown_left(rt) == 300.0
+    assert second.pacer.budget_left(rt) == 5
+    assert second.pacer.cooldown_left(rt) == 300.0
     assert len(second_strategy.reconciled) == 1
     assert outcomes(store) == ["interrupted"]
     strat.apply_gate.set()
@@ -900,13 +900,13 @@ async def test_an_operator_override_backs_the_strategy_off_and_says_so(
     ]
     assert "operator changed recorder.camera3.pid42 (set 2, found 5)" in row.reason
     assert rt.cooldown == 200.0
-    assert engine.cooldown_left(rt) == 200.0
+    assert engine.pacer.cooldown_left(rt) == 200.0
     [event] = log.events("strategy_backed_off")
     assert event.level == "warning"
     assert event.fields["reason"] == "operator_override"
     assert event.fields["cooldown_seconds"] == 200.0
     assert event.fields["overrides"] == [{"target": "recorder.camera3.pid42", "expected": "2", "found": "5"}]
-    assert engine.budget_left(rt) == 999  # the apply was an attempt; backing off is not
+    assert engine.pacer.budget_left(rt) == 999  # the apply was an attempt; backing off is not
     assert rt.consecutive_failures == 0 and rt.scores == []
 
     clock.advance(150)  # still backed off: the plan is skipped, not applied
@@ -947,7 +947,7 @@ async def test_repeated_overrides_stretch_the_cooldown_up_to_its_cap_and_reset_r
         seen.append(rt.cooldown)
     assert seen == [200.0, 300.0, 300.0]
     await engine.reset("cpu")
-    assert rt.cooldown == 100.0 and engine.cooldown_left(rt) == 0.0
+    assert rt.cooldown == 100.0 and engine.pacer.cooldown_left(rt) == 0.0
 
 
 async def test_a_crashing_take_overrides_is_logged_and_the_turn_goes_on(

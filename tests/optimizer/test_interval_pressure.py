@@ -120,7 +120,7 @@ async def test_the_cpu_restore_brings_the_interval_back_without_waiting_for_a_co
         for _ in range(daemon.settings.detection.window_samples):
             clock.advance(10.0)
             daemon.engine.on_snapshot(snapshots.build(cpu=0.1, memory=0.1))
-        assert daemon.engine.cooldown_left(daemon.engine.runtimes["cpu"]) > 0
+        assert daemon.engine.pacer.cooldown_left(daemon.engine.runtimes["cpu"]) > 0
         result = await daemon.engine.request_round(trigger="scheduled", strategy="cpu")
         [row] = [daemon.store.decision(i) for i in result.decision_ids]
         assert row is not None and row.outcome == "applied"
