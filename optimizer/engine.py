@@ -13,8 +13,7 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from concurrent.futures import Executor
-from dataclasses import dataclass, field
-from enum import StrEnum
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import structlog
@@ -26,14 +25,15 @@ from metrics.snapshot import Snapshot
 from metrics.window import Windows
 from optimizer.cadence import Watch
 from optimizer.clock import Clock
+from optimizer.decisions import FAILURES, Outcome, Verdict, judge, most_restrictive
 from optimizer.executors import run_in, watch_queueing
-from optimizer.pacing import Paced, Pacer
+from optimizer.pacing import Pacer
+from optimizer.runtime import StrategyRuntime
 from optimizer.state import StateStore
 from strategies.base import (
     DEFAULT_FAMILY,
     ApplyResult,
     Change,
-    Direction,
     Finding,
     OperatorOverride,
     Plan,
@@ -44,88 +44,7 @@ from strategies.base import (
     TriggerSpec,
 )
 
-_RANK = {Mode.OBSERVE: 0, Mode.DRY_RUN: 1, Mode.ENFORCE: 2}
 T = TypeVar("T")
-
-
-class Outcome(StrEnum):
-    """What became of a strategy's turn in a round."""
-
-    APPLIED = "applied"
-    FAILED = "failed"
-    TIMEOUT = "timeout"
-    ERROR = "error"
-    DRY_RUN = "dry_run"
-    OBSERVED = "observed"
-    NOTHING_TO_DO = "nothing_to_do"
-    SKIPPED_COOLDOWN = "skipped_cooldown"
-    SKIPPED_BUDGET = "skipped_budget"
-    BLOCKED_BREAKER = "blocked_breaker"
-    BLOCKED_DISRUPTIVE = "blocked_disruptive"
-    BACKED_OFF = "backed_off"
-    DEFERRED = "deferred"
-    # the apply's re-read found nothing to change (the WAL was already small, the sessions already ended)
-    NO_CHANGE = "no_change"
-
-
-ATTEMPTS = frozenset({Outcome.APPLIED, Outcome.FAILED, Outcome.TIMEOUT, Outcome.ERROR})
-FAILURES = frozenset({Outcome.FAILED, Outcome.TIMEOUT, Outcome.ERROR})
-
-
-class Verdict(StrEnum):
-    """The measured effect of an applied plan after its settle time."""
-
-    IMPROVED = "improved"
-    NEUTRAL = "neutral"
-    REGRESSED = "regressed"
-
-
-def most_restrictive(*modes: Mode | None) -> Mode:
-    """The least permissive of the given modes (observe < dry_run < enforce)."""
-    present = [m for m in modes if m is not None]
-    return min(present, key=lambda m: _RANK[m]) if present else Mode.ENFORCE
-
-
-def judge(before: float, after: float, direction: Direction, amount: float) -> tuple[Verdict, float]:
-    """Compare the expected signal before and after: (verdict, the change in the good direction)."""
-    good = (before - after) if direction is Direction.DOWN else (after - before)
-    amount = abs(amount)
-    if good >= max(0.5 * amount, 1e-12):
-        return Verdict.IMPROVED, good
-    if good <= -max(0.25 * amount, 0.05 * abs(before), 1e-12):
-        return Verdict.REGRESSED, good
-    return Verdict.NEUTRAL, good
-
-
-@dataclass(slots=True)
-class Detector:
-    """Hysteresis over the windows: arm on N of M samples past enter, disarm when all are back past exit."""
-
-    armed: bool = False
-    armed_signals: tuple[str, ...] = ()
-
-    def update(self, specs: Sequence[TriggerSpec], windows: Windows, detection: DetectionSettings) -> bool:
-        """Re-evaluate on the current windows; returns whether the strategy is armed."""
-        n, m = detection.samples_required, detection.window_samples
-        firing: list[str] = []
-        for spec in specs:
-            values = windows.values(spec.signal, m)
-            hits = sum(1 for v in values if (v >= spec.enter if spec.above else v <= spec.enter))
-            if hits >= min(spec.samples_required or n, m):
-                firing.append(spec.signal)
-        if firing:
-            self.armed = True
-            self.armed_signals = tuple(firing)
-        elif self.armed:
-            calm = True
-            for spec in specs:
-                last = windows.last(spec.signal)
-                if last is not None and (last >= spec.exit if spec.above else last <= spec.exit):
-                    calm = False
-            if calm:
-                self.armed = False
-                self.armed_signals = ()
-        return self.armed
 
 
 @dataclass(slots=True)
@@ -146,43 +65,6 @@ class Pending:
 # how long past its settle time a verdict waits for its signal to be measured again (a source whose earlier
 # reading stands in, such as the cache stats when the request budget is spent, is not measured every sample)
 VERIFY_WAIT_SECONDS = 60.0
-
-
-@dataclass(slots=True, kw_only=True)
-class StrategyRuntime(Paced):
-    """A strategy with what the engine learned about it (persisted in the state database)."""
-
-    strategy: Strategy
-    config_mode: Mode | None
-    enabled: bool
-    detector: Detector = field(default_factory=Detector)
-    mode_override: Mode | None = None
-    last_outcome: str | None = None
-    last_verdict: str | None = None
-    # what the last history row was about (outcome, family, action, gate): a skip for another reason is a new row
-    last_row: tuple[str, ...] | None = None
-
-    @property
-    def name(self) -> str:
-        """The strategy's name."""
-        return self.strategy.name
-
-    def to_state(self, now_mono: float, now_wall: float) -> dict[str, Any]:
-        """What survives a restart; attempt times are stored as wall time."""
-        return {
-            "mode_override": str(self.mode_override) if self.mode_override else None,
-            **self.pacing_state(now_mono, now_wall),
-            "last_outcome": self.last_outcome,
-            "last_verdict": self.last_verdict,
-        }
-
-    def load_state(self, data: Mapping[str, Any], now_mono: float, now_wall: float) -> None:
-        """Restore what a previous run learned; attempt times in the future (the clock went back) become now."""
-        mode = data.get("mode_override")
-        self.mode_override = Mode(mode) if mode else None
-        self.load_pacing(data, now_mono, now_wall)
-        self.last_outcome = data.get("last_outcome")
-        self.last_verdict = data.get("last_verdict")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

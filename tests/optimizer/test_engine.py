@@ -14,7 +14,8 @@ from config.settings import DetectionSettings, Mode
 from metrics.window import Windows
 from optimizer import cadence
 from optimizer.clock import FakeClock
-from optimizer.engine import Detector, Engine, RoundResult
+from optimizer.detection import Detector
+from optimizer.engine import Engine, RoundResult
 from optimizer.state import DecisionRecord, StateStore
 from strategies.base import OperatorOverride, Risk, StrategyError, TriggerSpec
 from tests.optimizer.fakes import (

@@ -14,7 +14,7 @@ from aiohttp import ClientResponse
 
 from optimizer.api import HistoryPages
 from optimizer.clock import FakeClock
-from optimizer.engine import Outcome
+from optimizer.decisions import Outcome
 from optimizer.executors import Executors, watch_queueing
 from optimizer.state import HistoryReader, StateStore
 from strategies.base import Plan, StrategyContext
