@@ -14,27 +14,27 @@ import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any
 
 import structlog
 
-from config import units
 from config.settings import DetectionSettings, EngineSettings, Mode
 from metrics.prometheus import DaemonMetrics
 from metrics.snapshot import Snapshot
 from metrics.window import Windows
 from optimizer.cadence import Watch
 from optimizer.clock import Clock
-from optimizer.decisions import FAILURES, Outcome, Verdict, judge, most_restrictive
-from optimizer.executors import run_in, watch_queueing
+from optimizer.decisions import FAILURES, SCORE_OF, Outcome, Turn, Verdict, most_restrictive
+from optimizer.executors import watch_queueing
 from optimizer.pacing import Pacer
+from optimizer.recorder import Recorder
 from optimizer.runtime import StrategyRuntime
 from optimizer.state import StateStore
+from optimizer.verification import Pending, assess
 from strategies.base import (
     DEFAULT_FAMILY,
     ApplyResult,
     Change,
-    Finding,
     OperatorOverride,
     Plan,
     Strategy,
@@ -44,27 +44,12 @@ from strategies.base import (
     TriggerSpec,
 )
 
-T = TypeVar("T")
 
-
-@dataclass(slots=True)
-class Pending:
-    """An applied plan waiting for its settle time to be verified."""
+@dataclass(frozen=True, slots=True)
+class Ended:
+    """A turn that ended before its gates, with the history row it wrote (None when it wrote none)."""
 
     decision_id: int | None
-    journal_id: int | None
-    strategy: str
-    plan: Plan
-    result: ApplyResult
-    before: float
-    due: float
-    # when the change was made (monotonic): the verdict is judged on a value measured after it
-    applied_at: float = 0.0
-
-
-# how long past its settle time a verdict waits for its signal to be measured again (a source whose earlier
-# reading stands in, such as the cache stats when the request budget is spent, is not measured every sample)
-VERIFY_WAIT_SECONDS = 60.0
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -106,8 +91,6 @@ class Engine:
         # takes a fresh sample for a requested round (manual or Alertmanager), which plans from it, not from a
         # sample that may be as old as the stretched sample interval
         self.refresh = refresh
-        # the state writes' own pool: strategies' threads (the loop's default pool) cannot hold up the records
-        self._store_executor = store_executor
         self._detection = detection
         self.global_mode = global_mode
         self.windows = windows
@@ -126,7 +109,10 @@ class Engine:
         }
         self.latest: Snapshot | None = None
         self.baselines: dict[str, float] = {}
-        self.findings: dict[str, Finding] = {}
+        # the state writes run on their own pool: strategies' threads (the loop's default pool) cannot hold them up
+        self._recorder = Recorder(store, metrics, self._log, save=self._save, executor=store_executor)
+        self._stored = self._recorder.stored
+        self.findings = self._recorder.findings
         self._pending: list[Pending] = []
         self._current: asyncio.Future[RoundResult] | None = None
         self._lock = asyncio.Lock()
@@ -137,12 +123,6 @@ class Engine:
         self.heartbeat = clock.monotonic()
 
     # lifecycle and state -------------------------------------------------------------------------------------------
-
-    async def _stored(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
-        """Run a state store call on the store's pool (a worker thread when the engine has none)."""
-        if self._store_executor is None:
-            return await asyncio.to_thread(fn, *args, **kwargs)
-        return await run_in(self._store_executor, functools.partial(fn, *args, **kwargs))
 
     async def load(self) -> None:
         """Restore strategy state from the store and reconcile interrupted journal records."""
@@ -327,32 +307,16 @@ class Engine:
         expected = pending.plan.expected
         if expected is None:
             return
-        measured = self.windows.points(expected.signal, since=pending.applied_at)
-        after = measured[-1][1] if measured else self.windows.last(expected.signal)
-        if not measured and after is not None and self._clock.monotonic() < pending.due + VERIFY_WAIT_SECONDS:
-            # only the reading from before the change stands: judging on it would call any change neutral
+        judged = assess(pending, expected, self.windows, self._clock.monotonic())
+        if judged is None:
             self._pending.append(pending)
             return
-        if after is None:
-            detail: dict[str, Any] = {"signal": expected.signal, "before": pending.before, "after": None}
-            verdict = Verdict.NEUTRAL
-        else:
-            verdict, good = judge(pending.before, after, expected.direction, expected.amount)
-            detail = {
-                "signal": expected.signal,
-                "before": pending.before,
-                "after": after,
-                "change": good,
-                "expected": expected.amount,
-            }
+        verdict, detail = judged.verdict, judged.detail
         reverted = False
         if verdict is Verdict.REGRESSED and pending.plan.reversible:
-            undone = await self._revert(rt, pending.result, pending.journal_id, reason="regressed")
-            reverted = undone is not None
+            reverted = await self._revert(rt, pending.result, pending.journal_id, reason="regressed") is not None
         detail["reverted"] = reverted
-        self._metrics.verdicts.labels(rt.name, str(verdict)).inc()
-        rt.last_verdict = str(verdict)
-        self.pacer.scored(rt, {Verdict.IMPROVED: 1, Verdict.NEUTRAL: 0, Verdict.REGRESSED: -1}[verdict])
+        self.pacer.scored(rt, SCORE_OF[verdict])
         family = pending.plan.pacing_family
         if verdict is Verdict.IMPROVED:
             self.pacer.improved(rt, family)
@@ -363,18 +327,8 @@ class Engine:
             )
         else:
             self._count_failure(rt, f"regressed {expected.signal}")
-        if pending.decision_id is not None:
-            await self._stored(
-                self._store.update_decision, pending.decision_id, verdict=str(verdict), verdict_detail=detail
-            )
-        self._log.info(
-            "effect_verified",
-            strategy=rt.name,
-            decision_id=pending.decision_id,
-            verdict=str(verdict),
-            # the measurement as a person reads it ("wal_bytes 80 MiB -> 0 B"); the raw numbers stay in the keys
-            figures=f"{expected.signal} {units.change(expected.signal, pending.before, after)}",
-            **detail,
+        await self._recorder.verdict(
+            rt, pending.decision_id, verdict, detail, signal=expected.signal, before=pending.before, after=judged.after
         )
         await self._save(rt)
 
@@ -390,16 +344,7 @@ class Engine:
         except Exception:
             self._log.exception("revert_crashed", strategy=rt.name, reason=reason)
             return None
-        self._metrics.reverts.labels(rt.name).inc()
-        if journal_id is not None:
-            await self._stored(self._store.journal_finish, journal_id, "reverted", result.as_dict())
-        self._log.warning(
-            "change_reverted",
-            strategy=rt.name,
-            reason=reason,
-            journal_id=journal_id,
-            changes=[f"{c.target}: {c.before} -> {c.after}" for c in result.changes],
-        )
+        await self._recorder.reverted(rt, journal_id, result, reason=reason)
         return result
 
     def _take_overrides(self, rt: StrategyRuntime) -> list[OperatorOverride]:
@@ -411,7 +356,7 @@ class Engine:
             return []
 
     async def _back_off(
-        self, rt: StrategyRuntime, overrides: Sequence[OperatorOverride], *, record: Any, family: str
+        self, rt: StrategyRuntime, turn: Turn, overrides: Sequence[OperatorOverride], *, family: str
     ) -> None:
         """An operator changed values this strategy manages: stretch its cooldowns from now, say so, act no more now.
 
@@ -436,7 +381,7 @@ class Engine:
                 for o in overrides
             ),
         )
-        await record(Outcome.BACKED_OFF, row.reason, row)
+        await self._recorder.decision(rt, turn, Outcome.BACKED_OFF, row.reason, row)
 
     def _count_failure(self, rt: StrategyRuntime, why: str) -> None:
         opened = self.pacer.failed(rt, why)
@@ -529,39 +474,8 @@ class Engine:
             )
             return self.latest
 
-    def _update_findings(self, rt: StrategyRuntime, ctx: StrategyContext) -> None:
-        try:
-            current = {f.id: f for f in rt.strategy.findings(ctx)}
-        except Exception:
-            self._log.exception("findings_crashed", strategy=rt.name)
-            return
-        for fid, finding in current.items():
-            if fid not in self.findings:
-                self._log.warning(
-                    "finding_appeared",
-                    strategy=rt.name,
-                    finding=fid,
-                    summary=finding.summary,
-                    **{f"evidence_{k}": v for k, v in finding.evidence.items()},
-                )
-        for fid in [f for f, v in self.findings.items() if v.strategy == rt.name and f not in current]:
-            self._log.info("finding_cleared", strategy=rt.name, finding=fid)
-            del self.findings[fid]
-        self.findings.update(current)
-        self._metrics.findings.labels(rt.name).set(len(current))
-
-    async def _turn(
-        self,
-        rt: StrategyRuntime,
-        snapshot: Snapshot,
-        *,
-        run_id: str,
-        trigger: str,
-        dry_run: bool,
-        manual: bool,
-        disruptive_used: bool,
-    ) -> tuple[int | None, bool]:
-        """One strategy's turn: detect, plan, gate, apply. Returns (decision id, used a disruptive action)."""
+    async def _detect(self, rt: StrategyRuntime) -> Sequence[TriggerSpec]:
+        """Re-evaluate the strategy's detector on the windows; its triggers (none when they crash, counted)."""
         specs: Sequence[TriggerSpec]
         try:
             specs = rt.strategy.triggers(self.baselines)
@@ -582,6 +496,21 @@ class Engine:
                 strategy=rt.name,
                 signals=list(rt.detector.armed_signals),
             )
+        return specs
+
+    async def _turn(
+        self,
+        rt: StrategyRuntime,
+        snapshot: Snapshot,
+        *,
+        run_id: str,
+        trigger: str,
+        dry_run: bool,
+        manual: bool,
+        disruptive_used: bool,
+    ) -> tuple[int | None, bool]:
+        """One strategy's turn: detect, plan, gate, apply. Returns (decision id, used a disruptive action)."""
+        specs = await self._detect(rt)
         ctx = StrategyContext(
             snapshot=snapshot,
             windows=self.windows,
@@ -590,107 +519,93 @@ class Engine:
             now=self._clock.monotonic(),
             baselines=dict(self.baselines),
         )
-        self._update_findings(rt, ctx)
+        self._recorder.update_findings(rt, ctx)
         self._publish(rt)
-        if not armed and not manual:
+        if not rt.detector.armed and not manual:
             return None, False
         signals = snapshot.signals()
-        trig_values = {s.signal: signals.get(s.signal) for s in specs}
-        thresholds = {s.signal: {"enter": s.enter, "exit": s.exit} for s in specs}
-        mode = self.mode_of(rt, dry_run)
-        started = time.perf_counter()
-
-        async def record(
-            outcome: Outcome, reason: str, plan: Plan | None = None, error: str | None = None
-        ) -> int | None:
-            return await self._record(
-                rt,
-                run_id=run_id,
-                trigger=trigger,
-                mode=mode,
-                outcome=outcome,
-                reason=reason,
-                plan=plan,
-                error=error,
-                signals=trig_values,
-                thresholds=thresholds,
-                started=started,
-                manual=manual,
-            )
-
-        if mode is Mode.OBSERVE:
-            return await record(Outcome.OBSERVED, f"armed by {', '.join(ctx.armed) or trigger}; observe mode"), False
+        turn = Turn(
+            run_id=run_id,
+            trigger=trigger,
+            mode=self.mode_of(rt, dry_run),
+            manual=manual,
+            signals={s.signal: signals.get(s.signal) for s in specs},
+            thresholds={s.signal: {"enter": s.enter, "exit": s.exit} for s in specs},
+            started=time.perf_counter(),
+        )
+        if turn.mode is Mode.OBSERVE:
+            reason = f"armed by {', '.join(ctx.armed) or trigger}; observe mode"
+            return await self._recorder.decision(rt, turn, Outcome.OBSERVED, reason), False
         if rt.breaker_open:
-            return await record(Outcome.BLOCKED_BREAKER, rt.breaker_reason or "circuit breaker open"), False
+            reason = rt.breaker_reason or "circuit breaker open"
+            return await self._recorder.decision(rt, turn, Outcome.BLOCKED_BREAKER, reason), False
+        planned = await self._plan(rt, ctx, turn)
+        if isinstance(planned, Ended):
+            return planned.decision_id, False
+        # A plan made after noticing an operator's change already leaves that value alone; it goes through the
+        # gates as usual, and then the strategy backs off (a longer cooldown from now) so it does not keep pushing.
+        overrides = self._take_overrides(rt)
+        decision_id, used = await self._gate_and_apply(rt, planned, turn, signals, disruptive_used=disruptive_used)
+        overrides += self._take_overrides(rt)  # noticed while applying (a re-read found an operator's value)
+        if overrides:
+            family = planned.pacing_family if planned is not None else DEFAULT_FAMILY
+            await self._back_off(rt, turn, overrides, family=family)
+        return decision_id, used
+
+    async def _plan(self, rt: StrategyRuntime, ctx: StrategyContext, turn: Turn) -> Plan | Ended | None:
+        """Ask the strategy for a plan within the plan timeout; a failure ends the turn (recorded, and counted
+        unless it was the daemon's own queueing or a deferral)."""
+        timeout = self._settings.plan_timeout_seconds
         try:
             with watch_queueing() as queueing:
-                plan = await asyncio.wait_for(rt.strategy.plan(ctx), self._settings.plan_timeout_seconds)
+                return await asyncio.wait_for(rt.strategy.plan(ctx), timeout)
         except TimeoutError:
             queued = queueing.queued()
-            if queued >= self._settings.plan_timeout_seconds / 2:
+            if queued >= timeout / 2:
                 # Most of the time went waiting for a worker thread: the daemon's own queueing, not the strategy's.
                 self._log.warning("plan_queued", strategy=rt.name, queued_seconds=round(queued, 3))
-                return await record(
-                    Outcome.DEFERRED,
-                    f"plan waited {queued:.1f} s for a worker thread; not counted as a failure",
-                    error=f"plan exceeded {self._settings.plan_timeout_seconds} s while queued",
-                ), False
+                reason = f"plan waited {queued:.1f} s for a worker thread; not counted as a failure"
+                error = f"plan exceeded {timeout} s while queued"
+                return Ended(await self._recorder.decision(rt, turn, Outcome.DEFERRED, reason, error=error))
             self._count_failure(rt, "plan timed out")
-            return await record(
-                Outcome.TIMEOUT, "plan timed out", error=f"plan exceeded {self._settings.plan_timeout_seconds} s"
-            ), False
+            error = f"plan exceeded {timeout} s"
+            return Ended(await self._recorder.decision(rt, turn, Outcome.TIMEOUT, "plan timed out", error=error))
         except StrategyDeferred as exc:
             # What the strategy reads is not usable now (the backend database is damaged, missing or closed): it
             # plans nothing. Not a failure, so no breaker count; a manual request gets a row saying why.
             self._log.info("plan_deferred", strategy=rt.name, reason=str(exc))
-            if manual:
-                return await record(Outcome.DEFERRED, str(exc)), False
-            return None, False
+            if turn.manual:
+                return Ended(await self._recorder.decision(rt, turn, Outcome.DEFERRED, str(exc)))
+            return Ended(None)
         except StrategyError as exc:
             self._log.warning("plan_failed", strategy=rt.name, error=str(exc))
-            return await record(Outcome.FAILED, "plan failed", error=str(exc)), False
+            return Ended(await self._recorder.decision(rt, turn, Outcome.FAILED, "plan failed", error=str(exc)))
         except Exception as exc:
             self._log.exception("plan_crashed", strategy=rt.name)
             self._count_failure(rt, f"plan crashed: {exc.__class__.__name__}")
-            return await record(Outcome.ERROR, "plan crashed", error=f"{exc.__class__.__name__}: {exc}"), False
-        # A plan made after noticing an operator's change already leaves that value alone; it goes through the
-        # gates as usual, and then the strategy backs off (a longer cooldown from now) so it does not keep pushing.
-        overrides = self._take_overrides(rt)
-        decision_id, used = await self._gate_and_apply(
-            rt, plan, mode=mode, manual=manual, disruptive_used=disruptive_used, record=record, signals=signals
-        )
-        overrides += self._take_overrides(rt)  # noticed while applying (a re-read found an operator's value)
-        if overrides:
-            family = plan.pacing_family if plan is not None else DEFAULT_FAMILY
-            await self._back_off(rt, overrides, record=record, family=family)
-        return decision_id, used
+            error = f"{exc.__class__.__name__}: {exc}"
+            return Ended(await self._recorder.decision(rt, turn, Outcome.ERROR, "plan crashed", error=error))
 
     async def _gate_and_apply(
         self,
         rt: StrategyRuntime,
         plan: Plan | None,
-        *,
-        mode: Mode,
-        manual: bool,
-        disruptive_used: bool,
-        record: Any,
+        turn: Turn,
         signals: Mapping[str, float],
+        *,
+        disruptive_used: bool,
     ) -> tuple[int | None, bool]:
         """The gates after planning (dry run, disruptive, cooldown, budget), then the apply."""
+        record = functools.partial(self._recorder.decision, rt, turn)
         if plan is None or not plan.changes:
             self.pacer.release(rt)  # nothing to do is not being held back
-            if manual:
-                return await record(Outcome.NOTHING_TO_DO, "nothing to do"), False
-            return None, False
-        if mode is Mode.DRY_RUN:
+            return (await record(Outcome.NOTHING_TO_DO, "nothing to do") if turn.manual else None), False
+        if turn.mode is Mode.DRY_RUN:
             return await record(Outcome.DRY_RUN, plan.reason, plan), False
-        if plan.disruptive and (not self._settings.allow_disruptive or disruptive_used):
-            why = (
-                "disruptive changes are not enabled"
-                if not self._settings.allow_disruptive
-                else "one disruptive action per round"
-            )
-            if not self._settings.allow_disruptive:
+        allowed = self._settings.allow_disruptive
+        if plan.disruptive and (not allowed or disruptive_used):
+            why = "disruptive changes are not enabled" if not allowed else "one disruptive action per round"
+            if not allowed:
                 self.pacer.hold_for_ever(rt)
             return await record(Outcome.BLOCKED_DISRUPTIVE, f"{plan.reason} ({why})", plan), False
         family = plan.pacing_family
@@ -701,34 +616,19 @@ class Engine:
             outcome = Outcome.SKIPPED_COOLDOWN if held.gate == "cooldown" else Outcome.SKIPPED_BUDGET
             return await record(outcome, f"{plan.reason} ({named}{held.why})", plan), False
         self.pacer.release(rt)
-        return await self._apply(rt, plan, record=record, signals=signals), plan.disruptive
+        return await self._apply(rt, plan, turn, signals), plan.disruptive
 
-    async def _apply(self, rt: StrategyRuntime, plan: Plan, *, record: Any, signals: Mapping[str, float]) -> int | None:
-        decision_id: int | None = await record(Outcome.APPLIED, plan.reason, plan)
-        journal_id = await self._stored(
-            self._store.journal_intent, decision_id=decision_id, strategy=rt.name, plan=plan.as_dict()
-        )
+    async def _apply(self, rt: StrategyRuntime, plan: Plan, turn: Turn, signals: Mapping[str, float]) -> int | None:
+        """Apply a plan that passed the gates: journal first, spend the attempt, apply, record, queue the verdict."""
+        decision_id = await self._recorder.decision(rt, turn, Outcome.APPLIED, plan.reason, plan)
+        journal_id = await self._recorder.intent(rt, decision_id, plan)
         attempt = self.pacer.attempt(rt, plan.pacing_family)
         # Persist the attempt before writing: an apply that kills the daemon must still spend cooldown and budget.
         await self._save(rt)
         started = time.perf_counter()
-        outcome = Outcome.APPLIED
-        error: str | None = None
-        result: ApplyResult | None = None
-        try:
-            result = await asyncio.wait_for(rt.strategy.apply(plan), self._settings.apply_timeout_seconds)
-        except TimeoutError:
-            outcome, error = Outcome.TIMEOUT, f"apply exceeded {self._settings.apply_timeout_seconds} s"
-        except StrategyDeferred as exc:
-            outcome, error = Outcome.DEFERRED, str(exc)
-            # the target will be ready soon: the next round tries again
-            attempt.give_back()
-        except StrategyError as exc:
-            outcome, error = Outcome.FAILED, str(exc)
-            self._log.warning("apply_failed", strategy=rt.name, error=error)
-        except Exception as exc:
-            outcome, error = Outcome.ERROR, f"{exc.__class__.__name__}: {exc}"
-            self._log.exception("apply_crashed", strategy=rt.name)
+        outcome, error, result = await self._attempt(rt, plan)
+        if outcome is Outcome.DEFERRED:
+            attempt.give_back()  # the target will be ready soon: the next round tries again
         if result is not None:
             # An apply whose re-read found nothing to change is recorded with its figures and judged neutral at
             # once, and (once in a row) neither holds the next, needed action back nor spends the budget.
@@ -736,57 +636,25 @@ class Engine:
             if not result.changed:
                 outcome = Outcome.NO_CHANGE
         duration_ms = (time.perf_counter() - started) * 1000
-        changes = [c.as_dict() for c in (result.changes if result else plan.changes)]
-        if journal_id is not None:
-            await self._stored(
-                self._store.journal_finish,
-                journal_id,
-                "done" if result is not None or outcome is Outcome.DEFERRED else "failed",
-                result.as_dict() if result is not None else {"error": error},
-            )
-        if decision_id is not None:
-            await self._stored(
-                self._store.update_decision,
-                decision_id,
-                outcome=str(outcome),
-                error=error,
-                changes=changes if result is not None else None,
-                duration_ms=duration_ms,
-                verdict=str(Verdict.NEUTRAL) if outcome is Outcome.NO_CHANGE else None,
-                verdict_detail={
-                    "note": result.detail,
-                    "figures": [f"{c['target']}: {c['before']} -> {c['after']}" for c in changes],
-                }
-                if result is not None and outcome is Outcome.NO_CHANGE
-                else None,
-            )
-        rt.last_outcome = str(outcome)
-        self._metrics.actions.labels(rt.name, plan.action, str(outcome), str(Mode.ENFORCE)).inc()
         if outcome in FAILURES:
             self.pacer.scored(rt, -1)
             self._count_failure(rt, error or str(outcome))
-        log = self._log.warning if outcome in FAILURES else self._log.info
-        log(
-            "change_unneeded"
-            if outcome is Outcome.NO_CHANGE
-            else "change_applied"
-            if result is not None
-            else "change_deferred"
-            if outcome is Outcome.DEFERRED
-            else "change_failed",
-            strategy=rt.name,
+        await self._recorder.applied(
+            rt,
+            plan,
             decision_id=decision_id,
-            outcome=str(outcome),
+            journal_id=journal_id,
+            outcome=outcome,
             error=error,
-            detail=result.detail if result else None,
-            changes=[f"{c['target']}: {c['before']} -> {c['after']}" for c in changes],
-            duration_ms=round(duration_ms, 2),
+            result=result,
+            duration_ms=duration_ms,
         )
         verifying = False
         if result is not None and outcome is Outcome.APPLIED and plan.expected is not None and result.changes:
             before = signals.get(plan.expected.signal)
             if before is not None:
                 verifying = True
+                now = self._clock.monotonic()
                 self._pending.append(
                     Pending(
                         decision_id=decision_id,
@@ -795,8 +663,8 @@ class Engine:
                         plan=plan,
                         result=result,
                         before=before,
-                        due=self._clock.monotonic() + plan.expected.settle_seconds,
-                        applied_at=self._clock.monotonic(),
+                        due=now + plan.expected.settle_seconds,
+                        applied_at=now,
                     )
                 )
         if outcome in (Outcome.APPLIED, Outcome.NO_CHANGE) and not verifying:
@@ -805,89 +673,18 @@ class Engine:
         await self._save(rt)
         return decision_id
 
-    async def _record(
-        self,
-        rt: StrategyRuntime,
-        *,
-        run_id: str,
-        trigger: str,
-        mode: Mode,
-        outcome: Outcome,
-        reason: str,
-        plan: Plan | None,
-        error: str | None,
-        signals: Mapping[str, Any],
-        thresholds: Mapping[str, Any],
-        started: float,
-        manual: bool,
-    ) -> int | None:
-        """One history row and one log line per decision; repeated identical skips are not written again.
-
-        A skip is a repeat when it is about the same thing as the last row: the same outcome for the same action
-        family, action and targets (or, without a plan, the same reason). The figures in a reason (the cooldown
-        left, the WAL size) do not make a new row; a skip of another family or action, or for another reason,
-        does.
-        """
-        key: tuple[str, ...] = (
-            (str(outcome), plan.pacing_family, plan.action, *sorted({c.target for c in plan.changes}))
-            if plan is not None
-            else (str(outcome), reason)
-        )
-        if outcome is not Outcome.APPLIED:
-            self._metrics.actions.labels(rt.name, plan.action if plan else "none", str(outcome), str(mode)).inc()
-        repeat = (
-            not manual
-            and outcome
-            in (
-                Outcome.SKIPPED_COOLDOWN,
-                Outcome.SKIPPED_BUDGET,
-                Outcome.BLOCKED_BREAKER,
-                Outcome.BLOCKED_DISRUPTIVE,
-                Outcome.OBSERVED,
-                Outcome.DRY_RUN,
-            )
-            and rt.last_row == key
-        )
-        # last_row (not last_outcome) decides repeats: last_outcome is persisted and shown, last_row is reset
-        # when an episode ends, so a new episode's first skip is written again.
-        rt.last_row = key
-        if outcome is not Outcome.APPLIED:
-            rt.last_outcome = str(outcome)
-        if repeat:
-            return None
-        duration_ms = (time.perf_counter() - started) * 1000
-        changes = [c.as_dict() for c in plan.changes] if plan else []
-        decision_id = await self._stored(
-            self._store.add_decision,
-            run_id=run_id,
-            strategy=rt.name,
-            trigger=trigger,
-            mode=str(mode),
-            action=plan.action if plan else "none",
-            reason=reason,
-            signals=signals,
-            thresholds=thresholds,
-            changes=changes,
-            outcome=str(outcome),
-            error=error,
-            duration_ms=duration_ms,
-            expected=plan.expected.as_dict() if plan and plan.expected else None,
-        )
-        self._log.info(
-            "decision",
-            decision_id=decision_id,
-            run_id=run_id,
-            strategy=rt.name,
-            trigger=trigger,
-            mode=str(mode),
-            outcome=str(outcome),
-            reason=reason,
-            signals=dict(signals),
-            thresholds=dict(thresholds),
-            changes=[f"{c['target']}: {c['before']} -> {c['after']}" for c in changes],
-            error=error,
-            duration_ms=round(duration_ms, 2),
-        )
-        if outcome is not Outcome.APPLIED:  # _apply saves once the outcome is known
-            await self._save(rt)
-        return decision_id
+    async def _attempt(self, rt: StrategyRuntime, plan: Plan) -> tuple[Outcome, str | None, ApplyResult | None]:
+        """Run the strategy's apply within the apply timeout: (outcome, error, result); failures are logged."""
+        timeout = self._settings.apply_timeout_seconds
+        try:
+            return Outcome.APPLIED, None, await asyncio.wait_for(rt.strategy.apply(plan), timeout)
+        except TimeoutError:
+            return Outcome.TIMEOUT, f"apply exceeded {timeout} s", None
+        except StrategyDeferred as exc:
+            return Outcome.DEFERRED, str(exc), None
+        except StrategyError as exc:
+            self._log.warning("apply_failed", strategy=rt.name, error=str(exc))
+            return Outcome.FAILED, str(exc), None
+        except Exception as exc:
+            self._log.exception("apply_crashed", strategy=rt.name)
+            return Outcome.ERROR, f"{exc.__class__.__name__}: {exc}", None
