@@ -521,7 +521,7 @@ class Daemon:
             return False, "no fresh sample"
         round_limit = (
             2 * s.optimization_interval / 1000
-            + len(self.engine.runtimes) * (s.engine.plan_timeout_seconds + s.engine.apply_timeout_seconds)
+            + len(self.engine.strategy_names()) * (s.engine.plan_timeout_seconds + s.engine.apply_timeout_seconds)
             + 10
         )
         if now - self.engine.heartbeat > round_limit:
@@ -596,12 +596,9 @@ class Daemon:
         configure_logging(new.log_level)
         self.engine.update_settings(new.engine, new.detection, new.effective_mode)
         fresh = {s.name: (s, mode, enabled) for s, mode, enabled in build_strategies(new, self._deps())}
-        for name, rt in self.engine.runtimes.items():
+        for name in self.engine.strategy_names():
             if name in fresh:
-                strategy, rt.config_mode, rt.enabled = fresh[name]
-                # what the old instance learned while running (a restart's once-a-day guard, held recorders...)
-                strategy.carry_over(rt.strategy)
-                rt.strategy = strategy
+                self.engine.replace_strategy(*fresh[name])
         if self._scheduler is not None and old.optimization_interval != new.optimization_interval:
             self._scheduler.reschedule_job("round", trigger="interval", seconds=new.optimization_interval / 1000)
         log.info("config_reloaded", mode=str(new.effective_mode), restart_needed=list(self.restart_needed) or None)
@@ -635,8 +632,7 @@ class Daemon:
             await self._api_loop.stop()
         await self.backend.close()
         await self.mediamtx.close()
-        for rt in self.engine.runtimes.values():
-            await rt.strategy.close()
+        await self.engine.close()
         if self._background:
             await asyncio.gather(*self._background, return_exceptions=True)
         await asyncio.to_thread(self.history.close)

@@ -31,6 +31,7 @@ from optimizer.recorder import Recorder
 from optimizer.runtime import StrategyRuntime
 from optimizer.state import StateStore
 from optimizer.verification import Pending, assess
+from optimizer.view import StrategyView, view_of
 from strategies.base import (
     DEFAULT_FAMILY,
     ApplyResult,
@@ -121,6 +122,8 @@ class Engine:
         self.rounds_run = 0
         self.last_round: RoundResult | None = None
         self.heartbeat = clock.monotonic()
+        for rt in self.runtimes.values():
+            self._take_factor(rt)
 
     # lifecycle and state -------------------------------------------------------------------------------------------
 
@@ -213,6 +216,35 @@ class Engine:
         """The mode a strategy runs in now."""
         return most_restrictive(self.global_mode, rt.mode_override or rt.config_mode, Mode.DRY_RUN if dry_run else None)
 
+    def view(self, name: str) -> StrategyView:
+        """A read-only view of one strategy as it stands now; KeyError when there is none of that name."""
+        rt = self.runtimes[name]
+        triggers = self.triggers_of(rt)
+        findings = self.findings.values()
+        return view_of(rt, mode=self.mode_of(rt), pacer=self.pacer, triggers=triggers, findings=findings)
+
+    def views(self) -> list[StrategyView]:
+        """Every strategy's view, in order."""
+        return [self.view(name) for name in self.runtimes]
+
+    def watches(self) -> list[Watch]:
+        """What the sample cadence reads of each strategy, taken now."""
+        return [v.watch() for v in self.views()]
+
+    def replace_strategy(self, strategy: Strategy, mode: Mode | None, enabled: bool) -> None:
+        """Install a rebuilt strategy (a reload) in place of the one of its name, keeping what the engine learned
+        about it and what the old instance learned while running (a restart's once-a-day guard, held recorders)."""
+        rt = self.runtimes[strategy.name]
+        rt.config_mode, rt.enabled = mode, enabled
+        strategy.carry_over(rt.strategy)
+        rt.strategy = strategy
+        self._take_factor(rt)
+
+    async def close(self) -> None:
+        """Close every strategy (what it holds: sessions, files)."""
+        for rt in self.runtimes.values():
+            await rt.strategy.close()
+
     async def set_mode(self, name: str, mode: Mode) -> None:
         """Change one strategy's mode at run time (persisted)."""
         rt = self.runtimes[name]
@@ -250,25 +282,16 @@ class Engine:
             return ()
 
     @staticmethod
-    def factor_of(rt: StrategyRuntime) -> float:
-        """The stretch of the sample interval one strategy asks for (1.0: none; a crashing hook asks none)."""
-        try:
-            return float(rt.strategy.sample_interval_factor)
-        except Exception:
-            return 1.0
+    def _take_factor(rt: StrategyRuntime) -> None:
+        """Note the stretch of the sample interval the strategy asks for (1.0: none; a crashing hook asks none).
 
-    def watches(self) -> list[Watch]:
-        """What the sample cadence reads of each strategy, taken now."""
-        return [
-            Watch(
-                specs=self.triggers_of(rt),
-                armed=rt.detector.armed,
-                factor=self.factor_of(rt),
-                can_act=self.pacer.can_act(rt),
-                enabled=rt.enabled,
-            )
-            for rt in self.runtimes.values()
-        ]
+        Taken on the event loop once its turn, revert or replacement is over, never while an apply runs in a worker
+        thread: the cadence reads the noted figure, so a change shows once its apply has been recorded.
+        """
+        try:
+            rt.factor = float(rt.strategy.sample_interval_factor)
+        except Exception:
+            rt.factor = 1.0
 
     def update_settings(self, engine: EngineSettings, detection: DetectionSettings, global_mode: Mode) -> None:
         """Apply reloaded engine and detection settings (SIGHUP) without losing what was learned."""
@@ -344,6 +367,8 @@ class Engine:
         except Exception:
             self._log.exception("revert_crashed", strategy=rt.name, reason=reason)
             return None
+        finally:
+            self._take_factor(rt)
         await self._recorder.reverted(rt, journal_id, result, reason=reason)
         return result
 
@@ -441,6 +466,7 @@ class Engine:
                     manual=manual,
                     disruptive_used=disruptive_used,
                 )
+                self._take_factor(rt)
                 disruptive_used = disruptive_used or used
                 if decision_id is not None:
                     ids.append(decision_id)

@@ -27,6 +27,8 @@ class StrategyRuntime(Paced):
     mode_override: Mode | None = None
     last_outcome: str | None = None
     last_verdict: str | None = None
+    # the stretch of the sample interval the strategy asked for, as the engine last read it on the event loop
+    factor: float = 1.0
     # what the last history row was about (outcome, family, action, gate): a skip for another reason is a new row
     last_row: tuple[str, ...] | None = None
 

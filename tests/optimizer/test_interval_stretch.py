@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import threading
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -11,7 +13,8 @@ from optimizer.cadence import largest_factor
 from optimizer.clock import FakeClock
 from optimizer.engine import Engine
 from optimizer.state import StateStore
-from tests.optimizer.fakes import ScriptedStrategy, make_engine
+from strategies.base import ApplyResult, Plan
+from tests.optimizer.fakes import ScriptedStrategy, SnapshotBuilder, make_engine
 
 
 class Stretching(ScriptedStrategy):
@@ -52,18 +55,73 @@ async def engine(store: StateStore) -> AsyncIterator[Engine]:
 
 
 async def test_the_engine_takes_the_largest_factor_any_strategy_asks_for(engine: Engine) -> None:
-    """The largest factor wins; a strategy whose hook crashes counts as asking for none."""
+    """The largest factor wins; a strategy whose hook crashes counts as asking for none.
+
+    A factor is read when the strategy's turn is over, so each change shows after the next round.
+    """
+    engine.on_snapshot(SnapshotBuilder(FakeClock()).build())
     assert largest_factor(engine.watches()) == 2.0
     cache = engine.runtimes["cache"].strategy
     assert isinstance(cache, Stretching)
     cache.factor = 3.0
+    await engine.request_round(trigger="scheduled")
     assert largest_factor(engine.watches()) == 3.0
     cache.factor = float("nan")
+    await engine.request_round(trigger="scheduled")
     assert largest_factor(engine.watches()) == 2.0
     cpu = engine.runtimes["cpu"].strategy
     assert isinstance(cpu, Stretching)
     cpu.factor = 1.0
+    await engine.request_round(trigger="scheduled")
     assert largest_factor(engine.watches()) == 1.0
+
+
+class ThreadStretching(ScriptedStrategy):
+    """Like the cpu strategy: its apply changes the factor from a worker thread, then finishes later."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(name)
+        self.factor = 1.0
+        self.changed = threading.Event()
+        self.release = threading.Event()
+
+    @property
+    def sample_interval_factor(self) -> float:
+        """The factor the worker thread last set."""
+        return self.factor
+
+    async def apply(self, plan: Plan) -> ApplyResult:
+        """Stretch in a worker thread, which then waits to be released."""
+        await asyncio.to_thread(self._work)
+        return await super().apply(plan)
+
+    def _work(self) -> None:
+        self.factor = 2.0
+        self.changed.set()
+        self.release.wait(30.0)
+
+
+async def test_a_factor_changed_in_a_worker_thread_shows_once_the_apply_is_over(store: StateStore) -> None:
+    """While the apply's thread has changed the factor but not finished, the cadence still reads the old one.
+
+    Before the cadence read the factor through the engine's view, every sample read the strategy's property
+    directly, so a value a worker thread was in the middle of changing steered the interval.
+    """
+    clock = FakeClock()
+    strategy = ThreadStretching("cpu")
+    engine = make_engine([strategy], store=store, clock=clock)
+    engine.on_snapshot(SnapshotBuilder(clock).build(cpu=0.99))
+    round_task = asyncio.ensure_future(engine.request_round(trigger="manual", manual=True))
+    try:
+        assert await asyncio.to_thread(strategy.changed.wait, 30.0)
+        assert strategy.sample_interval_factor == 2.0
+        assert largest_factor(engine.watches()) == 1.0
+    finally:
+        strategy.release.set()
+        result = await round_task
+        await engine.stop(1.0)
+    assert len(result.decision_ids) == 1
+    assert largest_factor(engine.watches()) == 2.0
 
 
 def test_a_strategy_asks_for_no_stretch_by_default() -> None:
