@@ -8,6 +8,7 @@ a sample taken for them. Cooldown and budget are kept per action family of a str
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import time
 import uuid
@@ -22,10 +23,10 @@ from config.settings import DetectionSettings, EngineSettings, Mode
 from metrics.prometheus import DaemonMetrics
 from metrics.snapshot import Snapshot
 from metrics.window import Windows
+from optimizer import guarded
 from optimizer.cadence import Watch
 from optimizer.clock import Clock
 from optimizer.decisions import FAILURES, SCORE_OF, Outcome, Turn, Verdict, most_restrictive
-from optimizer.executors import watch_queueing
 from optimizer.pacing import Pacer
 from optimizer.recorder import Recorder
 from optimizer.runtime import StrategyRuntime
@@ -35,7 +36,6 @@ from optimizer.view import StrategyView, view_of
 from strategies.base import (
     DEFAULT_FAMILY,
     ApplyResult,
-    Change,
     OperatorOverride,
     Plan,
     Strategy,
@@ -44,13 +44,6 @@ from strategies.base import (
     StrategyError,
     TriggerSpec,
 )
-
-
-@dataclass(frozen=True, slots=True)
-class Ended:
-    """A turn that ended before its gates, with the history row it wrote (None when it wrote none)."""
-
-    decision_id: int | None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -99,12 +92,9 @@ class Engine:
         self._metrics = metrics
         self._clock = clock
         self._log = log if log is not None else structlog.get_logger("engine")
-        self.runtimes: dict[str, StrategyRuntime] = {
+        self.runtimes = {
             s.name: StrategyRuntime(
-                strategy=s,
-                config_mode=mode,
-                enabled=enabled,
-                base_cooldown=engine.cooldown_seconds,
+                strategy=s, config_mode=mode, enabled=enabled, base_cooldown=engine.cooldown_seconds
             )
             for s, mode, enabled in strategies
         }
@@ -123,7 +113,7 @@ class Engine:
         self.last_round: RoundResult | None = None
         self.heartbeat = clock.monotonic()
         for rt in self.runtimes.values():
-            self._take_factor(rt)
+            rt.take_factor()
 
     # lifecycle and state -------------------------------------------------------------------------------------------
 
@@ -238,7 +228,7 @@ class Engine:
         rt.config_mode, rt.enabled = mode, enabled
         strategy.carry_over(rt.strategy)
         rt.strategy = strategy
-        self._take_factor(rt)
+        rt.take_factor()
 
     async def close(self) -> None:
         """Close every strategy (what it holds: sessions, files)."""
@@ -276,22 +266,8 @@ class Engine:
 
     def triggers_of(self, rt: StrategyRuntime) -> Sequence[TriggerSpec]:
         """A strategy's triggers for display and interval tuning; empty (never raising) when they crash."""
-        try:
-            return rt.strategy.triggers(self.baselines)
-        except Exception:
-            return ()
-
-    @staticmethod
-    def _take_factor(rt: StrategyRuntime) -> None:
-        """Note the stretch of the sample interval the strategy asks for (1.0: none; a crashing hook asks none).
-
-        Taken on the event loop once its turn, revert or replacement is over, never while an apply runs in a worker
-        thread: the cadence reads the noted figure, so a change shows once its apply has been recorded.
-        """
-        try:
-            rt.factor = float(rt.strategy.sample_interval_factor)
-        except Exception:
-            rt.factor = 1.0
+        specs = guarded.triggers(rt.strategy, self.baselines)
+        return () if isinstance(specs, Exception) else specs
 
     def update_settings(self, engine: EngineSettings, detection: DetectionSettings, global_mode: Mode) -> None:
         """Apply reloaded engine and detection settings (SIGHUP) without losing what was learned."""
@@ -359,26 +335,12 @@ class Engine:
         self, rt: StrategyRuntime, applied: ApplyResult, journal_id: int | None, *, reason: str
     ) -> ApplyResult | None:
         """Undo an applied result; the revert's own result, or None when it failed (logged)."""
-        try:
-            result = await asyncio.wait_for(rt.strategy.revert(applied), self._settings.apply_timeout_seconds)
-        except (StrategyError, TimeoutError) as exc:
-            self._log.warning("revert_failed", strategy=rt.name, reason=reason, error=str(exc) or "timeout")
-            return None
-        except Exception:
-            self._log.exception("revert_crashed", strategy=rt.name, reason=reason)
-            return None
-        finally:
-            self._take_factor(rt)
-        await self._recorder.reverted(rt, journal_id, result, reason=reason)
+        timeout = self._settings.apply_timeout_seconds
+        result = await guarded.revert(rt.strategy, applied, timeout, self._log, reason=reason)
+        rt.take_factor()
+        if result is not None:
+            await self._recorder.reverted(rt, journal_id, result, reason=reason)
         return result
-
-    def _take_overrides(self, rt: StrategyRuntime) -> list[OperatorOverride]:
-        """The operator changes the strategy noticed since it was last asked; a crash counts as none."""
-        try:
-            return list(rt.strategy.take_overrides())
-        except Exception:
-            self._log.exception("take_overrides_crashed", strategy=rt.name)
-            return []
 
     async def _back_off(
         self, rt: StrategyRuntime, turn: Turn, overrides: Sequence[OperatorOverride], *, family: str
@@ -389,24 +351,7 @@ class Engine:
         whichever of its actions would touch it next), starting with the family of the plan that noticed it.
         """
         self.pacer.back_off(rt, family)
-        targets = ", ".join(f"{o.target} (set {o.expected}, found {o.found})" for o in overrides)
-        self._log.warning(
-            "strategy_backed_off",
-            strategy=rt.name,
-            reason="operator_override",
-            family=family,
-            cooldown_seconds=rt.cooldown,
-            overrides=[o.as_dict() for o in overrides],
-        )
-        row = Plan(
-            strategy=rt.name,
-            reason=f"operator changed {targets}; left alone, backing off for {rt.cooldown:.0f} s",
-            changes=tuple(
-                Change(target=o.target, action="operator_override", before=o.expected, after=o.found, reversible=False)
-                for o in overrides
-            ),
-        )
-        await self._recorder.decision(rt, turn, Outcome.BACKED_OFF, row.reason, row)
+        await self._recorder.backed_off(rt, turn, overrides, family=family)
 
     def _count_failure(self, rt: StrategyRuntime, why: str) -> None:
         opened = self.pacer.failed(rt, why)
@@ -421,15 +366,7 @@ class Engine:
         """Run a round, or join the one already running."""
         current = self._current
         if current is not None and not current.done():
-            result = await asyncio.shield(current)
-            return RoundResult(
-                run_id=result.run_id,
-                trigger=result.trigger,
-                started_wall=result.started_wall,
-                duration_seconds=result.duration_seconds,
-                decision_ids=result.decision_ids,
-                joined=True,
-            )
+            return dataclasses.replace(await asyncio.shield(current), joined=True)
         if self._stopping:
             raise EngineStopping("the daemon is stopping")
         future: asyncio.Future[RoundResult] = asyncio.ensure_future(
@@ -466,7 +403,7 @@ class Engine:
                     manual=manual,
                     disruptive_used=disruptive_used,
                 )
-                self._take_factor(rt)
+                rt.take_factor()
                 disruptive_used = disruptive_used or used
                 if decision_id is not None:
                     ids.append(decision_id)
@@ -502,13 +439,10 @@ class Engine:
 
     async def _detect(self, rt: StrategyRuntime) -> Sequence[TriggerSpec]:
         """Re-evaluate the strategy's detector on the windows; its triggers (none when they crash, counted)."""
-        specs: Sequence[TriggerSpec]
-        try:
-            specs = rt.strategy.triggers(self.baselines)
-        except Exception as exc:
+        specs = guarded.triggers(rt.strategy, self.baselines, self._log)
+        if isinstance(specs, Exception):
             # A plugin bug must not cost the other strategies their turn: count it, detect on nothing.
-            self._log.exception("triggers_crashed", strategy=rt.name)
-            self._count_failure(rt, f"triggers crashed: {exc.__class__.__name__}")
+            self._count_failure(rt, f"triggers crashed: {specs.__class__.__name__}")
             await self._save(rt)
             specs = ()
         was_armed = rt.detector.armed
@@ -565,52 +499,24 @@ class Engine:
         if rt.breaker_open:
             reason = rt.breaker_reason or "circuit breaker open"
             return await self._recorder.decision(rt, turn, Outcome.BLOCKED_BREAKER, reason), False
-        planned = await self._plan(rt, ctx, turn)
-        if isinstance(planned, Ended):
-            return planned.decision_id, False
+        planned = await guarded.plan(rt.strategy, ctx, self._settings.plan_timeout_seconds, self._log)
+        if isinstance(planned, guarded.Failed):
+            if planned.counted is not None:
+                self._count_failure(rt, planned.counted)
+            if planned.manual_only and not manual:
+                return None, False
+            return await self._recorder.decision(rt, turn, planned.outcome, planned.reason, error=planned.error), False
         # A plan made after noticing an operator's change already leaves that value alone; it goes through the
         # gates as usual, and then the strategy backs off (a longer cooldown from now) so it does not keep pushing.
-        overrides = self._take_overrides(rt)
+        overrides = guarded.overrides(rt.strategy, self._log)
         decision_id, used = await self._gate_and_apply(rt, planned, turn, signals, disruptive_used=disruptive_used)
-        overrides += self._take_overrides(rt)  # noticed while applying (a re-read found an operator's value)
+        overrides += guarded.overrides(
+            rt.strategy, self._log
+        )  # noticed while applying (a re-read found an operator's value)
         if overrides:
             family = planned.pacing_family if planned is not None else DEFAULT_FAMILY
             await self._back_off(rt, turn, overrides, family=family)
         return decision_id, used
-
-    async def _plan(self, rt: StrategyRuntime, ctx: StrategyContext, turn: Turn) -> Plan | Ended | None:
-        """Ask the strategy for a plan within the plan timeout; a failure ends the turn (recorded, and counted
-        unless it was the daemon's own queueing or a deferral)."""
-        timeout = self._settings.plan_timeout_seconds
-        try:
-            with watch_queueing() as queueing:
-                return await asyncio.wait_for(rt.strategy.plan(ctx), timeout)
-        except TimeoutError:
-            queued = queueing.queued()
-            if queued >= timeout / 2:
-                # Most of the time went waiting for a worker thread: the daemon's own queueing, not the strategy's.
-                self._log.warning("plan_queued", strategy=rt.name, queued_seconds=round(queued, 3))
-                reason = f"plan waited {queued:.1f} s for a worker thread; not counted as a failure"
-                error = f"plan exceeded {timeout} s while queued"
-                return Ended(await self._recorder.decision(rt, turn, Outcome.DEFERRED, reason, error=error))
-            self._count_failure(rt, "plan timed out")
-            error = f"plan exceeded {timeout} s"
-            return Ended(await self._recorder.decision(rt, turn, Outcome.TIMEOUT, "plan timed out", error=error))
-        except StrategyDeferred as exc:
-            # What the strategy reads is not usable now (the backend database is damaged, missing or closed): it
-            # plans nothing. Not a failure, so no breaker count; a manual request gets a row saying why.
-            self._log.info("plan_deferred", strategy=rt.name, reason=str(exc))
-            if turn.manual:
-                return Ended(await self._recorder.decision(rt, turn, Outcome.DEFERRED, str(exc)))
-            return Ended(None)
-        except StrategyError as exc:
-            self._log.warning("plan_failed", strategy=rt.name, error=str(exc))
-            return Ended(await self._recorder.decision(rt, turn, Outcome.FAILED, "plan failed", error=str(exc)))
-        except Exception as exc:
-            self._log.exception("plan_crashed", strategy=rt.name)
-            self._count_failure(rt, f"plan crashed: {exc.__class__.__name__}")
-            error = f"{exc.__class__.__name__}: {exc}"
-            return Ended(await self._recorder.decision(rt, turn, Outcome.ERROR, "plan crashed", error=error))
 
     async def _gate_and_apply(
         self,
@@ -652,7 +558,7 @@ class Engine:
         # Persist the attempt before writing: an apply that kills the daemon must still spend cooldown and budget.
         await self._save(rt)
         started = time.perf_counter()
-        outcome, error, result = await self._attempt(rt, plan)
+        outcome, error, result = await guarded.apply(rt.strategy, plan, self._settings.apply_timeout_seconds, self._log)
         if outcome is Outcome.DEFERRED:
             attempt.give_back()  # the target will be ready soon: the next round tries again
         if result is not None:
@@ -675,42 +581,16 @@ class Engine:
             result=result,
             duration_ms=duration_ms,
         )
-        verifying = False
-        if result is not None and outcome is Outcome.APPLIED and plan.expected is not None and result.changes:
-            before = signals.get(plan.expected.signal)
-            if before is not None:
-                verifying = True
-                now = self._clock.monotonic()
-                self._pending.append(
-                    Pending(
-                        decision_id=decision_id,
-                        journal_id=journal_id,
-                        strategy=rt.name,
-                        plan=plan,
-                        result=result,
-                        before=before,
-                        due=now + plan.expected.settle_seconds,
-                        applied_at=now,
-                    )
-                )
-        if outcome in (Outcome.APPLIED, Outcome.NO_CHANGE) and not verifying:
+        pending = None
+        if result is not None and outcome is Outcome.APPLIED:
+            now = self._clock.monotonic()
+            pending = Pending.of(
+                rt.name, plan, result, signals, decision_id=decision_id, journal_id=journal_id, now=now
+            )
+        if pending is not None:
+            self._pending.append(pending)
+        elif outcome in (Outcome.APPLIED, Outcome.NO_CHANGE):
             # Nothing is left to judge, so this success ends any run of failures; otherwise the verdict decides.
             self.pacer.succeeded(rt)
         await self._save(rt)
         return decision_id
-
-    async def _attempt(self, rt: StrategyRuntime, plan: Plan) -> tuple[Outcome, str | None, ApplyResult | None]:
-        """Run the strategy's apply within the apply timeout: (outcome, error, result); failures are logged."""
-        timeout = self._settings.apply_timeout_seconds
-        try:
-            return Outcome.APPLIED, None, await asyncio.wait_for(rt.strategy.apply(plan), timeout)
-        except TimeoutError:
-            return Outcome.TIMEOUT, f"apply exceeded {timeout} s", None
-        except StrategyDeferred as exc:
-            return Outcome.DEFERRED, str(exc), None
-        except StrategyError as exc:
-            self._log.warning("apply_failed", strategy=rt.name, error=str(exc))
-            return Outcome.FAILED, str(exc), None
-        except Exception as exc:
-            self._log.exception("apply_crashed", strategy=rt.name)
-            return Outcome.ERROR, f"{exc.__class__.__name__}: {exc}", None

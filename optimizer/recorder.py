@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from concurrent.futures import Executor
 from typing import Any, TypeVar
 
@@ -22,7 +22,7 @@ from optimizer.decisions import REPEATABLE, Outcome, Turn, Verdict
 from optimizer.executors import run_in
 from optimizer.runtime import StrategyRuntime
 from optimizer.state import StateStore
-from strategies.base import ApplyResult, Finding, Plan, StrategyContext
+from strategies.base import ApplyResult, Change, Finding, OperatorOverride, Plan, StrategyContext
 
 T = TypeVar("T")
 
@@ -126,6 +126,29 @@ class Recorder:
         if outcome is not Outcome.APPLIED:  # an apply is saved once its outcome is known
             await self._save(rt)
         return decision_id
+
+    async def backed_off(
+        self, rt: StrategyRuntime, turn: Turn, overrides: Sequence[OperatorOverride], *, family: str
+    ) -> int | None:
+        """An operator changed values the strategy manages: said, and a row naming each value left alone."""
+        targets = ", ".join(f"{o.target} (set {o.expected}, found {o.found})" for o in overrides)
+        self._log.warning(
+            "strategy_backed_off",
+            strategy=rt.name,
+            reason="operator_override",
+            family=family,
+            cooldown_seconds=rt.cooldown,
+            overrides=[o.as_dict() for o in overrides],
+        )
+        row = Plan(
+            strategy=rt.name,
+            reason=f"operator changed {targets}; left alone, backing off for {rt.cooldown:.0f} s",
+            changes=tuple(
+                Change(target=o.target, action="operator_override", before=o.expected, after=o.found, reversible=False)
+                for o in overrides
+            ),
+        )
+        return await self.decision(rt, turn, Outcome.BACKED_OFF, row.reason, row)
 
     async def intent(self, rt: StrategyRuntime, decision_id: int | None, plan: Plan) -> int | None:
         """The journal's record of an apply about to start: what to reconcile if the daemon dies during it."""

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from config.settings import Mode
+from optimizer import guarded
 from optimizer.detection import Detector
 from optimizer.pacing import Paced
 from strategies.base import Strategy
@@ -36,6 +37,12 @@ class StrategyRuntime(Paced):
     def name(self) -> str:
         """The strategy's name."""
         return self.strategy.name
+
+    def take_factor(self) -> None:
+        """Note the stretch of the sample interval the strategy asks for. The engine calls this on the event loop
+        once a turn, revert or replacement is over, never while an apply runs in a worker thread: the cadence
+        reads the noted figure, so a stretch shows once its apply has been recorded."""
+        self.factor = guarded.factor(self.strategy)
 
     def to_state(self, now_mono: float, now_wall: float) -> dict[str, Any]:
         """What survives a restart; attempt times are stored as wall time."""

@@ -6,6 +6,7 @@ has not been measured since the change (it waits up to VERIFY_WAIT_SECONDS past 
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,6 +32,35 @@ class Pending:
     due: float
     # when the change was made (monotonic): the verdict is judged on a value measured after it
     applied_at: float = 0.0
+
+    @classmethod
+    def of(
+        cls,
+        strategy: str,
+        plan: Plan,
+        result: ApplyResult,
+        signals: Mapping[str, float],
+        *,
+        decision_id: int | None,
+        journal_id: int | None,
+        now: float,
+    ) -> Pending | None:
+        """The verification an applied plan waits for; None when there is nothing to judge (no expected
+        effect, no change made, or no reading of the expected signal from before the change)."""
+        expected = plan.expected
+        before = signals.get(expected.signal) if expected is not None else None
+        if expected is None or before is None or not result.changes:
+            return None
+        return cls(
+            decision_id=decision_id,
+            journal_id=journal_id,
+            strategy=strategy,
+            plan=plan,
+            result=result,
+            before=before,
+            due=now + expected.settle_seconds,
+            applied_at=now,
+        )
 
 
 @dataclass(frozen=True, slots=True)
