@@ -36,7 +36,6 @@ from optimizer.view import StrategyView, view_of
 from strategies.base import (
     DEFAULT_FAMILY,
     ApplyResult,
-    OperatorOverride,
     Plan,
     Strategy,
     StrategyContext,
@@ -101,8 +100,8 @@ class Engine:
         self.latest: Snapshot | None = None
         self.baselines: dict[str, float] = {}
         # the state writes run on their own pool: strategies' threads (the loop's default pool) cannot hold them up
-        self._recorder = Recorder(store, metrics, self._log, save=self._save, executor=store_executor)
-        self._stored = self._recorder.stored
+        self._recorder = Recorder(store, metrics, self._log, clock=clock, executor=store_executor)
+        self._stored, self._save, self._publish = self._recorder.stored, self._recorder.save, self._recorder.publish
         self.findings = self._recorder.findings
         self._pending: list[Pending] = []
         self._current: asyncio.Future[RoundResult] | None = None
@@ -209,9 +208,7 @@ class Engine:
     def view(self, name: str) -> StrategyView:
         """A read-only view of one strategy as it stands now; KeyError when there is none of that name."""
         rt = self.runtimes[name]
-        triggers = self.triggers_of(rt)
-        findings = self.findings.values()
-        return view_of(rt, mode=self.mode_of(rt), pacer=self.pacer, triggers=triggers, findings=findings)
+        return view_of(rt, self.mode_of(rt), self.pacer, self.triggers_of(rt), self.findings.values())
 
     def views(self) -> list[StrategyView]:
         """Every strategy's view, in order."""
@@ -220,15 +217,6 @@ class Engine:
     def watches(self) -> list[Watch]:
         """What the sample cadence reads of each strategy, taken now."""
         return [v.watch() for v in self.views()]
-
-    def replace_strategy(self, strategy: Strategy, mode: Mode | None, enabled: bool) -> None:
-        """Install a rebuilt strategy (a reload) in place of the one of its name, keeping what the engine learned
-        about it and what the old instance learned while running (a restart's once-a-day guard, held recorders)."""
-        rt = self.runtimes[strategy.name]
-        rt.config_mode, rt.enabled = mode, enabled
-        strategy.carry_over(rt.strategy)
-        rt.strategy = strategy
-        rt.take_factor()
 
     async def close(self) -> None:
         """Close every strategy (what it holds: sessions, files)."""
@@ -251,17 +239,6 @@ class Engine:
         self._log.info("strategy_reset", strategy=name, breaker_was_open=was_open)
         await self._save(rt)
 
-    async def _save(self, rt: StrategyRuntime) -> None:
-        self._publish(rt)
-        state = rt.to_state(self._clock.monotonic(), self._clock.wall())
-        await self._stored(self._store.save_strategy, rt.name, state)
-
-    def _publish(self, rt: StrategyRuntime) -> None:
-        self._metrics.breaker_open.labels(rt.name).set(1 if rt.breaker_open else 0)
-        self._metrics.armed.labels(rt.name).set(1 if rt.detector.armed else 0)
-        self._metrics.cooldown.labels(rt.name).set(rt.cooldown)
-        self._metrics.score.labels(rt.name).set(rt.score)
-
     # samples and verification ------------------------------------------------------------------------------------
 
     def triggers_of(self, rt: StrategyRuntime) -> Sequence[TriggerSpec]:
@@ -276,6 +253,29 @@ class Engine:
         self.global_mode = global_mode
         for rt in self.runtimes.values():
             self.pacer.reconfigure(engine, rt)
+
+    async def replace_strategies(self, fresh: Mapping[str, tuple[Strategy, Mode | None, bool]]) -> None:
+        """Put reconfigured instances in place of the running ones (a reload), between rounds.
+
+        Each new instance takes over what its predecessor learned while running (``carry_over``); the runtime,
+        with its cooldowns, budgets, breaker and score, stays. The old instances, and new ones no runtime takes,
+        are closed, so a reload leaks none of their sessions or connections.
+        """
+        done: list[Strategy] = []
+        async with self._lock:
+            taken: set[str] = set()
+            for name, rt in self.runtimes.items():
+                if name not in fresh:
+                    continue
+                strategy, rt.config_mode, rt.enabled = fresh[name]
+                strategy.carry_over(rt.strategy)
+                done.append(rt.strategy)
+                rt.strategy = strategy
+                rt.take_factor()
+                taken.add(name)
+            done.extend(strategy for name, (strategy, _, _) in fresh.items() if name not in taken)
+        for strategy in done:  # closing must not stop the reload; the instance is dropped either way
+            await guarded.close(strategy, self._log)
 
     def on_snapshot(self, snapshot: Snapshot) -> None:
         """Take a new sample into the windows; start verifying plans whose settle time has passed.
@@ -341,17 +341,6 @@ class Engine:
         if result is not None:
             await self._recorder.reverted(rt, journal_id, result, reason=reason)
         return result
-
-    async def _back_off(
-        self, rt: StrategyRuntime, turn: Turn, overrides: Sequence[OperatorOverride], *, family: str
-    ) -> None:
-        """An operator changed values this strategy manages: stretch its cooldowns from now, say so, act no more now.
-
-        Every action family of the strategy backs off (the operator's value is the strategy's to leave alone,
-        whichever of its actions would touch it next), starting with the family of the plan that noticed it.
-        """
-        self.pacer.back_off(rt, family)
-        await self._recorder.backed_off(rt, turn, overrides, family=family)
 
     def _count_failure(self, rt: StrategyRuntime, why: str) -> None:
         opened = self.pacer.failed(rt, why)
@@ -430,11 +419,8 @@ class Engine:
         try:
             return await self.refresh()
         except Exception as exc:
-            self._log.warning(
-                "requested_sample_failed",
-                error=f"{exc.__class__.__name__}: {exc}",
-                kept="the latest sample",
-            )
+            error = f"{exc.__class__.__name__}: {exc}"
+            self._log.warning("requested_sample_failed", error=error, kept="the latest sample")
             return self.latest
 
     async def _detect(self, rt: StrategyRuntime) -> Sequence[TriggerSpec]:
@@ -514,8 +500,11 @@ class Engine:
             rt.strategy, self._log
         )  # noticed while applying (a re-read found an operator's value)
         if overrides:
+            # Every action family backs off from now (the operator's value is the strategy's to leave alone,
+            # whichever of its actions would touch it next), starting with the family of the plan that noticed it.
             family = planned.pacing_family if planned is not None else DEFAULT_FAMILY
-            await self._back_off(rt, turn, overrides, family=family)
+            self.pacer.back_off(rt, family)
+            await self._recorder.backed_off(rt, turn, overrides, family=family)
         return decision_id, used
 
     async def _gate_and_apply(

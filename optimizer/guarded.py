@@ -129,3 +129,11 @@ def factor(strategy: Strategy) -> float:
         return float(strategy.sample_interval_factor)
     except Exception:
         return 1.0
+
+
+async def close(strategy: Strategy, log: Any) -> None:
+    """Close the strategy (what it holds: sessions, files); a failure is logged, never raised."""
+    try:
+        await strategy.close()
+    except Exception as exc:
+        log.warning("strategy_close_failed", strategy=strategy.name, error=f"{exc.__class__.__name__}: {exc}")

@@ -11,13 +11,14 @@ from __future__ import annotations
 import asyncio
 import functools
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Executor
 from typing import Any, TypeVar
 
 from config import units
 from config.settings import Mode
 from metrics.prometheus import DaemonMetrics
+from optimizer.clock import Clock
 from optimizer.decisions import REPEATABLE, Outcome, Turn, Verdict
 from optimizer.executors import run_in
 from optimizer.runtime import StrategyRuntime
@@ -40,14 +41,13 @@ class Recorder:
         metrics: DaemonMetrics,
         log: Any,
         *,
-        save: Callable[[StrategyRuntime], Awaitable[None]],
+        clock: Clock,
         executor: Executor | None = None,
     ) -> None:
         self._store = store
         self._metrics = metrics
         self._log = log
-        # persists a runtime's state (the engine's): a written skip or block is saved with the row
-        self._save = save
+        self._clock = clock
         self._executor = executor
         self.findings: dict[str, Finding] = {}
 
@@ -56,6 +56,19 @@ class Recorder:
         if self._executor is None:
             return await asyncio.to_thread(fn, *args, **kwargs)
         return await run_in(self._executor, functools.partial(fn, *args, **kwargs))
+
+    def publish(self, rt: StrategyRuntime) -> None:
+        """The runtime's gauges: breaker, armed, cooldown, score."""
+        self._metrics.breaker_open.labels(rt.name).set(1 if rt.breaker_open else 0)
+        self._metrics.armed.labels(rt.name).set(1 if rt.detector.armed else 0)
+        self._metrics.cooldown.labels(rt.name).set(rt.cooldown)
+        self._metrics.score.labels(rt.name).set(rt.score)
+
+    async def save(self, rt: StrategyRuntime) -> None:
+        """Persist what the engine learned about the strategy (and publish its gauges)."""
+        self.publish(rt)
+        state = rt.to_state(self._clock.monotonic(), self._clock.wall())
+        await self.stored(self._store.save_strategy, rt.name, state)
 
     async def decision(
         self,
@@ -124,7 +137,7 @@ class Recorder:
             duration_ms=round(duration_ms, 2),
         )
         if outcome is not Outcome.APPLIED:  # an apply is saved once its outcome is known
-            await self._save(rt)
+            await self.save(rt)
         return decision_id
 
     async def backed_off(

@@ -1,7 +1,7 @@
 """A read-only view of one strategy's runtime, for the API, the Alertmanager receiver, the daemon and the CLI.
 
 The engine owns the runtimes; everyone else reads a ``StrategyView`` (a frozen copy taken now) and changes a
-strategy only through the engine's commands (set_mode, reset, replace_strategy). Reading a view changes nothing.
+strategy only through the engine's commands (set_mode, reset, replace_strategies). Reading a view changes nothing.
 """
 
 from __future__ import annotations
@@ -53,12 +53,7 @@ class StrategyView:
 
 
 def view_of(
-    rt: StrategyRuntime,
-    *,
-    mode: Mode,
-    pacer: Pacer,
-    triggers: Sequence[TriggerSpec],
-    findings: Iterable[Finding],
+    rt: StrategyRuntime, mode: Mode, pacer: Pacer, triggers: Sequence[TriggerSpec], findings: Iterable[Finding]
 ) -> StrategyView:
     """A frozen copy of the runtime's state, with the pacing figures as of now."""
     return StrategyView(

@@ -30,22 +30,6 @@ def store(tmp_path: Path) -> Iterator[StateStore]:
     st.close()
 
 
-class Saves:
-    """Counts the runtimes the recorder asked to persist."""
-
-    def __init__(self) -> None:
-        self.names: list[str] = []
-
-    async def __call__(self, rt: StrategyRuntime) -> None:
-        self.names.append(rt.name)
-
-
-@pytest.fixture
-def saves() -> Saves:
-    """The save callback handed to the recorder."""
-    return Saves()
-
-
 @pytest.fixture
 def log() -> RecordingLog:
     """The recorder's log."""
@@ -53,9 +37,9 @@ def log() -> RecordingLog:
 
 
 @pytest.fixture
-def recorder(store: StateStore, log: RecordingLog, saves: Saves) -> Recorder:
+def recorder(store: StateStore, log: RecordingLog) -> Recorder:
     """A recorder over the store, writing on worker threads."""
-    return Recorder(store, DaemonMetrics(CollectorRegistry()), log, save=saves)
+    return Recorder(store, DaemonMetrics(CollectorRegistry()), log, clock=FakeClock())
 
 
 @pytest.fixture
@@ -78,7 +62,7 @@ def turn(*, manual: bool = False, mode: Mode = Mode.ENFORCE) -> Turn:
 
 
 async def test_a_decision_is_one_row_one_log_line_and_a_save(
-    recorder: Recorder, rt: StrategyRuntime, store: StateStore, log: RecordingLog, saves: Saves
+    recorder: Recorder, rt: StrategyRuntime, store: StateStore, log: RecordingLog
 ) -> None:
     """A skip writes its row with the turn's figures, logs it, and persists the runtime."""
     plan = make_plan("cpu")
@@ -90,7 +74,7 @@ async def test_a_decision_is_one_row_one_log_line_and_a_save(
     assert row.signals == {"cpu_ratio": 0.95}
     assert [e.fields["decision_id"] for e in log.events("decision")] == [decision_id]
     assert rt.last_outcome == "skipped_cooldown"
-    assert saves.names == ["cpu"]
+    assert set(store.load_strategies()) == {"cpu"}
 
 
 async def test_a_repeated_skip_is_not_written_again_unless_asked_for(
@@ -106,14 +90,14 @@ async def test_a_repeated_skip_is_not_written_again_unless_asked_for(
 
 
 async def test_an_apply_is_journalled_then_completed(
-    recorder: Recorder, rt: StrategyRuntime, store: StateStore, log: RecordingLog, saves: Saves
+    recorder: Recorder, rt: StrategyRuntime, store: StateStore, log: RecordingLog
 ) -> None:
     """The applied row is written (not saved: the engine saves once the outcome is known), the journal intent
     is closed as done with the result, and the row gets the changes made."""
     plan = make_plan("cpu")
     decision_id = await recorder.decision(rt, turn(), Outcome.APPLIED, plan.reason, plan)
     journal_id = await recorder.intent(rt, decision_id, plan)
-    assert saves.names == [] and [e.status for e in store.journal()] == ["intent"]
+    assert store.load_strategies() == {} and [e.status for e in store.journal()] == ["intent"]
     result = ApplyResult(changes=plan.changes, detail="knob set", revert_data=MappingProxyType({"knob": 1}))
     await recorder.applied(
         rt,

@@ -66,19 +66,20 @@ async def test_set_mode_and_reset_are_the_ways_to_change_a_strategy(build: Engin
 
 async def test_replacing_a_strategy_keeps_what_was_learned(build: EngineFactory) -> None:
     """A reload's new instance takes over the old one's state; the engine keeps the mode override and the
-    score; the view shows the new configured state and factor at once; close() closes the instance in use."""
+    score; the view shows the new configured state and factor at once; the old instance is closed."""
     old = Learning("cpu")
     engine = build([old])
     old.learned = 7
     await engine.set_mode("cpu", Mode.DRY_RUN)
     engine.runtimes["cpu"].scores = [1, 1]
     new = Learning("cpu", factor=2.0)
-    engine.replace_strategy(new, Mode.OBSERVE, False)
+    await engine.replace_strategies({"cpu": (new, Mode.OBSERVE, False)})
     assert new.learned == 7
     view = engine.view("cpu")
     # the run-time override still wins over the configured mode
     assert (view.enabled, view.mode, view.mode_override, view.score) == (False, Mode.DRY_RUN, Mode.DRY_RUN, 1.0)
     assert engine.runtimes["cpu"].config_mode is Mode.OBSERVE
     assert view.factor == 2.0 and view.watch().factor == 2.0
+    assert old.closed and not new.closed
     await engine.close()
-    assert new.closed and not old.closed
+    assert new.closed
