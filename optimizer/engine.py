@@ -496,9 +496,8 @@ class Engine:
         # gates as usual, and then the strategy backs off (a longer cooldown from now) so it does not keep pushing.
         overrides = guarded.overrides(rt.strategy, self._log)
         decision_id, used = await self._gate_and_apply(rt, planned, turn, signals, disruptive_used=disruptive_used)
-        overrides += guarded.overrides(
-            rt.strategy, self._log
-        )  # noticed while applying (a re-read found an operator's value)
+        # and those noticed while applying (a re-read found an operator's value)
+        overrides += guarded.overrides(rt.strategy, self._log)
         if overrides:
             # Every action family backs off from now (the operator's value is the strategy's to leave alone,
             # whichever of its actions would touch it next), starting with the family of the plan that noticed it.
