@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
-from types import MappingProxyType
 
 import pytest
 from prometheus_client import CollectorRegistry
@@ -98,7 +97,7 @@ async def test_an_apply_is_journalled_then_completed(
     decision_id = await recorder.decision(rt, turn(), Outcome.APPLIED, plan.reason, plan)
     journal_id = await recorder.intent(rt, decision_id, plan)
     assert store.load_strategies() == {} and [e.status for e in store.journal()] == ["intent"]
-    result = ApplyResult(changes=plan.changes, detail="knob set", revert_data=MappingProxyType({"knob": 1}))
+    result = ApplyResult(changes=plan.changes, detail="knob set")
     await recorder.applied(
         rt,
         plan,

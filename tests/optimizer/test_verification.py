@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from types import MappingProxyType
-
 from metrics.window import Windows
 from optimizer.decisions import Verdict
 from optimizer.verification import VERIFY_WAIT_SECONDS, Pending, assess
@@ -12,7 +10,7 @@ from tests.optimizer.fakes import cpu_down, make_plan
 
 EXPECTED = cpu_down(amount=0.2, settle=60.0)
 PLAN = make_plan("cpu", expected=EXPECTED)
-RESULT = ApplyResult(changes=PLAN.changes, detail="knob set", revert_data=MappingProxyType({"knob": 1}))
+RESULT = ApplyResult(changes=PLAN.changes, detail="knob set")
 
 
 def pending(now: float = 100.0) -> Pending:
