@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 
 import pytest
 
@@ -10,7 +11,7 @@ from metrics.window import Windows
 from optimizer import guarded
 from optimizer.clock import FakeClock
 from optimizer.decisions import Outcome
-from strategies.base import StrategyContext, StrategyDeferred, StrategyError
+from strategies.base import OperatorOverride, StrategyContext, StrategyDeferred, StrategyError
 from tests.optimizer.fakes import RecordingLog, ScriptedStrategy, SnapshotBuilder, make_plan
 
 
@@ -103,7 +104,7 @@ class Broken(ScriptedStrategy):
         """A crash."""
         raise RuntimeError("factor")
 
-    def take_overrides(self) -> list[object]:  # type: ignore[override]
+    def take_overrides(self) -> Sequence[OperatorOverride]:
         """A crash."""
         raise RuntimeError("overrides")
 
