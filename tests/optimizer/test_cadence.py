@@ -95,7 +95,8 @@ def test_the_largest_factor_wins_and_a_nan_asks_for_none(factors: tuple[float, .
 def test_the_daemons_own_signals_do_not_count() -> None:
     """The own RSS at 90% of its line leaves the pressure at the host's figures."""
     w = windows(host_cpu_ratio=0.18, own_rss_bytes=90.0)
-    assert interval_pressure([Watch(specs=(CPU, OWN), armed=False)], w) == (pytest.approx(0.2), False)
+    proximity, armed = interval_pressure([Watch(specs=(CPU, OWN), armed=False)], w)
+    assert proximity == pytest.approx(0.2) and not armed
 
 
 @pytest.mark.parametrize(

@@ -17,7 +17,7 @@ THREE_OF_FIVE = DetectionSettings(samples_required=3, window_samples=5)
 
 def feed(detector: Detector, windows: Windows, spec: TriggerSpec, values: list[float]) -> list[bool]:
     """Push each value as one sample and re-evaluate; the armed state after each."""
-    seen = []
+    seen: list[bool] = []
     for value in values:
         windows.push(float(len(seen)), {spec.signal: value})
         seen.append(detector.update([spec], windows, THREE_OF_FIVE))

@@ -109,7 +109,7 @@ def test_the_breaker_opens_on_the_third_failure_in_a_row(pacer: Pacer) -> None:
     assert not pacer.can_act(paced)
     pacer.attempt(paced, "a")
     assert pacer.reset(paced) is True
-    assert not paced.breaker_open and paced.consecutive_failures == 0 and paced.pacing == {}
+    assert (paced.breaker_open, paced.consecutive_failures, paced.pacing) == (False, 0, {})
 
 
 def test_the_score_keeps_the_last_ten(pacer: Pacer) -> None:
