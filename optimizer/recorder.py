@@ -19,7 +19,7 @@ from config import units
 from config.settings import Mode
 from metrics.prometheus import DaemonMetrics
 from optimizer.clock import Clock
-from optimizer.decisions import REPEATABLE, Outcome, Turn, Verdict
+from optimizer.decisions import FAILURES, REPEATABLE, Outcome, Turn, Verdict
 from optimizer.executors import run_in
 from optimizer.runtime import StrategyRuntime
 from optimizer.state import StateStore
@@ -215,7 +215,7 @@ class Recorder:
             event = "change_applied"
         else:
             event = "change_deferred" if outcome is Outcome.DEFERRED else "change_failed"
-        log = self._log.info if result is not None or outcome is Outcome.DEFERRED else self._log.warning
+        log = self._log.warning if outcome in FAILURES else self._log.info
         log(
             event,
             strategy=rt.name,
