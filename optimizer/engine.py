@@ -3,6 +3,12 @@
 One executor: rounds run one at a time; a request that arrives while a round runs joins it. Manual
 and Alertmanager triggers skip detection but never the gates (mode, cooldown, budget, breaker), and plan from
 a sample taken for them. Cooldown and budget are kept per action family of a strategy, on monotonic time.
+
+The engine coordinates; the parts are their own modules: detection.py (arming), pacing.py (cooldown, budget,
+breaker, score), guarded.py (every call into a strategy), recorder.py (history, journal, findings, state),
+verification.py (judging an effect), cadence.py (the sample interval, from the watches the engine hands out)
+and view.py (what other modules read; they change a strategy only through set_mode, reset and
+replace_strategies).
 """
 
 from __future__ import annotations
