@@ -94,7 +94,6 @@ class Engine:
         self.global_mode = global_mode
         self.windows = windows
         self._store = store
-        self._metrics = metrics
         self._clock = clock
         self._log = log if log is not None else structlog.get_logger("engine")
         self.runtimes = {
@@ -404,9 +403,7 @@ class Engine:
                     ids.append(decision_id)
             duration = time.perf_counter() - started
             self.rounds_run += 1
-            self._metrics.rounds.labels(trigger.split(":", maxsplit=1)[0]).inc()
-            self._metrics.round_duration.observe(duration)
-            self._metrics.last_round.set(self._clock.wall())
+            self._recorder.round_done(trigger, duration)
             self.heartbeat = self._clock.monotonic()
             result = RoundResult(
                 run_id=run_id,

@@ -57,6 +57,12 @@ class Recorder:
             return await asyncio.to_thread(fn, *args, **kwargs)
         return await run_in(self._executor, functools.partial(fn, *args, **kwargs))
 
+    def round_done(self, trigger: str, duration: float) -> None:
+        """A finished round in the metrics: counted by the kind of trigger, timed, and when."""
+        self._metrics.rounds.labels(trigger.split(":", maxsplit=1)[0]).inc()
+        self._metrics.round_duration.observe(duration)
+        self._metrics.last_round.set(self._clock.wall())
+
     def publish(self, rt: StrategyRuntime) -> None:
         """The runtime's gauges: breaker, armed, cooldown, score."""
         self._metrics.breaker_open.labels(rt.name).set(1 if rt.breaker_open else 0)
