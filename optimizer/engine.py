@@ -96,6 +96,7 @@ class Engine:
         self._store = store
         self._clock = clock
         self._log = log if log is not None else structlog.get_logger("engine")
+        # the engine's own: other modules read a strategy through view() and change it through the commands
         self.runtimes = {
             s.name: StrategyRuntime(
                 strategy=s, config_mode=mode, enabled=enabled, base_cooldown=engine.cooldown_seconds
