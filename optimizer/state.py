@@ -25,6 +25,8 @@ from typing import Any
 
 import structlog
 
+from metrics.sqlite import open_read_only
+
 SCHEMA_VERSION = 1
 SIDECARS = ("-wal", "-shm")
 log = structlog.get_logger("state")
@@ -220,8 +222,7 @@ class StateStore:
         try:
             if not path.is_file():
                 return False
-            uri = f"{path.resolve().as_uri()}?mode=ro&immutable=1"
-            source = sqlite3.connect(uri, uri=True, check_same_thread=False)
+            source = open_read_only(path.resolve(), 5000, immutable=True, shared=True)
         except (OSError, sqlite3.Error):
             return False
         try:
@@ -691,9 +692,7 @@ class HistoryReader:
         if held is not None:
             self._drop(held[0])
         try:
-            uri = f"{store.path.resolve().as_uri()}?mode=ro"
-            conn = sqlite3.connect(uri, uri=True, check_same_thread=False, isolation_level=None, timeout=5)
-            conn.execute("PRAGMA busy_timeout=5000")
+            conn = open_read_only(store.path.resolve(), 5000, shared=True)
             conn.execute("PRAGMA query_only=1")
         except (OSError, sqlite3.Error):
             return None
