@@ -50,6 +50,7 @@ from metrics.sqlite import DatabaseReader
 from metrics.tables import TABLES
 from metrics.tcp import TcpCounter, make_tcp_counter
 from metrics.window import Windows
+from optimizer import __version__
 from optimizer.alertmanager import AlertmanagerReceiver
 from optimizer.api import (
     BODY_TIMEOUT_SECONDS,
@@ -87,7 +88,7 @@ from optimizer.registry import Dependencies, build_strategies
 from optimizer.sdnotify import SystemdNotifier
 from optimizer.state import HistoryReader, StateStore
 
-VERSION = "0.1.0"
+VERSION = __version__
 # The daemon's own figures: its RSS sits near 60% of its soft line from the libraries alone, so counting it
 # would hold the sample interval at its base for ever; nearing it is no reason to watch the host more closely.
 OWN_SIGNALS = frozenset({"own_rss_bytes"})

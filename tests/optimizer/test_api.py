@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 from aiohttp import ClientSession
 
+from optimizer import __version__
 from optimizer.api import ROUTES
 from testbed.harness import TestbedProcess
 from tests.harness import api_client, auth, daemon_env, running_daemon, sample_times
@@ -146,7 +147,7 @@ async def test_metrics_endpoint_serves_the_registry(testbed: TestbedProcess, tmp
         assert daemon.metrics.samples._value.get() == samples_before
     assert 'cctv_optimizer_source_up{source="database"} 1.0' in text
     assert "cctv_optimizer_sqlite_wal_bytes" in text
-    assert 'cctv_optimizer_build_info{version="0.1.0"} 1.0' in text
+    assert f'cctv_optimizer_build_info{{version="{__version__}"}} 1.0' in text
     assert "cctv_optimizer_backend_response_time_seconds_bucket" in text
 
 
