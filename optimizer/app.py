@@ -15,7 +15,6 @@ import gc
 import os
 import secrets
 import signal
-import socket
 from collections.abc import Coroutine, Mapping
 from enum import StrEnum
 from pathlib import Path
@@ -765,11 +764,6 @@ def run_daemon(config_file: Path | None, environ: Mapping[str, str] | None = Non
     except Exception as exc:
         log.exception("daemon_crashed", error=f"{exc.__class__.__name__}: {exc}")
         return EX_FAIL
-
-
-def hostname() -> str:
-    """This host's name, for display."""
-    return socket.gethostname()
 
 
 __all__ = ["Daemon", "LifecycleState", "Problem", "StartupError", "run_daemon"]

@@ -634,16 +634,6 @@ class StateStore:
         """When each persisted baseline was last saved (wall time): (signal, hour) -> updated."""
         return {(r[0], r[1]): r[2] for r in self._read("SELECT signal, hour, updated FROM baselines")}
 
-    def size_bytes(self) -> int:
-        """Bytes on disk of the state database and its WAL."""
-        total = 0
-        for suffix in ("", "-wal"):
-            try:
-                total += os.stat(f"{self._path}{suffix}").st_size
-            except OSError:
-                continue
-        return total
-
 
 class HistoryReader:
     """Reads the decision history over read-only connections of its own, one per thread: never the store's lock.

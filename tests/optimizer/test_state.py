@@ -84,7 +84,7 @@ def test_database_is_in_wal_mode_with_a_schema_version(open_store: Callable[...,
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
         assert conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0] == "1"
     conn.close()
-    assert store.size_bytes() > 0
+    assert store.path.stat().st_size > 0
 
 
 def test_decisions_insert_update_and_list_after_an_id(open_store: Callable[..., StateStore], clock: FakeClock) -> None:
@@ -312,7 +312,7 @@ def test_a_state_directory_under_a_regular_file_runs_in_memory(
     store.journal_finish(entry, "done")
     assert [e.status for e in store.journal()] == ["done"]
     assert store.healthy is False  # writes to memory do not make it healthy again
-    assert store.size_bytes() == 0
+    assert not store.path.exists()
     assert parent.read_text() == "a regular file"
 
 
