@@ -211,7 +211,7 @@ async def test_oversized_body_is_refused(testbed: TestbedProcess, tmp_path: Path
 
 
 def test_routes_cover_the_design() -> None:
-    """Every endpoint of DESIGN.md section 6 is routed."""
+    """Every endpoint the README lists under the HTTP API is routed."""
     routed = {(m, p) for m, p, _ in ROUTES}
     for pair in [
         ("GET", "/performance-metrics"),
