@@ -55,3 +55,17 @@ def test_no_file_cites_a_document_outside_the_repository() -> None:
         if (hits := citations(path.read_text(encoding="utf-8", errors="replace")))
     }
     assert found == {}
+
+
+def test_the_architecture_and_extending_pages_name_only_files_that_exist() -> None:
+    """Every repository path the two design pages name (``optimizer/engine.py``, ``tests/harness.py``) exists.
+
+    The examples' own new files are all called ``foo`` (``strategies/foo.py``) and are left out."""
+    named = re.compile(r"`((?:config|metrics|strategies|optimizer|testbed|tests|contrib|systemd|docs)/[\w./-]+)`")
+    missing = []
+    for page in ("ARCHITECTURE.md", "EXTENDING.md"):
+        text = (ROOT / "docs" / page).read_text(encoding="utf-8")
+        paths = set(named.findall(text))
+        assert len(paths) > 10, page
+        missing += [f"{page}: {p}" for p in sorted(paths) if "foo" not in p and not (ROOT / p).exists()]
+    assert missing == []
