@@ -27,12 +27,13 @@ def test_pyproject_takes_its_version_from_the_package() -> None:
 
 
 def test_the_command_line_prints_the_version() -> None:
-    """``cctv-optimizer --version`` and ``cctv-optimizer version`` print it."""
-    for args in (["--version"], ["version"]):
-        done = subprocess.run(
-            [sys.executable, "-m", "optimizer.cli", *args], capture_output=True, text=True, timeout=60, check=False
-        )
-        assert (done.returncode, done.stdout.strip()) == (0, __version__), done.stderr
+    """``cctv-optimizer --version`` and ``cctv-optimizer version`` print it, as the installed command too."""
+    script = Path(sys.executable).parent / "cctv-optimizer"
+    commands = [[sys.executable, "-m", "optimizer.cli"]] + ([[str(script)]] if script.exists() else [])
+    for command in commands:
+        for args in (["--version"], ["version"]):
+            done = subprocess.run([*command, *args], capture_output=True, text=True, timeout=60, check=False)
+            assert (done.returncode, done.stdout.strip()) == (0, __version__), done.stderr
 
 
 def test_the_daemon_and_the_api_description_state_the_same_version() -> None:
