@@ -6,11 +6,13 @@ import os
 import sqlite3
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from metrics.recorders import RecorderReader
 from optimizer.app import Daemon
 from optimizer.clock import FakeClock
 from strategies.cpu import CpuStrategy
@@ -21,24 +23,23 @@ from tests.optimizer.fakes import SnapshotBuilder
 SLEEPER = "import time\ntime.sleep(120)"
 
 
+# the argument that marks the recorder below: this test's own, never another daemon's (see recorder())
+MARKER = "-test-recorder-marker"
+
+
 @pytest.fixture
 def recorder(tmp_path: Path) -> Iterator[tuple[Path, subprocess.Popen[bytes]]]:
-    """A process that looks like a recorder ffmpeg writing under its own recordings root; killed at the end."""
+    """A process that looks like a recorder ffmpeg to this test's daemon only; killed at the end.
+
+    It writes under its own recordings root and is marked by ``MARKER``, the daemon's recorder_pattern here, not
+    by ``-segment_time`` or the camera layout of its output: any other daemon on the host with the default
+    settings (another run of the suite) would lower it too whenever the host is hot, before this one does, or
+    again after this one has put it back.
+    """
     root = tmp_path / "recordings"
-    output = root / "camera7" / "pending" / "20260101_000000.mp4.partial"
+    output = root / "camera7" / "20260101_000000.mp4"
     process = subprocess.Popen(
-        [
-            "ffmpeg",
-            "-c",
-            SLEEPER,
-            "-i",
-            "rtsp://127.0.0.1:8554/x",
-            "-f",
-            "segment",
-            "-segment_time",
-            "600",
-            str(output),
-        ],
+        ["ffmpeg", "-c", SLEEPER, "-i", "rtsp://127.0.0.1:8554/x", "-f", "segment", MARKER, str(output)],
         executable=sys.executable,
         stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL,
@@ -47,7 +48,9 @@ def recorder(tmp_path: Path) -> Iterator[tuple[Path, subprocess.Popen[bytes]]]:
     )
     try:
         # the interpreter has replaced the fork once the command line is readable and the process sleeps
-        wait_until(lambda: b"-segment_time" in Path(f"/proc/{process.pid}/cmdline").read_bytes(), timeout=10)
+        wait_until(lambda: MARKER.encode() in Path(f"/proc/{process.pid}/cmdline").read_bytes(), timeout=10)
+        # what a daemon with the default settings finds on this host: not this recorder
+        assert process.pid not in {r.pid for r in RecorderReader().scan(time.monotonic()).recorders}
         yield root, process
     finally:
         process.kill()
@@ -77,6 +80,7 @@ async def test_revert_on_exit_restores_a_reniced_recorder_on_a_clean_stop(
         testbed,
         state,
         CCTV_OPTIMIZER_STRATEGIES__CPU__RECORDINGS_DIRECTORY=str(root),
+        CCTV_OPTIMIZER_STRATEGIES__CPU__RECORDER_PATTERN=MARKER,
         CCTV_OPTIMIZER_ENGINE__REVERT_ON_EXIT="true" if revert_on_exit else "false",
     )
     clock = FakeClock()
