@@ -5,56 +5,17 @@ from __future__ import annotations
 import os
 import sqlite3
 import subprocess
-import sys
-import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from metrics.recorders import RecorderReader
 from optimizer.app import Daemon
 from optimizer.clock import FakeClock
 from strategies.cpu import CpuStrategy
-from testbed.harness import TestbedProcess, wait_until
+from testbed.harness import TestbedProcess
 from tests.harness import api_client, daemon_env, running_daemon
+from tests.optimizer.conftest import recorder_env
 from tests.optimizer.fakes import SnapshotBuilder
-
-SLEEPER = "import time\ntime.sleep(120)"
-
-
-# the argument that marks the recorder below: this test's own, never another daemon's (see recorder())
-MARKER = "-test-recorder-marker"
-
-
-@pytest.fixture
-def recorder(tmp_path: Path) -> Iterator[tuple[Path, subprocess.Popen[bytes]]]:
-    """A process that looks like a recorder ffmpeg to this test's daemon only; killed at the end.
-
-    It writes under its own recordings root and is marked by ``MARKER``, the daemon's recorder_pattern here, not
-    by ``-segment_time`` or the camera layout of its output: any other daemon on the host with the default
-    settings (another run of the suite) would lower it too whenever the host is hot, before this one does, or
-    again after this one has put it back.
-    """
-    root = tmp_path / "recordings"
-    output = root / "camera7" / "20260101_000000.mp4"
-    process = subprocess.Popen(
-        ["ffmpeg", "-c", SLEEPER, "-i", "rtsp://127.0.0.1:8554/x", "-f", "segment", MARKER, str(output)],
-        executable=sys.executable,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    try:
-        # the interpreter has replaced the fork once the command line is readable and the process sleeps
-        wait_until(lambda: MARKER.encode() in Path(f"/proc/{process.pid}/cmdline").read_bytes(), timeout=10)
-        # what a daemon with the default settings finds on this host: not this recorder
-        assert process.pid not in {r.pid for r in RecorderReader().scan(time.monotonic()).recorders}
-        yield root, process
-    finally:
-        process.kill()
-        process.wait(timeout=10)
 
 
 def journal_statuses(state_db: Path, strategy: str) -> list[str]:
@@ -79,8 +40,7 @@ async def test_revert_on_exit_restores_a_reniced_recorder_on_a_clean_stop(
     env = daemon_env(
         testbed,
         state,
-        CCTV_OPTIMIZER_STRATEGIES__CPU__RECORDINGS_DIRECTORY=str(root),
-        CCTV_OPTIMIZER_STRATEGIES__CPU__RECORDER_PATTERN=MARKER,
+        **recorder_env(root),
         CCTV_OPTIMIZER_ENGINE__REVERT_ON_EXIT="true" if revert_on_exit else "false",
     )
     clock = FakeClock()
@@ -141,12 +101,11 @@ def cpu_factor_strategy(daemon: Daemon) -> CpuStrategy:
 
 
 async def test_a_hot_host_stretches_the_sample_interval_until_the_cpu_strategy_restores(
-    testbed: TestbedProcess, tmp_path: Path
+    testbed: TestbedProcess, tmp_path: Path, recorder: tuple[Path, subprocess.Popen[bytes]]
 ) -> None:
     """While the cpu strategy holds (factor 2) the interval in use and its metric double; after restore they do not."""
     # a recorder to lower: on a host without one the strategy plans nothing, so it never stretches sampling
-    testbed.scenario("hot_recorder", count=1)
-    env = daemon_env(testbed, tmp_path / "state")
+    env = daemon_env(testbed, tmp_path / "state", **recorder_env(recorder[0]))
     clock = FakeClock()
     snapshots = SnapshotBuilder(clock)
     async with running_daemon(env, clock=clock) as daemon:
