@@ -11,6 +11,10 @@ the sampler, the strategies and the state database need. So:
   accepted and closed at once (a reset, no reply), which costs next to nothing;
 - a connection that has not sent its first request line and headers within ``api.header_timeout_seconds`` is
   closed (idle keep-alive connections are closed by the server's idle timeout);
+- the kernel's listen queue is as deep as the system allows (``net.core.somaxconn``), while the loop accepts at
+  most one burst at a time: a flood of connections arriving faster than the daemon accepts them waits in the
+  kernel, where it costs no descriptor, instead of overflowing a short queue, which drops the next handshake
+  (a health check among them) until the client retries it a second later;
 - accept errors (``EMFILE`` and the like, when something else used the descriptors up) are logged as one line
   per interval with a count, instead of a traceback per attempt.
 """
@@ -22,6 +26,7 @@ import errno
 import itertools
 import os
 import resource
+import socket
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -35,6 +40,8 @@ log = structlog.get_logger("api")
 ACCEPT_LOG_INTERVAL_SECONDS = 10.0
 HEADER_END = b"\r\n\r\n"
 MAX_BACKLOG = 128
+# The kernel's listen queue: it takes the smaller of this and net.core.somaxconn (4096 on current kernels).
+LISTEN_QUEUE = 65_535
 # At the cap, how many of the oldest connections are looked at for one idle between requests.
 IDLE_SCAN = 64
 _ACCEPT_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
@@ -49,9 +56,10 @@ def open_descriptors() -> int:
 
 
 def accept_backlog(reserved: int) -> int:
-    """The listen backlog, which is also how many connections the loop accepts in one go before any is refused.
+    """How many connections the loop accepts in one go before any is refused (its accept burst).
 
     Those descriptors are held (briefly) beyond the cap, so the cap leaves room for one burst besides the reserve.
+    The kernel's listen queue is deeper (``LISTEN_QUEUE``): what waits there holds no descriptor of the daemon.
     """
     return max(8, min(MAX_BACKLOG, reserved))
 
@@ -220,9 +228,13 @@ class _Counted(asyncio.Protocol):
 
 
 class LimitedSite(web.BaseSite):
-    """A TCP site whose connections go through a ``ConnectionLimiter``."""
+    """A TCP site whose connections go through a ``ConnectionLimiter``.
 
-    __slots__ = ("_host", "_limiter", "_port", "_reuse_address")
+    ``backlog`` is the accept burst (asyncio accepts that many per wake-up); the kernel's listen queue is
+    ``listen_queue`` deep.
+    """
+
+    __slots__ = ("_host", "_limiter", "_listen_queue", "_port", "_reuse_address")
 
     def __init__(
         self,
@@ -232,9 +244,11 @@ class LimitedSite(web.BaseSite):
         limiter: ConnectionLimiter,
         *,
         backlog: int = MAX_BACKLOG,
+        listen_queue: int = LISTEN_QUEUE,
         reuse_address: bool = True,
     ) -> None:
         super().__init__(runner, backlog=backlog)
+        self._listen_queue = max(backlog, listen_queue)
         self._host = host
         self._port = port
         self._limiter = limiter
@@ -264,6 +278,11 @@ class LimitedSite(web.BaseSite):
             reuse_address=self._reuse_address,
             backlog=self._backlog,
         )
+        # asyncio gives listen() the accept burst; a second listen() (on a duplicate of the same socket, as the
+        # loop's own wrapper has none) deepens the kernel's queue alone
+        for sock in self._server.sockets:
+            with socket.socket(fileno=os.dup(sock.fileno())) as same:
+                same.listen(self._listen_queue)
 
 
 class AcceptErrorLog:

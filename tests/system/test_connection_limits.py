@@ -7,6 +7,8 @@ import asyncio
 import contextlib
 import json
 import os
+import select
+import signal
 import socket
 import subprocess
 import sys
@@ -208,3 +210,69 @@ async def test_idle_keep_alive_connections_at_the_cap_make_room_for_a_new_one(
         finally:
             for _, writer in idle:
                 writer.close()
+
+
+def wait_connected(sock: socket.socket, within: float) -> bool:
+    """Whether a non-blocking connect completed (the kernel finished the handshake) within ``within`` seconds."""
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        _, writable, _ = select.select([], [sock], [], 0.1)
+        if writable:
+            return sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) == 0
+    return False
+
+
+def test_health_is_answered_after_a_burst_of_connections_larger_than_the_accept_queue(
+    testbed: TestbedProcess, tmp_path: Path
+) -> None:
+    """A flood of idle connections arriving while the daemon cannot accept (stopped here; busy in life) fills
+    the kernel's listen queue; a full queue drops the next connection's handshake, so a health check arriving
+    then times out on connect however fast the daemon catches up. The listen queue holds such a burst: the
+    health check's connection completes at once, and once the daemon runs again it is answered, at a cap
+    smaller than the burst (the idle ones make room for it)."""
+    slots = 50
+    burst = 400  # more than the accept burst the cap reserves descriptors for
+    env = daemon_env(
+        testbed,
+        tmp_path / "s",
+        ENABLE_PERFORMANCE_OPTIMIZATION="false",
+        CCTV_OPTIMIZER_API__MAX_CONNECTIONS=str(slots),
+        CCTV_OPTIMIZER_API__HEADER_TIMEOUT_SECONDS="60",
+    )
+    with daemon_process(env) as daemon:
+        base = daemon.wait_event("daemon_started")["api"]
+        parts = urlsplit(base)
+        address = (parts.hostname or "127.0.0.1", parts.port or 80)
+        idle: list[socket.socket] = []
+        probe = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        daemon.proc.send_signal(signal.SIGSTOP)
+        try:
+            for _ in range(burst):
+                s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+                s.setblocking(False)
+                s.connect_ex(address)
+                idle.append(s)
+            probe.setblocking(False)
+            probe.connect_ex(address)
+            # generous: the kernel completes a loopback handshake at once unless it drops it
+            connected = wait_connected(probe, 5.0)
+        finally:
+            daemon.proc.send_signal(signal.SIGCONT)
+        try:
+            assert connected, "the listen queue was full: the health check's handshake was dropped"
+            probe.setblocking(True)
+            probe.settimeout(ANSWERED_WITHIN)
+            probe.sendall(
+                f"GET /health HTTP/1.1\r\nHost: {address[0]}:{address[1]}\r\nConnection: close\r\n\r\n".encode()
+            )
+            answer = b""
+            while chunk := probe.recv(65536):
+                answer += chunk
+            assert answer.startswith(b"HTTP/1.1 200"), answer[:200]
+            assert metric(base, "cctv_optimizer_api_connections_evicted_total") >= 1
+        finally:
+            probe.close()
+            for s in idle:
+                s.close()
+        assert daemon.stop() == 0
+    assert not [line for line in daemon.raw if "Traceback" in line]
