@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import http.client
 import re
 import resource
 import shutil
@@ -57,6 +58,7 @@ LINGER_RESET = struct.pack("ii", 1, 0)
 _ROUND_HISTOGRAM = re.compile(
     rb'^cctv_optimizer_round_duration_seconds_(count|sum|bucket)(?:\{le="([^"]+)"\})? ([0-9.e+]+)$', re.MULTILINE
 )
+_API_CONNECTIONS = re.compile(rb"^(cctv_optimizer_api_[a-z_]+) ([0-9.e+]+)$", re.MULTILINE)
 _LAST_SAMPLE = re.compile(rb"^cctv_optimizer_last_sample_timestamp_seconds(?:\{[^}]*\})? ([0-9.e+]+)$", re.MULTILINE)
 
 
@@ -110,20 +112,68 @@ def idle_clients(port: int, count: int) -> Iterator[dict[str, int]]:
             child.stdout.close()
 
 
+def probe_health(host: str, port: int, bound: float) -> dict[str, Any]:
+    """One GET /health within ``bound`` seconds overall, timed by phase.
+
+    ``{"seconds": to the answer or None, "connect_s": to the connection or None, "status": the HTTP status or
+    None, "error": what went wrong or None}``; the phases tell a connection the kernel did not complete (the
+    listen queue full: the SYN is retried after a second) from one the daemon dropped or left unanswered.
+    """
+    started = time.monotonic()
+    out: dict[str, Any] = {"seconds": None, "connect_s": None, "status": None, "error": None}
+    conn = http.client.HTTPConnection(host, port, timeout=bound)
+    try:
+        try:
+            conn.connect()
+        except TimeoutError:
+            out["error"] = "connect timed out"
+            return out
+        out["connect_s"] = time.monotonic() - started
+        assert conn.sock is not None
+        conn.sock.settimeout(max(0.001, bound - out["connect_s"]))
+        conn.request("GET", "/health", headers={"Connection": "close"})
+        answer = conn.getresponse()
+        answer.read()
+        out["status"] = answer.status
+        elapsed = time.monotonic() - started
+        if answer.status != 200:
+            out["error"] = f"status {answer.status}"
+        elif elapsed > bound:
+            out["error"] = "answered late"
+        else:
+            out["seconds"] = elapsed
+    except TimeoutError:
+        out["error"] = "no answer in time"
+    except http.client.RemoteDisconnected:
+        out["error"] = "closed without an answer"
+    except ConnectionResetError:
+        out["error"] = "reset"
+    except OSError as exc:
+        out["error"] = exc.strerror or exc.__class__.__name__
+    finally:
+        conn.close()
+    return out
+
+
 class Monitor:
-    """Once a second: /health with a 1 s timeout, the last sample's age from /metrics, the daemon's RSS."""
+    """Once a second: /health within 1 s, the last sample's age from /metrics, the daemon's RSS."""
 
     def __init__(self, base: str, pid: int) -> None:
         self._base = base
+        host, _, port = base.removeprefix("http://").rpartition(":")
+        self._host, self._port = host, int(port)
         self._proc = psutil.Process(pid)
         self._stop = threading.Event()
-        self.health: list[float | None] = []  # seconds, None when it did not answer 200 within the timeout
+        self.health: list[float | None] = []  # seconds, None when it did not answer 200 within the bound
+        self.probes: list[dict[str, Any]] = []  # each /health probe, timed by phase (probe_health)
         self.sample_ages: list[float] = []
         self.rss: list[int] = []
+        self._started = time.monotonic()
         self._thread = threading.Thread(target=self._loop, name="monitor", daemon=True)
 
     def __enter__(self) -> Monitor:
         """Start watching."""
+        self._started = time.monotonic()
         self._thread.start()
         return self
 
@@ -134,12 +184,10 @@ class Monitor:
 
     def _loop(self) -> None:
         while not self._stop.wait(1.0):
-            started = time.monotonic()
-            try:
-                status, _ = http_get(self._base + "/health", timeout=GOAL_HEALTH_S)
-                self.health.append(time.monotonic() - started if status == 200 else None)
-            except OSError:
-                self.health.append(None)
+            at = time.monotonic() - self._started
+            probe = probe_health(self._host, self._port, GOAL_HEALTH_S)
+            self.probes.append({"at_s": at, **probe})
+            self.health.append(probe["seconds"])
             try:
                 _, body = http_get(self._base + "/metrics", timeout=5.0)
                 found = _LAST_SAMPLE.search(body)
@@ -172,6 +220,18 @@ def engine_rounds(before: dict[str, float], after: dict[str, float]) -> dict[str
         "mean_s": delta.get("sum", 0.0) / count if count else 0.0,
         "within_1s": delta.get("bucket_le_1.0", 0.0),
         "within_2.5s": delta.get("bucket_le_2.5", 0.0),
+    }
+
+
+def api_connection_counters(base: str) -> dict[str, float]:
+    """The daemon's own connection figures from /metrics (cap, refused, evicted, header timeouts, accept errors)."""
+    try:
+        _, body = http_get(base + "/metrics", timeout=30.0)
+    except OSError:
+        return {}
+    return {
+        name.decode().removeprefix("cctv_optimizer_api_").removesuffix("_total"): float(value)
+        for name, value in _API_CONNECTIONS.findall(body)
     }
 
 
@@ -247,6 +307,7 @@ def run(quick: bool) -> dict[str, Any]:
         alive = daemon.process.alive()
         engine = engine_rounds(histogram_before, round_histogram(daemon.base)) if alive else {}
         rss_after = psutil.Process(daemon.pid).memory_info().rss if alive else 0
+        connections_after = api_connection_counters(daemon.base) if alive else {}
         log_tail = daemon.process.log_tail(5)
     answered = [h for h in monitor.health if h is not None]
     health_ok = len(answered) == len(monitor.health) and bool(monitor.health)
@@ -303,6 +364,8 @@ def run(quick: bool) -> dict[str, Any]:
         "round_statuses": rounds.statuses,
         "engine_rounds": engine,
         "health_s": monitor.health,
+        "health_probes": monitor.probes,
+        "api_connections": connections_after,
         "sample_age_s": monitor.sample_ages,
         "rss_bytes": {"before": rss_before, "after": rss_after, "peak": rss_peak},
         "daemon_alive": alive,
