@@ -24,6 +24,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import psutil
@@ -199,6 +200,12 @@ class Monitor:
                 self.rss.append(int(self._proc.memory_info().rss))
 
 
+def missed_probes(probes: list[dict[str, Any]]) -> str:
+    """``; missed: connect timed out at 1.0 s`` for the probes that did not answer in time; "" when none."""
+    missed = [f"{p['error']} at {p['at_s']:.1f} s" for p in probes if p.get("seconds") is None]
+    return f"; missed: {', '.join(missed)}" if missed else ""
+
+
 def round_histogram(base: str) -> dict[str, float]:
     """The engine's own round-duration histogram (count, sum, cumulative buckets) from /metrics; {} on failure."""
     try:
@@ -246,11 +253,40 @@ def fd_limit_for_children(limit: int) -> Iterator[None]:
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
 
 
-def flood(base: str, seconds: int) -> list[subprocess.Popen[str]]:
-    """Start one wrk per read route, CLIENTS_PER_ROUTE connections each."""
+# wrk counts every answer that is not 2xx or 3xx as one figure; this script counts the answers by status, so a
+# 503 from the daemon's cap on concurrent expensive reads (by design: "busy", retry after a second) is told
+# from an error.
+STATUS_SCRIPT = """
+local threads = {}
+function setup(thread) table.insert(threads, thread) end
+function init(args) statuses = {} end
+function response(status, headers, body) statuses[status] = (statuses[status] or 0) + 1 end
+function done(summary, latency, requests)
+  for _, t in ipairs(threads) do
+    for code, n in pairs(t:get("statuses")) do io.write(string.format("status %d %d\\n", code, n)) end
+  end
+end
+"""
+_STATUS_LINE = re.compile(r"^status (\d+) (\d+)$", re.MULTILINE)
+
+
+def flood(base: str, seconds: int, script: Path) -> list[subprocess.Popen[str]]:
+    """Start one wrk per read route, CLIENTS_PER_ROUTE connections each, counting answers by status."""
+    script.write_text(STATUS_SCRIPT, encoding="utf-8")
     return [
         subprocess.Popen(
-            ["wrk", "-t1", f"-c{CLIENTS_PER_ROUTE}", f"-d{seconds}s", "--timeout", "5s", "--latency", base + route],
+            [
+                "wrk",
+                "-t1",
+                f"-c{CLIENTS_PER_ROUTE}",
+                f"-d{seconds}s",
+                "--timeout",
+                "5s",
+                "--latency",
+                "-s",
+                str(script),
+                base + route,
+            ],
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
@@ -260,7 +296,7 @@ def flood(base: str, seconds: int) -> list[subprocess.Popen[str]]:
 
 
 def collect(processes: list[subprocess.Popen[str]], seconds: int) -> dict[str, Any]:
-    """Wait for the wrk runs and parse their figures, by route."""
+    """Wait for the wrk runs and parse their figures (and answers by status), by route."""
     out: dict[str, Any] = {}
     for route, proc in zip(READ_ROUTES, processes, strict=True):
         try:
@@ -269,10 +305,36 @@ def collect(processes: list[subprocess.Popen[str]], seconds: int) -> dict[str, A
             proc.kill()
             text, _ = proc.communicate()
         try:
-            out[route] = parse_wrk(text)
+            figures = parse_wrk(text)
         except RuntimeError:
             out[route] = {"error": text[-500:]}
+            continue
+        figures["statuses"] = {code: int(n) for code, n in sorted(_STATUS_LINE.findall(text))}
+        out[route] = figures
     return out
+
+
+STATUS_MEANING = {"503": "busy: the expensive-read cap", "421": "misdirected", "429": "limited"}
+
+
+def served(route: str, figures: dict[str, Any], seconds: int) -> str:
+    """One route's answers, e.g. ``/samples 44/s (200: 10/s; 503 busy: the expensive-read cap: 34/s)``."""
+    name = route.partition("?")[0]
+    if "error" in figures:
+        return f"{name} wrk failed"
+    text = f"{name} {figures.get('requests_per_s', 0):.0f}/s"
+    statuses: dict[str, int] = figures.get("statuses", {})
+    if set(statuses) - {"200"}:
+        parts = [
+            f"{code}{' ' + STATUS_MEANING[code] if code in STATUS_MEANING else ''}: {n / seconds:.0f}/s"
+            for code, n in statuses.items()
+        ]
+        text += f" ({'; '.join(parts)})"
+    elif not statuses and figures.get("non_2xx"):
+        text += f" ({figures['non_2xx']} not 2xx)"
+    if figures.get("socket_errors"):
+        text += f", {figures['socket_errors']} socket errors"
+    return text
 
 
 def run(quick: bool) -> dict[str, Any]:
@@ -303,7 +365,7 @@ def run(quick: bool) -> dict[str, Any]:
             Monitor(daemon.base, daemon.pid) as monitor,
             RoundLoop(daemon.base, daemon.token, timeout=30) as rounds,
         ):
-            routes = collect(flood(daemon.base, seconds), seconds)
+            routes = collect(flood(daemon.base, seconds, work / "status.lua"), seconds)
         alive = daemon.process.alive()
         engine = engine_rounds(histogram_before, round_histogram(daemon.base)) if alive else {}
         rss_after = psutil.Process(daemon.pid).memory_info().rss if alive else 0
@@ -315,11 +377,7 @@ def run(quick: bool) -> dict[str, Any]:
     max_age = max(monitor.sample_ages) if monitor.sample_ages else float("inf")
     rss_peak = max([rss_before, rss_after, *monitor.rss])
     growth = rss_peak - rss_before
-    served = ", ".join(
-        f"{route.split('?')[0]} {figures.get('requests_per_s', 0):.0f}/s"
-        + (f" ({figures['non_2xx']} not 2xx)" if figures.get("non_2xx") else "")
-        for route, figures in routes.items()
-    )
+    reads = ", ".join(served(route, figures, seconds) for route, figures in routes.items())
     rows = [
         row(
             "decision rounds under load (max)",
@@ -328,7 +386,7 @@ def run(quick: bool) -> dict[str, Any]:
             reference=f"as the client saw them (POST to the answer); the engine's own timing: mean"
             f" {engine.get('mean_s', 0.0):.2f} s, {engine.get('within_1s', 0):.0f} within 1 s and"
             f" {engine.get('within_2.5s', 0):.0f} within 2.5 s of {engine.get('rounds', 0):.0f};"
-            f" answers {rounds.statuses}; reads served: {served}",
+            f" answers {rounds.statuses}; reads answered: {reads}",
             goal="<= 2 s",
             met=max_round <= GOAL_ROUND_S,
         ),
@@ -341,8 +399,13 @@ def run(quick: bool) -> dict[str, Any]:
         ),
         row(
             "GET /health under load",
-            f"{len(answered)} of {len(monitor.health)} within 1 s (max {fmt_ms(max(answered) if answered else 0)})",
-            reference=f"{idle.get('opened', 0):,} idle connections held, {CLIENTS_PER_ROUTE} clients per read route",
+            f"{len(answered)} of {len(monitor.health)} within 1 s (max {fmt_ms(max(answered) if answered else 0)})"
+            + missed_probes(monitor.probes),
+            reference=f"{idle.get('opened', 0):,} idle connections opened at once, {CLIENTS_PER_ROUTE} clients per"
+            f" read route; the daemon's cap {connections_after.get('connection_cap', 0):.0f} connections:"
+            f" {connections_after.get('connections_evicted', 0):.0f} idle ones closed for newer ones,"
+            f" {connections_after.get('header_timeouts', 0):.0f} on the header timeout,"
+            f" {connections_after.get('connections_rejected', 0):.0f} refused",
             goal="every one within 1 s",
             met=health_ok,
         ),
