@@ -232,10 +232,66 @@ def copy_database(source: Path, target: Path) -> None:
 # --- the daemon --------------------------------------------------------------------------------------------
 
 
+# A port nothing uses: counting it times the kernel's walk of its socket tables with no connection matched.
+UNUSED_PORT = 1
+
+
+async def sources_alone(sampler: Any, extra_ports: frozenset[int], repeat: int) -> dict[str, float]:
+    """Each source read alone, one after another (median seconds): what a sample's fixed cost is made of.
+
+    In a sample they run at once, in threads that share the interpreter's lock, so their own durations there
+    overlap and wait for each other; alone, each shows what it costs. ``tcp_unused_port`` is the TCP count for
+    a port without connections: the part of ``tcp`` that does not grow with them.
+    """
+    sources = sampler.sources
+    backend = sources.backend
+    process = sources.process.read(time.monotonic()) if sources.process is not None else None
+    ports = frozenset(process.listen_ports if process is not None else ()) | sources.extra_ports | extra_ports
+    ports -= sources.upstream_ports
+
+    def blocking(fn: Any, *args: Any) -> Any:
+        async def call() -> Any:
+            return fn(*args)
+
+        return call
+
+    readers: dict[str, Any] = {
+        "host": blocking(lambda: sources.host.read(time.monotonic())),
+        "process": blocking(lambda: sources.process.read(time.monotonic())) if sources.process else None,
+        "tcp": blocking(sources.tcp.count, ports, sources.upstream_ports),
+        "tcp_unused_port": blocking(sources.tcp.count, frozenset({UNUSED_PORT})),
+        "probe": (lambda: backend.probe(sources.hot_endpoints)) if backend is not None else None,
+        "cache": backend.cache_stats if backend is not None and backend.has_credentials else None,
+        "database": blocking(lambda: sources.database.read(time.monotonic())) if sources.database else None,
+        "hls": blocking(lambda: sources.hls.read(time.time())) if sources.hls else None,
+        "mediamtx": sources.mediamtx.read if sources.mediamtx else None,
+    }
+    out: dict[str, float] = {}
+    for name, read in readers.items():
+        if read is None:
+            continue
+        timings = []
+        for _ in range(repeat):
+            started = time.perf_counter()
+            # a source down here is down in the samples too: its time still counts
+            with contextlib.suppress(Exception):
+                await read()
+            timings.append(time.perf_counter() - started)
+        out[name] = median(timings)
+    return out
+
+
 async def measure(
-    tb: Any, work: Path, env_overrides: Mapping[str, str], extra_ports: frozenset[int], samples: int
+    tb: Any,
+    work: Path,
+    env_overrides: Mapping[str, str],
+    extra_ports: frozenset[int],
+    samples: int,
+    *,
+    breakdown: bool = False,
 ) -> dict[str, Any]:
-    """Start the daemon in-process with ``env_overrides``, take samples, return their timings."""
+    """Start the daemon in-process with ``env_overrides``, take samples, return their timings (and, with
+    ``breakdown``, each source's alone)."""
     from config.loader import load_settings
     from optimizer.app import Daemon
     from optimizer.logs import configure_logging
@@ -262,7 +318,9 @@ async def measure(
             for name, status in snap.sources.items():
                 sources.setdefault(name, []).append(status.duration_seconds)
         cpu_per_sample = (time.process_time() - cpu_before) / samples
+        alone = await sources_alone(daemon.sampler, extra_ports, samples) if breakdown else {}
         return {
+            "sources_alone_s": alone,
             "sample_cpu_s": cpu_per_sample,
             "first_sample_s": first_s,
             "first_sources_s": {name: status.duration_seconds for name, status in first.sources.items()},
@@ -293,13 +351,20 @@ def database_source_with_tables(path: Path, repeat: int) -> list[float]:
 
 
 def one_point(
-    tb: Any, work: Path, connections: int, *, samples: int, repeat: int, env_overrides: Mapping[str, str]
+    tb: Any,
+    work: Path,
+    connections: int,
+    *,
+    samples: int,
+    repeat: int,
+    env_overrides: Mapping[str, str],
+    breakdown: bool = False,
 ) -> dict[str, Any]:
     """Hold ``connections``, time psutil and the daemon's sample; the figures of one size."""
     with held_connections(connections) as ports:
         psutil.net_connections(kind="tcp")
         before = time_psutil(repeat)
-        measured = asyncio.run(measure(tb, work, env_overrides, ports, samples))
+        measured = asyncio.run(measure(tb, work, env_overrides, ports, samples, breakdown=breakdown))
         after = time_psutil(repeat)
         sockets = len(psutil.net_connections(kind="tcp"))
     reference = median(before + after)
@@ -328,6 +393,25 @@ def sample_row(label: str, point: dict[str, Any]) -> dict[str, Any]:
     )
 
 
+def breakdown_row(point: dict[str, Any]) -> dict[str, Any]:
+    """What the smallest size's sample is made of: each source alone, against the 1/10 budget."""
+    alone: dict[str, float] = point["sources_alone_s"]
+    parts = {name: seconds for name, seconds in alone.items() if name != "tcp_unused_port"}
+    total = sum(parts.values())
+    listed = ", ".join(
+        f"{name} {fmt_ms(seconds)}"
+        + (f" (of which {fmt_ms(alone['tcp_unused_port'])} with no connection matched)" if name == "tcp" else "")
+        for name, seconds in sorted(parts.items(), key=lambda item: -item[1])
+    )
+    return row(
+        f"what one sample at {point['connections']:,} connections is made of (each source alone)",
+        f"{fmt_ms(total)} in all",
+        reference=f"{listed}; the whole sample {fmt_ms(point['sample_median_s'])} (sources at once, in threads);"
+        f" 1/10 of psutil is {fmt_ms(point['psutil_median_s'] * GOAL_RATIO)}",
+        met=None,
+    )
+
+
 def run(quick: bool) -> dict[str, Any]:
     """Run every size and return the figures and summary rows."""
     samples = 5 if quick else 9
@@ -350,9 +434,12 @@ def run(quick: bool) -> dict[str, Any]:
         build_hls(base_hls, BASE_HLS_FILES)
         base = {"CCTV_OPTIMIZER_BACKEND__HLS_DIRECTORY": str(base_hls)}
         for size in connection_sizes:
-            point = one_point(tb, work, size, samples=samples, repeat=repeat, env_overrides=base)
+            smallest = size == connection_sizes[0]
+            point = one_point(tb, work, size, samples=samples, repeat=repeat, env_overrides=base, breakdown=smallest)
             points[f"connections_{size}"] = point
             rows.append(sample_row(f"one full sample, {size:,} connections", point))
+            if smallest:
+                rows.append(breakdown_row(point))
         for size in hls_sizes:
             hls = media / f"hls-{size}"
             started = time.monotonic()
