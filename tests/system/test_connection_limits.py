@@ -276,3 +276,53 @@ def test_health_is_answered_after_a_burst_of_connections_larger_than_the_accept_
                 s.close()
         assert daemon.stop() == 0
     assert not [line for line in daemon.raw if "Traceback" in line]
+
+
+def status_of(base: str, path: str) -> int:
+    """GET ``path``'s status, or 0 when the connection was refused, reset or timed out."""
+    try:
+        with urllib.request.urlopen(f"{base}{path}", timeout=ANSWERED_WITHIN) as resp:
+            return int(resp.status)
+    except urllib.error.HTTPError as exc:
+        return int(exc.code)
+    except OSError:
+        return 0
+
+
+async def test_health_is_answered_when_every_slot_is_busy_with_a_request(
+    testbed: TestbedProcess, tmp_path: Path
+) -> None:
+    """Every slot held by a request in progress (a write whose body never comes): nothing can make room, so a
+    new connection is refused, except a health check, which a small reserve beyond the cap answers (and
+    closes). Any other request on that reserve is refused."""
+    slots = 20
+    env = daemon_env(testbed, tmp_path / "s", ENABLE_PERFORMANCE_OPTIMIZATION="false")
+    env["CCTV_OPTIMIZER_API__MAX_CONNECTIONS"] = str(slots)
+    async with running_daemon(env, api_body_timeout=ANSWERED_WITHIN * 2) as daemon:
+        limiter = daemon.connection_limiter
+        port = daemon.api_port
+        base = f"http://127.0.0.1:{port}"
+        stalled = (
+            f"POST /performance-optimize HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nAuthorization: Bearer {daemon.token}"
+            "\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n"
+        ).encode()
+        busy = []
+        for _ in range(slots):
+            _, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(stalled)
+            await writer.drain()
+            busy.append(writer)
+        try:
+            for _ in range(int(ANSWERED_WITHIN / 0.05)):  # every request read, none finished
+                if limiter.current == slots and not limiter.waiting:
+                    break
+                await asyncio.sleep(0.05)
+            assert limiter.current == slots and not limiter.waiting
+            assert await asyncio.to_thread(status_of, base, "/strategies") == 0, "over the cap, not refused"
+            assert limiter.rejected_total >= 1
+            assert await asyncio.to_thread(status_of, base, "/health") == 200
+            assert await asyncio.to_thread(status_of, base, "/health") == 200, "the reserve was not given back"
+            assert limiter.current == slots
+        finally:
+            for writer in busy:
+                writer.close()
