@@ -3,10 +3,12 @@
 A daemon subprocess (limited to 4,096 descriptors, as a service often is) runs against the stand-in backend,
 sampling every second. While a client POSTs /performance-optimize back to back (each round timed), wrk keeps
 100 connections busy on each read route (/, /performance-metrics, /metrics, /strategies,
-/optimizations?limit=1000, /samples) and a child process holds 4,500 idle connections to the API. A monitor asks
-/health once a second (1 s timeout) and reads the last sample's time from /metrics. Goals: every round
-<= 2 s; sampling never stops (the last sample is never older than 10 s); /health answers within 1 s every time;
-the daemon's RSS growth bounded (<= 64 MiB over the run).
+/optimizations?limit=1000, /samples), counting the answers by status, and a child process opens 4,500 idle
+connections to the API at once (the daemon closes them, for newer ones at its cap or on its header timeout). A
+monitor asks /health once a second on a new connection, within 1 s from connecting to the whole answer, timing
+the connect apart (a handshake the kernel dropped shows as "connect timed out"), and reads the last sample's
+time from /metrics. Goals: every round <= 2 s; sampling never stops (the last sample is never older than
+10 s); /health answers within 1 s every time; the daemon's RSS growth bounded (<= 64 MiB over the run).
 """
 
 from __future__ import annotations
