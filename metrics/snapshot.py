@@ -347,3 +347,12 @@ def signal_label(name: str) -> str:
     if base == "table_oldest_days" and qualifier:
         return f"Oldest row in {qualifier}"
     return SIGNAL_LABELS.get(name, name)
+
+
+# signals named per table: the prefix, then the table's name
+PER_TABLE_SIGNALS = ("table_oldest_days:",)
+
+
+def is_known_signal(name: str) -> bool:
+    """Whether some source or the engine measures a signal of this name (a trigger on any other never arms)."""
+    return name in SIGNAL_LABELS or name.startswith(PER_TABLE_SIGNALS)
