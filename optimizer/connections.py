@@ -116,7 +116,7 @@ class ConnectionLimiter:
                 if oldest is None:
                     if self.reserve_in_use < self.health_reserve:
                         self.reserve_in_use += 1
-                        return _HealthOnly(self, inner())
+                        return _HealthOnly(self, inner)
                     return _Refused(self)
                 oldest.close()
                 self.evicted_total += 1
@@ -124,7 +124,7 @@ class ConnectionLimiter:
                 self._log_cap()
             # counted from here, not from connection_made: a burst of accepts calls this many times first
             self.current += 1
-            return _Counted(self, inner())
+            return _Counted(self, inner)
 
         return make
 
@@ -181,13 +181,13 @@ class _HealthOnly(asyncio.Protocol):
     unanswered. The request line is kept from the server until it is complete, so nothing else is handled.
     """
 
-    def __init__(self, limiter: ConnectionLimiter, inner: asyncio.Protocol) -> None:
+    def __init__(self, limiter: ConnectionLimiter, make_inner: Callable[[], asyncio.Protocol]) -> None:
         self._limiter = limiter
-        self._inner = inner
+        self._make_inner = make_inner
+        self._inner: asyncio.Protocol | None = None
         self._transport: asyncio.BaseTransport | None = None
         self._deadline: asyncio.TimerHandle | None = None
         self._head = b""
-        self._passed = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = transport
@@ -209,7 +209,7 @@ class _HealthOnly(asyncio.Protocol):
             self._deadline = None
 
     def data_received(self, data: bytes) -> None:
-        if self._passed:
+        if self._inner is not None:
             self._inner.data_received(data)
             return
         if self._transport is None or self._transport.is_closing():
@@ -224,39 +224,44 @@ class _HealthOnly(asyncio.Protocol):
             self._refuse()
             return
         self._cancel_deadline()
-        self._passed = True
         self._limiter.reserve_answered_total += 1
         head, self._head = self._head, b""
+        self._inner = self._make_inner()
         self._inner.connection_made(self._transport)
         self._inner.data_received(head[:end] + b"\r\nConnection: close" + head[end:])
 
     def eof_received(self) -> bool | None:
-        if self._passed:
-            return self._inner.eof_received()
-        return None
+        return self._inner.eof_received() if self._inner is not None else None
 
     def pause_writing(self) -> None:
-        if self._passed:
+        if self._inner is not None:
             self._inner.pause_writing()
 
     def resume_writing(self) -> None:
-        if self._passed:
+        if self._inner is not None:
             self._inner.resume_writing()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._limiter.reserve_in_use -= 1
         self._cancel_deadline()
         self._transport = None
-        if self._passed:
+        if self._inner is not None:
             self._inner.connection_lost(exc)
 
 
 class _Counted(asyncio.Protocol):
-    """The web server's protocol for one connection, counted, with a deadline for its first request's headers."""
+    """The web server's protocol for one connection, counted, with a deadline for its first request's headers.
 
-    def __init__(self, limiter: ConnectionLimiter, inner: asyncio.Protocol) -> None:
+    The web server's protocol is made when the first bytes arrive: a connection that never sends any (a flood
+    of idle ones, closed for newer ones at the cap or on the deadline) costs an accept and a timer, not a
+    request handler with its task and timers, so the daemon gets through such a flood, and to the requests
+    queued behind it, several times faster.
+    """
+
+    def __init__(self, limiter: ConnectionLimiter, make_inner: Callable[[], asyncio.Protocol]) -> None:
         self._limiter = limiter
-        self._inner = inner
+        self._make_inner = make_inner
+        self._inner: asyncio.Protocol | None = None
         self._transport: asyncio.BaseTransport | None = None
         self._deadline: asyncio.TimerHandle | None = None
         self._tail = b""
@@ -266,7 +271,6 @@ class _Counted(asyncio.Protocol):
         self._limiter.open[self] = None
         self._transport = transport
         self._deadline = asyncio.get_running_loop().call_later(self._limiter.header_timeout, self._too_slow)
-        self._inner.connection_made(transport)
 
     def _too_slow(self) -> None:
         if self._transport is not None and not self._transport.is_closing():
@@ -304,16 +308,24 @@ class _Counted(asyncio.Protocol):
                 self._limiter.waiting.pop(self, None)
             else:
                 self._tail = seen[-3:]
+        if self._inner is None:
+            if self._transport is None or self._transport.is_closing():
+                return
+            self._inner = self._make_inner()
+            self._inner.connection_made(self._transport)
         self._inner.data_received(data)
 
     def eof_received(self) -> bool | None:
-        return self._inner.eof_received()
+        # before any byte came there is nothing to answer: let the transport close
+        return self._inner.eof_received() if self._inner is not None else None
 
     def pause_writing(self) -> None:
-        self._inner.pause_writing()
+        if self._inner is not None:
+            self._inner.pause_writing()
 
     def resume_writing(self) -> None:
-        self._inner.resume_writing()
+        if self._inner is not None:
+            self._inner.resume_writing()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._limiter.current -= 1
@@ -323,7 +335,8 @@ class _Counted(asyncio.Protocol):
             self._deadline.cancel()
             self._deadline = None
         self._transport = None
-        self._inner.connection_lost(exc)
+        if self._inner is not None:
+            self._inner.connection_lost(exc)
 
 
 class LimitedSite(web.BaseSite):
@@ -382,6 +395,12 @@ class LimitedSite(web.BaseSite):
         for sock in self._server.sockets:
             with socket.socket(fileno=os.dup(sock.fileno())) as same:
                 same.listen(self._listen_queue)
+
+    async def stop(self) -> None:
+        """Stop listening; close the connections still waiting for their headers (the web server closes the rest)."""
+        await super().stop()
+        for conn in list(self._limiter.waiting):
+            conn.close()
 
 
 class AcceptErrorLog:

@@ -326,3 +326,34 @@ async def test_health_is_answered_when_every_slot_is_busy_with_a_request(
         finally:
             for writer in busy:
                 writer.close()
+
+
+async def test_a_connection_that_sends_nothing_costs_no_request_handler(
+    testbed: TestbedProcess, tmp_path: Path
+) -> None:
+    """A flood of idle connections is taken in cheaply: the web server's handler (its task and timers) is made
+    only when a connection's first bytes come, so silent ones cost an accept and a timer each, and the daemon
+    gets through them, and to what is queued behind them, sooner. Once a request comes it is served."""
+    silent = 50
+    env = daemon_env(testbed, tmp_path / "s", ENABLE_PERFORMANCE_OPTIMIZATION="false")
+    async with running_daemon(env) as daemon:
+        limiter = daemon.connection_limiter
+        server = daemon._runner.server if daemon._runner is not None else None
+        assert server is not None
+        port = daemon.api_port
+        idle = [await asyncio.open_connection("127.0.0.1", port) for _ in range(silent)]
+        try:
+            for _ in range(int(ANSWERED_WITHIN / 0.05)):  # every one accepted
+                if limiter.current >= silent:
+                    break
+                await asyncio.sleep(0.05)
+            assert limiter.current == silent
+            assert len(server.connections) == 0, "silent connections were given request handlers"
+            reader, writer = idle[0]
+            writer.write(f"GET /health HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n".encode())
+            await writer.drain()
+            assert (await asyncio.wait_for(reader.readline(), ANSWERED_WITHIN)).startswith(b"HTTP/1.1 200")
+            assert len(server.connections) == 1
+        finally:
+            for _, writer in idle:
+                writer.close()
