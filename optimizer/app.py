@@ -46,7 +46,8 @@ from metrics.mediamtx import MediaMtxClient
 from metrics.process import ProcessReader, ProcessSpec
 from metrics.prometheus import DaemonMetrics, SnapshotCollector
 from metrics.sampler import Sampler, Sources
-from metrics.snapshot import SIGNAL_LABELS, Snapshot, is_known_signal
+from metrics.signals import BY_NAME, is_known_signal
+from metrics.snapshot import Snapshot
 from metrics.sqlite import DatabaseReader
 from metrics.tables import TABLES
 from metrics.tcp import TcpCounter, make_tcp_counter
@@ -295,7 +296,7 @@ class Daemon:
                         strategy=name,
                         signal=spec.signal,
                         consequence="this trigger never arms",
-                        hint=did_you_mean(spec.signal, SIGNAL_LABELS).removeprefix("; ") or None,
+                        hint=did_you_mean(spec.signal, BY_NAME).removeprefix("; ") or None,
                     )
 
     def _deps(self) -> StrategyDeps:

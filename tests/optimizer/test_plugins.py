@@ -16,7 +16,7 @@ import structlog
 from config.errors import ConfigError
 from config.loader import load_settings
 from config.settings import Mode
-from metrics.snapshot import is_known_signal
+from metrics.signals import is_known_signal
 from metrics.window import Windows
 from optimizer import app
 from optimizer.cli import EX_CONFIG, check_config
