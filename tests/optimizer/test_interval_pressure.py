@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,7 @@ from optimizer.clock import FakeClock
 from strategies.cpu import CpuStrategy
 from testbed.harness import TestbedProcess
 from tests.harness import daemon_env, running_daemon
+from tests.optimizer.conftest import recorder_env
 from tests.optimizer.fakes import SnapshotBuilder
 
 MIB = 1024 * 1024
@@ -51,12 +53,11 @@ async def test_own_rss_near_its_line_does_not_hold_the_interval_at_its_base(
 
 
 async def test_a_stretching_cpu_strategy_keeps_the_interval_at_base_times_its_factor(
-    testbed: TestbedProcess, tmp_path: Path
+    testbed: TestbedProcess, tmp_path: Path, recorder: tuple[Path, subprocess.Popen[bytes]]
 ) -> None:
     """While the cpu strategy holds a hot host (factor 2), the interval is base x 2, not the tightened 1 s x 2."""
     # a recorder to lower: on a host without one the strategy plans nothing, so it never stretches sampling
-    testbed.scenario("hot_recorder", count=1)
-    env = daemon_env(testbed, tmp_path / "state")
+    env = daemon_env(testbed, tmp_path / "state", **recorder_env(recorder[0]))
     clock = FakeClock()
     snapshots = SnapshotBuilder(clock)
     async with running_daemon(env, clock=clock) as daemon:
@@ -104,13 +105,13 @@ async def test_an_armed_strategy_that_cannot_act_does_not_tighten_the_interval(
 
 
 async def test_the_cpu_restore_brings_the_interval_back_without_waiting_for_a_cooldown(
-    testbed: TestbedProcess, tmp_path: Path
+    testbed: TestbedProcess, tmp_path: Path, recorder: tuple[Path, subprocess.Popen[bytes]]
 ) -> None:
     """Lowered and stretched while hot; calm for the window a minute later: restored at once, not after 300 s."""
-    testbed.scenario("hot_recorder", count=1)
     clock = FakeClock()
     snapshots = SnapshotBuilder(clock)
-    async with running_daemon(daemon_env(testbed, tmp_path / "state"), clock=clock) as daemon:
+    env = daemon_env(testbed, tmp_path / "state", **recorder_env(recorder[0]))
+    async with running_daemon(env, clock=clock) as daemon:
         daemon.engine.refresh = None  # the requested rounds plan from the injected samples, not a real one
         strategy = daemon.engine.runtimes["cpu"].strategy
         assert isinstance(strategy, CpuStrategy)
