@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from enum import Enum, StrEnum
 from pathlib import Path
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 from config.settings import Mode, Settings, StrategyOptions
 from metrics.backend import BackendClient
@@ -24,9 +24,6 @@ from metrics.hls import HlsReader
 from metrics.process import ProcessReader
 from metrics.snapshot import Snapshot
 from metrics.window import Windows
-
-if TYPE_CHECKING:
-    from _typeshed import DataclassInstance
 
 JsonValue = Any
 _EMPTY: Mapping[str, JsonValue] = MappingProxyType({})
@@ -45,6 +42,8 @@ class Action:
 
     __slots__ = ()
     kind: ClassVar[str] = ""
+    # set by @dataclass on each subclass; declared here so that the type checker knows an action is a dataclass
+    __dataclass_fields__: ClassVar[dict[str, dataclasses.Field[object]]]
 
     def __init_subclass__(cls, **kwargs: object) -> None:
         kind = cls.__dict__.get("kind")
@@ -59,7 +58,7 @@ class Action:
     def to_json(self) -> dict[str, object]:
         """A JSON-ready form, tagged with the kind."""
         out: dict[str, object] = {"kind": self.kind}
-        for f in dataclasses.fields(typing.cast("DataclassInstance", self)):
+        for f in dataclasses.fields(self):
             out[f.name] = _encode(getattr(self, f.name))
         return out
 
