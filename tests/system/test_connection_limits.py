@@ -357,3 +357,48 @@ async def test_a_connection_that_sends_nothing_costs_no_request_handler(
         finally:
             for _, writer in idle:
                 writer.close()
+
+
+def test_in_one_accept_burst_over_the_cap_the_newest_connections_are_kept(
+    testbed: TestbedProcess, tmp_path: Path
+) -> None:
+    """A burst the loop accepts in one go (up to 128), larger than the cap: each new connection takes the place
+    of the oldest one still silent, those of the same burst included, so the newest stay, a health check that
+    came last among them too. (The ones of the same burst used to be out of reach: the rest were reset.)"""
+    slots = 20
+    burst = 100  # with the health check, within one accept burst
+    env = daemon_env(
+        testbed,
+        tmp_path / "s",
+        ENABLE_PERFORMANCE_OPTIMIZATION="false",
+        CCTV_OPTIMIZER_API__MAX_CONNECTIONS=str(slots),
+        CCTV_OPTIMIZER_API__HEADER_TIMEOUT_SECONDS="60",
+    )
+    with daemon_process(env) as daemon:
+        base = daemon.wait_event("daemon_started")["api"]
+        parts = urlsplit(base)
+        address = (parts.hostname or "127.0.0.1", parts.port or 80)
+        idle: list[socket.socket] = []
+        daemon.proc.send_signal(signal.SIGSTOP)
+        try:
+            for _ in range(burst):
+                idle.append(socket.create_connection(address, timeout=5))
+            probe = socket.create_connection(address, timeout=5)
+            probe.sendall(
+                f"GET /health HTTP/1.1\r\nHost: {address[0]}:{address[1]}\r\nConnection: close\r\n\r\n".encode()
+            )
+        finally:
+            daemon.proc.send_signal(signal.SIGCONT)
+        try:
+            probe.settimeout(ANSWERED_WITHIN)
+            answer = b""
+            with contextlib.suppress(ConnectionResetError):
+                while chunk := probe.recv(65536):
+                    answer += chunk
+            assert answer.startswith(b"HTTP/1.1 200"), f"the health check was not answered: {answer[:200]!r}"
+            assert metric(base, "cctv_optimizer_api_connections_rejected_total") == 0
+        finally:
+            probe.close()
+            for s in idle:
+                s.close()
+        assert daemon.stop() == 0
