@@ -74,7 +74,6 @@ from optimizer.connections import (
 )
 from optimizer.dashboard import load_dashboard
 from optimizer.engine import (
-    CALM_PROXIMITY,
     Engine,
     EngineStopping,
     next_sample_interval,
@@ -532,28 +531,22 @@ class Daemon:
         """Proximity and armed state for next_sample_interval, over what the interval should react to.
 
         The daemon's own signals do not count (OWN_SIGNALS). Nor does a strategy that asks for a stretch (the
-        cpu strategy while the host is hot): tightening for it would undo the stretch (1 s doubled is 2 s,
-        more often than the base); while one asks, the interval holds at least at its base for the factor.
-        Nor does a strategy that cannot act (breaker open, held by its cooldown or budget, or planning a disruptive
-        change while those are off): it holds the interval at its base too, instead of sampling every second for
-        minutes while nothing can come of it.
+        cpu strategy while the host is hot): tightening for it would undo the stretch (1 s doubled is 2 s). Nor
+        does a strategy that cannot act (breaker open, held by its cooldown or budget, planning a disruptive
+        change while those are off, or armed by a condition its last plan found nothing to do about): closer
+        samples bring nothing while it waits for its next turn. Such strategies leave the interval to the others,
+        so it stretches when those are calm, and tightens as soon as one of them nears a line.
         """
         proximity = 0.0
         armed = False
-        stretching = False
         for rt in self.engine.runtimes.values():
             if not rt.enabled:
                 continue  # it never gets a turn: its lines are nobody's concern
-            # a strategy that cannot act now (its breaker is open, or its plan waits for a cooldown or the budget)
-            # gains nothing from closer samples: it holds the interval at its base, like a stretching one
             if self.engine.factor_of(rt) > 1.0 or not self.engine.can_act(rt):
-                stretching = True
                 continue
             specs = [spec for spec in self.engine.triggers_of(rt) if spec.signal not in OWN_SIGNALS]
             proximity = max(proximity, signal_proximity(specs, self.engine.windows))
             armed = armed or rt.detector.armed
-        if stretching:
-            proximity = max(proximity, CALM_PROXIMITY)
         return {"proximity": proximity, "armed": armed}
 
     def health(self) -> tuple[bool, str]:

@@ -233,6 +233,8 @@ class StrategyRuntime:
     # monotonic time until which the strategy cannot act (its plan was held by a cooldown, the budget or the
     # breaker): the sample interval does not tighten for it meanwhile
     held_until: float | None = None
+    # its last plan had nothing to do: while it stays armed, closer samples bring it nothing before its next turn
+    planned_nothing: bool = False
 
     @property
     def name(self) -> str:
@@ -488,6 +490,7 @@ class Engine:
         rt.consecutive_failures = 0
         rt.pacing = {}
         rt.held_until = None
+        rt.planned_nothing = False
         rt.last_row = None
         self._log.info("strategy_reset", strategy=name, breaker_was_open=was_open)
         await self._save(rt)
@@ -542,8 +545,9 @@ class Engine:
 
     def can_act(self, rt: StrategyRuntime) -> bool:
         """Whether the strategy could act now: not held by an open breaker, or by the cooldown, budget or
-        disabled disruptive changes its last plan met."""
-        if rt.breaker_open:
+        disabled disruptive changes its last plan met, and not armed by a condition its last plan found nothing
+        to do about (it plans again at its next turn, whatever the samples in between say)."""
+        if rt.breaker_open or (rt.detector.armed and rt.planned_nothing):
             return False
         return rt.held_until is None or self._clock.monotonic() >= rt.held_until
 
@@ -891,6 +895,7 @@ class Engine:
         if was_armed and not armed:
             # The episode is over: a skip in the next one is a new fact worth a row.
             rt.last_row = None
+            rt.planned_nothing = False
         if armed != was_armed:
             self._log.info(
                 "strategy_armed" if armed else "strategy_disarmed",
@@ -992,7 +997,8 @@ class Engine:
         signals: Mapping[str, float],
     ) -> tuple[int | None, bool]:
         """The gates after planning (dry run, disruptive, cooldown, budget), then the apply."""
-        if plan is None or not plan.changes:
+        rt.planned_nothing = plan is None or not plan.changes
+        if rt.planned_nothing:
             rt.held_until = None  # nothing to do is not being held back
             if manual:
                 return await record(Outcome.NOTHING_TO_DO, "nothing to do"), False

@@ -1,4 +1,5 @@
-"""What the adaptive sample interval reacts to: not the daemon's own RSS, and not a strategy that asks for a stretch."""
+"""What the adaptive sample interval reacts to: not the daemon's own RSS, nor a strategy that asks for a stretch or
+cannot act; the others' lines still tighten it."""
 
 from __future__ import annotations
 
@@ -17,6 +18,8 @@ from tests.harness import daemon_env, running_daemon
 from tests.optimizer.fakes import SnapshotBuilder
 
 MIB = 1024 * 1024
+# samples enough for the interval to stretch from its base to its bound by 1.25 a sample (0.2 s to 30 s: 23)
+RAMP = 30
 
 
 def own_line(daemon: Daemon) -> float:
@@ -45,10 +48,11 @@ async def test_own_rss_near_its_line_does_not_hold_the_interval_at_its_base(
         assert daemon.registry.get_sample_value("cctv_optimizer_sample_interval_seconds") == high
 
 
-async def test_a_stretching_cpu_strategy_keeps_the_interval_at_base_times_its_factor(
+async def test_a_stretching_cpu_strategy_leaves_the_interval_to_the_other_strategies(
     testbed: TestbedProcess, tmp_path: Path
 ) -> None:
-    """While the cpu strategy holds a hot host (factor 2), the interval is base x 2, not the tightened 1 s x 2."""
+    """While the cpu strategy holds a hot host (factor 2), the interval stretches to its bound when the other
+    strategies are calm, instead of sitting at base x 2; another strategy near its line still tightens it."""
     # a recorder to lower: on a host without one the strategy plans nothing, so it never stretches sampling
     testbed.scenario("hot_recorder", count=1)
     env = daemon_env(testbed, tmp_path / "state")
@@ -57,43 +61,88 @@ async def test_a_stretching_cpu_strategy_keeps_the_interval_at_base_times_its_fa
     async with running_daemon(env, clock=clock) as daemon:
         daemon.engine.refresh = None  # the requested rounds plan from the injected samples, not a real one
         base = daemon.settings.sample_interval / 1000
+        high = daemon.settings.sampler.max_interval_ms / 1000
         daemon.engine.on_snapshot(snapshots.build(cpu=0.99, memory=0.1))
         result = await daemon.engine.request_round(trigger="manual", strategy="cpu", manual=True)
         assert len(result.decision_ids) == 1
         strategy = daemon.engine.runtimes["cpu"].strategy
         assert isinstance(strategy, CpuStrategy)
         assert strategy.sample_interval_factor == 2.0
-        for _ in range(10):
+        for _ in range(RAMP):
             clock.advance(1.0)
             daemon.engine.on_snapshot(snapshots.build(cpu=0.99, memory=0.1))  # still hot: near the cpu line
             daemon._adapt_interval()
         assert daemon.engine.proximity() > CALM_PROXIMITY  # the hot cpu line alone would tighten the interval
-        assert daemon.adaptive_interval == base
-        assert daemon.sample_interval == 2 * base
+        assert daemon.adaptive_interval == high
+        assert daemon.sample_interval == high
+        for _ in range(10):
+            clock.advance(1.0)
+            daemon.engine.on_snapshot(snapshots.build(cpu=0.99, memory=0.75))  # the memory line is near now
+            daemon._adapt_interval()
+        assert daemon.adaptive_interval < base
+        assert daemon.sample_interval == min(high, 2 * daemon.adaptive_interval)
 
 
 async def test_an_armed_strategy_that_cannot_act_does_not_tighten_the_interval(
     testbed: TestbedProcess, tmp_path: Path
 ) -> None:
-    """A hot host arms the cpu strategy; while its breaker is open the interval holds at its base, not 1 s."""
+    """A hot host arms the cpu strategy; while its breaker is open the interval stretches as if it were calm."""
     clock = FakeClock()
     snapshots = SnapshotBuilder(clock)
     async with running_daemon(daemon_env(testbed, tmp_path / "state"), clock=clock) as daemon:
         base = daemon.settings.sample_interval / 1000
         low = daemon.settings.sampler.min_interval_ms / 1000
-        assert low < base
+        high = daemon.settings.sampler.max_interval_ms / 1000
+        assert low < base < high
         cpu = daemon.engine.runtimes["cpu"]
         cpu.breaker_open, cpu.breaker_reason = True, "3 consecutive failures (last: permission denied)"
-        for _ in range(10):
+        for _ in range(RAMP):
             clock.advance(1.0)
             daemon.engine.on_snapshot(snapshots.build(cpu=0.99, memory=0.1))
             cpu.detector.armed = True
             daemon._adapt_interval()
-        assert daemon.adaptive_interval == base
+        assert daemon.adaptive_interval == high
         cpu.breaker_open = False  # re-armed: the hot line tightens the interval again
         for _ in range(10):
             clock.advance(1.0)
             daemon.engine.on_snapshot(snapshots.build(cpu=0.99, memory=0.1))
+            daemon._adapt_interval()
+        assert daemon.adaptive_interval == low
+
+
+async def test_an_armed_strategy_with_nothing_to_do_does_not_tighten_the_interval(
+    testbed: TestbedProcess, tmp_path: Path
+) -> None:
+    """A host hot from programs that are not recorders: the cpu strategy arms and finds nothing to lower. Until
+    its next turn closer samples bring it nothing, so the interval stretches; once the host has cooled down and
+    it disarmed, a hot host tightens the interval again."""
+    clock = FakeClock()
+    snapshots = SnapshotBuilder(clock)
+    async with running_daemon(daemon_env(testbed, tmp_path / "state"), clock=clock) as daemon:
+        daemon.engine.refresh = None  # the rounds plan from the injected samples, not a real one
+        low = daemon.settings.sampler.min_interval_ms / 1000
+        high = daemon.settings.sampler.max_interval_ms / 1000
+        cpu = daemon.engine.runtimes["cpu"]
+        for _ in range(daemon.settings.detection.window_samples):
+            clock.advance(1.0)
+            daemon.engine.on_snapshot(snapshots.build(cpu=0.99, memory=0.1))
+            daemon._adapt_interval()
+        assert daemon.adaptive_interval == low  # near the line and not yet armed: sampled closely for detection
+        await daemon.engine.request_round(trigger="scheduled", strategy="cpu")
+        assert cpu.detector.armed  # and no recorder to lower: its plan had nothing to do
+        for _ in range(RAMP):
+            clock.advance(1.0)
+            daemon.engine.on_snapshot(snapshots.build(cpu=0.99, memory=0.1))
+            daemon._adapt_interval()
+        assert daemon.adaptive_interval == high
+        for _ in range(daemon.settings.detection.window_samples):
+            clock.advance(1.0)
+            daemon.engine.on_snapshot(snapshots.build(cpu=0.1, memory=0.1))
+        await daemon.engine.request_round(trigger="scheduled", strategy="cpu")
+        assert not cpu.detector.armed
+        for _ in range(10):
+            clock.advance(1.0)
+            daemon.engine.on_snapshot(snapshots.build(cpu=0.99, memory=0.1))  # hot again: a new episode
             daemon._adapt_interval()
         assert daemon.adaptive_interval == low
 

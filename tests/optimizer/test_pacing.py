@@ -351,3 +351,28 @@ async def test_a_strategy_whose_disruptive_plan_is_not_allowed_cannot_act(
     strat.next_plan = make_plan("connection", action="end_stuck_sessions")
     await scheduled(engine, samples, clock)
     assert engine.can_act(rt) is True
+
+
+async def test_an_armed_strategy_whose_plan_had_nothing_to_do_cannot_act_until_it_plans_again(
+    build: EngineFactory, samples: SnapshotBuilder, clock: FakeClock
+) -> None:
+    """Armed with nothing to do: can_act is false while it stays armed; a plan with changes, or the end of the
+    episode (disarmed), makes it true again."""
+    strat = ScriptedStrategy("cpu", use_default_plan=False)
+    engine = build([strat])
+    rt = engine.runtimes["cpu"]
+    await scheduled(engine, samples, clock)
+    assert rt.detector.armed
+    assert engine.can_act(rt) is False
+    strat.next_plan = make_plan("cpu")
+    await scheduled(engine, samples, clock)
+    assert engine.can_act(rt) is True  # it acted; nothing held it
+    strat.next_plan = None
+    await scheduled(engine, samples, clock)
+    assert engine.can_act(rt) is False
+    for _ in range(3):
+        clock.advance(5.0)
+        engine.on_snapshot(samples.build(cpu=0.1))
+    await engine.request_round(trigger="scheduled")
+    assert not rt.detector.armed
+    assert engine.can_act(rt) is True
