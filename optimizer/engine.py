@@ -998,7 +998,7 @@ class Engine:
     ) -> tuple[int | None, bool]:
         """The gates after planning (dry run, disruptive, cooldown, budget), then the apply."""
         rt.planned_nothing = plan is None or not plan.changes
-        if rt.planned_nothing:
+        if plan is None or not plan.changes:
             rt.held_until = None  # nothing to do is not being held back
             if manual:
                 return await record(Outcome.NOTHING_TO_DO, "nothing to do"), False
