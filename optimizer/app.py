@@ -16,6 +16,7 @@ import os
 import secrets
 import signal
 import socket
+import time
 from collections.abc import Coroutine, Mapping
 from enum import StrEnum
 from pathlib import Path
@@ -77,6 +78,7 @@ from optimizer.engine import (
     Engine,
     EngineStopping,
     next_sample_interval,
+    round_aligned_interval,
     signal_proximity,
     stretched_interval,
 )
@@ -515,17 +517,27 @@ class Daemon:
         """
         s = self.settings
         low, high = s.sampler.min_interval_ms / 1000, s.sampler.max_interval_ms / 1000
-        self.adaptive_interval = next_sample_interval(
-            self.adaptive_interval,
-            base=s.sample_interval / 1000,
-            low=low,
-            high=high,
-            **self._interval_pressure(),
-        )
-        self.sample_interval = stretched_interval(
+        base = s.sample_interval / 1000
+        pressure = self._interval_pressure()
+        self.adaptive_interval = next_sample_interval(self.adaptive_interval, base=base, low=low, high=high, **pressure)
+        interval = stretched_interval(
             self.adaptive_interval, factor=self.engine.sample_interval_factor(), low=low, high=high
         )
+        if not pressure["armed"]:
+            # near a line with nothing armed: only the next round's detection reads these samples
+            interval = round_aligned_interval(
+                interval, until_round=self._seconds_to_next_round(), window=s.detection.window_samples, base=base
+            )
+        self.sample_interval = interval
         self.metrics.sample_interval.set(self.sample_interval)
+
+    def _seconds_to_next_round(self) -> float | None:
+        """Seconds until the scheduled round runs next; None when rounds are not scheduled."""
+        job = self._scheduler.get_job("round") if self._scheduler is not None else None
+        when = getattr(job, "next_run_time", None)
+        if when is None:
+            return None
+        return max(0.0, float(when.timestamp()) - time.time())
 
     def _interval_pressure(self) -> dict[str, Any]:
         """Proximity and armed state for next_sample_interval, over what the interval should react to.

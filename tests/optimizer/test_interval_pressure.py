@@ -186,3 +186,38 @@ async def test_a_disabled_strategy_does_not_steer_the_interval(testbed: TestbedP
             daemon.engine.on_snapshot(snapshots.build(cpu=0.99, memory=0.1))
             daemon._adapt_interval()
         assert daemon.adaptive_interval >= base
+
+
+async def test_near_a_line_with_nothing_armed_the_tight_samples_are_taken_just_before_the_round(
+    testbed: TestbedProcess, tmp_path: Path
+) -> None:
+    """Host memory near its line: the interval tightens, but while the next round is far off it samples at its
+    base; in the last window before the round it samples at the tight interval; once armed, tight throughout."""
+    clock = FakeClock()
+    snapshots = SnapshotBuilder(clock)
+    env = daemon_env(testbed, tmp_path / "state", CCTV_OPTIMIZER_SAMPLE_INTERVAL="5000")
+    async with running_daemon(env, clock=clock) as daemon:
+        base = daemon.settings.sample_interval / 1000
+        low = daemon.settings.sampler.min_interval_ms / 1000
+        until_round: list[float | None] = [None]
+        daemon._seconds_to_next_round = lambda: until_round[0]  # type: ignore[method-assign]
+
+        def near_line() -> None:
+            for _ in range(10):
+                clock.advance(1.0)
+                daemon.engine.on_snapshot(snapshots.build(cpu=0.05, memory=0.75))
+                daemon._adapt_interval()
+
+        near_line()
+        assert daemon.adaptive_interval == low
+        assert daemon.sample_interval == low  # no round scheduled: tight, as before
+        until_round[0] = 25.0
+        near_line()
+        assert daemon.sample_interval == base
+        until_round[0] = daemon.settings.detection.window_samples * low  # the window is due
+        near_line()
+        assert daemon.sample_interval == low
+        until_round[0] = 25.0
+        daemon.engine.runtimes["memory"].detector.armed = True
+        near_line()
+        assert daemon.sample_interval == low

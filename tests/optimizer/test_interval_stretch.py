@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from optimizer.clock import FakeClock
-from optimizer.engine import Engine, next_sample_interval, stretched_interval
+from optimizer.engine import Engine, next_sample_interval, round_aligned_interval, stretched_interval
 from optimizer.state import StateStore
 from tests.optimizer.fakes import ScriptedStrategy, make_engine
 
@@ -92,3 +92,37 @@ async def test_the_engine_takes_the_largest_factor_any_strategy_asks_for(engine:
 def test_a_strategy_asks_for_no_stretch_by_default() -> None:
     """The base contract's factor is 1.0."""
     assert ScriptedStrategy("plain").sample_interval_factor == 1.0
+
+
+@pytest.mark.parametrize(
+    ("interval", "until_round", "expected"),
+    [
+        (1.0, None, 1.0),  # no round scheduled: as tightened
+        (1.0, 25.0, 5.0),  # the round is far: the base interval meanwhile
+        (1.0, 7.5, 2.5),  # ... and no longer than to be five samples before it
+        (1.0, 5.5, 1.0),  # the window's samples are due: tight
+        (1.0, 0.0, 1.0),  # the round is due now
+        (2.5, 20.0, 5.0),  # a less tightened interval needs a longer lead: 12.5 s
+        (2.5, 14.0, 2.5),
+        (5.0, 25.0, 5.0),  # not tightened: nothing to align
+        (10.0, 25.0, 10.0),  # stretched: left alone
+    ],
+)
+def test_a_tightened_interval_waits_at_base_until_the_rounds_window_is_due(
+    interval: float, until_round: float | None, expected: float
+) -> None:
+    """Near a line with nothing armed, samples a round never reads are not taken at the tight interval."""
+    got = round_aligned_interval(interval, until_round=until_round, window=5, base=5.0)
+    assert got == pytest.approx(expected)
+
+
+def test_the_round_finds_its_window_as_close_together_as_without_alignment() -> None:
+    """Sampling toward a round 30 s off: the last five samples before it are 1 s apart, and fewer are taken."""
+    now, round_at, taken = 0.0, 30.0, [0.0]
+    while now < round_at:
+        now += round_aligned_interval(1.0, until_round=round_at - now, window=5, base=5.0)
+        taken.append(now)
+    before = [t for t in taken if t <= round_at]
+    assert [round(b - a, 6) for a, b in zip(before[-5:], before[-4:], strict=False)] == [1.0] * 4
+    assert round_at - before[-1] < 1.0
+    assert len(before) < 15  # against 31 at 1 s throughout
