@@ -543,7 +543,11 @@ class Daemon:
         if not pressure["armed"]:
             # near a line with nothing armed: only the next round's detection reads these samples
             interval = round_aligned_interval(
-                interval, until_round=self._seconds_to_next_round(), window=s.detection.window_samples, base=base
+                interval,
+                until_round=self._seconds_to_next_round(),
+                window=s.detection.window_samples,
+                base=base,
+                high=high,
             )
         self.sample_interval = interval
         self.metrics.sample_interval.set(self.sample_interval)

@@ -131,20 +131,23 @@ def next_sample_interval(
     return max(low, min(high, target))
 
 
-def round_aligned_interval(interval: float, *, until_round: float | None, window: int, base: float) -> float:
+def round_aligned_interval(
+    interval: float, *, until_round: float | None, window: int, base: float, high: float
+) -> float:
     """A tightened interval while nothing is armed, timed so that the next round finds its window as before.
 
     A round's detectors look only at the last ``window`` samples; samples taken at the tight ``interval`` long
     before it are never looked at. While the round is further off than those samples need, sampling goes on at
-    ``base``; the last ``window`` samples before it are ``interval`` apart, as without this. ``until_round`` is
-    None when no round is scheduled: the interval is left as it is.
+    ``base`` (at most ``high``); the last ``window`` samples before it are ``interval`` apart, as without this.
+    ``until_round`` is None when no round is scheduled: the interval is left as it is.
     """
-    if until_round is None or interval >= base:
+    wait = min(base, high)
+    if until_round is None or interval >= wait:
         return interval
     slack = until_round - window * interval
     if slack <= interval:
         return interval
-    return min(base, slack)
+    return min(wait, slack)
 
 
 def stretched_interval(adaptive: float, *, factor: float, low: float, high: float) -> float:

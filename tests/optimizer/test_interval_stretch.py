@@ -112,15 +112,21 @@ def test_a_tightened_interval_waits_at_base_until_the_rounds_window_is_due(
     interval: float, until_round: float | None, expected: float
 ) -> None:
     """Near a line with nothing armed, samples a round never reads are not taken at the tight interval."""
-    got = round_aligned_interval(interval, until_round=until_round, window=5, base=5.0)
+    got = round_aligned_interval(interval, until_round=until_round, window=5, base=5.0, high=30.0)
     assert got == pytest.approx(expected)
+
+
+def test_an_interval_pinned_below_the_base_is_never_lengthened() -> None:
+    """min = max = 1 s with a 5 s base (as the detection benchmark runs): 1 s whatever the round's distance."""
+    assert round_aligned_interval(1.0, until_round=25.0, window=5, base=5.0, high=1.0) == 1.0
+    assert round_aligned_interval(1.0, until_round=25.0, window=5, base=5.0, high=3.0) == 3.0
 
 
 def test_the_round_finds_its_window_as_close_together_as_without_alignment() -> None:
     """Sampling toward a round 30 s off: the last five samples before it are 1 s apart, and fewer are taken."""
     now, round_at, taken = 0.0, 30.0, [0.0]
     while now < round_at:
-        now += round_aligned_interval(1.0, until_round=round_at - now, window=5, base=5.0)
+        now += round_aligned_interval(1.0, until_round=round_at - now, window=5, base=5.0, high=30.0)
         taken.append(now)
     before = [t for t in taken if t <= round_at]
     assert [round(b - a, 6) for a, b in zip(before[-5:], before[-4:], strict=False)] == [1.0] * 4
