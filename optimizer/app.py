@@ -53,6 +53,7 @@ from metrics.sqlite import DatabaseReader
 from metrics.tables import TABLES
 from metrics.tcp import TcpCounter, make_tcp_counter
 from metrics.window import Windows
+from optimizer import cadence
 from optimizer.alertmanager import AlertmanagerReceiver
 from optimizer.api import (
     BODY_TIMEOUT_SECONDS,
@@ -76,14 +77,7 @@ from optimizer.connections import (
     open_descriptors,
 )
 from optimizer.dashboard import load_dashboard
-from optimizer.engine import (
-    Engine,
-    EngineStopping,
-    next_sample_interval,
-    round_aligned_interval,
-    signal_proximity,
-    stretched_interval,
-)
+from optimizer.engine import Engine, EngineStopping
 from optimizer.executors import Executors, run_in
 from optimizer.logs import REDACTOR, configure_logging
 from optimizer.registry import build_strategies
@@ -92,9 +86,6 @@ from optimizer.state import HistoryReader, StateStore
 from strategies.base import StrategyDeps
 
 VERSION = "0.1.0"
-# The daemon's own figures: its RSS sits near 60% of its soft line from the libraries alone, so counting it
-# would hold the sample interval at its base for ever; nearing it is no reason to watch the host more closely.
-OWN_SIGNALS = frozenset({"own_rss_bytes"})
 log = structlog.get_logger("daemon")
 
 # the dated tables the database reader samples, each column in its own time base (metrics/tables.py)
@@ -289,12 +280,12 @@ class Daemon:
 
     def _check_triggers(self) -> None:
         """Say at start which triggers watch a signal nothing measures (a misspelt name in a plugin): they never arm."""
-        for name, rt in self.engine.runtimes.items():
-            for spec in self.engine.triggers_of(rt):
+        for view in self.engine.views():
+            for spec in view.triggers:
                 if not is_known_signal(spec.signal):
                     log.warning(
                         "trigger_unknown_signal",
-                        strategy=name,
+                        strategy=view.name,
                         signal=spec.signal,
                         consequence="this trigger never arms",
                         hint=did_you_mean(spec.signal, BY_NAME).removeprefix("; ") or None,
@@ -527,29 +518,19 @@ class Daemon:
                 log.warning("source_degraded", source=name, error=status.error)
 
     def _adapt_interval(self) -> None:
-        """Stretch the sample interval while every signal is far from its threshold; tighten near one.
-
-        A strategy may ask for a longer interval on top (the cpu strategy while the host is hot): the largest
-        factor asked for multiplies the adapted interval, still within the configured bounds.
-        """
+        """Work out the next sample interval from what the strategies watch (see optimizer/cadence.py)."""
         s = self.settings
-        low, high = s.sampler.min_interval_ms / 1000, s.sampler.max_interval_ms / 1000
-        base = s.sample_interval / 1000
-        pressure = self._interval_pressure()
-        self.adaptive_interval = next_sample_interval(self.adaptive_interval, base=base, low=low, high=high, **pressure)
-        interval = stretched_interval(
-            self.adaptive_interval, factor=self.engine.sample_interval_factor(), low=low, high=high
+        bounds = cadence.Bounds(
+            base=s.sample_interval / 1000, low=s.sampler.min_interval_ms / 1000, high=s.sampler.max_interval_ms / 1000
         )
-        if not pressure["armed"]:
-            # near a line with nothing armed: only the next round's detection reads these samples
-            interval = round_aligned_interval(
-                interval,
-                until_round=self._seconds_to_next_round(),
-                window=s.detection.window_samples,
-                base=base,
-                high=high,
-            )
-        self.sample_interval = interval
+        self.adaptive_interval, self.sample_interval = cadence.adapt(
+            self.adaptive_interval,
+            bounds,
+            self.engine.watches(),
+            self.engine.windows,
+            until_round=self._seconds_to_next_round(),
+            window=s.detection.window_samples,
+        )
         self.metrics.sample_interval.set(self.sample_interval)
 
     def _seconds_to_next_round(self) -> float | None:
@@ -559,28 +540,6 @@ class Daemon:
         if when is None:
             return None
         return max(0.0, float(when.timestamp()) - time.time())
-
-    def _interval_pressure(self) -> dict[str, Any]:
-        """Proximity and armed state for next_sample_interval, over what the interval should react to.
-
-        The daemon's own signals do not count (OWN_SIGNALS). Nor does a strategy that asks for a stretch (the
-        cpu strategy while the host is hot): tightening for it would undo the stretch (1 s doubled is 2 s). Nor
-        does a strategy that cannot act (breaker open, held by its cooldown or budget, planning a disruptive
-        change while those are off, or armed by a condition its last plan found nothing to do about): closer
-        samples bring nothing while it waits for its next turn. Such strategies leave the interval to the others,
-        so it stretches when those are calm, and tightens as soon as one of them nears a line.
-        """
-        proximity = 0.0
-        armed = False
-        for rt in self.engine.runtimes.values():
-            if not rt.enabled:
-                continue  # it never gets a turn: its lines are nobody's concern
-            if self.engine.factor_of(rt) > 1.0 or not self.engine.can_act(rt):
-                continue
-            specs = [spec for spec in self.engine.triggers_of(rt) if spec.signal not in OWN_SIGNALS]
-            proximity = max(proximity, signal_proximity(specs, self.engine.windows))
-            armed = armed or rt.detector.armed
-        return {"proximity": proximity, "armed": armed}
 
     def health(self) -> tuple[bool, str]:
         """Whether the decision loop and the sampler are alive, and why not."""
@@ -593,7 +552,7 @@ class Daemon:
             return False, "no fresh sample"
         round_limit = (
             2 * s.optimization_interval / 1000
-            + len(self.engine.runtimes) * (s.engine.plan_timeout_seconds + s.engine.apply_timeout_seconds)
+            + len(self.engine.strategy_names()) * (s.engine.plan_timeout_seconds + s.engine.apply_timeout_seconds)
             + 10
         )
         if now - self.engine.heartbeat > round_limit:
@@ -705,8 +664,7 @@ class Daemon:
             await self._api_loop.stop()
         await self.backend.close()
         await self.mediamtx.close()
-        for rt in self.engine.runtimes.values():
-            await rt.strategy.close()
+        await self.engine.close()
         if self._background:
             await asyncio.gather(*self._background, return_exceptions=True)
         await asyncio.to_thread(self.history.close)
