@@ -681,10 +681,10 @@ async def test_concurrent_requests_join_one_round(
     engine = build([strat])
     feed(engine, samples, clock, [CALM])
     tasks = [asyncio.create_task(manual(engine)) for _ in range(50)]
-    await asyncio.wait_for(strat.plan_started.wait(), 5.0)
+    await asyncio.wait_for(strat.plan_started.wait(), 30.0)
     assert engine.optimizing is True
     strat.plan_gate.set()
-    results = await asyncio.wait_for(asyncio.gather(*tasks), 5.0)
+    results = await asyncio.wait_for(asyncio.gather(*tasks), 30.0)
     assert len(strat.plan_calls) == 1
     assert len({r.run_id for r in results}) == 1
     assert sum(r.joined for r in results) == 49
@@ -798,7 +798,7 @@ async def test_an_attempt_is_persisted_before_the_apply_runs(
     first = build([strat], budget_actions=6, apply_timeout_seconds=5.0)
     first.on_snapshot(samples.build(cpu=CALM))
     running = asyncio.create_task(manual(first))
-    await asyncio.wait_for(strat.apply_started.wait(), 5.0)
+    await asyncio.wait_for(strat.apply_started.wait(), 30.0)
     second_strategy = ScriptedStrategy("cpu")
     second = build([second_strategy], budget_actions=6)
     await second.load()  # the restart: the first daemon is still inside apply()
@@ -808,7 +808,7 @@ async def test_an_attempt_is_persisted_before_the_apply_runs(
     assert len(second_strategy.reconciled) == 1
     assert outcomes(store) == ["interrupted"]
     strat.apply_gate.set()
-    await asyncio.wait_for(running, 5.0)
+    await asyncio.wait_for(running, 30.0)
 
 
 # history rows ------------------------------------------------------------------------------------------------------

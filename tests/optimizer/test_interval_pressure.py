@@ -4,6 +4,7 @@ cannot act; the others' lines still tighten it."""
 from __future__ import annotations
 
 import dataclasses
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,7 @@ from optimizer.clock import FakeClock
 from strategies.cpu import CpuStrategy
 from testbed.harness import TestbedProcess
 from tests.harness import daemon_env, running_daemon
+from tests.optimizer.conftest import recorder_env
 from tests.optimizer.fakes import SnapshotBuilder
 
 MIB = 1024 * 1024
@@ -54,13 +56,12 @@ async def test_own_rss_near_its_line_does_not_hold_the_interval_at_its_base(
 
 
 async def test_a_stretching_cpu_strategy_leaves_the_interval_to_the_other_strategies(
-    testbed: TestbedProcess, tmp_path: Path
+    testbed: TestbedProcess, tmp_path: Path, recorder: tuple[Path, subprocess.Popen[bytes]]
 ) -> None:
     """While the cpu strategy holds a hot host (factor 2), the interval stretches to its bound when the other
     strategies are calm, instead of sitting at base x 2; another strategy near its line still tightens it."""
     # a recorder to lower: on a host without one the strategy plans nothing, so it never stretches sampling
-    testbed.scenario("hot_recorder", count=1)
-    env = daemon_env(testbed, tmp_path / "state")
+    env = daemon_env(testbed, tmp_path / "state", **recorder_env(recorder[0]))
     clock = FakeClock()
     snapshots = SnapshotBuilder(clock)
     async with running_daemon(env, clock=clock) as daemon:
@@ -153,13 +154,13 @@ async def test_an_armed_strategy_with_nothing_to_do_does_not_tighten_the_interva
 
 
 async def test_the_cpu_restore_brings_the_interval_back_without_waiting_for_a_cooldown(
-    testbed: TestbedProcess, tmp_path: Path
+    testbed: TestbedProcess, tmp_path: Path, recorder: tuple[Path, subprocess.Popen[bytes]]
 ) -> None:
     """Lowered and stretched while hot; calm for the window a minute later: restored at once, not after 300 s."""
-    testbed.scenario("hot_recorder", count=1)
     clock = FakeClock()
     snapshots = SnapshotBuilder(clock)
-    async with running_daemon(daemon_env(testbed, tmp_path / "state"), clock=clock) as daemon:
+    env = daemon_env(testbed, tmp_path / "state", **recorder_env(recorder[0]))
+    async with running_daemon(env, clock=clock) as daemon:
         daemon.engine.refresh = None  # the requested rounds plan from the injected samples, not a real one
         strategy = daemon.engine.runtimes["cpu"].strategy
         assert isinstance(strategy, CpuStrategy)
