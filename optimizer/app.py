@@ -15,7 +15,6 @@ import gc
 import os
 import secrets
 import signal
-import socket
 from collections.abc import Coroutine, Mapping
 from enum import StrEnum
 from pathlib import Path
@@ -52,7 +51,7 @@ from metrics.sqlite import DatabaseReader
 from metrics.tables import TABLES
 from metrics.tcp import TcpCounter, make_tcp_counter
 from metrics.window import Windows
-from optimizer import cadence
+from optimizer import __version__, cadence
 from optimizer.alertmanager import AlertmanagerReceiver
 from optimizer.api import (
     BODY_TIMEOUT_SECONDS,
@@ -84,7 +83,7 @@ from optimizer.sdnotify import SystemdNotifier
 from optimizer.state import HistoryReader, StateStore
 from strategies.base import StrategyDeps
 
-VERSION = "0.1.0"
+VERSION = __version__
 log = structlog.get_logger("daemon")
 
 # the dated tables the database reader samples, each column in its own time base (metrics/tables.py)
@@ -732,11 +731,6 @@ def run_daemon(config_file: Path | None, environ: Mapping[str, str] | None = Non
     except Exception as exc:
         log.exception("daemon_crashed", error=f"{exc.__class__.__name__}: {exc}")
         return EX_FAIL
-
-
-def hostname() -> str:
-    """This host's name, for display."""
-    return socket.gethostname()
 
 
 __all__ = ["Daemon", "LifecycleState", "Problem", "StartupError", "run_daemon"]
