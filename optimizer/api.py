@@ -391,22 +391,28 @@ async def performance_metrics(request: web.Request) -> web.Response:
     now = asyncio.get_running_loop().time()
     payload = pages.fresh(key, now)
     if payload is None:
-        async with ctx.reads.slot():
-            payload = pages.fresh(key, now)
-            if payload is None:
-                payload = json.dumps(await _performance_body(ctx, request.app[HISTORY])).encode()
-                pages.store(key, now, payload)
+
+        async def render() -> bytes:
+            async with ctx.reads.slot():
+                page = pages.fresh(key, now)
+                if page is None:
+                    page = json.dumps(await _performance_body(ctx, request.app[HISTORY])).encode()
+                    pages.store(key, now, page)
+                return page
+
+        payload = await pages.shared(key, render)
     return web.Response(body=payload, content_type="application/json")
 
 
 @dataclass(slots=True)
 class PageCache:
-    """One rendered page, reused for the same key within ``max_age`` seconds."""
+    """One rendered page, reused for the same key within ``max_age`` seconds; one rendering at a time per key."""
 
     max_age: float = PAGE_CACHE_SECONDS
     key: Any = None
     rendered_at: float = float("-inf")
     payload: bytes = b""
+    pending: tuple[Any, asyncio.Future[bytes]] | None = None
 
     def fresh(self, key: Any, now: float) -> bytes | None:
         """The payload when it was rendered for ``key`` less than ``max_age`` ago."""
@@ -417,6 +423,15 @@ class PageCache:
     def store(self, key: Any, now: float, payload: bytes) -> None:
         """Keep ``payload`` as the rendering for ``key``."""
         self.key, self.rendered_at, self.payload = key, now, payload
+
+    async def shared(self, key: Any, render: Callable[[], Awaitable[bytes]]) -> bytes:
+        """``await render()``, once for all the requests for ``key`` that arrive while it runs (rather than one
+        rendering per read slot)."""
+        pending = self.pending
+        if pending is None or pending[0] != key or pending[1].done():
+            pending = (key, asyncio.ensure_future(render()))
+            self.pending = pending
+        return await asyncio.shield(pending[1])
 
 
 async def _performance_body(ctx: ApiContext, history: HistoryCache) -> dict[str, Any]:

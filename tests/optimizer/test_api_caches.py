@@ -11,7 +11,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-from optimizer.api import EncodedRows, HistoryPages, _history_page
+import pytest
+
+from optimizer.api import EncodedRows, HistoryPages, PageCache, _history_page
 from optimizer.state import HistoryReader, StateStore
 from testbed.harness import TestbedProcess
 from tests.harness import api_client, auth, daemon_env, running_daemon
@@ -138,6 +140,37 @@ async def test_requests_for_a_page_being_read_share_that_read() -> None:
     assert await newer == b"v2"
     assert reads == [1, 2]
     assert pages.pending == {}
+
+
+async def test_requests_for_a_page_being_rendered_share_that_rendering() -> None:
+    """/performance-metrics: requests for the same key while it renders wait for that one rendering (not one per
+    read slot); a new key (a sample, a round, a write) renders anew, and a failed rendering is not kept."""
+    pages = PageCache()
+    renders: list[str] = []
+    release = asyncio.Event()
+
+    def renderer(key: str, *, fail: bool = False) -> Any:
+        async def render() -> bytes:
+            renders.append(key)
+            await release.wait()
+            if fail:
+                raise RuntimeError("render failed")
+            return key.encode()
+
+        return render
+
+    same = [asyncio.create_task(pages.shared("a", renderer("a"))) for _ in range(5)]
+    await asyncio.sleep(0.01)
+    release.set()
+    assert await asyncio.gather(*same) == [b"a"] * 5
+    assert renders == ["a"]
+    assert await pages.shared("b", renderer("b")) == b"b"
+    failing = asyncio.create_task(pages.shared("c", renderer("c", fail=True)))
+    await asyncio.sleep(0)
+    with pytest.raises(RuntimeError):
+        await failing
+    assert await pages.shared("c", renderer("c")) == b"c"
+    assert renders == ["a", "b", "c", "c"]
 
 
 async def test_history_answers_are_never_older_than_the_last_write(testbed: TestbedProcess, tmp_path: Path) -> None:
