@@ -555,9 +555,13 @@ async def performance_optimize(request: web.Request) -> web.Response:
             lambda: ctx.engine.request_round(trigger="manual", strategy=strategy, dry_run=dry_run, manual=True)
         )
     except EngineStopping:
-        raise ApiError(503, "stopping", "the daemon is stopping") from None
-    finally:
         ctx.writes += 1
+        raise ApiError(503, "stopping", "the daemon is stopping") from None
+    except BaseException:
+        # a round that failed may still have changed what the pages show; one that ended bumped rounds_run,
+        # which renews them already (a second renewal per round only rendered the same page again)
+        ctx.writes += 1
+        raise
     return web.json_response(
         {
             "message": "Optimization round joined" if result.joined else "Optimization round completed",

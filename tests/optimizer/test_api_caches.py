@@ -195,3 +195,22 @@ async def test_history_answers_are_never_older_than_the_last_write(testbed: Test
             third = await resp.json()
         assert third["items"][0]["verdict"] == "improved"
         assert third["items"][0]["verdictDetail"] == {"note": "later"}
+
+
+async def test_the_metrics_page_shows_a_requested_round_as_soon_as_it_is_answered(
+    testbed: TestbedProcess, tmp_path: Path
+) -> None:
+    """GET /performance-metrics cached before a POSTed round shows that round's decisions right after the answer."""
+    env = daemon_env(testbed, tmp_path / "s")
+    async with running_daemon(env) as daemon, api_client(daemon) as http:
+        for _ in range(3):
+            async with http.get("/performance-metrics") as resp:
+                before = await resp.json()
+        assert before["recentOptimizations"] == []
+        async with http.post("/performance-optimize", json={"strategy": "database"}, headers=auth(daemon)) as resp:
+            ids = (await resp.json())["decisions"]
+        assert ids
+        async with http.get("/performance-metrics") as resp:
+            after = await resp.json()
+        assert {i["id"] for i in after["recentOptimizations"]} >= set(ids)
+        assert after["performance"]["isOptimizing"] is False
