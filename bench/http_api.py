@@ -430,9 +430,9 @@ def summarise(figures: dict[str, Any], has_uvloop: bool) -> dict[str, Any]:
         rows.append(
             row(
                 f"p99 of GET {path} at {fixed['rate_per_s']:.0f} req/s (fixed rate) while rounds run back to back",
-                f"{_ms(busy['p99_s'])} (p50 {_ms(busy['p50_s'])}, max {_ms(busy['max_s'])};"
+                f"{_ms(busy['p99_s'])} (p50 {_ms(busy['p50_s'])}, p90 {_ms(busy['p90_s'])}, max {_ms(busy['max_s'])};"
                 f" {busy['rounds_completed']} rounds; {failed} requests not 200)",
-                reference=f"idle {_ms(idle['p99_s'])} (p50 {_ms(idle['p50_s'])});"
+                reference=f"idle {_ms(idle['p99_s'])} (p50 {_ms(idle['p50_s'])}, p90 {_ms(idle['p90_s'])});"
                 f" {idle['requests']} and {busy['requests']} requests in alternating {fixed['window_s']:g} s windows",
                 ratio_text=f"{x:.2f}x",
                 goal="<= 1.5x idle" if goal_route else "<= 1.5x idle (reported)",
