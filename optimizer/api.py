@@ -379,14 +379,15 @@ def _sum_window(engine: Engine, signal: str) -> float:
 async def performance_metrics(request: web.Request) -> web.Response:
     """GET /performance-metrics: the specification's JSON shape, plus strategies and sources.
 
-    The page is rendered once per sample, round start and end, and write through the API, and is never more than
+    The page is rendered once per sample, round end, and write through the API, and is never more than
     ``PAGE_CACHE_SECONDS`` old (what changes between those, a verdict or a reload, shows within that), so a busy
-    poller costs a dictionary look-up; a new rendering waits for a read slot like the history reads.
+    poller costs a dictionary look-up; a new rendering waits for a read slot like the history reads. Whether a
+    round runs is put into the rendered bytes at each answer, so a round's start renders nothing.
     """
     ctx = request.app[CTX]
     engine = ctx.engine
     latest = engine.latest
-    key = (latest.seq if latest is not None else None, engine.rounds_run, engine.optimizing, ctx.writes)
+    key = (latest.seq if latest is not None else None, engine.rounds_run, ctx.writes)
     pages = request.app[PAGES]
     now = asyncio.get_running_loop().time()
     payload = pages.fresh(key, now)
@@ -396,12 +397,20 @@ async def performance_metrics(request: web.Request) -> web.Response:
             async with ctx.reads.slot():
                 page = pages.fresh(key, now)
                 if page is None:
-                    page = json.dumps(await _performance_body(ctx, request.app[HISTORY])).encode()
+                    body = await _performance_body(ctx, request.app[HISTORY])
+                    body["performance"]["isOptimizing"] = _OPTIMIZING
+                    page = json.dumps(body).encode()
                     pages.store(key, now, page)
                 return page
 
         payload = await pages.shared(key, render)
+    payload = payload.replace(_OPTIMIZING_JSON, b"true" if engine.optimizing else b"false", 1)
     return web.Response(body=payload, content_type="application/json")
+
+
+# What a rendered /performance-metrics page holds in place of isOptimizing until it is answered.
+_OPTIMIZING = "\0optimizing\0"
+_OPTIMIZING_JSON = json.dumps(_OPTIMIZING).encode()
 
 
 @dataclass(slots=True)

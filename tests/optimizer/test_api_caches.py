@@ -214,3 +214,20 @@ async def test_the_metrics_page_shows_a_requested_round_as_soon_as_it_is_answere
             after = await resp.json()
         assert {i["id"] for i in after["recentOptimizations"]} >= set(ids)
         assert after["performance"]["isOptimizing"] is False
+
+
+async def test_the_metrics_page_says_whether_a_round_runs_at_each_answer(
+    testbed: TestbedProcess, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """isOptimizing is put into the cached page when it is answered: a round's start needs no new rendering."""
+    env = daemon_env(testbed, tmp_path / "s")
+    async with running_daemon(env) as daemon, api_client(daemon) as http:
+        async with http.get("/performance-metrics") as resp:
+            idle = await resp.json()
+        assert idle["performance"]["isOptimizing"] is False
+        monkeypatch.setattr(type(daemon.engine), "optimizing", property(lambda self: True))
+        async with http.get("/performance-metrics") as resp:
+            busy = await resp.json()
+        assert busy["performance"]["isOptimizing"] is True
+        assert busy["timestamp"] == idle["timestamp"]  # the same rendering
+        assert "optimizing\\u0000" not in json.dumps(busy)
