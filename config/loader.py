@@ -27,7 +27,7 @@ import yaml
 from config import units
 from config.errors import ConfigError, Problem
 from config.safety import hls_root_problems
-from config.settings import Settings
+from config.settings import RawSetting, Settings, StrategiesSettings
 from config.units import Unit
 
 ENV_PREFIX = "CCTV_OPTIMIZER_"
@@ -73,6 +73,8 @@ def iter_leaves(cls: type[Any] = Settings, prefix: str = "") -> Iterator[Leaf]:
     """Walk the settings dataclasses and yield every leaf setting."""
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
+        if f.metadata.get("internal"):
+            continue  # filled by the loader itself, not a setting anyone sets
         tp = hints[f.name]
         path = f"{prefix}{f.name}"
         if dataclasses.is_dataclass(tp):
@@ -346,6 +348,8 @@ def load_settings(
     by_path = {leaf.path: leaf for leaf in leaves}
     values: dict[str, Any] = {leaf.path: leaf.default for leaf in leaves}
     sources: dict[str, str] = {leaf.path: DEFAULT_SOURCE for leaf in leaves}
+    # strategies.<name>.<field> for a name that is no built-in strategy: a plugin's option if <name> is a plugin
+    candidates: list[tuple[tuple[str, str], RawSetting, str]] = []
 
     if config_file is None and env.get(CONFIG_ENV):
         config_file = Path(env[CONFIG_ENV])
@@ -355,6 +359,9 @@ def load_settings(
         for key, raw in _read_yaml(config_file, problems).items():
             leaf = by_path.get(key) or aliases.get(key)
             if leaf is None:
+                if (named := _plugin_setting(key)) is not None:
+                    candidates.append((named, RawSetting(raw, source, from_env=False), key))
+                    continue
                 hint = did_you_mean(key, [*by_path, *aliases])
                 problems.append(Problem(path=key, message=f"unknown setting{hint}", source=source))
                 continue
@@ -370,6 +377,10 @@ def load_settings(
         where = f"env {name}" + (f", {origins[name]}" if origins and name in origins else "")
         leaf = by_env.get(name)
         if leaf is None:
+            path = name.removeprefix(ENV_PREFIX).lower().replace("__", ".")
+            if name.startswith(ENV_PREFIX) and (named := _plugin_setting(path)) is not None:
+                candidates.append((named, RawSetting(raw, where, from_env=True), name))
+                continue
             if name.startswith(ENV_PREFIX) and name != CONFIG_ENV:
                 hint = did_you_mean(name, by_env)
                 problems.append(Problem(path=name, message=f"unknown setting{hint}", source=where))
@@ -390,6 +401,12 @@ def load_settings(
         sources["state.directory"] = "env STATE_DIRECTORY" if first else DEFAULT_SOURCE
 
     settings = _build(Settings, values)
+    settings = dataclasses.replace(
+        settings,
+        strategies=dataclasses.replace(
+            settings.strategies, plugin_options=_plugin_options(candidates, settings.strategies.plugins, problems)
+        ),
+    )
     # checked even when some values were wrong (those keep their defaults), so every problem shows at once
     failed = {p.path for p in problems}
     problems.extend(
@@ -407,12 +424,76 @@ def _build(cls: type[Any], values: Mapping[str, Any], prefix: str = "") -> Any:
     hints = typing.get_type_hints(cls)
     kwargs: dict[str, Any] = {}
     for f in dataclasses.fields(cls):
+        if f.metadata.get("internal"):
+            continue  # its default; the loader fills it afterwards
         tp = hints[f.name]
         path = f"{prefix}{f.name}"
         if dataclasses.is_dataclass(tp):
             kwargs[f.name] = _build(typing.cast(type[Any], tp), values, prefix=f"{path}.")
         else:
             kwargs[f.name] = values[path]
+    return cls(**kwargs)
+
+
+# the built-in strategies' option sections: strategies.<one of these>.* are settings of the schema
+_BUILT_IN_STRATEGIES = frozenset(
+    name for name, tp in typing.get_type_hints(StrategiesSettings).items() if dataclasses.is_dataclass(tp)
+)
+
+
+def _plugin_setting(path: str) -> tuple[str, str] | None:
+    """(plugin, field) when ``path`` is ``strategies.<name>.<field>`` and <name> is no built-in strategy."""
+    parts = path.split(".")
+    if len(parts) != 3 or parts[0] != "strategies" or parts[1] in _BUILT_IN_STRATEGIES or not parts[1] or not parts[2]:
+        return None
+    return parts[1], parts[2]
+
+
+def _plugin_options(
+    candidates: list[tuple[tuple[str, str], RawSetting, str]], plugins: tuple[str, ...], problems: list[Problem]
+) -> Mapping[str, Mapping[str, RawSetting]]:
+    """The options given for each plugin in ``plugins``; any other ``strategies.<name>.*`` is an unknown setting."""
+    out: dict[str, dict[str, RawSetting]] = {}
+    for (plugin, name), raw, given in candidates:
+        if plugin in plugins:
+            out.setdefault(plugin, {})[name] = raw
+            continue
+        known = sorted(_BUILT_IN_STRATEGIES | set(plugins))
+        hint = did_you_mean(plugin, known)
+        message = f"unknown setting: no strategy or plugin {plugin!r}" + (
+            hint if hint else " (a plugin's options need the plugin in strategies.plugins)"
+        )
+        problems.append(Problem(path=given, message=message, source=raw.source))
+    return types.MappingProxyType({k: types.MappingProxyType(v) for k, v in out.items()})
+
+
+def build_options(cls: type[Any], given: Mapping[str, RawSetting], prefix: str) -> Any:
+    """Instantiate a strategy's options dataclass ``cls`` from settings as given (a plugin's), checked the way
+    every setting is: raise ConfigError naming each unknown field and each bad value, under ``prefix``."""
+    leaves = {leaf.path.removeprefix(prefix): leaf for leaf in iter_leaves(cls, prefix)}
+    problems: list[Problem] = []
+    kwargs: dict[str, Any] = {}
+    for name, raw in sorted(given.items()):
+        leaf = leaves.get(name)
+        if leaf is None:
+            problems.append(
+                Problem(path=prefix + name, message=f"unknown setting{did_you_mean(name, leaves)}", source=raw.source)
+            )
+            continue
+        try:
+            kwargs[name] = _convert(leaf, raw.value, from_env=raw.from_env)
+        except ValueError as exc:
+            problems.append(
+                Problem(
+                    path=leaf.path,
+                    message=str(exc),
+                    source=raw.source,
+                    name=leaf.env if raw.from_env else leaf.path,
+                    value=_shown(raw.value),
+                )
+            )
+    if problems:
+        raise ConfigError(problems)
     return cls(**kwargs)
 
 

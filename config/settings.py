@@ -9,9 +9,11 @@ for messages where the default is none.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 
@@ -147,7 +149,29 @@ class SecretsSettings:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class DatabaseOptions:
+class StrategyOptions:
+    """What every strategy's options have: whether it runs, and its own mode (the global one when unset).
+
+    A strategy declares its options as a subclass (``Strategy.Options``); its fields are the settings
+    ``strategies.<name>.<field>`` (``CCTV_OPTIMIZER_STRATEGIES__<NAME>__<FIELD>``), for a plugin too.
+    """
+
+    enabled: bool = _f(True)
+    mode: Mode | None = _f(None)
+
+
+@dataclass(frozen=True, slots=True)
+class RawSetting:
+    """A setting for a plugin's options as given, before the plugin says what it means: the value (text from the
+    environment, a YAML value from the file), where it came from, and whether it is text from the environment."""
+
+    value: object
+    source: str
+    from_env: bool
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DatabaseOptions(StrategyOptions):
     """Options of the database strategy.
 
     ``wal_limit_bytes``: WAL size that arms a checkpoint; ``busy_timeout_ms``: how long a write waits for the
@@ -165,8 +189,6 @@ class DatabaseOptions:
     ``cctv-optimizer restore-backup FILE`` puts one back.
     """
 
-    enabled: bool = _f(True)
-    mode: Mode | None = _f(None)
     wal_limit_bytes: int = _f(64 * MIB, min=4096, max=1 << 40)
     busy_timeout_ms: int = _f(1000, min=0, max=60_000)
     optimize_interval_seconds: float = _f(86400.0, min=60.0, max=30 * 86400.0)
@@ -188,7 +210,7 @@ class DatabaseOptions:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class MemoryOptions:
+class MemoryOptions(StrategyOptions):
     """Options of the memory strategy (``CCTV_OPTIMIZER_STRATEGIES__MEMORY__<FIELD>``).
 
     - ``hls_stale_age_seconds``: an unreferenced HLS file older than this is stale and may be pruned.
@@ -213,8 +235,6 @@ class MemoryOptions:
     - ``settle_seconds``: when the effect of the safe actions is measured.
     """
 
-    enabled: bool = _f(True)
-    mode: Mode | None = _f(None)
     hls_stale_age_seconds: float = _f(120.0, min=10.0, max=86400.0)
     hls_budget_bytes: int = _f(512 * MIB, min=MIB, max=1 << 40)
     hls_prune_max_files: int = _f(10_000, min=1, max=10_000_000)
@@ -237,7 +257,7 @@ class MemoryOptions:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class CpuOptions:
+class CpuOptions(StrategyOptions):
     """Options of the cpu strategy (``CCTV_OPTIMIZER_STRATEGIES__CPU__<FIELD>``; the host line is ``CPU_THRESHOLD``).
 
     - ``load_per_core``: one-minute load per core at or above which the strategy arms.
@@ -251,8 +271,6 @@ class CpuOptions:
     - ``settle_seconds``: when the backend's response time is measured again after renicing.
     """
 
-    enabled: bool = _f(True)
-    mode: Mode | None = _f(None)
     load_per_core: float = _f(1.5, min=0.1, max=100.0)
     psi_some_avg10: float = _f(40.0, min=0.0, max=100.0, unit="percent")
     recorder_pattern: str = _f("-segment_time")
@@ -264,7 +282,7 @@ class CpuOptions:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class ConnectionOptions:
+class ConnectionOptions(StrategyOptions):
     """Options of the connection strategy (``CCTV_OPTIMIZER_STRATEGIES__CONNECTION__<FIELD>``).
 
     - ``session_timeout_seconds``: the backend's own viewer-session timeout (15 s): its sweep ends sessions silent
@@ -288,8 +306,6 @@ class ConnectionOptions:
     - ``settle_seconds``: when the effect is measured again.
     """
 
-    enabled: bool = _f(True)
-    mode: Mode | None = _f(None)
     session_timeout_seconds: float = _f(15.0, min=1.0, max=3600.0)
     stuck_session_seconds: float = _f(120.0, min=10.0, max=86400.0)
     sweep_interval_seconds: float = _f(20.0, min=0.01, max=3600.0)
@@ -308,7 +324,7 @@ class ConnectionOptions:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class CacheOptions:
+class CacheOptions(StrategyOptions):
     """Options of the cache strategy.
 
     ``hit_rate_floor``: recent hit rate (from counter deltas) below which the cache has collapsed, judged only
@@ -321,8 +337,6 @@ class CacheOptions:
     ``/health`` is fast) and are reported; ``settle_seconds``: wait before the effect is measured.
     """
 
-    enabled: bool = _f(True)
-    mode: Mode | None = _f(None)
     hit_rate_floor: float = _f(0.3, min=0.0, max=1.0, unit="ratio")
     min_lookups: int = _f(50, min=1, max=10_000_000)
     entries_limit: int = _f(2000, min=10, max=10_000_000)
@@ -343,6 +357,11 @@ class StrategiesSettings:
     connection: ConnectionOptions = field(default_factory=ConnectionOptions)
     cache: CacheOptions = field(default_factory=CacheOptions)
     plugins: tuple[str, ...] = _f(())
+    # ``strategies.<plugin>.<field>`` as given, for each plugin in ``plugins``; the plugin's own Options class
+    # checks them when it is built (not a setting of its own: the loader fills it)
+    plugin_options: Mapping[str, Mapping[str, RawSetting]] = field(
+        default_factory=lambda: MappingProxyType({}), metadata={"internal": True}
+    )
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -26,8 +26,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from config.settings import Mode, Settings
-from config.units import unit_of
-from metrics.snapshot import signal_label
+from metrics.signals import signal_label, signal_unit
 from optimizer.engine import Engine, EngineStopping
 from optimizer.executors import run_in
 from optimizer.state import HistoryReader, StateStore
@@ -364,7 +363,7 @@ def _strategy_view(ctx: ApiContext, name: str) -> dict[str, Any]:
                 "above": t.above,
                 "role": t.role,
                 "label": signal_label(t.signal),
-                "unit": str(unit_of(t.signal)),
+                "unit": str(signal_unit(t.signal)),
             }
             for t in engine.triggers_of(rt)
         ],
@@ -867,7 +866,7 @@ def _samples_body(ctx: ApiContext, names: list[str], since: int) -> dict[str, An
             {
                 "signal": name,
                 "label": signal_label(name),
-                "unit": str(unit_of(name)),
+                "unit": str(signal_unit(name)),
                 "points": [p for p in points if p[0] > since],
             }
         )

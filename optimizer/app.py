@@ -31,6 +31,7 @@ from prometheus_client.process_collector import ProcessCollector
 from config.errors import ConfigError, Problem
 from config.loader import (
     LoadedSettings,
+    did_you_mean,
     keep_restart_only,
     load_settings,
     parse_listen,
@@ -45,6 +46,7 @@ from metrics.mediamtx import MediaMtxClient
 from metrics.process import ProcessReader, ProcessSpec
 from metrics.prometheus import DaemonMetrics, SnapshotCollector
 from metrics.sampler import Sampler, Sources
+from metrics.signals import BY_NAME, is_known_signal
 from metrics.snapshot import Snapshot
 from metrics.sqlite import DatabaseReader
 from metrics.tables import TABLES
@@ -83,9 +85,10 @@ from optimizer.engine import (
 )
 from optimizer.executors import Executors, run_in
 from optimizer.logs import REDACTOR, configure_logging
-from optimizer.registry import Dependencies, build_strategies
+from optimizer.registry import build_strategies
 from optimizer.sdnotify import SystemdNotifier
 from optimizer.state import HistoryReader, StateStore
+from strategies.base import StrategyDeps
 
 VERSION = "0.1.0"
 # The daemon's own figures: its RSS sits near 60% of its soft line from the libraries alone, so counting it
@@ -270,7 +273,7 @@ class Daemon:
         self.windows = Windows(s.sampler.window_size)
         self.baselines = BaselineLearner()
         self.engine = Engine(
-            build_strategies(s, self._deps()),
+            [(b.strategy, b.mode, b.enabled) for b in build_strategies(s, self._deps())],
             engine=s.engine,
             detection=s.detection,
             global_mode=s.effective_mode,
@@ -283,8 +286,21 @@ class Daemon:
         )
         self._built = True
 
-    def _deps(self) -> Dependencies:
-        return Dependencies(
+    def _check_triggers(self) -> None:
+        """Say at start which triggers watch a signal nothing measures (a misspelt name in a plugin): they never arm."""
+        for name, rt in self.engine.runtimes.items():
+            for spec in self.engine.triggers_of(rt):
+                if not is_known_signal(spec.signal):
+                    log.warning(
+                        "trigger_unknown_signal",
+                        strategy=name,
+                        signal=spec.signal,
+                        consequence="this trigger never arms",
+                        hint=did_you_mean(spec.signal, BY_NAME).removeprefix("; ") or None,
+                    )
+
+    def _deps(self) -> StrategyDeps:
+        return StrategyDeps(
             backend=self.backend,
             hls=self.hls,
             process=self.process,
@@ -306,6 +322,7 @@ class Daemon:
         if not self.store.healthy:
             log.warning("state_unavailable", error=self.store.last_error)
         await self.engine.load()
+        self._check_triggers()
         saved_baselines = await asyncio.to_thread(self.store.load_baselines)
         self.baselines.load(saved_baselines, saved_at=await asyncio.to_thread(self.store.baseline_times))
         host, port = parse_listen(self.settings.api.listen)
@@ -612,7 +629,12 @@ class Daemon:
             self._notifier.reloading()
             try:
                 loaded = await asyncio.to_thread(load_settings, self._environ_for_reload(), self._config_file)
+                # built before anything is applied: a plugin's wrong option keeps the whole previous configuration
+                built = build_strategies(keep_restart_only(self.settings, loaded.settings), self._deps())
                 self._apply_reload(loaded)
+                # the rebuilt strategies take over what the running ones learned (a restart's once-a-day guard,
+                # held recorders...); the old ones are closed
+                await self.engine.replace_strategies({b.strategy.name: (b.strategy, b.mode, b.enabled) for b in built})
             except ConfigError as exc:
                 log.error(
                     "config_reload_failed", problems=[str(p) for p in exc.problems], kept="previous configuration"
@@ -641,13 +663,6 @@ class Daemon:
         self.settings = new
         configure_logging(new.log_level)
         self.engine.update_settings(new.engine, new.detection, new.effective_mode)
-        fresh = {s.name: (s, mode, enabled) for s, mode, enabled in build_strategies(new, self._deps())}
-        for name, rt in self.engine.runtimes.items():
-            if name in fresh:
-                strategy, rt.config_mode, rt.enabled = fresh[name]
-                # what the old instance learned while running (a restart's once-a-day guard, held recorders...)
-                strategy.carry_over(rt.strategy)
-                rt.strategy = strategy
         if self._scheduler is not None and old.optimization_interval != new.optimization_interval:
             self._scheduler.reschedule_job("round", trigger="interval", seconds=new.optimization_interval / 1000)
         log.info("config_reloaded", mode=str(new.effective_mode), restart_needed=list(self.restart_needed) or None)

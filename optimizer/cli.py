@@ -191,6 +191,12 @@ def check_config(
             found.problems.extend(str(p) for p in exc.problems)
     if svc.from_service:
         known = {leaf.env for leaf in iter_leaves()} | _NOT_SETTINGS | set(svc.unit.environment if svc.unit else ())
+        if loaded is not None:  # a plugin's options (checked against its Options below)
+            known |= {
+                f"{ENV_PREFIX}STRATEGIES__{plugin.upper()}__{name.upper()}"
+                for plugin, given in loaded.settings.strategies.plugin_options.items()
+                for name in given
+            }
         flagged = " ".join(found.problems)
         for a in svc.assignments:
             if a.valid and a.name not in known and f"{a.name}:" not in flagged:
@@ -199,6 +205,9 @@ def check_config(
                 )
     checked = "this user"
     if loaded is not None:
+        from optimizer.registry import plugin_problems  # loads the strategies: only where plugins are checked
+
+        found.problems.extend(plugin_problems(loaded.settings))
         found.warnings.extend(str(w) for w in loaded.warnings)
         checked = _file_checks(loaded, svc, user, found)
     for warning in found.warnings:

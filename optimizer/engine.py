@@ -598,6 +598,33 @@ class Engine:
                 for p in rt.pacing.values():
                     p.cooldown = min(max(p.cooldown, engine.cooldown_seconds), engine.cooldown_max_seconds)
 
+    async def replace_strategies(self, fresh: Mapping[str, tuple[Strategy, Mode | None, bool]]) -> None:
+        """Put reconfigured instances in place of the running ones (a reload), between rounds.
+
+        Each new instance takes over what its predecessor learned while running (``carry_over``); the runtime,
+        with its cooldowns, budgets, breaker and score, stays. The old instances, and new ones no runtime takes,
+        are closed, so a reload leaks none of their sessions or connections.
+        """
+        done: list[Strategy] = []
+        async with self._lock:
+            taken: set[str] = set()
+            for name, rt in self.runtimes.items():
+                if name not in fresh:
+                    continue
+                strategy, rt.config_mode, rt.enabled = fresh[name]
+                strategy.carry_over(rt.strategy)
+                done.append(rt.strategy)
+                rt.strategy = strategy
+                taken.add(name)
+            done.extend(strategy for name, (strategy, _, _) in fresh.items() if name not in taken)
+        for strategy in done:
+            try:
+                await strategy.close()
+            except Exception as exc:  # closing must not stop the reload; the instance is dropped either way
+                self._log.warning(
+                    "strategy_close_failed", strategy=strategy.name, error=f"{exc.__class__.__name__}: {exc}"
+                )
+
     def on_snapshot(self, snapshot: Snapshot) -> None:
         """Take a new sample into the windows; start verifying plans whose settle time has passed.
 

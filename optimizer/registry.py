@@ -1,28 +1,22 @@
 """Which strategies run: the built-ins, listed explicitly, and plugins from an entry point group.
 
-A plugin that fails to load is logged and skipped; a plugin named in the configuration that cannot be
-found is a configuration error.
+Every strategy, built-in or plugin, is a Strategy subclass built the same way: ``cls.from_config(options,
+settings, deps)``, where ``options`` is its ``Options`` dataclass filled from ``strategies.<name>.*``. A plugin
+that fails to load or to build is logged and skipped; a plugin named in the configuration that is not installed,
+or whose options are wrong, is a configuration error.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable
 from importlib.metadata import entry_points
-from pathlib import Path
-from typing import Any
 
 import structlog
 
 from config.errors import ConfigError, Problem
-from config.settings import Mode, Settings
-from metrics.backend import BackendClient
-from metrics.hls import HlsReader
-from metrics.process import ProcessReader
-from metrics.recorders import RecorderReader
-from metrics.window import Windows
-from strategies.actions.mediamtx import MediaMtxKicker
-from strategies.base import Strategy
+from config.loader import build_options
+from config.settings import Settings, StrategyOptions
+from strategies.base import Built, Skipped, Strategy, StrategyDeps
 from strategies.cache import CacheStrategy
 from strategies.connection import ConnectionStrategy
 from strategies.cpu import CpuStrategy
@@ -30,128 +24,61 @@ from strategies.database import DatabaseStrategy
 from strategies.memory import MemoryStrategy
 
 ENTRY_POINT_GROUP = "cctv_optimizer.strategies"
+# the built-in strategies, in the order their rounds run; each one's options are ``settings.strategies.<name>``
+BUILT_INS: tuple[type[Strategy], ...] = (
+    DatabaseStrategy,
+    MemoryStrategy,
+    CpuStrategy,
+    ConnectionStrategy,
+    CacheStrategy,
+)
 log = structlog.get_logger("registry")
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Dependencies:
-    """The shared readers and clients strategies act through."""
-
-    backend: BackendClient | None
-    hls: HlsReader | None
-    process: ProcessReader | None
-    windows: Windows
-    monotonic: Callable[[], float]
-    trim_history: Callable[[], None] | None = None
-    state_directory: Path | None = None
-
-
-def build_strategies(settings: Settings, deps: Dependencies) -> list[tuple[Strategy, Mode | None, bool]]:
-    """Instantiate the configured strategies: (strategy, its configured mode, enabled)."""
-    out: list[tuple[Strategy, Mode | None, bool]] = []
-    s = settings.strategies
-    exit_ratio = settings.detection.exit_ratio
-    if settings.backend.database is not None:
-        out.append(
-            (
-                DatabaseStrategy(
-                    settings.backend.database,
-                    s.database,
-                    exit_ratio=exit_ratio,
-                    timezone_offset_hours=settings.backend.timezone_offset_hours,
-                    backup_directory=settings.state_directory / "backups",
-                    clock=deps.monotonic,
-                ),
-                s.database.mode,
-                s.database.enabled,
-            )
-        )
-    else:
-        log.info("strategy_skipped", strategy="database", reason="backend.database is not configured")
-    out.append(
-        (
-            MemoryStrategy(
-                s.memory,
-                memory_threshold=settings.memory_threshold,
-                gc_threshold=settings.gc_threshold,
-                enable_gc=settings.enable_gc,
-                exit_ratio=exit_ratio,
-                windows=deps.windows,
-                hls_root=deps.hls.root if deps.hls is not None else None,
-                backend=deps.backend,
-                hot_endpoints=settings.backend.hot_endpoints,
-                trim_history=deps.trim_history,
-                clock=deps.monotonic,
-            ),
-            s.memory.mode,
-            s.memory.enabled,
-        )
-    )
-    process = deps.process
-    out.append(
-        (
-            CpuStrategy(
-                s.cpu,
-                cpu_threshold=settings.cpu_threshold,
-                exit_ratio=exit_ratio,
-                detection=settings.detection,
-                recorders=RecorderReader(
-                    marker=s.cpu.recorder_pattern,
-                    recordings_root=s.cpu.recordings_directory,
-                    exclude=lambda: (process.pid if process is not None else None,),
-                ),
-                state_file=deps.state_directory / "cpu-priorities.json" if deps.state_directory is not None else None,
-                restore_on_close=settings.engine.revert_on_exit,
-            ),
-            s.cpu.mode,
-            s.cpu.enabled,
-        )
-    )
-    out.append(
-        (
-            ConnectionStrategy(
-                s.connection,
-                database=settings.backend.database,
-                timezone_offset_hours=settings.backend.timezone_offset_hours,
-                detection=settings.detection,
-                exit_ratio=exit_ratio,
-                kicker=MediaMtxKicker(settings.backend.mediamtx_url, settings.backend.timeout_seconds)
-                if s.connection.kick_idle_readers
-                else None,
-                clock=deps.monotonic,
-            ),
-            s.connection.mode,
-            s.connection.enabled and settings.enable_connection_pooling,
-        )
-    )
-    if deps.backend is not None and deps.backend.has_credentials:
-        out.append(
-            (
-                CacheStrategy(
-                    deps.backend,
-                    s.cache,
-                    hot_endpoints=settings.backend.hot_endpoints,
-                    windows=deps.windows,
-                    window_samples=settings.detection.window_samples,
-                    exit_ratio=exit_ratio,
-                    clock=deps.monotonic,
-                ),
-                s.cache.mode,
-                s.cache.enabled and settings.enable_caching,
-            )
-        )
-    else:
-        log.info("strategy_skipped", strategy="cache", reason="no backend admin credentials are configured")
-    out.extend(load_plugins(s.plugins, settings, deps))
+def build_strategies(settings: Settings, deps: StrategyDeps) -> list[Built]:
+    """Instantiate the configured strategies, built-ins first, then the plugins named in ``strategies.plugins``."""
+    out: list[Built] = []
+    for cls in BUILT_INS:
+        options: StrategyOptions = getattr(settings.strategies, cls.name)
+        _add(out, cls, cls.from_config(options, settings, deps))
+    for name, cls in plugin_classes(settings.strategies.plugins).items():
+        try:
+            options = plugin_options(name, cls, settings)
+            built = cls.from_config(options, settings, deps)
+        except ConfigError:
+            raise
+        except Exception as exc:  # a broken plugin must not take the daemon down
+            log.error("plugin_failed", plugin=name, error=f"{exc.__class__.__name__}: {exc}")
+            continue
+        _add(out, cls, built)
     return out
 
 
-def load_plugins(
-    wanted: Sequence[str], settings: Settings, deps: Dependencies
-) -> list[tuple[Strategy, Mode | None, bool]]:
-    """Load third-party strategies named in ``strategies.plugins`` from the entry point group."""
+def _add(out: list[Built], cls: type[Strategy], built: Built | Skipped) -> None:
+    if isinstance(built, Skipped):
+        log.info("strategy_skipped", strategy=cls.name, reason=built.reason)
+    else:
+        out.append(built)
+
+
+def plugin_options(name: str, cls: type[Strategy], settings: Settings) -> StrategyOptions:
+    """The plugin's Options, from ``strategies.<name>.*`` as given; ConfigError naming each wrong one."""
+    given = settings.strategies.plugin_options.get(name, {})
+    options = build_options(cls.Options, given, prefix=f"strategies.{name}.")
+    if not isinstance(options, StrategyOptions):  # pragma: no cover - build_options builds cls.Options
+        raise TypeError(f"{name}: options are not StrategyOptions")
+    return options
+
+
+def plugin_classes(wanted: Iterable[str], failed: dict[str, str] | None = None) -> dict[str, type[Strategy]]:
+    """The Strategy classes of the plugins named in ``strategies.plugins``, by name, from the entry point group.
+
+    A name that is not installed is a configuration error; one that does not load as a Strategy subclass whose
+    ``name`` is the entry point's is logged and skipped (and its error put in ``failed``, for check-config).
+    """
+    wanted = tuple(wanted)
     if not wanted:
-        return []
+        return {}
     found = {ep.name: ep for ep in entry_points(group=ENTRY_POINT_GROUP)}
     missing = [name for name in wanted if name not in found]
     if missing:
@@ -161,15 +88,34 @@ def load_plugins(
                 for name in missing
             ]
         )
-    out: list[tuple[Strategy, Mode | None, bool]] = []
+    out: dict[str, type[Strategy]] = {}
     for name in wanted:
         try:
-            factory: Any = found[name].load()
-            strategy = factory(settings=settings, deps=deps)
-            if not isinstance(strategy, Strategy):
-                raise TypeError(f"{name} did not build a Strategy")
+            cls = found[name].load()
+            if not (isinstance(cls, type) and issubclass(cls, Strategy)):
+                raise TypeError(f"entry point {found[name].value} is not a Strategy subclass")
+            if cls.name != name:
+                raise TypeError(f"{found[name].value} is named {cls.name!r}, not {name!r}")
         except Exception as exc:  # a broken plugin must not take the daemon down
             log.error("plugin_failed", plugin=name, error=f"{exc.__class__.__name__}: {exc}")
+            if failed is not None:
+                failed[name] = f"{exc.__class__.__name__}: {exc}"
             continue
-        out.append((strategy, None, True))
+        out[name] = cls
+    return out
+
+
+def plugin_problems(settings: Settings) -> list[str]:
+    """What check-config says about the plugins: not installed, not loading, or options their Options refuse."""
+    failed: dict[str, str] = {}
+    try:
+        classes = plugin_classes(settings.strategies.plugins, failed)
+    except ConfigError as exc:
+        return [str(p) for p in exc.problems]
+    out = [f"strategies.plugins: plugin {name!r} does not load: {error}" for name, error in failed.items()]
+    for name, cls in classes.items():
+        try:
+            plugin_options(name, cls, settings)
+        except ConfigError as exc:
+            out.extend(str(p) for p in exc.problems)
     return out

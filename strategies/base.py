@@ -7,12 +7,17 @@ only says what it watches (its triggers), what it would change (a Plan), and how
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
+from pathlib import Path
 from types import MappingProxyType
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
+from config.settings import Mode, Settings, StrategyOptions
+from metrics.backend import BackendClient
+from metrics.hls import HlsReader
+from metrics.process import ProcessReader
 from metrics.snapshot import Snapshot
 from metrics.window import Windows
 
@@ -265,10 +270,54 @@ class StrategyContext:
     baselines: Mapping[str, float] = field(default_factory=lambda: MappingProxyType({}))
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StrategyDeps:
+    """The daemon's shared readers and clients, handed to every strategy's ``from_config``."""
+
+    backend: BackendClient | None
+    hls: HlsReader | None
+    process: ProcessReader | None
+    windows: Windows
+    monotonic: Callable[[], float]
+    trim_history: Callable[[], None] | None = None
+    state_directory: Path | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Built:
+    """A strategy built from the configuration: the instance, its configured mode, and whether it runs."""
+
+    strategy: Strategy
+    mode: Mode | None
+    enabled: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Skipped:
+    """A strategy that cannot run with this configuration, and why (logged once at start)."""
+
+    reason: str
+
+
 class Strategy(ABC):
-    """A pluggable optimisation. Subclasses set ``name`` and document themselves in their docstring."""
+    """A pluggable optimisation. Subclasses set ``name`` and document themselves in their docstring.
+
+    A subclass also declares ``Options`` (a frozen dataclass deriving from StrategyOptions: the settings
+    ``strategies.<name>.*``) and ``from_config``, which builds it from those options, the whole settings and the
+    shared readers. Built-in strategies and plugins are built the same way.
+    """
 
     name: ClassVar[str]
+    Options: ClassVar[type[StrategyOptions]] = StrategyOptions
+
+    @classmethod
+    def from_config(cls, options: StrategyOptions, settings: Settings, deps: StrategyDeps) -> Built | Skipped:
+        """Build the strategy from its options (an instance of ``cls.Options``), or say why it cannot run.
+
+        Every strategy the registry builds, built-in or plugin, defines it; a strategy made by hand (in a test)
+        need not.
+        """
+        raise NotImplementedError(f"{cls.__name__} does not define from_config")
 
     @abstractmethod
     def triggers(self, baselines: Mapping[str, float]) -> Sequence[TriggerSpec]:
@@ -320,3 +369,13 @@ class Strategy(ABC):
     async def close(self) -> None:
         """Release anything held (HTTP sessions, connections)."""
         return None
+
+
+OptionsT = TypeVar("OptionsT", bound=StrategyOptions)
+
+
+def options_as(options: StrategyOptions, kind: type[OptionsT]) -> OptionsT:
+    """``options`` as the strategy's own Options class (the registry passes nothing else; a mix-up is a bug)."""
+    if not isinstance(options, kind):
+        raise TypeError(f"options must be {kind.__name__}, not {type(options).__name__}")
+    return options

@@ -9,21 +9,25 @@ from dataclasses import dataclass
 from typing import Any
 
 from config import units
-from config.settings import CacheOptions
+from config.settings import CacheOptions, Settings, StrategyOptions
 from metrics.backend import BackendClient
 from metrics.window import Windows
 from strategies.actions import backend_cache
 from strategies.base import (
     ApplyResult,
+    Built,
     Change,
     Direction,
     ExpectedEffect,
     Finding,
     Plan,
+    Skipped,
     Strategy,
     StrategyContext,
+    StrategyDeps,
     StrategyError,
     TriggerSpec,
+    options_as,
 )
 
 # signals this strategy derives from the sampled counters and keeps in the shared windows
@@ -243,6 +247,25 @@ class CacheStrategy(Strategy):
 
     name = "cache"
     RUNTIME_STATE = ("_acted_at", "_warmed_at", "_last_evictions")
+
+    Options = CacheOptions
+
+    @classmethod
+    def from_config(cls, options: StrategyOptions, settings: Settings, deps: StrategyDeps) -> Built | Skipped:
+        """Build from ``strategies.cache`` and the shared readers."""
+        s = options_as(options, CacheOptions)
+        if deps.backend is None or not deps.backend.has_credentials:
+            return Skipped("no backend admin credentials are configured")
+        strategy = cls(
+            deps.backend,
+            s,
+            hot_endpoints=settings.backend.hot_endpoints,
+            windows=deps.windows,
+            window_samples=settings.detection.window_samples,
+            exit_ratio=settings.detection.exit_ratio,
+            clock=deps.monotonic,
+        )
+        return Built(strategy, s.mode, s.enabled and settings.enable_caching)
 
     def __init__(
         self,

@@ -13,23 +13,27 @@ from typing import Any
 import structlog
 
 from config import units
-from config.settings import ConnectionOptions, DetectionSettings
+from config.settings import ConnectionOptions, DetectionSettings, Settings, StrategyOptions
 from metrics.snapshot import SessionSample
 from strategies.actions import sessions as sess
 from strategies.actions.mediamtx import MediaMtxKicker, ReaderSession
 from strategies.base import (
     ApplyResult,
+    Built,
     Change,
     Direction,
     ExpectedEffect,
     Finding,
     Plan,
     Risk,
+    Skipped,
     Strategy,
     StrategyContext,
     StrategyDeferred,
+    StrategyDeps,
     StrategyError,
     TriggerSpec,
+    options_as,
 )
 
 ESTABLISHED = "tcp_established"
@@ -194,6 +198,25 @@ class ConnectionStrategy(Strategy):
         "_ended_at",
         "_sweep",
     )
+
+    Options = ConnectionOptions
+
+    @classmethod
+    def from_config(cls, options: StrategyOptions, settings: Settings, deps: StrategyDeps) -> Built | Skipped:
+        """Build from ``strategies.connection`` and the shared readers."""
+        s = options_as(options, ConnectionOptions)
+        strategy = cls(
+            s,
+            database=settings.backend.database,
+            timezone_offset_hours=settings.backend.timezone_offset_hours,
+            detection=settings.detection,
+            exit_ratio=settings.detection.exit_ratio,
+            kicker=MediaMtxKicker(settings.backend.mediamtx_url, settings.backend.timeout_seconds)
+            if s.kick_idle_readers
+            else None,
+            clock=deps.monotonic,
+        )
+        return Built(strategy, s.mode, s.enabled and settings.enable_connection_pooling)
 
     def __init__(
         self,

@@ -14,7 +14,7 @@ from typing import Any
 import structlog
 
 from config import units
-from config.settings import CpuOptions, DetectionSettings
+from config.settings import CpuOptions, DetectionSettings, Settings, StrategyOptions
 from metrics.recorders import RecorderProcess, RecorderReader, RecorderScan
 from metrics.window import Windows
 from strategies.actions.priority import (
@@ -29,16 +29,20 @@ from strategies.actions.priority import (
 )
 from strategies.base import (
     ApplyResult,
+    Built,
     Change,
     Direction,
     ExpectedEffect,
     Finding,
     OperatorOverride,
     Plan,
+    Skipped,
     Strategy,
     StrategyContext,
+    StrategyDeps,
     StrategyError,
     TriggerSpec,
+    options_as,
 )
 
 STATE_VERSION = 1
@@ -144,6 +148,28 @@ class CpuStrategy(Strategy):
 
     name = "cpu"
     RUNTIME_STATE = ("_held", "_overrides", "_new_overrides", "_factor")
+
+    Options = CpuOptions
+
+    @classmethod
+    def from_config(cls, options: StrategyOptions, settings: Settings, deps: StrategyDeps) -> Built | Skipped:
+        """Build from ``strategies.cpu`` and the shared readers."""
+        s = options_as(options, CpuOptions)
+        process = deps.process
+        strategy = cls(
+            s,
+            cpu_threshold=settings.cpu_threshold,
+            exit_ratio=settings.detection.exit_ratio,
+            detection=settings.detection,
+            recorders=RecorderReader(
+                marker=s.recorder_pattern,
+                recordings_root=s.recordings_directory,
+                exclude=lambda: (process.pid if process is not None else None,),
+            ),
+            state_file=deps.state_directory / "cpu-priorities.json" if deps.state_directory is not None else None,
+            restore_on_close=settings.engine.revert_on_exit,
+        )
+        return Built(strategy, s.mode, s.enabled)
 
     def __init__(
         self,

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from config import units
-from config.settings import DatabaseOptions
+from config.settings import DatabaseOptions, Settings, StrategyOptions
 from metrics import backendtime as bt
 from metrics.snapshot import DatabaseSample, TableStat, age_days
 from strategies.actions import backup
@@ -18,17 +18,21 @@ from strategies.actions import retention as ret
 from strategies.actions import sqlite as sql
 from strategies.base import (
     ApplyResult,
+    Built,
     Change,
     Direction,
     ExpectedEffect,
     Finding,
     Plan,
     Risk,
+    Skipped,
     Strategy,
     StrategyContext,
     StrategyDeferred,
+    StrategyDeps,
     StrategyError,
     TriggerSpec,
+    options_as,
 )
 
 PRUNE = "retention_prune"
@@ -133,6 +137,24 @@ class DatabaseStrategy(Strategy):
 
     name = "database"
     RUNTIME_STATE = ("_last_optimize", "_last_quick_check", "_integrity_problems", "_held", "_no_room")
+
+    Options = DatabaseOptions
+
+    @classmethod
+    def from_config(cls, options: StrategyOptions, settings: Settings, deps: StrategyDeps) -> Built | Skipped:
+        """Build from ``strategies.database`` and the shared readers."""
+        s = options_as(options, DatabaseOptions)
+        if settings.backend.database is None:
+            return Skipped("backend.database is not configured")
+        strategy = cls(
+            settings.backend.database,
+            s,
+            exit_ratio=settings.detection.exit_ratio,
+            timezone_offset_hours=settings.backend.timezone_offset_hours,
+            backup_directory=settings.state_directory / "backups",
+            clock=deps.monotonic,
+        )
+        return Built(strategy, s.mode, s.enabled)
 
     def __init__(
         self,

@@ -16,7 +16,7 @@ from typing import Any
 import structlog
 
 from config import units
-from config.settings import MemoryOptions
+from config.settings import MemoryOptions, Settings, StrategyOptions
 from metrics.backend import BackendClient
 from metrics.memory import Growth, rss_bytes, same_process_running, start_ticks, steady_growth
 from metrics.snapshot import Snapshot
@@ -24,16 +24,20 @@ from metrics.window import Windows
 from strategies.actions import backend_cache, hls
 from strategies.base import (
     ApplyResult,
+    Built,
     Change,
     Direction,
     ExpectedEffect,
     Finding,
     Plan,
     Risk,
+    Skipped,
     Strategy,
     StrategyContext,
+    StrategyDeps,
     StrategyError,
     TriggerSpec,
+    options_as,
 )
 
 MIB = 1024 * 1024
@@ -134,6 +138,27 @@ class MemoryStrategy(Strategy):
 
     name = "memory"
     RUNTIME_STATE = ("_last_restart",)
+
+    Options = MemoryOptions
+
+    @classmethod
+    def from_config(cls, options: StrategyOptions, settings: Settings, deps: StrategyDeps) -> Built | Skipped:
+        """Build from ``strategies.memory`` and the shared readers."""
+        s = options_as(options, MemoryOptions)
+        strategy = cls(
+            s,
+            memory_threshold=settings.memory_threshold,
+            gc_threshold=settings.gc_threshold,
+            enable_gc=settings.enable_gc,
+            exit_ratio=settings.detection.exit_ratio,
+            windows=deps.windows,
+            hls_root=deps.hls.root if deps.hls is not None else None,
+            backend=deps.backend,
+            hot_endpoints=settings.backend.hot_endpoints,
+            trim_history=deps.trim_history,
+            clock=deps.monotonic,
+        )
+        return Built(strategy, s.mode, s.enabled)
 
     def __init__(
         self,

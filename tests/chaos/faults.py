@@ -13,7 +13,7 @@ import contextlib
 import re
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
@@ -206,7 +206,7 @@ def lost_rows(before: dict[str, set[int]], after: dict[str, set[int]]) -> int:
     return sum(len(before[table] - after.get(table, set())) for table in before)
 
 
-def tracebacks(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def tracebacks(events: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
     """Captured log events that carry a traceback (log.exception or exc_info)."""
     return [e for e in events if e.get("exc_info") or e.get("log_level") in ("critical", "exception")]
 

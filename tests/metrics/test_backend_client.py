@@ -26,6 +26,7 @@ from metrics.backend import (
     parse_json_object,
     parse_retry_after,
 )
+from optimizer.clock import FakeClock
 from testbed.harness import TestbedProcess, wait_until
 from tests.harness import running_testbed
 
@@ -34,20 +35,6 @@ USER_AGENT = "cctv-optimizer-test/1"
 API_KEY = "k" * 40
 HEX64 = re.compile(r"[0-9a-f]{64}")
 TOKEN_EXPIRY_TIMEOUT_S = 10.0
-
-
-class FakeClock:
-    """A monotonic clock that moves only when told."""
-
-    def __init__(self, start: float = 1000.0) -> None:
-        self.now = start
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        """Move time forward."""
-        self.now += seconds
 
 
 # ----- testbeds ------------------------------------------------------------------------------------
@@ -145,7 +132,7 @@ def login_attempts(tb: TestbedProcess) -> tuple[int, int]:
 def test_budget_spends_a_quarter_minute_burst_then_refills() -> None:
     """The bucket holds a quarter of the per-minute budget and refills at the per-minute rate."""
     clock = FakeClock()
-    budget = RequestBudget(60, clock)
+    budget = RequestBudget(60, clock.monotonic)
     assert [budget.try_take() for _ in range(16)] == [True] * 15 + [False]
     assert budget.wait_seconds() == pytest.approx(1.0)
     clock.advance(0.5)
@@ -157,7 +144,7 @@ def test_budget_spends_a_quarter_minute_burst_then_refills() -> None:
 
 def test_sampling_leaves_the_action_reserve_in_the_bucket() -> None:
     """Takes with the reserve stop two requests early; those two are still there for an action."""
-    budget = RequestBudget(60, FakeClock())
+    budget = RequestBudget(60, FakeClock().monotonic)
     reserve = budget.action_reserve
     assert reserve == 2.0
     assert [budget.try_take(reserve) for _ in range(14)] == [True] * 13 + [False]
@@ -166,7 +153,7 @@ def test_sampling_leaves_the_action_reserve_in_the_bucket() -> None:
 
 def test_a_tiny_budget_keeps_no_reserve() -> None:
     """With room for one request only, sampling is not shut out by the reserve."""
-    budget = RequestBudget(2, FakeClock())
+    budget = RequestBudget(2, FakeClock().monotonic)
     assert budget.action_reserve == 0.0
     assert budget.try_take(budget.action_reserve) is True
 
@@ -174,7 +161,7 @@ def test_a_tiny_budget_keeps_no_reserve() -> None:
 def test_budget_never_holds_less_than_one_request() -> None:
     """A tiny per-minute budget still allows one request at a time."""
     clock = FakeClock()
-    budget = RequestBudget(2, clock)
+    budget = RequestBudget(2, clock.monotonic)
     assert (budget.try_take(), budget.try_take()) == (True, False)
     clock.advance(30.0)
     assert budget.try_take() is True
@@ -183,7 +170,7 @@ def test_budget_never_holds_less_than_one_request() -> None:
 def test_budget_pause_blocks_until_it_ends_and_never_shortens() -> None:
     """A Retry-After pause stops spending until it has passed; a shorter later pause does not cut it."""
     clock = FakeClock()
-    budget = RequestBudget(60, clock)
+    budget = RequestBudget(60, clock.monotonic)
     budget.pause(10.0)
     budget.pause(3.0)
     assert budget.try_take() is False
@@ -358,7 +345,7 @@ async def test_refused_login_is_not_retried(fresh: TestbedProcess, make_client: 
     """A wrong password is tried once; the client then refuses to try again until its backoff passes."""
     ok, failed = login_attempts(fresh)
     clock = FakeClock()
-    client = for_testbed(make_client, fresh, password="wrong-password", clock=clock)
+    client = for_testbed(make_client, fresh, password="wrong-password", clock=clock.monotonic)
     with pytest.raises(BackendError, match=r"admin login refused \(401\)"):
         await client.cache_stats()
     for _ in range(3):
@@ -437,7 +424,7 @@ async def test_429_retry_after_pauses_every_call(tb_limited: TestbedProcess, mak
     """After a 429 the client sends nothing budgeted until Retry-After has passed; /health still goes."""
     tb_limited.scenario("reset")
     clock = FakeClock()
-    client = make_client(tb_limited.url, password=tb_limited.admin_password, clock=clock)
+    client = make_client(tb_limited.url, password=tb_limited.admin_password, clock=clock.monotonic)
     statuses = [(await client.get_public("/api/cameras/active")).status for _ in range(5)]
     assert statuses == [200] * 5
     with pytest.raises(BackendError, match="rate limited") as caught:
@@ -462,7 +449,7 @@ async def test_cache_stats_fall_back_to_a_recent_reading_while_paused(
     """While rate limited, the last cache reading stands in if it is recent enough, else the 429 shows."""
     tb_limited.scenario("reset")
     clock = FakeClock()
-    client = make_client(tb_limited.url, password=tb_limited.admin_password, clock=clock)
+    client = make_client(tb_limited.url, password=tb_limited.admin_password, clock=clock.monotonic)
     first = await client.cache_stats()
     client.budget.pause(30.0)
     standing_in = await client.cache_stats()
@@ -478,7 +465,7 @@ async def test_cache_stats_fall_back_to_a_recent_reading_while_paused(
 async def test_own_budget_stops_calls_before_the_backend_does(fresh: TestbedProcess, make_client: Any) -> None:
     """With the budget spent the client refuses at once (no request sent); /health is never budgeted."""
     clock = FakeClock()
-    client = make_client(fresh.url, per_minute=4, clock=clock)
+    client = make_client(fresh.url, per_minute=4, clock=clock.monotonic)
     assert (await client.get_public("/api/areas/public")).status == 200
     with pytest.raises(BackendError, match="budget spent") as caught:
         await client.get_public("/api/areas/public")
@@ -766,7 +753,7 @@ async def test_429_with_retry_after_sets_the_pause(odd: OddServer, make_client: 
 
     odd.routes["/api/areas/public"] = limited
     clock = FakeClock()
-    client = make_client(odd.url, clock=clock)
+    client = make_client(odd.url, clock=clock.monotonic)
     with pytest.raises(BackendError, match="rate limited"):
         await client.get_public("/api/areas/public")
     assert client.budget.paused_for() == 7.0
@@ -841,7 +828,7 @@ async def test_hot_endpoints_keep_their_share_of_the_budget_at_1_s_sampling(odd:
         odd.routes[path] = ok
     odd.routes["/api/cache/stats"] = stats
     clock = FakeClock()
-    client = make_client(odd.url, password="pw", per_minute=30, clock=clock)
+    client = make_client(odd.url, password="pw", per_minute=30, clock=clock.monotonic)
     rounds = []
     for _ in range(60):
         probe, cache = await asyncio.gather(client.probe(HOT), client.sampled_cache_stats(len(HOT)))
@@ -876,7 +863,7 @@ async def test_cache_stats_are_read_every_sample_while_the_budget_has_room(odd: 
 
     odd.routes["/api/cache/stats"] = stats
     clock = FakeClock()
-    client = make_client(odd.url, password="pw", per_minute=600, clock=clock)
+    client = make_client(odd.url, password="pw", per_minute=600, clock=clock.monotonic)
     ages = []
     for _ in range(10):
         ages.append((await client.sampled_cache_stats(len(HOT))).age_seconds)

@@ -214,7 +214,8 @@ def test_root_that_is_a_file_is_refused(tmp_path: Path) -> None:
 def test_reader_keeps_the_last_scan(tree: Tree) -> None:
     """HlsReader returns the sample and keeps the last scan's account of what it left alone."""
     reader = HlsReader(tree.root, STALE_AGE)
-    assert reader.last_scan is None
+    before = reader.last_scan
+    assert before is None
     sample = reader.read(tree.now)
     assert reader.root == tree.root
     assert reader.last_scan is not None
@@ -399,7 +400,7 @@ def test_reader_does_not_read_unchanged_stream_directories_again(
     reader = HlsReader(tmp_path / "hls", STALE_AGE)
     assert reader.read(now) == walk_hls(tmp_path / "hls", STALE_AGE, now).sample
     listed.clear()
-    monkeypatch.setattr(hls.os, "scandir", counting_scandir)
+    monkeypatch.setattr("metrics.hls.os.scandir", counting_scandir)
     later = now + 1.0
     assert reader.read(later) == scan_hls(tmp_path / "hls", STALE_AGE, later).sample
     # what the reader listed: the root only, neither stream directory for its files nor for its playlists;

@@ -194,7 +194,8 @@ def test_pid_file_problems(tmp_path: Path) -> None:
 def test_reader_samples_the_tree(child: Child) -> None:
     """The sample names the PID, the listening port, the child process and adds its memory to the tree."""
     reader = ProcessReader(ProcessSpec(kind="port", value=str(child.port)))
-    assert reader.pid is None
+    found_before = reader.pid
+    assert found_before is None
     sample = reader.read(10.0)
     own = psutil.Process(child.pid).memory_info().rss
     helper = psutil.Process(child.helper_pid).memory_info().rss

@@ -116,7 +116,7 @@ class FakeTcp:
     error: BaseException | None = None
     asked: list[frozenset[int]] = field(default_factory=list)
 
-    def count(self, ports: frozenset[int]) -> TcpCounts:
+    def count(self, ports: frozenset[int], upstream: frozenset[int] = frozenset()) -> TcpCounts:
         """Three established sockets and one listener."""
         self.asked.append(ports)
         if self.error is not None:

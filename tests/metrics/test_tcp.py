@@ -60,7 +60,9 @@ needs_netlink = pytest.mark.skipif(not netlink_works(), reason="sock_diag netlin
 def psutil_counts(ports: frozenset[int]) -> dict[TcpState, int]:
     """Count with psutil.net_connections, filtered the same way as the counters."""
     tally = Counter(
-        TcpState(conn.status.lower()) for conn in psutil.net_connections(kind="tcp") if conn.laddr.port in ports
+        TcpState(conn.status.lower())
+        for conn in psutil.net_connections(kind="tcp")
+        if getattr(conn.laddr, "port", None) in ports
     )
     return {state: tally.get(state, 0) for state in TcpState}
 

@@ -189,8 +189,15 @@ class SnapshotBuilder:
         self._clock = clock
         self._seq = 0
 
-    def build(self, *, cpu: float = 0.1, memory: float = 0.3, hit_rate: float | None = None) -> Snapshot:
-        """A snapshot with host cpu/memory ratios and, when given, a cache hit rate."""
+    def build(
+        self,
+        *,
+        cpu: float = 0.1,
+        memory: float = 0.3,
+        hit_rate: float | None = None,
+        load: tuple[float, float, float] = (0.5, 0.5, 0.5),
+    ) -> Snapshot:
+        """A snapshot with host cpu/memory ratios, load averages (4 cores) and, when given, a cache hit rate."""
         self._seq += 1
         host = HostSample(
             cpu_ratio=cpu,
@@ -199,7 +206,7 @@ class SnapshotBuilder:
             memory_available_bytes=int((8 << 30) * (1 - memory)),
             memory_used_ratio=memory,
             swap_used_ratio=0.0,
-            load=(0.5, 0.5, 0.5),
+            load=load,
             uptime_seconds=1000.0,
             psi=None,
             net_rx_bytes_per_second=0.0,

@@ -177,3 +177,32 @@ async def test_the_once_a_day_restart_guard_survives_a_reload(testbed: TestbedPr
     assert second_alive  # before the fix: restarted again right after the reload
     assert outcomes == ["nothing_to_do"]
     assert deferred is not None and "the last restart was" in deferred.summary
+
+
+async def test_a_reload_closes_the_instances_it_replaces_and_keeps_the_safety_state(
+    testbed: TestbedProcess, tmp_path: Path
+) -> None:
+    """A reload rebuilds every strategy on its new options and closes each instance it replaces (their HTTP
+    sessions and connections used to leak); the cooldowns, budgets, breaker and score live on and stay."""
+    config = tmp_path / "c.yaml"
+    config.write_text("strategies:\n  database:\n    wal_limit_bytes: 1048576\n")
+    env = daemon_env(testbed, tmp_path / "state", CCTV_OPTIMIZER_CONFIG=str(config))
+    async with running_daemon(env, config_file=config) as daemon:
+        old = {name: rt.strategy for name, rt in daemon.engine.runtimes.items()}
+        closed: list[str] = []
+        for name, strategy in old.items():
+
+            async def close(name: str = name) -> None:
+                closed.append(name)
+
+            strategy.close = close  # type: ignore[method-assign]  # count the closes of these instances
+        cpu = daemon.engine.runtimes["cpu"]
+        cpu.breaker_open, cpu.breaker_reason = True, "3 consecutive failures (last: permission denied)"
+        await reload_with(daemon, config, "strategies:\n  database:\n    wal_limit_bytes: 2097152\n")
+        runtimes = daemon.engine.runtimes
+        replaced = [name for name, rt in runtimes.items() if rt.strategy is not old[name]]
+        enter = {spec.enter for spec in runtimes["database"].strategy.triggers({})}
+        assert 2 * 1024 * 1024 in enter and 1024 * 1024 not in enter  # the new instance has the new option
+        assert runtimes["cpu"].breaker_open
+    assert sorted(replaced) == sorted(old)
+    assert sorted(closed) == sorted(old)  # before the fix: none of them was closed

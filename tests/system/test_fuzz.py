@@ -83,7 +83,7 @@ def _base_url(proc: Any) -> str:
     event = proc.wait_event("daemon_started", timeout=30)
     match = API_URL.match(event["api"])
     assert match is not None, event
-    return event["api"]
+    return str(event["api"])
 
 
 def run_operation(operation: Any, mode: GenerationMode, base_url: str, headers: dict[str, str], examples: int) -> Tally:
@@ -146,10 +146,10 @@ def test_fuzz_every_operation(api: tuple[str, list[str]]) -> None:
                 tally = run_operation(operation, mode, base_url, headers, examples)
                 rows.append((label, str(mode), auth_name, tally))
     lines = [f"{'operation':32} {'mode':9} {'auth':9} {'cases':>6} {'seconds':>7}  statuses  result"]
-    for label, mode, auth_name, tally in rows:
+    for label, shown_mode, auth_name, tally in rows:
         statuses = ",".join(f"{code}x{n}" for code, n in sorted(tally.statuses.items()))
         lines.append(
-            f"{label:32} {mode:9} {auth_name:9} {tally.cases:>6} {tally.seconds:7.1f}  {statuses}  {'FAIL' if tally.failure else 'ok'}"
+            f"{label:32} {shown_mode:9} {auth_name:9} {tally.cases:>6} {tally.seconds:7.1f}  {statuses}  {'FAIL' if tally.failure else 'ok'}"
         )
     total = sum(t.cases for *_, t in rows)
     failed = [(label, mode, auth_name, t.failure) for label, mode, auth_name, t in rows if t.failure]

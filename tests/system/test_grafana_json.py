@@ -28,7 +28,8 @@ GROUPING = re.compile(r"\b(by|without|on|ignoring|group_left|group_right)\s*\([^
 
 def dashboard() -> dict[str, Any]:
     """The dashboard as Grafana would import it."""
-    return json.loads(DASHBOARD.read_text())
+    loaded: dict[str, Any] = json.loads(DASHBOARD.read_text())
+    return loaded
 
 
 def panels() -> list[dict[str, Any]]:

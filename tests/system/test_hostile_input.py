@@ -194,7 +194,7 @@ async def test_thousand_concurrent_optimize_requests_run_one_round(testbed: Test
         assert engine.rounds_run == rounds + 1
         assert [status for status, _ in answers] == [200] * STORM
         run_ids = {body["runId"] for _, body in answers}
-        assert run_ids == {engine.last_round.run_id}
+        assert engine.last_round is not None and run_ids == {engine.last_round.run_id}
         assert sorted(body["joined"] for _, body in answers) == [False] + [True] * (STORM - 1)
         decisions = {tuple(body["decisions"]) for _, body in answers}
         assert len(decisions) == 1 and len(next(iter(decisions))) == len(engine.strategy_names())
@@ -257,7 +257,7 @@ async def test_token_is_compared_with_compare_digest(
         calls.append((a, b))
         return real(a, b)
 
-    monkeypatch.setattr(optimizer.api.hmac, "compare_digest", recording)
+    monkeypatch.setattr("optimizer.api.hmac.compare_digest", recording)
     async with running_daemon(daemon_env(testbed, tmp_path / "s", **OBSERVE)) as daemon, api_client(daemon) as http:
         token = daemon.token
         presented = [token[:-1] + ("0" if token[-1] != "0" else "1"), "x" * len(token), "x", token + "x", token]

@@ -10,23 +10,12 @@ from pathlib import Path
 
 import pytest
 
+from optimizer.clock import FakeClock
 from testbed.auth import LoginGuard, TokenError, TokenIssuer, csrf_valid, decode_jwt, encode_jwt
 from testbed.cache import ResponseCache, middleware_key
 from testbed.hls import HlsWriter, scan_hls
 from testbed.localtime import LocalClock
 from testbed.ratelimit import RateLimiter, RouteClass, route_class
-
-
-class FakeClock:
-    """A monotonic clock the test moves by hand."""
-
-    def __init__(self) -> None:
-        """Start at an arbitrary instant."""
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        """The current fake instant."""
-        return self.now
 
 
 def test_jwt_round_trip_and_rejections() -> None:
@@ -63,7 +52,7 @@ def test_token_issuer_keeps_access_and_refresh_apart() -> None:
 def test_login_guard_locks_user_after_five_and_ip_after_ten() -> None:
     """Five failures inside the window lock the username (case-sensitive), ten the address; the window frees them."""
     clock = FakeClock()
-    guard = LoginGuard(lockout_seconds=900, clock=clock)
+    guard = LoginGuard(lockout_seconds=900, clock=clock.monotonic)
     for _ in range(4):
         guard.record_failure("admin", "10.0.0.1")
     assert guard.check("admin", "10.0.0.1") is None
@@ -79,27 +68,27 @@ def test_login_guard_locks_user_after_five_and_ip_after_ten() -> None:
     ip_lock = guard.check("someone-else", "10.0.0.1")
     assert ip_lock is not None
     assert ip_lock.scope == "ip"
-    clock.now += 901
+    clock.advance(901)
     assert guard.check("admin", "10.0.0.1") is None
 
 
 def test_rate_limiter_fixed_window_and_retry_after() -> None:
     """The first request opens a 60 s window; past the limit the answer waits for the window's end."""
-    clock = FakeClock()
-    limiter = RateLimiter(scale=0.03, clock=clock, wall=lambda: 1_000_000.0 + clock.now)
+    clock = FakeClock(start_wall=1_001_000.0)
+    limiter = RateLimiter(scale=0.03, clock=clock.monotonic, wall=clock.wall)
     assert limiter.limits == {RouteClass.DEFAULT: 3, RouteClass.ADMIN: 2, RouteClass.AUTH: 1}
     for remaining in (2, 1, 0):
         decision = limiter.hit("1.2.3.4", RouteClass.DEFAULT)
         assert (decision.allowed, decision.remaining) == (True, remaining)
         assert decision.reset_epoch == 1_000_000 + 1000 + 60
-        clock.now += 10
+        clock.advance(10)
     refused = limiter.hit("1.2.3.4", RouteClass.DEFAULT)
     assert (refused.allowed, refused.retry_after) == (False, 30)
     assert limiter.hit("5.6.7.8", RouteClass.DEFAULT).allowed
     assert limiter.hit("1.2.3.4", RouteClass.AUTH).allowed
-    clock.now += 20
+    clock.advance(20)
     assert not limiter.hit("1.2.3.4", RouteClass.DEFAULT).allowed
-    clock.now += 10.5
+    clock.advance(10.5)
     assert limiter.hit("1.2.3.4", RouteClass.DEFAULT).allowed
 
 
@@ -118,7 +107,7 @@ def test_route_classes() -> None:
 def test_cache_counters_are_the_backends() -> None:
     """Expiry on lookup is only a miss, invalidate and clear count entries as invalidations, the sweep nothing."""
     clock = FakeClock()
-    cache = ResponseCache(ttl_seconds=30, clock=clock)
+    cache = ResponseCache(ttl_seconds=30, clock=clock.monotonic)
     assert cache.stats()["hitRate"] == "0%"
     cameras = middleware_key("/api/cameras/active")
     assert cameras == "middleware:GET:/api/cameras/active:{}"
@@ -142,11 +131,11 @@ def test_cache_counters_are_the_backends() -> None:
     }
     assert cache.invalidate("/api/cameras") == 2
     assert cache.invalidations == 2
-    clock.now += 31
+    clock.advance(31)
     assert cache.sweep() == 1
     assert cache.size == 1
     cache.set("/x", b"1", "text/plain")
-    clock.now += 31
+    clock.advance(31)
     assert cache.get("/x") is None
     assert cache.clear() == 1
     assert cache.stats() == {
