@@ -396,7 +396,7 @@ async def performance_metrics(request: web.Request) -> web.Response:
             async with ctx.reads.slot():
                 page = pages.fresh(key, now)
                 if page is None:
-                    body = await _performance_body(ctx, request.app[HISTORY])
+                    body = await _performance_body(ctx, request.app[HISTORY], key[1])
                     body["performance"]["isOptimizing"] = _OPTIMIZING
                     page = json.dumps(body).encode()
                     pages.store(key, now, page)
@@ -442,8 +442,8 @@ class PageCache:
         return await asyncio.shield(pending[1])
 
 
-async def _performance_body(ctx: ApiContext, history: HistoryCache) -> dict[str, Any]:
-    summary = await history.get(ctx.store, ctx.read_history)
+async def _performance_body(ctx: ApiContext, history: HistoryCache, rounds_run: int) -> dict[str, Any]:
+    summary = await history.get(ctx.store, ctx.read_history, rounds_run=rounds_run, round_running=ctx.engine.optimizing)
     return await ctx.read_engine(lambda: _performance_dict(ctx, summary))
 
 
@@ -504,10 +504,12 @@ class HistoryCache:
 
     The counts scan the whole history table and both reads hop to a worker thread; under a busy poller that was
     most of the route's cost. Any write bumps ``StateStore.version``, so a new decision shows at once; requests
-    arriving while a read is in flight share it.
+    arriving while a read is in flight share it. While a round runs, its own writes do not make the figures read
+    again: the page shows the round once it ended (when the page is rendered anew, and the figures read again).
     """
 
     version: int = -1
+    rounds: int = -1  # the engine's rounds_run when the figures were read
     pending: asyncio.Future[DecisionSummary] | None = None
 
     async def get(
@@ -515,13 +517,20 @@ class HistoryCache:
         store: StateStore,
         run: Callable[[Callable[[HistoryReader | StateStore], DecisionSummary]], Awaitable[DecisionSummary]]
         | None = None,
+        *,
+        rounds_run: int = -1,
+        round_running: bool = False,
     ) -> DecisionSummary:
         """(decision_stats(), the ten newest decisions as dicts), current for the store's version.
 
         ``run`` runs the read off the loop (the API's history pool); a worker thread over ``store`` when None.
+        ``rounds_run`` and ``round_running`` are the engine's: the figures read since the last round ended are
+        kept while the next one runs.
         """
-        if self.pending is None or self.version != store.version:
+        during_round = round_running and self.rounds == rounds_run >= 0
+        if self.pending is None or (self.version != store.version and not during_round):
             self.version = store.version
+            self.rounds = rounds_run
             read = run(self._read) if run is not None else asyncio.to_thread(self._read, store)
             self.pending = asyncio.ensure_future(read)
         pending = self.pending

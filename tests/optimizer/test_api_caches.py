@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from optimizer.api import EncodedRows, HistoryPages, PageCache, _history_page
+from optimizer.api import EncodedRows, HistoryCache, HistoryPages, PageCache, _history_page
 from optimizer.state import HistoryReader, StateStore
 from testbed.harness import TestbedProcess
 from tests.harness import api_client, auth, daemon_env, running_daemon
@@ -231,3 +231,37 @@ async def test_the_metrics_page_says_whether_a_round_runs_at_each_answer(
         assert busy["performance"]["isOptimizing"] is True
         assert busy["timestamp"] == idle["timestamp"]  # the same rendering
         assert "optimizing\\u0000" not in json.dumps(busy)
+
+
+async def test_history_figures_are_kept_while_a_round_runs_and_read_again_when_it_ends(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """/performance-metrics' history figures: a running round's own writes do not make them read again (a page
+    rendered for its fresh sample shows the history as of the last round's end); the round's end, or a write
+    with no round running, does."""
+    store = StateStore(tmp_path)
+    store.open()
+    reads = 0
+    real_read = HistoryCache._read
+
+    def counting_read(s: Any) -> Any:
+        nonlocal reads
+        reads += 1
+        return real_read(s)
+
+    monkeypatch.setattr(HistoryCache, "_read", staticmethod(counting_read))
+    try:
+        cache = HistoryCache()
+        _decide(store, "database", 1)
+        (count, _, _, _), _ = await cache.get(store, rounds_run=4, round_running=False)
+        assert (reads, count) == (1, 1)
+        _decide(store, "database", 1)  # round 5 writes while it runs
+        (count, _, _, _), _ = await cache.get(store, rounds_run=4, round_running=True)
+        assert (reads, count) == (1, 1)
+        (count, _, _, _), _ = await cache.get(store, rounds_run=5, round_running=True)  # it ended just now
+        assert (reads, count) == (2, 2)
+        _decide(store, "database", 1)  # a write with no round running (a verdict, a decision outside rounds)
+        (count, _, _, _), _ = await cache.get(store, rounds_run=5, round_running=False)
+        assert (reads, count) == (3, 3)
+    finally:
+        store.close()
