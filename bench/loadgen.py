@@ -3,16 +3,19 @@
 A daemon subprocess (limited to 4,096 descriptors, as a service often is) runs against the stand-in backend,
 sampling every second. While a client POSTs /performance-optimize back to back (each round timed), wrk keeps
 100 connections busy on each read route (/, /performance-metrics, /metrics, /strategies,
-/optimizations?limit=1000, /samples) and a child process holds 4,500 idle connections to the API. A monitor asks
-/health once a second (1 s timeout) and reads the last sample's time from /metrics. Goals: every round
-<= 2 s; sampling never stops (the last sample is never older than 10 s); /health answers within 1 s every time;
-the daemon's RSS growth bounded (<= 64 MiB over the run).
+/optimizations?limit=1000, /samples), counting the answers by status, and a child process opens 4,500 idle
+connections to the API at once (the daemon closes them, for newer ones at its cap or on its header timeout). A
+monitor asks /health once a second on a new connection, within 1 s from connecting to the whole answer, timing
+the connect apart (a handshake the kernel dropped shows as "connect timed out"), and reads the last sample's
+time from /metrics. Goals: every round <= 2 s; sampling never stops (the last sample is never older than
+10 s); /health answers within 1 s every time; the daemon's RSS growth bounded (<= 64 MiB over the run).
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
+import http.client
 import re
 import resource
 import shutil
@@ -23,6 +26,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import psutil
@@ -57,6 +61,7 @@ LINGER_RESET = struct.pack("ii", 1, 0)
 _ROUND_HISTOGRAM = re.compile(
     rb'^cctv_optimizer_round_duration_seconds_(count|sum|bucket)(?:\{le="([^"]+)"\})? ([0-9.e+]+)$', re.MULTILINE
 )
+_API_CONNECTIONS = re.compile(rb"^(cctv_optimizer_api_[a-z_]+) ([0-9.e+]+)$", re.MULTILINE)
 _LAST_SAMPLE = re.compile(rb"^cctv_optimizer_last_sample_timestamp_seconds(?:\{[^}]*\})? ([0-9.e+]+)$", re.MULTILINE)
 
 
@@ -110,20 +115,68 @@ def idle_clients(port: int, count: int) -> Iterator[dict[str, int]]:
             child.stdout.close()
 
 
+def probe_health(host: str, port: int, bound: float) -> dict[str, Any]:
+    """One GET /health within ``bound`` seconds overall, timed by phase.
+
+    ``{"seconds": to the answer or None, "connect_s": to the connection or None, "status": the HTTP status or
+    None, "error": what went wrong or None}``; the phases tell a connection the kernel did not complete (the
+    listen queue full: the SYN is retried after a second) from one the daemon dropped or left unanswered.
+    """
+    started = time.monotonic()
+    out: dict[str, Any] = {"seconds": None, "connect_s": None, "status": None, "error": None}
+    conn = http.client.HTTPConnection(host, port, timeout=bound)
+    try:
+        try:
+            conn.connect()
+        except TimeoutError:
+            out["error"] = "connect timed out"
+            return out
+        out["connect_s"] = time.monotonic() - started
+        assert conn.sock is not None
+        conn.sock.settimeout(max(0.001, bound - out["connect_s"]))
+        conn.request("GET", "/health", headers={"Connection": "close"})
+        answer = conn.getresponse()
+        answer.read()
+        out["status"] = answer.status
+        elapsed = time.monotonic() - started
+        if answer.status != 200:
+            out["error"] = f"status {answer.status}"
+        elif elapsed > bound:
+            out["error"] = "answered late"
+        else:
+            out["seconds"] = elapsed
+    except TimeoutError:
+        out["error"] = "no answer in time"
+    except http.client.RemoteDisconnected:
+        out["error"] = "closed without an answer"
+    except ConnectionResetError:
+        out["error"] = "reset"
+    except OSError as exc:
+        out["error"] = exc.strerror or exc.__class__.__name__
+    finally:
+        conn.close()
+    return out
+
+
 class Monitor:
-    """Once a second: /health with a 1 s timeout, the last sample's age from /metrics, the daemon's RSS."""
+    """Once a second: /health within 1 s, the last sample's age from /metrics, the daemon's RSS."""
 
     def __init__(self, base: str, pid: int) -> None:
         self._base = base
+        host, _, port = base.removeprefix("http://").rpartition(":")
+        self._host, self._port = host, int(port)
         self._proc = psutil.Process(pid)
         self._stop = threading.Event()
-        self.health: list[float | None] = []  # seconds, None when it did not answer 200 within the timeout
+        self.health: list[float | None] = []  # seconds, None when it did not answer 200 within the bound
+        self.probes: list[dict[str, Any]] = []  # each /health probe, timed by phase (probe_health)
         self.sample_ages: list[float] = []
         self.rss: list[int] = []
+        self._started = time.monotonic()
         self._thread = threading.Thread(target=self._loop, name="monitor", daemon=True)
 
     def __enter__(self) -> Monitor:
         """Start watching."""
+        self._started = time.monotonic()
         self._thread.start()
         return self
 
@@ -134,12 +187,10 @@ class Monitor:
 
     def _loop(self) -> None:
         while not self._stop.wait(1.0):
-            started = time.monotonic()
-            try:
-                status, _ = http_get(self._base + "/health", timeout=GOAL_HEALTH_S)
-                self.health.append(time.monotonic() - started if status == 200 else None)
-            except OSError:
-                self.health.append(None)
+            at = time.monotonic() - self._started
+            probe = probe_health(self._host, self._port, GOAL_HEALTH_S)
+            self.probes.append({"at_s": at, **probe})
+            self.health.append(probe["seconds"])
             try:
                 _, body = http_get(self._base + "/metrics", timeout=5.0)
                 found = _LAST_SAMPLE.search(body)
@@ -149,6 +200,12 @@ class Monitor:
                 pass
             with contextlib.suppress(psutil.Error):
                 self.rss.append(int(self._proc.memory_info().rss))
+
+
+def missed_probes(probes: list[dict[str, Any]]) -> str:
+    """``; missed: connect timed out at 1.0 s`` for the probes that did not answer in time; "" when none."""
+    missed = [f"{p['error']} at {p['at_s']:.1f} s" for p in probes if p.get("seconds") is None]
+    return f"; missed: {', '.join(missed)}" if missed else ""
 
 
 def round_histogram(base: str) -> dict[str, float]:
@@ -175,6 +232,18 @@ def engine_rounds(before: dict[str, float], after: dict[str, float]) -> dict[str
     }
 
 
+def api_connection_counters(base: str) -> dict[str, float]:
+    """The daemon's own connection figures from /metrics (cap, refused, evicted, header timeouts, accept errors)."""
+    try:
+        _, body = http_get(base + "/metrics", timeout=30.0)
+    except OSError:
+        return {}
+    return {
+        name.decode().removeprefix("cctv_optimizer_api_").removesuffix("_total"): float(value)
+        for name, value in _API_CONNECTIONS.findall(body)
+    }
+
+
 @contextlib.contextmanager
 def fd_limit_for_children(limit: int) -> Iterator[None]:
     """Lower this process's soft descriptor limit while children that should inherit it are started."""
@@ -186,11 +255,40 @@ def fd_limit_for_children(limit: int) -> Iterator[None]:
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
 
 
-def flood(base: str, seconds: int) -> list[subprocess.Popen[str]]:
-    """Start one wrk per read route, CLIENTS_PER_ROUTE connections each."""
+# wrk counts every answer that is not 2xx or 3xx as one figure; this script counts the answers by status, so a
+# 503 from the daemon's cap on concurrent expensive reads (by design: "busy", retry after a second) is told
+# from an error.
+STATUS_SCRIPT = """
+local threads = {}
+function setup(thread) table.insert(threads, thread) end
+function init(args) statuses = {} end
+function response(status, headers, body) statuses[status] = (statuses[status] or 0) + 1 end
+function done(summary, latency, requests)
+  for _, t in ipairs(threads) do
+    for code, n in pairs(t:get("statuses")) do io.write(string.format("status %d %d\\n", code, n)) end
+  end
+end
+"""
+_STATUS_LINE = re.compile(r"^status (\d+) (\d+)$", re.MULTILINE)
+
+
+def flood(base: str, seconds: int, script: Path) -> list[subprocess.Popen[str]]:
+    """Start one wrk per read route, CLIENTS_PER_ROUTE connections each, counting answers by status."""
+    script.write_text(STATUS_SCRIPT, encoding="utf-8")
     return [
         subprocess.Popen(
-            ["wrk", "-t1", f"-c{CLIENTS_PER_ROUTE}", f"-d{seconds}s", "--timeout", "5s", "--latency", base + route],
+            [
+                "wrk",
+                "-t1",
+                f"-c{CLIENTS_PER_ROUTE}",
+                f"-d{seconds}s",
+                "--timeout",
+                "5s",
+                "--latency",
+                "-s",
+                str(script),
+                base + route,
+            ],
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
@@ -200,7 +298,7 @@ def flood(base: str, seconds: int) -> list[subprocess.Popen[str]]:
 
 
 def collect(processes: list[subprocess.Popen[str]], seconds: int) -> dict[str, Any]:
-    """Wait for the wrk runs and parse their figures, by route."""
+    """Wait for the wrk runs and parse their figures (and answers by status), by route."""
     out: dict[str, Any] = {}
     for route, proc in zip(READ_ROUTES, processes, strict=True):
         try:
@@ -209,10 +307,36 @@ def collect(processes: list[subprocess.Popen[str]], seconds: int) -> dict[str, A
             proc.kill()
             text, _ = proc.communicate()
         try:
-            out[route] = parse_wrk(text)
+            figures = parse_wrk(text)
         except RuntimeError:
             out[route] = {"error": text[-500:]}
+            continue
+        figures["statuses"] = {code: int(n) for code, n in sorted(_STATUS_LINE.findall(text))}
+        out[route] = figures
     return out
+
+
+STATUS_MEANING = {"503": "busy: the expensive-read cap", "421": "misdirected", "429": "limited"}
+
+
+def served(route: str, figures: dict[str, Any], seconds: int) -> str:
+    """One route's answers, e.g. ``/samples 44/s (200: 10/s; 503 busy: the expensive-read cap: 34/s)``."""
+    name = route.partition("?")[0]
+    if "error" in figures:
+        return f"{name} wrk failed"
+    text = f"{name} {figures.get('requests_per_s', 0):.0f}/s"
+    statuses: dict[str, int] = figures.get("statuses", {})
+    if set(statuses) - {"200"}:
+        parts = [
+            f"{code}{' ' + STATUS_MEANING[code] if code in STATUS_MEANING else ''}: {n / seconds:.0f}/s"
+            for code, n in statuses.items()
+        ]
+        text += f" ({'; '.join(parts)})"
+    elif not statuses and figures.get("non_2xx"):
+        text += f" ({figures['non_2xx']} not 2xx)"
+    if figures.get("socket_errors"):
+        text += f", {figures['socket_errors']} socket errors"
+    return text
 
 
 def run(quick: bool) -> dict[str, Any]:
@@ -243,10 +367,11 @@ def run(quick: bool) -> dict[str, Any]:
             Monitor(daemon.base, daemon.pid) as monitor,
             RoundLoop(daemon.base, daemon.token, timeout=30) as rounds,
         ):
-            routes = collect(flood(daemon.base, seconds), seconds)
+            routes = collect(flood(daemon.base, seconds, work / "status.lua"), seconds)
         alive = daemon.process.alive()
         engine = engine_rounds(histogram_before, round_histogram(daemon.base)) if alive else {}
         rss_after = psutil.Process(daemon.pid).memory_info().rss if alive else 0
+        connections_after = api_connection_counters(daemon.base) if alive else {}
         log_tail = daemon.process.log_tail(5)
     answered = [h for h in monitor.health if h is not None]
     health_ok = len(answered) == len(monitor.health) and bool(monitor.health)
@@ -254,11 +379,7 @@ def run(quick: bool) -> dict[str, Any]:
     max_age = max(monitor.sample_ages) if monitor.sample_ages else float("inf")
     rss_peak = max([rss_before, rss_after, *monitor.rss])
     growth = rss_peak - rss_before
-    served = ", ".join(
-        f"{route.split('?')[0]} {figures.get('requests_per_s', 0):.0f}/s"
-        + (f" ({figures['non_2xx']} not 2xx)" if figures.get("non_2xx") else "")
-        for route, figures in routes.items()
-    )
+    reads = ", ".join(served(route, figures, seconds) for route, figures in routes.items())
     rows = [
         row(
             "decision rounds under load (max)",
@@ -267,7 +388,7 @@ def run(quick: bool) -> dict[str, Any]:
             reference=f"as the client saw them (POST to the answer); the engine's own timing: mean"
             f" {engine.get('mean_s', 0.0):.2f} s, {engine.get('within_1s', 0):.0f} within 1 s and"
             f" {engine.get('within_2.5s', 0):.0f} within 2.5 s of {engine.get('rounds', 0):.0f};"
-            f" answers {rounds.statuses}; reads served: {served}",
+            f" answers {rounds.statuses}; reads answered: {reads}",
             goal="<= 2 s",
             met=max_round <= GOAL_ROUND_S,
         ),
@@ -280,8 +401,13 @@ def run(quick: bool) -> dict[str, Any]:
         ),
         row(
             "GET /health under load",
-            f"{len(answered)} of {len(monitor.health)} within 1 s (max {fmt_ms(max(answered) if answered else 0)})",
-            reference=f"{idle.get('opened', 0):,} idle connections held, {CLIENTS_PER_ROUTE} clients per read route",
+            f"{len(answered)} of {len(monitor.health)} within 1 s (max {fmt_ms(max(answered) if answered else 0)})"
+            + missed_probes(monitor.probes),
+            reference=f"{idle.get('opened', 0):,} idle connections opened at once, {CLIENTS_PER_ROUTE} clients per"
+            f" read route; the daemon's cap {connections_after.get('connection_cap', 0):.0f} connections:"
+            f" {connections_after.get('connections_evicted', 0):.0f} idle ones closed for newer ones,"
+            f" {connections_after.get('header_timeouts', 0):.0f} on the header timeout,"
+            f" {connections_after.get('connections_rejected', 0):.0f} refused",
             goal="every one within 1 s",
             met=health_ok,
         ),
@@ -303,6 +429,8 @@ def run(quick: bool) -> dict[str, Any]:
         "round_statuses": rounds.statuses,
         "engine_rounds": engine,
         "health_s": monitor.health,
+        "health_probes": monitor.probes,
+        "api_connections": connections_after,
         "sample_age_s": monitor.sample_ages,
         "rss_bytes": {"before": rss_before, "after": rss_after, "peak": rss_peak},
         "daemon_alive": alive,

@@ -1,6 +1,6 @@
 """Splice the benchmark summary into docs/BENCHMARKS.md between ``<!-- bench:begin -->`` and ``<!-- bench:end -->``.
 
-    python -m bench.readme [SUMMARY.md] [TARGET.md]
+    python -m bench.readme [SUMMARY.md] [DOC.md]
 
 Only the text between the markers changes; without both markers (in that order) the file is left alone. The
 README links to docs/BENCHMARKS.md for the figures.

@@ -151,13 +151,15 @@ class PortsAdded:
         return self.inner.count(ports | self.extra, upstream)
 
 
-def time_psutil(repeat: int) -> list[float]:
-    """Time ``psutil.net_connections(kind="tcp")`` (the reference)."""
+def time_psutil(repeat: int, cpu: list[float] | None = None) -> list[float]:
+    """Time ``psutil.net_connections(kind="tcp")`` (the reference); its CPU times go to ``cpu`` when given."""
     timings = []
     for _ in range(repeat):
-        started = time.perf_counter()
+        started, cpu_started = time.perf_counter(), time.process_time()
         psutil.net_connections(kind="tcp")
         timings.append(time.perf_counter() - started)
+        if cpu is not None:
+            cpu.append(time.process_time() - cpu_started)
     return timings
 
 
@@ -232,10 +234,69 @@ def copy_database(source: Path, target: Path) -> None:
 # --- the daemon --------------------------------------------------------------------------------------------
 
 
+# A port nothing uses: counting it times the kernel's walk of its socket tables with no connection matched.
+UNUSED_PORT = 1
+
+
+async def sources_alone(sampler: Any, extra_ports: frozenset[int], repeat: int) -> dict[str, dict[str, float]]:
+    """Each source read alone, one after another: what a sample's fixed cost is made of, as the median wall
+    time (``wall``) and this process's CPU time (``cpu``, which other processes on the machine do not inflate).
+
+    In a sample they run at once, in threads that share the interpreter's lock, so their own durations there
+    overlap and wait for each other; alone, each shows what it costs. ``tcp_unused_port`` is the TCP count for
+    a port without connections: the part of ``tcp`` that does not grow with them.
+    """
+    sources = sampler.sources
+    backend = sources.backend
+    process = sources.process.read(time.monotonic()) if sources.process is not None else None
+    ports = frozenset(process.listen_ports if process is not None else ()) | sources.extra_ports | extra_ports
+    ports -= sources.upstream_ports
+
+    def blocking(fn: Any, *args: Any) -> Any:
+        async def call() -> Any:
+            return fn(*args)
+
+        return call
+
+    readers: dict[str, Any] = {
+        "host": blocking(lambda: sources.host.read(time.monotonic())),
+        "process": blocking(lambda: sources.process.read(time.monotonic())) if sources.process else None,
+        "tcp": blocking(sources.tcp.count, ports, sources.upstream_ports),
+        "tcp_unused_port": blocking(sources.tcp.count, frozenset({UNUSED_PORT})),
+        "probe": (lambda: backend.probe(sources.hot_endpoints)) if backend is not None else None,
+        "cache": backend.cache_stats if backend is not None and backend.has_credentials else None,
+        "database": blocking(lambda: sources.database.read(time.monotonic())) if sources.database else None,
+        "hls": blocking(lambda: sources.hls.read(time.time())) if sources.hls else None,
+        "mediamtx": sources.mediamtx.read if sources.mediamtx else None,
+    }
+    out: dict[str, dict[str, float]] = {"wall": {}, "cpu": {}}
+    for name, read in readers.items():
+        if read is None:
+            continue
+        walls, cpus = [], []
+        for _ in range(repeat):
+            started, cpu_started = time.perf_counter(), time.process_time()
+            # a source down here is down in the samples too: its time still counts
+            with contextlib.suppress(Exception):
+                await read()
+            walls.append(time.perf_counter() - started)
+            cpus.append(time.process_time() - cpu_started)
+        out["wall"][name] = median(walls)
+        out["cpu"][name] = median(cpus)
+    return out
+
+
 async def measure(
-    tb: Any, work: Path, env_overrides: Mapping[str, str], extra_ports: frozenset[int], samples: int
+    tb: Any,
+    work: Path,
+    env_overrides: Mapping[str, str],
+    extra_ports: frozenset[int],
+    samples: int,
+    *,
+    breakdown: bool = False,
 ) -> dict[str, Any]:
-    """Start the daemon in-process with ``env_overrides``, take samples, return their timings."""
+    """Start the daemon in-process with ``env_overrides``, take samples, return their timings (and, with
+    ``breakdown``, each source's alone)."""
     from config.loader import load_settings
     from optimizer.app import Daemon
     from optimizer.logs import configure_logging
@@ -262,7 +323,9 @@ async def measure(
             for name, status in snap.sources.items():
                 sources.setdefault(name, []).append(status.duration_seconds)
         cpu_per_sample = (time.process_time() - cpu_before) / samples
+        alone = await sources_alone(daemon.sampler, extra_ports, samples) if breakdown else {}
         return {
+            "sources_alone": alone,
             "sample_cpu_s": cpu_per_sample,
             "first_sample_s": first_s,
             "first_sources_s": {name: status.duration_seconds for name, status in first.sources.items()},
@@ -293,21 +356,34 @@ def database_source_with_tables(path: Path, repeat: int) -> list[float]:
 
 
 def one_point(
-    tb: Any, work: Path, connections: int, *, samples: int, repeat: int, env_overrides: Mapping[str, str]
+    tb: Any,
+    work: Path,
+    connections: int,
+    *,
+    samples: int,
+    repeat: int,
+    env_overrides: Mapping[str, str],
+    breakdown: bool = False,
 ) -> dict[str, Any]:
     """Hold ``connections``, time psutil and the daemon's sample; the figures of one size."""
     with held_connections(connections) as ports:
         psutil.net_connections(kind="tcp")
-        before = time_psutil(repeat)
-        measured = asyncio.run(measure(tb, work, env_overrides, ports, samples))
-        after = time_psutil(repeat)
+        psutil_cpu: list[float] = []
+        before = time_psutil(repeat, psutil_cpu)
+        measured = asyncio.run(measure(tb, work, env_overrides, ports, samples, breakdown=breakdown))
+        after = time_psutil(repeat, psutil_cpu)
         sockets = len(psutil.net_connections(kind="tcp"))
+        processes = len(psutil.pids())
     reference = median(before + after)
     return {
         "connections": connections,
         "tcp_sockets_on_host": sockets,
+        # psutil maps sockets to processes through every process's descriptors: its time grows with these
+        "processes_on_host": processes,
         "psutil_s": before + after,
         "psutil_median_s": reference,
+        # CPU times: on a busy machine wall times are partly waiting for a core, for both
+        "psutil_cpu_median_s": median(psutil_cpu),
         "ratio_sample_vs_psutil": ratio(measured["sample_median_s"], reference),
         **measured,
     }
@@ -321,10 +397,32 @@ def sample_row(label: str, point: dict[str, Any]) -> dict[str, Any]:
         label,
         fmt_ms(point["sample_median_s"]) + (f" ({', '.join(down)} down)" if down else ""),
         reference=f"psutil {fmt_ms(point['psutil_median_s'])} at {point['connections']:,} connections;"
-        f" first sample {fmt_ms(point['first_sample_s'])}; CPU {fmt_ms(point['sample_cpu_s'])} a sample",
+        f" first sample {fmt_ms(point['first_sample_s'])}; CPU {fmt_ms(point['sample_cpu_s'])} a sample against"
+        f" psutil's {fmt_ms(point['psutil_cpu_median_s'])}",
         ratio_text=f"1/{1 / r:.0f}" if r > 0 else "-",
         goal="<= 1/10 of psutil",
         met=r <= GOAL_RATIO,
+    )
+
+
+def breakdown_row(point: dict[str, Any]) -> dict[str, Any]:
+    """What the smallest size's sample is made of: each source alone (CPU time), against the 1/10 budget."""
+    alone: dict[str, float] = point["sources_alone"]["cpu"]
+    parts = {name: seconds for name, seconds in alone.items() if name != "tcp_unused_port"}
+    total = sum(parts.values())
+    listed = ", ".join(
+        f"{name} {fmt_ms(seconds)}"
+        + (f" (a port without connections: {fmt_ms(alone['tcp_unused_port'])})" if name == "tcp" else "")
+        for name, seconds in sorted(parts.items(), key=lambda item: -item[1])
+    )
+    return row(
+        f"what one sample at {point['connections']:,} connections is made of (each source alone, CPU)",
+        f"{fmt_ms(total)} in all",
+        reference=f"{listed}; the whole sample {fmt_ms(point['sample_median_s'])}, CPU"
+        f" {fmt_ms(point['sample_cpu_s'])} (sources at once, in threads); 1/10 of psutil is"
+        f" {fmt_ms(point['psutil_median_s'] * GOAL_RATIO)} ({point['tcp_sockets_on_host']:,} TCP sockets and"
+        f" {point['processes_on_host']:,} processes on the host, whose descriptors psutil reads)",
+        met=None,
     )
 
 
@@ -350,9 +448,12 @@ def run(quick: bool) -> dict[str, Any]:
         build_hls(base_hls, BASE_HLS_FILES)
         base = {"CCTV_OPTIMIZER_BACKEND__HLS_DIRECTORY": str(base_hls)}
         for size in connection_sizes:
-            point = one_point(tb, work, size, samples=samples, repeat=repeat, env_overrides=base)
+            smallest = size == connection_sizes[0]
+            point = one_point(tb, work, size, samples=samples, repeat=repeat, env_overrides=base, breakdown=smallest)
             points[f"connections_{size}"] = point
             rows.append(sample_row(f"one full sample, {size:,} connections", point))
+            if smallest:
+                rows.append(breakdown_row(point))
         for size in hls_sizes:
             hls = media / f"hls-{size}"
             started = time.monotonic()
@@ -404,11 +505,14 @@ def run(quick: bool) -> dict[str, Any]:
             tables_growth = median(db_points[-1]["database_source_with_tables_s"]) / median(
                 db_points[0]["database_source_with_tables_s"]
             )
+            cpu_growth = db_points[-1]["sample_cpu_s"] / db_points[0]["sample_cpu_s"]
             rows.append(
                 row(
                     "sample growth from the smallest to the largest database",
                     f"{growth:.2f}x (table statistics {tables_growth:.2f}x)",
-                    reference=f"{fmt_ms(db_points[0]['sample_median_s'])} -> {fmt_ms(db_points[-1]['sample_median_s'])}",
+                    reference=f"{fmt_ms(db_points[0]['sample_median_s'])} -> {fmt_ms(db_points[-1]['sample_median_s'])};"
+                    f" CPU a sample {fmt_ms(db_points[0]['sample_cpu_s'])} -> {fmt_ms(db_points[-1]['sample_cpu_s'])}"
+                    f" ({cpu_growth:.2f}x)",
                     goal=f"<= {GOAL_DB_GROWTH}x",
                     met=growth <= GOAL_DB_GROWTH,
                 )

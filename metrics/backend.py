@@ -1,4 +1,4 @@
-"""The HTTP client for the CCTV backend: its login, CSRF, API-key and rate-limit rules (TARGET.md).
+"""The HTTP client for the CCTV backend: its login, CSRF, API-key and rate-limit rules (docs/CONTRACT.md).
 
 Every call but ``/health`` spends from one request budget kept well under the backend's per-IP limits;
 a 429 stops all calls until its ``Retry-After`` has passed; a refused login is not retried in a loop
@@ -160,7 +160,7 @@ def _as_int(data: Mapping[str, Any], key: str) -> int:
 
 
 def parse_cache_stats(data: Mapping[str, Any]) -> CacheStatsSample:
-    """Normalise either cache-stats shape (TARGET.md): ``hitRate`` as "20.00%" or as a number."""
+    """Normalise either cache-stats shape the backend answers with: ``hitRate`` as "20.00%" or as a number."""
     inner = data.get("data", data)
     if not isinstance(inner, Mapping) or "size" not in inner:
         raise BackendError("cache stats have no size")
@@ -187,7 +187,7 @@ def parse_cache_stats(data: Mapping[str, Any]) -> CacheStatsSample:
 
 
 class BackendClient:
-    """Talks to the backend the way TARGET.md says a well-behaved client must."""
+    """Talks to the backend as a well-behaved client must: one request budget, 429s waited out, no login loops."""
 
     def __init__(
         self,

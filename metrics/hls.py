@@ -1,4 +1,4 @@
-"""Walk MediaMTX's HLS directory: bytes, files, streams, and which files are stale by TARGET.md's rule.
+"""Walk MediaMTX's HLS directory: bytes, files, streams, and which files are stale.
 
 A file is stale when no current playlist references it and it is older than the configured age. Only what
 MediaMTX writes there is ever stale: its segment, part and init files (``segment_kind``); anything else is an

@@ -81,11 +81,6 @@ def listeners(port: int, proc_root: Path = Path("/proc")) -> dict[str, int]:
     return found
 
 
-def listening_inodes(port: int, proc_root: Path = Path("/proc")) -> set[str]:
-    """Socket inodes listening on ``port`` (from /proc/net/tcp and tcp6)."""
-    return set(listeners(port, proc_root))
-
-
 def pid_owning_inodes(inodes: set[str], proc_root: Path = Path("/proc")) -> int | None:
     """The lowest PID holding one of the socket inodes (a scan of /proc/*/fd; done at discovery only)."""
     if not inodes:

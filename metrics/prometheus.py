@@ -1,7 +1,7 @@
 """Prometheus exposition: a collector over the latest snapshot, and the daemon's own counters.
 
 The snapshot collector reads a cached snapshot at scrape time and never samples. Names use one
-prefix, base units and low-cardinality labels only (DESIGN.md section 7).
+prefix (``cctv_optimizer_``), base units and low-cardinality labels only.
 """
 
 from __future__ import annotations

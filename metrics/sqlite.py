@@ -108,11 +108,12 @@ def _same_file(a: os.stat_result, b: os.stat_result) -> bool:
     )
 
 
-def open_connection(path: Path, mode: str, busy_timeout_ms: int, *, row_factory: bool = False) -> sqlite3.Connection:
-    """A connection to the existing file (URI ``mode``: ``ro``, ``ro&immutable=1`` or ``rw``); sqlite3.Error if not."""
+def _connect(path: Path, query: str, busy_timeout_ms: int, *, row_factory: bool, shared: bool) -> sqlite3.Connection:
     # quoted: a path holding "?", "#" or "%" would otherwise be read as URI syntax
-    uri = f"file:{urllib.parse.quote(str(path))}?mode={mode}"
-    conn = sqlite3.connect(uri, uri=True, timeout=busy_timeout_ms / 1000, isolation_level=None)
+    uri = f"file:{urllib.parse.quote(str(path))}?{query}"
+    conn = sqlite3.connect(
+        uri, uri=True, timeout=busy_timeout_ms / 1000, isolation_level=None, check_same_thread=not shared
+    )
     try:
         conn.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
     except sqlite3.Error:
@@ -121,6 +122,25 @@ def open_connection(path: Path, mode: str, busy_timeout_ms: int, *, row_factory:
     if row_factory:
         conn.row_factory = sqlite3.Row
     return conn
+
+
+def open_read_only(
+    path: Path, busy_timeout_ms: int, *, immutable: bool = False, row_factory: bool = False, shared: bool = False
+) -> sqlite3.Connection:
+    """A read-only connection to the existing file; sqlite3.Error if there is none or it cannot be opened.
+
+    ``immutable`` reads the main file as a snapshot: no lock, no ``-wal``/``-shm`` created, nothing in a WAL
+    seen. ``shared`` lets other threads use the connection (the caller serialises them).
+    """
+    query = "mode=ro&immutable=1" if immutable else "mode=ro"
+    return _connect(path, query, busy_timeout_ms, row_factory=row_factory, shared=shared)
+
+
+def open_read_write(
+    path: Path, busy_timeout_ms: int, *, row_factory: bool = False, shared: bool = False
+) -> sqlite3.Connection:
+    """A read-write connection to the existing file, never creating it; sqlite3.Error if there is none."""
+    return _connect(path, "mode=rw", busy_timeout_ms, row_factory=row_factory, shared=shared)
 
 
 @contextmanager
@@ -135,7 +155,7 @@ def read_database(path: Path, busy_timeout_ms: int, *, row_factory: bool = False
     info = inspect_database(path)
     snapshot = info.closed_by_backend
     try:
-        conn = open_connection(path, "ro&immutable=1" if snapshot else "ro", busy_timeout_ms, row_factory=row_factory)
+        conn = open_read_only(path, busy_timeout_ms, immutable=snapshot, row_factory=row_factory)
     except sqlite3.DatabaseError as exc:
         raise DatabaseUnavailable(f"cannot open database {path}: {exc}") from None
     try:

@@ -73,11 +73,6 @@ class Windows:
         """How many of the last ``last`` values are at or above ``threshold``."""
         return sum(1 for v in self.values(name, last) if v >= threshold)
 
-    def all_below(self, name: str, threshold: float, last: int) -> bool:
-        """Whether the last ``last`` values (at least one) are all below ``threshold``."""
-        values = self.values(name, last)
-        return bool(values) and all(v < threshold for v in values)
-
     def percentile(self, name: str, q: float, since: float | None = None) -> float | None:
         """Percentile of a signal over the window (or since a time)."""
         return percentile((v for _, v in self.points(name, since)), q)

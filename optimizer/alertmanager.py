@@ -202,12 +202,11 @@ class AlertmanagerReceiver:
         unmapped: list[Alert] = []
         for alert in fresh:
             name = alert.labels.get(label, "")
-            runtime = self._engine.runtimes.get(name)
             if not name:
                 unmapped.append(alert)
-            elif runtime is None:
+            elif name not in self._engine.strategy_names():
                 unknown.setdefault(name[:NAME_LIMIT], []).append(alert)
-            elif not runtime.enabled:
+            elif not self._engine.view(name).enabled:
                 disabled.setdefault(name, []).append(alert)
             else:
                 by_strategy.setdefault(name, []).append(alert)

@@ -336,24 +336,24 @@ async def read_json_object(request: web.Request, *, optional: bool) -> dict[str,
 
 def _strategy_view(ctx: ApiContext, name: str) -> dict[str, Any]:
     engine = ctx.engine
-    rt = engine.runtimes[name]
+    view = engine.view(name)
     return {
         "name": name,
-        "enabled": rt.enabled,
-        "mode": str(engine.mode_of(rt)),
-        "modeOverride": str(rt.mode_override) if rt.mode_override else None,
-        "armed": rt.detector.armed,
-        "armedBy": list(rt.detector.armed_signals),
-        "cooldownSeconds": rt.cooldown,
-        "cooldownLeftSeconds": round(engine.cooldown_left(rt), 3),
-        "budgetLeft": engine.budget_left(rt),
-        "pacing": engine.pacing_view(rt),
-        "breakerOpen": rt.breaker_open,
-        "breakerReason": rt.breaker_reason,
-        "consecutiveFailures": rt.consecutive_failures,
-        "score": round(rt.score, 3),
-        "lastOutcome": rt.last_outcome,
-        "lastVerdict": rt.last_verdict,
+        "enabled": view.enabled,
+        "mode": str(view.mode),
+        "modeOverride": str(view.mode_override) if view.mode_override else None,
+        "armed": view.armed,
+        "armedBy": list(view.armed_by),
+        "cooldownSeconds": view.cooldown_seconds,
+        "cooldownLeftSeconds": round(view.cooldown_left_seconds, 3),
+        "budgetLeft": view.budget_left,
+        "pacing": view.pacing,
+        "breakerOpen": view.breaker_open,
+        "breakerReason": view.breaker_reason,
+        "consecutiveFailures": view.consecutive_failures,
+        "score": round(view.score, 3),
+        "lastOutcome": view.last_outcome,
+        "lastVerdict": view.last_verdict,
         "triggers": [
             {
                 "signal": t.signal,
@@ -365,9 +365,9 @@ def _strategy_view(ctx: ApiContext, name: str) -> dict[str, Any]:
                 "label": signal_label(t.signal),
                 "unit": str(signal_unit(t.signal)),
             }
-            for t in engine.triggers_of(rt)
+            for t in view.triggers
         ],
-        "findings": [f.as_dict() for f in engine.findings.values() if f.strategy == name],
+        "findings": [f.as_dict() for f in view.findings],
     }
 
 
@@ -561,7 +561,7 @@ async def performance_optimize(request: web.Request) -> web.Response:
     strategy = body.get("strategy")
     if strategy is not None and not isinstance(strategy, str):
         raise ApiError(400, "invalid_body", "strategy must be a string")
-    if strategy is not None and strategy not in ctx.engine.runtimes:
+    if strategy is not None and strategy not in ctx.engine.strategy_names():
         known = ", ".join(ctx.engine.strategy_names())
         raise ApiError(400, "unknown_strategy", f"unknown strategy {strategy[:64]!r}; known: {known}")
     dry_run = body.get("dryRun", False)
@@ -648,7 +648,7 @@ async def strategies(request: web.Request) -> web.Response:
 
 def _strategy_name(request: web.Request) -> str:
     name = request.match_info["name"]
-    if name not in request.app[CTX].engine.runtimes:
+    if name not in request.app[CTX].engine.strategy_names():
         raise ApiError(404, "unknown_strategy", f"unknown strategy {name[:64]!r}")
     return name
 

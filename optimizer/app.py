@@ -15,7 +15,6 @@ import gc
 import os
 import secrets
 import signal
-import socket
 from collections.abc import Coroutine, Mapping
 from enum import StrEnum
 from pathlib import Path
@@ -52,6 +51,7 @@ from metrics.sqlite import DatabaseReader
 from metrics.tables import TABLES
 from metrics.tcp import TcpCounter, make_tcp_counter
 from metrics.window import Windows
+from optimizer import __version__, cadence
 from optimizer.alertmanager import AlertmanagerReceiver
 from optimizer.api import (
     BODY_TIMEOUT_SECONDS,
@@ -75,14 +75,7 @@ from optimizer.connections import (
     open_descriptors,
 )
 from optimizer.dashboard import load_dashboard
-from optimizer.engine import (
-    CALM_PROXIMITY,
-    Engine,
-    EngineStopping,
-    next_sample_interval,
-    signal_proximity,
-    stretched_interval,
-)
+from optimizer.engine import Engine, EngineStopping
 from optimizer.executors import Executors, run_in
 from optimizer.logs import REDACTOR, configure_logging
 from optimizer.registry import build_strategies
@@ -90,10 +83,7 @@ from optimizer.sdnotify import SystemdNotifier
 from optimizer.state import HistoryReader, StateStore
 from strategies.base import StrategyDeps
 
-VERSION = "0.1.0"
-# The daemon's own figures: its RSS sits near 60% of its soft line from the libraries alone, so counting it
-# would hold the sample interval at its base for ever; nearing it is no reason to watch the host more closely.
-OWN_SIGNALS = frozenset({"own_rss_bytes"})
+VERSION = __version__
 log = structlog.get_logger("daemon")
 
 # the dated tables the database reader samples, each column in its own time base (metrics/tables.py)
@@ -288,12 +278,12 @@ class Daemon:
 
     def _check_triggers(self) -> None:
         """Say at start which triggers watch a signal nothing measures (a misspelt name in a plugin): they never arm."""
-        for name, rt in self.engine.runtimes.items():
-            for spec in self.engine.triggers_of(rt):
+        for view in self.engine.views():
+            for spec in view.triggers:
                 if not is_known_signal(spec.signal):
                     log.warning(
                         "trigger_unknown_signal",
-                        strategy=name,
+                        strategy=view.name,
                         signal=spec.signal,
                         consequence="this trigger never arms",
                         hint=did_you_mean(spec.signal, BY_NAME).removeprefix("; ") or None,
@@ -526,52 +516,15 @@ class Daemon:
                 log.warning("source_degraded", source=name, error=status.error)
 
     def _adapt_interval(self) -> None:
-        """Stretch the sample interval while every signal is far from its threshold; tighten near one.
-
-        A strategy may ask for a longer interval on top (the cpu strategy while the host is hot): the largest
-        factor asked for multiplies the adapted interval, still within the configured bounds.
-        """
+        """Work out the next sample interval from what the strategies watch (see optimizer/cadence.py)."""
         s = self.settings
-        low, high = s.sampler.min_interval_ms / 1000, s.sampler.max_interval_ms / 1000
-        self.adaptive_interval = next_sample_interval(
-            self.adaptive_interval,
-            base=s.sample_interval / 1000,
-            low=low,
-            high=high,
-            **self._interval_pressure(),
+        bounds = cadence.Bounds(
+            base=s.sample_interval / 1000, low=s.sampler.min_interval_ms / 1000, high=s.sampler.max_interval_ms / 1000
         )
-        self.sample_interval = stretched_interval(
-            self.adaptive_interval, factor=self.engine.sample_interval_factor(), low=low, high=high
+        self.adaptive_interval, self.sample_interval = cadence.adapt(
+            self.adaptive_interval, bounds, self.engine.watches(), self.engine.windows
         )
         self.metrics.sample_interval.set(self.sample_interval)
-
-    def _interval_pressure(self) -> dict[str, Any]:
-        """Proximity and armed state for next_sample_interval, over what the interval should react to.
-
-        The daemon's own signals do not count (OWN_SIGNALS). Nor does a strategy that asks for a stretch (the
-        cpu strategy while the host is hot): tightening for it would undo the stretch (1 s doubled is 2 s,
-        more often than the base); while one asks, the interval holds at least at its base for the factor.
-        Nor does a strategy that cannot act (breaker open, held by its cooldown or budget, or planning a disruptive
-        change while those are off): it holds the interval at its base too, instead of sampling every second for
-        minutes while nothing can come of it.
-        """
-        proximity = 0.0
-        armed = False
-        stretching = False
-        for rt in self.engine.runtimes.values():
-            if not rt.enabled:
-                continue  # it never gets a turn: its lines are nobody's concern
-            # a strategy that cannot act now (its breaker is open, or its plan waits for a cooldown or the budget)
-            # gains nothing from closer samples: it holds the interval at its base, like a stretching one
-            if self.engine.factor_of(rt) > 1.0 or not self.engine.can_act(rt):
-                stretching = True
-                continue
-            specs = [spec for spec in self.engine.triggers_of(rt) if spec.signal not in OWN_SIGNALS]
-            proximity = max(proximity, signal_proximity(specs, self.engine.windows))
-            armed = armed or rt.detector.armed
-        if stretching:
-            proximity = max(proximity, CALM_PROXIMITY)
-        return {"proximity": proximity, "armed": armed}
 
     def health(self) -> tuple[bool, str]:
         """Whether the decision loop and the sampler are alive, and why not."""
@@ -584,7 +537,7 @@ class Daemon:
             return False, "no fresh sample"
         round_limit = (
             2 * s.optimization_interval / 1000
-            + len(self.engine.runtimes) * (s.engine.plan_timeout_seconds + s.engine.apply_timeout_seconds)
+            + len(self.engine.strategy_names()) * (s.engine.plan_timeout_seconds + s.engine.apply_timeout_seconds)
             + 10
         )
         if now - self.engine.heartbeat > round_limit:
@@ -696,8 +649,7 @@ class Daemon:
             await self._api_loop.stop()
         await self.backend.close()
         await self.mediamtx.close()
-        for rt in self.engine.runtimes.values():
-            await rt.strategy.close()
+        await self.engine.close()
         if self._background:
             await asyncio.gather(*self._background, return_exceptions=True)
         await asyncio.to_thread(self.history.close)
@@ -779,11 +731,6 @@ def run_daemon(config_file: Path | None, environ: Mapping[str, str] | None = Non
     except Exception as exc:
         log.exception("daemon_crashed", error=f"{exc.__class__.__name__}: {exc}")
         return EX_FAIL
-
-
-def hostname() -> str:
-    """This host's name, for display."""
-    return socket.gethostname()
 
 
 __all__ = ["Daemon", "LifecycleState", "Problem", "StartupError", "run_daemon"]

@@ -38,7 +38,7 @@ from config.loader import (
     secret_files,
 )
 from config.settings import Settings
-from optimizer import service
+from optimizer import __version__, service
 from optimizer.service import ServiceEnvironment
 
 EX_OK, EX_FAIL, EX_USAGE, EX_UNREACHABLE, EX_CONFIG = 0, 1, 2, 3, 78
@@ -642,6 +642,7 @@ def build_parser() -> argparse.ArgumentParser:
     """The argument parser."""
     parser = argparse.ArgumentParser(prog="cctv-optimizer", description="Self-tuning optimizer for a CCTV backend.")
     parser.add_argument("--config", type=Path, default=None, help="YAML configuration file")
+    parser.add_argument("--version", action="version", version=__version__)
     sub = parser.add_subparsers(dest="command", required=True)
     common = _service_options()
     sub.add_parser("run", help="run the daemon in the foreground (configuration from its environment)")
@@ -708,9 +709,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "restore-backup":
         return cmd_restore_backup(args, environ)
     if args.command == "version":
-        from optimizer.app import VERSION
-
-        print(VERSION)
+        print(__version__)
         return EX_OK
     client = _client(args, environ)
     try:

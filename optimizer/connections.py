@@ -8,9 +8,16 @@ the sampler, the strategies and the state database need. So:
   new connection takes the place of the oldest one still waiting for its request headers (silent, or trickling
   them), else of the oldest keep-alive connection between requests, so a client that asks at once is served
   however many slow or idle ones hold on; when every connection is busy with a request, the new one is
-  accepted and closed at once (a reset, no reply), which costs next to nothing;
+  accepted and closed at once (a reset, no reply), which costs next to nothing, unless it is a health check:
+  a few connections beyond the cap (``HEALTH_RESERVE``) are kept for ``GET``/``HEAD /health``, answered and
+  then closed; anything else asked on them is closed unanswered, so a flood of busy requests cannot make
+  the daemon look dead to its supervisor;
 - a connection that has not sent its first request line and headers within ``api.header_timeout_seconds`` is
   closed (idle keep-alive connections are closed by the server's idle timeout);
+- the kernel's listen queue is as deep as the system allows (``net.core.somaxconn``), while the loop accepts at
+  most one burst at a time: a flood of connections arriving faster than the daemon accepts them waits in the
+  kernel, where it costs no descriptor, instead of overflowing a short queue, which drops the next handshake
+  (a health check among them) until the client retries it a second later;
 - accept errors (``EMFILE`` and the like, when something else used the descriptors up) are logged as one line
   per interval with a count, instead of a traceback per attempt.
 """
@@ -22,6 +29,7 @@ import errno
 import itertools
 import os
 import resource
+import socket
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -35,8 +43,14 @@ log = structlog.get_logger("api")
 ACCEPT_LOG_INTERVAL_SECONDS = 10.0
 HEADER_END = b"\r\n\r\n"
 MAX_BACKLOG = 128
+# The kernel's listen queue: it takes the smaller of this and net.core.somaxconn (4096 on current kernels).
+LISTEN_QUEUE = 65_535
 # At the cap, how many of the oldest connections are looked at for one idle between requests.
 IDLE_SCAN = 64
+# Connections beyond the cap kept for health checks, and the longest first line they may send.
+HEALTH_RESERVE = 4
+HEALTH_LINE_MAX = 1024
+_HEALTH_METHODS = (b"GET", b"HEAD")
 _ACCEPT_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 
 
@@ -49,9 +63,10 @@ def open_descriptors() -> int:
 
 
 def accept_backlog(reserved: int) -> int:
-    """The listen backlog, which is also how many connections the loop accepts in one go before any is refused.
+    """How many connections the loop accepts in one go before any is refused (its accept burst).
 
     Those descriptors are held (briefly) beyond the cap, so the cap leaves room for one burst besides the reserve.
+    The kernel's listen queue is deeper (``LISTEN_QUEUE``): what waits there holds no descriptor of the daemon.
     """
     return max(8, min(MAX_BACKLOG, reserved))
 
@@ -59,13 +74,13 @@ def accept_backlog(reserved: int) -> int:
 def connection_cap(
     max_connections: int, reserved: int, *, soft_limit: int | None = None, in_use: int = 0, backlog: int = 0
 ) -> int:
-    """The API's connection cap: the configured one, within the descriptors left after ``reserved``, ``in_use``
-    and one accept burst (``backlog``)."""
+    """The API's connection cap: the configured one, within the descriptors left after ``reserved``, ``in_use``,
+    one accept burst (``backlog``) and the health checks' reserve."""
     if soft_limit is None:
         soft_limit, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft_limit == resource.RLIM_INFINITY or soft_limit < 0:
         return max_connections
-    return max(1, min(max_connections, soft_limit - reserved - in_use - backlog))
+    return max(1, min(max_connections, soft_limit - reserved - in_use - backlog - HEALTH_RESERVE))
 
 
 class ConnectionLimiter:
@@ -78,6 +93,10 @@ class ConnectionLimiter:
         self.rejected_total = 0
         self.evicted_total = 0
         self.header_timeouts_total = 0
+        # connections beyond the cap on the health checks' reserve, and how many health checks it answered
+        self.health_reserve = HEALTH_RESERVE
+        self.reserve_in_use = 0
+        self.reserve_answered_total = 0
         # connections still waiting for their first request's headers, oldest first
         self.waiting: dict[_Counted, None] = {}
         # every open connection, oldest first
@@ -95,6 +114,9 @@ class ConnectionLimiter:
                     (c for c in itertools.islice(self.open, IDLE_SCAN) if c.idle()), None
                 )
                 if oldest is None:
+                    if self.reserve_in_use < self.health_reserve:
+                        self.reserve_in_use += 1
+                        return _HealthOnly(self, inner)
                     return _Refused(self)
                 oldest.close()
                 self.evicted_total += 1
@@ -102,7 +124,7 @@ class ConnectionLimiter:
                 self._log_cap()
             # counted from here, not from connection_made: a burst of accepts calls this many times first
             self.current += 1
-            return _Counted(self, inner())
+            return _Counted(self, inner)
 
         return make
 
@@ -144,12 +166,102 @@ class _Refused(asyncio.Protocol):
             transport.close()
 
 
-class _Counted(asyncio.Protocol):
-    """The web server's protocol for one connection, counted, with a deadline for its first request's headers."""
+def is_health_check(line: bytes) -> bool:
+    """Whether an HTTP request line asks ``GET`` or ``HEAD /health`` (with a query or not)."""
+    method, _, rest = line.partition(b" ")
+    target = rest.partition(b" ")[0]
+    return method in _HEALTH_METHODS and (target == b"/health" or target.startswith(b"/health?"))
 
-    def __init__(self, limiter: ConnectionLimiter, inner: asyncio.Protocol) -> None:
+
+class _HealthOnly(asyncio.Protocol):
+    """A connection beyond the cap, on the health checks' reserve: its first request line decides.
+
+    ``GET``/``HEAD /health`` goes to the web server with ``Connection: close`` put first among its headers, so
+    the server closes it after the answer; anything else, or nothing within the header timeout, is closed
+    unanswered. The request line is kept from the server until it is complete, so nothing else is handled.
+    """
+
+    def __init__(self, limiter: ConnectionLimiter, make_inner: Callable[[], asyncio.Protocol]) -> None:
         self._limiter = limiter
-        self._inner = inner
+        self._make_inner = make_inner
+        self._inner: asyncio.Protocol | None = None
+        self._transport: asyncio.BaseTransport | None = None
+        self._deadline: asyncio.TimerHandle | None = None
+        self._head = b""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = transport
+        self._deadline = asyncio.get_running_loop().call_later(self._limiter.header_timeout, self._refuse)
+
+    def _refuse(self) -> None:
+        self._limiter.refused()
+        self._cancel_deadline()
+        if self._transport is not None and not self._transport.is_closing():
+            abort = getattr(self._transport, "abort", None)
+            if abort is not None:
+                abort()
+            else:
+                self._transport.close()
+
+    def _cancel_deadline(self) -> None:
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
+
+    def data_received(self, data: bytes) -> None:
+        if self._inner is not None:
+            self._inner.data_received(data)
+            return
+        if self._transport is None or self._transport.is_closing():
+            return
+        self._head += data
+        end = self._head.find(b"\r\n")
+        if end < 0:
+            if len(self._head) > HEALTH_LINE_MAX:
+                self._refuse()
+            return
+        if not is_health_check(self._head[:end]):
+            self._refuse()
+            return
+        self._cancel_deadline()
+        self._limiter.reserve_answered_total += 1
+        head, self._head = self._head, b""
+        self._inner = self._make_inner()
+        self._inner.connection_made(self._transport)
+        self._inner.data_received(head[:end] + b"\r\nConnection: close" + head[end:])
+
+    def eof_received(self) -> bool | None:
+        return self._inner.eof_received() if self._inner is not None else None
+
+    def pause_writing(self) -> None:
+        if self._inner is not None:
+            self._inner.pause_writing()
+
+    def resume_writing(self) -> None:
+        if self._inner is not None:
+            self._inner.resume_writing()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._limiter.reserve_in_use -= 1
+        self._cancel_deadline()
+        self._transport = None
+        if self._inner is not None:
+            self._inner.connection_lost(exc)
+
+
+class _Counted(asyncio.Protocol):
+    """The web server's protocol for one connection, counted, with a deadline for its first request's headers.
+
+    The web server's protocol is made when the first bytes arrive: a connection that never sends any (a flood
+    of idle ones, closed for newer ones at the cap or on the deadline) costs an accept and a timer, not a
+    request handler with its task and timers, so the daemon gets through such a flood, and to the requests
+    queued behind it, several times faster.
+    """
+
+    def __init__(self, limiter: ConnectionLimiter, make_inner: Callable[[], asyncio.Protocol]) -> None:
+        self._limiter = limiter
+        self._make_inner = make_inner
+        self._inner: asyncio.Protocol | None = None
         self._transport: asyncio.BaseTransport | None = None
         self._deadline: asyncio.TimerHandle | None = None
         self._tail = b""
@@ -159,7 +271,6 @@ class _Counted(asyncio.Protocol):
         self._limiter.open[self] = None
         self._transport = transport
         self._deadline = asyncio.get_running_loop().call_later(self._limiter.header_timeout, self._too_slow)
-        self._inner.connection_made(transport)
 
     def _too_slow(self) -> None:
         if self._transport is not None and not self._transport.is_closing():
@@ -197,16 +308,24 @@ class _Counted(asyncio.Protocol):
                 self._limiter.waiting.pop(self, None)
             else:
                 self._tail = seen[-3:]
+        if self._inner is None:
+            if self._transport is None or self._transport.is_closing():
+                return
+            self._inner = self._make_inner()
+            self._inner.connection_made(self._transport)
         self._inner.data_received(data)
 
     def eof_received(self) -> bool | None:
-        return self._inner.eof_received()
+        # before any byte came there is nothing to answer: let the transport close
+        return self._inner.eof_received() if self._inner is not None else None
 
     def pause_writing(self) -> None:
-        self._inner.pause_writing()
+        if self._inner is not None:
+            self._inner.pause_writing()
 
     def resume_writing(self) -> None:
-        self._inner.resume_writing()
+        if self._inner is not None:
+            self._inner.resume_writing()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._limiter.current -= 1
@@ -216,13 +335,18 @@ class _Counted(asyncio.Protocol):
             self._deadline.cancel()
             self._deadline = None
         self._transport = None
-        self._inner.connection_lost(exc)
+        if self._inner is not None:
+            self._inner.connection_lost(exc)
 
 
 class LimitedSite(web.BaseSite):
-    """A TCP site whose connections go through a ``ConnectionLimiter``."""
+    """A TCP site whose connections go through a ``ConnectionLimiter``.
 
-    __slots__ = ("_host", "_limiter", "_port", "_reuse_address")
+    ``backlog`` is the accept burst (asyncio accepts that many per wake-up); the kernel's listen queue is
+    ``listen_queue`` deep.
+    """
+
+    __slots__ = ("_host", "_limiter", "_listen_queue", "_port", "_reuse_address")
 
     def __init__(
         self,
@@ -232,9 +356,11 @@ class LimitedSite(web.BaseSite):
         limiter: ConnectionLimiter,
         *,
         backlog: int = MAX_BACKLOG,
+        listen_queue: int = LISTEN_QUEUE,
         reuse_address: bool = True,
     ) -> None:
         super().__init__(runner, backlog=backlog)
+        self._listen_queue = max(backlog, listen_queue)
         self._host = host
         self._port = port
         self._limiter = limiter
@@ -264,6 +390,17 @@ class LimitedSite(web.BaseSite):
             reuse_address=self._reuse_address,
             backlog=self._backlog,
         )
+        # asyncio gives listen() the accept burst; a second listen() (on a duplicate of the same socket, as the
+        # loop's own wrapper has none) deepens the kernel's queue alone
+        for sock in self._server.sockets:
+            with socket.socket(fileno=os.dup(sock.fileno())) as same:
+                same.listen(self._listen_queue)
+
+    async def stop(self) -> None:
+        """Stop listening; close the connections still waiting for their headers (the web server closes the rest)."""
+        await super().stop()
+        for conn in list(self._limiter.waiting):
+            conn.close()
 
 
 class AcceptErrorLog:
@@ -336,6 +473,11 @@ class ConnectionCollector(Collector):
             "cctv_optimizer_api_connections_evicted",
             "API connections still waiting for their request headers, closed at the cap for a newer one.",
             value=lim.evicted_total,
+        )
+        yield CounterMetricFamily(
+            "cctv_optimizer_api_health_reserve_answers",
+            "Health checks answered on the connections kept beyond the cap for them.",
+            value=lim.reserve_answered_total,
         )
         yield CounterMetricFamily(
             "cctv_optimizer_api_header_timeouts",

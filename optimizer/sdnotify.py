@@ -107,10 +107,6 @@ class SystemdNotifier:
             return self.notify(RELOADING=1, MONOTONIC_USEC=usec)
         return self.notify(RELOADING=1, MONOTONIC_USEC=usec, STATUS=status)
 
-    def extend_timeout(self, seconds: float) -> bool:
-        """Ask for more time to start or stop: the current timeout becomes at least ``seconds`` from now."""
-        return self.notify(EXTEND_TIMEOUT_USEC=max(0, int(seconds * 1_000_000)))
-
     def watchdog_interval(self) -> float | None:
         """Seconds between watchdog pings (half of WatchdogSec=), or None when no watchdog is set for us."""
         if self._watchdog_usec is None:

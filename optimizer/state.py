@@ -25,6 +25,8 @@ from typing import Any
 
 import structlog
 
+from metrics.sqlite import open_read_only
+
 SCHEMA_VERSION = 1
 SIDECARS = ("-wal", "-shm")
 log = structlog.get_logger("state")
@@ -220,8 +222,7 @@ class StateStore:
         try:
             if not path.is_file():
                 return False
-            uri = f"{path.resolve().as_uri()}?mode=ro&immutable=1"
-            source = sqlite3.connect(uri, uri=True, check_same_thread=False)
+            source = open_read_only(path.resolve(), 5000, immutable=True, shared=True)
         except (OSError, sqlite3.Error):
             return False
         try:
@@ -635,16 +636,6 @@ class StateStore:
         """When each persisted baseline was last saved (wall time): (signal, hour) -> updated."""
         return {(r[0], r[1]): r[2] for r in self._read("SELECT signal, hour, updated FROM baselines")}
 
-    def size_bytes(self) -> int:
-        """Bytes on disk of the state database and its WAL."""
-        total = 0
-        for suffix in ("", "-wal"):
-            try:
-                total += os.stat(f"{self._path}{suffix}").st_size
-            except OSError:
-                continue
-        return total
-
 
 class HistoryReader:
     """Reads the decision history over read-only connections of its own, one per thread: never the store's lock.
@@ -697,9 +688,7 @@ class HistoryReader:
         if held is not None:
             self._drop(held[0])
         try:
-            uri = f"{store.path.resolve().as_uri()}?mode=ro"
-            conn = sqlite3.connect(uri, uri=True, check_same_thread=False, isolation_level=None, timeout=5)
-            conn.execute("PRAGMA busy_timeout=5000")
+            conn = open_read_only(store.path.resolve(), 5000, shared=True)
             conn.execute("PRAGMA query_only=1")
         except (OSError, sqlite3.Error):
             return None

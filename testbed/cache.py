@@ -117,15 +117,6 @@ class ResponseCache:
                 self._entries.popitem(last=False)
                 self.evictions += 1
 
-    def get_or_set(self, key: str, produce: Callable[[], Any], ttl_seconds: float) -> Any:
-        """cacheGetOrSetSync: the cached value, or ``produce()`` stored for ``ttl_seconds``."""
-        entry = self.get(key)
-        if entry is not None:
-            return entry.body
-        value = produce()
-        self.set(key, value, ttl_seconds=ttl_seconds)
-        return value
-
     def delete(self, key: str) -> bool:
         """Drop one key; counts a delete when it was there."""
         if key in self._entries:

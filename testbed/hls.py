@@ -178,11 +178,6 @@ class HlsWriter:
         self.bytes_written: dict[str, int] = {}
         self.ready_since: dict[str, str] = {}
 
-    @property
-    def paused(self) -> bool:
-        """True while MediaMTX is 'down'."""
-        return self._paused
-
     def live_keys(self) -> list[str]:
         """Stream keys with a running muxer."""
         return list(self._live)

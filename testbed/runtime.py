@@ -199,6 +199,9 @@ class Testbed:
             ("CCTV_OPTIMIZER_BACKEND__ADMIN_PASSWORD_FILE", str(settings.password_file)),
             ("CCTV_OPTIMIZER_BACKEND__PROCESS", f"pid:{settings.pid_file}"),
             ("CCTV_OPTIMIZER_BACKEND__MEDIAMTX_URL", f"http://{mhost}:{self.mediamtx.port}"),
+            # its fake recorders alone: a daemon pointed here never lowers the recorders of anything else on the
+            # host (another testbed's, a real backend's), which it otherwise would whenever the host runs hot
+            ("CCTV_OPTIMIZER_STRATEGIES__CPU__RECORDINGS_DIRECTORY", str(settings.recordings_dir)),
         ]
         if settings.api_key:
             pairs.append(("CCTV_OPTIMIZER_BACKEND__API_KEY_FILE", str(settings.api_key_file)))

@@ -22,12 +22,6 @@ def device_type(user_agent: str) -> str:
     return "desktop"
 
 
-def camera_exists(conn: sqlite3.Connection, camera_id: int) -> bool:
-    """True when an enabled camera has this id."""
-    row = conn.execute("SELECT 1 FROM cameras WHERE id = ? AND enabled = 1", (camera_id,)).fetchone()
-    return row is not None
-
-
 def start_session(
     conn: sqlite3.Connection,
     clock: LocalClock,

@@ -1,4 +1,4 @@
-"""Dependencies flow one way: config <- metrics <- strategies <- optimizer (DESIGN.md section 1)."""
+"""Dependencies flow one way: config <- metrics <- strategies <- optimizer (docs/ARCHITECTURE.md)."""
 
 from __future__ import annotations
 

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from metrics.errors import SamplingError
-from metrics.sqlite import inspect_database, open_connection
+from metrics.sqlite import inspect_database, open_read_only, open_read_write
 from strategies.actions.sqlite import reading
 from strategies.base import StrategyDeferred, StrategyError
 
@@ -207,7 +207,7 @@ def restore(database: Path, backup: Path, *, keep_directory: Path, force: bool =
         # SQLite may create -wal/-shm next to the database: they must belong to the backend, not to this user
         raise StrategyError(f"run the restore as root or as the database's owner (uid {owner}); nothing was restored")
     try:
-        source = open_connection(backup, "ro", 5000)
+        source = open_read_only(backup, 5000)
     except sqlite3.Error as exc:
         raise StrategyError(f"cannot open {backup}: {exc}; nothing was restored") from None
     try:
@@ -227,7 +227,7 @@ def restore(database: Path, backup: Path, *, keep_directory: Path, force: bool =
         kept = keep_directory / f"{database.stem}-before-restore-{stamp}.db"
         keep_directory.mkdir(mode=0o700, parents=True, exist_ok=True)
         _copy(database, kept, 5000)
-        target = open_connection(database, "rw", 5000)
+        target = open_read_write(database, 5000)
         try:
             mode = str(target.execute("PRAGMA journal_mode").fetchone()[0])
             source.backup(target)

@@ -1,4 +1,4 @@
-"""Prune stale HLS files by TARGET.md's rule, re-checking every file just before it goes.
+"""Prune stale HLS files (metrics/hls.py's rule), re-checking every file just before it goes.
 
 The walk (metrics/hls.py) is the scan's own: directories opened with ``O_NOFOLLOW``, nothing on another device
 or under a mount point, playlists read by the bounded non-blocking reader (an unreadable or oversized one

@@ -28,7 +28,6 @@ from metrics.tables import TABLES, TableSpec
 from strategies.actions.sqlite import reading, wal_bytes, writing
 from strategies.base import StrategyError
 
-DAY_SECONDS = 86400.0
 PROTECTED_TABLES = frozenset({"telegram_archive_uploads"})
 # how often (in SQLite VM steps) a long statement checks its deadline
 _PROGRESS_STEPS = 1000

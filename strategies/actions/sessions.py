@@ -48,6 +48,7 @@ BATCH_PAUSE_SECONDS = 0.01
 # cameraViewStatsService: shorter sessions are not counted as views
 MIN_COUNTABLE_VIEW_SECONDS = 5
 # timeService.js LOCAL_SQL_PATTERN
+_UTC = bt.fixed_zone(0.0)
 _LOCAL_SQL = re.compile(r"^(\d{4})-(\d{2})-(\d{2})[ T](\d{2}):(\d{2}):(\d{2})(?:\.\d+)?$")
 
 
@@ -98,13 +99,8 @@ def _comparable_seconds(text: object) -> float | None:
     parts = _local_sql_parts(text)
     if parts is not None:
         return parts.replace(tzinfo=UTC).timestamp()
-    if isinstance(text, str) and text.strip():
-        try:
-            moment = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
-        except ValueError:
-            return None
-        return moment.timestamp() if moment.tzinfo is not None else moment.replace(tzinfo=UTC).timestamp()
-    return None
+    moment = bt.parse(text, bt.TimeBase.UTC, _UTC)
+    return moment.timestamp() if moment is not None else None
 
 
 def duration_seconds(started_at: object, ended_at: object) -> int:

@@ -26,7 +26,7 @@ from metrics.sqlite import (
     inspect_database,
     is_busy,
     is_not_a_database,
-    open_connection,
+    open_read_write,
     read_database,
 )
 from strategies.base import StrategyDeferred, StrategyError
@@ -116,7 +116,7 @@ def writing(path: Path, busy_timeout_ms: int, *, row_factory: bool = False) -> I
             "user and lock the backend out of its database; waiting until it opens it again"
         )
     try:
-        conn = open_connection(path, "rw", busy_timeout_ms, row_factory=row_factory)
+        conn = open_read_write(path, busy_timeout_ms, row_factory=row_factory)
     except sqlite3.Error as exc:
         raise StrategyError(f"cannot open {path} for writing: {exc}") from None
     try:

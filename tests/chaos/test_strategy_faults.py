@@ -118,7 +118,7 @@ async def test_a_misbehaving_strategy_trips_its_breaker_and_the_daemon_serves_on
     assert lost == 0
     crashes = tracebacks(logs)
     if fault == "raises":
-        # an unexpected exception is a bug: logged with its traceback (STYLE.md), once per failure
+        # an unexpected exception is a bug: logged with its traceback, once per failure
         assert [e["event"] for e in crashes] == ["plan_crashed"] * 3
     else:
         assert crashes == []

@@ -72,9 +72,9 @@ async def test_a_retention_run_does_not_hold_an_oversized_wal_back(testbed: Test
         assert second is not None and (second.action, second.outcome) == ("wal_checkpoint", "applied")
         assert wal_size(testbed) < LIMIT
         rt = daemon.engine.runtimes["database"]
-        assert daemon.engine.budget_left(rt, "retention") == 0
-        assert daemon.engine.budget_left(rt, "checkpoint") == 0
-        assert daemon.engine.cooldown_left(rt, "vacuum") == 0
+        assert daemon.engine.pacer.budget_left(rt, "retention") == 0
+        assert daemon.engine.pacer.budget_left(rt, "checkpoint") == 0
+        assert daemon.engine.pacer.cooldown_left(rt, "vacuum") == 0
         async with api_client(daemon) as http, http.get("/strategies") as resp:
             [view] = [s for s in (await resp.json())["strategies"] if s["name"] == "database"]
         assert set(view["pacing"]) == {"checkpoint", "retention"}

@@ -131,7 +131,7 @@ async def test_a_reader_holding_the_wal_defers_the_truncate_and_it_runs_once_rel
         env = env_for(testbed, tmp_path, CCTV_OPTIMIZER_STRATEGIES__DATABASE__BUSY_TIMEOUT_MS="50")
         async with running_daemon(env) as daemon:
             rt = daemon.engine.runtimes["database"]
-            budget = daemon.engine.budget_left(rt)
+            budget = daemon.engine.pacer.budget_left(rt)
             await sample_times(daemon, 1)
             result = await daemon.engine.request_round(trigger="scheduled", strategy="database")
             row = daemon.store.decision(result.decision_ids[0])
@@ -140,8 +140,8 @@ async def test_a_reader_holding_the_wal_defers_the_truncate_and_it_runs_once_rel
             assert [e.status for e in daemon.store.journal() if e.strategy == "database"] == ["done"]
             # not a failure, and the attempt was given back: no cooldown, no budget spent
             assert rt.consecutive_failures == 0
-            assert daemon.engine.cooldown_left(rt) == 0
-            assert daemon.engine.budget_left(rt) == budget
+            assert daemon.engine.pacer.cooldown_left(rt) == 0
+            assert daemon.engine.pacer.budget_left(rt) == budget
             assert wal_size(testbed) >= before
 
             # the backend keeps writing while the reader stays: the WAL grows, and no new plan is made

@@ -144,7 +144,7 @@ async def test_stale_segments_are_pruned_once_and_live_files_remain(testbed: Tes
         result = await daemon.engine.request_round(trigger="scheduled")
         row = one_row(daemon, result)
         assert stale_files(testbed) == 0
-        wait_until(lambda: live_intact(before), timeout=3)
+        wait_until(lambda: live_intact(before), timeout=30)
         await daemon.sample_now()
         await daemon.engine.verify_due()
         row = daemon.store.decision(row.id)

@@ -25,7 +25,7 @@ from metrics.process import (
     ProcessSpec,
     count_fds,
     discover_pid,
-    listening_inodes,
+    listeners,
     pid_owning_inodes,
 )
 
@@ -144,7 +144,7 @@ def test_discover_by_port(child: Child) -> None:
 
 def test_listening_socket_inode_belongs_to_the_child(child: Child) -> None:
     """The listening inode of the port is found in /proc/net/tcp and owned by the child."""
-    inodes = listening_inodes(child.port)
+    inodes = set(listeners(child.port))
     assert len(inodes) == 1
     assert pid_owning_inodes(inodes) == child.pid
     assert pid_owning_inodes(set()) is None

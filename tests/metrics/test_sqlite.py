@@ -259,7 +259,7 @@ def test_table_stats_do_not_read_more_as_tables_grow(
     writer.execute("CREATE TABLE events (id INTEGER PRIMARY KEY AUTOINCREMENT, created_at TEXT, details TEXT)")
     writer.execute("CREATE INDEX idx_login_time ON login_attempts(attempt_time)")
     steps = [0]
-    opener = module.open_connection
+    opener = module.open_read_only
 
     def counting(*args: Any, **kwargs: Any) -> sqlite3.Connection:
         conn = opener(*args, **kwargs)
@@ -271,7 +271,7 @@ def test_table_stats_do_not_read_more_as_tables_grow(
         conn.set_progress_handler(step, 100)
         return conn
 
-    monkeypatch.setattr(module, "open_connection", counting)
+    monkeypatch.setattr(module, "open_read_only", counting)
     tables = (("login_attempts", "attempt_time"), ("events", "created_at"))
 
     def grow_to(rows: int) -> int:

@@ -61,7 +61,6 @@ def test_unknown_signal_is_empty() -> None:
     assert windows.points("nope") == []
     assert windows.percentile("nope", 95) is None
     assert windows.count_above("nope", 1.0, 3) == 0
-    assert windows.all_below("nope", 1.0, 3) is False
 
 
 def test_values_last_n() -> None:
@@ -78,15 +77,6 @@ def test_count_above_counts_at_or_above_in_the_last_n() -> None:
     assert windows.count_above("cpu", 0.9, 4) == 2
     assert windows.count_above("cpu", 0.9, 5) == 3
     assert windows.count_above("cpu", 0.9, 0) == 0
-
-
-def test_all_below_needs_every_value_below() -> None:
-    """Disarming needs all of the last M strictly below the exit threshold, and at least one value."""
-    windows = window_with([0.9, 0.5, 0.6, 0.7])
-    assert windows.all_below("cpu", 0.7, 2) is False
-    assert windows.all_below("cpu", 0.71, 3) is True
-    assert windows.all_below("cpu", 0.71, 4) is False
-    assert windows.all_below("cpu", 1.0, 0) is False
 
 
 def test_percentile_over_the_window_and_since_a_time() -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
@@ -297,6 +298,7 @@ def make_engine(
     global_mode: Mode = Mode.ENFORCE,
     detection: DetectionSettings | None = None,
     registry: CollectorRegistry | None = None,
+    store_executor: Executor | None = None,
     **engine: Any,
 ) -> Engine:
     """An engine over the given strategies with test-friendly settings; ``engine`` overrides EngineSettings."""
@@ -320,4 +322,5 @@ def make_engine(
         metrics=DaemonMetrics(registry if registry is not None else CollectorRegistry()),
         clock=clock,
         log=log if log is not None else RecordingLog(),
+        store_executor=store_executor,
     )

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 from aiohttp import ClientSession
 
+from optimizer import __version__
 from optimizer.api import ROUTES
 from testbed.harness import TestbedProcess
 from tests.harness import api_client, auth, daemon_env, running_daemon, sample_times
@@ -146,7 +147,7 @@ async def test_metrics_endpoint_serves_the_registry(testbed: TestbedProcess, tmp
         assert daemon.metrics.samples._value.get() == samples_before
     assert 'cctv_optimizer_source_up{source="database"} 1.0' in text
     assert "cctv_optimizer_sqlite_wal_bytes" in text
-    assert 'cctv_optimizer_build_info{version="0.1.0"} 1.0' in text
+    assert f'cctv_optimizer_build_info{{version="{__version__}"}} 1.0' in text
     assert "cctv_optimizer_backend_response_time_seconds_bucket" in text
 
 
@@ -210,7 +211,7 @@ async def test_oversized_body_is_refused(testbed: TestbedProcess, tmp_path: Path
 
 
 def test_routes_cover_the_design() -> None:
-    """Every endpoint of DESIGN.md section 6 is routed."""
+    """Every endpoint the README lists under the HTTP API is routed."""
     routed = {(m, p) for m, p, _ in ROUTES}
     for pair in [
         ("GET", "/performance-metrics"),

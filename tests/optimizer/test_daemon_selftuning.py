@@ -5,53 +5,18 @@ from __future__ import annotations
 import os
 import sqlite3
 import subprocess
-import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from optimizer.app import Daemon
+from optimizer.cadence import largest_factor
 from optimizer.clock import FakeClock
 from strategies.cpu import CpuStrategy
-from testbed.harness import TestbedProcess, wait_until
+from testbed.harness import TestbedProcess
 from tests.harness import api_client, daemon_env, running_daemon
+from tests.optimizer.conftest import recorder_env
 from tests.optimizer.fakes import SnapshotBuilder
-
-SLEEPER = "import time\ntime.sleep(120)"
-
-
-@pytest.fixture
-def recorder(tmp_path: Path) -> Iterator[tuple[Path, subprocess.Popen[bytes]]]:
-    """A process that looks like a recorder ffmpeg writing under its own recordings root; killed at the end."""
-    root = tmp_path / "recordings"
-    output = root / "camera7" / "pending" / "20260101_000000.mp4.partial"
-    process = subprocess.Popen(
-        [
-            "ffmpeg",
-            "-c",
-            SLEEPER,
-            "-i",
-            "rtsp://127.0.0.1:8554/x",
-            "-f",
-            "segment",
-            "-segment_time",
-            "600",
-            str(output),
-        ],
-        executable=sys.executable,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    try:
-        # the interpreter has replaced the fork once the command line is readable and the process sleeps
-        wait_until(lambda: b"-segment_time" in Path(f"/proc/{process.pid}/cmdline").read_bytes(), timeout=10)
-        yield root, process
-    finally:
-        process.kill()
-        process.wait(timeout=10)
 
 
 def journal_statuses(state_db: Path, strategy: str) -> list[str]:
@@ -76,7 +41,7 @@ async def test_revert_on_exit_restores_a_reniced_recorder_on_a_clean_stop(
     env = daemon_env(
         testbed,
         state,
-        CCTV_OPTIMIZER_STRATEGIES__CPU__RECORDINGS_DIRECTORY=str(root),
+        **recorder_env(root),
         CCTV_OPTIMIZER_ENGINE__REVERT_ON_EXIT="true" if revert_on_exit else "false",
     )
     clock = FakeClock()
@@ -137,12 +102,11 @@ def cpu_factor_strategy(daemon: Daemon) -> CpuStrategy:
 
 
 async def test_a_hot_host_stretches_the_sample_interval_until_the_cpu_strategy_restores(
-    testbed: TestbedProcess, tmp_path: Path
+    testbed: TestbedProcess, tmp_path: Path, recorder: tuple[Path, subprocess.Popen[bytes]]
 ) -> None:
     """While the cpu strategy holds (factor 2) the interval in use and its metric double; after restore they do not."""
     # a recorder to lower: on a host without one the strategy plans nothing, so it never stretches sampling
-    testbed.scenario("hot_recorder", count=1)
-    env = daemon_env(testbed, tmp_path / "state")
+    env = daemon_env(testbed, tmp_path / "state", **recorder_env(recorder[0]))
     clock = FakeClock()
     snapshots = SnapshotBuilder(clock)
     async with running_daemon(env, clock=clock) as daemon:
@@ -155,7 +119,7 @@ async def test_a_hot_host_stretches_the_sample_interval_until_the_cpu_strategy_r
         result = await daemon.engine.request_round(trigger="manual", strategy="cpu", manual=True)
         assert len(result.decision_ids) == 1
         assert cpu_factor_strategy(daemon).sample_interval_factor == 2.0
-        assert daemon.engine.sample_interval_factor() == 2.0
+        assert largest_factor(daemon.engine.watches()) == 2.0
         for _ in range(3):
             clock.advance(1.0)
             await daemon.sample_now()

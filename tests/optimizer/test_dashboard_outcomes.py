@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 
 from optimizer.dashboard import load_dashboard
-from optimizer.engine import Outcome
+from optimizer.decisions import Outcome
 
 TONES = {"ok", "info", "idle", "warn", "bad"}
 

@@ -78,7 +78,7 @@ async def test_a_verdict_waits_for_its_signal_to_be_measured_after_the_change(st
 
 async def test_a_verdict_without_a_fresh_reading_is_given_after_a_while(store: StateStore) -> None:
     """When no fresh reading comes, the verdict is given on what there is once VERIFY_WAIT_SECONDS have passed."""
-    from optimizer.engine import VERIFY_WAIT_SECONDS
+    from optimizer.verification import VERIFY_WAIT_SECONDS
     from strategies.base import Direction, ExpectedEffect
     from tests.optimizer.fakes import HIT_RATE_TRIGGER, ScriptedStrategy, make_plan
 

@@ -3,20 +3,27 @@
 from __future__ import annotations
 
 import dataclasses
+import subprocess
 from pathlib import Path
 
 import pytest
 
 from metrics.snapshot import OwnSample
 from optimizer.app import Daemon
+from optimizer.cadence import CALM_PROXIMITY, signal_proximity
 from optimizer.clock import FakeClock
-from optimizer.engine import CALM_PROXIMITY
 from strategies.cpu import CpuStrategy
 from testbed.harness import TestbedProcess
 from tests.harness import daemon_env, running_daemon
+from tests.optimizer.conftest import recorder_env
 from tests.optimizer.fakes import SnapshotBuilder
 
 MIB = 1024 * 1024
+
+
+def nearest(daemon: Daemon) -> float:
+    """How near the nearest line is over every strategy's triggers, the daemon's own included."""
+    return max(signal_proximity(w.specs, daemon.engine.windows) for w in daemon.engine.watches())
 
 
 def own_line(daemon: Daemon) -> float:
@@ -39,19 +46,18 @@ async def test_own_rss_near_its_line_does_not_hold_the_interval_at_its_base(
             daemon.engine.on_snapshot(dataclasses.replace(snapshots.build(cpu=0.05, memory=0.1), own=own))
             daemon._adapt_interval()
         # the own line is what used to keep the engine from ever being calm
-        assert daemon.engine.proximity() == pytest.approx(0.7)
+        assert nearest(daemon) == pytest.approx(0.7)
         assert daemon.adaptive_interval == high
         assert daemon.sample_interval == high
         assert daemon.registry.get_sample_value("cctv_optimizer_sample_interval_seconds") == high
 
 
 async def test_a_stretching_cpu_strategy_keeps_the_interval_at_base_times_its_factor(
-    testbed: TestbedProcess, tmp_path: Path
+    testbed: TestbedProcess, tmp_path: Path, recorder: tuple[Path, subprocess.Popen[bytes]]
 ) -> None:
     """While the cpu strategy holds a hot host (factor 2), the interval is base x 2, not the tightened 1 s x 2."""
     # a recorder to lower: on a host without one the strategy plans nothing, so it never stretches sampling
-    testbed.scenario("hot_recorder", count=1)
-    env = daemon_env(testbed, tmp_path / "state")
+    env = daemon_env(testbed, tmp_path / "state", **recorder_env(recorder[0]))
     clock = FakeClock()
     snapshots = SnapshotBuilder(clock)
     async with running_daemon(env, clock=clock) as daemon:
@@ -67,7 +73,7 @@ async def test_a_stretching_cpu_strategy_keeps_the_interval_at_base_times_its_fa
             clock.advance(1.0)
             daemon.engine.on_snapshot(snapshots.build(cpu=0.99, memory=0.1))  # still hot: near the cpu line
             daemon._adapt_interval()
-        assert daemon.engine.proximity() > CALM_PROXIMITY  # the hot cpu line alone would tighten the interval
+        assert nearest(daemon) > CALM_PROXIMITY  # the hot cpu line alone would tighten the interval
         assert daemon.adaptive_interval == base
         assert daemon.sample_interval == 2 * base
 
@@ -99,13 +105,13 @@ async def test_an_armed_strategy_that_cannot_act_does_not_tighten_the_interval(
 
 
 async def test_the_cpu_restore_brings_the_interval_back_without_waiting_for_a_cooldown(
-    testbed: TestbedProcess, tmp_path: Path
+    testbed: TestbedProcess, tmp_path: Path, recorder: tuple[Path, subprocess.Popen[bytes]]
 ) -> None:
     """Lowered and stretched while hot; calm for the window a minute later: restored at once, not after 300 s."""
-    testbed.scenario("hot_recorder", count=1)
     clock = FakeClock()
     snapshots = SnapshotBuilder(clock)
-    async with running_daemon(daemon_env(testbed, tmp_path / "state"), clock=clock) as daemon:
+    env = daemon_env(testbed, tmp_path / "state", **recorder_env(recorder[0]))
+    async with running_daemon(env, clock=clock) as daemon:
         daemon.engine.refresh = None  # the requested rounds plan from the injected samples, not a real one
         strategy = daemon.engine.runtimes["cpu"].strategy
         assert isinstance(strategy, CpuStrategy)
@@ -115,7 +121,7 @@ async def test_the_cpu_restore_brings_the_interval_back_without_waiting_for_a_co
         for _ in range(daemon.settings.detection.window_samples):
             clock.advance(10.0)
             daemon.engine.on_snapshot(snapshots.build(cpu=0.1, memory=0.1))
-        assert daemon.engine.cooldown_left(daemon.engine.runtimes["cpu"]) > 0
+        assert daemon.engine.pacer.cooldown_left(daemon.engine.runtimes["cpu"]) > 0
         result = await daemon.engine.request_round(trigger="scheduled", strategy="cpu")
         [row] = [daemon.store.decision(i) for i in result.decision_ids]
         assert row is not None and row.outcome == "applied"

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
+import threading
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
 
+from optimizer.cadence import largest_factor
 from optimizer.clock import FakeClock
-from optimizer.engine import Engine, next_sample_interval, stretched_interval
+from optimizer.engine import Engine
 from optimizer.state import StateStore
-from tests.optimizer.fakes import ScriptedStrategy, make_engine
+from strategies.base import ApplyResult, Plan
+from tests.optimizer.fakes import ScriptedStrategy, SnapshotBuilder, make_engine
 
 
 class Stretching(ScriptedStrategy):
@@ -50,43 +54,74 @@ async def engine(store: StateStore) -> AsyncIterator[Engine]:
     await eng.stop(1.0)
 
 
-@pytest.mark.parametrize(
-    ("adaptive", "factor", "expected"),
-    [
-        (5.0, 1.0, 5.0),  # nothing asked: the adaptive interval itself
-        (5.0, 2.0, 10.0),  # a hot host: twice as long
-        (20.0, 2.0, 30.0),  # ... never past the upper bound
-        (0.5, 0.5, 1.0),  # a factor under 1 never shortens it, and the lower bound holds
-    ],
-)
-def test_the_stretched_interval_multiplies_within_bounds(adaptive: float, factor: float, expected: float) -> None:
-    """The interval in use is the adaptive one times the factor (at least 1), clamped to [low, high]."""
-    assert stretched_interval(adaptive, factor=factor, low=1.0, high=30.0) == pytest.approx(expected)
-
-
-def test_a_held_factor_doubles_the_interval_once_instead_of_compounding() -> None:
-    """Feeding back the unstretched interval keeps x2 at twice the adaptive value however many samples pass."""
-    adaptive = 5.0
-    used = []
-    for _ in range(6):
-        adaptive = next_sample_interval(adaptive, base=5.0, low=1.0, high=300.0, proximity=0.6, armed=False)
-        used.append(stretched_interval(adaptive, factor=2.0, low=1.0, high=300.0))
-    assert used == [10.0] * 6
-
-
 async def test_the_engine_takes_the_largest_factor_any_strategy_asks_for(engine: Engine) -> None:
-    """The largest factor wins; a strategy whose hook crashes counts as asking for none."""
-    assert engine.sample_interval_factor() == 2.0
+    """The largest factor wins; a strategy whose hook crashes counts as asking for none.
+
+    A factor is read when the strategy's turn is over, so each change shows after the next round.
+    """
+    engine.on_snapshot(SnapshotBuilder(FakeClock()).build())
+    assert largest_factor(engine.watches()) == 2.0
     cache = engine.runtimes["cache"].strategy
     assert isinstance(cache, Stretching)
     cache.factor = 3.0
-    assert engine.sample_interval_factor() == 3.0
+    await engine.request_round(trigger="scheduled")
+    assert largest_factor(engine.watches()) == 3.0
     cache.factor = float("nan")
-    assert engine.sample_interval_factor() == 2.0
+    await engine.request_round(trigger="scheduled")
+    assert largest_factor(engine.watches()) == 2.0
     cpu = engine.runtimes["cpu"].strategy
     assert isinstance(cpu, Stretching)
     cpu.factor = 1.0
-    assert engine.sample_interval_factor() == 1.0
+    await engine.request_round(trigger="scheduled")
+    assert largest_factor(engine.watches()) == 1.0
+
+
+class ThreadStretching(ScriptedStrategy):
+    """Like the cpu strategy: its apply changes the factor from a worker thread, then finishes later."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(name)
+        self.factor = 1.0
+        self.changed = threading.Event()
+        self.release = threading.Event()
+
+    @property
+    def sample_interval_factor(self) -> float:
+        """The factor the worker thread last set."""
+        return self.factor
+
+    async def apply(self, plan: Plan) -> ApplyResult:
+        """Stretch in a worker thread, which then waits to be released."""
+        await asyncio.to_thread(self._work)
+        return await super().apply(plan)
+
+    def _work(self) -> None:
+        self.factor = 2.0
+        self.changed.set()
+        self.release.wait(30.0)
+
+
+async def test_a_factor_changed_in_a_worker_thread_shows_once_the_apply_is_over(store: StateStore) -> None:
+    """While the apply's thread has changed the factor but not finished, the cadence still reads the old one.
+
+    Before the cadence read the factor through the engine's view, every sample read the strategy's property
+    directly, so a value a worker thread was in the middle of changing steered the interval.
+    """
+    clock = FakeClock()
+    strategy = ThreadStretching("cpu")
+    engine = make_engine([strategy], store=store, clock=clock)
+    engine.on_snapshot(SnapshotBuilder(clock).build(cpu=0.99))
+    round_task = asyncio.ensure_future(engine.request_round(trigger="manual", manual=True))
+    try:
+        assert await asyncio.to_thread(strategy.changed.wait, 30.0)
+        assert strategy.sample_interval_factor == 2.0
+        assert largest_factor(engine.watches()) == 1.0
+    finally:
+        strategy.release.set()
+        result = await round_task
+        await engine.stop(1.0)
+    assert len(result.decision_ids) == 1
+    assert largest_factor(engine.watches()) == 2.0
 
 
 def test_a_strategy_asks_for_no_stretch_by_default() -> None:

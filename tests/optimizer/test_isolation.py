@@ -14,7 +14,7 @@ from aiohttp import ClientResponse
 
 from optimizer.api import HistoryPages
 from optimizer.clock import FakeClock
-from optimizer.engine import Outcome
+from optimizer.decisions import Outcome
 from optimizer.executors import Executors, watch_queueing
 from optimizer.state import HistoryReader, StateStore
 from strategies.base import Plan, StrategyContext
@@ -111,8 +111,8 @@ async def test_a_plan_queued_behind_busy_threads_does_not_count_toward_the_break
     clock = FakeClock()
     builder = SnapshotBuilder(clock)
     strategy = ThreadedStrategy("database")
-    engine = make_engine([strategy], store=store, clock=clock, plan_timeout_seconds=0.5)
-    engine._store_executor = executors.state  # as the daemon wires it: records do not wait for strategy threads
+    # the state pool as the daemon wires it: records do not wait for strategy threads
+    engine = make_engine([strategy], store=store, clock=clock, plan_timeout_seconds=0.5, store_executor=executors.state)
     engine.on_snapshot(builder.build())
     release = threading.Event()
     stuck = [asyncio.to_thread(release.wait, FINISHED_WITHIN) for _ in range(2)]

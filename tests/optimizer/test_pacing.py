@@ -64,10 +64,10 @@ async def test_a_family_is_not_held_by_another_familys_cooldown(
     await manual(engine)
     assert outcomes(store) == ["applied", "applied", "skipped_cooldown"]
     assert "retention cooldown: 280 s left" in store.decisions(limit=10)[-1].reason
-    assert engine.cooldown_left(rt, "retention") == pytest.approx(280.0)
-    assert engine.cooldown_left(rt, "checkpoint") == pytest.approx(290.0)
-    assert engine.cooldown_left(rt, "vacuum") == 0.0
-    assert set(engine.pacing_view(rt)) == {"checkpoint", "retention"}
+    assert engine.pacer.cooldown_left(rt, "retention") == pytest.approx(280.0)
+    assert engine.pacer.cooldown_left(rt, "checkpoint") == pytest.approx(290.0)
+    assert engine.pacer.cooldown_left(rt, "vacuum") == 0.0
+    assert set(engine.pacer.view(rt)) == {"checkpoint", "retention"}
 
 
 async def test_a_family_has_its_own_budget(
@@ -83,8 +83,8 @@ async def test_a_family_has_its_own_budget(
         await manual(engine)
         clock.advance(1.0)
     assert outcomes(store) == ["applied", "applied", "skipped_budget", "skipped_budget"]
-    assert engine.budget_left(rt, "retention") == 0
-    assert engine.budget_left(rt, "vacuum") == 1
+    assert engine.pacer.budget_left(rt, "retention") == 0
+    assert engine.pacer.budget_left(rt, "vacuum") == 1
 
 
 async def test_plans_without_a_family_share_one_cooldown(
@@ -169,8 +169,8 @@ async def test_an_apply_that_changed_nothing_is_recorded_as_such_and_spends_noth
     assert row.outcome == "no_change"
     assert row.verdict == "neutral"
     assert row.verdict_detail == {"note": "knob set", "figures": ["database.wal: 71.5 MiB -> 71.5 MiB"]}
-    assert engine.cooldown_left(rt, "checkpoint") == 0.0
-    assert engine.budget_left(rt, "checkpoint") == 3
+    assert engine.pacer.cooldown_left(rt, "checkpoint") == 0.0
+    assert engine.pacer.budget_left(rt, "checkpoint") == 3
     assert rt.last_outcome == "no_change"
     assert [e.fields["outcome"] for e in log.events("change_unneeded")] == ["no_change"]
     strat.apply_changes = None  # the next, needed checkpoint runs at once
@@ -188,7 +188,7 @@ async def test_an_apply_that_reports_no_change_at_all_is_no_change(
     strat.apply_changes = ()
     await manual(engine)
     assert outcomes(store) == ["no_change"]
-    assert engine.cooldown_left(engine.runtimes["connection"]) == 0.0
+    assert engine.pacer.cooldown_left(engine.runtimes["connection"]) == 0.0
 
 
 async def test_an_action_that_keeps_changing_nothing_is_paced_from_its_second_time(
@@ -206,7 +206,7 @@ async def test_an_action_that_keeps_changing_nothing_is_paced_from_its_second_ti
         await manual(engine)
         clock.advance(30.0)
     assert outcomes(store) == ["no_change", "no_change", "skipped_cooldown"]
-    assert engine.cooldown_left(rt) == pytest.approx(240.0)
+    assert engine.pacer.cooldown_left(rt) == pytest.approx(240.0)
     clock.advance(240.0)
     strat.apply_changes = None  # it changes something again: the next no_change is given back once more
     await manual(engine)
@@ -214,7 +214,7 @@ async def test_an_action_that_keeps_changing_nothing_is_paced_from_its_second_ti
     strat.apply_changes = ()
     await manual(engine)
     assert outcomes(store)[-2:] == ["applied", "no_change"]
-    assert engine.cooldown_left(rt) == 0.0
+    assert engine.pacer.cooldown_left(rt) == 0.0
 
 
 # restoring ----------------------------------------------------------------------------------------------------------
@@ -253,9 +253,9 @@ async def test_a_wall_clock_jump_back_does_not_lengthen_a_running_cooldown(
     await manual(engine)
     clock.set_wall(right)
     clock.advance(100.0)
-    assert engine.cooldown_left(rt) == pytest.approx(200.0)
+    assert engine.pacer.cooldown_left(rt) == pytest.approx(200.0)
     clock.advance(3600.0)
-    assert engine.budget_left(rt) == 1
+    assert engine.pacer.budget_left(rt) == 1
     await manual(engine)
     assert outcomes(store) == ["applied", "applied"]
 
@@ -274,8 +274,8 @@ async def test_times_saved_in_the_future_are_clamped_to_now_on_load(
     second = build([ScriptedStrategy("cpu")], cooldown_seconds=300.0, budget_actions=2)
     await second.load()
     rt = second.runtimes["cpu"]
-    assert second.cooldown_left(rt) == pytest.approx(300.0)
-    assert second.budget_left(rt) == 1
+    assert second.pacer.cooldown_left(rt) == pytest.approx(300.0)
+    assert second.pacer.budget_left(rt) == 1
     clock.advance(300.0)
     second.on_snapshot(samples.build(cpu=HOT))
     await manual(second)
@@ -292,8 +292,8 @@ async def test_state_of_an_earlier_version_in_the_future_is_clamped_on_load(
     await engine.load()
     rt = engine.runtimes["cpu"]
     assert rt.cooldown == 600.0
-    assert engine.cooldown_left(rt) == pytest.approx(600.0)
-    assert engine.budget_left(rt) == 4
+    assert engine.pacer.cooldown_left(rt) == pytest.approx(600.0)
+    assert engine.pacer.budget_left(rt) == 4
 
 
 async def test_reset_gives_the_budget_back(
@@ -306,9 +306,9 @@ async def test_reset_gives_the_budget_back(
     engine.on_snapshot(samples.build(cpu=HOT))
     strat.apply_error = StrategyError("busy")
     await manual(engine)
-    assert engine.budget_left(rt) == 0
+    assert engine.pacer.budget_left(rt) == 0
     await engine.reset("cpu")
-    assert engine.budget_left(rt) == 1
+    assert engine.pacer.budget_left(rt) == 1
     strat.apply_error = None
     await manual(engine)
     assert outcomes(store) == ["failed", "applied"]
@@ -324,16 +324,16 @@ async def test_a_strategy_held_by_its_cooldown_or_breaker_cannot_act(
     strat = ScriptedStrategy("cpu")
     engine = build([strat], cooldown_seconds=300.0)
     rt = engine.runtimes["cpu"]
-    assert engine.can_act(rt) is True
+    assert engine.pacer.can_act(rt) is True
     await scheduled(engine, samples, clock)
-    assert engine.can_act(rt) is True  # it acted; nothing held it
+    assert engine.pacer.can_act(rt) is True  # it acted; nothing held it
     await scheduled(engine, samples, clock)
     assert outcomes(store) == ["applied", "skipped_cooldown"]
-    assert engine.can_act(rt) is False
-    clock.advance(engine.cooldown_left(rt))
-    assert engine.can_act(rt) is True
+    assert engine.pacer.can_act(rt) is False
+    clock.advance(engine.pacer.cooldown_left(rt))
+    assert engine.pacer.can_act(rt) is True
     rt.breaker_open = True
-    assert engine.can_act(rt) is False
+    assert engine.pacer.can_act(rt) is False
 
 
 async def test_a_strategy_whose_disruptive_plan_is_not_allowed_cannot_act(
@@ -345,9 +345,9 @@ async def test_a_strategy_whose_disruptive_plan_is_not_allowed_cannot_act(
     rt = engine.runtimes["connection"]
     await scheduled(engine, samples, clock)
     assert outcomes(store) == ["blocked_disruptive"]
-    assert engine.can_act(rt) is False
+    assert engine.pacer.can_act(rt) is False
     clock.advance(3600.0)
-    assert engine.can_act(rt) is False
+    assert engine.pacer.can_act(rt) is False
     strat.next_plan = make_plan("connection", action="end_stuck_sessions")
     await scheduled(engine, samples, clock)
-    assert engine.can_act(rt) is True
+    assert engine.pacer.can_act(rt) is True

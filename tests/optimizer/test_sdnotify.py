@@ -76,7 +76,7 @@ def test_abstract_socket(abstract_receiver: tuple[socket.socket, str]) -> None:
 
 
 def test_each_message_kind(receiver: tuple[socket.socket, str]) -> None:
-    """status, watchdog, stopping and extend_timeout send their documented fields, in order."""
+    """status, watchdog and stopping send their documented fields, in order."""
     sock, address = receiver
     with SystemdNotifier({"NOTIFY_SOCKET": address}) as notifier:
         assert notifier.status("round 3: 1 change") is True
@@ -87,8 +87,6 @@ def test_each_message_kind(receiver: tuple[socket.socket, str]) -> None:
         assert recv(sock) == b"STOPPING=1\n"
         assert notifier.stopping("draining") is True
         assert recv(sock) == b"STOPPING=1\nSTATUS=draining\n"
-        assert notifier.extend_timeout(2.5) is True
-        assert recv(sock) == b"EXTEND_TIMEOUT_USEC=2500000\n"
 
 
 def test_reloading_carries_monotonic_usec(receiver: tuple[socket.socket, str]) -> None:

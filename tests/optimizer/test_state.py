@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from optimizer.clock import FakeClock
-from optimizer.state import StateStore
+from optimizer.state import HistoryReader, StateStore
 from tests.harness import Mount
 
 DAY = 86400.0
@@ -84,7 +84,7 @@ def test_database_is_in_wal_mode_with_a_schema_version(open_store: Callable[...,
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
         assert conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0] == "1"
     conn.close()
-    assert store.size_bytes() > 0
+    assert store.path.stat().st_size > 0
 
 
 def test_decisions_insert_update_and_list_after_an_id(open_store: Callable[..., StateStore], clock: FakeClock) -> None:
@@ -312,7 +312,7 @@ def test_a_state_directory_under_a_regular_file_runs_in_memory(
     store.journal_finish(entry, "done")
     assert [e.status for e in store.journal()] == ["done"]
     assert store.healthy is False  # writes to memory do not make it healthy again
-    assert store.size_bytes() == 0
+    assert not store.path.exists()
     assert parent.read_text() == "a regular file"
 
 
@@ -431,3 +431,23 @@ def test_a_state_file_moved_away_is_recreated_in_place_with_every_row(
     assert reopened.load_strategies()["cpu"] == {"mode_override": "observe"}
     assert reopened.recreated == 0 and store.recreated == 1
     assert (tmp_path / "state" / "state.db.bak").is_file()
+
+
+def test_a_state_directory_with_uri_syntax_in_its_name_is_read_back(
+    tmp_path: Path, open_store: Callable[..., StateStore]
+) -> None:
+    """The history reader and the in-memory fallback's copy open the file itself, whatever ``%``, ``#``, ``?`` say."""
+    store = open_store(tmp_path / "state %41 #1 ?mode=rw")
+    decision = add(store)
+    reader = HistoryReader(store)
+    try:
+        assert [r.id for r in reader.decisions()] == [decision]
+    finally:
+        reader.close()
+    store.close()  # the fallback copies what was saved: the closed file, its WAL checkpointed
+    copy = sqlite3.connect(":memory:")
+    try:
+        assert store._copy_readable_file(copy) is True
+        assert copy.execute("SELECT count(*) FROM decisions").fetchone()[0] == 1
+    finally:
+        copy.close()

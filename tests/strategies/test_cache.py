@@ -15,7 +15,7 @@ from config.settings import CacheOptions, DetectionSettings
 from metrics.backend import BackendClient, Credentials
 from metrics.snapshot import CacheStatsSample, ProbeSample, Snapshot
 from metrics.window import Windows
-from optimizer.engine import Detector
+from optimizer.detection import Detector
 from strategies.base import Direction, Plan, StrategyContext, StrategyError
 from strategies.cache import (
     CLEARED,

@@ -17,6 +17,7 @@ import pytest
 from config.settings import ConnectionOptions, DetectionSettings
 from metrics.sqlite import DatabaseReader
 from metrics.window import Windows
+from strategies.actions.sessions import duration_seconds
 from strategies.base import Finding, Plan, StrategyContext, StrategyDeferred
 from strategies.connection import ConnectionStrategy, SweepProgress
 from tests.optimizer.fakes import snapshot_of
@@ -328,3 +329,19 @@ def test_progress_is_judged_between_samples_and_any_drop_restarts_it() -> None:
     assert progress.flat_for() == 0.0
     progress.observe([(90.0, 5.0)])
     assert progress.flat_for() == 0.0  # one sample: no span yet, however late the next look comes
+
+
+@pytest.mark.parametrize(
+    ("started", "ended", "seconds"),
+    [
+        ("2026-12-04 05:00:00", "2026-12-04 05:00:30", 30),  # both local SQL texts: wall-clock fields
+        ("2026-12-04T05:00:00.000Z", "2026-12-04T12:01:00+07:00", 60),  # zoned ISO texts, each in its zone
+        ("2026-12-04 05:00:00", "2026-12-04T05:02:00.000Z", 120),  # local fields compared as if UTC
+        ("2026-12-04 05:00:30", "2026-12-04 05:00:00", 0),  # never negative
+        ("yesterday", "2026-12-04 05:00:00", 0),  # not a time: 0, as the backend's diffLocalSqlSeconds
+        (None, "2026-12-04 05:00:00", 0),
+    ],
+)
+def test_a_session_duration_is_counted_as_the_backend_counts_it(started: object, ended: object, seconds: int) -> None:
+    """Whole seconds between the two texts, read by the one backend-time parser where they carry a zone."""
+    assert duration_seconds(started, ended) == seconds

@@ -13,7 +13,7 @@ from config.settings import ConnectionOptions, DetectionSettings, Mode
 from metrics.snapshot import Snapshot, TcpSample
 from metrics.window import Windows
 from optimizer.clock import FakeClock
-from optimizer.engine import Detector
+from optimizer.detection import Detector
 from optimizer.state import StateStore
 from strategies.actions.mediamtx import MediaMtxKicker
 from strategies.base import StrategyContext

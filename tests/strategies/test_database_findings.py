@@ -132,6 +132,13 @@ def test_history_past_90_days_means_the_archive_job_is_behind(backend_db: Path) 
     assert "history-archive-behind" not in {f.id for f in s.findings(ctx(snapshot(sample(backend_db))))}
 
 
+def test_every_table_retention_prunes_is_one_the_daemon_samples() -> None:
+    """Retention's rules and the daemon's sampled tables come from one list, so no rule's trigger is left unfed."""
+    sampled = {t.table for t in UNCLEANED_TABLES}
+    assert {rule.table for rule in ret.RULES} <= sampled
+    assert "playback_viewer_session_history_archive" in sampled & set(ret.RULES_BY_TABLE)
+
+
 def test_uncleaned_tables_are_reported_by_age_and_by_size(backend_db: Path) -> None:
     """Each table nobody cleans with rows past retention gets its own stable id; a row count alone also counts."""
     findings = {f.id: f for f in strategy(backend_db).findings(ctx(snapshot(sample(backend_db))))}

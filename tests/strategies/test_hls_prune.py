@@ -1,4 +1,4 @@
-"""The HLS prune action on real files: TARGET.md's rule, links never followed, re-checks, refusals."""
+"""The HLS prune action on real files: the stale rule, links never followed, re-checks, refusals."""
 
 from __future__ import annotations
 

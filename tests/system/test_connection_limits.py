@@ -7,6 +7,8 @@ import asyncio
 import contextlib
 import json
 import os
+import select
+import signal
 import socket
 import subprocess
 import sys
@@ -205,6 +207,153 @@ async def test_idle_keep_alive_connections_at_the_cap_make_room_for_a_new_one(
             assert status == 200
             assert daemon.connection_limiter.evicted_total >= 1
             assert daemon.connection_limiter.rejected_total == 0
+        finally:
+            for _, writer in idle:
+                writer.close()
+
+
+def wait_connected(sock: socket.socket, within: float) -> bool:
+    """Whether a non-blocking connect completed (the kernel finished the handshake) within ``within`` seconds."""
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        _, writable, _ = select.select([], [sock], [], 0.1)
+        if writable:
+            return sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) == 0
+    return False
+
+
+def test_health_is_answered_after_a_burst_of_connections_larger_than_the_accept_queue(
+    testbed: TestbedProcess, tmp_path: Path
+) -> None:
+    """A flood of idle connections arriving while the daemon cannot accept (stopped here; busy in life) fills
+    the kernel's listen queue; a full queue drops the next connection's handshake, so a health check arriving
+    then times out on connect however fast the daemon catches up. The listen queue holds such a burst: the
+    health check's connection completes at once, and once the daemon runs again it is answered, at a cap
+    smaller than the burst (the idle ones make room for it)."""
+    slots = 50
+    burst = 400  # more than the accept burst the cap reserves descriptors for
+    env = daemon_env(
+        testbed,
+        tmp_path / "s",
+        ENABLE_PERFORMANCE_OPTIMIZATION="false",
+        CCTV_OPTIMIZER_API__MAX_CONNECTIONS=str(slots),
+        CCTV_OPTIMIZER_API__HEADER_TIMEOUT_SECONDS="60",
+    )
+    with daemon_process(env) as daemon:
+        base = daemon.wait_event("daemon_started")["api"]
+        parts = urlsplit(base)
+        address = (parts.hostname or "127.0.0.1", parts.port or 80)
+        idle: list[socket.socket] = []
+        probe = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        daemon.proc.send_signal(signal.SIGSTOP)
+        try:
+            for _ in range(burst):
+                s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+                s.setblocking(False)
+                s.connect_ex(address)
+                idle.append(s)
+            probe.setblocking(False)
+            probe.connect_ex(address)
+            # generous: the kernel completes a loopback handshake at once unless it drops it
+            connected = wait_connected(probe, 5.0)
+        finally:
+            daemon.proc.send_signal(signal.SIGCONT)
+        try:
+            assert connected, "the listen queue was full: the health check's handshake was dropped"
+            probe.setblocking(True)
+            probe.settimeout(ANSWERED_WITHIN)
+            probe.sendall(
+                f"GET /health HTTP/1.1\r\nHost: {address[0]}:{address[1]}\r\nConnection: close\r\n\r\n".encode()
+            )
+            answer = b""
+            while chunk := probe.recv(65536):
+                answer += chunk
+            assert answer.startswith(b"HTTP/1.1 200"), answer[:200]
+            assert metric(base, "cctv_optimizer_api_connections_evicted_total") >= 1
+        finally:
+            probe.close()
+            for s in idle:
+                s.close()
+        assert daemon.stop() == 0
+    assert not [line for line in daemon.raw if "Traceback" in line]
+
+
+def status_of(base: str, path: str) -> int:
+    """GET ``path``'s status, or 0 when the connection was refused, reset or timed out."""
+    try:
+        with urllib.request.urlopen(f"{base}{path}", timeout=ANSWERED_WITHIN) as resp:
+            return int(resp.status)
+    except urllib.error.HTTPError as exc:
+        return int(exc.code)
+    except OSError:
+        return 0
+
+
+async def test_health_is_answered_when_every_slot_is_busy_with_a_request(
+    testbed: TestbedProcess, tmp_path: Path
+) -> None:
+    """Every slot held by a request in progress (a write whose body never comes): nothing can make room, so a
+    new connection is refused, except a health check, which a small reserve beyond the cap answers (and
+    closes). Any other request on that reserve is refused."""
+    slots = 20
+    env = daemon_env(testbed, tmp_path / "s", ENABLE_PERFORMANCE_OPTIMIZATION="false")
+    env["CCTV_OPTIMIZER_API__MAX_CONNECTIONS"] = str(slots)
+    async with running_daemon(env, api_body_timeout=ANSWERED_WITHIN * 2) as daemon:
+        limiter = daemon.connection_limiter
+        port = daemon.api_port
+        base = f"http://127.0.0.1:{port}"
+        stalled = (
+            f"POST /performance-optimize HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nAuthorization: Bearer {daemon.token}"
+            "\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n"
+        ).encode()
+        busy = []
+        for _ in range(slots):
+            _, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(stalled)
+            await writer.drain()
+            busy.append(writer)
+        try:
+            for _ in range(int(ANSWERED_WITHIN / 0.05)):  # every request read, none finished
+                if limiter.current == slots and not limiter.waiting:
+                    break
+                await asyncio.sleep(0.05)
+            assert limiter.current == slots and not limiter.waiting
+            assert await asyncio.to_thread(status_of, base, "/strategies") == 0, "over the cap, not refused"
+            assert limiter.rejected_total >= 1
+            assert await asyncio.to_thread(status_of, base, "/health") == 200
+            assert await asyncio.to_thread(status_of, base, "/health") == 200, "the reserve was not given back"
+            assert limiter.current == slots
+        finally:
+            for writer in busy:
+                writer.close()
+
+
+async def test_a_connection_that_sends_nothing_costs_no_request_handler(
+    testbed: TestbedProcess, tmp_path: Path
+) -> None:
+    """A flood of idle connections is taken in cheaply: the web server's handler (its task and timers) is made
+    only when a connection's first bytes come, so silent ones cost an accept and a timer each, and the daemon
+    gets through them, and to what is queued behind them, sooner. Once a request comes it is served."""
+    silent = 50
+    env = daemon_env(testbed, tmp_path / "s", ENABLE_PERFORMANCE_OPTIMIZATION="false")
+    async with running_daemon(env) as daemon:
+        limiter = daemon.connection_limiter
+        server = daemon._runner.server if daemon._runner is not None else None
+        assert server is not None
+        port = daemon.api_port
+        idle = [await asyncio.open_connection("127.0.0.1", port) for _ in range(silent)]
+        try:
+            for _ in range(int(ANSWERED_WITHIN / 0.05)):  # every one accepted
+                if limiter.current >= silent:
+                    break
+                await asyncio.sleep(0.05)
+            assert limiter.current == silent
+            assert len(server.connections) == 0, "silent connections were given request handlers"
+            reader, writer = idle[0]
+            writer.write(f"GET /health HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n".encode())
+            await writer.drain()
+            assert (await asyncio.wait_for(reader.readline(), ANSWERED_WITHIN)).startswith(b"HTTP/1.1 200")
+            assert len(server.connections) == 1
         finally:
             for _, writer in idle:
                 writer.close()

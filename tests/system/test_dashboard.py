@@ -13,6 +13,7 @@ from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
+from aiohttp import ClientSession, web
 
 from optimizer.app import Daemon
 from optimizer.clock import FakeClock
@@ -139,27 +140,48 @@ def is_external(url: str) -> bool:
     return scheme is not None and scheme.group(1) != "data"
 
 
+# what a proxy passes on neither way: hop-by-hop headers, and those that name the proxy or a body it re-encodes
+NOT_FORWARDED = {"host", "connection", "keep-alive", "transfer-encoding", "content-length", "content-encoding"}
+
+
 @contextlib.asynccontextmanager
-async def sampling(
-    daemon: Daemon, every: float = 0.2, *, clock: FakeClock | None = None, step: float = 0.0
-) -> AsyncIterator[None]:
-    """Keep the daemon sampling while the page polls, as its own loop would (a fake clock moving ``step`` a sample)."""
-    stop = asyncio.Event()
+async def sampled_per_poll(daemon: Daemon, *, clock: FakeClock | None = None, step: float = 0.0) -> AsyncIterator[str]:
+    """The daemon's API behind a front that takes one sample before passing on each poll for samples; its URL.
 
-    async def pace() -> None:
-        while not stop.is_set():
-            if clock is not None:
-                clock.advance(step)
-            await daemon.sample_now()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), every)
+    The page polls on Chromium's virtual time, which runs its 3 s timer in however little real time the host
+    allows, so samples taken on a real-time timer may all land before or after its polls. Sampling as each poll
+    arrives gives every poll one new point to append whatever the speed of the host (a fake clock moving
+    ``step`` a sample). Chromium's virtual time waits for a fetch in flight, so the page waits for it too.
+    """
+    lock = asyncio.Lock()
+    base = api_base(daemon)
+    async with ClientSession() as session:
 
-    task = asyncio.create_task(pace())
-    try:
-        yield
-    finally:
-        stop.set()
-        await asyncio.wait_for(task, 10)
+        async def forward(request: web.Request) -> web.Response:
+            if request.path == "/samples":
+                async with lock:
+                    if clock is not None:
+                        clock.advance(step)
+                    await daemon.sample_now()
+            headers = {k: v for k, v in request.headers.items() if k.lower() not in NOT_FORWARDED}
+            async with session.request(
+                request.method, f"{base}{request.path_qs}", headers=headers, data=await request.read()
+            ) as resp:
+                body = await resp.read()
+                kept = {k: v for k, v in resp.headers.items() if k.lower() not in NOT_FORWARDED}
+                return web.Response(status=resp.status, body=body, headers=kept)
+
+        app = web.Application()
+        app.router.add_route("*", "/{tail:.*}", forward)
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        try:
+            site = web.TCPSite(runner, "127.0.0.1", 0)
+            await site.start()
+            host, port = runner.addresses[0][:2]
+            yield f"http://{host}:{port}"
+        finally:
+            await runner.cleanup()
 
 
 def parsed(dom: str, keep: Path) -> DashboardDom:
@@ -236,8 +258,8 @@ async def test_page_renders_live_data_in_chromium(testbed: TestbedProcess, tmp_p
         result = await daemon.engine.request_round(trigger="scheduled")
         decision = daemon.store.decision(result.decision_ids[0]) if result.decision_ids else None
         assert decision is not None and decision.strategy == "database" and decision.outcome == "applied"
-        async with sampling(daemon):
-            dom = await render(f"{api_base(daemon)}/", tmp_path / "chromium", screenshot)
+        async with sampled_per_poll(daemon) as url:
+            dom = await render(f"{url}/", tmp_path / "chromium", screenshot)
     page = parsed(dom, ARTIFACTS / "dashboard-dom.html")
     for chart in CHARTS:
         drawn = points(page.lines.get(chart, ""))
@@ -295,8 +317,8 @@ async def test_page_opened_after_ten_minutes_shows_ten_minutes(roomy_testbed: Te
             await daemon.sample_now()
         window = daemon.engine.windows.points("cpu_ratio")
         assert len(window) == 120 and window[-1][0] - window[0][0] == pytest.approx(595.0)
-        async with sampling(daemon, 0.5, clock=clock, step=5.0):
-            dom = await render(f"{api_base(daemon)}/", tmp_path / "chromium", screenshot)
+        async with sampled_per_poll(daemon, clock=clock, step=5.0) as url:
+            dom = await render(f"{url}/", tmp_path / "chromium", screenshot)
     page = parsed(dom, ARTIFACTS / "dashboard-10min-dom.html")
     for chart in CHARTS:
         drawn = points(page.lines.get(chart, ""))

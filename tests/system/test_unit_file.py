@@ -308,7 +308,7 @@ def env_example_settings() -> dict[str, str]:
 
 
 def test_env_example_lists_every_variable() -> None:
-    """The example env file names every variable of the configuration contract (DESIGN.md 2)."""
+    """The example env file names every variable of the configuration contract (the README's settings reference)."""
     expected = {
         "ENABLE_PERFORMANCE_OPTIMIZATION",
         "OPTIMIZATION_INTERVAL",

@@ -138,7 +138,7 @@ def test_entries_expire_and_are_swept(tb: TestbedProcess, admin: AdminSession) -
     """After the TTL entries are gone: the sweep removes them without counting, and the next GET is a MISS."""
     tb.request("GET", "/api/cameras/active?ttl=1")
     assert tb.state()["cache_size"] == 2
-    wait_until(lambda: tb.state()["cache_size"] == 0, timeout=8)
+    wait_until(lambda: tb.state()["cache_size"] == 0, timeout=30)
     stats = tb.request("GET", "/api/cache/stats", token=admin.token).json()["data"]
     assert (stats["deletes"], stats["invalidations"]) == (0, 0)
     assert tb.request("GET", "/api/cameras/active?ttl=1").header("X-Cache") == "MISS"

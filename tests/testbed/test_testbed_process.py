@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from config.loader import load_settings
 from testbed.database import TABLES
 from testbed.harness import TestbedFactory, TestbedProcess, child_pids, pids_alive, wait_until
 
@@ -24,6 +25,7 @@ EXPECTED_KEYS = {
     "CCTV_OPTIMIZER_BACKEND__ADMIN_PASSWORD_FILE",
     "CCTV_OPTIMIZER_BACKEND__PROCESS",
     "CCTV_OPTIMIZER_BACKEND__MEDIAMTX_URL",
+    "CCTV_OPTIMIZER_STRATEGIES__CPU__RECORDINGS_DIRECTORY",
 }
 LOCAL_FORMAT = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d")
 
@@ -42,6 +44,9 @@ def test_first_line_is_the_environment(tmp_path: Path) -> None:
         assert tb.url != tb.mediamtx_url
         assert tb.database == tmp_path.resolve() / "data" / "cctv.db"
         assert tb.hls_dir == tmp_path.resolve() / "hls"
+        # a daemon started with this environment alone manages the testbed's recorders, none other on the host
+        cpu = load_settings(tb.env).settings.strategies.cpu
+        assert cpu.recordings_directory == tmp_path.resolve() / "recordings"
         assert tb.env["CCTV_OPTIMIZER_BACKEND__ADMIN_USERNAME"] == "admin"
         pid_file = Path(tb.env["CCTV_OPTIMIZER_BACKEND__PROCESS"].removeprefix("pid:"))
         assert pid_file.read_text().strip() == str(tb.pid)

@@ -75,7 +75,7 @@ def test_start_heartbeat_stop_and_stats(tb: TestbedProcess, admin: AdminSession)
     row = session_row(tb, session_id)
     assert row["is_active"] == 1
     stored = datetime.strptime(row["started_at"], "%Y-%m-%d %H:%M:%S")
-    assert abs(stored - local_now()) < timedelta(seconds=5)
+    assert abs(stored - local_now()) < timedelta(seconds=60)
     beat = tb.request("POST", "/api/viewer/heartbeat", json_body={"sessionId": session_id}, csrf=admin.csrf)
     assert beat.status == 200
     proxied = tb.request(
@@ -109,11 +109,11 @@ def test_sweep_ends_a_silent_session(tb: TestbedProcess, admin: AdminSession) ->
     """Without heartbeats the sweep ends the session at its last heartbeat, with one history row."""
     started = tb.request("POST", "/api/viewer/start", json_body={"cameraId": 1}, csrf=admin.csrf)
     session_id = started.json()["data"]["sessionId"]
-    wait_until(lambda: session_row(tb, session_id)["is_active"] == 0, timeout=8)
+    wait_until(lambda: session_row(tb, session_id)["is_active"] == 0, timeout=30)
     row = session_row(tb, session_id)
     assert row["ended_at"] == row["last_heartbeat"]
     # the sweep writes statement by statement, as the backend's does: the history row follows the UPDATE
-    wait_until(lambda: len(history_rows(tb, session_id)) > 0, timeout=8)
+    wait_until(lambda: len(history_rows(tb, session_id)) > 0, timeout=30)
     [history] = history_rows(tb, session_id)
     assert (history["ended_at"], history["duration_seconds"]) == (row["ended_at"], row["duration_seconds"])
     beat = tb.request("POST", "/api/viewer/heartbeat", json_body={"sessionId": session_id}, csrf=admin.csrf)
@@ -125,13 +125,13 @@ def test_stuck_sessions_and_sweep_switch(tb: TestbedProcess, admin: AdminSession
     result = tb.scenario("stuck_sessions", count=7, age_seconds=600)
     assert result["inserted"] == 7
     heartbeat = datetime.strptime(result["last_heartbeat"], "%Y-%m-%d %H:%M:%S")
-    assert abs(local_now() - heartbeat - timedelta(seconds=600)) < timedelta(seconds=5)
+    assert abs(local_now() - heartbeat - timedelta(seconds=600)) < timedelta(seconds=60)
     state = tb.state()
     assert (state["sweep_enabled"], state["active_sessions"], state["stale_active_sessions"]) == (False, 7, 7)
     stats = tb.request("GET", "/api/viewer/stats", token=admin.token).json()["data"]
     assert stats["activeViewers"] == 7
     assert tb.scenario("sweep", enabled=True)["sweep_enabled"] is True
-    wait_until(lambda: tb.state()["active_sessions"] == 0, timeout=8)
+    wait_until(lambda: tb.state()["active_sessions"] == 0, timeout=30)
 
 
 def test_sweep_run_now_spares_fresh_sessions(tb: TestbedProcess, admin: AdminSession) -> None:
@@ -164,6 +164,6 @@ def test_zone_change_over_the_admin_route_moves_new_local_times(tb: TestbedProce
         assert tb.request("GET", "/health").json()["timezone"] == "Asia/Makassar (WITA, UTC+8)"
         started = tb.request("POST", "/api/viewer/start", json_body={"cameraId": 1}).json()["data"]["sessionId"]
         stored = datetime.strptime(session_row(tb, started)["started_at"], "%Y-%m-%d %H:%M:%S")
-        assert abs(stored - local_now() - timedelta(hours=1)) < timedelta(seconds=5)
+        assert abs(stored - local_now() - timedelta(hours=1)) < timedelta(seconds=60)
     finally:
         tb.scenario("timezone", zone="WIB")
