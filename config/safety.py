@@ -16,6 +16,7 @@ symbolic links and ``..`` (``/dev/shm/../../var/lib`` is ``/var/lib``):
 
 from __future__ import annotations
 
+import functools
 import os
 import pwd
 import sys
@@ -91,12 +92,22 @@ def _unescape(field: str) -> str:
     return "".join(out)
 
 
+def mounts_text(mountinfo: Path = MOUNTINFO) -> str:
+    """The mount table as the kernel lists it now; empty when it cannot be read."""
+    try:
+        return mountinfo.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return ""
+
+
 def mounts(mountinfo: Path = MOUNTINFO) -> list[tuple[Path, str]]:
     """(mount point, file system type) for every mount, in mount order; empty when mountinfo cannot be read."""
-    try:
-        text = mountinfo.read_text(encoding="utf-8", errors="replace")
-    except OSError:
-        return []
+    return list(parse_mounts(mounts_text(mountinfo)))
+
+
+@functools.lru_cache(maxsize=4)
+def parse_mounts(text: str) -> tuple[tuple[Path, str], ...]:
+    """The (mount point, type) pairs of a mountinfo text; the same text is parsed once (it rarely changes)."""
     out: list[tuple[Path, str]] = []
     for line in text.splitlines():
         fields = line.split()
@@ -105,7 +116,7 @@ def mounts(mountinfo: Path = MOUNTINFO) -> list[tuple[Path, str]]:
         sep = fields.index("-", 6)
         if sep + 1 < len(fields):
             out.append((Path(_unescape(fields[4])), fields[sep + 1]))
-    return out
+    return tuple(out)
 
 
 def filesystem_of(path: Path, mountinfo: Path = MOUNTINFO) -> str | None:

@@ -21,11 +21,14 @@ from __future__ import annotations
 import bisect
 import contextlib
 import errno
+import functools
 import math
 import os
 import posixpath
 import re
+import select
 import stat
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -33,7 +36,7 @@ from enum import StrEnum
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
-from config.safety import mounts
+from config.safety import MOUNTINFO, mounts_text, parse_mounts
 from metrics.errors import SamplingError
 from metrics.snapshot import HlsSample
 
@@ -246,11 +249,90 @@ def open_root(root: Path) -> int:
         raise SamplingError(f"HLS directory {root}: {exc.strerror}") from None
 
 
-def mount_points_below(root: Path) -> frozenset[str]:
-    """Paths (relative to the root) of mounts strictly inside it: never entered, never removed."""
-    real = Path(os.path.realpath(root))
+class MountTable:
+    """The mount table, read again only when the kernel says it changed.
+
+    Reading ``/proc/self/mountinfo`` costs the kernel a walk over every mount at each read; an open mountinfo
+    polls with POLLPRI once after any mount or unmount in the namespace (proc(5)). The table is read when it is
+    first asked for, and again after such an event; a change that lands while it is being read raises the
+    event again, so the next call reads it once more. Where the file cannot be kept open or polled it is read
+    at every call.
+    """
+
+    def __init__(self, path: Path = MOUNTINFO) -> None:
+        self._path = path
+        self._lock = threading.Lock()
+        self._fd: int | None = None
+        self._poll: select.poll | None = None
+        self._text = ""
+
+    def text(self) -> str:
+        """The mount table's text now (empty when it cannot be read)."""
+        with self._lock:
+            try:
+                if self._fd is None:
+                    self._open()
+                elif not self._changed():
+                    return self._text
+                self._text = self._read()
+            except OSError:
+                self._close()
+                return mounts_text(self._path)
+            return self._text
+
+    def _open(self) -> None:
+        fd = os.open(self._path, os.O_RDONLY | os.O_CLOEXEC)
+        poll = select.poll()
+        try:
+            poll.register(fd, select.POLLPRI)
+        except (OSError, ValueError):
+            os.close(fd)
+            raise
+        self._fd, self._poll = fd, poll
+
+    def _changed(self) -> bool:
+        assert self._poll is not None
+        return any(events & (select.POLLPRI | select.POLLERR) for _fd, events in self._poll.poll(0))
+
+    def _read(self) -> str:
+        assert self._fd is not None
+        os.lseek(self._fd, 0, os.SEEK_SET)
+        chunks = []
+        while chunk := os.read(self._fd, 65536):
+            chunks.append(chunk)
+        return b"".join(chunks).decode("utf-8", errors="replace")
+
+    def _close(self) -> None:
+        if self._fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(self._fd)
+        self._fd, self._poll = None, None
+
+    def close(self) -> None:
+        """Close the kept mountinfo (a later call opens it again)."""
+        with self._lock:
+            self._close()
+
+
+MOUNT_TABLE = MountTable()
+
+
+def mount_points_below(root: Path, table: MountTable = MOUNT_TABLE) -> frozenset[str]:
+    """Paths (relative to the root) of mounts strictly inside it: never entered, never removed.
+
+    The table is as the kernel lists it at this call; only its reading and parsing are reused while it has not
+    changed.
+    """
+    return _points_below(os.path.realpath(root), table.text())
+
+
+@functools.lru_cache(maxsize=8)
+def _points_below(real_root: str, table: str) -> frozenset[str]:
+    real = Path(real_root)
     return frozenset(
-        str(point.relative_to(real)) for point, _kind in mounts() if point != real and point.is_relative_to(real)
+        str(point.relative_to(real))
+        for point, _kind in parse_mounts(table)
+        if point != real and point.is_relative_to(real)
     )
 
 

@@ -88,6 +88,11 @@ def recorder_output(argv: Sequence[str], marker: str, root: Path | None) -> tupl
     return True, camera, output
 
 
+def _argv(raw: bytes) -> list[str]:
+    """A /proc/PID/cmdline's arguments (empty ones dropped)."""
+    return [part.decode("utf-8", "replace") for part in raw.split(b"\0") if part]
+
+
 class RecorderReader:
     """Scans /proc for recorder ffmpeg processes; keeps the last CPU counters to turn them into ratios."""
 
@@ -105,16 +110,21 @@ class RecorderReader:
         self._root = recordings_root
         self._exclude = exclude
         self._proc = proc_root
+        self._proc_text = str(proc_root)
         self._ticks_per_second = os.sysconf("SC_CLK_TCK")
         self._last_cpu: dict[tuple[int, int], tuple[float, int]] = {}
         self.last_scan: RecorderScan | None = None
 
     def _cmdline(self, pid: str) -> list[str]:
+        return _argv(self._raw_cmdline(pid))
+
+    def _raw_cmdline(self, pid: str) -> bytes:
+        # every process on the host is read at every scan: a plain open, not a pathlib path per process
         try:
-            raw = (self._proc / pid / "cmdline").read_bytes()
+            with open(f"{self._proc_text}/{pid}/cmdline", "rb") as file:
+                return file.read()
         except OSError:
-            return []
-        return [part.decode("utf-8", "replace") for part in raw.split(b"\0") if part]
+            return b""
 
     def _ioprio(self, pid: int) -> tuple[int | None, int | None]:
         if self._proc != Path("/proc"):
@@ -152,9 +162,11 @@ class RecorderReader:
             pid = int(entry)
             if pid in excluded:
                 continue
-            argv = self._cmdline(entry)
-            if not argv or os.path.basename(argv[0]) != "ffmpeg":
+            raw = self._raw_cmdline(entry)
+            # the program's name first; only an ffmpeg's arguments are decoded
+            if os.path.basename(next((part for part in raw.split(b"\0") if part), b"")) != b"ffmpeg":
                 continue
+            argv = _argv(raw)
             is_recorder, camera, output = recorder_output(argv, self._marker, self._root)
             if not is_recorder:
                 others += 1

@@ -12,6 +12,7 @@ import ipaddress
 import json
 import os
 import re
+import threading
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
@@ -51,6 +52,8 @@ PAGE_CACHE_SECONDS = 1.0
 READ_ATTEMPTS = 5
 # Encoded GET /optimizations pages kept for the current state version, in bytes.
 HISTORY_PAGES_BYTES = 4 * 1024 * 1024
+# Encoded history rows kept by their content (and the rows themselves, as keys), in bytes.
+ENCODED_ROWS_BYTES = 2 * 1024 * 1024
 STATE_CHANGING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 log = structlog.get_logger("api")
 
@@ -375,34 +378,49 @@ def _sum_window(engine: Engine, signal: str) -> float:
 async def performance_metrics(request: web.Request) -> web.Response:
     """GET /performance-metrics: the specification's JSON shape, plus strategies and sources.
 
-    The page is rendered once per sample, round start and end, and write through the API, and is never more than
+    The page is rendered once per sample, round end, and write through the API, and is never more than
     ``PAGE_CACHE_SECONDS`` old (what changes between those, a verdict or a reload, shows within that), so a busy
-    poller costs a dictionary look-up; a new rendering waits for a read slot like the history reads.
+    poller costs a dictionary look-up; a new rendering waits for a read slot like the history reads. Whether a
+    round runs is put into the rendered bytes at each answer, so a round's start renders nothing.
     """
     ctx = request.app[CTX]
     engine = ctx.engine
     latest = engine.latest
-    key = (latest.seq if latest is not None else None, engine.rounds_run, engine.optimizing, ctx.writes)
+    key = (latest.seq if latest is not None else None, engine.rounds_run, ctx.writes)
     pages = request.app[PAGES]
     now = asyncio.get_running_loop().time()
     payload = pages.fresh(key, now)
     if payload is None:
-        async with ctx.reads.slot():
-            payload = pages.fresh(key, now)
-            if payload is None:
-                payload = json.dumps(await _performance_body(ctx, request.app[HISTORY])).encode()
-                pages.store(key, now, payload)
+
+        async def render() -> bytes:
+            async with ctx.reads.slot():
+                page = pages.fresh(key, now)
+                if page is None:
+                    body = await _performance_body(ctx, request.app[HISTORY], key[1])
+                    body["performance"]["isOptimizing"] = _OPTIMIZING
+                    page = json.dumps(body).encode()
+                    pages.store(key, now, page)
+                return page
+
+        payload = await pages.shared(key, render)
+    payload = payload.replace(_OPTIMIZING_JSON, b"true" if engine.optimizing else b"false", 1)
     return web.Response(body=payload, content_type="application/json")
+
+
+# What a rendered /performance-metrics page holds in place of isOptimizing until it is answered.
+_OPTIMIZING = "\0optimizing\0"
+_OPTIMIZING_JSON = json.dumps(_OPTIMIZING).encode()
 
 
 @dataclass(slots=True)
 class PageCache:
-    """One rendered page, reused for the same key within ``max_age`` seconds."""
+    """One rendered page, reused for the same key within ``max_age`` seconds; one rendering at a time per key."""
 
     max_age: float = PAGE_CACHE_SECONDS
     key: Any = None
     rendered_at: float = float("-inf")
     payload: bytes = b""
+    pending: tuple[Any, asyncio.Future[bytes]] | None = None
 
     def fresh(self, key: Any, now: float) -> bytes | None:
         """The payload when it was rendered for ``key`` less than ``max_age`` ago."""
@@ -414,9 +432,18 @@ class PageCache:
         """Keep ``payload`` as the rendering for ``key``."""
         self.key, self.rendered_at, self.payload = key, now, payload
 
+    async def shared(self, key: Any, render: Callable[[], Awaitable[bytes]]) -> bytes:
+        """``await render()``, once for all the requests for ``key`` that arrive while it runs (rather than one
+        rendering per read slot)."""
+        pending = self.pending
+        if pending is None or pending[0] != key or pending[1].done():
+            pending = (key, asyncio.ensure_future(render()))
+            self.pending = pending
+        return await asyncio.shield(pending[1])
 
-async def _performance_body(ctx: ApiContext, history: HistoryCache) -> dict[str, Any]:
-    summary = await history.get(ctx.store, ctx.read_history)
+
+async def _performance_body(ctx: ApiContext, history: HistoryCache, rounds_run: int) -> dict[str, Any]:
+    summary = await history.get(ctx.store, ctx.read_history, rounds_run=rounds_run, round_running=ctx.engine.optimizing)
     return await ctx.read_engine(lambda: _performance_dict(ctx, summary))
 
 
@@ -477,10 +504,12 @@ class HistoryCache:
 
     The counts scan the whole history table and both reads hop to a worker thread; under a busy poller that was
     most of the route's cost. Any write bumps ``StateStore.version``, so a new decision shows at once; requests
-    arriving while a read is in flight share it.
+    arriving while a read is in flight share it. While a round runs, its own writes do not make the figures read
+    again: the page shows the round once it ended (when the page is rendered anew, and the figures read again).
     """
 
     version: int = -1
+    rounds: int = -1  # the engine's rounds_run when the figures were read
     pending: asyncio.Future[DecisionSummary] | None = None
 
     async def get(
@@ -488,13 +517,20 @@ class HistoryCache:
         store: StateStore,
         run: Callable[[Callable[[HistoryReader | StateStore], DecisionSummary]], Awaitable[DecisionSummary]]
         | None = None,
+        *,
+        rounds_run: int = -1,
+        round_running: bool = False,
     ) -> DecisionSummary:
         """(decision_stats(), the ten newest decisions as dicts), current for the store's version.
 
         ``run`` runs the read off the loop (the API's history pool); a worker thread over ``store`` when None.
+        ``rounds_run`` and ``round_running`` are the engine's: the figures read since the last round ended are
+        kept while the next one runs.
         """
-        if self.pending is None or self.version != store.version:
+        during_round = round_running and self.rounds == rounds_run >= 0
+        if self.pending is None or (self.version != store.version and not during_round):
             self.version = store.version
+            self.rounds = rounds_run
             read = run(self._read) if run is not None else asyncio.to_thread(self._read, store)
             self.pending = asyncio.ensure_future(read)
         pending = self.pending
@@ -536,9 +572,13 @@ async def performance_optimize(request: web.Request) -> web.Response:
             lambda: ctx.engine.request_round(trigger="manual", strategy=strategy, dry_run=dry_run, manual=True)
         )
     except EngineStopping:
-        raise ApiError(503, "stopping", "the daemon is stopping") from None
-    finally:
         ctx.writes += 1
+        raise ApiError(503, "stopping", "the daemon is stopping") from None
+    except BaseException:
+        # a round that failed may still have changed what the pages show; one that ended bumped rounds_run,
+        # which renews them already (a second renewal per round only rendered the same page again)
+        ctx.writes += 1
+        raise
     return web.json_response(
         {
             "message": "Optimization round joined" if result.joined else "Optimization round completed",
@@ -656,21 +696,81 @@ async def optimizations(request: web.Request) -> web.Response:
     strategy = request.query.get("strategy")
     key = (after, limit, strategy)
     pages = request.app[HISTORY_PAGES]
+    rows = request.app[HISTORY_ROWS]
     version = ctx.store.version
     payload = pages.get(version, key)
     if payload is None:
-        async with ctx.reads.slot():
-            payload = pages.get(version, key)
-            if payload is None:
-                payload = await ctx.read_history(lambda history: _history_page(history, after, limit, strategy))
-                pages.put(version, key, payload)
+
+        async def read() -> bytes:
+            async with ctx.reads.slot():
+                page = pages.get(version, key)
+                if page is None:
+                    page = await ctx.read_history(lambda history: _history_page(history, after, limit, strategy, rows))
+                    pages.put(version, key, page)
+                return page
+
+        payload = await pages.shared(version, key, read)
     return web.Response(body=payload, content_type="application/json")
 
 
-def _history_page(history: HistoryReader | StateStore, after: int, limit: int, strategy: str | None) -> bytes:
-    """(In a history thread.) One page of GET /optimizations, read and encoded off the API's loop."""
-    items = [r.as_dict() for r in history.decisions(after=after, limit=limit, strategy=strategy)]
-    return json.dumps({"items": items, "last": items[-1]["id"] if items else after}).encode()
+def _history_page(
+    history: HistoryReader | StateStore,
+    after: int,
+    limit: int,
+    strategy: str | None,
+    rows: EncodedRows | None = None,
+) -> bytes:
+    """(In a history thread.) One page of GET /optimizations, read and encoded off the API's loop.
+
+    The bytes are those of ``json.dumps({"items": [...], "last": ID})``, each item encoded once per content of
+    its row (``rows``) rather than once per page.
+    """
+    found = history.decision_rows(after=after, limit=limit, strategy=strategy)
+    encode = rows.encoded if rows is not None else _encode_row
+    items = b", ".join(encode(row) for row in found)
+    last = found[-1][0] if found else after
+    return b'{"items": [' + items + b'], "last": ' + str(last).encode() + b"}"
+
+
+def _encode_row(row: tuple[Any, ...]) -> bytes:
+    return json.dumps(StateStore._record(row).as_dict()).encode()
+
+
+class EncodedRows:
+    """Each history row's JSON, kept by the row's whole stored content, the oldest dropped past ``budget`` bytes.
+
+    A round's writes renew every cached page, but most of a page's rows are the same as before: the rows already
+    encoded are looked up instead of decoded from the database's JSON columns and encoded again. The key is the
+    row as read, so a row whose outcome or verdict changed (or another row under the same id in a new database)
+    is encoded afresh: nothing served is older than the read. Shared by the history threads.
+    """
+
+    def __init__(self, budget: int = ENCODED_ROWS_BYTES) -> None:
+        self.budget = budget
+        self.size = 0
+        self._rows: dict[tuple[Any, ...], bytes] = {}
+        self._lock = threading.Lock()
+
+    def encoded(self, row: tuple[Any, ...]) -> bytes:
+        """The JSON of ``row``'s item, from the cache when this content was encoded before."""
+        found = self._rows.get(row)
+        if found is not None:
+            return found
+        encoded = _encode_row(row)
+        cost = len(encoded) * 2  # the key holds the row's text too, about as long as its JSON
+        if cost > self.budget:
+            return encoded
+        with self._lock:
+            if row not in self._rows:
+                self._rows[row] = encoded
+                self.size += cost
+                while self.size > self.budget:
+                    oldest = next(iter(self._rows))
+                    self.size -= len(self._rows.pop(oldest)) * 2
+        return encoded
+
+    def __len__(self) -> int:
+        return len(self._rows)
 
 
 @dataclass(slots=True)
@@ -678,20 +778,27 @@ class HistoryPages:
     """Encoded history pages of the current state version, the most recently used kept within ``budget`` bytes.
 
     A page of a thousand rows is most of a megabyte of JSON; many clients asking for the same one (a dashboard
-    in many tabs, a scraper, a hostile loop) are served the same bytes until the next write.
+    in many tabs, a scraper, a hostile loop) are served the same bytes until the next write, and the ones
+    asking while it is read wait for that one read.
     """
 
     budget: int = HISTORY_PAGES_BYTES
     version: int = -1
     size: int = 0
     pages: OrderedDict[tuple[int, int, str | None], bytes] = field(default_factory=OrderedDict)
+    pending: dict[tuple[int, tuple[int, int, str | None]], asyncio.Future[bytes]] = field(default_factory=dict)
 
     def get(self, version: int, key: tuple[int, int, str | None]) -> bytes | None:
-        """The page for ``key`` at ``version``, if kept; a new version forgets every page."""
+        """The page for ``key`` at ``version``, if kept; a newer version forgets every page.
+
+        A request that looked at the version before a write and asks after another request saw the write gets
+        nothing (it reads afresh), and does not make the newer pages forgotten.
+        """
         if version != self.version:
-            self.pages.clear()
-            self.size = 0
-            self.version = version
+            if version > self.version:
+                self.pages.clear()
+                self.size = 0
+                self.version = version
             return None
         page = self.pages.get(key)
         if page is not None:
@@ -708,8 +815,21 @@ class HistoryPages:
             _, dropped = self.pages.popitem(last=False)
             self.size -= len(dropped)
 
+    async def shared(
+        self, version: int, key: tuple[int, int, str | None], read: Callable[[], Awaitable[bytes]]
+    ) -> bytes:
+        """``await read()``, once for all the requests for ``key`` at ``version`` that arrive while it runs."""
+        flight = (version, key)
+        future = self.pending.get(flight)
+        if future is None:
+            future = asyncio.ensure_future(read())
+            self.pending[flight] = future
+            future.add_done_callback(lambda _: self.pending.pop(flight, None))
+        return await asyncio.shield(future)
+
 
 HISTORY_PAGES: web.AppKey[HistoryPages] = web.AppKey("history_pages", HistoryPages)
+HISTORY_ROWS: web.AppKey[EncodedRows] = web.AppKey("history_rows", EncodedRows)
 
 
 # The dashboard's four charts; GET /samples returns these when no signals are named.
@@ -808,6 +928,7 @@ def build_app(ctx: ApiContext, *, client_max_size: int) -> web.Application:
     app[HISTORY] = HistoryCache()
     app[PAGES] = PageCache()
     app[HISTORY_PAGES] = HistoryPages()
+    app[HISTORY_ROWS] = EncodedRows()
     for method, path, handler in ROUTES:
         if method == "GET":
             # HEAD answers wherever GET does (same status and headers, no body): probes and curl -I

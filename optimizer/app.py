@@ -15,6 +15,7 @@ import gc
 import os
 import secrets
 import signal
+import time
 from collections.abc import Coroutine, Mapping
 from enum import StrEnum
 from pathlib import Path
@@ -522,9 +523,22 @@ class Daemon:
             base=s.sample_interval / 1000, low=s.sampler.min_interval_ms / 1000, high=s.sampler.max_interval_ms / 1000
         )
         self.adaptive_interval, self.sample_interval = cadence.adapt(
-            self.adaptive_interval, bounds, self.engine.watches(), self.engine.windows
+            self.adaptive_interval,
+            bounds,
+            self.engine.watches(),
+            self.engine.windows,
+            until_round=self._seconds_to_next_round(),
+            window=s.detection.window_samples,
         )
         self.metrics.sample_interval.set(self.sample_interval)
+
+    def _seconds_to_next_round(self) -> float | None:
+        """Seconds until the scheduled round runs next; None when rounds are not scheduled."""
+        job = self._scheduler.get_job("round") if self._scheduler is not None else None
+        when = getattr(job, "next_run_time", None)
+        if when is None:
+            return None
+        return max(0.0, float(when.timestamp()) - time.time())
 
     def health(self) -> tuple[bool, str]:
         """Whether the decision loop and the sampler are alive, and why not."""

@@ -30,7 +30,8 @@ class Watch:
     armed: bool
     # the stretch of the sample interval the strategy asks for (1.0: none)
     factor: float = 1.0
-    # not held by an open breaker, a cooldown, the budget or disabled disruptive changes
+    # not held by an open breaker, a cooldown, the budget or disabled disruptive changes, and not armed by a
+    # condition its last plan found nothing to do about
     can_act: bool = True
     enabled: bool = True
 
@@ -97,40 +98,68 @@ def interval_pressure(
     """Proximity and armed state for next_sample_interval, over what the interval should react to.
 
     The signals in ``ignore`` (the daemon's own) do not count. Nor does a strategy that asks for a stretch
-    (the cpu strategy while the host is hot): tightening for it would undo the stretch (1 s doubled is 2 s,
-    more often than the base); while one asks, the interval holds at least at its base for the factor.
-    Nor does a strategy that cannot act (breaker open, held by its cooldown or budget, or planning a disruptive
-    change while those are off): it holds the interval at its base too, instead of sampling every second for
-    minutes while nothing can come of it.
+    (the cpu strategy while the host is hot): tightening for it would undo the stretch (1 s doubled is 2 s).
+    Nor does a strategy that cannot act (breaker open, held by its cooldown or budget, planning a disruptive
+    change while those are off, or armed by a condition its last plan found nothing to do about): closer
+    samples bring nothing while it waits for its next turn. Such strategies leave the interval to the others,
+    so it stretches while those are calm and tightens as soon as one of them nears a line.
     """
     proximity = 0.0
     armed = False
-    stretching = False
     for watch in watches:
         if not watch.enabled:
             continue  # it never gets a turn: its lines are nobody's concern
-        # a strategy that cannot act now (its breaker is open, or its plan waits for a cooldown or the budget)
-        # gains nothing from closer samples: it holds the interval at its base, like a stretching one
         if watch.factor > 1.0 or not watch.can_act:
-            stretching = True
             continue
         specs = [spec for spec in watch.specs if spec.signal not in ignore]
         proximity = max(proximity, signal_proximity(specs, windows))
         armed = armed or watch.armed
-    if stretching:
-        proximity = max(proximity, CALM_PROXIMITY)
     return proximity, armed
 
 
-def adapt(adaptive: float, bounds: Bounds, watches: Sequence[Watch], windows: Windows) -> tuple[float, float]:
+def round_aligned_interval(
+    interval: float, *, until_round: float | None, window: int, base: float, high: float
+) -> float:
+    """A tightened interval while nothing is armed, timed so that the next round finds its window as before.
+
+    A round's detectors look only at the last ``window`` samples; samples taken at the tight ``interval`` long
+    before it are never looked at. While the round is further off than those samples need, sampling goes on at
+    ``base`` (at most ``high``); the last ``window`` samples before it are ``interval`` apart, as without this.
+    ``until_round`` is None when no round is scheduled: the interval is left as it is.
+    """
+    wait = min(base, high)
+    if until_round is None or interval >= wait:
+        return interval
+    slack = until_round - window * interval
+    if slack <= interval:
+        return interval
+    return min(wait, slack)
+
+
+def adapt(
+    adaptive: float,
+    bounds: Bounds,
+    watches: Sequence[Watch],
+    windows: Windows,
+    *,
+    until_round: float | None = None,
+    window: int = 1,
+) -> tuple[float, float]:
     """One sample's step: (the next adaptive interval, the interval to use), both within the bounds.
 
     Stretch the interval while every signal is far from its threshold; tighten near one. A strategy may ask for
     a longer interval on top (the cpu strategy while the host is hot): the largest factor asked for multiplies
-    the adapted interval, still within the configured bounds.
+    the adapted interval, still within the configured bounds. Near a line with nothing armed, the tight samples
+    are taken just before the next round, ``until_round`` seconds off, whose detection reads the last ``window``
+    (see round_aligned_interval).
     """
     proximity, armed = interval_pressure(watches, windows)
     adaptive = next_sample_interval(
         adaptive, base=bounds.base, low=bounds.low, high=bounds.high, proximity=proximity, armed=armed
     )
-    return adaptive, stretched_interval(adaptive, factor=largest_factor(watches), low=bounds.low, high=bounds.high)
+    interval = stretched_interval(adaptive, factor=largest_factor(watches), low=bounds.low, high=bounds.high)
+    if not armed:
+        interval = round_aligned_interval(
+            interval, until_round=until_round, window=window, base=bounds.base, high=bounds.high
+        )
+    return adaptive, interval

@@ -122,9 +122,13 @@ class ConnectionLimiter:
                 self.evicted_total += 1
                 self._evicted_since_log += 1
                 self._log_cap()
-            # counted from here, not from connection_made: a burst of accepts calls this many times first
+            # counted and listed from here, not from connection_made: a burst of accepts calls this many times
+            # first, and a connection of the same burst must be within reach of the next one's eviction
             self.current += 1
-            return _Counted(self, inner)
+            conn = _Counted(self, inner)
+            self.waiting[conn] = None
+            self.open[conn] = None
+            return conn
 
         return make
 
@@ -265,11 +269,14 @@ class _Counted(asyncio.Protocol):
         self._transport: asyncio.BaseTransport | None = None
         self._deadline: asyncio.TimerHandle | None = None
         self._tail = b""
+        # closed for a newer connection before its transport was made: dropped as soon as it is
+        self._dropped = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self._limiter.waiting[self] = None
-        self._limiter.open[self] = None
         self._transport = transport
+        if self._dropped:
+            self._abort()
+            return
         self._deadline = asyncio.get_running_loop().call_later(self._limiter.header_timeout, self._too_slow)
 
     def _too_slow(self) -> None:
@@ -291,6 +298,11 @@ class _Counted(asyncio.Protocol):
         if self._deadline is not None:
             self._deadline.cancel()
             self._deadline = None
+        if self._transport is None:
+            self._dropped = True
+        self._abort()
+
+    def _abort(self) -> None:
         if self._transport is not None and not self._transport.is_closing():
             abort = getattr(self._transport, "abort", None)
             if abort is not None:
@@ -299,6 +311,8 @@ class _Counted(asyncio.Protocol):
                 self._transport.close()
 
     def data_received(self, data: bytes) -> None:
+        if self._dropped:
+            return
         if self._deadline is not None:
             seen = self._tail + data
             if HEADER_END in seen:

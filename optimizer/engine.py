@@ -243,6 +243,7 @@ class Engine:
         rt = self.runtimes[name]
         was_open = self.pacer.reset(rt)
         rt.last_row = None
+        rt.planned_nothing = False
         self._log.info("strategy_reset", strategy=name, breaker_was_open=was_open)
         await self._save(rt)
 
@@ -441,6 +442,7 @@ class Engine:
         if was_armed and not armed:
             # The episode is over: a skip in the next one is a new fact worth a row.
             rt.last_row = None
+            rt.planned_nothing = False
         if armed != was_armed:
             self._log.info(
                 "strategy_armed" if armed else "strategy_disarmed",
@@ -522,6 +524,7 @@ class Engine:
     ) -> tuple[int | None, bool]:
         """The gates after planning (dry run, disruptive, cooldown, budget), then the apply."""
         record = functools.partial(self._recorder.decision, rt, turn)
+        rt.planned_nothing = plan is None or not plan.changes
         if plan is None or not plan.changes:
             self.pacer.release(rt)  # nothing to do is not being held back
             return (await record(Outcome.NOTHING_TO_DO, "nothing to do") if turn.manual else None), False

@@ -32,6 +32,13 @@ class StrategyRuntime(Paced):
     factor: float = 1.0
     # what the last history row was about (outcome, family, action, gate): a skip for another reason is a new row
     last_row: tuple[str, ...] | None = None
+    # its last plan had nothing to do: while it stays armed, closer samples bring it nothing before its next turn
+    planned_nothing: bool = False
+
+    @property
+    def idle_armed(self) -> bool:
+        """Armed by a condition its last plan found nothing to do about (it plans again at its next turn)."""
+        return self.detector.armed and self.planned_nothing
 
     @property
     def name(self) -> str:

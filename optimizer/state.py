@@ -520,14 +520,16 @@ class StateStore:
 
     def decisions(self, *, after: int = 0, limit: int = 100, strategy: str | None = None) -> list[DecisionRecord]:
         """Decisions with id > after, oldest first."""
+        return [self._record(r) for r in self.decision_rows(after=after, limit=limit, strategy=strategy)]
+
+    def decision_rows(self, *, after: int = 0, limit: int = 100, strategy: str | None = None) -> list[tuple[Any, ...]]:
+        """The rows ``decisions()`` makes its records of, as stored (columns in ``_COLUMNS`` order)."""
         if strategy is None:
-            rows = self._read(f"SELECT {self._COLUMNS} FROM decisions WHERE id > ? ORDER BY id LIMIT ?", (after, limit))
-        else:
-            rows = self._read(
-                f"SELECT {self._COLUMNS} FROM decisions WHERE id > ? AND strategy = ? ORDER BY id LIMIT ?",
-                (after, strategy, limit),
-            )
-        return [self._record(r) for r in rows]
+            return self._read(f"SELECT {self._COLUMNS} FROM decisions WHERE id > ? ORDER BY id LIMIT ?", (after, limit))
+        return self._read(
+            f"SELECT {self._COLUMNS} FROM decisions WHERE id > ? AND strategy = ? ORDER BY id LIMIT ?",
+            (after, strategy, limit),
+        )
 
     def recent_decisions(self, limit: int = 10) -> list[DecisionRecord]:
         """The newest decisions, newest first."""
@@ -662,6 +664,10 @@ class HistoryReader:
     def decisions(self, *, after: int = 0, limit: int = 100, strategy: str | None = None) -> list[DecisionRecord]:
         """Decisions with id > after, oldest first."""
         return StateStore.decisions(self, after=after, limit=limit, strategy=strategy)  # type: ignore[arg-type]
+
+    def decision_rows(self, *, after: int = 0, limit: int = 100, strategy: str | None = None) -> list[tuple[Any, ...]]:
+        """The rows ``decisions()`` makes its records of, as stored."""
+        return StateStore.decision_rows(self, after=after, limit=limit, strategy=strategy)  # type: ignore[arg-type]
 
     def recent_decisions(self, limit: int = 10) -> list[DecisionRecord]:
         """The newest decisions, newest first."""

@@ -42,7 +42,8 @@ class StrategyView:
     findings: tuple[Finding, ...]
     # the stretch of the sample interval it asked for when its last turn ended (1.0: none)
     factor: float
-    # not held by an open breaker, a cooldown, the budget or disabled disruptive changes
+    # not held by an open breaker, a cooldown, the budget or disabled disruptive changes, and not armed by a
+    # condition its last plan found nothing to do about
     can_act: bool
 
     def watch(self) -> Watch:
@@ -76,5 +77,5 @@ def view_of(
         triggers=tuple(triggers),
         findings=tuple(f for f in findings if f.strategy == rt.name),
         factor=rt.factor,
-        can_act=pacer.can_act(rt),
+        can_act=pacer.can_act(rt) and not rt.idle_armed,
     )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 import threading
 import time
 import tracemalloc
@@ -18,7 +19,9 @@ from metrics.hls import (
     HlsReader,
     HlsScan,
     KeepReason,
+    MountTable,
     is_writing,
+    mount_points_below,
     playlist_references,
     resolve_reference,
     scan_hls,
@@ -435,3 +438,33 @@ def test_reader_follows_changes_and_ageing_like_a_full_scan(tmp_path: Path) -> N
     os.utime(root / "camB", (now - OLD, now - OLD))
     clock[0] += 61.0  # past the re-read interval
     agrees(now + 4)
+
+
+def test_a_mount_made_or_removed_inside_the_root_is_seen_at_the_next_walk(tmp_path: Path) -> None:
+    """The mount table is kept between walks; a bind mount inside the root, and its removal, still show at once."""
+    if os.geteuid() != 0:
+        pytest.skip("bind mounts need root")
+    root, outside = tmp_path / "hls", tmp_path / "recordings"
+    (root / "mounted").mkdir(parents=True)
+    outside.mkdir()
+    table = MountTable()
+    try:
+        assert mount_points_below(root, table) == frozenset()
+        done = subprocess.run(["mount", "--bind", str(outside), str(root / "mounted")], capture_output=True, text=True)
+        if done.returncode != 0:
+            pytest.skip(f"cannot bind-mount here: {done.stderr.strip()}")
+        try:
+            assert mount_points_below(root, table) == frozenset({"mounted"})
+            assert mount_points_below(root, table) == frozenset({"mounted"})
+        finally:
+            subprocess.run(["umount", str(root / "mounted")], capture_output=True, check=False)
+        assert mount_points_below(root, table) == frozenset()
+    finally:
+        table.close()
+
+
+def test_a_mount_table_that_cannot_be_read_lists_no_mounts(tmp_path: Path) -> None:
+    """A missing mountinfo reads as empty (as before it was kept open), and says so at every call."""
+    table = MountTable(tmp_path / "no-mountinfo")
+    assert table.text() == ""
+    assert mount_points_below(tmp_path, table) == frozenset()

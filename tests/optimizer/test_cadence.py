@@ -13,6 +13,7 @@ from optimizer.cadence import (
     interval_pressure,
     largest_factor,
     next_sample_interval,
+    round_aligned_interval,
     signal_proximity,
     stretched_interval,
 )
@@ -103,12 +104,74 @@ def test_the_daemons_own_signals_do_not_count() -> None:
     "watch",
     [
         Watch(specs=(CPU,), armed=True, factor=2.0),  # asks for a stretch
-        Watch(specs=(CPU,), armed=True, can_act=False),  # held by its breaker, cooldown or budget
+        Watch(specs=(CPU,), armed=True, can_act=False),  # held by its breaker, cooldown or budget, or idle armed
     ],
 )
-def test_a_stretching_or_held_strategy_holds_the_interval_at_calm(watch: Watch) -> None:
-    """Its hot line and its armed state are passed over; the pressure is at least the calm line."""
-    assert interval_pressure([watch], windows(host_cpu_ratio=0.99)) == (CALM_PROXIMITY, False)
+def test_a_stretching_or_held_strategy_leaves_the_interval_to_the_others(watch: Watch) -> None:
+    """Its hot line and its armed state are passed over: alone, it lets the interval stretch; another strategy
+    near its line still tightens it."""
+    assert interval_pressure([watch], windows(host_cpu_ratio=0.99)) == (0.0, False)
+    near = Watch(specs=(HIT_FLOOR,), armed=False)
+    proximity, armed = interval_pressure([watch, near], windows(host_cpu_ratio=0.99, cache_hit_rate=0.33))
+    assert proximity > CALM_PROXIMITY and not armed
+    adaptive = BOUNDS.base
+    for _ in range(20):
+        adaptive, _used = adapt(adaptive, BOUNDS, [watch], windows(host_cpu_ratio=0.99))
+    assert adaptive == BOUNDS.high
+
+
+@pytest.mark.parametrize(
+    ("interval", "until_round", "expected"),
+    [
+        (1.0, None, 1.0),  # no round scheduled: as tightened
+        (1.0, 25.0, 5.0),  # the round is far: the base interval meanwhile
+        (1.0, 7.5, 2.5),  # ... and no longer than to be five samples before it
+        (1.0, 5.5, 1.0),  # the window's samples are due: tight
+        (1.0, 0.0, 1.0),  # the round is due now
+        (2.5, 20.0, 5.0),  # a less tightened interval needs a longer lead: 12.5 s
+        (2.5, 14.0, 2.5),
+        (5.0, 25.0, 5.0),  # not tightened: nothing to align
+        (10.0, 25.0, 10.0),  # stretched: left alone
+    ],
+)
+def test_a_tightened_interval_waits_at_base_until_the_rounds_window_is_due(
+    interval: float, until_round: float | None, expected: float
+) -> None:
+    """Near a line with nothing armed, samples a round never reads are not taken at the tight interval."""
+    got = round_aligned_interval(interval, until_round=until_round, window=5, base=5.0, high=30.0)
+    assert got == pytest.approx(expected)
+
+
+def test_an_interval_pinned_below_the_base_is_never_lengthened() -> None:
+    """min = max = 1 s with a 5 s base: 1 s whatever the round's distance; never past the maximum."""
+    assert round_aligned_interval(1.0, until_round=25.0, window=5, base=5.0, high=1.0) == 1.0
+    assert round_aligned_interval(1.0, until_round=25.0, window=5, base=5.0, high=3.0) == 3.0
+
+
+def test_the_round_finds_its_window_as_close_together_as_without_alignment() -> None:
+    """Sampling toward a round 30 s off: the last five samples before it are 1 s apart, and fewer are taken."""
+    now, round_at, taken = 0.0, 30.0, [0.0]
+    while now < round_at:
+        now += round_aligned_interval(1.0, until_round=round_at - now, window=5, base=5.0, high=30.0)
+        taken.append(now)
+    before = [t for t in taken if t <= round_at]
+    assert [round(b - a, 6) for a, b in zip(before[-5:], before[-4:], strict=False)] == [1.0] * 4
+    assert round_at - before[-1] < 1.0
+    assert len(before) < 15  # against 31 at 1 s throughout
+
+
+def test_adapt_aligns_only_while_nothing_is_armed() -> None:
+    """Near a line: the base interval while the round is far; an armed strategy keeps it tight all along."""
+    near = windows(host_cpu_ratio=0.85)
+    watch = Watch(specs=(CPU,), armed=False)
+    adaptive, used = BOUNDS.low, 0.0
+    adaptive, used = adapt(adaptive, BOUNDS, [watch], near, until_round=25.0, window=5)
+    assert (adaptive, used) == (BOUNDS.low, BOUNDS.base)
+    adaptive, used = adapt(adaptive, BOUNDS, [watch], near, until_round=3.0, window=5)
+    assert used == BOUNDS.low
+    armed = Watch(specs=(CPU,), armed=True)
+    adaptive, used = adapt(adaptive, BOUNDS, [armed], near, until_round=25.0, window=5)
+    assert used == BOUNDS.low
 
 
 def test_a_disabled_strategy_is_nobodys_concern() -> None:

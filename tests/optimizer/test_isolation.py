@@ -42,14 +42,14 @@ def blocked_history(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[threading
     started releases the semaphore once."""
     release = threading.Event()
     entered = threading.Semaphore(0)
-    original = StateStore.decisions
+    original = StateStore.decision_rows
 
     def slow(self: Any, **kwargs: Any) -> Any:
         entered.release()
         release.wait(FINISHED_WITHIN * 2)
         return original(self, **kwargs)
 
-    monkeypatch.setattr(StateStore, "decisions", slow)
+    monkeypatch.setattr(StateStore, "decision_rows", slow)
     yield release, entered
     release.set()
 
@@ -57,7 +57,8 @@ def blocked_history(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[threading
 async def test_rounds_complete_while_history_reads_are_stuck(
     testbed: TestbedProcess, tmp_path: Path, blocked_history: tuple[threading.Event, threading.Semaphore]
 ) -> None:
-    """Many slow GET /optimizations at once: a round still runs and records; the excess reads get 503."""
+    """Many slow GET /optimizations at once (each a different page: requests for the same page share one read):
+    a round still runs and records; the excess reads get 503."""
     release, entered = blocked_history
     env = daemon_env(
         testbed,
@@ -67,12 +68,12 @@ async def test_rounds_complete_while_history_reads_are_stuck(
     )
     async with running_daemon(env) as daemon, api_client(daemon) as http:
 
-        async def read() -> ClientResponse:
-            resp = await http.get("/optimizations", params={"after": "0", "limit": "1000"})
+        async def read(after: int) -> ClientResponse:
+            resp = await http.get("/optimizations", params={"after": str(after), "limit": "1000"})
             await resp.read()
             return resp
 
-        readers = [asyncio.create_task(read()) for _ in range(READS)]
+        readers = [asyncio.create_task(read(after)) for after in range(READS)]
         for _ in range(2):
             assert await asyncio.to_thread(entered.acquire, timeout=FINISHED_WITHIN), "no history read started"
         result = await asyncio.wait_for(daemon.engine.request_round(trigger="manual", manual=True), FINISHED_WITHIN)

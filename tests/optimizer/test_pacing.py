@@ -351,3 +351,27 @@ async def test_a_strategy_whose_disruptive_plan_is_not_allowed_cannot_act(
     strat.next_plan = make_plan("connection", action="end_stuck_sessions")
     await scheduled(engine, samples, clock)
     assert engine.pacer.can_act(rt) is True
+
+
+async def test_an_armed_strategy_whose_plan_had_nothing_to_do_cannot_act_until_it_plans_again(
+    build: EngineFactory, samples: SnapshotBuilder, clock: FakeClock
+) -> None:
+    """Armed with nothing to do: its view says it cannot act while it stays armed; a plan with changes, or the end
+    of the episode (disarmed), makes it able to act again."""
+    strat = ScriptedStrategy("cpu", use_default_plan=False)
+    engine = build([strat])
+    await scheduled(engine, samples, clock)
+    assert engine.view("cpu").armed
+    assert engine.view("cpu").can_act is False
+    strat.next_plan = make_plan("cpu")
+    await scheduled(engine, samples, clock)
+    assert engine.view("cpu").can_act is True  # it acted; nothing held it
+    strat.next_plan = None
+    await scheduled(engine, samples, clock)
+    assert engine.view("cpu").can_act is False
+    for _ in range(3):
+        clock.advance(5.0)
+        engine.on_snapshot(samples.build(cpu=0.1))
+    await engine.request_round(trigger="scheduled")
+    assert not engine.view("cpu").armed
+    assert engine.view("cpu").can_act is True

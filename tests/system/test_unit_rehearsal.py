@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import os
-import time
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -181,6 +180,15 @@ def call(base: str, method: str, path: str, body: dict[str, Any] | None = None) 
         return json.loads(resp.read())
 
 
+def samples_taken(base: str) -> float:
+    """The daemon's sample count, from /metrics."""
+    with urllib.request.urlopen(f"{base}/metrics", timeout=60) as resp:
+        text = resp.read().decode()
+    return next(
+        float(line.split()[1]) for line in text.splitlines() if line.startswith("cctv_optimizer_samples_total ")
+    )
+
+
 def sources_down(base: str) -> dict[str, str] | None:
     """None once every source is up, else the ones down with their errors."""
     sources = call(base, "GET", "/performance-metrics")["sources"]
@@ -218,7 +226,9 @@ def test_the_daemon_as_its_unit_runs_every_source_and_every_action_against_anoth
         tb.scenario("wal_growth", mb=4)
         tb.scenario("cache_junk", entries=300)
         before_nice = {pid: nice_of(pid) for pid in recorders}
-        time.sleep(1.0)  # a few samples see the scenarios (the daemon samples every 0.2 s)
+        # a few samples see the scenarios, however slowly a loaded host lets the daemon take them
+        seen = samples_taken(base)
+        wait_until(lambda: samples_taken(base) >= seen + 5, timeout=60, interval=0.2)
         outcomes: dict[str, list[tuple[str, str, str | None]]] = {}
         for name in (*STRATEGIES, "database"):  # the database twice: the checkpoint first, then retention
             answer = call(base, "POST", "/performance-optimize", {"strategy": name})

@@ -1,0 +1,267 @@
+"""The API's answer caches: history pages and rows, and the /performance-metrics page.
+
+Each cached answer must be the bytes an uncached read gives, and never older than the last write or sample
+before the request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from optimizer.api import EncodedRows, HistoryCache, HistoryPages, PageCache, _history_page
+from optimizer.state import HistoryReader, StateStore
+from testbed.harness import TestbedProcess
+from tests.harness import api_client, auth, daemon_env, running_daemon
+
+
+def _decide(store: StateStore, strategy: str, n: int) -> list[int]:
+    ids = []
+    for i in range(n):
+        row_id = store.add_decision(
+            run_id=f"run{i}",
+            strategy=strategy,
+            trigger="manual",
+            mode="enforce",
+            action="wal_checkpoint",
+            reason=f"reason {i} é",
+            signals={"wal_bytes": 1000 + i},
+            thresholds={"wal_bytes": {"enter": 500}},
+            changes=[{"what": "checkpoint", "i": i}],
+            outcome="applied",
+            error=None,
+            duration_ms=1.23456 + i,
+            expected={"wal_bytes": "down"} if i % 2 else None,
+        )
+        assert row_id is not None
+        ids.append(row_id)
+    return ids
+
+
+def _plain_page(store: StateStore, after: int, limit: int, strategy: str | None) -> bytes:
+    """The page as encoded before pages were assembled from encoded rows."""
+    items = [r.as_dict() for r in store.decisions(after=after, limit=limit, strategy=strategy)]
+    return json.dumps({"items": items, "last": items[-1]["id"] if items else after}).encode()
+
+
+def test_history_pages_are_the_bytes_of_the_plain_encoding(tmp_path: Path) -> None:
+    """A page assembled from cached rows is byte for byte the page encoded whole, filtered, empty or not."""
+    store = StateStore(tmp_path)
+    store.open()
+    reader = HistoryReader(store)
+    try:
+        _decide(store, "database", 5)
+        _decide(store, "memory", 4)
+        rows = EncodedRows()
+        for after, limit, strategy in ((0, 100, None), (2, 3, None), (0, 2, "memory"), (9, 10, None), (0, 5, "nope")):
+            expected = _plain_page(store, after, limit, strategy)
+            assert _history_page(reader, after, limit, strategy, rows) == expected
+            assert _history_page(reader, after, limit, strategy, rows) == expected  # from the cached rows
+            assert _history_page(store, after, limit, strategy) == expected
+        assert len(rows) == 9
+    finally:
+        reader.close()
+        store.close()
+
+
+def test_a_cached_row_is_not_served_after_its_row_changed(tmp_path: Path) -> None:
+    """Rows are cached by their content: a verdict filled in later shows in the next page read."""
+    store = StateStore(tmp_path)
+    store.open()
+    reader = HistoryReader(store)
+    try:
+        ids = _decide(store, "database", 3)
+        rows = EncodedRows()
+        before = json.loads(_history_page(reader, 0, 100, None, rows))
+        assert [i["verdict"] for i in before["items"]] == [None, None, None]
+        store.update_decision(ids[1], verdict="improved", verdict_detail={"wal_bytes": -900})
+        after = json.loads(_history_page(reader, 0, 100, None, rows))
+        assert [i["verdict"] for i in after["items"]] == [None, "improved", None]
+        assert after["items"][1]["verdictDetail"] == {"wal_bytes": -900}
+        assert _history_page(reader, 0, 100, None, rows) == _plain_page(store, 0, 100, None)
+    finally:
+        reader.close()
+        store.close()
+
+
+def test_encoded_rows_stay_within_their_byte_budget(tmp_path: Path) -> None:
+    """The row cache drops its oldest rows past its budget, and still answers every row right."""
+    store = StateStore(tmp_path)
+    store.open()
+    try:
+        _decide(store, "database", 40)
+        one = len(_history_page(store, 0, 1, None))
+        rows = EncodedRows(budget=one * 2 * 10)
+        assert _history_page(store, 0, 40, None, rows) == _plain_page(store, 0, 40, None)
+        assert 0 < len(rows) <= 10
+        assert rows.size <= rows.budget
+    finally:
+        store.close()
+
+
+def test_a_request_that_read_the_version_before_a_write_keeps_the_newer_pages() -> None:
+    """Pages are forgotten when the version moves forward only: a request still holding the previous version
+    neither gets the newer pages nor makes them forgotten (which made every request read its page afresh)."""
+    pages = HistoryPages()
+    key = (0, 100, None)
+    assert pages.get(2, key) is None
+    pages.put(2, key, b"new")
+    assert pages.get(1, key) is None  # an older request: reads for itself
+    pages.put(1, key, b"old")  # and is not kept
+    assert pages.get(2, key) == b"new"
+    assert pages.get(3, key) is None  # a write since: forgotten
+    assert pages.size == 0
+
+
+async def test_requests_for_a_page_being_read_share_that_read() -> None:
+    """Requests for the same page and version while it is read wait for that read; another version reads anew."""
+    pages = HistoryPages()
+    reads: list[int] = []
+    release = asyncio.Event()
+
+    def reader(version: int) -> Any:
+        async def read() -> bytes:
+            reads.append(version)
+            await release.wait()
+            return f"v{version}".encode()
+
+        return read
+
+    key = (0, 100, None)
+    first = [asyncio.create_task(pages.shared(1, key, reader(1))) for _ in range(5)]
+    newer = asyncio.create_task(pages.shared(2, key, reader(2)))
+    await asyncio.sleep(0.01)
+    release.set()
+    assert await asyncio.gather(*first) == [b"v1"] * 5
+    assert await newer == b"v2"
+    assert reads == [1, 2]
+    assert pages.pending == {}
+
+
+async def test_requests_for_a_page_being_rendered_share_that_rendering() -> None:
+    """/performance-metrics: requests for the same key while it renders wait for that one rendering (not one per
+    read slot); a new key (a sample, a round, a write) renders anew, and a failed rendering is not kept."""
+    pages = PageCache()
+    renders: list[str] = []
+    release = asyncio.Event()
+
+    def renderer(key: str, *, fail: bool = False) -> Any:
+        async def render() -> bytes:
+            renders.append(key)
+            await release.wait()
+            if fail:
+                raise RuntimeError("render failed")
+            return key.encode()
+
+        return render
+
+    same = [asyncio.create_task(pages.shared("a", renderer("a"))) for _ in range(5)]
+    await asyncio.sleep(0.01)
+    release.set()
+    assert await asyncio.gather(*same) == [b"a"] * 5
+    assert renders == ["a"]
+    assert await pages.shared("b", renderer("b")) == b"b"
+    failing = asyncio.create_task(pages.shared("c", renderer("c", fail=True)))
+    await asyncio.sleep(0)
+    with pytest.raises(RuntimeError):
+        await failing
+    assert await pages.shared("c", renderer("c")) == b"c"
+    assert renders == ["a", "b", "c", "c"]
+
+
+async def test_history_answers_are_never_older_than_the_last_write(testbed: TestbedProcess, tmp_path: Path) -> None:
+    """Over HTTP: a cached page is renewed by a new decision and by a verdict written to an old one."""
+    env = daemon_env(testbed, tmp_path / "s")
+    async with running_daemon(env) as daemon, api_client(daemon) as http:
+        await daemon.engine.request_round(trigger="manual", strategy="database", manual=True, dry_run=True)
+        for _ in range(3):  # served from the cache after the first
+            async with http.get("/optimizations?limit=1000") as resp:
+                first = await resp.json()
+        assert first["items"]
+        async with http.post("/performance-optimize", json={"strategy": "database"}, headers=auth(daemon)) as resp:
+            assert resp.status == 200
+            new_ids = (await resp.json())["decisions"]
+        assert new_ids
+        async with http.get("/optimizations?limit=1000") as resp:
+            second = await resp.json()
+        assert [i["id"] for i in second["items"]] == [i["id"] for i in first["items"]] + new_ids
+        old = first["items"][0]["id"]
+        daemon.store.update_decision(old, verdict="improved", verdict_detail={"note": "later"})
+        async with http.get("/optimizations?limit=1000") as resp:
+            third = await resp.json()
+        assert third["items"][0]["verdict"] == "improved"
+        assert third["items"][0]["verdictDetail"] == {"note": "later"}
+
+
+async def test_the_metrics_page_shows_a_requested_round_as_soon_as_it_is_answered(
+    testbed: TestbedProcess, tmp_path: Path
+) -> None:
+    """GET /performance-metrics cached before a POSTed round shows that round's decisions right after the answer."""
+    env = daemon_env(testbed, tmp_path / "s")
+    async with running_daemon(env) as daemon, api_client(daemon) as http:
+        for _ in range(3):
+            async with http.get("/performance-metrics") as resp:
+                before = await resp.json()
+        assert before["recentOptimizations"] == []
+        async with http.post("/performance-optimize", json={"strategy": "database"}, headers=auth(daemon)) as resp:
+            ids = (await resp.json())["decisions"]
+        assert ids
+        async with http.get("/performance-metrics") as resp:
+            after = await resp.json()
+        assert {i["id"] for i in after["recentOptimizations"]} >= set(ids)
+        assert after["performance"]["isOptimizing"] is False
+
+
+async def test_the_metrics_page_says_whether_a_round_runs_at_each_answer(
+    testbed: TestbedProcess, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """isOptimizing is put into the cached page when it is answered: a round's start needs no new rendering."""
+    env = daemon_env(testbed, tmp_path / "s")
+    async with running_daemon(env) as daemon, api_client(daemon) as http:
+        async with http.get("/performance-metrics") as resp:
+            idle = await resp.json()
+        assert idle["performance"]["isOptimizing"] is False
+        monkeypatch.setattr(type(daemon.engine), "optimizing", property(lambda self: True))
+        async with http.get("/performance-metrics") as resp:
+            busy = await resp.json()
+        assert busy["performance"]["isOptimizing"] is True
+        assert busy["timestamp"] == idle["timestamp"]  # the same rendering
+        assert "optimizing\\u0000" not in json.dumps(busy)
+
+
+async def test_history_figures_are_kept_while_a_round_runs_and_read_again_when_it_ends(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """/performance-metrics' history figures: a running round's own writes do not make them read again (a page
+    rendered for its fresh sample shows the history as of the last round's end); the round's end, or a write
+    with no round running, does."""
+    store = StateStore(tmp_path)
+    store.open()
+    reads = 0
+    real_read = HistoryCache._read
+
+    def counting_read(s: Any) -> Any:
+        nonlocal reads
+        reads += 1
+        return real_read(s)
+
+    monkeypatch.setattr(HistoryCache, "_read", staticmethod(counting_read))
+    try:
+        cache = HistoryCache()
+        _decide(store, "database", 1)
+        (count, _, _, _), _ = await cache.get(store, rounds_run=4, round_running=False)
+        assert (reads, count) == (1, 1)
+        _decide(store, "database", 1)  # round 5 writes while it runs
+        (count, _, _, _), _ = await cache.get(store, rounds_run=4, round_running=True)
+        assert (reads, count) == (1, 1)
+        (count, _, _, _), _ = await cache.get(store, rounds_run=5, round_running=True)  # it ended just now
+        assert (reads, count) == (2, 2)
+        _decide(store, "database", 1)  # a write with no round running (a verdict, a decision outside rounds)
+        (count, _, _, _), _ = await cache.get(store, rounds_run=5, round_running=False)
+        assert (reads, count) == (3, 3)
+    finally:
+        store.close()
