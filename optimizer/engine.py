@@ -141,7 +141,7 @@ class Engine:
                 await self._stored(self._store.journal_finish, entry.id, "reconciled", {"note": "strategy gone"})
                 continue
             try:
-                plan = Plan.from_dict(entry.plan)
+                plan = Plan.from_dict(entry.plan, legacy=rt.strategy.legacy_actions)
                 note = await asyncio.wait_for(rt.strategy.reconcile(plan), self._settings.apply_timeout_seconds)
                 status = "reconciled"
             except (StrategyError, StrategyDeferred, TimeoutError, KeyError, ValueError) as exc:
@@ -192,9 +192,10 @@ class Engine:
             if rt is None or not entry.result:
                 continue
             try:
-                plan = Plan.from_dict(entry.plan)
-                result = ApplyResult.from_dict(entry.result)
-            except (KeyError, ValueError, TypeError):
+                plan = Plan.from_dict(entry.plan, legacy=rt.strategy.legacy_actions)
+                result = ApplyResult.from_dict(entry.result, legacy=rt.strategy.legacy_revert)
+            except (KeyError, ValueError, TypeError) as exc:
+                self._log.warning("journal_unreadable", strategy=rt.name, journal_id=entry.id, error=str(exc))
                 continue
             if not plan.reversible or not result.changes:
                 continue

@@ -6,10 +6,14 @@ only says what it watches (its triggers), what it would change (a Plan), and how
 
 from __future__ import annotations
 
+import dataclasses
+import functools
+import types
+import typing
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from enum import StrEnum
+from enum import Enum, StrEnum
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, ClassVar, TypeVar
@@ -25,6 +29,176 @@ JsonValue = Any
 _EMPTY: Mapping[str, JsonValue] = MappingProxyType({})
 # the pacing family of a plan that names none: every such action of a strategy shares one cooldown and budget
 DEFAULT_FAMILY = "default"
+
+
+class Action:
+    """One thing a plan asks its strategy to do, with what it needs to do it; declared by the strategy.
+
+    A subclass is a frozen dataclass naming its ``kind`` (unique, "<strategy>.<what>"); declaring it registers
+    the kind, so that a journaled plan is rebuilt as the same type (``to_json`` / ``Action.from_json``). Field
+    types are what JSON can carry: str, int, float, bool, None, StrEnums, tuples, str-keyed mappings and
+    dataclasses of those (another action included).
+    """
+
+    __slots__ = ()
+    kind: ClassVar[str] = ""
+    # set by @dataclass on each subclass; declared here so that the type checker knows an action is a dataclass
+    __dataclass_fields__: ClassVar[dict[str, dataclasses.Field[object]]]
+
+    def __init_subclass__(cls, **kwargs: object) -> None:
+        kind = cls.__dict__.get("kind")
+        if not isinstance(kind, str) or not kind:
+            raise TypeError(f"action {cls.__qualname__} declares no kind")
+        known = _ACTION_KINDS.get(kind)
+        # a slotted dataclass is made twice (plain, then with slots): the same class, not a second one
+        if known is not None and (known.__module__, known.__qualname__) != (cls.__module__, cls.__qualname__):
+            raise TypeError(f"action kind {kind!r} is declared by both {known.__qualname__} and {cls.__qualname__}")
+        _ACTION_KINDS[kind] = cls
+
+    def to_json(self) -> dict[str, object]:
+        """A JSON-ready form, tagged with the kind."""
+        out: dict[str, object] = {"kind": self.kind}
+        for f in dataclasses.fields(self):
+            out[f.name] = _encode(getattr(self, f.name))
+        return out
+
+    @staticmethod
+    def from_json(data: object) -> Action:
+        """Rebuild an action from its JSON form by its kind; ValueError when the kind or a field is unknown or wrong."""
+        if not isinstance(data, Mapping):
+            raise ValueError(f"an action must be an object, not {type(data).__name__}")
+        kind = data.get("kind")
+        cls = _ACTION_KINDS.get(kind) if isinstance(kind, str) else None
+        if cls is None:
+            raise ValueError(f"unknown action kind {kind!r}")
+        return decode(cls, data)
+
+
+_ACTION_KINDS: dict[str, type[Action]] = {}
+_T = TypeVar("_T")
+
+
+def action_kinds() -> Mapping[str, type[Action]]:
+    """Every declared action kind and its class."""
+    return MappingProxyType(_ACTION_KINDS)
+
+
+def _encode(value: object) -> object:
+    if isinstance(value, Action):
+        return value.to_json()
+    if isinstance(value, Enum):
+        return value.value
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: _encode(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, tuple | list):
+        return [_encode(v) for v in value]
+    if isinstance(value, Mapping):
+        return {str(k): _encode(v) for k, v in value.items()}
+    return value
+
+
+@functools.cache
+def _field_types(cls: type) -> dict[str, object]:
+    """The resolved field types of a dataclass (resolving them is slow: once per class)."""
+    return typing.get_type_hints(cls)
+
+
+def decode(cls: type[_T], data: Mapping[str, object]) -> _T:
+    """Build the dataclass ``cls`` from a JSON object, checking every field against its declared type.
+
+    Keys the class does not declare are ignored; a field missing from ``data`` takes its default.
+    """
+    if not dataclasses.is_dataclass(cls):
+        raise TypeError(f"{cls.__qualname__} is not a dataclass")
+    hints = _field_types(cls)
+    values: dict[str, object] = {}
+    for f in dataclasses.fields(cls):
+        if not f.init:
+            continue
+        if f.name not in data:
+            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+                raise ValueError(f"{cls.__qualname__}: {f.name} is missing")
+            continue
+        values[f.name] = _decode(hints[f.name], data[f.name], f"{cls.__qualname__}.{f.name}")
+    return cls(**values)
+
+
+def _decode(tp: object, value: object, where: str) -> object:
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if tp is object or tp is Any:
+        return value
+    if origin in (types.UnionType, typing.Union):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _decode(arg, value, where)
+            except ValueError as exc:
+                errors.append(str(exc))
+        raise ValueError("; ".join(errors) or f"{where}: no type fits {value!r}")
+    if origin is tuple:
+        if not isinstance(value, list | tuple):
+            raise ValueError(f"{where}: expected a list, got {type(value).__name__}")
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_decode(args[0], v, f"{where}[{i}]") for i, v in enumerate(value))
+        if len(args) != len(value):
+            raise ValueError(f"{where}: expected {len(args)} items, got {len(value)}")
+        return tuple(_decode(a, v, f"{where}[{i}]") for i, (a, v) in enumerate(zip(args, value, strict=True)))
+    if origin is not None and isinstance(origin, type) and issubclass(origin, Mapping):
+        if not isinstance(value, Mapping):
+            raise ValueError(f"{where}: expected an object, got {type(value).__name__}")
+        return MappingProxyType({str(k): _decode(args[1], v, f"{where}[{k}]") for k, v in value.items()})
+    if not isinstance(tp, type):
+        raise ValueError(f"{where}: cannot decode the type {tp!r}")
+    if tp is Action:
+        return Action.from_json(value)
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, Mapping):
+            raise ValueError(f"{where}: expected an object, got {type(value).__name__}")
+        return decode(tp, value)
+    if issubclass(tp, Enum):
+        try:
+            return tp(value)
+        except ValueError:
+            raise ValueError(f"{where}: {value!r} is not a {tp.__name__}") from None
+    if tp is float and isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    if tp is int and isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if tp in (str, bool) and isinstance(value, tp):
+        return value
+    raise ValueError(f"{where}: expected {tp.__name__}, got {value!r}")
+
+
+def decode_actions(items: object) -> tuple[Action, ...]:
+    """The actions of a journal record's list."""
+    if not isinstance(items, list | tuple):
+        raise ValueError(f"actions must be a list, not {type(items).__name__}")
+    return tuple(Action.from_json(item) for item in items)
+
+
+# rebuilds the actions of a record journaled before actions were typed, from its untyped ``params`` / ``revert_data``
+LegacyDecoder = Callable[[Mapping[str, object]], tuple[Action, ...]]
+
+
+def _actions_of(
+    data: Mapping[str, object], key: str, legacy_key: str, legacy: LegacyDecoder | None
+) -> tuple[Action, ...]:
+    """The typed actions under ``key``; from a record of the older shape, its untyped ``legacy_key`` via ``legacy``."""
+    if key in data:
+        return decode_actions(data[key])
+    untyped = data.get(legacy_key)
+    if not untyped:
+        return ()
+    if not isinstance(untyped, Mapping):
+        raise ValueError(f"{legacy_key} must be an object, not {type(untyped).__name__}")
+    if legacy is None:
+        raise ValueError(f"journaled before actions were typed ({legacy_key}), and nothing here can rebuild it")
+    return legacy(untyped)
 
 
 class StrategyError(Exception):
@@ -63,7 +237,7 @@ class Change:
     reversible: bool
     risk: Risk = Risk.SAFE
 
-    def as_dict(self) -> dict[str, JsonValue]:
+    def as_dict(self) -> dict[str, object]:
         """A JSON-ready form for history rows and the API."""
         return {
             "target": self.target,
@@ -84,7 +258,7 @@ class ExpectedEffect:
     amount: float
     settle_seconds: float
 
-    def as_dict(self) -> dict[str, JsonValue]:
+    def as_dict(self) -> dict[str, object]:
         """A JSON-ready form."""
         return {
             "signal": self.signal,
@@ -96,13 +270,13 @@ class ExpectedEffect:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Plan:
-    """What a strategy would do and why; ``params`` carries what apply() needs (JSON-ready, for the journal)."""
+    """What a strategy would do and why; ``actions`` are what apply() does, typed by the strategy, in order."""
 
     strategy: str
     reason: str
     changes: tuple[Change, ...]
     expected: ExpectedEffect | None = None
-    params: Mapping[str, JsonValue] = field(default_factory=lambda: _EMPTY)
+    actions: tuple[Action, ...] = ()
     # the action family this plan is paced in: each family of a strategy has its own cooldown and budget
     # (a WAL checkpoint does not wait for a retention run); plans that name none share DEFAULT_FAMILY
     family: str | None = None
@@ -130,80 +304,81 @@ class Plan:
         """The main action's name (the metric label)."""
         return self.changes[0].action if self.changes else "none"
 
-    def as_dict(self) -> dict[str, JsonValue]:
+    def as_dict(self) -> dict[str, object]:
         """A JSON-ready form, for the journal and the history."""
         return {
             "strategy": self.strategy,
             "reason": self.reason,
             "changes": [c.as_dict() for c in self.changes],
             "expected": self.expected.as_dict() if self.expected else None,
-            "params": dict(self.params),
+            "actions": [a.to_json() for a in self.actions],
             "family": self.family,
             "restores": self.restores,
         }
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, JsonValue]) -> Plan:
-        """Rebuild a plan from its journal record."""
+    def from_dict(cls, data: Mapping[str, object], *, legacy: LegacyDecoder | None = None) -> Plan:
+        """Rebuild a plan from its journal record; ValueError when its actions cannot be rebuilt.
+
+        A record journaled before actions were typed has ``params`` instead: ``legacy`` (the strategy's
+        ``legacy_actions``) rebuilds its actions from them.
+        """
         expected = data.get("expected")
+        actions = _actions_of(data, "actions", "params", legacy)
         return cls(
             strategy=str(data["strategy"]),
             reason=str(data["reason"]),
-            changes=tuple(change_from_dict(c) for c in data.get("changes", [])),
-            expected=ExpectedEffect(
-                signal=str(expected["signal"]),
-                direction=Direction(expected["direction"]),
-                amount=float(expected["amount"]),
-                settle_seconds=float(expected["settle_seconds"]),
-            )
-            if isinstance(expected, Mapping)
-            else None,
-            params=MappingProxyType(dict(data.get("params") or {})),
+            changes=_changes_of(data),
+            expected=decode(ExpectedEffect, expected) if isinstance(expected, Mapping) else None,
+            actions=actions,
             family=str(data["family"]) if data.get("family") else None,
             restores=bool(data.get("restores", False)),
         )
 
 
-def change_from_dict(data: Mapping[str, JsonValue]) -> Change:
-    """Rebuild a change from its JSON form."""
-    return Change(
-        target=str(data["target"]),
-        action=str(data["action"]),
-        before=str(data["before"]),
-        after=str(data["after"]),
-        reversible=bool(data["reversible"]),
-        risk=Risk(data.get("risk", "safe")),
-    )
+def change_from_dict(data: object) -> Change:
+    """Rebuild a change from its JSON form; ValueError when it is not one."""
+    if not isinstance(data, Mapping):
+        raise ValueError(f"a change must be an object, not {type(data).__name__}")
+    return decode(Change, data)
+
+
+def _changes_of(data: Mapping[str, object]) -> tuple[Change, ...]:
+    items = data.get("changes") or []
+    if not isinstance(items, list | tuple):
+        raise ValueError(f"changes must be a list, not {type(items).__name__}")
+    return tuple(change_from_dict(c) for c in items)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ApplyResult:
-    """What apply() did: the changes as actually made, a short detail, and what revert() needs."""
+    """What apply() did: the changes as actually made, a short detail, and what revert() needs (typed actions)."""
 
     changes: tuple[Change, ...]
     detail: str
-    revert_data: Mapping[str, JsonValue] = field(default_factory=lambda: _EMPTY)
+    revert: tuple[Action, ...] = ()
 
     @property
     def changed(self) -> bool:
         """Whether the re-read found anything to change: some change whose value after differs from before."""
         return any(c.before != c.after for c in self.changes)
 
-    def as_dict(self) -> dict[str, JsonValue]:
+    def as_dict(self) -> dict[str, object]:
         """A JSON-ready form, for the journal."""
         return {
             "changes": [c.as_dict() for c in self.changes],
             "detail": self.detail,
-            "revert_data": dict(self.revert_data),
+            "revert": [a.to_json() for a in self.revert],
         }
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, JsonValue]) -> ApplyResult:
-        """Rebuild from the journal."""
+    def from_dict(cls, data: Mapping[str, object], *, legacy: LegacyDecoder | None = None) -> ApplyResult:
+        """Rebuild from the journal; a record of the older shape has ``revert_data``, which ``legacy`` rebuilds."""
+        revert = _actions_of(data, "revert", "revert_data", legacy)
         return cls(
-            changes=tuple(change_from_dict(c) for c in data.get("changes", [])),
+            changes=_changes_of(data),
             detail=str(data.get("detail", "")),
-            revert_data=MappingProxyType(dict(data.get("revert_data") or {})),
+            revert=revert,
         )
 
 
@@ -351,6 +526,19 @@ class Strategy(ABC):
     async def reconcile(self, plan: Plan) -> str:
         """Settle a plan whose apply was interrupted (the daemon died); say what was found and done."""
         return "nothing to reconcile: the changes are idempotent or irreversible"
+
+    def legacy_actions(self, params: Mapping[str, object]) -> tuple[Action, ...]:
+        """The actions of a plan journaled before actions were typed, rebuilt from its untyped ``params``.
+
+        A state database outlives upgrades: an interrupted plan of the older shape is still reconciled, a
+        change of the older shape still reverted. ValueError when they cannot be rebuilt (the record is then
+        closed with that reason).
+        """
+        raise ValueError(f"{self.name}: a plan journaled in the older untyped shape cannot be rebuilt")
+
+    def legacy_revert(self, revert_data: Mapping[str, object]) -> tuple[Action, ...]:
+        """What revert() needs, rebuilt from the untyped ``revert_data`` of a change journaled before actions were typed."""
+        raise ValueError(f"{self.name}: revert data journaled in the older untyped shape cannot be rebuilt")
 
     # the attributes an instance learns while it runs (not its options): a reload rebuilds the strategy with the new
     # options and hands these over, so that rate limits and held state survive it

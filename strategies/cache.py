@@ -6,7 +6,7 @@ import itertools
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from enum import StrEnum
 
 from config import units
 from config.settings import CacheOptions, Settings, StrategyOptions
@@ -14,6 +14,7 @@ from metrics.backend import BackendClient
 from metrics.window import Windows
 from strategies.actions import backend_cache
 from strategies.base import (
+    Action,
     ApplyResult,
     Built,
     Change,
@@ -27,6 +28,7 @@ from strategies.base import (
     StrategyDeps,
     StrategyError,
     TriggerSpec,
+    decode,
     options_as,
 )
 
@@ -39,11 +41,44 @@ INVALIDATE = "cache_invalidate"
 CLEAR = "cache_clear"
 WARM = "cache_warm"
 
-KIND_ENTRIES = "entries"
-KIND_HIT_RATE = "hit_rate"
-KIND_WARM = "warm"
-KIND_RESPONSE = "response"
-KIND_JUNK = "junk"
+
+class Cause(StrEnum):
+    """Why a cleanup runs: too many entries, a collapsed hit rate, junk keys, or slow hot endpoints."""
+
+    ENTRIES = "entries"
+    HIT_RATE = "hit_rate"
+    JUNK = "junk"
+    RESPONSE = "response"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class WarmCache(Action):
+    """After someone else's clear: fetch the hot endpoints once each."""
+
+    kind = "cache.warm"
+    warm: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CleanCache(Action):
+    """Invalidate the hot path prefixes (clear everything when that is not enough), then warm the hot endpoints.
+
+    The figures after ``clear_fallback`` are what planning saw, kept for the journal.
+    """
+
+    kind = "cache.clean"
+    cause: Cause
+    prefixes: tuple[str, ...]
+    warm: tuple[str, ...]
+    limit: int
+    clear_fallback: bool = False
+    entries_before: int | None = None
+    recent_lookups: int | None = None
+    recent_hit_rate: float | None = None
+    junk_share: float | None = None
+    response_seconds: float | None = None
+    response_limit_seconds: float | None = None
+
 
 # the lifetime hit rate the backend reports moves slowly; one percentage point is a visible recovery
 HIT_RATE_RECOVERY = 0.01
@@ -498,7 +533,7 @@ class CacheStrategy(Strategy):
                         reversible=False,
                     ),
                 ),
-                params={"kind": KIND_WARM, "warm": list(self._warm)},
+                actions=(WarmCache(warm=self._warm),),
             )
         if RESPONSE in ctx.armed or ctx.manual:
             slow = self.slowness(ctx)
@@ -547,14 +582,16 @@ class CacheStrategy(Strategy):
                 amount=max(slow.typical - back_under, 0.001),
                 settle_seconds=self._o.settle_seconds,
             ),
-            params={
-                "kind": KIND_RESPONSE,
-                "prefixes": list(self._prefixes),
-                "warm": list(self._warm),
-                "limit": self._o.entries_limit,
-                "response_seconds": round(slow.typical, 4),
-                "response_limit_seconds": round(slow.limit, 4),
-            },
+            actions=(
+                CleanCache(
+                    cause=Cause.RESPONSE,
+                    prefixes=self._prefixes,
+                    warm=self._warm,
+                    limit=self._o.entries_limit,
+                    response_seconds=round(slow.typical, 4),
+                    response_limit_seconds=round(slow.limit, 4),
+                ),
+            ),
         )
 
     def _plan_cleanup(self, size: int, *, over: bool, recent: CacheActivity, junk: float | None = None) -> Plan | None:
@@ -614,19 +651,19 @@ class CacheStrategy(Strategy):
                 amount=HIT_RATE_RECOVERY,
                 settle_seconds=o.settle_seconds,
             )
-        params: dict[str, Any] = {
-            "kind": KIND_ENTRIES if over else KIND_JUNK if junk is not None else KIND_HIT_RATE,
-            "prefixes": list(self._prefixes),
-            "warm": list(self._warm),
-            "limit": limit,
-            "clear_fallback": o.clear_fallback,
-            "entries_before": size,
-            "recent_lookups": recent.lookups,
-            "recent_hit_rate": round(rate, 4) if rate is not None else None,
-            "junk_share": round(junk, 4) if junk is not None else None,
-        }
+        action = CleanCache(
+            cause=Cause.ENTRIES if over else Cause.JUNK if junk is not None else Cause.HIT_RATE,
+            prefixes=self._prefixes,
+            warm=self._warm,
+            limit=limit,
+            clear_fallback=o.clear_fallback,
+            entries_before=size,
+            recent_lookups=recent.lookups,
+            recent_hit_rate=round(rate, 4) if rate is not None else None,
+            junk_share=round(junk, 4) if junk is not None else None,
+        )
         return Plan(
-            strategy=self.name, reason="; ".join(reasons), changes=tuple(changes), expected=expected, params=params
+            strategy=self.name, reason="; ".join(reasons), changes=tuple(changes), expected=expected, actions=(action,)
         )
 
     # acting ------------------------------------------------------------------------------------------------------
@@ -655,21 +692,27 @@ class CacheStrategy(Strategy):
 
     async def apply(self, plan: Plan) -> ApplyResult:
         """Re-read the stats, invalidate (clear if that was not enough), then warm; or only warm."""
-        kind = str(plan.params.get("kind", KIND_ENTRIES))
-        warm = [str(e) for e in plan.params.get("warm", [])]
-        if kind == KIND_WARM:
-            result = await self._warm_now(warm)
-            if not result.warmed:
-                raise StrategyError("warming failed: " + "; ".join(f"{e}: {why}" for e, why in result.failed.items()))
-            return ApplyResult(changes=(self._warm_change(result, "emptied"),), detail=self._warm_note(result))
+        match plan.actions:
+            case (WarmCache() as action,):
+                return await self._apply_warm(action)
+            case (CleanCache() as action,):
+                return await self._apply_clean(action)
+        raise StrategyError(f"cache: no such action: {', '.join(a.kind for a in plan.actions) or 'none'}")
+
+    async def _apply_warm(self, action: WarmCache) -> ApplyResult:
+        result = await self._warm_now(action.warm)
+        if not result.warmed:
+            raise StrategyError("warming failed: " + "; ".join(f"{e}: {why}" for e, why in result.failed.items()))
+        return ApplyResult(changes=(self._warm_change(result, "emptied"),), detail=self._warm_note(result))
+
+    async def _apply_clean(self, action: CleanCache) -> ApplyResult:
         client = self._client
-        limit = int(plan.params.get("limit", self._o.entries_limit))
+        kind, limit, prefixes, warm = action.cause, action.limit, action.prefixes, action.warm
         live = await backend_cache.read_stats(client)
-        if kind == KIND_ENTRIES and live.size < limit * self._exit_ratio:
+        if kind is Cause.ENTRIES and live.size < limit * self._exit_ratio:
             return ApplyResult(changes=(), detail=f"the cache is already down to {live.size} entries; nothing done")
         done: list[Change] = []
         removed: dict[str, int] = {}
-        prefixes = [str(p) for p in plan.params.get("prefixes", [])]
         size = live.size
         cleared = False
         try:
@@ -687,8 +730,8 @@ class CacheStrategy(Strategy):
                 )
             size = max(0, live.size - sum(removed.values()))
             # slow endpoints are about the hot paths only: never a clear of everything for them
-            need_clear = not prefixes and kind != KIND_RESPONSE
-            if prefixes and kind == KIND_ENTRIES and plan.params.get("clear_fallback"):
+            need_clear = not prefixes and kind is not Cause.RESPONSE
+            if prefixes and kind is Cause.ENTRIES and action.clear_fallback:
                 size = (await backend_cache.read_stats(client)).size
                 # the junk sits under other paths: only a clear empties the map
                 need_clear = size >= limit * self._exit_ratio
@@ -728,8 +771,17 @@ class CacheStrategy(Strategy):
 
     async def reconcile(self, plan: Plan) -> str:
         """An interrupted cache action may have left the cache cold: warm the hot endpoints."""
-        warm = [str(e) for e in plan.params.get("warm", [])] or list(self._warm)
+        warm = next((a.warm for a in plan.actions if isinstance(a, WarmCache | CleanCache)), ()) or self._warm
         if not warm:
             return "nothing to reconcile: no hot endpoints to warm"
         result = await self._warm_now(warm)
         return f"interrupted cache action: {self._warm_note(result)}"
+
+    def legacy_actions(self, params: Mapping[str, object]) -> tuple[Action, ...]:
+        """A plan journaled as ``{"kind": ..., "warm": [...], "prefixes": [...], "limit": ...}``."""
+        kind = params.get("kind", Cause.ENTRIES.value)
+        if kind == "warm":
+            return (decode(WarmCache, params),)
+        return (
+            decode(CleanCache, {"prefixes": [], "warm": [], "limit": self._o.entries_limit, **params, "cause": kind}),
+        )

@@ -18,6 +18,7 @@ from metrics.snapshot import SessionSample
 from strategies.actions import sessions as sess
 from strategies.actions.mediamtx import MediaMtxKicker, ReaderSession
 from strategies.base import (
+    Action,
     ApplyResult,
     Built,
     Change,
@@ -33,6 +34,7 @@ from strategies.base import (
     StrategyDeps,
     StrategyError,
     TriggerSpec,
+    decode,
     options_as,
 )
 
@@ -41,6 +43,32 @@ STALE = "sessions_stale"
 # pacing families: ending stuck sessions and kicking idle readers each have their own cooldown and budget
 SESSIONS_FAMILY = "end_sessions"
 KICK_FAMILY = "kick"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class EndStuckSessions(Action):
+    """End the viewer sessions silent past the backend's timeout, as its own sweep would; the count is what planning saw."""
+
+    kind = "connection.end_sessions"
+    count: int
+    oldest_heartbeat: str | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class IdleReader:
+    """A MediaMTX reader planned for a kick, with the bytes it had sent (more at apply: it is sending again)."""
+
+    kind: str
+    id: str
+    bytes_sent: int = 0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class KickReaders(Action):
+    """Kick these idle MediaMTX readers (those still idle when re-listed)."""
+
+    kind = "connection.kick"
+    readers: tuple[IdleReader, ...]
 
 
 def parse_created(text: str | None) -> datetime | None:
@@ -482,7 +510,7 @@ class ConnectionStrategy(Strategy):
                 amount=float(stale.count),
                 settle_seconds=self._o.settle_seconds,
             ),
-            params={"mode": "sessions", "count": stale.count, "oldest_heartbeat": stale.oldest_heartbeat},
+            actions=(EndStuckSessions(count=stale.count, oldest_heartbeat=stale.oldest_heartbeat),),
             family=SESSIONS_FAMILY,
         )
 
@@ -523,10 +551,9 @@ class ConnectionStrategy(Strategy):
             )
             if readers_now is not None
             else None,
-            params={
-                "mode": "kick",
-                "readers": [{"kind": r.kind, "id": r.id, "bytes_sent": r.bytes_sent} for r in idle],
-            },
+            actions=(
+                KickReaders(readers=tuple(IdleReader(kind=r.kind, id=r.id, bytes_sent=r.bytes_sent) for r in idle)),
+            ),
             family=KICK_FAMILY,
         )
 
@@ -534,12 +561,12 @@ class ConnectionStrategy(Strategy):
 
     async def apply(self, plan: Plan) -> ApplyResult:
         """Re-read and end the stuck sessions, or re-list and kick the readers still idle."""
-        mode = plan.params.get("mode")
-        if mode == "sessions":
-            return await self._end_sessions()
-        if mode == "kick":
-            return await self._kick([dict(r) for r in plan.params.get("readers", [])])
-        raise StrategyError(f"unknown connection plan mode {mode!r}")
+        match plan.actions:
+            case (EndStuckSessions(),):
+                return await self._end_sessions()
+            case (KickReaders() as action,):
+                return await self._kick(action.readers)
+        raise StrategyError(f"connection: no such action: {', '.join(a.kind for a in plan.actions) or 'none'}")
 
     async def _end_sessions(self) -> ApplyResult:
         if self._db is None:
@@ -581,18 +608,18 @@ class ConnectionStrategy(Strategy):
             detail=detail,
         )
 
-    async def _kick(self, planned: list[dict[str, Any]]) -> ApplyResult:
+    async def _kick(self, planned: Sequence[IdleReader]) -> ApplyResult:
         assert self._kicker is not None
         live = {r.key: r for r in await self._kicker.readers()}
         done: list[Change] = []
         notes: list[str] = []
         for entry in planned:
-            key = f"{entry['kind']}/{entry['id']}"
+            key = f"{entry.kind}/{entry.id}"
             reader = live.get(key)
             if reader is None:
                 notes.append(f"{key} already gone")
                 continue
-            if reader.bytes_sent != int(entry.get("bytes_sent", 0)):
+            if reader.bytes_sent != entry.bytes_sent:
                 notes.append(f"{key} is sending again")
                 continue
             try:
@@ -622,12 +649,21 @@ class ConnectionStrategy(Strategy):
 
     async def reconcile(self, plan: Plan) -> str:
         """Each batch of ended sessions is complete or absent, and kicks are one-shot: say what is left."""
-        if plan.params.get("mode") == "sessions" and self._db is not None:
+        if any(isinstance(a, EndStuckSessions) for a in plan.actions) and self._db is not None:
             stale = await asyncio.to_thread(
                 sess.count_stale, self._db, self._o.session_timeout_seconds, self._o.busy_timeout_ms, self._offset
             )
             return f"{stale.count} session(s) still stale; the next round ends them if the sweep is still stuck"
         return "nothing to reconcile: kicks are one-shot"
+
+    def legacy_actions(self, params: Mapping[str, object]) -> tuple[Action, ...]:
+        """A plan journaled as ``{"mode": "sessions", "count": ...}`` or ``{"mode": "kick", "readers": [...]}``."""
+        mode = params.get("mode")
+        if mode == "sessions":
+            return (decode(EndStuckSessions, params),)
+        if mode == "kick":
+            return (decode(KickReaders, params),)
+        raise ValueError(f"connection: a journaled plan of unknown mode {mode!r}")
 
     async def close(self) -> None:
         """Close the MediaMTX client."""

@@ -28,6 +28,7 @@ from strategies.actions.priority import (
     ioprio_value,
 )
 from strategies.base import (
+    Action,
     ApplyResult,
     Built,
     Change,
@@ -42,6 +43,7 @@ from strategies.base import (
     StrategyDeps,
     StrategyError,
     TriggerSpec,
+    decode,
     options_as,
 )
 
@@ -49,6 +51,43 @@ STATE_VERSION = 1
 EXPECTED_RESPONSE_GAIN = 0.5
 # below this a response-time change is noise, not an effect of the priorities
 MIN_RESPONSE_EFFECT_SECONDS = 0.05
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RecorderRef:
+    """A recorder process as a plan names it: its pid, with its start time so a reused pid is not mistaken for it."""
+
+    pid: int
+    start_ticks: int
+    camera_id: int | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LowerRecorders(Action):
+    """Lower these recorders' CPU and IO priority, and stretch the daemon's sample interval by ``factor``."""
+
+    kind = "cpu.lower"
+    recorders: tuple[RecorderRef, ...]
+    factor: float = 1.0
+    # the signals that armed it, for the journal
+    firing: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RestoreRecorders(Action):
+    """Give these held recorders their saved priority back (and the sample interval its normal length)."""
+
+    kind = "cpu.restore"
+    recorders: tuple[RecorderRef, ...]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class UndoLowering(Action):
+    """What reverting a LowerRecorders needs: the recorders it lowered and the interval factor before it."""
+
+    kind = "cpu.undo_lowering"
+    recorders: tuple[RecorderRef, ...]
+    factor_before: float = 1.0
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -389,7 +428,7 @@ class CpuStrategy(Strategy):
 
     def _renice_plan(self, ctx: StrategyContext, scan: RecorderScan, firing: list[str]) -> Plan | None:
         changes: list[Change] = []
-        targets: list[dict[str, Any]] = []
+        targets: list[RecorderRef] = []
         busy = 0.0
         for recorder in scan.recorders:
             if recorder.pid in self._held or recorder.pid in self._overrides:
@@ -399,7 +438,9 @@ class CpuStrategy(Strategy):
             if want == current:
                 continue
             busy += recorder.cpu_ratio
-            targets.append({"pid": recorder.pid, "start_ticks": recorder.start_ticks, "camera_id": recorder.camera_id})
+            targets.append(
+                RecorderRef(pid=recorder.pid, start_ticks=recorder.start_ticks, camera_id=recorder.camera_id)
+            )
             changes.append(
                 Change(
                     target=_label(recorder.pid, recorder.camera_id),
@@ -444,7 +485,7 @@ class CpuStrategy(Strategy):
             reason=reason,
             changes=tuple(changes),
             expected=expected,
-            params={"mode": "renice", "recorders": targets, "factor": factor, "firing": firing},
+            actions=(LowerRecorders(recorders=tuple(targets), factor=factor, firing=tuple(firing)),),
         )
 
     def _restore_plan(self, ctx: StrategyContext) -> Plan:
@@ -482,30 +523,29 @@ class CpuStrategy(Strategy):
                 f"{_percent(self._threshold * self._exit_ratio)}): {what}"
             ),
             changes=tuple(changes),
-            params={
-                "mode": "restore",
-                "recorders": [{"pid": h.pid, "start_ticks": h.start_ticks} for h in self._held.values()],
-            },
+            actions=(RestoreRecorders(recorders=self._held_refs()),),
             # undoing its own change: no cooldown holds it, so sampling is not left stretched on a calm host
             restores=True,
         )
 
+    def _held_refs(self) -> tuple[RecorderRef, ...]:
+        return tuple(RecorderRef(pid=h.pid, start_ticks=h.start_ticks) for h in self._held.values())
+
     async def apply(self, plan: Plan) -> ApplyResult:
         """Re-read each recorder's priority and lower (or restore) it; a failure puts back what was done."""
-        mode = plan.params.get("mode")
-        if mode == "renice":
-            return await asyncio.to_thread(self._renice_blocking, plan)
-        if mode == "restore":
-            return await asyncio.to_thread(self._restore_blocking, [dict(r) for r in plan.params.get("recorders", [])])
-        raise StrategyError(f"unknown cpu plan mode {mode!r}")
+        match plan.actions:
+            case (LowerRecorders() as action,):
+                return await asyncio.to_thread(self._renice_blocking, action)
+            case (RestoreRecorders() as action,):
+                return await asyncio.to_thread(self._restore_blocking, action.recorders)
+        raise StrategyError(f"cpu: no such action: {', '.join(a.kind for a in plan.actions) or 'none'}")
 
-    def _renice_blocking(self, plan: Plan) -> ApplyResult:
+    def _renice_blocking(self, action: LowerRecorders) -> ApplyResult:
         done: list[Change] = []
         lowered: list[HeldRecorder] = []
         notes: list[str] = []
-        for entry in plan.params.get("recorders", []):
-            pid, start = int(entry["pid"]), int(entry["start_ticks"])
-            camera = entry.get("camera_id")
+        for entry in action.recorders:
+            pid, start, camera = entry.pid, entry.start_ticks, entry.camera_id
             if pid in self._held:
                 continue
             try:
@@ -524,7 +564,7 @@ class CpuStrategy(Strategy):
             self._held[pid] = HeldRecorder(
                 pid=pid,
                 start_ticks=start,
-                camera_id=int(camera) if camera is not None else None,
+                camera_id=camera,
                 saved=SavedPriority(main=current, threads={}),
                 applied=want,
             )
@@ -543,7 +583,7 @@ class CpuStrategy(Strategy):
             held = HeldRecorder(
                 pid=pid,
                 start_ticks=start,
-                camera_id=int(camera) if camera is not None else None,
+                camera_id=camera,
                 saved=saved,
                 applied=self._target(saved.main),
             )
@@ -560,7 +600,7 @@ class CpuStrategy(Strategy):
                 )
             )
         factor_before = self._factor
-        factor = float(plan.params.get("factor", 1.0))
+        factor = action.factor
         # the daemon samples less often only while it holds lowered recorders (all exited: nothing to stretch for)
         if factor > self._factor and self._held:
             self._factor = factor
@@ -584,10 +624,12 @@ class CpuStrategy(Strategy):
         return ApplyResult(
             changes=tuple(done),
             detail=detail,
-            revert_data={
-                "recorders": [{"pid": h.pid, "start_ticks": h.start_ticks} for h in lowered],
-                "factor_before": factor_before,
-            },
+            revert=(
+                UndoLowering(
+                    recorders=tuple(RecorderRef(pid=h.pid, start_ticks=h.start_ticks) for h in lowered),
+                    factor_before=factor_before,
+                ),
+            ),
         )
 
     @staticmethod
@@ -609,12 +651,12 @@ class CpuStrategy(Strategy):
             self._held.pop(held.pid, None)
         self._persist()
 
-    def _restore_blocking(self, entries: list[dict[str, Any]]) -> ApplyResult:
+    def _restore_blocking(self, entries: Sequence[RecorderRef]) -> ApplyResult:
         done: list[Change] = []
         restored: list[HeldRecorder] = []
         notes: list[str] = []
         for entry in entries:
-            pid, start = int(entry["pid"]), int(entry["start_ticks"])
+            pid, start = entry.pid, entry.start_ticks
             held = self._held.get(pid)
             if held is None or held.start_ticks != start:
                 continue
@@ -684,9 +726,9 @@ class CpuStrategy(Strategy):
 
     async def revert(self, result: ApplyResult) -> ApplyResult:
         """Restore the recorders a renice lowered (those still held and unchanged since)."""
-        entries = [dict(r) for r in result.revert_data.get("recorders", [])]
-        restored = await asyncio.to_thread(self._restore_blocking, entries)
-        factor_before = float(result.revert_data.get("factor_before", 1.0))
+        undo = next((a for a in result.revert if isinstance(a, UndoLowering)), UndoLowering(recorders=()))
+        restored = await asyncio.to_thread(self._restore_blocking, undo.recorders)
+        factor_before = undo.factor_before
         changes = list(restored.changes)
         if self._factor != factor_before and not any(c.action == "restore_sampling" for c in changes):
             changes.append(
@@ -703,22 +745,34 @@ class CpuStrategy(Strategy):
 
     async def reconcile(self, plan: Plan) -> str:
         """After a crash mid-apply: the state file (written before each change) says what is held."""
-        mode = plan.params.get("mode")
         held = len(self._held)
-        if mode == "renice":
-            return f"{held} recorder(s) held at a lower priority per the state file; they are restored when calm"
-        if mode == "restore":
-            return f"{held} recorder(s) still held after an interrupted restore; the next calm round restores them"
+        match plan.actions:
+            case (LowerRecorders(),):
+                return f"{held} recorder(s) held at a lower priority per the state file; they are restored when calm"
+            case (RestoreRecorders(),):
+                return f"{held} recorder(s) still held after an interrupted restore; the next calm round restores them"
         return "nothing to reconcile"
 
     async def close(self) -> None:
         """With revert on exit, give every held recorder its priority back."""
         if not self._restore_on_close or not self._held:
             return
-        entries = [{"pid": h.pid, "start_ticks": h.start_ticks} for h in self._held.values()]
         try:
-            result = await asyncio.to_thread(self._restore_blocking, entries)
+            result = await asyncio.to_thread(self._restore_blocking, self._held_refs())
         except StrategyError as exc:
             self._log.warning("restore_on_exit_failed", strategy=self.name, error=str(exc))
             return
         self._log.info("restored_on_exit", strategy=self.name, detail=result.detail)
+
+    def legacy_actions(self, params: Mapping[str, object]) -> tuple[Action, ...]:
+        """A plan journaled as ``{"mode": "renice" | "restore", "recorders": [...], "factor": ...}``."""
+        mode = params.get("mode")
+        if mode == "renice":
+            return (decode(LowerRecorders, params),)
+        if mode == "restore":
+            return (decode(RestoreRecorders, params),)
+        raise ValueError(f"cpu: a journaled plan of unknown mode {mode!r}")
+
+    def legacy_revert(self, revert_data: Mapping[str, object]) -> tuple[Action, ...]:
+        """A renice journaled with ``{"recorders": [{"pid", "start_ticks"}], "factor_before": ...}``."""
+        return (decode(UndoLowering, revert_data),)

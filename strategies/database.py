@@ -5,8 +5,10 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any, NoReturn
 
 from config import units
@@ -17,6 +19,7 @@ from strategies.actions import backup
 from strategies.actions import retention as ret
 from strategies.actions import sqlite as sql
 from strategies.base import (
+    Action,
     ApplyResult,
     Built,
     Change,
@@ -32,6 +35,7 @@ from strategies.base import (
     StrategyDeps,
     StrategyError,
     TriggerSpec,
+    decode,
     options_as,
 )
 
@@ -50,6 +54,50 @@ ARCHIVE_TABLE = "viewer_session_history_archive"
 ARM_SLACK_DAYS = 1.0
 DISARM_SLACK_DAYS = 0.6
 PLAN_COUNT_SECONDS = 5.0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CheckpointWal(Action):
+    """Checkpoint the WAL (PASSIVE, then TRUNCATE when the live WAL is still at or over ``limit`` bytes)."""
+
+    kind = "database.checkpoint"
+    limit: int
+    # whether the WAL was over its limit when planned (a checkpoint by hand is not)
+    truncate: bool = False
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class OptimizeStatistics(Action):
+    """PRAGMA optimize: refresh the query planner's statistics."""
+
+    kind = "database.optimize"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class QuickCheck(Action):
+    """PRAGMA quick_check: read every page and report what is damaged (read-only)."""
+
+    kind = "database.quick_check"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PruneTables(Action):
+    """Delete the rows older than each table's cutoff (in the table's own time base), in this order."""
+
+    kind = "database.prune"
+    tables: tuple[str, ...]
+    cutoffs: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Vacuum(Action):
+    """Back the file up, VACUUM it and truncate the WAL (inside the quiet window only)."""
+
+    kind = "database.vacuum"
+
+
+# the actions a checkpoint plan may hold, run in this order
+MaintenanceStep = CheckpointWal | OptimizeStatistics | QuickCheck
 
 
 # figures in reasons and changes read the same everywhere (config.units): IEC sizes, days
@@ -443,7 +491,7 @@ class DatabaseStrategy(Strategy):
         wal = db.wal_bytes
         limit = self._o.wal_limit_bytes
         changes: list[Change] = []
-        params: dict[str, object] = {"database": str(self._path), "limit": limit}
+        steps: list[Action] = []
         expected: ExpectedEffect | None = None
         over = wal >= limit
         if over or (manual and wal > 0):
@@ -456,8 +504,7 @@ class DatabaseStrategy(Strategy):
                     reversible=False,
                 )
             )
-            params["checkpoint"] = True
-            params["truncate"] = over
+            steps.append(CheckpointWal(limit=limit, truncate=over))
             if over:
                 expected = ExpectedEffect(
                     signal="wal_bytes",
@@ -469,7 +516,7 @@ class DatabaseStrategy(Strategy):
             changes.append(
                 Change(target="database.statistics", action="optimize", before="stale", after="fresh", reversible=False)
             )
-            params["optimize"] = True
+            steps.append(OptimizeStatistics())
         if self._quick_check_due() and (changes or manual):
             changes.append(
                 Change(
@@ -480,7 +527,7 @@ class DatabaseStrategy(Strategy):
                     reversible=False,
                 )
             )
-            params["quick_check"] = True
+            steps.append(QuickCheck())
         if not changes:
             return None
         reason = (
@@ -493,7 +540,7 @@ class DatabaseStrategy(Strategy):
             reason=reason,
             changes=tuple(changes),
             expected=expected,
-            params=params,
+            actions=tuple(steps),
             family=CHECKPOINT_FAMILY,
         )
 
@@ -565,7 +612,7 @@ class DatabaseStrategy(Strategy):
             reason=reason,
             changes=tuple(changes),
             expected=expected,
-            params={"retention": True, "tables": tables, "cutoffs": {t: cutoffs[t] for t in tables}},
+            actions=(PruneTables(tables=tuple(tables), cutoffs=MappingProxyType({t: cutoffs[t] for t in tables})),),
             family=RETENTION_FAMILY,
         )
 
@@ -597,7 +644,7 @@ class DatabaseStrategy(Strategy):
                 amount=ratio,
                 settle_seconds=self._o.settle_seconds,
             ),
-            params={"vacuum": True},
+            actions=(Vacuum(),),
             family=VACUUM_FAMILY,
         )
 
@@ -605,67 +652,84 @@ class DatabaseStrategy(Strategy):
 
     async def apply(self, plan: Plan) -> ApplyResult:
         """Re-read the live state, then checkpoint/optimize, prune in batches, or VACUUM, as planned."""
-        if plan.params.get("retention"):
-            return await asyncio.to_thread(self._apply_retention, plan)
-        if plan.params.get("vacuum"):
-            return await asyncio.to_thread(self._apply_vacuum)
-        return await asyncio.to_thread(self._apply_blocking, plan)
+        match plan.actions:
+            case (PruneTables() as action,):
+                return await asyncio.to_thread(self._apply_retention, action)
+            case (Vacuum(),):
+                return await asyncio.to_thread(self._apply_vacuum)
+        steps = [a for a in plan.actions if isinstance(a, MaintenanceStep)]
+        if not steps or len(steps) != len(plan.actions):
+            raise StrategyError(f"database: no such action: {', '.join(a.kind for a in plan.actions) or 'none'}")
+        return await asyncio.to_thread(self._apply_blocking, steps)
 
-    def _apply_blocking(self, plan: Plan) -> ApplyResult:
+    def _apply_blocking(self, steps: Sequence[MaintenanceStep]) -> ApplyResult:
         done: list[Change] = []
         notes: list[str] = []
-        limit = int(plan.params.get("limit", self._o.wal_limit_bytes))
-        busy_ms = self._o.busy_timeout_ms
-        if plan.params.get("checkpoint"):
-            before = sql.wal_bytes(self._path)
-            if before == 0:
-                notes.append("WAL already empty")
-            else:
-                passive = sql.checkpoint(self._path, "PASSIVE", busy_ms)
-                result = passive
-                # the live WAL decides, not the plan: a WAL that grew past its limit since the plan's sample
-                # (a request planned "WAL is 0.6 MiB" while it was 71.5 MiB) is truncated all the same
-                if passive.wal_bytes_after >= limit:
-                    if passive.busy or passive.checkpointed_frames < passive.log_frames:
-                        # A TRUNCATE would wait busy_timeout_ms holding off the backend's writer, then fail.
-                        self._defer(passive)
-                    result = sql.checkpoint(self._path, "TRUNCATE", busy_ms)
-                    if result.busy:
-                        self._defer(result)
-                self._held = None
-                done.append(
-                    Change(
-                        target="database.wal",
-                        action="wal_checkpoint",
-                        before=_mib(before),
-                        after=_mib(result.wal_bytes_after),
-                        reversible=False,
-                    )
-                )
-                notes.append(f"checkpoint {result.mode}: WAL {_mib(before)} -> {_mib(result.wal_bytes_after)}")
-        if plan.params.get("optimize"):
-            sql.optimize(self._path, busy_ms)
-            self._last_optimize = self._clock()
-            done.append(
-                Change(target="database.statistics", action="optimize", before="stale", after="fresh", reversible=False)
-            )
-            notes.append("PRAGMA optimize")
-        if plan.params.get("quick_check"):
-            # read-only and bounded by the busy timeout; run on a slow schedule because it reads every page
-            self._integrity_problems = sql.quick_check(self._path, busy_ms)
-            self._last_quick_check = self._clock()
-            found = self._integrity_problems
-            done.append(
-                Change(
-                    target="database.integrity",
-                    action="quick_check",
-                    before="unchecked",
-                    after="ok" if not found else f"{len(found)} problem(s)",
-                    reversible=False,
-                )
-            )
-            notes.append("quick_check ok" if not found else f"quick_check found {len(found)} problem(s)")
+        for step in steps:
+            match step:
+                case CheckpointWal():
+                    self._checkpoint(step.limit, done, notes)
+                case OptimizeStatistics():
+                    self._optimize(done, notes)
+                case QuickCheck():
+                    self._quick_check(done, notes)
         return ApplyResult(changes=tuple(done), detail="; ".join(notes) or "nothing needed")
+
+    def _checkpoint(self, limit: int, done: list[Change], notes: list[str]) -> None:
+        """PASSIVE, then TRUNCATE when the live WAL is still at or over ``limit``; deferred while a reader holds it."""
+        busy_ms = self._o.busy_timeout_ms
+        before = sql.wal_bytes(self._path)
+        if before == 0:
+            notes.append("WAL already empty")
+            return
+        passive = sql.checkpoint(self._path, "PASSIVE", busy_ms)
+        result = passive
+        # the live WAL decides, not the plan: a WAL that grew past its limit since the plan's sample
+        # (a request planned "WAL is 0.6 MiB" while it was 71.5 MiB) is truncated all the same
+        if passive.wal_bytes_after >= limit:
+            if passive.busy or passive.checkpointed_frames < passive.log_frames:
+                # A TRUNCATE would wait busy_timeout_ms holding off the backend's writer, then fail.
+                self._defer(passive)
+            result = sql.checkpoint(self._path, "TRUNCATE", busy_ms)
+            if result.busy:
+                self._defer(result)
+        self._held = None
+        done.append(
+            Change(
+                target="database.wal",
+                action="wal_checkpoint",
+                before=_mib(before),
+                after=_mib(result.wal_bytes_after),
+                reversible=False,
+            )
+        )
+        notes.append(f"checkpoint {result.mode}: WAL {_mib(before)} -> {_mib(result.wal_bytes_after)}")
+
+    def _optimize(self, done: list[Change], notes: list[str]) -> None:
+        """Refresh the planner's statistics."""
+        sql.optimize(self._path, self._o.busy_timeout_ms)
+        self._last_optimize = self._clock()
+        done.append(
+            Change(target="database.statistics", action="optimize", before="stale", after="fresh", reversible=False)
+        )
+        notes.append("PRAGMA optimize")
+
+    def _quick_check(self, done: list[Change], notes: list[str]) -> None:
+        """Check every page, read-only; the problems found feed the integrity finding."""
+        # read-only and bounded by the busy timeout; run on a slow schedule because it reads every page
+        self._integrity_problems = sql.quick_check(self._path, self._o.busy_timeout_ms)
+        self._last_quick_check = self._clock()
+        found = self._integrity_problems
+        done.append(
+            Change(
+                target="database.integrity",
+                action="quick_check",
+                before="unchecked",
+                after="ok" if not found else f"{len(found)} problem(s)",
+                reversible=False,
+            )
+        )
+        notes.append("quick_check ok" if not found else f"quick_check found {len(found)} problem(s)")
 
     def _defer(self, checkpoint: sql.CheckpointResult) -> NoReturn:
         """Remember that a reader holds the WAL and give the attempt back (StrategyDeferred)."""
@@ -676,16 +740,16 @@ class DatabaseStrategy(Strategy):
             f"{checkpoint.log_frames} frames, WAL {_mib(checkpoint.wal_bytes_after)}; truncated once it lets go"
         )
 
-    def _apply_retention(self, plan: Plan) -> ApplyResult:
+    def _apply_retention(self, action: PruneTables) -> ApplyResult:
         """Prune table by table within the row and time budgets; a busy start fails, a busy middle stops."""
         o = self._o
-        cutoffs = {str(k): str(v) for k, v in dict(plan.params.get("cutoffs") or {}).items()}
+        cutoffs = action.cutoffs
         deadline = self._clock() + o.maintenance_max_seconds
         left = o.retention_max_rows_per_run
         done: list[Change] = []
         notes: list[str] = []
         saved_note: str | None = None
-        for table in [str(t) for t in plan.params.get("tables", [])]:
+        for table in action.tables:
             rule = ret.RULES_BY_TABLE.get(table)
             cutoff = cutoffs.get(table)
             if rule is None or cutoff is None or table in ret.PROTECTED_TABLES:
@@ -782,12 +846,12 @@ class DatabaseStrategy(Strategy):
 
     async def reconcile(self, plan: Plan) -> str:
         """Report what SQLite left after an interrupted apply (each step is atomic): the WAL, or the prune, or VACUUM."""
-        if plan.params.get("retention"):
+        if any(isinstance(a, PruneTables) for a in plan.actions):
             return (
                 "retention pruning was interrupted: committed batches stay deleted, SQLite rolled back the batch "
                 "in flight; the next round continues"
             )
-        if plan.params.get("vacuum"):
+        if any(isinstance(a, Vacuum) for a in plan.actions):
             figures = await asyncio.to_thread(ret.file_figures, self._path, self._o.busy_timeout_ms)
             return (
                 f"VACUUM was interrupted: SQLite either finished or rolled it back; the file is "
@@ -795,6 +859,22 @@ class DatabaseStrategy(Strategy):
             )
         # an interrupted checkpoint or optimize left nothing half-done: report the WAL now
         wal = await asyncio.to_thread(sql.wal_bytes, self._path)
-        limit = int(plan.params.get("limit", self._o.wal_limit_bytes))
+        limit = next((a.limit for a in plan.actions if isinstance(a, CheckpointWal)), self._o.wal_limit_bytes)
         state = "over" if wal >= limit else "under"
         return f"WAL is {_mib(wal)} now, {state} its limit of {_mib(limit)}; the checkpoint will run again when needed"
+
+    def legacy_actions(self, params: Mapping[str, object]) -> tuple[Action, ...]:
+        """A plan journaled as ``{"retention": true, "tables", "cutoffs"}``, ``{"vacuum": true}`` or with the flags
+        ``checkpoint`` (and ``limit``, ``truncate``), ``optimize`` and ``quick_check``."""
+        if params.get("retention"):
+            return (decode(PruneTables, {"tables": [], **params}),)
+        if params.get("vacuum"):
+            return (Vacuum(),)
+        steps: list[Action] = []
+        if params.get("checkpoint"):
+            steps.append(decode(CheckpointWal, {"limit": self._o.wal_limit_bytes, **params}))
+        if params.get("optimize"):
+            steps.append(OptimizeStatistics())
+        if params.get("quick_check"):
+            steps.append(QuickCheck())
+        return tuple(steps)

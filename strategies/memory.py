@@ -11,7 +11,6 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import structlog
 
@@ -23,6 +22,7 @@ from metrics.snapshot import Snapshot
 from metrics.window import Windows
 from strategies.actions import backend_cache, hls
 from strategies.base import (
+    Action,
     ApplyResult,
     Built,
     Change,
@@ -37,6 +37,7 @@ from strategies.base import (
     StrategyDeps,
     StrategyError,
     TriggerSpec,
+    decode,
     options_as,
 )
 
@@ -73,14 +74,54 @@ def _malloc_trim() -> bool:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class PruneHls(Action):
+    """Remove (or empty) up to ``max_files`` HLS files under ``root`` stale for ``stale_age`` seconds."""
+
+    kind = "memory.hls_prune"
+    root: str
+    stale_age: float
+    max_files: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TrimBackendCache(Action):
+    """Invalidate the junk prefixes (clear the cache when still over ``limit``), then warm the hot endpoints."""
+
+    kind = "memory.cache_cleanup"
+    prefixes: tuple[str, ...]
+    limit: int
+    warm: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CleanSelf(Action):
+    """The daemon's own gc.collect(), malloc_trim and history trim; ``line`` is its own RSS line in bytes."""
+
+    kind = "memory.self_cleanup"
+    line: float
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RestartBackend(Action):
+    """Run the restart command for this backend process (pid and start time), unless its RSS fell below ``enter``."""
+
+    kind = "memory.backend_restart"
+    pid: int
+    start_ticks: int | None = None
+    enter: float
+
+
+MemoryAction = PruneHls | TrimBackendCache | CleanSelf | RestartBackend
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class _Step:
     """One action a plan takes, with what it expects (None: nothing measurable was promised)."""
 
-    name: str
     change: Change
     reason: str
     expected: ExpectedEffect | None
-    params: Mapping[str, Any]
+    action: MemoryAction
 
 
 class MemoryStrategy(Strategy):
@@ -383,7 +424,7 @@ class MemoryStrategy(Strategy):
             reason="; ".join(s.reason for s in ordered),
             changes=tuple(s.change for s in ordered),
             expected=expected,
-            params={"steps": [s.name for s in ordered], **{s.name: dict(s.params) for s in ordered}},
+            actions=tuple(s.action for s in ordered),
         )
 
     def _plan_prune(self, snap: Snapshot, armed: set[str], manual: bool) -> _Step | None:
@@ -416,7 +457,6 @@ class MemoryStrategy(Strategy):
             )
         count = min(h.stale_files, self._o.hls_prune_max_files)
         return _Step(
-            name=PRUNE,
             change=Change(
                 target="hls.stale_files",
                 action=PRUNE,
@@ -426,11 +466,9 @@ class MemoryStrategy(Strategy):
             ),
             reason=reason,
             expected=expected,
-            params={
-                "root": str(self._hls_root),
-                "stale_age": self._o.hls_stale_age_seconds,
-                "max_files": self._o.hls_prune_max_files,
-            },
+            action=PruneHls(
+                root=str(self._hls_root), stale_age=self._o.hls_stale_age_seconds, max_files=self._o.hls_prune_max_files
+            ),
         )
 
     def _plan_cache(self, snap: Snapshot) -> _Step | None:
@@ -440,9 +478,8 @@ class MemoryStrategy(Strategy):
             return None
         # over the limit the cache is a memory problem whichever signal armed the strategy
         target = len(self._hot)
-        prefixes = list(self._junk_prefixes)
+        prefixes = tuple(self._junk_prefixes)
         return _Step(
-            name=CACHE,
             change=Change(
                 target="backend.cache",
                 action="cache_invalidate" if prefixes else "cache_clear",
@@ -457,7 +494,7 @@ class MemoryStrategy(Strategy):
                 amount=float(max(1, cache.size - target)),
                 settle_seconds=self._o.settle_seconds,
             ),
-            params={"prefixes": prefixes, "limit": limit, "warm": list(self._hot)},
+            action=TrimBackendCache(prefixes=prefixes, limit=limit, warm=tuple(self._hot)),
         )
 
     def _plan_self(self, snap: Snapshot, manual: bool) -> _Step | None:
@@ -483,7 +520,6 @@ class MemoryStrategy(Strategy):
             else f"requested: own RSS is {_mib(own)}"
         )
         return _Step(
-            name=SELF,
             change=Change(
                 target="daemon.memory",
                 action="gc_collect",
@@ -493,7 +529,7 @@ class MemoryStrategy(Strategy):
             ),
             reason=reason,
             expected=expected,
-            params={"line": self._own_line},
+            action=CleanSelf(line=self._own_line),
         )
 
     def _viewers(self, snap: Snapshot) -> int | None:
@@ -540,7 +576,6 @@ class MemoryStrategy(Strategy):
         viewers = self._viewers(snap)
         reason += f"; graceful restart with {viewers if viewers is not None else 'unknown'} viewers"
         return _Step(
-            name=RESTART,
             change=Change(
                 target="backend.process",
                 action=RESTART,
@@ -556,11 +591,9 @@ class MemoryStrategy(Strategy):
                 amount=float(max(MIB, rss - min(rss, o.backend_rss_limit_bytes) * self._exit_ratio)),
                 settle_seconds=o.restart_settle_seconds,
             ),
-            params={
-                "pid": backend.pid,
-                "start_ticks": start_ticks(backend.pid, self._proc),
-                "enter": self.backend_enter(growth),
-            },
+            action=RestartBackend(
+                pid=backend.pid, start_ticks=start_ticks(backend.pid, self._proc), enter=self.backend_enter(growth)
+            ),
         )
 
     # applying ----------------------------------------------------------------------------------------------------
@@ -569,19 +602,19 @@ class MemoryStrategy(Strategy):
         """Run the planned steps in order, each re-reading its live value first; the first failure stops."""
         done: list[Change] = []
         notes: list[str] = []
-        for step in plan.params.get("steps", []):
-            params = plan.params.get(step, {})
+        for step in plan.actions:
             try:
-                if step == PRUNE:
-                    change, note = await self._apply_prune(params)
-                elif step == CACHE:
-                    change, note = await self._apply_cache(params)
-                elif step == SELF:
-                    change, note = await self._apply_self(params)
-                elif step == RESTART:
-                    change, note = await self._apply_restart(params)
-                else:
-                    raise StrategyError(f"unknown step {step!r} in the plan")
+                match step:
+                    case PruneHls():
+                        change, note = await self._apply_prune(step)
+                    case TrimBackendCache():
+                        change, note = await self._apply_cache(step)
+                    case CleanSelf():
+                        change, note = await self._apply_self()
+                    case RestartBackend():
+                        change, note = await self._apply_restart(step)
+                    case _:
+                        raise StrategyError(f"unknown step {step.kind!r} in the plan")
             except StrategyError as exc:
                 if not notes:
                     raise
@@ -591,15 +624,15 @@ class MemoryStrategy(Strategy):
             notes.append(note)
         return ApplyResult(changes=tuple(done), detail="; ".join(notes) or "nothing needed")
 
-    async def _apply_prune(self, params: Mapping[str, Any]) -> tuple[Change | None, str]:
-        root = Path(str(params.get("root", self._hls_root)))
+    async def _apply_prune(self, action: PruneHls) -> tuple[Change | None, str]:
+        root = Path(action.root)
         if self._hls_root is None or root != self._hls_root:
             raise StrategyError(f"refusing to prune {root}: it is not the configured HLS directory")
         result = await asyncio.to_thread(
             hls.prune_stale,
             root,
-            stale_age=float(params.get("stale_age", self._o.hls_stale_age_seconds)),
-            max_files=int(params.get("max_files", self._o.hls_prune_max_files)),
+            stale_age=action.stale_age,
+            max_files=action.max_files,
             now=self._wall,
             expected_root=self._hls_real,
         )
@@ -627,17 +660,17 @@ class MemoryStrategy(Strategy):
             note,
         )
 
-    async def _apply_cache(self, params: Mapping[str, Any]) -> tuple[Change | None, str]:
+    async def _apply_cache(self, step: TrimBackendCache) -> tuple[Change | None, str]:
         client = self._backend
         if client is None:
             raise StrategyError("no backend client configured")
-        limit = int(params.get("limit", self._o.cache_entries_limit))
+        limit = step.limit
         floor = limit * self._exit_ratio
         live = await backend_cache.read_stats(client)
         if live.size < floor:
             return None, f"backend cache already down to {live.size} entries"
         removed = 0
-        prefixes = [str(p) for p in params.get("prefixes", [])]
+        prefixes = step.prefixes
         for prefix in prefixes:
             removed += await backend_cache.invalidate(client, prefix)
         size = live.size - removed
@@ -649,7 +682,7 @@ class MemoryStrategy(Strategy):
             await backend_cache.clear(client)
             action = "cache_clear"
             size = 0
-        warmed = await backend_cache.warm(client, tuple(str(e) for e in params.get("warm", [])))
+        warmed = await backend_cache.warm(client, step.warm)
         note = f"backend cache {live.size} -> {size} entries"
         if prefixes:
             note += f" (invalidated {removed} under {', '.join(prefixes)})"
@@ -670,7 +703,7 @@ class MemoryStrategy(Strategy):
             note,
         )
 
-    async def _apply_self(self, params: Mapping[str, Any]) -> tuple[Change | None, str]:
+    async def _apply_self(self) -> tuple[Change | None, str]:
         def clean() -> tuple[int | None, int, bool, int | None]:
             pid = os.getpid()
             before = rss_bytes(pid, self._proc)
@@ -695,18 +728,16 @@ class MemoryStrategy(Strategy):
             note,
         )
 
-    async def _apply_restart(self, params: Mapping[str, Any]) -> tuple[Change | None, str]:
+    async def _apply_restart(self, step: RestartBackend) -> tuple[Change | None, str]:
         o = self._o
         command = o.restart_command
         if command is None:
             raise StrategyError("no restart command configured")
-        pid = int(params["pid"])
-        ticks = params.get("start_ticks")
-        ticks = int(ticks) if ticks is not None else None
+        pid, ticks = step.pid, step.start_ticks
         if not same_process_running(pid, ticks, self._proc):
             return None, f"backend process {pid} is already gone (restarted by someone else); nothing done"
         rss = rss_bytes(pid, self._proc)
-        enter = float(params.get("enter", o.backend_rss_limit_bytes))
+        enter = step.enter
         if rss is not None and rss < enter * self._exit_ratio:
             return None, f"backend RSS is back to {_mib(rss)}; no restart needed"
         now = self._clock()
@@ -770,11 +801,34 @@ class MemoryStrategy(Strategy):
 
     async def reconcile(self, plan: Plan) -> str:
         """An interrupted restart: say whether the old backend process is gone; the other steps are idempotent."""
-        if RESTART not in plan.params.get("steps", []):
+        restart = next((a for a in plan.actions if isinstance(a, RestartBackend)), None)
+        if restart is None:
             return "nothing to reconcile: pruning, cache cleanup and self-cleanup are idempotent"
-        params = plan.params.get(RESTART, {})
-        pid = int(params.get("pid", 0))
-        ticks = params.get("start_ticks")
-        if pid and same_process_running(pid, int(ticks) if ticks is not None else None, self._proc):
+        pid = restart.pid
+        if pid and same_process_running(pid, restart.start_ticks, self._proc):
             return f"backend process {pid} still runs: the interrupted restart did not happen"
         return f"backend process {pid} is gone: the interrupted restart went through (or pm2 replaced it)"
+
+    def legacy_actions(self, params: Mapping[str, object]) -> tuple[Action, ...]:
+        """A plan journaled as ``{"steps": [name, ...], name: {its parameters}, ...}``, names as the actions' kinds."""
+        o = self._o
+        defaults: dict[str, tuple[type[MemoryAction], dict[str, object]]] = {
+            PRUNE: (
+                PruneHls,
+                {"root": str(self._hls_root), "stale_age": o.hls_stale_age_seconds, "max_files": o.hls_prune_max_files},
+            ),
+            CACHE: (TrimBackendCache, {"prefixes": [], "limit": o.cache_entries_limit}),
+            SELF: (CleanSelf, {"line": self._own_line}),
+            RESTART: (RestartBackend, {"enter": float(o.backend_rss_limit_bytes)}),
+        }
+        steps = params.get("steps")
+        if not isinstance(steps, list):
+            raise ValueError("memory: a journaled plan without its list of steps")
+        out: list[Action] = []
+        for name in steps:
+            if name not in defaults:
+                raise ValueError(f"memory: a journaled plan with an unknown step {name!r}")
+            cls, fallback = defaults[name]
+            given = params.get(name)
+            out.append(decode(cls, {**fallback, **(given if isinstance(given, Mapping) else {})}))
+        return tuple(out)

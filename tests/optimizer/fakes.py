@@ -20,6 +20,7 @@ from optimizer.clock import FakeClock
 from optimizer.engine import Engine
 from optimizer.state import StateStore
 from strategies.base import (
+    Action,
     ApplyResult,
     Change,
     Direction,
@@ -32,6 +33,15 @@ from strategies.base import (
     StrategyContext,
     TriggerSpec,
 )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SetKnob(Action):
+    """The scripted strategy's one action: set the knob to ``value``."""
+
+    kind = "scripted.set_knob"
+    value: int
+
 
 CPU_TRIGGER = TriggerSpec(signal="cpu_ratio", enter=0.9, exit=0.8)
 HIT_RATE_TRIGGER = TriggerSpec(signal="cache_hit_rate", enter=0.5, exit=0.7, above=False)
@@ -55,7 +65,7 @@ def make_plan(
         reason=reason,
         changes=(Change(target=target, action=action, before="1", after="2", reversible=reversible, risk=risk),),
         expected=expected,
-        params=MappingProxyType({"knob": 2}),
+        actions=(SetKnob(value=2),),
         family=family,
         restores=restores,
     )
@@ -137,7 +147,7 @@ class ScriptedStrategy(Strategy):
             raise self.apply_error
         self.applied.append(plan)
         changes = plan.changes if self.apply_changes is None else self.apply_changes
-        return ApplyResult(changes=changes, detail="knob set", revert_data=MappingProxyType({"knob": 1}))
+        return ApplyResult(changes=changes, detail="knob set", revert=(SetKnob(value=1),))
 
     def take_overrides(self) -> Sequence[OperatorOverride]:
         """The scripted operator changes noticed by plan() or apply() since the last call."""

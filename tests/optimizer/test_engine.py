@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import random
+from collections.abc import Mapping
 from typing import Any
 
 import pytest
@@ -17,12 +18,13 @@ from optimizer.clock import FakeClock
 from optimizer.detection import Detector
 from optimizer.engine import Engine, RoundResult
 from optimizer.state import DecisionRecord, StateStore
-from strategies.base import OperatorOverride, Risk, StrategyError, TriggerSpec
+from strategies.base import Action, OperatorOverride, Plan, Risk, StrategyError, TriggerSpec
 from tests.optimizer.fakes import (
     HIT_RATE_TRIGGER,
     EngineFactory,
     RecordingLog,
     ScriptedStrategy,
+    SetKnob,
     SnapshotBuilder,
     cpu_down,
     make_plan,
@@ -627,7 +629,7 @@ async def test_regression_of_a_reversible_plan_is_reverted(
     assert row.verdict_detail is not None and row.verdict_detail["reverted"] is True
     [undone] = strat.reverted
     assert undone.detail == "knob set"
-    assert dict(undone.revert_data) == {"knob": 1}
+    assert undone.revert == (SetKnob(value=1),)
     [entry] = store.journal()
     assert entry.status == "reverted"
     assert entry.result is not None and entry.result["detail"] == "knob restored"
@@ -1024,6 +1026,69 @@ async def test_revert_all_reaches_changes_of_an_earlier_run(
     await second.load()
     assert await second.revert_all() == 1
     assert [r.detail for r in again.reverted] == ["knob set"]
+
+
+class OldShapeStrategy(ScriptedStrategy):
+    """A scripted strategy that can read its plans and revert data of the older untyped shape."""
+
+    def legacy_actions(self, params: Mapping[str, object]) -> tuple[Action, ...]:
+        """``{"knob": N}`` was the older plan shape."""
+        return (SetKnob(value=int(str(params["knob"]))),)
+
+    def legacy_revert(self, revert_data: Mapping[str, object]) -> tuple[Action, ...]:
+        """``{"knob": N}`` was the older revert data."""
+        return (SetKnob(value=int(str(revert_data["knob"]))),)
+
+
+def old_shape(plan: Plan) -> dict[str, object]:
+    """The plan as the daemon wrote it before actions were typed: ``params`` and no ``actions``."""
+    return {**{k: v for k, v in plan.as_dict().items() if k != "actions"}, "params": {"knob": 2}}
+
+
+async def test_journal_rows_of_the_older_shape_are_reconciled_and_reverted_through_the_strategy(
+    build: EngineFactory, store: StateStore
+) -> None:
+    """After an upgrade, an interrupted plan and a done change written with ``params`` / ``revert_data`` are
+    rebuilt as typed actions by the strategy: the one is reconciled, the other reverted on exit."""
+    plan = make_plan("cpu")
+    store.journal_intent(decision_id=None, strategy="cpu", plan=old_shape(plan))
+    done = store.journal_intent(decision_id=None, strategy="cpu", plan=old_shape(plan))
+    assert done is not None
+    store.journal_finish(done, "done", {"changes": [c.as_dict() for c in plan.changes], "revert_data": {"knob": 1}})
+    strat = OldShapeStrategy("cpu")
+    engine = build([strat])
+    await engine.load()
+    assert [p.actions for p in strat.reconciled] == [(SetKnob(value=2),)]
+    assert await engine.revert_all() == 1
+    assert [r.revert for r in strat.reverted] == [(SetKnob(value=1),)]
+    assert sorted(e.status for e in store.journal()) == ["reconciled", "reverted"]
+
+
+async def test_journal_rows_of_the_older_shape_that_cannot_be_rebuilt_are_recorded_as_such(
+    build: EngineFactory, store: StateStore
+) -> None:
+    """A strategy without a decoder for the older shape: the intent closes as reconcile_failed saying why, and
+    revert on exit passes over the done row with a warning instead of failing."""
+    plan = make_plan("cpu")
+    intent = store.journal_intent(decision_id=None, strategy="cpu", plan=old_shape(plan))
+    done = store.journal_intent(decision_id=None, strategy="cpu", plan=old_shape(plan))
+    assert intent is not None and done is not None
+    store.journal_finish(done, "done", {"changes": [c.as_dict() for c in plan.changes], "revert_data": {"knob": 1}})
+    log = RecordingLog()
+    strat = ScriptedStrategy("cpu")
+    engine = build([strat], log=log)
+    await engine.load()
+    entries = {e.id: e for e in store.journal()}
+    assert entries[intent].status == "reconcile_failed"
+    assert entries[intent].result == {
+        "note": "reconcile failed: cpu: a plan journaled in the older untyped shape cannot be rebuilt"
+    }
+    assert strat.reconciled == []
+    assert await engine.revert_all() == 0
+    assert strat.reverted == []
+    [warning] = log.events("journal_unreadable")
+    assert warning.fields["journal_id"] == done
+    assert "older untyped shape" in warning.fields["error"]
 
 
 async def test_a_failing_revert_on_exit_is_logged_and_the_others_go_on(

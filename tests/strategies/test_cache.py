@@ -20,15 +20,26 @@ from strategies.base import Direction, Plan, StrategyContext, StrategyError
 from strategies.cache import (
     CLEARED,
     JUNK_SHARE,
-    KIND_JUNK,
     RECENT_HIT_RATE,
     CacheStrategy,
+    Cause,
+    CleanCache,
     CounterPoint,
+    WarmCache,
     activity,
     counter_points,
 )
 
 HOT = ("/api/cameras/active", "/api/areas/public")
+
+
+def cause_of(plan: Plan) -> Cause:
+    """The cause of a plan's one action, a cache cleanup."""
+    [action] = plan.actions
+    assert isinstance(action, CleanCache)
+    return action.cause
+
+
 DETECTION = DetectionSettings(samples_required=2, window_samples=3)
 
 
@@ -414,7 +425,7 @@ async def test_sustained_junk_plans_invalidation_expecting_fewer_entries() -> No
     snap = snapshot(cache_stats(360, hits=9320, misses=1320))
     plan = await strategy.plan(ctx(snap, windows, JUNK_SHARE))
     assert plan is not None
-    assert plan.params["kind"] == KIND_JUNK
+    assert cause_of(plan) is Cause.JUNK
     assert [c.action for c in plan.changes] == ["cache_invalidate", "cache_invalidate", "cache_warm"]
     assert "junk query strings" in plan.reason
     assert plan.expected is not None
@@ -472,7 +483,7 @@ async def test_an_explosion_plans_invalidation_and_warming_expecting_fewer_entri
     assert plan.expected is not None
     assert (plan.expected.signal, plan.expected.direction) == ("cache_entries", Direction.DOWN)
     assert plan.expected.amount == pytest.approx(2500 - 2000 * 0.9)
-    assert plan.params["kind"] == "entries"
+    assert cause_of(plan) is Cause.ENTRIES
 
 
 async def test_a_collapse_under_the_limit_expects_the_hit_rate_up() -> None:
@@ -487,7 +498,7 @@ async def test_a_collapse_under_the_limit_expects_the_hit_rate_up() -> None:
     assert (plan.expected.signal, plan.expected.direction) == ("cache_hit_rate", Direction.UP)
     # M=3 intervals back: 340 lookups since the first sample, 41 of them hits
     assert "hit rate fell to 12.1 % over the last 340 lookups (floor 30 %)" in plan.reason
-    assert plan.params["kind"] == "hit_rate"
+    assert cause_of(plan) is Cause.HIT_RATE
 
 
 async def test_an_emptied_cache_plans_only_warming() -> None:
@@ -500,7 +511,7 @@ async def test_an_emptied_cache_plans_only_warming() -> None:
     assert plan is not None
     assert [c.action for c in plan.changes] == ["cache_warm"]
     assert plan.expected is None
-    assert plan.params["warm"] == list(HOT)
+    assert plan.actions == (WarmCache(warm=HOT),)
 
 
 async def test_a_healthy_cache_plans_nothing_even_by_hand() -> None:
@@ -680,7 +691,7 @@ async def test_warming_that_reaches_nothing_fails(fake: tuple[FakeBackend, Backe
     for path in HOT:
         backend.failures[("GET", path)] = (502, {})
     strategy = make(client)
-    plan = Plan(strategy="cache", reason="t", changes=(), params={"kind": "warm", "warm": list(HOT)})
+    plan = Plan(strategy="cache", reason="t", changes=(), actions=(WarmCache(warm=HOT),))
     with pytest.raises(StrategyError, match="answered 502"):
         await strategy.apply(plan)
 
@@ -688,9 +699,38 @@ async def test_warming_that_reaches_nothing_fails(fake: tuple[FakeBackend, Backe
 async def test_reconcile_warms_the_hot_endpoints(fake: tuple[FakeBackend, BackendClient]) -> None:
     """An interrupted cleanup is settled by warming the hot endpoints."""
     backend, client = fake
-    plan = Plan(strategy="cache", reason="t", changes=(), params={"kind": "entries", "warm": list(HOT)})
+    plan = Plan(
+        strategy="cache",
+        reason="t",
+        changes=(),
+        actions=(CleanCache(cause=Cause.ENTRIES, prefixes=(), warm=HOT, limit=10),),
+    )
     note = await make(client).reconcile(plan)
     assert note == "interrupted cache action: warmed 2 endpoints"
+    assert sorted(backend.entries) == sorted(HOT)
+
+
+@pytest.mark.parametrize(
+    ("params", "expected"),
+    [
+        ({"kind": "warm", "warm": list(HOT)}, WarmCache(warm=HOT)),
+        (
+            {"kind": "junk", "prefixes": ["/api/a"], "warm": list(HOT), "limit": 7, "clear_fallback": True},
+            CleanCache(cause=Cause.JUNK, prefixes=("/api/a",), warm=HOT, limit=7, clear_fallback=True),
+        ),
+        ({"kind": "response", "warm": list(HOT)}, CleanCache(cause=Cause.RESPONSE, prefixes=(), warm=HOT, limit=2000)),
+    ],
+)
+async def test_a_plan_journaled_before_typed_actions_is_rebuilt_and_reconciled(
+    fake: tuple[FakeBackend, BackendClient], params: dict[str, object], expected: CleanCache | WarmCache
+) -> None:
+    """An interrupted plan of the older untyped shape (``params``) becomes the same typed action and is settled."""
+    backend, client = fake
+    strategy = make(client, hot=())
+    old: dict[str, object] = {"strategy": "cache", "reason": "t", "changes": [], "expected": None, "params": params}
+    plan = Plan.from_dict(json.loads(json.dumps(old)), legacy=strategy.legacy_actions)
+    assert plan.actions == (expected,)
+    assert await strategy.reconcile(plan) == "interrupted cache action: warmed 2 endpoints"
     assert sorted(backend.entries) == sorted(HOT)
 
 
@@ -834,7 +874,7 @@ async def test_slow_hot_endpoints_with_a_fast_health_plan_invalidation_and_warmi
     plan = await strategy.plan(response_ctx(windows, 0.01, {}, "response_time_seconds"))
     assert plan is not None
     assert [c.action for c in plan.changes] == ["cache_invalidate", "cache_invalidate", "cache_warm"]
-    assert plan.params["kind"] == "response"
+    assert cause_of(plan) is Cause.RESPONSE
     assert plan.expected is not None
     assert (plan.expected.signal, plan.expected.direction) == ("response_time_seconds", Direction.DOWN)
     assert plan.expected.amount == pytest.approx(0.9 - 0.5 * 0.9)
@@ -866,7 +906,7 @@ async def test_apply_for_slowness_invalidates_and_warms_but_never_clears(
     windows = slow_windows(0.9)
     strategy = make(client, windows=windows, response_time_floor_ms=500)
     plan = await strategy.plan(response_ctx(windows, 0.01, {}, "response_time_seconds"))
-    assert plan is not None and plan.params["kind"] == "response"
+    assert plan is not None and cause_of(plan) is Cause.RESPONSE
     result = await strategy.apply(plan)
     assert [c.action for c in result.changes] == ["cache_invalidate", "cache_invalidate", "cache_warm"]
     assert backend.calls("POST", "/api/cache/clear") == 0

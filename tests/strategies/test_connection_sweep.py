@@ -19,7 +19,7 @@ from metrics.sqlite import DatabaseReader
 from metrics.window import Windows
 from strategies.actions.sessions import duration_seconds
 from strategies.base import Finding, Plan, StrategyContext, StrategyDeferred
-from strategies.connection import ConnectionStrategy, SweepProgress
+from strategies.connection import ConnectionStrategy, EndStuckSessions, IdleReader, KickReaders, SweepProgress
 from tests.optimizer.fakes import snapshot_of
 
 SQL = "%Y-%m-%d %H:%M:%S"
@@ -329,6 +329,23 @@ def test_progress_is_judged_between_samples_and_any_drop_restarts_it() -> None:
     assert progress.flat_for() == 0.0
     progress.observe([(90.0, 5.0)])
     assert progress.flat_for() == 0.0  # one sample: no span yet, however late the next look comes
+
+
+async def test_plans_journaled_before_typed_actions_are_rebuilt_and_reconciled(backend: sqlite3.Connection) -> None:
+    """Older ``params`` (mode sessions / kick) become the same typed actions; an interrupted end of sessions
+    reports what is still stale; an unknown mode is a clear ValueError."""
+    start_sessions(backend, 3, silent=600)
+    strategy = Round(path_of(backend)).strategy
+    old = {"strategy": "connection", "reason": "r", "changes": [], "params": {"mode": "sessions", "count": 3}}
+    plan = Plan.from_dict(old, legacy=strategy.legacy_actions)
+    assert plan.actions == (EndStuckSessions(count=3),)
+    assert (await strategy.reconcile(plan)).startswith("3 session(s) still stale")
+    kick = {"mode": "kick", "readers": [{"kind": "rtspsession", "id": "a1", "bytes_sent": 5}]}
+    assert strategy.legacy_actions(kick) == (
+        KickReaders(readers=(IdleReader(kind="rtspsession", id="a1", bytes_sent=5),)),
+    )
+    with pytest.raises(ValueError, match="unknown mode 'other'"):
+        strategy.legacy_actions({"mode": "other"})
 
 
 @pytest.mark.parametrize(

@@ -8,6 +8,7 @@ from types import MappingProxyType
 from typing import Any
 
 import pytest
+from aiohttp import web
 
 from config.settings import ConnectionOptions, DetectionSettings, Mode
 from metrics.snapshot import Snapshot, TcpSample
@@ -16,8 +17,8 @@ from optimizer.clock import FakeClock
 from optimizer.detection import Detector
 from optimizer.state import StateStore
 from strategies.actions.mediamtx import MediaMtxKicker
-from strategies.base import StrategyContext
-from strategies.connection import ConnectionStrategy
+from strategies.base import Plan, StrategyContext
+from strategies.connection import ConnectionStrategy, IdleReader, KickReaders
 from tests.optimizer.fakes import make_engine
 
 DETECTION = DetectionSettings(samples_required=2, window_samples=3)
@@ -166,3 +167,51 @@ async def test_an_armed_round_without_kicking_writes_no_history_row(store: State
         assert list(engine.findings) == ["connections-above-normal"]
     finally:
         await engine.stop(1.0)
+
+
+async def test_a_kick_plan_kicks_only_the_readers_still_idle_over_real_http() -> None:
+    """KickReaders re-lists the readers: one still idle is kicked, one sending again and one gone are left."""
+    kicked: list[str] = []
+    items = [
+        {"id": "idle1", "state": "read", "path": "cam1", "bytesSent": 10},
+        {"id": "busy1", "state": "read", "path": "cam2", "bytesSent": 99},
+    ]
+
+    async def listing(request: web.Request) -> web.Response:
+        if request.match_info["kind"] != "rtspsessions":
+            return web.json_response({"error": "not found"}, status=404)
+        return web.json_response({"items": items, "pageCount": 1})
+
+    async def kick(request: web.Request) -> web.Response:
+        kicked.append(request.match_info["id"])
+        return web.json_response({})
+
+    app = web.Application()
+    app.router.add_get("/v3/{kind}/list", listing)
+    app.router.add_post("/v3/{kind}/kick/{id}", kick)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    strategy = ConnectionStrategy(
+        ConnectionOptions(kick_idle_readers=True),
+        database=None,
+        timezone_offset_hours=7.0,
+        detection=DETECTION,
+        exit_ratio=0.9,
+        kicker=MediaMtxKicker(f"http://127.0.0.1:{port}", 2.0),
+        clock=lambda: 1000.0,
+    )
+    planned = tuple(
+        IdleReader(kind="rtspsessions", id=i, bytes_sent=b) for i, b in (("idle1", 10), ("busy1", 5), ("gone1", 0))
+    )
+    try:
+        plan = Plan(strategy="connection", reason="r", changes=(), actions=(KickReaders(readers=planned),))
+        result = await strategy.apply(plan)
+    finally:
+        await strategy.close()
+        await runner.cleanup()
+    assert kicked == ["idle1"]
+    assert [c.target for c in result.changes] == ["mediamtx.rtspsessions.idle1"]
+    assert result.detail == "kicked 1 reader(s); rtspsessions/busy1 is sending again; rtspsessions/gone1 already gone"

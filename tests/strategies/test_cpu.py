@@ -20,6 +20,8 @@ from config.settings import CpuOptions, DetectionSettings
 from metrics.recorders import RecorderReader, parse_stat, recorder_output
 from metrics.snapshot import ProbeSample, Snapshot
 from metrics.window import Windows
+from optimizer.clock import FakeClock
+from optimizer.state import StateStore
 from strategies.actions.priority import (
     IOPRIO_CLASS_BE,
     IOPRIO_CLASS_IDLE,
@@ -33,9 +35,10 @@ from strategies.actions.priority import (
     io_lower_than,
     ioprio_value,
 )
-from strategies.base import StrategyContext, StrategyError
-from strategies.cpu import CpuStrategy
+from strategies.base import Plan, StrategyContext, StrategyError
+from strategies.cpu import CpuStrategy, LowerRecorders, RecorderRef, RestoreRecorders
 from testbed.harness import wait_until
+from tests.optimizer.fakes import make_engine
 
 DETECTION = DetectionSettings(samples_required=2, window_samples=3, exit_ratio=0.9)
 BE7 = ioprio_value(IOPRIO_CLASS_BE, 7)
@@ -453,6 +456,70 @@ async def test_hot_plan_apply_revert_and_calm_restore(
     assert nices(recorder.pid) == {0} and strategy.held == {}
     assert json.loads(state.read_text())["recorders"] == []
     assert len(strategy.triggers({})) == 3
+
+
+async def test_a_renice_journaled_before_typed_actions_is_still_reverted_on_exit(
+    spawn: Callable[..., subprocess.Popen[bytes]], tmp_path: Path
+) -> None:
+    """A state database from before the upgrade: its renice (``params`` and ``revert_data``) is undone by revert_all."""
+    root = tmp_path / "rec"
+    recorder = spawn(*recorder_args(root, 1), threads=1)
+    state = tmp_path / "state" / "cpu.json"
+    strategy = make_strategy(root, state_file=state)
+    plan = await strategy.plan(ctx(windows_with([0.95, 0.97, 0.5])))
+    assert plan is not None
+    result = await strategy.apply(plan)
+    assert nices(recorder.pid) == {10}
+    [action] = plan.actions
+    assert isinstance(action, LowerRecorders)
+    start = action.recorders[0].start_ticks
+    # the rows exactly as the older daemon wrote them
+    old_plan = {
+        **{k: v for k, v in plan.as_dict().items() if k != "actions"},
+        "params": {
+            "mode": "renice",
+            "recorders": [{"pid": recorder.pid, "start_ticks": start, "camera_id": 1}],
+            "factor": 2.0,
+            "firing": ["cpu_ratio"],
+        },
+    }
+    old_result = {
+        **{k: v for k, v in result.as_dict().items() if k != "revert"},
+        "revert_data": {"recorders": [{"pid": recorder.pid, "start_ticks": start}], "factor_before": 1.0},
+    }
+    clock = FakeClock()
+    store = StateStore(tmp_path / "daemon-state", wall_clock=clock.wall)
+    store.open()
+    try:
+        entry = store.journal_intent(decision_id=None, strategy="cpu", plan=old_plan)
+        assert entry is not None
+        store.journal_finish(entry, "done", old_result)
+        rebuilt = Plan.from_dict(store.journal("done")[0].plan, legacy=strategy.legacy_actions)
+        assert rebuilt.actions == (
+            LowerRecorders(
+                recorders=(RecorderRef(pid=recorder.pid, start_ticks=start, camera_id=1),),
+                factor=2.0,
+                firing=("cpu_ratio",),
+            ),
+        )
+        engine = make_engine([strategy], store=store, clock=clock)
+        assert await engine.revert_all() == 1
+        await engine.stop(1.0)
+        assert nices(recorder.pid) == {0} and strategy.held == {} and strategy.sample_interval_factor == 1.0
+        assert [e.status for e in store.journal()] == ["reverted"]
+    finally:
+        store.close()
+
+
+async def test_an_interrupted_plan_of_the_older_shape_is_reconciled_or_refused_clearly(tmp_path: Path) -> None:
+    """Old ``params`` of a restore become a RestoreRecorders; an unknown mode is a ValueError that says so."""
+    strategy = make_strategy(tmp_path / "rec")
+    restore = strategy.legacy_actions({"mode": "restore", "recorders": [{"pid": 5, "start_ticks": 9}]})
+    assert restore == (RestoreRecorders(recorders=(RecorderRef(pid=5, start_ticks=9),)),)
+    note = await strategy.reconcile(Plan(strategy="cpu", reason="r", changes=(), actions=restore))
+    assert note.startswith("0 recorder(s) still held after an interrupted restore")
+    with pytest.raises(ValueError, match="unknown mode 'spin'"):
+        strategy.legacy_actions({"mode": "spin"})
 
 
 async def test_already_low_recorders_are_left_and_manual_needs_current_heat(

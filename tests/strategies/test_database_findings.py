@@ -8,6 +8,7 @@ import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 import pytest
@@ -19,8 +20,8 @@ from metrics.sqlite import DatabaseReader
 from metrics.window import Windows
 from optimizer.app import UNCLEANED_TABLES
 from strategies.actions import retention as ret
-from strategies.base import Direction, Plan, Risk, StrategyContext, StrategyError
-from strategies.database import DatabaseStrategy
+from strategies.base import Action, Direction, Plan, Risk, StrategyContext, StrategyError
+from strategies.database import CheckpointWal, DatabaseStrategy, OptimizeStatistics, PruneTables, QuickCheck, Vacuum
 from testbed.database import Database
 from testbed.localtime import LocalClock
 from testbed.maintenance import archive_history
@@ -457,7 +458,7 @@ async def test_vacuum_runs_only_inside_its_window_and_empties_the_freelist(fragm
 async def test_vacuum_rechecks_the_window_before_running(fragmented: Path) -> None:
     """A plan made in the window but applied after it closed does nothing."""
     s = strategy(fragmented, wall=OUT_OF_WINDOW, vacuum_enabled=True)
-    result = await s.apply(Plan(strategy="database", reason="t", changes=(), params={"vacuum": True}))
+    result = await s.apply(Plan(strategy="database", reason="t", changes=(), actions=(Vacuum(),)))
     assert result.changes == ()
     assert "outside the quiet window" in result.detail
 
@@ -490,11 +491,52 @@ def test_vacuum_refuses_without_free_space_or_with_a_writer(fragmented: Path) ->
 async def test_reconcile_says_what_sqlite_left(fragmented: Path) -> None:
     """Interrupted prunes and VACUUMs are transactional; reconcile reports the file as it is."""
     s = strategy(fragmented)
-    prune_note = await s.reconcile(Plan(strategy="database", reason="t", changes=(), params={"retention": True}))
+    prune_note = await s.reconcile(Plan(strategy="database", reason="t", changes=(), actions=(PruneTables(tables=()),)))
     assert "committed batches stay deleted" in prune_note
-    vacuum_note = await s.reconcile(Plan(strategy="database", reason="t", changes=(), params={"vacuum": True}))
+    vacuum_note = await s.reconcile(Plan(strategy="database", reason="t", changes=(), actions=(Vacuum(),)))
     free = ret.file_figures(fragmented, 200).freelist_count
     assert f"with {free} free pages" in vacuum_note
+
+
+@pytest.mark.parametrize(
+    ("params", "actions"),
+    [
+        (
+            {"retention": True, "tables": ["login_attempts"], "cutoffs": {"login_attempts": "2026-01-01 00:00:00"}},
+            (
+                PruneTables(
+                    tables=("login_attempts",), cutoffs=MappingProxyType({"login_attempts": "2026-01-01 00:00:00"})
+                ),
+            ),
+        ),
+        ({"vacuum": True}, (Vacuum(),)),
+        (
+            {
+                "database": "/x.db",
+                "limit": 1024,
+                "checkpoint": True,
+                "truncate": True,
+                "optimize": True,
+                "quick_check": True,
+            },
+            (CheckpointWal(limit=1024, truncate=True), OptimizeStatistics(), QuickCheck()),
+        ),
+        ({"database": "/x.db", "limit": 1024, "optimize": True}, (OptimizeStatistics(),)),
+    ],
+)
+async def test_plans_journaled_before_typed_actions_are_rebuilt_and_reconciled(
+    fragmented: Path, params: dict[str, object], actions: tuple[Action, ...]
+) -> None:
+    """Each older ``params`` shape (retention, vacuum, the checkpoint flags) becomes the same typed actions, in
+    order, and an interrupted one is reconciled as before."""
+    s = strategy(fragmented)
+    old: dict[str, object] = {"strategy": "database", "reason": "t", "changes": [], "params": params}
+    plan = Plan.from_dict(old, legacy=s.legacy_actions)
+    assert plan.actions == actions
+    note = await s.reconcile(plan)
+    assert note.startswith(("retention pruning was interrupted", "VACUUM was interrupted", "WAL is"))
+    if isinstance(actions[0], CheckpointWal):
+        assert "its limit of 1 KiB" in note
 
 
 def test_cutoff_days_back_from_now_are_exact() -> None:
@@ -508,14 +550,14 @@ async def test_a_manual_round_runs_quick_check_once_per_interval(backend_db: Pat
     """A manual round plans quick_check; it runs read-only, reports ok, and is not planned again within the interval."""
     s = strategy(backend_db)
     plan = await s.plan(ctx(snapshot(sample(backend_db)), manual=True))
-    assert plan is not None and plan.params.get("quick_check") is True
+    assert plan is not None and QuickCheck() in plan.actions
     result = await s.apply(plan)
     checked = [c for c in result.changes if c.action == "quick_check"]
     assert [(c.before, c.after) for c in checked] == [("unchecked", "ok")]
     assert "quick_check ok" in result.detail
     assert not any(f.id == "database-integrity" for f in s.findings(ctx(snapshot(sample(backend_db)))))
     again = await s.plan(ctx(snapshot(sample(backend_db)), manual=True))
-    assert again is None or "quick_check" not in again.params
+    assert again is None or QuickCheck() not in again.actions
 
 
 async def test_a_damaged_file_gives_a_critical_integrity_finding(backend_db: Path) -> None:
@@ -530,7 +572,7 @@ async def test_a_damaged_file_gives_a_critical_integrity_finding(backend_db: Pat
         f.seek(page_size * (pages // 2))
         f.write(b"\xa5" * page_size * (pages - pages // 2))
     s = strategy(backend_db)
-    result = await s.apply(Plan(strategy="database", reason="check", changes=(), params={"quick_check": True}))
+    result = await s.apply(Plan(strategy="database", reason="check", changes=(), actions=(QuickCheck(),)))
     assert "quick_check found" in result.detail
     findings = {f.id: f for f in s.findings(ctx(snapshot(healthy)))}
     integrity = findings["database-integrity"]
@@ -550,7 +592,7 @@ async def test_a_locked_database_is_a_failed_quick_check_not_an_integrity_findin
     try:
         s = strategy(path)
         with pytest.raises(StrategyError, match="database busy: quick_check"):
-            await s.apply(Plan(strategy="database", reason="check", changes=(), params={"quick_check": True}))
+            await s.apply(Plan(strategy="database", reason="check", changes=(), actions=(QuickCheck(),)))
         findings = {f.id for f in s.findings(ctx(snapshot(sample(path))))}
         assert "database-integrity" not in findings
     finally:

@@ -14,7 +14,7 @@ from config.settings import DatabaseOptions
 from metrics.sqlite import DatabaseReader
 from metrics.window import Windows
 from strategies.base import StrategyContext
-from strategies.database import CHECKPOINT_FAMILY, DatabaseStrategy
+from strategies.database import CHECKPOINT_FAMILY, CheckpointWal, DatabaseStrategy
 from testbed.database import Database
 from testbed.localtime import LocalClock
 from tests.optimizer.fakes import snapshot_of
@@ -80,7 +80,7 @@ async def test_a_requested_checkpoint_planned_on_a_small_wal_truncates_the_wal_i
     grow_wal(backend_db, LIMIT // 2)
     plan = await strat.plan(context(backend_db, manual=True))
     assert plan is not None and plan.reason.startswith("requested: WAL is")
-    assert plan.family == CHECKPOINT_FAMILY and plan.params["truncate"] is False
+    assert plan.family == CHECKPOINT_FAMILY and plan.actions[0] == CheckpointWal(limit=LIMIT, truncate=False)
     grow_wal(backend_db, 3 * LIMIT)
     grown = wal_bytes(backend_db)
     result = await strat.apply(plan)

@@ -31,7 +31,7 @@ from metrics.snapshot import (
 )
 from metrics.window import Windows
 from strategies.base import Direction, Plan, Risk, StrategyContext, StrategyError
-from strategies.memory import MemoryStrategy
+from strategies.memory import CleanSelf, MemoryStrategy, PruneHls, RestartBackend, TrimBackendCache
 
 MIB = 1024 * 1024
 NOW = time.time()
@@ -253,7 +253,7 @@ async def test_over_budget_hls_plans_a_prune_expecting_fewer_bytes(tmp_path: Pat
         Direction.DOWN,
         50 * 65536,
     )
-    assert plan.params["hls_prune"]["root"] == str(tmp_path)
+    assert plan.actions == (PruneHls(root=str(tmp_path), stale_age=120.0, max_files=10_000),)
 
 
 async def test_host_memory_pressure_prunes_stale_files_even_under_the_hls_budget(tmp_path: Path) -> None:
@@ -286,8 +286,7 @@ async def test_a_bloated_cache_plans_invalidation_of_the_hot_prefixes(tmp_path: 
     assert plan is not None and plan.expected is not None
     assert plan.action == "cache_invalidate"
     assert plan.expected.signal == "cache_entries" and plan.expected.amount == 900 - len(HOT)
-    assert plan.params["cache_cleanup"]["prefixes"] == list(HOT)
-    assert plan.params["cache_cleanup"]["warm"] == list(HOT)
+    assert plan.actions == (TrimBackendCache(prefixes=HOT, limit=100, warm=HOT),)
 
 
 async def test_own_rss_over_its_line_plans_self_cleanup() -> None:
@@ -418,7 +417,7 @@ async def test_apply_prunes_the_configured_root_only(tmp_path: Path) -> None:
     assert result.changes[0].after == "0 files (freed 2.9 KiB)"
     assert "pruned 3 stale HLS files" in result.detail
     forged = Plan.from_dict(
-        {**plan.as_dict(), "params": {**plan.params, "hls_prune": {"root": str(tmp_path / "other")}}}
+        {**plan.as_dict(), "actions": [{**plan.actions[0].to_json(), "root": str(tmp_path / "other")}]}
     )
     with pytest.raises(StrategyError, match="not the configured HLS directory"):
         await s.apply(forged)
@@ -473,10 +472,7 @@ def restart_plan(s: MemoryStrategy, pid: int, enter: float = 1.0) -> Plan:
         strategy="memory",
         reason="test",
         changes=(),
-        params={
-            "steps": ["backend_restart"],
-            "backend_restart": {"pid": pid, "start_ticks": start_ticks(pid), "enter": enter},
-        },
+        actions=(RestartBackend(pid=pid, start_ticks=start_ticks(pid), enter=enter),),
     )
 
 
@@ -548,8 +544,41 @@ async def test_reconcile_says_whether_an_interrupted_restart_happened(
     fake_backend_process.wait(timeout=10)
     assert "went through" in await s.reconcile(plan)
     assert "idempotent" in await s.reconcile(
-        Plan(strategy="memory", reason="x", changes=(), params={"steps": ["hls_prune"]})
+        Plan(strategy="memory", reason="x", changes=(), actions=(PruneHls(root="/x", stale_age=1.0, max_files=1),))
     )
+
+
+async def test_plans_journaled_before_typed_actions_are_rebuilt_and_reconciled(
+    fake_backend_process: subprocess.Popen[bytes], tmp_path: Path
+) -> None:
+    """The older ``{"steps": [...], step: {...}}`` shape becomes the same typed actions in order (missing values
+    take the options' defaults, as the older apply did); an interrupted restart is reconciled from it."""
+    s = strategy(restart_options(), hls_root=tmp_path, gc_threshold=0.5)
+    pid = fake_backend_process.pid
+    old: dict[str, object] = {
+        "strategy": "memory",
+        "reason": "x",
+        "changes": [],
+        "params": {
+            "steps": ["hls_prune", "cache_cleanup", "self_cleanup", "backend_restart"],
+            "hls_prune": {"root": str(tmp_path), "stale_age": 60, "max_files": 5},
+            "cache_cleanup": {"prefixes": ["/api/a"], "limit": 9, "warm": ["/api/a"]},
+            "self_cleanup": {"line": 1024},
+            "backend_restart": {"pid": pid, "start_ticks": start_ticks(pid), "enter": 2048},
+        },
+    }
+    plan = Plan.from_dict(old, legacy=s.legacy_actions)
+    assert plan.actions == (
+        PruneHls(root=str(tmp_path), stale_age=60.0, max_files=5),
+        TrimBackendCache(prefixes=("/api/a",), limit=9, warm=("/api/a",)),
+        CleanSelf(line=1024.0),
+        RestartBackend(pid=pid, start_ticks=start_ticks(pid), enter=2048.0),
+    )
+    assert "did not happen" in await s.reconcile(plan)
+    sparse = s.legacy_actions({"steps": ["hls_prune"]})
+    assert sparse == (PruneHls(root=str(tmp_path), stale_age=120.0, max_files=10_000),)
+    with pytest.raises(ValueError, match="unknown step 'defrag'"):
+        s.legacy_actions({"steps": ["defrag"]})
 
 
 # ----- apply: cache, against a small HTTP stand-in ----------------------------------------------------------------

@@ -20,14 +20,20 @@ from metrics.snapshot import DatabaseSample, Snapshot
 from metrics.sqlite import DatabaseReader
 from metrics.tables import TABLES
 from metrics.window import Windows
-from strategies.base import StrategyContext
-from strategies.database import DatabaseStrategy
+from strategies.base import Plan, StrategyContext
+from strategies.database import DatabaseStrategy, PruneTables
 from testbed.database import Database
 from testbed.localtime import LocalClock
 from tests.optimizer.fakes import snapshot_of
 
 OFFSET = 7.0
 SQL = "%Y-%m-%d %H:%M:%S"
+
+
+def cutoffs(plan: Plan) -> dict[str, str]:
+    """The cutoffs of a plan's retention run."""
+    prune = next(a for a in plan.actions if isinstance(a, PruneTables))
+    return dict(prune.cutoffs)
 
 
 @pytest.fixture
@@ -188,16 +194,16 @@ async def test_local_cutoffs_follow_the_timezone_an_admin_sets_at_runtime(backen
     before = await s.plan(manual(snapshot(sample(backend_db))))
     assert before is not None
     assert "table:viewer_sessions" not in {c.target for c in before.changes}
-    utc_cutoff = datetime.strptime(before.params["cutoffs"]["login_attempts"], SQL)
+    utc_cutoff = datetime.strptime(cutoffs(before)["login_attempts"], SQL)
 
     set_zone(backend_db, "WITA")
     after = await s.plan(manual(snapshot(sample(backend_db))))
     assert after is not None
     assert "table:viewer_sessions" in {c.target for c in after.changes}
-    local_cutoff = datetime.strptime(after.params["cutoffs"]["viewer_sessions"], SQL)
+    local_cutoff = datetime.strptime(cutoffs(after)["viewer_sessions"], SQL)
     # UTC columns do not move; local ones are WITA: 8 h ahead of UTC
     # (the two plans read the clock a moment apart: a second may tick between them)
-    utc_after = datetime.strptime(after.params["cutoffs"]["login_attempts"], SQL)
+    utc_after = datetime.strptime(cutoffs(after)["login_attempts"], SQL)
     assert utc_after - utc_cutoff == pytest.approx(timedelta(0), abs=timedelta(seconds=5))
     assert local_cutoff - utc_cutoff == pytest.approx(timedelta(hours=8), abs=timedelta(seconds=5))
     await s.apply(after)

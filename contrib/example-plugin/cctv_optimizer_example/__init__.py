@@ -2,8 +2,9 @@
 
 It shows everything a third-party strategy needs: a Strategy subclass with a ``name``, its ``Options`` (a frozen
 dataclass deriving from StrategyOptions; its fields become the settings ``strategies.loadnote.*``, checked like
-every other setting), ``from_config``, the signals that arm it (``triggers``), a read-only ``plan`` and an
-``apply`` that re-reads before it writes. The entry point in pyproject.toml makes it loadable by name:
+every other setting), ``from_config``, the signals that arm it (``triggers``), its action (``AppendNote``: a frozen
+dataclass with a unique ``kind``, which the journal stores and rebuilds), a read-only ``plan`` and an ``apply``
+that dispatches on the action's type. The entry point in pyproject.toml makes it loadable by name:
 ``CCTV_OPTIMIZER_STRATEGIES__PLUGINS=loadnote``.
 """
 
@@ -16,6 +17,7 @@ from pathlib import Path
 
 from config.settings import Settings, StrategyOptions
 from strategies.base import (
+    Action,
     ApplyResult,
     Built,
     Change,
@@ -36,6 +38,14 @@ class LoadNoteOptions(StrategyOptions):
 
     load_per_core: float = field(default=4.0, metadata={"min": 0.1, "max": 1000.0})
     note_file: Path | None = field(default=None, metadata={"example": "/var/lib/cctv-optimizer/load-notes.txt"})
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AppendNote(Action):
+    """Append ``line`` to the note file."""
+
+    kind = "loadnote.append"
+    line: str
 
 
 class LoadNoteStrategy(Strategy):
@@ -70,6 +80,7 @@ class LoadNoteStrategy(Strategy):
         load = ctx.windows.last("load_per_core")
         if load is None or load < self._line:
             return None
+        line = f"load per core {load:.2f}"
         return Plan(
             strategy=self.name,
             reason=f"load per core {load:.2f} is over its line of {self._line:.2f}",
@@ -78,15 +89,20 @@ class LoadNoteStrategy(Strategy):
                     target=str(self._file),
                     action="note",
                     before="-",
-                    after=f"load per core {load:.2f}",
+                    after=line,
                     reversible=False,
                 ),
             ),
+            actions=(AppendNote(line=line),),
         )
 
     async def apply(self, plan: Plan) -> ApplyResult:
         """Append the planned line to the note file."""
-        line = plan.changes[0].after
+        match plan.actions:
+            case (AppendNote(line=line),):
+                pass
+            case _:
+                raise StrategyError(f"loadnote: no such action: {', '.join(a.kind for a in plan.actions) or 'none'}")
         try:
             await asyncio.to_thread(_append, self._file, line + "\n")
         except OSError as exc:
