@@ -34,7 +34,7 @@ test: $(STAMP) debs
 lint: $(STAMP)
 	$(VENV)/bin/ruff check $(PYDIRS)
 	$(VENV)/bin/ruff format --check $(PYDIRS)
-	$(VENV)/bin/mypy --strict config metrics strategies optimizer
+	$(VENV)/bin/mypy --strict config metrics strategies optimizer testbed tests
 
 # Benchmarks: results in bench/results/*.json, summary spliced into docs/BENCHMARKS.md.
 bench: $(STAMP)

@@ -18,6 +18,7 @@ from metrics.snapshot import CacheStatsSample, HostSample, Snapshot
 from metrics.window import Windows
 from optimizer.clock import FakeClock
 from optimizer.engine import Engine
+from optimizer.runtime import StrategyRuntime
 from optimizer.state import StateStore
 from strategies.base import (
     Action,
@@ -334,3 +335,18 @@ def make_engine(
         log=log if log is not None else RecordingLog(),
         store_executor=store_executor,
     )
+
+
+def armed(rt: StrategyRuntime) -> bool:
+    """Whether the runtime's detector is armed now (read through a call: it changes between rounds)."""
+    return rt.detector.armed
+
+
+def optimizing(engine: Engine) -> bool:
+    """Whether a round runs now (read through a call: it changes while the test awaits)."""
+    return engine.optimizing
+
+
+def breaker_open(rt: StrategyRuntime) -> bool:
+    """Whether the runtime's breaker is open now (read through a call: it changes between rounds)."""
+    return rt.breaker_open

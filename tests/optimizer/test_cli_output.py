@@ -181,7 +181,9 @@ def test_history_figures_are_readable_and_the_clock_is_named(capsys: pytest.Capt
 
 def test_strategies_describe_names_the_restore_trigger(capsys: pytest.CaptureFixture[str]) -> None:
     """``strategies describe cpu`` lists the restore line as a restore trigger, in the signal's unit."""
-    body = {"strategies": list(METRICS["strategies"].values()), "baselines": {"response_time_seconds": 0.0042}}
+    strategies = METRICS["strategies"]
+    assert isinstance(strategies, dict)
+    body = {"strategies": list(strategies.values()), "baselines": {"response_time_seconds": 0.0042}}
     assert cmd_strategies(CannedClient({"/strategies": body}), False, "describe", "cpu", None) == 0
     out = capsys.readouterr().out
     assert "restore trigger cpu_ratio: enter 81 % exit 81 %" in out

@@ -26,8 +26,11 @@ from tests.optimizer.fakes import (
     ScriptedStrategy,
     SetKnob,
     SnapshotBuilder,
+    armed,
+    breaker_open,
     cpu_down,
     make_plan,
+    optimizing,
 )
 
 HOT, WARM, CALM = 0.95, 0.85, 0.5
@@ -72,7 +75,7 @@ async def test_fewer_than_n_of_m_samples_above_enter_cause_nothing(
     engine = build([strat])
     feed(engine, samples, clock, [HOT, CALM, HOT, CALM, CALM])
     await scheduled(engine)
-    assert engine.runtimes["cpu"].detector.armed is False
+    assert not armed(engine.runtimes["cpu"])
     assert strat.plan_calls == []
     assert rows(store) == []
 
@@ -85,9 +88,9 @@ async def test_n_of_m_samples_above_enter_arm_and_act(
     engine = build([strat])
     feed(engine, samples, clock, [HOT, CALM, HOT, CALM, HOT])
     result = await scheduled(engine)
-    assert engine.runtimes["cpu"].detector.armed is True
+    assert armed(engine.runtimes["cpu"])
     assert strat.plan_calls[0].armed == ("cpu_ratio",)
-    assert strat.plan_calls[0].manual is False
+    assert not strat.plan_calls[0].manual
     [row] = rows(store)
     assert (row.outcome, row.mode, row.run_id, row.trigger) == ("applied", "enforce", result.run_id, "scheduled")
     assert row.signals == {"cpu_ratio": HOT}
@@ -108,11 +111,11 @@ async def test_after_acting_the_strategy_disarms_only_below_exit(
     assert outcomes(store) == ["applied"]
     feed(engine, samples, clock, [WARM] * 5)  # no hot sample left in the window
     await scheduled(engine)
-    assert engine.runtimes["cpu"].detector.armed is True
+    assert armed(engine.runtimes["cpu"])
     assert outcomes(store) == ["applied", "skipped_cooldown"]
     feed(engine, samples, clock, [0.79])
     await scheduled(engine)
-    assert engine.runtimes["cpu"].detector.armed is False
+    assert not armed(engine.runtimes["cpu"])
     assert [e.event for e in log.records if e.event.startswith("strategy_")] == ["strategy_armed", "strategy_disarmed"]
     assert outcomes(store) == ["applied", "skipped_cooldown"]
 
@@ -132,18 +135,18 @@ async def test_below_type_trigger_arms_on_low_values_and_disarms_above_exit(
     for rate in (0.9, 0.3, 0.9, 0.3, 0.9):
         push(rate)
     await scheduled(engine)
-    assert rt.detector.armed is False
+    assert not armed(rt)
     push(0.4)
     await scheduled(engine)
-    assert rt.detector.armed is True
+    assert armed(rt)
     assert outcomes(store) == ["applied"]
     for _ in range(5):
         push(0.6)  # above enter, below exit
     await scheduled(engine)
-    assert rt.detector.armed is True
+    assert armed(rt)
     push(0.75)
     await scheduled(engine)
-    assert rt.detector.armed is False
+    assert not armed(rt)
 
 
 async def test_a_signal_oscillating_around_the_threshold_acts_at_most_once_per_cooldown(
@@ -276,7 +279,7 @@ async def test_manual_trigger_skips_detection_but_not_the_gates(
     engine = build([strat], cooldown_seconds=300.0)
     feed(engine, samples, clock, [CALM] * 5)
     await manual(engine)
-    assert strat.plan_calls[0].manual is True
+    assert strat.plan_calls[0].manual
     assert strat.plan_calls[0].armed == ()
     clock.advance(10)
     await manual(engine)
@@ -373,7 +376,7 @@ async def test_breaker_opens_after_three_consecutive_failures_and_reset_rearms(
     for _ in range(3):
         await manual(engine)
         clock.advance(1)
-    assert rt.breaker_open is True
+    assert breaker_open(rt)
     assert rt.breaker_reason is not None and "permission denied" in rt.breaker_reason
     assert registry.get_sample_value("cctv_optimizer_breaker_open", {"strategy": "cpu"}) == 1.0
     assert [e.level for e in log.events("breaker_opened")] == ["error"]
@@ -401,7 +404,7 @@ async def test_a_success_between_failures_keeps_the_breaker_closed(
         await manual(engine)
         clock.advance(1)
     assert outcomes(store) == ["failed", "failed", "applied", "failed", "failed"]
-    assert rt.breaker_open is False
+    assert not breaker_open(rt)
     assert rt.consecutive_failures == 2
 
 
@@ -450,7 +453,7 @@ async def test_plan_timeout_is_recorded_and_counts_toward_the_breaker(
     assert engine.runtimes["cpu"].consecutive_failures == 1
     await manual(engine)
     await manual(engine)
-    assert engine.runtimes["cpu"].breaker_open is True
+    assert engine.runtimes["cpu"].breaker_open
     assert strat.applied == []
 
 
@@ -575,7 +578,7 @@ async def test_improved_effect_is_recorded_and_scored(
     assert row.verdict == "improved"
     assert row.verdict_detail is not None
     assert row.verdict_detail["before"] == 0.95 and row.verdict_detail["after"] == 0.6
-    assert row.verdict_detail["reverted"] is False
+    assert not row.verdict_detail["reverted"]
     assert row.verdict_detail["change"] == pytest.approx(0.35)
     assert engine.runtimes["cpu"].scores == [1]
     assert strat.reverted == []
@@ -661,10 +664,10 @@ async def test_three_regressions_open_the_breaker(
     rt = engine.runtimes["cpu"]
     for after in (1.0, 1.0, 0.85, 1.0):
         await apply_and_verify(engine, samples, clock, before=0.85, after=after)
-    assert rt.breaker_open is False
+    assert not breaker_open(rt)
     await apply_and_verify(engine, samples, clock, before=0.85, after=1.0)
     await apply_and_verify(engine, samples, clock, before=0.85, after=1.0)
-    assert rt.breaker_open is True
+    assert breaker_open(rt)
     assert rt.breaker_reason is not None and "regressed cpu_ratio" in rt.breaker_reason
     clock.advance(60)
     await manual(engine)
@@ -684,14 +687,14 @@ async def test_concurrent_requests_join_one_round(
     feed(engine, samples, clock, [CALM])
     tasks = [asyncio.create_task(manual(engine)) for _ in range(50)]
     await asyncio.wait_for(strat.plan_started.wait(), 30.0)
-    assert engine.optimizing is True
+    assert engine.optimizing
     strat.plan_gate.set()
     results = await asyncio.wait_for(asyncio.gather(*tasks), 30.0)
     assert len(strat.plan_calls) == 1
     assert len({r.run_id for r in results}) == 1
     assert sum(r.joined for r in results) == 49
     assert {r.decision_ids for r in results} == {(rows(store)[0].id,)}
-    assert engine.optimizing is False
+    assert not optimizing(engine)
     after = await manual(engine)
     assert after.run_id != results[0].run_id
     assert engine.rounds_run == 2
@@ -725,7 +728,7 @@ async def test_learned_state_survives_a_new_engine_on_the_same_store(
     assert second.runtimes["learner"].scores == [0]
     assert second.runtimes["learner"].cooldown == 200.0
     assert second.runtimes["learner"].mode_override is Mode.DRY_RUN
-    assert second.runtimes["failing"].breaker_open is True
+    assert second.runtimes["failing"].breaker_open
     assert second.pacer.budget_left(second.runtimes["failing"]) == 3
     second.on_snapshot(samples.build(cpu=CALM))
     await manual(second)
@@ -752,6 +755,7 @@ async def test_load_reconciles_a_journal_intent_without_a_done_record(build: Eng
     )
     journal_id = store.journal_intent(decision_id=decision_id, strategy="cpu", plan=plan.as_dict())
     orphan_id = store.journal_intent(decision_id=None, strategy="gone", plan=plan.as_dict())
+    assert journal_id is not None and orphan_id is not None
     log = RecordingLog()
     strat = ScriptedStrategy("cpu")
     engine = build([strat], log=log)
@@ -788,7 +792,7 @@ async def test_a_failing_reconcile_is_recorded_and_load_goes_on(
     [entry] = store.journal()
     assert entry.status == "reconcile_failed"
     assert entry.result == {"note": note}
-    assert engine.runtimes["cpu"].breaker_open is True
+    assert engine.runtimes["cpu"].breaker_open
 
 
 async def test_an_attempt_is_persisted_before_the_apply_runs(
@@ -845,7 +849,7 @@ async def test_observed_rows_are_written_once_per_episode(
     assert outcomes(store) == ["observed"]
     feed(engine, samples, clock, [CALM] * 5)
     await scheduled(engine)
-    assert engine.runtimes["cpu"].detector.armed is False
+    assert not armed(engine.runtimes["cpu"])
     feed(engine, samples, clock, [HOT] * 3)
     await scheduled(engine)
     assert outcomes(store) == ["observed", "observed"]

@@ -17,7 +17,7 @@ from strategies.cpu import CpuStrategy
 from testbed.harness import TestbedProcess
 from tests.harness import daemon_env, running_daemon
 from tests.optimizer.conftest import recorder_env
-from tests.optimizer.fakes import SnapshotBuilder
+from tests.optimizer.fakes import SnapshotBuilder, armed
 
 MIB = 1024 * 1024
 # samples enough for the interval to stretch from its base to its bound by 1.25 a sample (0.2 s to 30 s: 23)
@@ -135,7 +135,7 @@ async def test_an_armed_strategy_with_nothing_to_do_does_not_tighten_the_interva
             daemon._adapt_interval()
         assert daemon.adaptive_interval == low  # near the line and not yet armed: sampled closely for detection
         await daemon.engine.request_round(trigger="scheduled", strategy="cpu")
-        assert cpu.detector.armed  # and no recorder to lower: its plan had nothing to do
+        assert armed(cpu)  # and no recorder to lower: its plan had nothing to do
         for _ in range(RAMP):
             clock.advance(1.0)
             daemon.engine.on_snapshot(snapshots.build(cpu=0.99, memory=0.1))
@@ -145,7 +145,7 @@ async def test_an_armed_strategy_with_nothing_to_do_does_not_tighten_the_interva
             clock.advance(1.0)
             daemon.engine.on_snapshot(snapshots.build(cpu=0.1, memory=0.1))
         await daemon.engine.request_round(trigger="scheduled", strategy="cpu")
-        assert not cpu.detector.armed
+        assert not armed(cpu)
         for _ in range(10):
             clock.advance(1.0)
             daemon.engine.on_snapshot(snapshots.build(cpu=0.99, memory=0.1))  # hot again: a new episode

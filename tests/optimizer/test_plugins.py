@@ -20,6 +20,7 @@ from metrics.signals import is_known_signal
 from metrics.window import Windows
 from optimizer import app
 from optimizer.cli import EX_CONFIG, check_config
+from optimizer.clock import FakeClock
 from optimizer.registry import build_strategies, plugin_classes
 from strategies.base import Built, StrategyDeps, TriggerSpec
 from testbed.harness import TestbedProcess
@@ -135,10 +136,11 @@ async def test_the_plugin_acts_in_a_round_of_a_running_daemon(
         CCTV_OPTIMIZER_STRATEGIES__LOADNOTE__NOTE_FILE=str(notes),
         CCTV_OPTIMIZER_STRATEGIES__LOADNOTE__LOAD_PER_CORE="1.5",
     )
-    async with running_daemon(env) as daemon:
+    clock = FakeClock()
+    async with running_daemon(env, clock=clock) as daemon:
         daemon.engine.refresh = None  # plan from the injected sample, not a fresh one
         assert "loadnote" in daemon.engine.runtimes
-        snapshots = SnapshotBuilder(daemon.clock)
+        snapshots = SnapshotBuilder(clock)
         daemon.engine.on_snapshot(snapshots.build(cpu=0.5, memory=0.1, load=(8.0, 4.0, 2.0)))  # 2 per core on 4
         result = await daemon.engine.request_round(trigger="manual", strategy="loadnote", manual=True)
         row = daemon.store.decision(result.decision_ids[0])

@@ -371,12 +371,12 @@ def test_a_full_disk_makes_writes_fail_softly_and_recovers(tmpfs: Mount, open_st
             failed = i
             break
     assert failed is not None
-    assert store.healthy is False
-    assert store.last_error is not None and "full" in store.last_error
+    assert not store.healthy
+    assert "full" in (store.last_error or "")
     assert count(store) == failed + 1
     filler.unlink()
     assert add(store) is not None
-    assert store.healthy is True and store.last_error is None
+    assert (store.healthy, store.last_error) == (True, None)
 
 
 async def test_history_cache_reads_once_per_version_and_sees_a_new_decision_at_once(

@@ -262,7 +262,7 @@ def test_a_collapse_arms_on_counter_deltas_while_the_lifetime_rate_stays_high() 
     strategy = make(windows=windows)
     specs = strategy.triggers({})
     assert windows.last("cache_hit_rate") == pytest.approx(9544 / 10_360)
-    assert windows.last("cache_hit_rate") > 0.9
+    assert (windows.last("cache_hit_rate") or 0.0) > 0.9
     recent = windows.values(RECENT_HIT_RATE)
     assert recent[:3] == [1.0, 1.0, 1.0]
     assert recent[-1] == pytest.approx((9544 - 9519) / (10_360 - 10_020))
@@ -854,7 +854,8 @@ def test_the_response_time_trigger_follows_the_baseline(baselines: dict[str, flo
     """response_time_seconds arms at max(floor, baseline x factor) and disarms under 0.9 of it."""
     strategy = make(response_time_floor_ms=500, baseline_factor=3.0)
     [spec] = [s for s in strategy.triggers(baselines) if s.signal == "response_time_seconds"]
-    assert (spec.enter, spec.exit, spec.above) == (pytest.approx(line), pytest.approx(line * 0.9), True)
+    assert spec.above
+    assert (spec.enter, spec.exit) == pytest.approx((line, line * 0.9))
 
 
 def test_the_same_slowness_arms_against_the_floor_but_not_against_a_slow_normal() -> None:

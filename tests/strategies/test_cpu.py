@@ -433,7 +433,8 @@ async def test_hot_plan_apply_revert_and_calm_restore(
     assert set(strategy.held) == {recorder.pid}
     assert json.loads(state.read_text())["recorders"][0]["saved"]["threads"]
     calm_line = strategy.triggers({})[0]
-    assert (calm_line.signal, calm_line.above, calm_line.enter) == ("cpu_ratio", False, pytest.approx(0.81))
+    assert (calm_line.signal, calm_line.above) == ("cpu_ratio", False)
+    assert calm_line.enter == pytest.approx(0.81)
     # nothing more to do while hot
     assert await strategy.plan(ctx(windows_with([0.95, 0.97, 0.99]))) is None
 

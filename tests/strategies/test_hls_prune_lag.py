@@ -53,7 +53,7 @@ async def test_a_prune_of_100000_files_runs_off_the_loop(tmpfs: Mount) -> None:
         threads.add(threading.get_ident())
         return original(*args, **kwargs)  # type: ignore[arg-type]
 
-    hls.prune_stale = recorded  # type: ignore[assignment]
+    hls.prune_stale = recorded
     try:
         strategy = MemoryStrategy(
             MemoryOptions(hls_prune_max_files=FILES, hls_stale_age_seconds=STALE_AGE),
@@ -83,7 +83,7 @@ async def test_a_prune_of_100000_files_runs_off_the_loop(tmpfs: Mount) -> None:
             stop.set()
             await ticks
     finally:
-        hls.prune_stale = original  # type: ignore[assignment]
+        hls.prune_stale = original
     assert f"pruned {FILES} stale HLS files" in result.detail
     assert sum(1 for _ in root.rglob("9e9e9e9e9e9e_seg*")) == 0
     assert threads and threading.get_ident() not in threads
