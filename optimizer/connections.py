@@ -177,7 +177,26 @@ def is_health_check(line: bytes) -> bool:
     return method in _HEALTH_METHODS and (target == b"/health" or target.startswith(b"/health?"))
 
 
-class _HealthOnly(asyncio.Protocol):
+class _Wrapping(asyncio.Protocol):
+    """A protocol in front of aiohttp's, which it makes only once the first bytes arrive: flow control and the end
+    of input go through to it once it exists (before any byte came there is nothing to answer: the transport
+    closes)."""
+
+    _inner: asyncio.Protocol | None = None
+
+    def eof_received(self) -> bool | None:
+        return self._inner.eof_received() if self._inner is not None else None
+
+    def pause_writing(self) -> None:
+        if self._inner is not None:
+            self._inner.pause_writing()
+
+    def resume_writing(self) -> None:
+        if self._inner is not None:
+            self._inner.resume_writing()
+
+
+class _HealthOnly(_Wrapping):
     """A connection beyond the cap, on the health checks' reserve: its first request line decides.
 
     ``GET``/``HEAD /health`` goes to the web server with ``Connection: close`` put first among its headers, so
@@ -234,17 +253,6 @@ class _HealthOnly(asyncio.Protocol):
         self._inner.connection_made(self._transport)
         self._inner.data_received(head[:end] + b"\r\nConnection: close" + head[end:])
 
-    def eof_received(self) -> bool | None:
-        return self._inner.eof_received() if self._inner is not None else None
-
-    def pause_writing(self) -> None:
-        if self._inner is not None:
-            self._inner.pause_writing()
-
-    def resume_writing(self) -> None:
-        if self._inner is not None:
-            self._inner.resume_writing()
-
     def connection_lost(self, exc: Exception | None) -> None:
         self._limiter.reserve_in_use -= 1
         self._cancel_deadline()
@@ -253,7 +261,7 @@ class _HealthOnly(asyncio.Protocol):
             self._inner.connection_lost(exc)
 
 
-class _Counted(asyncio.Protocol):
+class _Counted(_Wrapping):
     """The web server's protocol for one connection, counted, with a deadline for its first request's headers.
 
     The web server's protocol is made when the first bytes arrive: a connection that never sends any (a flood
@@ -328,18 +336,6 @@ class _Counted(asyncio.Protocol):
             self._inner = self._make_inner()
             self._inner.connection_made(self._transport)
         self._inner.data_received(data)
-
-    def eof_received(self) -> bool | None:
-        # before any byte came there is nothing to answer: let the transport close
-        return self._inner.eof_received() if self._inner is not None else None
-
-    def pause_writing(self) -> None:
-        if self._inner is not None:
-            self._inner.pause_writing()
-
-    def resume_writing(self) -> None:
-        if self._inner is not None:
-            self._inner.resume_writing()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._limiter.current -= 1
