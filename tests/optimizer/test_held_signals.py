@@ -2,24 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import replace
-from pathlib import Path
-
-import pytest
 
 from optimizer.clock import FakeClock
 from optimizer.state import StateStore
 from tests.optimizer.fakes import SnapshotBuilder, make_engine
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[StateStore]:
-    """An open state store in a temporary directory."""
-    st = StateStore(tmp_path / "state")
-    st.open()
-    yield st
-    st.close()
 
 
 async def test_a_standing_in_cache_reading_is_held_and_a_missing_one_dropped(store: StateStore) -> None:

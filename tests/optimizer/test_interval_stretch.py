@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
+from collections.abc import AsyncIterator
 
 import pytest
 
@@ -31,15 +30,6 @@ class Stretching(ScriptedStrategy):
         if self.broken:
             raise RuntimeError("factor hook crashed")
         return self.factor
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[StateStore]:
-    """An open state store in a temporary directory."""
-    st = StateStore(tmp_path / "state")
-    st.open()
-    yield st
-    st.close()
 
 
 @pytest.fixture

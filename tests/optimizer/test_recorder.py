@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
-
 import pytest
 from prometheus_client import CollectorRegistry
 
@@ -18,15 +15,6 @@ from optimizer.runtime import StrategyRuntime
 from optimizer.state import StateStore
 from strategies.base import ApplyResult, Change, Finding, OperatorOverride, StrategyContext
 from tests.optimizer.fakes import RecordingLog, ScriptedStrategy, SnapshotBuilder, make_plan
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[StateStore]:
-    """An open state store (SQLite, WAL) in a temporary directory."""
-    st = StateStore(tmp_path / "state")
-    st.open()
-    yield st
-    st.close()
 
 
 @pytest.fixture
