@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
@@ -15,6 +15,7 @@ from config.settings import CacheOptions, DetectionSettings
 from metrics.backend import BackendClient, Credentials
 from metrics.snapshot import CacheStatsSample, ProbeSample, Snapshot
 from metrics.window import Windows
+from optimizer.clock import FakeClock
 from optimizer.detection import Detector
 from strategies.base import Direction, Plan, StrategyContext, StrategyError
 from strategies.cache import (
@@ -41,16 +42,6 @@ def cause_of(plan: Plan) -> Cause:
 
 
 DETECTION = DetectionSettings(samples_required=2, window_samples=3)
-
-
-class Clock:
-    """A monotonic clock the test moves by hand."""
-
-    def __init__(self, now: float = 1000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @dataclass
@@ -167,7 +158,7 @@ def make(
     client: BackendClient | None = None,
     *,
     windows: Windows | None = None,
-    clock: Clock | None = None,
+    clock: Callable[[], float] | None = None,
     hot: tuple[str, ...] = HOT,
     **options: Any,
 ) -> CacheStrategy:
@@ -188,7 +179,7 @@ def make(
         windows=windows if windows is not None else Windows(120),
         window_samples=DETECTION.window_samples,
         exit_ratio=0.9,
-        clock=clock or Clock(),
+        clock=clock or FakeClock().monotonic,
     )
 
 
@@ -650,11 +641,11 @@ async def test_evidence_before_the_action_no_longer_counts(fake: tuple[FakeBacke
     """After acting, the recent hit rate looks only at lookups made since, so the strategy disarms."""
     backend, client = fake
     backend.entries = junk(300)
-    clock = Clock(10.0)
+    clock = FakeClock(start_monotonic=10.0)
     windows = Windows(120)
     busy_history(windows)
     push(windows, 4.0, hits=9541, lookups=10_340, entries=340)
-    strategy = make(client, windows=windows, clock=clock)
+    strategy = make(client, windows=windows, clock=clock.monotonic)
     plan = await strategy.plan(ctx(snapshot(cache_stats(340, hits=9541, misses=799)), windows, RECENT_HIT_RATE))
     assert plan is not None
     await strategy.apply(plan)
@@ -670,11 +661,11 @@ async def test_evidence_before_the_action_no_longer_counts(fake: tuple[FakeBacke
 async def test_warming_after_a_clear_resets_the_flag(fake: tuple[FakeBackend, BackendClient]) -> None:
     """A warm-only plan GETs the hot endpoints; later samples no longer read the cache as emptied."""
     backend, client = fake
-    clock = Clock(10.0)
+    clock = FakeClock(start_monotonic=10.0)
     windows = Windows(120)
     push(windows, 1.0, hits=10, lookups=60, entries=52)
     push(windows, 2.0, hits=10, lookups=60, entries=0)
-    strategy = make(client, windows=windows, clock=clock)
+    strategy = make(client, windows=windows, clock=clock.monotonic)
     plan = await strategy.plan(ctx(snapshot(cache_stats(0, hits=10, misses=50)), windows, CLEARED))
     assert plan is not None
     result = await strategy.apply(plan)

@@ -7,7 +7,7 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
@@ -30,6 +30,7 @@ from metrics.snapshot import (
     Snapshot,
 )
 from metrics.window import Windows
+from optimizer.clock import FakeClock
 from strategies.base import Direction, Plan, Risk, StrategyContext, StrategyError
 from strategies.memory import CleanSelf, MemoryStrategy, PruneHls, RestartBackend, TrimBackendCache
 
@@ -110,24 +111,13 @@ def ctx(snap: Snapshot, *armed: str, manual: bool = False, windows: Windows | No
     return StrategyContext(snapshot=snap, windows=windows or Windows(50), armed=armed, manual=manual, now=100.0)
 
 
-@dataclass
-class Clock:
-    """A monotonic clock moved by hand."""
-
-    now: float = 1000.0
-
-    def __call__(self) -> float:
-        """The current time."""
-        return self.now
-
-
 def strategy(
     options: MemoryOptions | None = None,
     *,
     windows: Windows | None = None,
     hls_root: Path | None = None,
     client: BackendClient | None = None,
-    clock: Clock | None = None,
+    clock: Callable[[], float] | None = None,
     **kwargs: Any,
 ) -> MemoryStrategy:
     """A memory strategy with test-sized defaults."""
@@ -141,7 +131,7 @@ def strategy(
         hls_root=hls_root,
         backend=client,
         hot_endpoints=HOT,
-        clock=clock or Clock(),
+        clock=clock or FakeClock().monotonic,
         wall=lambda: NOW,
         **kwargs,
     )
@@ -482,8 +472,8 @@ async def test_restart_runs_the_command_and_waits_for_the_old_process(
     """A successful command that ends the backend is a done restart; a second one within the interval is refused."""
     pid = fake_backend_process.pid
     command = f"{sys.executable} -c 'import os, signal; os.kill({pid}, signal.SIGTERM)'"
-    clock = Clock()
-    s = strategy(restart_options(restart_command=command), clock=clock, enable_gc=False)
+    clock = FakeClock()
+    s = strategy(restart_options(restart_command=command), clock=clock.monotonic, enable_gc=False)
     result = await s.apply(restart_plan(s, pid))
     fake_backend_process.wait(timeout=10)
     assert [c.action for c in result.changes] == ["backend_restart"]
@@ -493,7 +483,7 @@ async def test_restart_runs_the_command_and_waits_for_the_old_process(
     busy = ctx(snapshot(backend=backend(600 * MIB), **quiet(0)), "backend_rss_bytes")
     assert await s.plan(busy) is None
     assert "ago" in next(f for f in s.findings(busy) if f.id == "memory-restart-deferred").summary
-    clock.now += 3601
+    clock.advance(3601)
     assert await s.plan(busy) is not None
 
 
