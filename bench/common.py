@@ -83,7 +83,7 @@ def fmt_mib(n_bytes: float) -> str:
     return f"{n_bytes / 2**20:.1f} MiB"
 
 
-def row(
+def row(  # noqa: PLR0913 -- a summary row has that many columns
     figure: str, value: str, *, reference: str = "", ratio_text: str = "", goal: str = "", met: bool | None = None
 ) -> dict[str, Any]:
     """One summary row in the shape the runner expects."""

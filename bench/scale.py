@@ -286,7 +286,7 @@ async def sources_alone(sampler: Any, extra_ports: frozenset[int], repeat: int) 
     return out
 
 
-async def measure(
+async def measure(  # noqa: PLR0913 -- a benchmark point is named by its parameters
     tb: Any,
     work: Path,
     env_overrides: Mapping[str, str],
@@ -355,7 +355,7 @@ def database_source_with_tables(path: Path, repeat: int) -> list[float]:
     return timings
 
 
-def one_point(
+def one_point(  # noqa: PLR0913 -- a benchmark point is named by its parameters
     tb: Any,
     work: Path,
     connections: int,

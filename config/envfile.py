@@ -48,7 +48,7 @@ class _State(Enum):
     COMMENT_ESCAPE = auto()
 
 
-def parse(text: str) -> list[Assignment]:
+def parse(text: str) -> list[Assignment]:  # noqa: PLR0912, PLR0915 -- systemd's env-file parser, one state after another
     """Every assignment in the file's text, in order (a later one of the same name wins, as in systemd)."""
     out: list[Assignment] = []
     state = _State.PRE_KEY

@@ -137,7 +137,7 @@ def _optional_inner(tp: Any) -> tuple[Any, bool]:
     return tp, False
 
 
-def example_of(leaf: Leaf, given: float | None = None) -> str:
+def example_of(leaf: Leaf, given: float | None = None) -> str:  # noqa: PLR0911 -- one example per kind of setting
     """An example value for a message: one close to what was given when that reads as a unit slip, else the default.
 
     ``OPTIMIZATION_INTERVAL=30`` was meant as seconds (example ``30000 for 30 s``); ``CPU_THRESHOLD=80`` as a
@@ -189,7 +189,7 @@ def _range_message(leaf: Leaf, value: float) -> str:
     return f"must be {bound} {shown} (e.g. {example})"
 
 
-def _convert(leaf: Leaf, raw: Any, from_env: bool) -> Any:
+def _convert(leaf: Leaf, raw: Any, from_env: bool) -> Any:  # noqa: PLR0912, PLR0915 -- one branch per setting type, read top to bottom
     """Convert a raw value to the leaf's type, raising ValueError with a message naming what is wrong.
 
     Messages say the unit and give an example; the value itself is shown by the Problem (``NAME=value``).
@@ -322,7 +322,7 @@ def _legacy_yaml_key(leaf: Leaf) -> str | None:
     return str(env).lower() if env else None
 
 
-def load_settings(
+def load_settings(  # noqa: PLR0912, PLR0915 -- file, environment, defaults: one pass each, in that order
     environ: Mapping[str, str] | None = None,
     config_file: Path | None = None,
     *,
@@ -545,7 +545,7 @@ def _validate_url(url: str) -> str | None:
     return None if match else f"expected an http:// or https:// URL, got {url!r}"
 
 
-def validate(
+def validate(  # noqa: PLR0912, PLR0913, PLR0915 -- one check per rule, each with its own message
     settings: Settings,
     sources: Mapping[str, str],
     environ: Mapping[str, str],

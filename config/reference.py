@@ -147,7 +147,7 @@ def _strategy_meanings() -> dict[str, str]:
     return out
 
 
-def _default(leaf: Leaf) -> str:
+def _default(leaf: Leaf) -> str:  # noqa: PLR0911 -- one rendering per setting type
     value = leaf.default
     if value is None:
         return "unset"

@@ -162,7 +162,7 @@ def _overlap(root: Path, other: Path) -> str | None:
     return None
 
 
-def hls_root_problems(
+def hls_root_problems(  # noqa: PLR0913 -- each path the root must stay clear of is its own argument
     hls_directory: Path,
     *,
     database: Path | None,

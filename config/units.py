@@ -113,7 +113,7 @@ def days(n: float) -> str:
     return f"{text} day" if text == "1" else f"{text} days"
 
 
-def value(v: float | None, unit: Unit) -> str:
+def value(v: float | None, unit: Unit) -> str:  # noqa: PLR0911 -- one format per unit
     """A figure in its unit, as a person reads it; ``-`` when there is none."""
     if v is None:
         return "-"

@@ -139,7 +139,7 @@ class PlaylistRead:
     problem: str | None = None
 
 
-def read_playlist(name: str, dir_fd: int, limit: int = MAX_PLAYLIST_BYTES) -> PlaylistRead:
+def read_playlist(name: str, dir_fd: int, limit: int = MAX_PLAYLIST_BYTES) -> PlaylistRead:  # noqa: PLR0911 -- each way a playlist can be unreadable returns its own reason
     """Read a playlist through ``dir_fd``: no link followed, never blocking on a FIFO, never more than ``limit``."""
     try:
         fd = os.open(name, FILE_FLAGS, dir_fd=dir_fd)
@@ -181,7 +181,7 @@ class DirectoryView:
     protected: str | None = None
 
 
-def keep_reason(name: str, st: os.stat_result, view: DirectoryView, stale_age: float, now: float) -> KeepReason | None:
+def keep_reason(name: str, st: os.stat_result, view: DirectoryView, stale_age: float, now: float) -> KeepReason | None:  # noqa: PLR0911 -- each reason to keep a file is one return
     """Why the rule keeps this file, or None when it is stale (from an lstat result)."""
     if is_playlist(name):
         return KeepReason.PLAYLIST
@@ -435,7 +435,7 @@ class Walk:
                     continue
                 yield entry.name, st
 
-    def classify(
+    def classify(  # noqa: PLR0913 -- a file's facts from one directory walk
         self, stream: Stream, name: str, st: os.stat_result, view: DirectoryView, *, stale_age: float, now: float
     ) -> KeepReason | None:
         """The keep rule plus the walk's own: a file on another device, or mounted over, is never stale; nor is an
@@ -554,7 +554,7 @@ class StreamSummary:
         return count, self.candidate_bytes_before[count]
 
 
-def summarise_stream(
+def summarise_stream(  # noqa: PLR0913 -- a stream's facts from one directory walk
     walk: Walk, stream: Stream, view: DirectoryView, *, key: tuple[object, ...], walked_at: float, now_wall: float
 ) -> StreamSummary:
     """Read one stream directory (one lstat per entry) into a StreamSummary; OSError if it goes away meanwhile."""

@@ -56,7 +56,7 @@ class SnapshotCollector(Collector):
             return
         yield from (f for f in self._families(snap) if f is not None)
 
-    def _families(self, snap: Snapshot) -> Iterator[GaugeMetricFamily | None]:
+    def _families(self, snap: Snapshot) -> Iterator[GaugeMetricFamily | None]:  # noqa: PLR0912, PLR0915 -- one metric family per source, in the order /metrics lists them
         yield _gauge("last_sample_timestamp_seconds", "Wall time of the last sample.", snap.wall_time)
         h = snap.host
         if h is not None:

@@ -244,7 +244,7 @@ class Snapshot:
             held.add("response_time_seconds")
         return frozenset(held)
 
-    def signals(self) -> Mapping[str, float]:
+    def signals(self) -> Mapping[str, float]:  # noqa: PLR0912 -- one signal per source field
         """The flat numeric signals strategies detect on and the engine verifies against."""
         out: dict[str, float] = {}
         if self.host is not None:

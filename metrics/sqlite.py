@@ -197,7 +197,7 @@ class DatabaseReader:
 
     name = "database"
 
-    def __init__(
+    def __init__(  # noqa: PLR0913 -- keyword-only collaborators and settings of one object
         self,
         path: Path,
         *,

@@ -170,7 +170,7 @@ class ProcNetTcpCounter:
         return _counts_from_slots(slots, CountMethod.PROC)
 
     @staticmethod
-    def _tally(
+    def _tally(  # noqa: PLR0913 -- the counts of one netlink dump, by port set
         path: Path,
         offsets: tuple[int, int, int],
         wanted: frozenset[bytes],
@@ -459,7 +459,7 @@ class NetlinkTcpCounter:
                 self._dump(family, None, ports, upstream, slots)
         return slots
 
-    def _dump(
+    def _dump(  # noqa: PLR0912 -- one netlink message parsed step by step
         self,
         family: int,
         bytecode: bytes | None,

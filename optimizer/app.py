@@ -145,7 +145,7 @@ def resolve_api_token(settings: Settings, environ: Mapping[str, str]) -> tuple[s
 class Daemon:
     """The running daemon: sampler, engine, scheduler, API, state and lifecycle."""
 
-    def __init__(
+    def __init__(  # noqa: PLR0913 -- keyword-only collaborators and settings of one object
         self,
         loaded: LoadedSettings,
         *,

@@ -58,7 +58,7 @@ def signal_proximity(specs: Sequence[TriggerSpec], windows: Windows) -> float:
     return proximity
 
 
-def next_sample_interval(
+def next_sample_interval(  # noqa: PLR0913 -- the interval's inputs are separate quantities
     current: float, *, base: float, low: float, high: float, proximity: float, armed: bool
 ) -> float:
     """The next sample interval: halve toward ``low`` near a line, stretch by 1.25 toward ``high`` when calm.
@@ -136,7 +136,7 @@ def round_aligned_interval(
     return min(wait, slack)
 
 
-def adapt(
+def adapt(  # noqa: PLR0913 -- the interval's inputs are separate quantities
     adaptive: float,
     bounds: Bounds,
     watches: Sequence[Watch],

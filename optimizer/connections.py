@@ -358,7 +358,7 @@ class LimitedSite(web.BaseSite):
 
     __slots__ = ("_host", "_limiter", "_listen_queue", "_port", "_reuse_address")
 
-    def __init__(
+    def __init__(  # noqa: PLR0913 -- keyword-only collaborators and settings of one object
         self,
         runner: web.BaseRunner,
         host: str,

@@ -70,7 +70,7 @@ class EngineStopping(Exception):
 class Engine:
     """Runs decision rounds over the strategies, gates and records them, verifies their effect."""
 
-    def __init__(
+    def __init__(  # noqa: PLR0913 -- keyword-only collaborators and settings of one object
         self,
         strategies: Sequence[tuple[Strategy, Mode | None, bool]],
         *,
@@ -451,7 +451,7 @@ class Engine:
             )
         return specs
 
-    async def _turn(
+    async def _turn(  # noqa: PLR0913 -- a turn's context: strategy, snapshot, trigger, mode and run
         self,
         rt: StrategyRuntime,
         snapshot: Snapshot,

@@ -76,7 +76,7 @@ class Recorder:
         state = rt.to_state(self._clock.monotonic(), self._clock.wall())
         await self.stored(self._store.save_strategy, rt.name, state)
 
-    async def decision(
+    async def decision(  # noqa: PLR0913 -- a history row's fields
         self,
         rt: StrategyRuntime,
         turn: Turn,
@@ -175,7 +175,7 @@ class Recorder:
             self._store.journal_intent, decision_id=decision_id, strategy=rt.name, plan=plan.as_dict()
         )
 
-    async def applied(
+    async def applied(  # noqa: PLR0913 -- a history row's fields
         self,
         rt: StrategyRuntime,
         plan: Plan,
@@ -233,7 +233,7 @@ class Recorder:
             duration_ms=round(duration_ms, 2),
         )
 
-    async def verdict(
+    async def verdict(  # noqa: PLR0913 -- a history row's fields
         self,
         rt: StrategyRuntime,
         decision_id: int | None,

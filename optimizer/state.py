@@ -420,7 +420,7 @@ class StateStore:
 
     # decisions -------------------------------------------------------------------------------------------------
 
-    def add_decision(
+    def add_decision(  # noqa: PLR0913 -- a history row's columns
         self,
         *,
         run_id: str,
@@ -463,7 +463,7 @@ class StateStore:
             self.trim()
         return row_id
 
-    def update_decision(
+    def update_decision(  # noqa: PLR0913 -- a history row's columns
         self,
         decision_id: int,
         *,

@@ -34,7 +34,7 @@ class Pending:
     applied_at: float = 0.0
 
     @classmethod
-    def of(
+    def of(  # noqa: PLR0913 -- a pending verification's fields
         cls,
         strategy: str,
         plan: Plan,

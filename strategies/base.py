@@ -123,7 +123,7 @@ def decode(cls: type[_T], data: Mapping[str, object]) -> _T:
     return cls(**values)
 
 
-def _decode(tp: object, value: object, where: str) -> object:
+def _decode(tp: object, value: object, where: str) -> object:  # noqa: PLR0911, PLR0912 -- one branch per field type an action may hold
     origin = typing.get_origin(tp)
     args = typing.get_args(tp)
     if tp is object or tp is Any:

@@ -302,7 +302,7 @@ class CacheStrategy(Strategy):
         )
         return Built(strategy, s.mode, s.enabled and settings.enable_caching)
 
-    def __init__(
+    def __init__(  # noqa: PLR0913 -- keyword-only collaborators and settings of one object
         self,
         client: BackendClient,
         options: CacheOptions,

@@ -246,7 +246,7 @@ class ConnectionStrategy(Strategy):
         )
         return Built(strategy, s.mode, s.enabled and settings.enable_connection_pooling)
 
-    def __init__(
+    def __init__(  # noqa: PLR0913 -- keyword-only collaborators and settings of one object
         self,
         options: ConnectionOptions,
         *,

@@ -210,7 +210,7 @@ class CpuStrategy(Strategy):
         )
         return Built(strategy, s.mode, s.enabled)
 
-    def __init__(
+    def __init__(  # noqa: PLR0913 -- keyword-only collaborators and settings of one object
         self,
         options: CpuOptions,
         *,

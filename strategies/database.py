@@ -204,7 +204,7 @@ class DatabaseStrategy(Strategy):
         )
         return Built(strategy, s.mode, s.enabled)
 
-    def __init__(
+    def __init__(  # noqa: PLR0913 -- keyword-only collaborators and settings of one object
         self,
         database: Path,
         options: DatabaseOptions,

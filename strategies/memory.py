@@ -201,7 +201,7 @@ class MemoryStrategy(Strategy):
         )
         return Built(strategy, s.mode, s.enabled)
 
-    def __init__(
+    def __init__(  # noqa: PLR0913 -- keyword-only collaborators and settings of one object
         self,
         options: MemoryOptions,
         *,

@@ -497,7 +497,7 @@ class BackendApi:
         self._set_auth_cookies(response, token, refresh)
         return response
 
-    def _log_security(
+    def _log_security(  # noqa: PLR0913 -- the backend's own call shape
         self, conn: sqlite3.Connection, event: str, ip: str, user_agent: str, *, username: str, reason: str
     ) -> None:
         """A security_logs row: ``timestamp`` is ISO UTC, ``created_at`` the UTC default."""

@@ -270,7 +270,7 @@ class TestbedProcess:
 
     # ----- HTTP ------------------------------------------------------------------------------
 
-    def request(
+    def request(  # noqa: PLR0913 -- the backend's own call shape
         self,
         method: str,
         path: str,

@@ -22,7 +22,7 @@ def device_type(user_agent: str) -> str:
     return "desktop"
 
 
-def start_session(
+def start_session(  # noqa: PLR0913 -- the backend's own call shape
     conn: sqlite3.Connection,
     clock: LocalClock,
     *,

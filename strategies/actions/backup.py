@@ -101,7 +101,7 @@ def room_for(
     return Room(needed=needed, free=free, limit=max_bytes, drop=tuple(drop), problem=problem)
 
 
-def take_backup(
+def take_backup(  # noqa: PLR0913 -- source, target, limits and clock of one backup
     database: Path,
     directory: Path,
     *,

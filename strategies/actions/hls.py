@@ -180,7 +180,7 @@ def _check_permissions(
     return modes, gone
 
 
-def _remove(
+def _remove(  # noqa: PLR0913 -- one unlink and the checks before it
     walk: Walk,
     streams: list[Stream],
     plan: dict[int, list[_Candidate]],

@@ -155,7 +155,7 @@ def _usable(conn: sqlite3.Connection, rule: RetentionRule) -> bool:
     return rule.column in columns and all(c in columns for c in rule.needs_columns)
 
 
-def count_candidates(
+def count_candidates(  # noqa: PLR0913 -- a prune's table, column, time base, cutoff and limits
     path: Path,
     rules: Sequence[RetentionRule],
     cutoffs: dict[str, str],
@@ -189,7 +189,7 @@ def count_candidates(
     return out
 
 
-def prune_table(
+def prune_table(  # noqa: PLR0913 -- a prune's table, column, time base, cutoff and limits
     path: Path,
     rule: RetentionRule,
     cutoff: str,

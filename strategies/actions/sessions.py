@@ -226,7 +226,7 @@ def _end_batch(
     return ended
 
 
-def end_stale_sessions(
+def end_stale_sessions(  # noqa: PLR0913 -- the inputs of the backend's own endSession
     path: Path,
     *,
     timeout_seconds: float,
