@@ -458,6 +458,52 @@ class HlsScan:
     skipped: tuple[str, ...] = ()
 
 
+@dataclass(slots=True)
+class _Tally:
+    """The directory's figures as a scan adds them up, starting from the loose files at the root."""
+
+    bytes: int
+    files: int
+    unknown: int
+    examples: list[str]
+    stale: int = 0
+    stale_bytes: int = 0
+    oldest: float | None = None
+
+    @classmethod
+    def of_loose(cls, walk: Walk) -> _Tally:
+        """The root's own files, before any stream directory is counted."""
+        return cls(
+            bytes=walk.loose_bytes,
+            files=walk.loose_files,
+            unknown=len(walk.loose_unknown),
+            examples=walk.loose_unknown[:UNKNOWN_EXAMPLES],
+        )
+
+    def age(self, age: float) -> None:
+        """A segment this old: the oldest one so far is kept."""
+        self.oldest = age if self.oldest is None else max(self.oldest, age)
+
+    def scan(self, streams: int, protection: Protection, walk: Walk) -> HlsScan:
+        """The sample and the account of what was left alone."""
+        sample = HlsSample(
+            bytes=self.bytes,
+            files=self.files,
+            streams=streams,
+            oldest_segment_age_seconds=self.oldest,
+            stale_files=self.stale,
+            stale_bytes=self.stale_bytes,
+            unknown_files=self.unknown,
+            unknown_examples=tuple(self.examples),
+            protected_directories=len(protection.protected),
+        )
+        return HlsScan(
+            sample=sample,
+            protected=tuple(f"{d}: {why}" for d, why in sorted(protection.protected.items())),
+            skipped=tuple(walk.skipped),
+        )
+
+
 def walk_hls(
     root: Path,
     stale_age: float,
@@ -470,12 +516,7 @@ def walk_hls(
         walk = Walk(root, root_fd)
         with walk.streams() as streams:
             protection = walk.protection(streams, stale_age, now)
-            total = walk.loose_bytes
-            files = walk.loose_files
-            stale = stale_bytes = 0
-            unknown = len(walk.loose_unknown)
-            examples = walk.loose_unknown[:UNKNOWN_EXAMPLES]
-            oldest: float | None = None
+            tally = _Tally.of_loose(walk)
             for stream in streams:
                 view = protection.view(stream.name)
                 try:
@@ -483,41 +524,25 @@ def walk_hls(
                     for name, st in entries:
                         if not stat.S_ISREG(st.st_mode):
                             if not stat.S_ISDIR(st.st_mode):
-                                unknown += 1
+                                tally.unknown += 1
                             continue
                         reason = walk.classify(stream, name, st, view, stale_age=stale_age, now=now)
-                        files += 1
-                        total += st.st_size
+                        tally.files += 1
+                        tally.bytes += st.st_size
                         if visit is not None:
                             visit(stream, name, st, reason)
                         if reason is KeepReason.UNKNOWN:
-                            unknown += 1
-                            if len(examples) < UNKNOWN_EXAMPLES:
-                                examples.append(f"{stream.name}/{name}")
+                            tally.unknown += 1
+                            if len(tally.examples) < UNKNOWN_EXAMPLES:
+                                tally.examples.append(f"{stream.name}/{name}")
                         elif not is_playlist(name):
-                            age = now - st.st_mtime
-                            oldest = age if oldest is None else max(oldest, age)
+                            tally.age(now - st.st_mtime)
                         if reason is None:
-                            stale += 1
-                            stale_bytes += st.st_size
+                            tally.stale += 1
+                            tally.stale_bytes += st.st_size
                 except OSError:
                     continue  # the directory went away while it was read
-            sample = HlsSample(
-                bytes=total,
-                files=files,
-                streams=len(streams),
-                oldest_segment_age_seconds=oldest,
-                stale_files=stale,
-                stale_bytes=stale_bytes,
-                unknown_files=unknown,
-                unknown_examples=tuple(examples),
-                protected_directories=len(protection.protected),
-            )
-            return HlsScan(
-                sample=sample,
-                protected=tuple(f"{d}: {why}" for d, why in sorted(protection.protected.items())),
-                skipped=tuple(walk.skipped),
-            )
+            return tally.scan(len(streams), protection, walk)
     finally:
         os.close(root_fd)
 
@@ -649,38 +674,18 @@ class HlsReader:
         finally:
             os.close(root_fd)
         cutoff = now - self._stale_age
-        total, files = walk.loose_bytes, walk.loose_files
-        unknown = len(walk.loose_unknown)
-        examples = walk.loose_unknown[:UNKNOWN_EXAMPLES]
-        stale = stale_bytes = 0
-        oldest: float | None = None
+        tally = _Tally.of_loose(walk)
         for summary in summaries:
-            total += summary.bytes
-            files += summary.files
-            unknown += summary.unknown
-            examples.extend(summary.unknown_examples[: max(0, UNKNOWN_EXAMPLES - len(examples))])
+            tally.bytes += summary.bytes
+            tally.files += summary.files
+            tally.unknown += summary.unknown
+            tally.examples.extend(summary.unknown_examples[: max(0, UNKNOWN_EXAMPLES - len(tally.examples))])
             if summary.oldest_mtime is not None:
-                age = now - summary.oldest_mtime
-                oldest = age if oldest is None else max(oldest, age)
+                tally.age(now - summary.oldest_mtime)
             count, size = summary.stale(cutoff)
-            stale += count
-            stale_bytes += size
-        sample = HlsSample(
-            bytes=total,
-            files=files,
-            streams=opened,
-            oldest_segment_age_seconds=oldest,
-            stale_files=stale,
-            stale_bytes=stale_bytes,
-            unknown_files=unknown,
-            unknown_examples=tuple(examples),
-            protected_directories=len(protection.protected),
-        )
-        return HlsScan(
-            sample=sample,
-            protected=tuple(f"{d}: {why}" for d, why in sorted(protection.protected.items())),
-            skipped=tuple(walk.skipped),
-        )
+            tally.stale += count
+            tally.stale_bytes += size
+        return tally.scan(opened, protection, walk)
 
     def _protection(self, walk: Walk, streams: list[Stream], now_wall: float) -> Protection:
         """Every playlist read again; the playlists' names listed again only in directories that changed."""
