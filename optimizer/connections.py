@@ -182,7 +182,18 @@ class _Wrapping(asyncio.Protocol):
     of input go through to it once it exists (before any byte came there is nothing to answer: the transport
     closes)."""
 
-    _inner: asyncio.Protocol | None = None
+    def __init__(self, limiter: ConnectionLimiter, make_inner: Callable[[], asyncio.Protocol]) -> None:
+        self._limiter = limiter
+        self._make_inner = make_inner
+        self._inner: asyncio.Protocol | None = None
+        self._transport: asyncio.BaseTransport | None = None
+        # the first request's headers are due before this fires
+        self._deadline: asyncio.TimerHandle | None = None
+
+    def _cancel_deadline(self) -> None:
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
 
     def eof_received(self) -> bool | None:
         return self._inner.eof_received() if self._inner is not None else None
@@ -205,11 +216,7 @@ class _HealthOnly(_Wrapping):
     """
 
     def __init__(self, limiter: ConnectionLimiter, make_inner: Callable[[], asyncio.Protocol]) -> None:
-        self._limiter = limiter
-        self._make_inner = make_inner
-        self._inner: asyncio.Protocol | None = None
-        self._transport: asyncio.BaseTransport | None = None
-        self._deadline: asyncio.TimerHandle | None = None
+        super().__init__(limiter, make_inner)
         self._head = b""
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -225,11 +232,6 @@ class _HealthOnly(_Wrapping):
                 abort()
             else:
                 self._transport.close()
-
-    def _cancel_deadline(self) -> None:
-        if self._deadline is not None:
-            self._deadline.cancel()
-            self._deadline = None
 
     def data_received(self, data: bytes) -> None:
         if self._inner is not None:
@@ -271,11 +273,7 @@ class _Counted(_Wrapping):
     """
 
     def __init__(self, limiter: ConnectionLimiter, make_inner: Callable[[], asyncio.Protocol]) -> None:
-        self._limiter = limiter
-        self._make_inner = make_inner
-        self._inner: asyncio.Protocol | None = None
-        self._transport: asyncio.BaseTransport | None = None
-        self._deadline: asyncio.TimerHandle | None = None
+        super().__init__(limiter, make_inner)
         self._tail = b""
         # closed for a newer connection before its transport was made: dropped as soon as it is
         self._dropped = False
@@ -303,9 +301,7 @@ class _Counted(_Wrapping):
         """Drop the connection at once (a reset): it no longer waits for anything."""
         self._limiter.waiting.pop(self, None)
         self._limiter.open.pop(self, None)
-        if self._deadline is not None:
-            self._deadline.cancel()
-            self._deadline = None
+        self._cancel_deadline()
         if self._transport is None:
             self._dropped = True
         self._abort()
@@ -324,8 +320,7 @@ class _Counted(_Wrapping):
         if self._deadline is not None:
             seen = self._tail + data
             if HEADER_END in seen:
-                self._deadline.cancel()
-                self._deadline = None
+                self._cancel_deadline()
                 self._tail = b""
                 self._limiter.waiting.pop(self, None)
             else:
@@ -341,9 +336,7 @@ class _Counted(_Wrapping):
         self._limiter.current -= 1
         self._limiter.waiting.pop(self, None)
         self._limiter.open.pop(self, None)
-        if self._deadline is not None:
-            self._deadline.cancel()
-            self._deadline = None
+        self._cancel_deadline()
         self._transport = None
         if self._inner is not None:
             self._inner.connection_lost(exc)
