@@ -345,6 +345,20 @@ LISTENER = (
 )
 
 
+def stop_launcher(shell: subprocess.Popen[bytes]) -> None:
+    """End the launcher: its stdin closed lets the listener go; what does not stop in time is killed, tree first."""
+    assert shell.stdin is not None and shell.stdout is not None
+    shell.stdin.close()
+    try:
+        shell.wait(timeout=STOP_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        for proc in psutil.Process(shell.pid).children(recursive=True):
+            proc.kill()
+        shell.kill()
+        shell.wait(timeout=STOP_TIMEOUT_S)
+    shell.stdout.close()
+
+
 @pytest.fixture
 def wrapper() -> Iterator[tuple[subprocess.Popen[bytes], int]]:
     """``sh -c 'python LISTENER; echo stopped'``: the shell stays (it has more to do), the listener is its child."""
@@ -354,16 +368,7 @@ def wrapper() -> Iterator[tuple[subprocess.Popen[bytes], int]]:
         port = int(first_line(shell))
         yield shell, port
     finally:
-        assert shell.stdin is not None and shell.stdout is not None
-        shell.stdin.close()
-        try:
-            shell.wait(timeout=STOP_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            for proc in psutil.Process(shell.pid).children(recursive=True):
-                proc.kill()
-            shell.kill()
-            shell.wait(timeout=STOP_TIMEOUT_S)
-        shell.stdout.close()
+        stop_launcher(shell)
 
 
 def test_a_pid_file_naming_a_launcher_measures_the_listener_below_it(
@@ -412,10 +417,7 @@ def test_a_launcher_with_nothing_listening_below_it_is_measured_but_degraded(tmp
         assert f"process {shell.pid}" in sample.degraded and "listens on no port" in sample.degraded
         assert "port 1" in sample.degraded and "launcher" in sample.degraded
     finally:
-        assert shell.stdin is not None and shell.stdout is not None
-        shell.stdin.close()
-        shell.wait(timeout=STOP_TIMEOUT_S)
-        shell.stdout.close()
+        stop_launcher(shell)
 
 
 def test_a_server_started_later_under_the_launcher_is_found_at_the_next_look(tmp_path: Path) -> None:
@@ -442,12 +444,4 @@ def test_a_server_started_later_under_the_launcher_is_found_at_the_next_look(tmp
         assert (found.pid, found.listen_ports, found.degraded) == (server.pid, (port,), None)
         assert reader.launcher_pid == shell.pid
     finally:
-        shell.stdin.close()
-        try:
-            shell.wait(timeout=STOP_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            for proc in psutil.Process(shell.pid).children(recursive=True):
-                proc.kill()
-            shell.kill()
-            shell.wait(timeout=STOP_TIMEOUT_S)
-        shell.stdout.close()
+        stop_launcher(shell)
