@@ -195,6 +195,15 @@ class _Wrapping(asyncio.Protocol):
             self._deadline.cancel()
             self._deadline = None
 
+    def _abort(self) -> None:
+        """Drop the connection at once (a reset where the transport can, else a close)."""
+        if self._transport is not None and not self._transport.is_closing():
+            abort = getattr(self._transport, "abort", None)
+            if abort is not None:
+                abort()
+            else:
+                self._transport.close()
+
     def eof_received(self) -> bool | None:
         return self._inner.eof_received() if self._inner is not None else None
 
@@ -226,12 +235,7 @@ class _HealthOnly(_Wrapping):
     def _refuse(self) -> None:
         self._limiter.refused()
         self._cancel_deadline()
-        if self._transport is not None and not self._transport.is_closing():
-            abort = getattr(self._transport, "abort", None)
-            if abort is not None:
-                abort()
-            else:
-                self._transport.close()
+        self._abort()
 
     def data_received(self, data: bytes) -> None:
         if self._inner is not None:
@@ -305,14 +309,6 @@ class _Counted(_Wrapping):
         if self._transport is None:
             self._dropped = True
         self._abort()
-
-    def _abort(self) -> None:
-        if self._transport is not None and not self._transport.is_closing():
-            abort = getattr(self._transport, "abort", None)
-            if abort is not None:
-                abort()
-            else:
-                self._transport.close()
 
     def data_received(self, data: bytes) -> None:
         if self._dropped:
