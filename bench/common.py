@@ -359,9 +359,18 @@ def idle_connections(port: int, count: int, *, host: str = "127.0.0.1", timeout:
             raise RuntimeError(f"{count} connections to {host}:{port} were not opened within {timeout:g} s")
         yield child.pid
     finally:
-        try:
+        stop_children([child])
+
+
+def stop_children(children: Sequence[subprocess.Popen[Any]]) -> None:
+    """Stop helper processes that end when their stdin closes: every stdin closed first (so they wind down
+    together), then each waited for, and killed if it does not end in time."""
+    for child in children:
+        with contextlib.suppress(OSError):
             if child.stdin is not None:
                 child.stdin.close()
+    for child in children:
+        try:
             child.wait(timeout=STOP_TIMEOUT_S)
         except subprocess.TimeoutExpired:
             child.kill()

@@ -44,6 +44,7 @@ from bench.common import (
     running_testbed,
     scratch_dir,
     skipped,
+    stop_children,
 )
 from bench.http_api import RoundLoop, parse_wrk
 
@@ -103,16 +104,7 @@ def idle_clients(port: int, count: int) -> Iterator[dict[str, int]]:
         opened = {"opened": int(words[1]), "refused": int(words[2])} if len(words) == 3 else {"opened": 0}
         yield opened
     finally:
-        with contextlib.suppress(OSError):
-            if child.stdin is not None:
-                child.stdin.close()
-        try:
-            child.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            child.kill()
-            child.wait()
-        if child.stdout is not None:
-            child.stdout.close()
+        stop_children([child])
 
 
 def probe_health(host: str, port: int, bound: float) -> dict[str, Any]:

@@ -47,6 +47,7 @@ from bench.common import (
     row,
     running_testbed,
     scratch_dir,
+    stop_children,
 )
 from metrics.tcp import TcpCounter, TcpCounts, make_tcp_counter
 
@@ -125,18 +126,7 @@ def held_connections(total: int) -> Iterator[frozenset[int]]:
             ports.add(int(line[1]))
         yield frozenset(ports)
     finally:
-        for child in children:
-            with contextlib.suppress(OSError):
-                if child.stdin is not None:
-                    child.stdin.close()
-        for child in children:
-            try:
-                child.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                child.kill()
-                child.wait()
-            if child.stdout is not None:
-                child.stdout.close()
+        stop_children(children)
 
 
 class PortsAdded:
