@@ -29,7 +29,7 @@ from config.settings import Mode, Settings
 from metrics.signals import signal_label, signal_unit
 from optimizer.engine import Engine, EngineStopping
 from optimizer.executors import run_in
-from optimizer.state import HistoryReader, StateStore
+from optimizer.state import UNCHANGED, HistoryReader, StateStore
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 T = TypeVar("T")
@@ -705,8 +705,10 @@ async def optimizations(request: web.Request) -> web.Response:
             async with ctx.reads.slot():
                 page = pages.get(version, key)
                 if page is None:
-                    page = await ctx.read_history(lambda history: _history_page(history, after, limit, strategy, rows))
-                    pages.put(version, key, page)
+                    page, last, full = await ctx.read_history(
+                        lambda history: _read_history_page(history, after, limit, strategy, rows)
+                    )
+                    pages.put(version, key, page, last=last, full=full)
                 return page
 
         payload = await pages.shared(version, key, read)
@@ -725,11 +727,22 @@ def _history_page(
     The bytes are those of ``json.dumps({"items": [...], "last": ID})``, each item encoded once per content of
     its row (``rows``) rather than once per page.
     """
+    return _read_history_page(history, after, limit, strategy, rows)[0]
+
+
+def _read_history_page(
+    history: HistoryReader | StateStore,
+    after: int,
+    limit: int,
+    strategy: str | None,
+    rows: EncodedRows | None = None,
+) -> tuple[bytes, int, bool]:
+    """(In a history thread.) ``_history_page``'s bytes, the id of its newest row, and whether it is full."""
     found = history.decision_rows(after=after, limit=limit, strategy=strategy)
     encode = rows.encoded if rows is not None else _encode_row
     items = b", ".join(encode(row) for row in found)
     last = found[-1][0] if found else after
-    return b'{"items": [' + items + b'], "last": ' + str(last).encode() + b"}"
+    return b'{"items": [' + items + b'], "last": ' + str(last).encode() + b"}", last, len(found) == limit
 
 
 def _encode_row(row: tuple[Any, ...]) -> bytes:
@@ -774,50 +787,73 @@ class EncodedRows:
 
 
 @dataclass(slots=True)
+class HistoryPage:
+    """One encoded page of GET /optimizations: read at ``version``, its newest row ``last``, whether it is full."""
+
+    version: int
+    payload: bytes
+    last: int
+    full: bool
+
+
+PageKey = tuple[int, int, str | None]
+
+
+@dataclass(slots=True)
 class HistoryPages:
-    """Encoded history pages of the current state version, the most recently used kept within ``budget`` bytes.
+    """Encoded history pages, the most recently used kept within ``budget`` bytes.
 
     A page of a thousand rows is most of a megabyte of JSON; many clients asking for the same one (a dashboard
-    in many tabs, a scraper, a hostile loop) are served the same bytes until the next write, and the ones
-    asking while it is read wait for that one read.
+    in many tabs, a scraper, a hostile loop) are served the same bytes, and the ones asking while it is read wait
+    for that one read. A page stays good across later writes that changed no row of it: a full page (as many rows
+    as asked for) while the history's writes since its reading were all to rows after its last one (new rows of
+    a round: the oldest-first page is the same), any page while the history was not written at all (a journal
+    record, a baseline). ``changed_from`` is ``StateStore.history_changed_from``.
     """
 
+    changed_from: Callable[[int], int] = lambda version: 0
     budget: int = HISTORY_PAGES_BYTES
-    version: int = -1
     size: int = 0
-    pages: OrderedDict[tuple[int, int, str | None], bytes] = field(default_factory=OrderedDict)
-    pending: dict[tuple[int, tuple[int, int, str | None]], asyncio.Future[bytes]] = field(default_factory=dict)
+    pages: OrderedDict[PageKey, HistoryPage] = field(default_factory=OrderedDict)
+    pending: dict[tuple[int, PageKey], asyncio.Future[bytes]] = field(default_factory=dict)
 
-    def get(self, version: int, key: tuple[int, int, str | None]) -> bytes | None:
-        """The page for ``key`` at ``version``, if kept; a newer version forgets every page.
+    def get(self, version: int, key: PageKey) -> bytes | None:
+        """The page for ``key`` as it is at ``version`` (or later), if kept and unchanged since it was read.
 
-        A request that looked at the version before a write and asks after another request saw the write gets
-        nothing (it reads afresh), and does not make the newer pages forgotten.
+        A request that looked at the version before a newer page was read gets nothing (it reads afresh), and
+        does not make the newer page forgotten.
         """
-        if version != self.version:
-            if version > self.version:
-                self.pages.clear()
-                self.size = 0
-                self.version = version
-            return None
         page = self.pages.get(key)
-        if page is not None:
-            self.pages.move_to_end(key)
-        return page
+        if page is None or version < page.version:
+            return None
+        if version > page.version:
+            changed = self.changed_from(page.version)
+            if changed <= page.last if page.full else changed != UNCHANGED:
+                del self.pages[key]  # changed since: forgotten, read afresh
+                self.size -= len(page.payload)
+                return None
+            page.version = version  # the same bytes as a reading at ``version``: the next look-up starts there
+        self.pages.move_to_end(key)
+        return page.payload
 
-    def put(self, version: int, key: tuple[int, int, str | None], page: bytes) -> None:
-        """Keep ``page`` (read at ``version``), dropping the least recently used ones over the budget."""
-        if version != self.version or len(page) > self.budget or key in self.pages:
+    def put(self, version: int, key: PageKey, page: bytes, *, last: int = MAX_ROW_ID, full: bool = False) -> None:
+        """Keep ``page`` (read at ``version``; its newest row ``last``, ``full`` when it has as many rows as asked
+        for), dropping the least recently used ones over the budget; a page older than the one kept is not kept."""
+        if len(page) > self.budget:
             return
-        self.pages[key] = page
+        kept = self.pages.pop(key, None)
+        if kept is not None:
+            if kept.version > version:
+                self.pages[key] = kept
+                return
+            self.size -= len(kept.payload)
+        self.pages[key] = HistoryPage(version, page, last, full)
         self.size += len(page)
         while self.size > self.budget:
             _, dropped = self.pages.popitem(last=False)
-            self.size -= len(dropped)
+            self.size -= len(dropped.payload)
 
-    async def shared(
-        self, version: int, key: tuple[int, int, str | None], read: Callable[[], Awaitable[bytes]]
-    ) -> bytes:
+    async def shared(self, version: int, key: PageKey, read: Callable[[], Awaitable[bytes]]) -> bytes:
         """``await read()``, once for all the requests for ``key`` at ``version`` that arrive while it runs."""
         flight = (version, key)
         future = self.pending.get(flight)
@@ -927,7 +963,7 @@ def build_app(ctx: ApiContext, *, client_max_size: int) -> web.Application:
     app[SCRAPES] = ScrapeCache()
     app[HISTORY] = HistoryCache()
     app[PAGES] = PageCache()
-    app[HISTORY_PAGES] = HistoryPages()
+    app[HISTORY_PAGES] = HistoryPages(ctx.store.history_changed_from)
     app[HISTORY_ROWS] = EncodedRows()
     for method, path, handler in ROUTES:
         if method == "GET":

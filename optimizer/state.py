@@ -18,6 +18,7 @@ import os
 import sqlite3
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +30,13 @@ from metrics.sqlite import open_read_only
 
 SCHEMA_VERSION = 1
 SIDECARS = ("-wal", "-shm")
+# Writes to the decision history remembered with the lowest row id each may have changed (see history_changed_from).
+HISTORY_CHANGES_KEPT = 1024
+# What history_changed_from() answers when the history has not changed at all since a version.
+UNCHANGED = 2**63
+# A write's effect on the history: the row it inserted (its id is known after it ran) or every row (a delete).
+NEW_ROW = -1
+ANY_ROW = 0
 log = structlog.get_logger("state")
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -162,6 +170,10 @@ class StateStore:
         self._inserts = 0
         self.version = 0
         """Bumped by every successful write: readers cache what they derived from the history by it."""
+        # (version, lowest decision id the write at that version may have changed), oldest first
+        self._history_changes: deque[tuple[int, int]] = deque(maxlen=HISTORY_CHANGES_KEPT)
+        self._changes_lock = threading.Lock()
+        self._changes_forgotten = 0  # the version of the newest change dropped from the log
         self.healthy = True
         self.last_error: str | None = None
         self.moved_aside: Path | None = None
@@ -179,6 +191,7 @@ class StateStore:
     def open(self) -> None:
         """Open (creating or recovering) the database; never raises for a bad file or directory."""
         with self._lock:
+            self._history_changed(ANY_ROW)
             try:
                 self._dir.mkdir(parents=True, exist_ok=True)
                 self._conn = self._open_checked()
@@ -206,6 +219,7 @@ class StateStore:
 
     def _fallback(self, message: str) -> None:
         """Keep running on an in-memory database and say so."""
+        self._history_changed(ANY_ROW)
         self.healthy = False
         self.last_error = message
         self._memory_fallback = True
@@ -343,6 +357,7 @@ class StateStore:
     def _recreate(self, problem: str) -> None:
         """Copy the open database to a new file at its path and switch to it; the old one stays usable on failure."""
         assert self._conn is not None
+        self._history_changed(ANY_ROW)
         # everything into the main (unlinked) file, so the copy is whole and the old -wal is empty
         self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(self._wall()))
@@ -390,8 +405,12 @@ class StateStore:
             os.replace(name, Path(f"{target}{suffix}"))
         log.warning("state_database_replacement_kept", kept_as=str(target))
 
-    def _write(self, sql: str, args: tuple[Any, ...] = ()) -> int | None:
-        """Run one write; on failure mark the store unhealthy and return None."""
+    def _write(self, sql: str, args: tuple[Any, ...] = (), *, history: int | None = None) -> int | None:
+        """Run one write; on failure mark the store unhealthy and return None.
+
+        ``history``: for a write to the decision history, the lowest row id it may change (``NEW_ROW``: the row
+        it inserts; ``ANY_ROW``: any), remembered for ``history_changed_from`` when it changed a row.
+        """
         with self._lock:
             if self._conn is None:
                 return None
@@ -402,11 +421,41 @@ class StateStore:
                 self.healthy = False
                 self.last_error = f"state write failed: {exc}"
                 return None
-            self.version += 1
+            if history is not None and cur.rowcount != 0:
+                self._history_changed((cur.lastrowid or ANY_ROW) if history == NEW_ROW else history)
+            else:
+                self.version += 1
             if not self._memory_fallback and recreated:
                 self.healthy = True
                 self.last_error = None
             return cur.lastrowid
+
+    def _history_changed(self, lowest: int) -> None:
+        """(Store lock held.) A new version at which rows of the history from id ``lowest`` on may have changed."""
+        with self._changes_lock:
+            self.version += 1
+            changes = self._history_changes
+            if len(changes) == changes.maxlen:
+                self._changes_forgotten = changes[0][0]
+            changes.append((self.version, lowest))
+
+    def history_changed_from(self, version: int) -> int:
+        """The lowest decision row id that a write since ``version`` may have changed; ``UNCHANGED`` when no
+        write since then touched the history (other tables' writes do not count), 0 when that is not known.
+
+        A page of rows all below that id is the same now as it was at ``version``.
+        """
+        with self._changes_lock:
+            if version >= self.version:
+                return UNCHANGED
+            if version < self._changes_forgotten:
+                return ANY_ROW  # some of the writes since then are no longer remembered
+            lowest = UNCHANGED
+            for at, low in reversed(self._history_changes):
+                if at <= version:
+                    break
+                lowest = min(lowest, low)
+            return lowest
 
     def _read(self, sql: str, args: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
         with self._lock:
@@ -457,6 +506,7 @@ class StateStore:
                 duration_ms,
                 _dumps(expected) if expected else None,
             ),
+            history=NEW_ROW,
         )
         self._inserts += 1
         if self._inserts % 100 == 0:
@@ -489,7 +539,9 @@ class StateStore:
                 sets.append(f"{column} = ?")
                 args.append(value)
         if sets:
-            self._write(f"UPDATE decisions SET {', '.join(sets)} WHERE id = ?", (*args, decision_id))
+            self._write(
+                f"UPDATE decisions SET {', '.join(sets)} WHERE id = ?", (*args, decision_id), history=decision_id
+            )
 
     _COLUMNS = (
         "id, run_id, at, strategy, trigger, mode, action, reason, signals, thresholds, changes, outcome, error,"
@@ -555,10 +607,11 @@ class StateStore:
     def trim(self) -> None:
         """Apply retention: age and row-count limits on history and finished journal records."""
         cutoff = self._wall() - self._retention
-        self._write("DELETE FROM decisions WHERE at < ?", (cutoff,))
+        self._write("DELETE FROM decisions WHERE at < ?", (cutoff,), history=ANY_ROW)
         self._write(
             "DELETE FROM decisions WHERE id <= (SELECT max(id) FROM decisions) - ?",
             (self._max_rows,),
+            history=ANY_ROW,
         )
         self._write("DELETE FROM journal WHERE status != 'intent' AND updated < ?", (cutoff,))
         # finished records are bounded like the history, so a high action budget cannot grow the file for a month

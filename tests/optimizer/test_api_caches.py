@@ -13,8 +13,8 @@ from typing import Any
 
 import pytest
 
-from optimizer.api import EncodedRows, HistoryCache, HistoryPages, PageCache, _history_page
-from optimizer.state import HistoryReader, StateStore
+from optimizer.api import EncodedRows, HistoryCache, HistoryPages, PageCache, _history_page, _read_history_page
+from optimizer.state import UNCHANGED, HistoryReader, StateStore
 from testbed.harness import TestbedProcess
 from tests.harness import api_client, auth, daemon_env, running_daemon
 
@@ -115,6 +115,107 @@ def test_a_request_that_read_the_version_before_a_write_keeps_the_newer_pages() 
     assert pages.get(2, key) == b"new"
     assert pages.get(3, key) is None  # a write since: forgotten
     assert pages.size == 0
+
+
+def test_the_store_says_from_which_row_the_history_changed_since_a_version(tmp_path: Path) -> None:
+    """history_changed_from: a new row from its id, a verdict from its row's, a delete from any row; writes to
+    other tables change no row of the history."""
+    store = StateStore(tmp_path, max_history_rows=3)
+    store.open()
+    try:
+        first = _decide(store, "database", 2)
+        v = store.version
+        assert store.history_changed_from(v) == UNCHANGED
+        store.save_strategy("database", {"cooldown": 1})
+        store.journal_finish(store.journal_intent(decision_id=first[0], strategy="database", plan={}) or 0, "done")
+        assert store.version > v
+        assert store.history_changed_from(v) == UNCHANGED
+        (third,) = _decide(store, "database", 1)
+        assert store.history_changed_from(v) == third
+        store.update_decision(first[1], verdict="improved")
+        assert store.history_changed_from(v) == first[1]
+        v = store.version
+        store.update_decision(999, verdict="improved")  # no such row: nothing changed
+        store.trim()  # 3 rows, 3 kept: nothing deleted
+        assert store.history_changed_from(v) == UNCHANGED
+        _decide(store, "database", 1)
+        store.trim()  # 4 rows, 3 kept: the oldest goes
+        assert store.history_changed_from(v) == 0
+    finally:
+        store.close()
+
+
+def test_the_store_says_any_row_when_the_writes_since_a_version_are_forgotten(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Only the latest history writes are remembered: a version older than them may have seen any row change."""
+    store = StateStore(tmp_path)
+    store.open()
+    try:
+        v = store.version
+        ids = _decide(store, "database", 3)
+        assert store.history_changed_from(v) == ids[0]
+        store._history_changes = type(store._history_changes)(store._history_changes, maxlen=3)
+        _decide(store, "database", 2)
+        assert store.history_changed_from(v) == 0
+        assert store.history_changed_from(store.version - 1) == ids[2] + 2
+    finally:
+        store.close()
+
+
+def _cached_page(
+    pages: HistoryPages, store: StateStore, reader: HistoryReader, key: tuple[int, int, str | None]
+) -> tuple[bytes, bool]:
+    """(The page for ``key``, whether it came from ``pages``), read and kept as the handler does."""
+    version = store.version
+    cached = pages.get(version, key)
+    if cached is not None:
+        return cached, True
+    page, last, full = _read_history_page(reader, *key)
+    pages.put(version, key, page, last=last, full=full)
+    return page, False
+
+
+def test_a_full_history_page_is_kept_while_only_later_rows_are_written(tmp_path: Path) -> None:
+    """A full page (the oldest first, as GET /optimizations gives by default) is served from the cache while a
+    round's new rows come after it, and read again once a row on it changed; a page with room for more rows is
+    read again after any new row; none after a write to another table. Every answer is the page as read now."""
+    store = StateStore(tmp_path)
+    store.open()
+    reader = HistoryReader(store)
+    pages = HistoryPages(store.history_changed_from)
+    full, partial, filtered = (0, 3, None), (2, 100, None), (0, 2, "memory")
+    try:
+        ids = _decide(store, "database", 4)
+
+        def check(key: tuple[int, int, str | None], cached: bool) -> None:
+            page, hit = _cached_page(pages, store, reader, key)
+            assert page == _plain_page(store, *key)
+            assert hit is cached, key
+
+        for key in (full, partial, filtered):
+            check(key, False)
+            check(key, True)
+        _decide(store, "database", 2)  # new rows after the full page
+        check(full, True)
+        check(partial, False)
+        check(filtered, False)  # empty: new rows could belong to it
+        store.save_baseline("cpu_ratio", 3, 0.5, 10)  # not the history
+        for key in (full, partial, filtered):
+            check(key, True)
+        store.update_decision(ids[1], verdict="regressed")  # a row on the full page
+        check(full, False)
+        check(full, True)
+        _decide(store, "memory", 3)
+        check(filtered, False)
+        check(filtered, True)  # full now: later rows do not change it
+        _decide(store, "memory", 1)
+        check(filtered, True)
+        store.update_decision(ids[3], verdict="improved")  # after the full page's rows
+        check(full, True)
+    finally:
+        reader.close()
+        store.close()
 
 
 async def test_requests_for_a_page_being_read_share_that_read() -> None:
