@@ -703,12 +703,13 @@ async def optimizations(request: web.Request) -> web.Response:
 
         async def read() -> bytes:
             async with ctx.reads.slot():
-                page = pages.get(version, key)
-                if page is None:
-                    page, last, full = await ctx.read_history(
-                        lambda history: _read_history_page(history, after, limit, strategy, rows)
-                    )
-                    pages.put(version, key, page, last=last, full=full)
+                kept = pages.get(version, key)
+                if kept is not None:
+                    return kept
+                page, last, full = await ctx.read_history(
+                    lambda history: _read_history_page(history, after, limit, strategy, rows)
+                )
+                pages.put(version, key, page, last=last, full=full)
                 return page
 
         payload = await pages.shared(version, key, read)
