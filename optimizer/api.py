@@ -13,6 +13,7 @@ import json
 import os
 import re
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
@@ -29,7 +30,7 @@ from config.settings import Mode, Settings
 from metrics.signals import signal_label, signal_unit
 from optimizer.engine import Engine, EngineStopping
 from optimizer.executors import run_in
-from optimizer.state import UNCHANGED, HistoryReader, StateStore
+from optimizer.state import RECENT_KEPT, UNCHANGED, HistoryReader, HistoryStats, StateStore
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 T = TypeVar("T")
@@ -48,6 +49,8 @@ MAX_CONCURRENT_READS = 4
 READ_QUEUE_SECONDS = 2.0
 # How stale /performance-metrics may be for the same sample and state version (its clock fields included).
 PAGE_CACHE_SECONDS = 1.0
+# /performance-metrics is rendered ahead, at each sample and round end, while it was requested this recently.
+RENDER_AHEAD_SECONDS = 10.0
 # Tries at reading the engine's state from the API's loop before handing the read to the engine's.
 READ_ATTEMPTS = 5
 # Encoded GET /optimizations pages kept for the current state version, in bytes.
@@ -385,10 +388,10 @@ async def performance_metrics(request: web.Request) -> web.Response:
     """
     ctx = request.app[CTX]
     engine = ctx.engine
-    latest = engine.latest
-    key = (latest.seq if latest is not None else None, engine.rounds_run, ctx.writes)
+    key = _page_key(ctx)
     pages = request.app[PAGES]
     now = asyncio.get_running_loop().time()
+    pages.asked_at = now
     payload = pages.fresh(key, now)
     if payload is None:
 
@@ -396,7 +399,7 @@ async def performance_metrics(request: web.Request) -> web.Response:
             async with ctx.reads.slot():
                 page = pages.fresh(key, now)
                 if page is None:
-                    body = await _performance_body(ctx, request.app[HISTORY], key[1])
+                    body = await _performance_body(ctx, request.app[HISTORY], key[1], request.app[SUMMARIES])
                     body["performance"]["isOptimizing"] = _OPTIMIZING
                     page = json.dumps(body).encode()
                     pages.store(key, now, page)
@@ -407,6 +410,38 @@ async def performance_metrics(request: web.Request) -> web.Response:
     return web.Response(body=payload, content_type="application/json")
 
 
+def _page_key(ctx: ApiContext) -> tuple[int | None, int, int]:
+    """What /performance-metrics is rendered anew for: the sample, the rounds run, the API's writes."""
+    latest = ctx.engine.latest
+    return (latest.seq if latest is not None else None, ctx.engine.rounds_run, ctx.writes)
+
+
+def render_ahead(app: web.Application) -> bool:
+    """(On the engine's loop, after a sample and at a round's end.) Render /performance-metrics for what changed
+    now, when it was asked for within ``RENDER_AHEAD_SECONDS``, so that its requests find the page ready instead of
+    rendering it on the API's loop; True when it rendered.
+
+    Only when the history's figures are known without a read (``StateStore.history_summary``): otherwise the
+    next request renders it as before. Rounds back to back change the page at every sample and round end; the
+    API then only answers bytes.
+    """
+    ctx = app[CTX]
+    pages = app[PAGES]
+    now = time.monotonic()
+    if now - pages.asked_at > RENDER_AHEAD_SECONDS:
+        return False
+    key = _page_key(ctx)
+    if pages.fresh(key, now) is not None:
+        return False
+    summary = app[SUMMARIES].get(ctx.store)
+    if summary is None:
+        return False
+    body = _performance_dict(ctx, summary)
+    body["performance"]["isOptimizing"] = _OPTIMIZING
+    pages.store(key, now, json.dumps(body).encode())
+    return True
+
+
 # What a rendered /performance-metrics page holds in place of isOptimizing until it is answered.
 _OPTIMIZING = "\0optimizing\0"
 _OPTIMIZING_JSON = json.dumps(_OPTIMIZING).encode()
@@ -414,23 +449,31 @@ _OPTIMIZING_JSON = json.dumps(_OPTIMIZING).encode()
 
 @dataclass(slots=True)
 class PageCache:
-    """One rendered page, reused for the same key within ``max_age`` seconds; one rendering at a time per key."""
+    """One rendered page, reused for the same key within ``max_age`` seconds; one rendering at a time per key.
+
+    Written by the API's loop and by ``render_ahead`` on the engine's: the key, time and payload change together.
+    """
 
     max_age: float = PAGE_CACHE_SECONDS
-    key: Any = None
-    rendered_at: float = float("-inf")
-    payload: bytes = b""
+    entry: tuple[Any, float, bytes] = (None, float("-inf"), b"")
     pending: tuple[Any, asyncio.Future[bytes]] | None = None
+    asked_at: float = float("-inf")  # when the page was last requested (the loop's clock, time.monotonic)
+
+    @property
+    def key(self) -> Any:
+        """The key of the page held."""
+        return self.entry[0]
 
     def fresh(self, key: Any, now: float) -> bytes | None:
         """The payload when it was rendered for ``key`` less than ``max_age`` ago."""
-        if key == self.key and now - self.rendered_at < self.max_age:
-            return self.payload
+        held, rendered_at, payload = self.entry
+        if key == held and now - rendered_at < self.max_age:
+            return payload
         return None
 
     def store(self, key: Any, now: float, payload: bytes) -> None:
         """Keep ``payload`` as the rendering for ``key``."""
-        self.key, self.rendered_at, self.payload = key, now, payload
+        self.entry = (key, now, payload)
 
     async def shared(self, key: Any, render: Callable[[], Awaitable[bytes]]) -> bytes:
         """``await render()``, once for all the requests for ``key`` that arrive while it runs (rather than one
@@ -442,8 +485,12 @@ class PageCache:
         return await asyncio.shield(pending[1])
 
 
-async def _performance_body(ctx: ApiContext, history: HistoryCache, rounds_run: int) -> dict[str, Any]:
-    summary = await history.get(ctx.store, ctx.read_history, rounds_run=rounds_run, round_running=ctx.engine.optimizing)
+async def _performance_body(
+    ctx: ApiContext, history: HistoryCache, rounds_run: int, known: KnownSummary | None = None
+) -> dict[str, Any]:
+    summary = await history.get(
+        ctx.store, ctx.read_history, rounds_run=rounds_run, round_running=ctx.engine.optimizing, known=known
+    )
     return await ctx.read_engine(lambda: _performance_dict(ctx, summary))
 
 
@@ -498,6 +545,27 @@ def _performance_dict(ctx: ApiContext, summary: DecisionSummary) -> dict[str, An
 DecisionSummary = tuple[tuple[int, int, float, float | None], list[dict[str, Any]]]
 
 
+class KnownSummary:
+    """The store's in-memory history summary (``StateStore.history_summary``) as the page shows it, converted once
+    per change of it; None when the store does not know it. Used from both loops: one tuple, replaced whole."""
+
+    def __init__(self) -> None:
+        self._held: tuple[int, DecisionSummary] | None = None
+
+    def get(self, store: StateStore) -> DecisionSummary | None:
+        """(decision_stats(), the ten newest decisions as dicts), or None when they must be read."""
+        known = store.history_summary()
+        if known is None:
+            return None
+        version, stats, rows = known
+        held = self._held
+        if held is not None and held[0] == version:
+            return held[1]
+        summary = (stats, [StateStore._record(r).as_dict() for r in rows])
+        self._held = (version, summary)
+        return summary
+
+
 @dataclass(slots=True)
 class HistoryCache:
     """The history figures /performance-metrics shows, read once per version of the state database.
@@ -506,6 +574,7 @@ class HistoryCache:
     most of the route's cost. Any write bumps ``StateStore.version``, so a new decision shows at once; requests
     arriving while a read is in flight share it. While a round runs, its own writes do not make the figures read
     again: the page shows the round once it ended (when the page is rendered anew, and the figures read again).
+    When the store knows the figures without a read (``known``: new rows since the last read), no read is made.
     """
 
     version: int = -1
@@ -520,19 +589,30 @@ class HistoryCache:
         *,
         rounds_run: int = -1,
         round_running: bool = False,
+        known: KnownSummary | None = None,
     ) -> DecisionSummary:
         """(decision_stats(), the ten newest decisions as dicts), current for the store's version.
 
         ``run`` runs the read off the loop (the API's history pool); a worker thread over ``store`` when None.
         ``rounds_run`` and ``round_running`` are the engine's: the figures read since the last round ended are
-        kept while the next one runs.
+        kept while the next one runs. A read's figures are offered back to the store (``offer_history_summary``).
         """
         during_round = round_running and self.rounds == rounds_run >= 0
         if self.pending is None or (self.version != store.version and not during_round):
-            self.version = store.version
+            version = self.version = store.version
             self.rounds = rounds_run
-            read = run(self._read) if run is not None else asyncio.to_thread(self._read, store)
-            self.pending = asyncio.ensure_future(read)
+            summary = known.get(store) if known is not None else None
+            if summary is not None:
+                self.pending = asyncio.get_running_loop().create_future()
+                self.pending.set_result(summary)
+            else:
+
+                def read(history: HistoryReader | StateStore) -> DecisionSummary:
+                    stats, rows = HistoryCache._read(history)
+                    store.offer_history_summary(version, stats, rows)
+                    return stats, [StateStore._record(r).as_dict() for r in rows]
+
+                self.pending = asyncio.ensure_future(run(read) if run is not None else asyncio.to_thread(read, store))
         pending = self.pending
         try:
             return await asyncio.shield(pending)
@@ -542,12 +622,13 @@ class HistoryCache:
             raise
 
     @staticmethod
-    def _read(history: HistoryReader | StateStore) -> DecisionSummary:
-        return history.decision_stats(), [r.as_dict() for r in history.recent_decisions(10)]
+    def _read(history: HistoryReader | StateStore) -> tuple[HistoryStats, list[tuple[Any, ...]]]:
+        return history.decision_stats(), history.recent_rows(RECENT_KEPT)
 
 
 HISTORY: web.AppKey[HistoryCache] = web.AppKey("history", HistoryCache)
 PAGES: web.AppKey[PageCache] = web.AppKey("pages", PageCache)
+SUMMARIES: web.AppKey[KnownSummary] = web.AppKey("summaries", KnownSummary)
 
 
 async def performance_optimize(request: web.Request) -> web.Response:
@@ -964,6 +1045,7 @@ def build_app(ctx: ApiContext, *, client_max_size: int) -> web.Application:
     app[SCRAPES] = ScrapeCache()
     app[HISTORY] = HistoryCache()
     app[PAGES] = PageCache()
+    app[SUMMARIES] = KnownSummary()
     app[HISTORY_PAGES] = HistoryPages(ctx.store.history_changed_from)
     app[HISTORY_ROWS] = EncodedRows()
     for method, path, handler in ROUTES:

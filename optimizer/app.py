@@ -62,6 +62,7 @@ from optimizer.api import (
     HostPolicy,
     ReadGate,
     build_app,
+    render_ahead,
 )
 from optimizer.apiloop import ApiLoop
 from optimizer.baselines import ALL_HOURS, BaselineLearner, BaselineRecord
@@ -196,6 +197,7 @@ class Daemon:
         self._built = False
         self.accept_errors = AcceptErrorLog()
         self._api_loop: ApiLoop | None = None
+        self._app: web.Application | None = None
 
     # building ----------------------------------------------------------------------------------------------------
 
@@ -343,6 +345,8 @@ class Daemon:
             ),
             client_max_size=self.settings.api.client_max_size,
         )
+        self._app = app
+        self.engine.on_round_end = self._render_ahead
         # keepalive_timeout also closes connections that never finish their headers (slow clients)
         self._runner = web.AppRunner(
             app,
@@ -481,7 +485,17 @@ class Daemon:
         self.metrics.observe_snapshot(snapshot)
         self.last_sample_at = self.clock.monotonic()
         self._adapt_interval()
+        self._render_ahead()
         return snapshot
+
+    def _render_ahead(self) -> None:
+        """GET /performance-metrics rendered for a new sample or a round's end, while it is being polled."""
+        if self._app is None:
+            return
+        try:
+            render_ahead(self._app)
+        except Exception:
+            log.exception("render_ahead_crashed")
 
     def _learn(self, snapshot: Snapshot) -> None:
         """Feed the baselines; persist a finished hour of day, and the last hour's every 60 samples."""

@@ -115,6 +115,8 @@ class Engine:
         self._stopping = False
         self._verify_task: asyncio.Task[None] | None = None
         self.rounds_run = 0
+        # called on the engine's loop as each round ends (rounds_run just counted it); its failure is only logged
+        self.on_round_end: Callable[[], object] | None = None
         self.last_round: RoundResult | None = None
         self.heartbeat = clock.monotonic()
         for rt in self.runtimes.values():
@@ -407,6 +409,11 @@ class Engine:
             duration = time.perf_counter() - started
             self.rounds_run += 1
             self._recorder.round_done(trigger, duration)
+            if self.on_round_end is not None:
+                try:
+                    self.on_round_end()
+                except Exception:
+                    self._log.exception("round_end_hook_crashed")
             self.heartbeat = self._clock.monotonic()
             result = RoundResult(
                 run_id=run_id,

@@ -37,6 +37,11 @@ UNCHANGED = 2**63
 # A write's effect on the history: the row it inserted (its id is known after it ran) or every row (a delete).
 NEW_ROW = -1
 ANY_ROW = 0
+# The newest history rows kept in memory for the summary (GET /performance-metrics shows ten).
+RECENT_KEPT = 10
+# The outcomes decision_stats() counts: an apply and what became of it.
+COUNTED_OUTCOMES = ("applied", "failed", "timeout", "error")
+HistoryStats = tuple[int, int, float, float | None]
 log = structlog.get_logger("state")
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -174,6 +179,11 @@ class StateStore:
         self._history_changes: deque[tuple[int, int]] = deque(maxlen=HISTORY_CHANGES_KEPT)
         self._changes_lock = threading.Lock()
         self._changes_forgotten = 0  # the version of the newest change dropped from the log
+        # decision_stats() and the newest rows (newest first) as they are now, when known (see history_summary)
+        self._stats: HistoryStats | None = None
+        self._recent: tuple[tuple[Any, ...], ...] | None = None
+        self.summary_version = 0
+        """Bumped whenever what history_summary() returns changes."""
         self.healthy = True
         self.last_error: str | None = None
         self.moved_aside: Path | None = None
@@ -405,11 +415,14 @@ class StateStore:
             os.replace(name, Path(f"{target}{suffix}"))
         log.warning("state_database_replacement_kept", kept_as=str(target))
 
-    def _write(self, sql: str, args: tuple[Any, ...] = (), *, history: int | None = None) -> int | None:
+    def _write(
+        self, sql: str, args: tuple[Any, ...] = (), *, history: int | None = None, row: tuple[Any, ...] = ()
+    ) -> int | None:
         """Run one write; on failure mark the store unhealthy and return None.
 
         ``history``: for a write to the decision history, the lowest row id it may change (``NEW_ROW``: the row
-        it inserts; ``ANY_ROW``: any), remembered for ``history_changed_from`` when it changed a row.
+        it inserts; ``ANY_ROW``: any), remembered for ``history_changed_from`` when it changed a row. ``row``: the
+        inserted row's columns after its id, as a read gives them back.
         """
         with self._lock:
             if self._conn is None:
@@ -422,7 +435,8 @@ class StateStore:
                 self.last_error = f"state write failed: {exc}"
                 return None
             if history is not None and cur.rowcount != 0:
-                self._history_changed((cur.lastrowid or ANY_ROW) if history == NEW_ROW else history)
+                inserted = (cur.lastrowid, *row) if history == NEW_ROW and row and cur.lastrowid else None
+                self._history_changed((cur.lastrowid or ANY_ROW) if history == NEW_ROW else history, inserted)
             else:
                 self.version += 1
             if not self._memory_fallback and recreated:
@@ -430,14 +444,50 @@ class StateStore:
                 self.last_error = None
             return cur.lastrowid
 
-    def _history_changed(self, lowest: int) -> None:
-        """(Store lock held.) A new version at which rows of the history from id ``lowest`` on may have changed."""
+    def _history_changed(self, lowest: int, inserted: tuple[Any, ...] | None = None) -> None:
+        """(Store lock held.) A new version at which rows of the history from id ``lowest`` on may have changed;
+        ``inserted``: the whole row, when the change was that row's insertion."""
         with self._changes_lock:
             self.version += 1
             changes = self._history_changes
             if len(changes) == changes.maxlen:
                 self._changes_forgotten = changes[0][0]
             changes.append((self.version, lowest))
+            # the summary follows a new row; anything else (a verdict, a delete, a new file) makes it unknown
+            self.summary_version += 1
+            if inserted is None or self._recent is None:
+                self._stats = self._recent = None
+                return
+            self._recent = (inserted, *self._recent[: RECENT_KEPT - 1])
+            if inserted[11] in COUNTED_OUTCOMES:
+                self._stats = None
+
+    def history_summary(self) -> tuple[int, HistoryStats, tuple[tuple[Any, ...], ...]] | None:
+        """(``summary_version``, ``decision_stats()``, the newest rows as ``decision_rows`` gives them, newest first)
+        as they are now, without reading the database; None when not known (then read them and offer them back
+        with ``offer_history_summary``).
+
+        New rows keep it known: a round's rows cost no read. A row changed later (an apply's outcome, a verdict),
+        a new apply (the counted figures) and a delete make it unknown until the next read.
+        """
+        with self._changes_lock:
+            if self._stats is None or self._recent is None:
+                return None
+            return self.summary_version, self._stats, self._recent
+
+    def offer_history_summary(
+        self, version: int, stats: HistoryStats, recent: list[tuple[Any, ...]] | tuple[tuple[Any, ...], ...]
+    ) -> None:
+        """Keep a summary read at ``version`` (``decision_stats()`` and ``recent_rows(RECENT_KEPT)``) unless the
+        history was written since."""
+        with self._changes_lock:
+            changes = self._history_changes
+            if version < self._changes_forgotten or (changes and changes[-1][0] > version):
+                return  # the history was written since
+            if self._stats == stats and self._recent == tuple(recent):
+                return
+            self._stats, self._recent = stats, tuple(recent[:RECENT_KEPT])
+            self.summary_version += 1
 
     def history_changed_from(self, version: int) -> int:
         """The lowest decision row id that a write since ``version`` may have changed; ``UNCHANGED`` when no
@@ -487,26 +537,28 @@ class StateStore:
         expected: Mapping[str, Any] | None,
     ) -> int | None:
         """Insert a decision row; returns its id."""
+        values = (
+            run_id,
+            self._wall(),
+            strategy,
+            trigger,
+            mode,
+            action,
+            reason,
+            _dumps(signals),
+            _dumps(thresholds),
+            _dumps(changes),
+            outcome,
+            error,
+            float(duration_ms),
+            _dumps(expected) if expected else None,
+        )
         row_id = self._write(
             "INSERT INTO decisions (run_id, at, strategy, trigger, mode, action, reason, signals, thresholds, changes,"
             " outcome, error, duration_ms, expected) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (
-                run_id,
-                self._wall(),
-                strategy,
-                trigger,
-                mode,
-                action,
-                reason,
-                _dumps(signals),
-                _dumps(thresholds),
-                _dumps(changes),
-                outcome,
-                error,
-                duration_ms,
-                _dumps(expected) if expected else None,
-            ),
+            values,
             history=NEW_ROW,
+            row=(*values, None, None),  # no verdict yet
         )
         self._inserts += 1
         if self._inserts % 100 == 0:
@@ -585,8 +637,11 @@ class StateStore:
 
     def recent_decisions(self, limit: int = 10) -> list[DecisionRecord]:
         """The newest decisions, newest first."""
-        rows = self._read(f"SELECT {self._COLUMNS} FROM decisions ORDER BY id DESC LIMIT ?", (limit,))
-        return [self._record(r) for r in rows]
+        return [self._record(r) for r in self.recent_rows(limit)]
+
+    def recent_rows(self, limit: int = 10) -> list[tuple[Any, ...]]:
+        """The rows ``recent_decisions()`` makes its records of, as stored."""
+        return self._read(f"SELECT {self._COLUMNS} FROM decisions ORDER BY id DESC LIMIT ?", (limit,))
 
     def decision(self, decision_id: int) -> DecisionRecord | None:
         """One decision by id."""
@@ -725,6 +780,10 @@ class HistoryReader:
     def recent_decisions(self, limit: int = 10) -> list[DecisionRecord]:
         """The newest decisions, newest first."""
         return StateStore.recent_decisions(self, limit)  # type: ignore[arg-type]
+
+    def recent_rows(self, limit: int = 10) -> list[tuple[Any, ...]]:
+        """The newest rows, newest first, as stored."""
+        return StateStore.recent_rows(self, limit)  # type: ignore[arg-type]
 
     def decision_stats(self) -> tuple[int, int, float, float | None]:
         """(count of applied attempts, successes, mean duration ms, wall time of the last one)."""

@@ -8,18 +8,29 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from optimizer.api import EncodedRows, HistoryCache, HistoryPages, PageCache, _history_page, _read_history_page
+from optimizer.api import (
+    CTX,
+    PAGES,
+    EncodedRows,
+    HistoryCache,
+    HistoryPages,
+    PageCache,
+    _history_page,
+    _page_key,
+    _read_history_page,
+)
 from optimizer.state import UNCHANGED, HistoryReader, StateStore
 from testbed.harness import TestbedProcess
 from tests.harness import api_client, auth, daemon_env, running_daemon
 
 
-def _decide(store: StateStore, strategy: str, n: int) -> list[int]:
+def _decide(store: StateStore, strategy: str, n: int, outcome: str = "applied") -> list[int]:
     ids = []
     for i in range(n):
         row_id = store.add_decision(
@@ -32,7 +43,7 @@ def _decide(store: StateStore, strategy: str, n: int) -> list[int]:
             signals={"wal_bytes": 1000 + i},
             thresholds={"wal_bytes": {"enter": 500}},
             changes=[{"what": "checkpoint", "i": i}],
-            outcome="applied",
+            outcome=outcome,
             error=None,
             duration_ms=1.23456 + i,
             expected={"wal_bytes": "down"} if i % 2 else None,
@@ -366,3 +377,79 @@ async def test_history_figures_are_kept_while_a_round_runs_and_read_again_when_i
         assert (reads, count) == (3, 3)
     finally:
         store.close()
+
+
+def _summary_as_read(store: StateStore) -> tuple[Any, ...]:
+    return store.decision_stats(), tuple(store.recent_rows(10))
+
+
+def test_the_store_keeps_the_history_summary_through_new_rows_and_forgets_it_at_other_changes(tmp_path: Path) -> None:
+    """history_summary: what a read gives (the counted figures and the ten newest rows as stored), kept in memory
+    through a round's new rows; unknown after an apply (the counted figures), a changed row or a delete, until a
+    read made since the last write is offered back. Never different from a read."""
+    store = StateStore(tmp_path, max_history_rows=12)
+    store.open()
+    try:
+
+        def read_and_offer() -> None:
+            version = store.version
+            stats, rows = _summary_as_read(store)
+            store.offer_history_summary(version, stats, list(rows))
+
+        def known() -> tuple[Any, ...] | None:
+            summary = store.history_summary()
+            if summary is not None:
+                assert summary[1:] == _summary_as_read(store)
+            return summary
+
+        assert known() is None  # nothing read yet
+        read_and_offer()
+        assert known() is not None
+        ids = _decide(store, "cache", 12, outcome="nothing_to_do")
+        assert known() is not None  # new rows: kept, and the same as a read
+        _decide(store, "database", 1)  # an apply: the counted figures change
+        assert known() is None
+        read_and_offer()
+        assert known() is not None
+        store.update_decision(ids[-1], verdict="improved")
+        assert known() is None
+        read_and_offer()
+        _decide(store, "cache", 100, outcome="nothing_to_do")  # trims to 12 rows on the way
+        assert known() is None
+        version = store.version
+        stats, rows = _summary_as_read(store)
+        _decide(store, "cache", 1, outcome="nothing_to_do")  # written after that read
+        store.offer_history_summary(version, stats, list(rows))
+        assert known() is None  # an offer older than the last write is not kept
+        store.save_strategy("cache", {"x": 1})  # another table
+        read_and_offer()
+        store.save_baseline("cpu_ratio", 1, 0.5, 3)
+        assert known() is not None
+    finally:
+        store.close()
+
+
+async def test_the_metrics_page_is_rendered_ahead_at_a_round_end_while_it_is_polled(
+    testbed: TestbedProcess, tmp_path: Path
+) -> None:
+    """While /performance-metrics is polled, a sample and a round's end render it on the engine's loop: the next
+    request finds it ready, with that round's decisions. Nobody polling: nothing is rendered ahead."""
+    env = daemon_env(testbed, tmp_path / "s")
+    async with running_daemon(env) as daemon, api_client(daemon) as http:
+        app = daemon._app
+        assert app is not None
+        pages = app[PAGES]
+        await daemon.engine.request_round(trigger="manual", strategy="cache", manual=True)
+        assert pages.key is None  # not asked for yet
+        async with http.get("/performance-metrics") as resp:
+            assert resp.status == 200
+        result = await daemon.engine.request_round(trigger="manual", strategy="cache", manual=True)
+        assert pages.key == _page_key(app[CTX])  # rendered for this round's end, before any request
+        ahead = json.loads(pages.fresh(pages.key, time.monotonic()) or b"null")
+        assert {i["id"] for i in ahead["recentOptimizations"]} >= set(result.decision_ids)
+        async with http.get("/performance-metrics") as resp:
+            served = await resp.json()
+        assert served["timestamp"] == ahead["timestamp"]  # that rendering
+        assert served["performance"]["isOptimizing"] is False
+        await daemon.sample_now()
+        assert pages.key == _page_key(app[CTX])  # and for a new sample
