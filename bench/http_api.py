@@ -468,5 +468,29 @@ def summarise(figures: dict[str, Any], has_uvloop: bool) -> dict[str, Any]:
     }
 
 
+def fixed_rate_only(seconds: float) -> dict[str, Any]:
+    """Only the fixed-rate part, on a daemon of its own: each route's idle and busy percentiles and their p99 ratio.
+
+    ``python -m bench.http_api --fixed-rate 20`` (20 s per route, half of it with rounds back to back): a quick
+    check of the goal's figure while working on it; the published figures come from ``python -m bench.run``.
+    """
+    out: dict[str, Any] = {}
+    with scratch_dir(NAME) as work, running_testbed(work / "testbed") as tb, running_daemon(tb.env, work) as daemon:
+        for path, _ in ROUTES:
+            fixed = alternating(daemon.base, path, daemon.token, seconds / 2)
+            idle, busy = fixed["idle"], fixed["rounds"]
+            out[path] = {
+                "idle_ms": {p: round(idle[f"{p}_s"] * 1e3, 2) for p in ("p50", "p90", "p99")},
+                "rounds_ms": {p: round(busy[f"{p}_s"] * 1e3, 2) for p in ("p50", "p90", "p99")},
+                "ratio_p99": round(busy["p99_s"] / idle["p99_s"], 2),
+                "rounds": busy["rounds_completed"],
+                "not_200": busy["requests"] - busy["ok"] + idle["requests"] - idle["ok"],
+            }
+    return out
+
+
 if __name__ == "__main__":
-    print(json.dumps(run(quick=True), indent=2))
+    if len(sys.argv) == 3 and sys.argv[1] == "--fixed-rate":
+        print(json.dumps(fixed_rate_only(float(sys.argv[2])), indent=2))
+    else:
+        print(json.dumps(run(quick=True), indent=2))
