@@ -49,8 +49,9 @@ MAX_CONCURRENT_READS = 4
 READ_QUEUE_SECONDS = 2.0
 # How stale /performance-metrics may be for the same sample and state version (its clock fields included).
 PAGE_CACHE_SECONDS = 1.0
-# /performance-metrics is rendered ahead, at each sample and round end, while it was requested this recently.
-RENDER_AHEAD_SECONDS = 10.0
+# /performance-metrics is rendered ahead, at each sample and round end, while it was requested this recently: a
+# client polling more often than the page's age limit (a dashboard polls every 3 s and is not rendered for).
+RENDER_AHEAD_SECONDS = PAGE_CACHE_SECONDS
 # Tries at reading the engine's state from the API's loop before handing the read to the engine's.
 READ_ATTEMPTS = 5
 # Encoded GET /optimizations pages kept for the current state version, in bytes.

@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from optimizer import api
 from optimizer.api import (
     CTX,
     PAGES,
@@ -430,10 +431,11 @@ def test_the_store_keeps_the_history_summary_through_new_rows_and_forgets_it_at_
 
 
 async def test_the_metrics_page_is_rendered_ahead_at_a_round_end_while_it_is_polled(
-    testbed: TestbedProcess, tmp_path: Path
+    testbed: TestbedProcess, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """While /performance-metrics is polled, a sample and a round's end render it on the engine's loop: the next
     request finds it ready, with that round's decisions. Nobody polling: nothing is rendered ahead."""
+    monkeypatch.setattr(api, "RENDER_AHEAD_SECONDS", 600.0)  # "polled" however slow this machine is
     env = daemon_env(testbed, tmp_path / "s")
     async with running_daemon(env) as daemon, api_client(daemon) as http:
         app = daemon._app
@@ -453,3 +455,6 @@ async def test_the_metrics_page_is_rendered_ahead_at_a_round_end_while_it_is_pol
         assert served["performance"]["isOptimizing"] is False
         await daemon.sample_now()
         assert pages.key == _page_key(app[CTX])  # and for a new sample
+        pages.asked_at = time.monotonic() - 1000  # not polled lately
+        await daemon.engine.request_round(trigger="manual", strategy="cache", manual=True)
+        assert pages.key != _page_key(app[CTX])
