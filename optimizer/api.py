@@ -403,7 +403,8 @@ async def performance_metrics(request: web.Request) -> web.Response:
                     body = await _performance_body(ctx, request.app[HISTORY], key[1], request.app[SUMMARIES])
                     body["performance"]["isOptimizing"] = _OPTIMIZING
                     page = json.dumps(body).encode()
-                    pages.store(key, now, page)
+                    if _page_key(ctx) == key:  # not superseded meanwhile (by a page rendered ahead, say)
+                        pages.store(key, now, page)
                 return page
 
         payload = await pages.shared(key, render)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -458,3 +459,34 @@ async def test_the_metrics_page_is_rendered_ahead_at_a_round_end_while_it_is_pol
         pages.asked_at = time.monotonic() - 1000  # not polled lately
         await daemon.engine.request_round(trigger="manual", strategy="cache", manual=True)
         assert pages.key != _page_key(app[CTX])
+
+
+async def test_a_rendering_superseded_while_it_ran_is_answered_but_not_kept(
+    testbed: TestbedProcess, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A /performance-metrics rendering whose key changed before it ended (a sample, a round's end or a write
+    meanwhile) answers its requests but does not replace what is kept (a page rendered ahead for the new key)."""
+    env = daemon_env(testbed, tmp_path / "s")
+    started, release = threading.Event(), threading.Event()  # the handler runs on the API's loop, in its thread
+    real_body = api._performance_body
+
+    async def slow_body(*args: Any, **kwargs: Any) -> Any:
+        started.set()
+        await asyncio.to_thread(release.wait, 10)
+        return await real_body(*args, **kwargs)
+
+    async with running_daemon(env) as daemon, api_client(daemon) as http:
+        app = daemon._app
+        assert app is not None
+        pages, ctx = app[PAGES], app[CTX]
+        monkeypatch.setattr(api, "_performance_body", slow_body)
+        request = asyncio.create_task(http.get("/performance-metrics"))
+        assert await asyncio.to_thread(started.wait, 10)
+        ctx.writes += 1  # the key moves on while that rendering runs
+        newer = (_page_key(ctx), time.monotonic(), b"{}")
+        pages.entry = newer
+        release.set()
+        async with await request as resp:
+            assert resp.status == 200
+            assert (await resp.json())["mode"]
+        assert pages.entry == newer
