@@ -8,29 +8,17 @@ labels and units from it, and a test checks every row against what a full sample
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
-from dataclasses import dataclass
 from types import MappingProxyType
 
 from config.units import Unit, unit_of
-
-
-@dataclass(frozen=True, slots=True)
-class Signal:
-    """One signal: its name, its readable label, its unit, who measures it, and its /metrics series."""
-
-    name: str
-    label: str
-    unit: Unit
-    # the sample source that measures it (the names of /health's sources), or the strategy that derives it
-    source: str
-    # the series on /metrics that shows it (``name{label="value"}``), None where /metrics has none
-    prometheus: str | None = None
-
+from metrics.source import Signal
+from metrics.sources import SOURCES
 
 _P = "cctv_optimizer_"
 
-SIGNALS: tuple[Signal, ...] = (
+BUILT_IN: tuple[Signal, ...] = (
     Signal("cpu_ratio", "Host CPU", Unit.RATIO, "host", _P + "cpu_used_ratio"),
     Signal("memory_used_ratio", "Host memory used", Unit.RATIO, "host", _P + "memory_used_ratio"),
     Signal("load_per_core", "Load per core (1 min)", Unit.COUNT, "host", _P + "load_per_core_ratio"),
@@ -91,6 +79,11 @@ SIGNALS: tuple[Signal, ...] = (
     ),
     Signal("mediamtx_readers", "MediaMTX readers", Unit.COUNT, "mediamtx", _P + "mediamtx_readers"),
     Signal("own_rss_bytes", "Optimizer memory (RSS)", Unit.BYTES, "own", _P + "own_resident_memory_bytes"),
+)
+
+# the built-in rows, then those each source declares (its ``signals``), labelled with the source's name
+SIGNALS: tuple[Signal, ...] = BUILT_IN + tuple(
+    dataclasses.replace(row, source=source.name) for source in SOURCES for row in source.signals
 )
 
 # a family of signals, one per table: the name is the prefix, then the table's name

@@ -13,8 +13,9 @@ from typing import Any
 
 import pytest
 
+from config.settings import Settings
 from metrics.errors import SamplingError
-from metrics.sampler import SOURCE_NAMES, Sampler, Sources
+from metrics.sampler import Sampler
 from metrics.snapshot import (
     CacheStatsSample,
     DatabaseSample,
@@ -25,6 +26,19 @@ from metrics.snapshot import (
     ProcessSample,
     SessionSample,
     Snapshot,
+)
+from metrics.source import SourceDeps, Sources
+from metrics.sources import (
+    SOURCE_NAMES,
+    CacheSource,
+    DatabaseSource,
+    HlsSource,
+    HostSource,
+    MediaMtxSource,
+    ProbeSource,
+    ProcessSource,
+    TcpSource,
+    build_sources,
 )
 from metrics.tcp import TcpCounts, TcpState
 from tests.metrics.test_prometheus import full_snapshot
@@ -142,15 +156,16 @@ class Fakes:
     def sampler(self, *, clock: Any = time.monotonic, wall_clock: Any = time.time) -> Sampler:
         """A sampler over these fakes."""
         sources = Sources(
-            host=self.host,  # type: ignore[arg-type]
-            tcp=self.tcp,
-            process=self.process,  # type: ignore[arg-type]
-            backend=self.backend,  # type: ignore[arg-type]
-            database=self.database,  # type: ignore[arg-type]
-            hls=self.hls,  # type: ignore[arg-type]
-            mediamtx=self.mediamtx,  # type: ignore[arg-type]
-            hot_endpoints=HOT,
-            extra_ports=frozenset({EXTRA_PORT}),
+            [
+                HostSource(self.host),  # type: ignore[arg-type]
+                ProcessSource(self.process),  # type: ignore[arg-type]
+                TcpSource(self.tcp, extra_ports=frozenset({EXTRA_PORT})),
+                ProbeSource(self.backend, HOT),  # type: ignore[arg-type]
+                CacheSource(self.backend, len(HOT)),  # type: ignore[arg-type]
+                DatabaseSource(self.database),  # type: ignore[arg-type]
+                HlsSource(self.hls),  # type: ignore[arg-type]
+                MediaMtxSource(self.mediamtx),  # type: ignore[arg-type]
+            ]
         )
         return Sampler(sources, source_timeout_seconds=TIMEOUT_S, clock=clock, wall_clock=wall_clock)
 
@@ -280,8 +295,12 @@ async def test_sessions_need_a_database_read(fakes: Fakes) -> None:
 
 
 async def test_unconfigured_sources_are_left_out(fakes: Fakes) -> None:
-    """Sources set to None have no status and no part; without credentials the cache is not asked."""
-    sources = Sources(host=fakes.host, tcp=fakes.tcp, backend=FakeBackend(has_credentials=False))  # type: ignore[arg-type]
+    """Sources left out have no status and no part; without credentials the cache is not built, so not asked."""
+    settings = Settings()  # no database
+    deps = SourceDeps(backend=FakeBackend(has_credentials=False), tcp_counter=fakes.tcp)  # type: ignore[arg-type]
+    built = build_sources(settings, deps)
+    assert built.names == ("host", "tcp", "probe")
+    sources = Sources([HostSource(fakes.host), *(s for s in built if s.name != "host")])  # type: ignore[arg-type]
     snap = await Sampler(sources, source_timeout_seconds=TIMEOUT_S).sample()
     assert set(snap.sources) == {"host", "probe", "tcp"}
     assert (snap.cache, snap.database, snap.hls, snap.mediamtx, snap.backend) == (None,) * 5

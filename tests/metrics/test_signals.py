@@ -12,9 +12,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from config.units import Unit
 from metrics.prometheus import DaemonMetrics, SnapshotCollector
-from metrics.sampler import SOURCE_NAMES
 from metrics.signals import BY_NAME, SIGNALS, is_known_signal, signal, signal_label, signal_unit
 from metrics.snapshot import TableStat
+from metrics.sources import SOURCE_NAMES
 from strategies import cache
 from tests.metrics.test_prometheus import full_snapshot
 
