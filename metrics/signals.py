@@ -9,11 +9,12 @@ labels and units from it, and a test checks every row against what a full sample
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from types import MappingProxyType
+from typing import Any
 
 from config.units import Unit, unit_of
-from metrics.source import Signal
+from metrics.source import Signal, Source
 from metrics.sources import SOURCES
 
 _P = "cctv_optimizer_"
@@ -81,10 +82,15 @@ BUILT_IN: tuple[Signal, ...] = (
     Signal("own_rss_bytes", "Optimizer memory (RSS)", Unit.BYTES, "own", _P + "own_resident_memory_bytes"),
 )
 
-# the built-in rows, then those each source declares (its ``signals``), labelled with the source's name
-SIGNALS: tuple[Signal, ...] = BUILT_IN + tuple(
-    dataclasses.replace(row, source=source.name) for source in SOURCES for row in source.signals
-)
+
+def table(sources: Iterable[type[Source[Any]]]) -> tuple[Signal, ...]:
+    """The built-in rows, then those each of ``sources`` declares (its ``signals``), labelled with its name."""
+    return BUILT_IN + tuple(
+        dataclasses.replace(row, source=source.name) for source in sources for row in source.signals
+    )
+
+
+SIGNALS: tuple[Signal, ...] = table(SOURCES)
 
 # a family of signals, one per table: the name is the prefix, then the table's name
 PER_TABLE = Signal("table_oldest_days:", "Oldest row in", Unit.DAYS, "database")

@@ -188,16 +188,7 @@ async def fakes() -> AsyncIterator[Fakes]:
 
 def parts(snap: Snapshot) -> dict[str, object]:
     """The snapshot's part for each source name."""
-    return {
-        "host": snap.host,
-        "process": snap.backend,
-        "tcp": snap.tcp,
-        "probe": snap.probe,
-        "cache": snap.cache,
-        "database": snap.database,
-        "hls": snap.hls,
-        "mediamtx": snap.mediamtx,
-    }
+    return {name: snap.parts.get(name) for name in SOURCE_NAMES}
 
 
 def down(snap: Snapshot) -> dict[str, str | None]:
