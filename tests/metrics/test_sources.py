@@ -136,6 +136,7 @@ async def test_a_toy_source_added_to_the_list_is_sampled_and_shown(toy: type[Run
     assert set(snap.sources) == {"host", "tcp", "toy"}
     assert snap.part(RunQueueSource) == RunQueueSample(running=3)
     assert snap.signals()["toy_running_processes"] == 3.0
+    assert {row.name for row in toy.signals} <= set(snap.signals())
     assert snap.host is not None and snap.part(RunQueueSource) is snap.parts["toy"]
 
 
