@@ -211,8 +211,7 @@ def test_sources_with_the_same_name_or_needing_each_other_in_a_circle_are_refuse
 
 def test_the_sampler_has_a_thread_for_each_blocking_source() -> None:
     """The pool the blocking reads run on follows from the list."""
-    assert SAMPLER_THREADS == sum(1 for s in SOURCES if issubclass(s, BlockingSource)) == 5
-    assert SOURCE_NAMES == ("host", "process", "tcp", "probe", "cache", "database", "hls", "mediamtx")
+    assert SAMPLER_THREADS == sum(1 for s in SOURCES if issubclass(s, BlockingSource)) >= 1
 
 
 def source_name_lists(path: Path) -> list[int]:
@@ -239,7 +238,7 @@ def source_name_lists(path: Path) -> list[int]:
 
 def test_no_module_lists_the_source_names_by_hand() -> None:
     """Everything that names every source takes the names from ``SOURCES`` (``SOURCE_NAMES``), so a new source is
-    one module and one entry there; this module's own check of the built-in names is the one exception."""
+    one module and one entry there."""
     here = Path(__file__).resolve()
     files = [
         p
