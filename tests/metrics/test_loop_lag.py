@@ -23,7 +23,6 @@ from metrics.process import ProcessReader, ProcessSpec
 from metrics.sampler import Sampler
 from metrics.source import BlockingSource, Sources
 from metrics.sources import (
-    SOURCE_NAMES,
     CacheSource,
     DatabaseSource,
     HlsSource,
@@ -138,7 +137,7 @@ async def test_sampling_the_testbed_never_blocks_the_loop(testbed: TestbedProces
             close()
     last = snapshots[-1]
     assert {name: status.error for name, status in last.sources.items() if not status.up} == {}
-    assert set(last.sources) == set(SOURCE_NAMES)
+    assert set(last.sources) == set(sources.names)
     assert last.hls is not None and last.hls.stale_files >= STALE_FILES
     assert last.sessions is not None and last.sessions.stuck >= STUCK_SESSIONS
     assert set(seen) == {s.name for s in sources if isinstance(s, BlockingSource)}

@@ -155,7 +155,11 @@ class Fakes:
 
     def sampler(self, *, clock: Any = time.monotonic, wall_clock: Any = time.time) -> Sampler:
         """A sampler over these fakes."""
-        sources = Sources(
+        return Sampler(self.sources(), source_timeout_seconds=TIMEOUT_S, clock=clock, wall_clock=wall_clock)
+
+    def sources(self) -> Sources:
+        """Every built-in source, each over its fake."""
+        return Sources(
             [
                 HostSource(self.host),  # type: ignore[arg-type]
                 ProcessSource(self.process),  # type: ignore[arg-type]
@@ -167,7 +171,6 @@ class Fakes:
                 MediaMtxSource(self.mediamtx),  # type: ignore[arg-type]
             ]
         )
-        return Sampler(sources, source_timeout_seconds=TIMEOUT_S, clock=clock, wall_clock=wall_clock)
 
     def release(self) -> None:
         """Open every gate, so no fake read is left waiting."""
@@ -176,6 +179,11 @@ class Fakes:
                 reader.gate.set()
         if self.backend.probe_gate is not None:
             self.backend.probe_gate.set()
+
+
+# the sources the fakes stand in for: every built-in one
+FAKED = Fakes().sources().names
+assert set(FAKED) <= set(SOURCE_NAMES)
 
 
 @pytest.fixture
@@ -188,7 +196,7 @@ async def fakes() -> AsyncIterator[Fakes]:
 
 def parts(snap: Snapshot) -> dict[str, object]:
     """The snapshot's part for each source name."""
-    return {name: snap.parts.get(name) for name in SOURCE_NAMES}
+    return {name: snap.parts.get(name) for name in FAKED}
 
 
 def down(snap: Snapshot) -> dict[str, str | None]:
@@ -212,7 +220,7 @@ async def test_every_source_answers(fakes: Fakes) -> None:
     """All sources up: each part is the reader's value and every status is up."""
     snap = await fakes.sampler().sample()
     assert down(snap) == {}
-    assert set(snap.sources) == set(SOURCE_NAMES)
+    assert set(snap.sources) == set(FAKED)
     assert snap.seq == 1
     assert (snap.host, snap.backend, snap.database, snap.hls) == (HOST, PROCESS, DATABASE, HLS)
     assert (snap.probe, snap.cache, snap.mediamtx) == (PROBE, CACHE, MEDIAMTX)
@@ -253,7 +261,7 @@ def break_source(fakes: Fakes, name: str, error: BaseException) -> None:
         getattr(fakes, name).error = error
 
 
-@pytest.mark.parametrize("name", SOURCE_NAMES)
+@pytest.mark.parametrize("name", FAKED)
 async def test_each_source_fails_alone(fakes: Fakes, name: str) -> None:
     """A source raising SamplingError is down with its message, its part is None, the others are whole."""
     break_source(fakes, name, SamplingError(f"{name} is unhappy"))
