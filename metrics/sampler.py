@@ -115,6 +115,16 @@ class Sampler:
             return lambda: on_loop.read(at)
         raise TypeError(f"source {source.name!r} is neither a BlockingSource nor an AsyncSource")
 
+    async def _read_phase(
+        self, phase: tuple[Source[Any], ...], at: Reading, statuses: dict[str, SourceStatus]
+    ) -> list[object | None]:
+        """Read a phase's sources at once, each in a task of its own; a source alone in its phase is read in this
+        task (a task of its own would only cost the loop a step)."""
+        if len(phase) == 1:
+            return [await self._run(phase[0].name, statuses, self._reader(phase[0], at))]
+        tasks = [asyncio.create_task(self._run(s.name, statuses, self._reader(s, at))) for s in phase]
+        return [await task for task in tasks]
+
     async def sample(self) -> Snapshot:
         """Read every source once, phase by phase, and return the snapshot."""
         started = self._clock()
@@ -123,12 +133,7 @@ class Sampler:
         parts: dict[str, object] = {}
         for phase in self._s.phases:
             at = Reading(monotonic=started, wall=wall, parts=MappingProxyType(dict(parts)))
-            tasks = [
-                (source, asyncio.create_task(self._run(source.name, statuses, self._reader(source, at))))
-                for source in phase
-            ]
-            for source, task in tasks:
-                part = await task
+            for source, part in zip(phase, await self._read_phase(phase, at, statuses), strict=True):
                 if part is None:
                     continue
                 parts[source.name] = part

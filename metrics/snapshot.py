@@ -267,9 +267,11 @@ class Snapshot:
         sources: Mapping[str, SourceStatus],
     ) -> Snapshot:
         """The snapshot of what the sources read, by name; each typed field is the part of its type, if any."""
+        by_type = {type(p): p for p in parts.values()}
 
         def typed(kind: type[P]) -> P | None:
-            return next((p for p in parts.values() if isinstance(p, kind)), None)
+            found = by_type.get(kind)
+            return found if isinstance(found, kind) else None
 
         return cls(
             seq=seq,

@@ -27,6 +27,8 @@ from metrics.tcp import TcpCounter
 T = TypeVar("T")
 P = TypeVar("P")
 
+_NONE: Mapping[str, object] = MappingProxyType({})
+
 
 @dataclass(frozen=True, slots=True)
 class Signal:
@@ -95,7 +97,7 @@ class Source(ABC, Generic[T]):
     def extra_parts(self, part: T) -> Mapping[str, object]:
         """Further parts a successful read yields, by name (the database's viewer sessions); none by default."""
         del part
-        return MappingProxyType({})
+        return _NONE
 
 
 class BlockingSource(Source[T]):
