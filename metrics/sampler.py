@@ -151,6 +151,10 @@ class Sampler:
             sources=MappingProxyType(statuses),
         )
 
+    async def close(self) -> None:
+        """Let every source release what it opened itself; one that fails to does not keep the others open."""
+        await asyncio.gather(*(source.close() for source in self._s), return_exceptions=True)
+
     def _own_sample(self) -> OwnSample | None:
         try:
             times = self._own.cpu_times()

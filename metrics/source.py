@@ -99,6 +99,10 @@ class Source(ABC, Generic[T]):
         del part
         return _NONE
 
+    async def close(self) -> None:
+        """Release what this source opened itself when the daemon stops (what ``SourceDeps`` shared, the daemon
+        closes); nothing by default."""
+
 
 class BlockingSource(Source[T]):
     """A source whose read blocks (/proc, psutil, sqlite3, a directory walk): it runs in the sampler's pool."""

@@ -97,8 +97,11 @@ class TcpSource(BlockingSource[TcpSample]):
         *,
         extra_ports: frozenset[int] = frozenset(),
         upstream_ports: frozenset[int] = frozenset(),
+        owns_counter: bool = False,
     ) -> None:
         self.counter = counter
+        # whether the counter is this source's own to close (one the daemon was given is not)
+        self.owns_counter = owns_counter
         self.extra_ports = extra_ports
         # services the backend connects to: their sockets are counted from the backend's (client) end
         self.upstream_ports = upstream_ports
@@ -111,7 +114,14 @@ class TcpSource(BlockingSource[TcpSample]):
             deps.tcp_counter or make_tcp_counter(deps.proc_root),
             extra_ports=frozenset({backend_port}),
             upstream_ports=frozenset({url_port(settings.backend.mediamtx_url)}) - {backend_port},
+            owns_counter=deps.tcp_counter is None,
         )
+
+    async def close(self) -> None:
+        """Close the counter's netlink socket if this source made the counter (a count after it reopens one)."""
+        close = getattr(self.counter, "close", None)
+        if self.owns_counter and close is not None:
+            close()
 
     def ports(self, at: Reading) -> frozenset[int]:
         """The local ports to count: the extra ones and those the backend's process listens on this sample."""

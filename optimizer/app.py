@@ -642,6 +642,7 @@ class Daemon:
             if self._runner is not None:
                 await self._api_loop.call(self._close_api(self._runner))
             await self._api_loop.stop()
+        await self.sampler.close()
         await self.backend.close()
         await self.mediamtx.close()
         await self.engine.close()

@@ -23,7 +23,7 @@ from metrics.sampler import Sampler
 from metrics.signals import table
 from metrics.snapshot import Snapshot
 from metrics.source import AsyncSource, BlockingSource, Reading, Signal, Source, SourceDeps, Sources
-from metrics.sources import SOURCE_NAMES, SOURCES, build_sources
+from metrics.sources import SOURCE_NAMES, SOURCES, TcpSource, build_sources
 from optimizer.executors import SAMPLER_THREADS
 from tests.metrics.test_sampler import FakeTcp
 
@@ -185,6 +185,51 @@ async def test_a_source_runs_after_what_it_needs_and_reads_its_part(toy: type[Ru
     snap = await sampler.sample()
     assert down(snap) == {"toy": f"{toy.file} unreadable: No such file or directory"}
     assert snap.part(EchoSource) == Echo(None)
+
+
+class Closing(EchoSource):
+    """A toy that records its close, or fails it."""
+
+    name = "closing"
+    fail = False
+
+    def __init__(self) -> None:
+        self.closed = 0
+
+    async def close(self) -> None:
+        """Count the close, then fail if asked to."""
+        self.closed += 1
+        if self.fail:
+            raise OSError("already gone")
+
+
+@dataclass
+class ClosableTcp(FakeTcp):
+    """A TCP counter with a close, like the netlink one."""
+
+    closed: int = 0
+
+    def close(self) -> None:
+        """Count the close."""
+        self.closed += 1
+
+
+async def test_closing_the_sampler_closes_what_each_source_opened_itself() -> None:
+    """Every source is closed, also after one fails to; a TCP counter is closed by the source that made it, never
+    when it was handed in."""
+
+    class Other(Closing):
+        name = "other"
+
+    failing, fine = Closing(), Other()
+    failing.fail = True
+    made, given = ClosableTcp(), ClosableTcp()
+    own = TcpSource(made, owns_counter=True)
+    shared = build_sources(Settings(), SourceDeps(tcp_counter=given)).find(TcpSource)
+    assert shared is not None
+    await Sampler(Sources([failing, fine, own]), source_timeout_seconds=TIMEOUT_S).close()
+    await Sampler(Sources([shared]), source_timeout_seconds=TIMEOUT_S).close()
+    assert (failing.closed, fine.closed, made.closed, given.closed) == (1, 1, 1, 0)
 
 
 def test_a_sources_declared_signals_join_the_table_under_its_name() -> None:
