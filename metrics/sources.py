@@ -293,6 +293,13 @@ BLOCKING_SOURCES = sum(1 for s in SOURCES if issubclass(s, BlockingSource))
 
 
 def build_sources(settings: Settings, deps: SourceDeps, catalogue: tuple[type[Source[Any]], ...] = SOURCES) -> Sources:
-    """Every source of ``catalogue`` the configuration asks for, built from it."""
+    """Every source of ``catalogue`` the configuration asks for, built from it; a source that needs one the
+    catalogue does not hold is refused (a misspelt name would never order anything)."""
+    known = {source.name for source in catalogue}
+    unknown = sorted(
+        f"{source.name} needs {need}" for source in catalogue for need in source.needs if need not in known
+    )
+    if unknown:
+        raise ValueError(f"sources need sources that do not exist: {', '.join(unknown)}")
     built = (source.from_config(settings, deps) for source in catalogue)
     return Sources(s for s in built if s is not None)

@@ -238,7 +238,7 @@ def test_a_sources_declared_signals_join_the_table_under_its_name() -> None:
     assert rows["toy_running_processes"] == Signal("toy_running_processes", "Running processes", Unit.COUNT, "toy")
 
 
-def test_sources_with_the_same_name_or_needing_each_other_in_a_circle_are_refused(tmp_path: Path) -> None:
+def test_sources_with_the_same_name_needing_each_other_or_a_missing_one_are_refused(tmp_path: Path) -> None:
     """A list that cannot be sampled is refused when it is built, not on the first sample."""
     toy = RunQueueSource(tmp_path)
     with pytest.raises(ValueError, match="named more than once: toy"):
@@ -254,6 +254,13 @@ def test_sources_with_the_same_name_or_needing_each_other_in_a_circle_are_refuse
 
     with pytest.raises(ValueError, match="in a circle: chicken -> egg -> chicken"):
         Sources([Chicken(), Egg()])
+
+    class Orphan(EchoSource):
+        name = "orphan"
+        needs = ("toys",)
+
+    with pytest.raises(ValueError, match="do not exist: orphan needs toys"):
+        build_sources(Settings(), SourceDeps(), (*SOURCES, RunQueueSource, Orphan))
 
 
 def test_the_sampler_has_a_thread_for_each_blocking_source() -> None:
