@@ -37,7 +37,7 @@ class Signal:
     name: str
     label: str
     unit: Unit
-    # the sample source that measures it (the names of /health's sources), or the strategy that derives it
+    # the sample source that measures it (a name of metrics/sources.py's list), or the strategy that derives it
     source: str
     # the series on /metrics that shows it (``name{label="value"}``), None where /metrics has none
     prometheus: str | None = None

@@ -3,7 +3,8 @@
 Each built-in source here adapts a reader of its own module (metrics/host.py, process.py, tcp.py, backend.py,
 sqlite.py, hls.py, mediamtx.py) to the ``Source`` contract (metrics/source.py). A new source is a module with
 its ``Source`` subclass and one entry in ``SOURCES``; everything that names the sources (the snapshot's
-statuses, /metrics' ``source_up``, /health, the sampler's thread pool) follows from the list.
+statuses in /performance-metrics, /metrics' ``source_up``, the sampler's thread pool, the signal table's rows a
+source declares) follows from the list.
 """
 
 from __future__ import annotations
