@@ -157,14 +157,21 @@ def test_steady_growth_is_measured_and_projects_the_kill() -> None:
     assert eta == pytest.approx((524 * MIB - 60_000_000) / 100_000.0)
 
 
-def test_flat_noisy_or_short_series_are_not_steady_growth() -> None:
+@pytest.mark.parametrize(
+    "points",
+    [
+        pytest.param([(float(t), 300.0 * MIB) for t in range(0, 600, 10)], id="flat"),
+        pytest.param([(float(t), (300 + (50 if t % 20 else -50)) * MIB + t) for t in range(0, 600, 10)], id="zigzag"),
+        pytest.param([(float(t), 300.0 * MIB + 1000 * t) for t in range(0, 100, 10)], id="shorter-than-the-span"),
+    ],
+)
+def test_flat_noisy_or_short_series_are_not_steady_growth(points: list[tuple[float, float]]) -> None:
     """No growth is reported for a flat series, a zig-zag, or one shorter than the minimum span."""
-    flat = [(float(t), 300.0 * MIB) for t in range(0, 600, 10)]
-    zigzag = [(float(t), (300 + (50 if t % 20 else -50)) * MIB + t) for t in range(0, 600, 10)]
-    short = [(float(t), 300.0 * MIB + 1000 * t) for t in range(0, 100, 10)]
-    assert steady_growth(flat, min_span_seconds=300) is None
-    assert steady_growth(zigzag, min_span_seconds=300) is None
-    assert steady_growth(short, min_span_seconds=300) is None
+    assert steady_growth(points, min_span_seconds=300) is None
+
+
+def test_points_all_at_one_moment_fit_no_line() -> None:
+    """Readings that share one timestamp have no slope to fit."""
     assert fit_growth([(1.0, 1.0), (1.0, 2.0), (1.0, 3.0)]) is None
 
 
