@@ -501,13 +501,19 @@ async def test_an_emptied_cache_plans_only_warming() -> None:
     assert plan.actions == (WarmCache(warm=HOT),)
 
 
-async def test_a_healthy_cache_plans_nothing_even_by_hand() -> None:
+@pytest.mark.parametrize(
+    "stats",
+    [
+        pytest.param(cache_stats(40, hits=9538, misses=502), id="healthy-stats"),
+        pytest.param(None, id="no-stats-at-all"),
+    ],
+)
+async def test_a_healthy_cache_plans_nothing_even_by_hand(stats: CacheStatsSample | None) -> None:
     """A manual request on a healthy cache finds nothing to do; no stats at all also means no plan."""
     windows = Windows(120)
     busy_history(windows)
     strategy = make(windows=windows)
-    assert await strategy.plan(ctx(snapshot(cache_stats(40, hits=9538, misses=502)), windows, manual=True)) is None
-    assert await strategy.plan(ctx(snapshot(None), windows, manual=True)) is None
+    assert await strategy.plan(ctx(snapshot(stats), windows, manual=True)) is None
 
 
 async def test_without_hot_endpoints_it_clears_or_does_nothing() -> None:
