@@ -260,12 +260,6 @@ async def test_host_memory_pressure_prunes_stale_files_even_under_the_hls_budget
     assert (plan.expected.signal, plan.expected.amount) == ("hls_stale_files", 7)
 
 
-async def test_nothing_to_prune_and_nothing_else_means_no_plan(tmp_path: Path) -> None:
-    """Armed but with no stale file, a small cache and a lean daemon, there is no plan."""
-    snap = snapshot(hls=hls_sample(stale=0, total=900 * MIB), cache=cache_sample(3))
-    assert await strategy(hls_root=tmp_path).plan(ctx(snap, "hls_bytes", "memory_used_ratio")) is None
-
-
 async def test_a_bloated_cache_plans_invalidation_of_the_hot_prefixes(tmp_path: Path) -> None:
     """Cache over its limit: invalidate the junk prefixes (the hot endpoints by default) and warm them."""
     client = BackendClient(
@@ -358,10 +352,39 @@ async def test_a_busy_moment_defers_the_restart_unless_the_kill_is_close() -> No
     assert "projected kill" in plan.reason
 
 
-async def test_unknown_viewers_never_count_as_quiet() -> None:
-    """Without session or reader figures no quiet moment can be chosen."""
-    s = strategy(restart_options(), enable_gc=False)
-    assert await s.plan(ctx(snapshot(backend=backend(600 * MIB)), "backend_rss_bytes")) is None
+@pytest.mark.parametrize(
+    ("options", "enable_gc", "with_hls_root", "parts", "armed"),
+    [
+        pytest.param(
+            MemoryOptions(),
+            True,
+            True,
+            {"hls": hls_sample(stale=0, total=900 * MIB), "cache": cache_sample(3)},
+            ("hls_bytes", "memory_used_ratio"),
+            id="no-stale-file-a-small-cache-and-a-lean-daemon",
+        ),
+        pytest.param(
+            restart_options(),
+            False,
+            False,
+            {"backend": backend(600 * MIB)},
+            ("backend_rss_bytes",),
+            id="unknown-viewers-never-count-as-quiet",
+        ),
+    ],
+)
+async def test_armed_with_nothing_safe_to_do_there_is_no_plan(
+    tmp_path: Path,
+    options: MemoryOptions,
+    enable_gc: bool,
+    with_hls_root: bool,
+    parts: dict[str, Any],
+    armed: tuple[str, ...],
+) -> None:
+    """Armed, but no stale file, a small cache and a lean daemon; or a restart wanted without session or reader
+    figures, so no quiet moment can be chosen: no plan."""
+    s = strategy(options, hls_root=tmp_path if with_hls_root else None, enable_gc=enable_gc)
+    assert await s.plan(ctx(snapshot(**parts), *armed)) is None
 
 
 # ----- findings ---------------------------------------------------------------------------------------------------
