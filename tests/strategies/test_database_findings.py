@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import sqlite3
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import MappingProxyType
@@ -262,37 +262,49 @@ def prune(path: Path, table: str, days: float = 90, **kwargs: Any) -> ret.PruneR
     return ret.prune_table(path, rule, cutoff, **options)
 
 
-def test_local_and_utc_columns_are_cut_at_their_own_time(backend_db: Path) -> None:
+@pytest.mark.parametrize(
+    ("table", "insert_sql", "text_of", "names_sql"),
+    [
+        pytest.param(
+            "viewer_sessions",
+            "INSERT INTO viewer_sessions (session_id, camera_id, ip_address, started_at, last_heartbeat, is_active)"
+            " VALUES (:name, 1, '10.0.0.5', :at, :at, 0)",
+            local,
+            "SELECT session_id FROM viewer_sessions",
+            id="local-text",
+        ),
+        pytest.param(
+            "login_attempts",
+            "INSERT INTO login_attempts (identifier, identifier_type, success, attempt_time)"
+            " VALUES (:name, 'username', 0, :at)",
+            iso,
+            "SELECT identifier FROM login_attempts",
+            id="iso-utc-text",
+        ),
+        pytest.param(
+            "playback_token_audit_logs",
+            "INSERT INTO playback_token_audit_logs (event_type, ip_address, created_at) VALUES (:name, '10.0.0.1', :at)",
+            utc,
+            "SELECT event_type FROM playback_token_audit_logs",
+            id="utc-sql-text",
+        ),
+    ],
+)
+def test_local_and_utc_columns_are_cut_at_their_own_time(
+    backend_db: Path, table: str, insert_sql: str, text_of: Callable[[float], str], names_sql: str
+) -> None:
     """Three hours either side of 90 days decides, in the column's own time base (local vs UTC, ISO UTC)."""
-    insert(
-        backend_db,
-        "INSERT INTO viewer_sessions (session_id, camera_id, ip_address, started_at, last_heartbeat, is_active)"
-        " VALUES (?, 1, '10.0.0.5', ?, ?, 0)",
-        [
-            (sid, local(days), local(days))
-            for sid, days in (("older-local", 90 + 3 / 24), ("younger-local", 90 - 3 / 24))
-        ],
-    )
-    insert(
-        backend_db,
-        "INSERT INTO login_attempts (identifier, identifier_type, success, attempt_time) VALUES (?, 'username', 0, ?)",
-        [("older-iso", iso(90 + 3 / 24)), ("younger-iso", iso(90 - 3 / 24))],
-    )
-    insert(
-        backend_db,
-        "INSERT INTO playback_token_audit_logs (event_type, ip_address, created_at) VALUES (?, '10.0.0.1', ?)",
-        [("older-utc", utc(90 + 3 / 24)), ("younger-utc", utc(90 - 3 / 24))],
-    )
-    prune(backend_db, "viewer_sessions")
-    prune(backend_db, "login_attempts")
-    prune(backend_db, "playback_token_audit_logs")
     with sqlite3.connect(backend_db) as conn:
-        sessions = {r[0] for r in conn.execute("SELECT session_id FROM viewer_sessions")}
-        users = {r[0] for r in conn.execute("SELECT identifier FROM login_attempts")}
-        actions = {r[0] for r in conn.execute("SELECT event_type FROM playback_token_audit_logs")}
-    assert "younger-local" in sessions and "older-local" not in sessions
-    assert "younger-iso" in users and "older-iso" not in users
-    assert "younger-utc" in actions and "older-utc" not in actions
+        conn.executemany(
+            insert_sql,
+            [{"name": name, "at": text_of(days)} for name, days in (("older", 90 + 3 / 24), ("younger", 90 - 3 / 24))],
+        )
+    conn.close()
+    prune(backend_db, table)
+    with sqlite3.connect(backend_db) as conn:
+        names = {r[0] for r in conn.execute(names_sql)}
+    conn.close()
+    assert "younger" in names and "older" not in names
 
 
 def test_live_sessions_are_never_pruned(backend_db: Path) -> None:
