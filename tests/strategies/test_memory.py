@@ -199,17 +199,26 @@ def test_process_figures_come_from_proc() -> None:
 # ----- triggers ---------------------------------------------------------------------------------------------------
 
 
-def test_triggers_follow_the_settings() -> None:
-    """Enter thresholds come from MEMORY_THRESHOLD, the options and GC_THRESHOLD x own budget; exits are lower."""
-    o = MemoryOptions(hls_budget_bytes=64 * MIB, cache_entries_limit=500, own_budget_bytes=200 * MIB)
-    specs = {s.signal: s for s in strategy(o, memory_threshold=0.85, gc_threshold=0.5).triggers({})}
-    assert specs["memory_used_ratio"].enter == 0.85
-    assert specs["hls_bytes"].enter == 64 * MIB
-    assert specs["cache_entries"].enter == 500
-    assert specs["backend_rss_bytes"].enter == o.backend_rss_limit_bytes
-    assert specs["own_rss_bytes"].enter == 100 * MIB
-    assert specs["own_rss_bytes"].exit == pytest.approx(90 * MIB)
-    assert specs["shm_used_ratio"].enter == o.shm_used_ratio
+SETTINGS = MemoryOptions(hls_budget_bytes=64 * MIB, cache_entries_limit=500, own_budget_bytes=200 * MIB)
+
+
+@pytest.mark.parametrize(
+    ("signal", "enter"),
+    [
+        pytest.param("memory_used_ratio", 0.85, id="host-memory-from-memory-threshold"),
+        pytest.param("hls_bytes", 64 * MIB, id="hls-budget"),
+        pytest.param("cache_entries", 500, id="cache-entries-limit"),
+        pytest.param("backend_rss_bytes", SETTINGS.backend_rss_limit_bytes, id="backend-rss-limit"),
+        pytest.param("own_rss_bytes", 100 * MIB, id="own-rss-gc-threshold-of-own-budget"),
+        pytest.param("shm_used_ratio", SETTINGS.shm_used_ratio, id="shm-used-ratio"),
+    ],
+)
+def test_triggers_follow_the_settings(signal: str, enter: float) -> None:
+    """Enter thresholds come from MEMORY_THRESHOLD, the options and GC_THRESHOLD x own budget; exits are 0.9 of
+    them."""
+    specs = {s.signal: s for s in strategy(SETTINGS, memory_threshold=0.85, gc_threshold=0.5).triggers({})}
+    assert specs[signal].enter == enter
+    assert specs[signal].exit == pytest.approx(enter * 0.9)
 
 
 def test_own_rss_is_not_watched_without_enable_gc() -> None:
