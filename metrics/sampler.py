@@ -24,11 +24,15 @@ from metrics.hls import HlsReader
 from metrics.host import HostReader
 from metrics.mediamtx import MediaMtxClient
 from metrics.process import ProcessReader
+from metrics.serial import SerialExecutor
 from metrics.snapshot import OwnSample, ProcessSample, Snapshot, SourceStatus, TcpSample
 from metrics.sqlite import DatabaseReader
 from metrics.tcp import TcpCounter
 
 T = TypeVar("T")
+
+# a blocking read still queued behind another after this long gets a thread of its own
+SPILL_AFTER_SECONDS = 0.05
 
 SOURCE_NAMES = ("host", "process", "tcp", "probe", "cache", "database", "hls", "mediamtx")
 
@@ -63,8 +67,9 @@ class Sampler:
         executor: Executor | None = None,
     ) -> None:
         self._s = sources
-        # the blocking reads run on this pool (the loop's default when None), apart from other work's threads
-        self._executor = executor
+        # the blocking reads run on this pool (the loop's default when None), apart from other work's threads,
+        # one after another on one of its threads unless one of them is slow
+        self._executor = SerialExecutor(executor) if executor is not None else None
         self._timeout = source_timeout_seconds
         self._clock = clock
         self._wall = wall_clock
@@ -123,10 +128,20 @@ class Sampler:
             task.exception()
 
     def _in_thread(self, fn: Callable[..., T], *args: Any) -> Callable[[], Awaitable[T]]:
+        """How a blocking read starts: queued on the sampler's pool behind the others (``SerialExecutor``), and
+        given a thread of its own if it still waits after ``SPILL_AFTER_SECONDS``."""
         if self._executor is None:
             return lambda: asyncio.to_thread(fn, *args)
         executor = self._executor
-        return lambda: asyncio.get_running_loop().run_in_executor(executor, fn, *args)
+
+        def start() -> asyncio.Future[T]:
+            loop = asyncio.get_running_loop()
+            future = loop.run_in_executor(executor, fn, *args)
+            spill = loop.call_later(SPILL_AFTER_SECONDS, executor.spill)
+            future.add_done_callback(lambda _done: spill.cancel())
+            return future
+
+        return start
 
     async def sample(self) -> Snapshot:
         """Read every source once and return the snapshot."""
