@@ -390,35 +390,43 @@ class Walk:
 
     @contextlib.contextmanager
     def streams(self) -> Iterator[list[Stream]]:
-        """Open every real stream directory on the root's device (no links, no mount points); close them after."""
+        """Open every real stream directory on the root's device (no links, no mount points); close them after.
+
+        A directory is told apart by the listing's entry type (no ``lstat``); everything else is decided on what
+        was opened: a link or a non-directory swapped in since the listing fails the open, and the opened
+        directory's own ``fstat`` says whether it is on the root's device.
+        """
         opened: list[Stream] = []
         try:
-            entries: list[tuple[str, os.stat_result]] = []
+            entries: list[tuple[str, os.stat_result | None]] = []
             with os.scandir(self.root_fd) as it:
                 for entry in it:
                     try:
-                        entries.append((entry.name, entry.stat(follow_symlinks=False)))
+                        # the root's own files need their sizes; a directory (never a link here) needs nothing yet
+                        is_dir = entry.is_dir(follow_symlinks=False)
+                        entries.append((entry.name, None if is_dir else entry.stat(follow_symlinks=False)))
                     except FileNotFoundError:
                         continue  # removed since the listing
             for name, st in entries:
-                if stat.S_ISREG(st.st_mode):
-                    # files directly in the root are never pruned; anything but a playlist there is not MediaMTX's
-                    self.loose_files += 1
-                    self.loose_bytes += st.st_size
-                    if not is_playlist(name):
-                        self.loose_unknown.append(name)
-                if not stat.S_ISDIR(st.st_mode):
+                if st is not None:
+                    if stat.S_ISREG(st.st_mode):
+                        # files directly in the root are never pruned; anything but a playlist is not MediaMTX's
+                        self.loose_files += 1
+                        self.loose_bytes += st.st_size
+                        if not is_playlist(name):
+                            self.loose_unknown.append(name)
                     continue
-                if st.st_dev != self.root_dev or name in self._mounts:
+                if name in self._mounts:
                     self.skipped.append(f"{name} is another file system (a mount point)")
                     continue
                 try:
                     fd = os.open(name, DIR_FLAGS, dir_fd=self.root_fd)
                 except OSError:
-                    continue  # replaced by a link or removed since the listing: not ours to touch
+                    continue  # replaced by a link or a file, or removed, since the listing: not ours to touch
                 opened_st = os.fstat(fd)
-                if (opened_st.st_dev, opened_st.st_ino) != (st.st_dev, st.st_ino):
-                    os.close(fd)  # swapped between the listing and the open
+                if opened_st.st_dev != self.root_dev:
+                    os.close(fd)
+                    self.skipped.append(f"{name} is another file system (a mount point)")
                     continue
                 writable = os.access(name, os.W_OK | os.X_OK, dir_fd=self.root_fd)
                 opened.append(Stream(name=name, fd=fd, st=opened_st, writable=writable))
