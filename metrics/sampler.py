@@ -97,7 +97,11 @@ class Sampler:
         try:
             # created inside the try: a reader that fails as it is called must not stay marked busy
             task = asyncio.ensure_future(factory())
-            result = await asyncio.wait_for(asyncio.shield(task), self._timeout)
+            # asyncio.wait neither cancels the read when the time is up nor when this sample is cancelled
+            done, _waiting = await asyncio.wait((task,), timeout=self._timeout)
+            if not done:
+                raise TimeoutError
+            result = task.result()
         except TimeoutError:
             error = f"timed out after {self._timeout:g} s"
         except SamplingError as exc:
