@@ -10,7 +10,6 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from metrics.prometheus import PREFIX, DaemonMetrics, SnapshotCollector
-from metrics.sampler import SOURCE_NAMES
 from metrics.snapshot import (
     CacheStatsSample,
     DatabaseSample,
@@ -27,6 +26,7 @@ from metrics.snapshot import (
     TableStat,
     TcpSample,
 )
+from metrics.sources import SOURCE_NAMES
 
 VERSION = "9.8.7"
 
