@@ -49,6 +49,7 @@ from bench.common import (
     scratch_dir,
     stop_children,
 )
+from metrics.hls import SETTLED_SECONDS
 from metrics.tcp import TcpCounter, TcpCounts, make_tcp_counter
 
 NAME = "scale"
@@ -159,7 +160,8 @@ def time_psutil(repeat: int, cpu: list[float] | None = None) -> list[float]:
 def build_hls(root: Path, files: int) -> None:
     """Fill ``root`` with ``files`` files in STREAMS stream directories (segments, a playlist each)."""
     per_stream = max(2, files // STREAMS)
-    old = time.time() - 3600
+    built = time.time()
+    old = built - 3600
     for index in range(STREAMS):
         stream = root / f"cam{index}"
         stream.mkdir(parents=True, exist_ok=True)
@@ -171,7 +173,11 @@ def build_hls(root: Path, files: int) -> None:
             os.utime(path, (old, old))
         playlist = "#EXTM3U\n" + "".join(f"#EXTINF:1.0,\n{name}\n" for name in names[-5:])
         (stream / "index.m3u8").write_text(playlist, encoding="ascii")
+        os.utime(stream / "index.m3u8", (old, old))
         os.utime(stream, (old, old))  # streams that stopped an hour ago, as stale segments pile up
+    # a file's change time cannot be set back: wait until the playlists are as settled as a stopped stream's
+    # (metrics/hls.py reads a playlist changed in the last SETTLED_SECONDS again at every sample)
+    time.sleep(max(0.0, SETTLED_SECONDS - (time.time() - built)))
 
 
 def grow_database(path: Path, target_bytes: int) -> float:
@@ -523,14 +529,33 @@ def run(quick: bool) -> dict[str, Any]:
     }
 
 
+def run_connections(size: int, samples: int = 9, repeat: int = 3) -> dict[str, Any]:
+    """One size of the connection dimension only, with its breakdown: to see a change's effect in a minute."""
+    raise_fd_limit(FD_MARGIN * 4)
+    with (
+        scratch_dir(NAME) as work,
+        scratch_dir(f"{NAME}-hls") as media,
+        running_testbed(work / "testbed", "--segment-bytes", "2048") as tb,
+    ):
+        base_hls = media / "hls-base"
+        build_hls(base_hls, BASE_HLS_FILES)
+        base = {"CCTV_OPTIMIZER_BACKEND__HLS_DIRECTORY": str(base_hls)}
+        point = one_point(tb, work, size, samples=samples, repeat=repeat, env_overrides=base, breakdown=True)
+    return {"point": point, "rows": [sample_row(f"one full sample, {size:,} connections", point), breakdown_row(point)]}
+
+
 def main(argv: list[str] | None = None) -> int:
-    """``--hold N``: the connection-holder child; otherwise run the benchmark quickly and print its JSON."""
+    """``--hold N``: the connection-holder child; ``--connections N``: that size alone, with its breakdown;
+    otherwise run the benchmark quickly (``--full``: every size) and print its JSON."""
     args = sys.argv[1:] if argv is None else argv
     if len(args) == 2 and args[0] == "--hold":
         hold(int(args[1]))
         return 0
     import json
 
+    if len(args) == 2 and args[0] == "--connections":
+        print(json.dumps(run_connections(int(args[1]))["rows"], indent=2, default=str))
+        return 0
     print(json.dumps(run(quick="--full" not in args), indent=2, default=str))
     return 0
 

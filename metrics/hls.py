@@ -336,6 +336,45 @@ def _points_below(real_root: str, table: str) -> frozenset[str]:
     )
 
 
+def _file_key(st: os.stat_result) -> tuple[int, int, int, int, int]:
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
+class PlaylistMemo:
+    """What each playlist protected when it was last read whole, kept while the file stays exactly as it was.
+
+    A playlist is read again unless its device, inode, size, modification and change time are all the ones it
+    had when it was read. Writing a file sets both times to the present; setting its modification time back
+    still sets its change time. Only a rewrite within the same clock tick as the read could leave all five
+    equal, so a playlist is kept only when both its times were at least ``SETTLED_SECONDS`` old at that read:
+    a live playlist, rewritten every segment, is read at every scan. A playlist that could not be read whole
+    is never kept, nor one not seen at the last scan.
+    """
+
+    def __init__(self) -> None:
+        self._last: dict[tuple[str, str], tuple[tuple[int, int, int, int, int], frozenset[tuple[str, str]]]] = {}
+        self._seen: dict[tuple[str, str], tuple[tuple[int, int, int, int, int], frozenset[tuple[str, str]]]] = {}
+
+    def next_scan(self) -> None:
+        """Start a scan: what the last one kept may be used; what this one does not see again is forgotten."""
+        self._last, self._seen = self._seen, {}
+
+    def get(self, stream: str, name: str, st: os.stat_result) -> frozenset[tuple[str, str]] | None:
+        """The (stream directory, file name) pairs the playlist protects, if it is unchanged since it was read."""
+        kept = self._last.get((stream, name))
+        if kept is None or not stat.S_ISREG(st.st_mode) or kept[0] != _file_key(st):
+            return None
+        self._seen[(stream, name)] = kept
+        return kept[1]
+
+    def put(
+        self, stream: str, name: str, st: os.stat_result, pairs: frozenset[tuple[str, str]], now_wall: float
+    ) -> None:
+        """Keep what a playlist read whole protects, if the file (as statted before the read) had settled."""
+        if stat.S_ISREG(st.st_mode) and now_wall - max(st.st_mtime, st.st_ctime) >= SETTLED_SECONDS:
+            self._seen[(stream, name)] = (_file_key(st), pairs)
+
+
 class Walk:
     """One pass over the HLS root: the stream directories opened safely, their playlists, then their files."""
 
@@ -351,35 +390,43 @@ class Walk:
 
     @contextlib.contextmanager
     def streams(self) -> Iterator[list[Stream]]:
-        """Open every real stream directory on the root's device (no links, no mount points); close them after."""
+        """Open every real stream directory on the root's device (no links, no mount points); close them after.
+
+        A directory is told apart by the listing's entry type (no ``lstat``); everything else is decided on what
+        was opened: a link or a non-directory swapped in since the listing fails the open, and the opened
+        directory's own ``fstat`` says whether it is on the root's device.
+        """
         opened: list[Stream] = []
         try:
-            entries: list[tuple[str, os.stat_result]] = []
+            entries: list[tuple[str, os.stat_result | None]] = []
             with os.scandir(self.root_fd) as it:
                 for entry in it:
                     try:
-                        entries.append((entry.name, entry.stat(follow_symlinks=False)))
+                        # the root's own files need their sizes; a directory (never a link here) needs nothing yet
+                        is_dir = entry.is_dir(follow_symlinks=False)
+                        entries.append((entry.name, None if is_dir else entry.stat(follow_symlinks=False)))
                     except FileNotFoundError:
                         continue  # removed since the listing
             for name, st in entries:
-                if stat.S_ISREG(st.st_mode):
-                    # files directly in the root are never pruned; anything but a playlist there is not MediaMTX's
-                    self.loose_files += 1
-                    self.loose_bytes += st.st_size
-                    if not is_playlist(name):
-                        self.loose_unknown.append(name)
-                if not stat.S_ISDIR(st.st_mode):
+                if st is not None:
+                    if stat.S_ISREG(st.st_mode):
+                        # files directly in the root are never pruned; anything but a playlist is not MediaMTX's
+                        self.loose_files += 1
+                        self.loose_bytes += st.st_size
+                        if not is_playlist(name):
+                            self.loose_unknown.append(name)
                     continue
-                if st.st_dev != self.root_dev or name in self._mounts:
+                if name in self._mounts:
                     self.skipped.append(f"{name} is another file system (a mount point)")
                     continue
                 try:
                     fd = os.open(name, DIR_FLAGS, dir_fd=self.root_fd)
                 except OSError:
-                    continue  # replaced by a link or removed since the listing: not ours to touch
+                    continue  # replaced by a link or a file, or removed, since the listing: not ours to touch
                 opened_st = os.fstat(fd)
-                if (opened_st.st_dev, opened_st.st_ino) != (st.st_dev, st.st_ino):
-                    os.close(fd)  # swapped between the listing and the open
+                if opened_st.st_dev != self.root_dev:
+                    os.close(fd)
+                    self.skipped.append(f"{name} is another file system (a mount point)")
                     continue
                 writable = os.access(name, os.W_OK | os.X_OK, dir_fd=self.root_fd)
                 opened.append(Stream(name=name, fd=fd, st=opened_st, writable=writable))
@@ -395,12 +442,20 @@ class Walk:
             self.add_playlists(found, stream, stale_age, now)
         return found
 
-    def add_playlists(
-        self, found: Protection, stream: Stream, stale_age: float, now: float, *, names: list[str] | None = None
+    def add_playlists(  # noqa: PLR0913 -- one stream directory's playlists, with what the caller already knows
+        self,
+        found: Protection,
+        stream: Stream,
+        stale_age: float,
+        now: float,
+        *,
+        names: list[str] | None = None,
+        memo: PlaylistMemo | None = None,
     ) -> list[str] | None:
         """Read one stream directory's playlists into ``found``; the playlists' names (None if it cannot be listed).
 
         ``names``: the playlists' names when the caller knows the directory has not changed since it listed them.
+        ``memo``: playlists read before, used again where the file has not changed since (see PlaylistMemo).
         """
         if names is None:
             try:
@@ -414,15 +469,21 @@ class Walk:
                 st = os.stat(name, dir_fd=stream.fd, follow_symlinks=False)
             except FileNotFoundError:
                 continue
-            read = read_playlist(name, stream.fd)
-            if read.problem is not None:
-                found.protected[stream.name] = read.problem
-                continue
+            pairs = memo.get(stream.name, name, st) if memo is not None else None
+            if pairs is None:
+                read = read_playlist(name, stream.fd)
+                if read.problem is not None:
+                    found.protected[stream.name] = read.problem
+                    continue
+                pairs = frozenset(
+                    pair for reference in read.references for pair in resolve_reference(stream.name, reference)
+                )
+                if memo is not None:
+                    memo.put(stream.name, name, st, pairs, now)
             if now - st.st_mtime < stale_age:
                 found.live.add(stream.name)
-            for reference in read.references:
-                for directory, file_name in resolve_reference(stream.name, reference):
-                    found.references.setdefault(directory, set()).add(file_name)
+            for directory, file_name in pairs:
+                found.references.setdefault(directory, set()).add(file_name)
         return names
 
     def files(self, stream: Stream) -> Iterator[tuple[str, os.stat_result]]:
@@ -631,7 +692,8 @@ class HlsReader:
     read again: its last summary is aged to the present instead. Files are added, removed and renamed only by
     changing their directory's times, so only a file rewritten in place could be missed: every directory is
     read again at least every ``rewalk_seconds``. The cost of a sample is then one stat per stream directory
-    plus their playlists, not one per file (100,000 files cost 0.7 s a sample otherwise).
+    and per playlist, not one per file (100,000 files cost 0.7 s a sample otherwise); a playlist is read again
+    only when it changed (``PlaylistMemo``).
     """
 
     name = "hls"
@@ -650,6 +712,7 @@ class HlsReader:
         self._clock = clock
         self._streams: dict[str, StreamSummary] = {}
         self._playlists: dict[str, tuple[tuple[int, int, int, int], list[str]]] = {}
+        self._playlist_memo = PlaylistMemo()
         self.last_scan: HlsScan | None = None
 
     @property
@@ -688,15 +751,17 @@ class HlsReader:
         return tally.scan(opened, protection, walk)
 
     def _protection(self, walk: Walk, streams: list[Stream], now_wall: float) -> Protection:
-        """Every playlist read again; the playlists' names listed again only in directories that changed."""
+        """Every playlist statted, and read again if it changed; the playlists' names listed again only in
+        directories that changed."""
         found = Protection()
         known: dict[str, tuple[tuple[int, int, int, int], list[str]]] = {}
+        self._playlist_memo.next_scan()
         for stream in streams:
             st = stream.st
             times = (st.st_dev, st.st_ino, st.st_mtime_ns, st.st_ctime_ns)
             kept = self._playlists.get(stream.name)
             names = kept[1] if kept is not None and kept[0] == times else None
-            names = walk.add_playlists(found, stream, self._stale_age, now_wall, names=names)
+            names = walk.add_playlists(found, stream, self._stale_age, now_wall, names=names, memo=self._playlist_memo)
             if names is not None and now_wall - st.st_mtime >= SETTLED_SECONDS:
                 known[stream.name] = (times, names)
         self._playlists = known

@@ -30,12 +30,22 @@ class _Counters:
     disk_write: int
 
 
-def _read(path: Path) -> str:
-    """Read a small text file, turning OS errors into SamplingError."""
+def _read(path: str) -> str:
+    """Read a small text file, turning OS errors into SamplingError.
+
+    Plain descriptor reads: a text file object costs more than the kernel takes to print most /proc files.
+    """
     try:
-        return path.read_text(encoding="ascii", errors="replace")
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            chunks = []
+            while chunk := os.read(fd, 65536):
+                chunks.append(chunk)
+        finally:
+            os.close(fd)
     except OSError as exc:
         raise SamplingError(f"cannot read {path}: {exc.strerror}") from None
+    return b"".join(chunks).decode("ascii", errors="replace")
 
 
 def parse_cpu(stat_text: str) -> tuple[int, int]:
@@ -127,6 +137,14 @@ class HostReader:
         self._previous: _Counters | None = None
         self._last_rates: tuple[float, tuple[float, float, float, float]] = (0.0, (0.0, 0.0, 0.0, 0.0))
         self._has_psi = (proc_root / "pressure" / "cpu").exists()
+        # the files read at every sample, their paths joined once
+        self._stat = str(proc_root / "stat")
+        self._meminfo = str(proc_root / "meminfo")
+        self._loadavg = str(proc_root / "loadavg")
+        self._uptime = str(proc_root / "uptime")
+        self._net_dev = str(proc_root / "net" / "dev")
+        self._diskstats = str(proc_root / "diskstats")
+        self._pressure = tuple(str(proc_root / "pressure" / kind) for kind in ("cpu", "memory", "io"))
 
     def _rates(self, current: _Counters, cpu_count: int) -> tuple[float, tuple[float, float, float, float]]:
         """The CPU share and the network and disk byte rates since the previous counters.
@@ -157,17 +175,17 @@ class HostReader:
 
     def read(self, now: float) -> HostSample:
         """Take one host sample at monotonic time ``now`` (blocking; run in a worker thread)."""
-        stat = _read(self._proc / "stat")
+        stat = _read(self._stat)
         busy, total = parse_cpu(stat)
-        mem = parse_meminfo(_read(self._proc / "meminfo"))
-        load_fields = _read(self._proc / "loadavg").split()
-        uptime = float(_read(self._proc / "uptime").split()[0])
+        mem = parse_meminfo(_read(self._meminfo))
+        load_fields = _read(self._loadavg).split()
+        uptime = float(_read(self._uptime).split()[0])
         try:
-            net_rx, net_tx = parse_net_dev(_read(self._proc / "net" / "dev"))
+            net_rx, net_tx = parse_net_dev(_read(self._net_dev))
         except SamplingError:
             net_rx = net_tx = 0
         try:
-            disk_read, disk_write = parse_diskstats(_read(self._proc / "diskstats"))
+            disk_read, disk_write = parse_diskstats(_read(self._diskstats))
         except SamplingError:
             disk_read = disk_write = 0
         current = _Counters(
@@ -208,9 +226,10 @@ class HostReader:
     def _read_psi(self) -> PsiSample | None:
         """Read /proc/pressure; None when the kernel does not offer it."""
         try:
-            cpu_some, _ = parse_psi(_read(self._proc / "pressure" / "cpu"))
-            mem_some, mem_full = parse_psi(_read(self._proc / "pressure" / "memory"))
-            io_some, io_full = parse_psi(_read(self._proc / "pressure" / "io"))
+            cpu_path, memory_path, io_path = self._pressure
+            cpu_some, _ = parse_psi(_read(cpu_path))
+            mem_some, mem_full = parse_psi(_read(memory_path))
+            io_some, io_full = parse_psi(_read(io_path))
         except SamplingError:
             return None
         return PsiSample(

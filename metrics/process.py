@@ -21,7 +21,7 @@ from pathlib import Path
 import psutil
 
 from metrics.errors import SamplingError
-from metrics.memory import rss_bytes
+from metrics.memory import read_small, rss_bytes
 from metrics.snapshot import ProcessSample
 
 _LISTEN = "0A"
@@ -343,21 +343,20 @@ class ProcessReader:
     @staticmethod
     def _tree_rss(pid: int) -> tuple[int, int] | None:
         """(descendants, their RSS bytes) from /proc/PID/task/TID/children; None when the backend is gone."""
-        proc = Path("/proc")
         count = rss = 0
         pending = [pid]
         while pending:
             parent = pending.pop()
+            tasks = f"/proc/{parent}/task"
             try:
-                threads = os.listdir(proc / str(parent) / "task")
+                threads = os.listdir(tasks)
             except OSError:
                 if parent == pid:
                     return None
                 continue  # a descendant that exited since its parent listed it
             for tid in threads:
-                try:
-                    text = (proc / str(parent) / "task" / tid / "children").read_bytes()
-                except OSError:
+                text = read_small(f"{tasks}/{tid}/children")
+                if text is None:
                     continue
                 for child in text.split():
                     resident = rss_bytes(int(child))

@@ -22,10 +22,14 @@ from typing import Any, TypeVar
 import psutil
 
 from metrics.errors import SamplingError
+from metrics.serial import SerialExecutor
 from metrics.snapshot import OwnSample, Snapshot, SourceStatus
 from metrics.source import AsyncSource, BlockingSource, Reading, Source, Sources
 
 T = TypeVar("T")
+
+# a blocking read still queued behind another after this long gets a thread of its own
+SPILL_AFTER_SECONDS = 0.05
 
 
 class Sampler:
@@ -41,8 +45,9 @@ class Sampler:
         executor: Executor | None = None,
     ) -> None:
         self._s = sources
-        # the blocking reads run on this pool (the loop's default when None), apart from other work's threads
-        self._executor = executor
+        # the blocking reads run on this pool (the loop's default when None), apart from other work's threads,
+        # one after another on one of its threads unless one of them is slow
+        self._executor = SerialExecutor(executor) if executor is not None else None
         self._timeout = source_timeout_seconds
         self._clock = clock
         self._wall = wall_clock
@@ -70,7 +75,11 @@ class Sampler:
         try:
             # created inside the try: a reader that fails as it is called must not stay marked busy
             task = asyncio.ensure_future(factory())
-            result = await asyncio.wait_for(asyncio.shield(task), self._timeout)
+            # asyncio.wait neither cancels the read when the time is up nor when this sample is cancelled
+            done, _waiting = await asyncio.wait((task,), timeout=self._timeout)
+            if not done:
+                raise TimeoutError
+            result = task.result()
         except TimeoutError:
             error = f"timed out after {self._timeout:g} s"
         except SamplingError as exc:
@@ -101,10 +110,20 @@ class Sampler:
             task.exception()
 
     def _in_thread(self, fn: Callable[..., T], *args: Any) -> Callable[[], Awaitable[T]]:
+        """How a blocking read starts: queued on the sampler's pool behind the others (``SerialExecutor``), and
+        given a thread of its own if it still waits after ``SPILL_AFTER_SECONDS``."""
         if self._executor is None:
             return lambda: asyncio.to_thread(fn, *args)
         executor = self._executor
-        return lambda: asyncio.get_running_loop().run_in_executor(executor, fn, *args)
+
+        def start() -> asyncio.Future[T]:
+            loop = asyncio.get_running_loop()
+            future = loop.run_in_executor(executor, fn, *args)
+            spill = loop.call_later(SPILL_AFTER_SECONDS, executor.spill)
+            future.add_done_callback(lambda _done: spill.cancel())
+            return future
+
+        return start
 
     def _reader(self, source: Source[T], at: Reading) -> Callable[[], Awaitable[T]]:
         """How one source's read starts: in the sampler's pool when it blocks, else on the loop."""

@@ -31,19 +31,33 @@ class SystemClock:
 
 
 class FakeClock:
-    """A clock that moves only when told to."""
+    """A clock that moves only when told to.
 
-    def __init__(self, start_wall: float = 1_800_000_000.0, start_monotonic: float = 1000.0) -> None:
+    ``FakeClock.following_real_time()`` gives one that runs with the real clocks instead, and that ``advance()``
+    still pushes ahead: for tests that need real time to pass between two reads (CPU ticks) yet must get past a
+    cooldown without waiting for it.
+    """
+
+    def __init__(
+        self, start_wall: float = 1_800_000_000.0, start_monotonic: float = 1000.0, *, base: Clock | None = None
+    ) -> None:
+        """Start at the given times, or, with ``base``, read ``base`` and add the given times as offsets."""
         self._wall = start_wall
         self._mono = start_monotonic
+        self._base = base
+
+    @classmethod
+    def following_real_time(cls, base: Clock | None = None) -> FakeClock:
+        """A clock that reads ``base`` (the system clocks unless given) plus whatever ``advance()`` added."""
+        return cls(0.0, 0.0, base=base if base is not None else SystemClock())
 
     def monotonic(self) -> float:
         """The fake monotonic time."""
-        return self._mono
+        return self._mono + (self._base.monotonic() if self._base is not None else 0.0)
 
     def wall(self) -> float:
         """The fake wall time."""
-        return self._wall
+        return self._wall + (self._base.wall() if self._base is not None else 0.0)
 
     def advance(self, seconds: float) -> None:
         """Move both clocks forward."""
@@ -52,4 +66,4 @@ class FakeClock:
 
     def set_wall(self, seconds: float) -> None:
         """Step the wall clock alone (an operator or NTP setting the time), forward or back."""
-        self._wall = seconds
+        self._wall = seconds - (self._base.wall() if self._base is not None else 0.0)

@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
+import pytest
 from aiohttp import ClientSession, web
 
 from optimizer.app import Daemon
@@ -118,41 +119,38 @@ async def test_a_clear_by_someone_else_is_followed_by_warming(testbed: TestbedPr
         assert daemon.windows.last("cache_cleared") == 0.0
 
 
-async def test_observe_mode_changes_nothing(testbed: TestbedProcess, tmp_path: Path) -> None:
-    """With optimization switched off the armed strategy is recorded as observed and the junk stays."""
-    env = env_for(
-        testbed,
-        tmp_path,
-        ENABLE_PERFORMANCE_OPTIMIZATION="false",
-        CCTV_OPTIMIZER_STRATEGIES__CACHE__ENTRIES_LIMIT="100",
-    )
+@pytest.mark.parametrize(
+    ("setting", "outcome", "mode", "first_action"),
+    [
+        pytest.param({"ENABLE_PERFORMANCE_OPTIMIZATION": "false"}, "observed", "observe", [], id="observe"),
+        pytest.param(
+            {"CCTV_OPTIMIZER_STRATEGIES__CACHE__MODE": "dry_run"},
+            "dry_run",
+            "dry_run",
+            ["cache_invalidate"],
+            id="dry-run",
+        ),
+    ],
+)
+async def test_observe_and_dry_run_change_nothing(
+    testbed: TestbedProcess,
+    tmp_path: Path,
+    setting: dict[str, str],
+    outcome: str,
+    mode: str,
+    first_action: list[str],
+) -> None:
+    """With optimization switched off the armed strategy is recorded as observed; in dry_run the invalidation is
+    recorded with its changes. Either way the cache keeps its junk and no journal entry is written."""
+    env = env_for(testbed, tmp_path, CCTV_OPTIMIZER_STRATEGIES__CACHE__ENTRIES_LIMIT="100", **setting)
     async with running_daemon(env) as daemon:
         testbed.scenario("cache_junk", entries=300)
         before = cache_size(testbed)
         await sample_times(daemon, 2)
         await daemon.engine.request_round(trigger="scheduled")
         [row] = cache_rows(daemon)
-        assert row.outcome == "observed" and row.mode == "observe"
-        assert row.changes == []
-        assert cache_size(testbed) >= before
-
-
-async def test_dry_run_plans_but_changes_nothing(testbed: TestbedProcess, tmp_path: Path) -> None:
-    """In dry_run the invalidation is recorded with its changes; the cache keeps its junk; no journal entry."""
-    env = env_for(
-        testbed,
-        tmp_path,
-        CCTV_OPTIMIZER_STRATEGIES__CACHE__MODE="dry_run",
-        CCTV_OPTIMIZER_STRATEGIES__CACHE__ENTRIES_LIMIT="100",
-    )
-    async with running_daemon(env) as daemon:
-        testbed.scenario("cache_junk", entries=300)
-        before = cache_size(testbed)
-        await sample_times(daemon, 2)
-        await daemon.engine.request_round(trigger="scheduled")
-        [row] = cache_rows(daemon)
-        assert row.outcome == "dry_run"
-        assert row.changes[0]["action"] == "cache_invalidate"
+        assert row.outcome == outcome and row.mode == mode
+        assert [c["action"] for c in row.changes][:1] == first_action
         assert daemon.store.journal() == []
         assert cache_size(testbed) >= before
 

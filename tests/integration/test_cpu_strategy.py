@@ -5,13 +5,13 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import time
 from pathlib import Path
 
 import psutil
 import structlog
 
 from optimizer.app import Daemon
+from optimizer.clock import FakeClock
 from strategies.actions.priority import Renicer
 from strategies.cpu import CpuStrategy
 from testbed.harness import TestbedProcess
@@ -46,7 +46,7 @@ def io_of(pid: int) -> tuple[int, int]:
     return int(ioclass), int(level)
 
 
-async def samples(daemon: Daemon, clock: JumpClock, n: int) -> None:
+async def samples(daemon: Daemon, clock: FakeClock, n: int) -> None:
     """Take n samples, a fake second apart (the backend client's request budget refills with it) and a real 0.3 s
     apart (the host's CPU share needs real clock ticks between two reads)."""
     for _ in range(n):
@@ -55,34 +55,10 @@ async def samples(daemon: Daemon, clock: JumpClock, n: int) -> None:
         await daemon.sample_now()
 
 
-def push_calm(daemon: Daemon, clock: JumpClock) -> None:
+def push_calm(daemon: Daemon, clock: FakeClock) -> None:
     """Make the last M samples of the heat signals calm (the host itself keeps burning)."""
     for _ in range(daemon.settings.detection.window_samples):
         daemon.engine.windows.push(clock.monotonic(), dict.fromkeys(CALM_SIGNALS, 0.0))
-
-
-class JumpClock:
-    """The real clocks plus an offset a test can push forward (to get past a cooldown without waiting)."""
-
-    def __init__(self) -> None:
-        self.offset = 0.0
-
-    def monotonic(self) -> float:
-        """time.monotonic() plus the offset."""
-        return time.monotonic() + self.offset
-
-    def wall(self) -> float:
-        """time.time() plus the offset."""
-        return time.time() + self.offset
-
-    def advance(self, seconds: float) -> None:
-        """Jump forward."""
-        self.offset += seconds
-
-
-def fake_clock() -> JumpClock:
-    """A clock that runs, and can jump forward."""
-    return JumpClock()
 
 
 def cpu_strategy(daemon: Daemon) -> CpuStrategy:
@@ -98,7 +74,7 @@ async def test_hot_host_lowers_recorders_once_verifies_and_restores_when_calm(
     """Hot: the recorder gets nice 10 and IO be/7 once, the verdict is recorded, cooldown holds, calm restores."""
     pid = testbed.scenario("hot_recorder", count=1)["pids"][0]
     assert thread_nices(pid) == {0}
-    clock = fake_clock()
+    clock = FakeClock.following_real_time()
     async with running_daemon(env_for(testbed, tmp_path / "state"), clock=clock) as daemon:
         await samples(daemon, clock, 3)
         first = await daemon.engine.request_round(trigger="scheduled", strategy="cpu")
@@ -162,7 +138,7 @@ async def test_a_restarted_daemon_restores_what_the_last_one_lowered(testbed: Te
     pid = testbed.scenario("hot_recorder", count=1)["pids"][0]
     state = tmp_path / "state"
     env = env_for(testbed, state, CCTV_OPTIMIZER_STRATEGIES__CPU__SETTLE_SECONDS="3600")
-    clock = fake_clock()
+    clock = FakeClock.following_real_time()
     async with running_daemon(env, clock=clock) as daemon:
         await samples(daemon, clock, 3)
         await daemon.engine.request_round(trigger="scheduled", strategy="cpu")
@@ -184,7 +160,7 @@ async def test_a_restarted_daemon_restores_what_the_last_one_lowered(testbed: Te
 async def test_observe_and_dry_run_leave_priorities_alone(testbed: TestbedProcess, tmp_path: Path) -> None:
     """Observe records the armed strategy only; dry_run records the planned renice; no recorder is touched."""
     pid = testbed.scenario("hot_recorder", count=1)["pids"][0]
-    clock = fake_clock()
+    clock = FakeClock.following_real_time()
     env = env_for(testbed, tmp_path / "observe", ENABLE_PERFORMANCE_OPTIMIZATION="false")
     async with running_daemon(env, clock=clock) as daemon:
         await samples(daemon, clock, 3)
@@ -207,7 +183,7 @@ async def test_observe_and_dry_run_leave_priorities_alone(testbed: TestbedProces
 async def test_nothing_happens_on_a_calm_host(testbed: TestbedProcess, tmp_path: Path) -> None:
     """With the heat signals calm in the window, rounds record nothing and the running recorder keeps nice 0."""
     pid = testbed.scenario("hot_recorder", count=1)["pids"][0]
-    clock = fake_clock()
+    clock = FakeClock.following_real_time()
     async with running_daemon(env_for(testbed, tmp_path / "state"), clock=clock) as daemon:
         await samples(daemon, clock, 3)
         # this shared two-core host is rarely calm for real while suites run: the window says it is
@@ -250,7 +226,7 @@ async def test_a_refused_renice_fails_with_the_reason_and_puts_back_what_it_did(
 ) -> None:
     """Permission denied on the second recorder: recorded as failed with the reason, the first one is put back."""
     pids = sorted(testbed.scenario("hot_recorder", count=2)["pids"])
-    clock = fake_clock()
+    clock = FakeClock.following_real_time()
     async with running_daemon(env_for(testbed, tmp_path / "state"), clock=clock) as daemon:
         rt = daemon.engine.runtimes["cpu"]
         old = cpu_strategy(daemon)
@@ -279,7 +255,7 @@ async def test_a_refused_renice_fails_with_the_reason_and_puts_back_what_it_did(
 async def test_an_operator_renice_is_not_fought(testbed: TestbedProcess, tmp_path: Path) -> None:
     """A managed recorder reniced by hand is dropped from management, logged and reported, and left as set."""
     pid = testbed.scenario("hot_recorder", count=1)["pids"][0]
-    clock = fake_clock()
+    clock = FakeClock.following_real_time()
     env = env_for(testbed, tmp_path / "state", CCTV_OPTIMIZER_STRATEGIES__CPU__SETTLE_SECONDS="3600")
     async with running_daemon(env, clock=clock) as daemon:
         await samples(daemon, clock, 3)

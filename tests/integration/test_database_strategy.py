@@ -6,6 +6,8 @@ import os
 import sqlite3
 from pathlib import Path
 
+import pytest
+
 from testbed.harness import TestbedProcess
 from tests.harness import daemon_env, running_daemon, sample_times
 
@@ -65,30 +67,37 @@ async def test_grown_wal_is_truncated_once_the_trigger_holds(testbed: TestbedPro
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
 
 
-async def test_observe_mode_changes_nothing(testbed: TestbedProcess, tmp_path: Path) -> None:
-    """ENABLE_PERFORMANCE_OPTIMIZATION=false records the armed strategy but leaves the WAL alone."""
+@pytest.mark.parametrize(
+    ("setting", "outcome", "mode", "first_action"),
+    [
+        pytest.param({"ENABLE_PERFORMANCE_OPTIMIZATION": "false"}, "observed", "observe", [], id="observe"),
+        pytest.param(
+            {"CCTV_OPTIMIZER_STRATEGIES__DATABASE__MODE": "dry_run"},
+            "dry_run",
+            "dry_run",
+            ["wal_checkpoint"],
+            id="dry-run",
+        ),
+    ],
+)
+async def test_observe_and_dry_run_change_nothing(
+    testbed: TestbedProcess,
+    tmp_path: Path,
+    setting: dict[str, str],
+    outcome: str,
+    mode: str,
+    first_action: list[str],
+) -> None:
+    """ENABLE_PERFORMANCE_OPTIMIZATION=false records the armed strategy only; in dry_run the plan is recorded with
+    its changes. Either way the WAL keeps its size and nothing is journaled."""
     testbed.scenario("wal_growth", mb=4)
     before = wal_size(testbed)
-    async with running_daemon(env_for(testbed, tmp_path, ENABLE_PERFORMANCE_OPTIMIZATION="false")) as daemon:
+    async with running_daemon(env_for(testbed, tmp_path, **setting)) as daemon:
         await sample_times(daemon, 2)
         result = await daemon.engine.request_round(trigger="scheduled", strategy="database")
         row = daemon.store.decision(result.decision_ids[0])
-        assert row is not None and row.outcome == "observed" and row.mode == "observe"
-        assert row.changes == []
-    assert wal_size(testbed) >= before
-
-
-async def test_dry_run_plans_but_changes_nothing(testbed: TestbedProcess, tmp_path: Path) -> None:
-    """In dry_run the plan is recorded with its changes and the WAL keeps its size."""
-    testbed.scenario("wal_growth", mb=4)
-    before = wal_size(testbed)
-    env = env_for(testbed, tmp_path, CCTV_OPTIMIZER_STRATEGIES__DATABASE__MODE="dry_run")
-    async with running_daemon(env) as daemon:
-        await sample_times(daemon, 2)
-        result = await daemon.engine.request_round(trigger="scheduled", strategy="database")
-        row = daemon.store.decision(result.decision_ids[0])
-        assert row is not None and row.outcome == "dry_run"
-        assert row.changes[0]["action"] == "wal_checkpoint"
+        assert row is not None and row.outcome == outcome and row.mode == mode
+        assert [c["action"] for c in row.changes][:1] == first_action
         assert [e for e in daemon.store.journal() if e.strategy == "database"] == []
     assert wal_size(testbed) >= before
 

@@ -167,8 +167,8 @@ async def test_stale_segments_are_pruned_once_and_live_files_remain(testbed: Tes
 @pytest.mark.parametrize(
     ("setting", "outcome"),
     [
-        ({"ENABLE_PERFORMANCE_OPTIMIZATION": "false"}, "observed"),
-        ({"CCTV_OPTIMIZER_ENGINE__MODE": "dry_run"}, "dry_run"),
+        pytest.param({"ENABLE_PERFORMANCE_OPTIMIZATION": "false"}, "observed", id="observe"),
+        pytest.param({"CCTV_OPTIMIZER_ENGINE__MODE": "dry_run"}, "dry_run", id="dry-run"),
     ],
 )
 async def test_observe_and_dry_run_change_nothing(

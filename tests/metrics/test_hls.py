@@ -440,6 +440,68 @@ def test_reader_follows_changes_and_ageing_like_a_full_scan(tmp_path: Path) -> N
     agrees(now + 4)
 
 
+def counting_playlist_reads(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Record the name of every playlist the HLS code opens and reads from now on."""
+    from metrics import hls
+
+    reads: list[str] = []
+    real = hls.read_playlist
+
+    def counting(name: str, dir_fd: int, limit: int = MAX_PLAYLIST_BYTES) -> Any:
+        reads.append(name)
+        return real(name, dir_fd, limit)
+
+    monkeypatch.setattr(hls, "read_playlist", counting)
+    return reads
+
+
+def test_reader_reads_an_unchanged_settled_playlist_only_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A playlist unchanged since a read made when it had settled is not opened again; the samples stay exact."""
+    root = tmp_path / "hls"
+    now = time.time()
+    settled_tree(root, now)
+    reads = counting_playlist_reads(monkeypatch)
+    reader = HlsReader(root, STALE_AGE)
+    later = now + 10.0  # the playlist's times (its change time is now) are settled by then
+    assert reader.read(later) == scan_hls(root, STALE_AGE, later).sample
+    reads.clear()
+    assert reader.read(later + 1) == walk_hls(root, STALE_AGE, later + 1).sample
+    # the full walk above reads it; the reader did not
+    assert reads == ["index.m3u8"]
+
+
+def test_reader_reads_a_playlist_again_when_it_changed_or_had_not_settled(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A rewrite of the same size with its modification time set back still shows (its change time moved); a
+    playlist read while it was fresh is read again at the next scan."""
+    root = tmp_path / "hls"
+    now = time.time()
+    settled_tree(root, now)
+    playlist = root / "camA" / "index.m3u8"
+    reads = counting_playlist_reads(monkeypatch)
+    reader = HlsReader(root, STALE_AGE)
+    # read just after it was written (its change time is now): not kept, read again
+    assert reader.read(now) == scan_hls(root, STALE_AGE, now).sample
+    reads.clear()
+    before = reader.read(now + 10.0)
+    assert reads == ["index.m3u8"]
+    segments = [f"0a1b2c3d4e5f_seg{n}.mp4" for n in (27, 28, 29)]
+    same_size = media_playlist("0a1b2c3d4e5f_init.mp4", [segments[0], segments[0], segments[2]])
+    assert len(same_size) == playlist.stat().st_size
+    st = playlist.stat()
+    playlist.write_text(same_size)
+    os.utime(playlist, ns=(st.st_atime_ns, st.st_mtime_ns))
+    after = reader.read(now + 11.0)
+    assert after == scan_hls(root, STALE_AGE, now + 11.0).sample
+    assert after.stale_files == before.stale_files + 1  # seg28 is no longer referenced
+    # replaced by something that cannot be read: the directory is protected at once, not served from memory
+    playlist.unlink()
+    os.mkfifo(playlist)
+    assert reader.read(now + 12.0) == scan_hls(root, STALE_AGE, now + 12.0).sample
+    assert reader.read(now + 12.0).protected_directories == 1
+
+
 def test_a_mount_made_or_removed_inside_the_root_is_seen_at_the_next_walk(tmp_path: Path) -> None:
     """The mount table is kept between walks; a bind mount inside the root, and its removal, still show at once."""
     if os.geteuid() != 0:

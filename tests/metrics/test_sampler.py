@@ -7,6 +7,7 @@ import gc
 import threading
 import time
 from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
@@ -41,6 +42,7 @@ from metrics.sources import (
     build_sources,
 )
 from metrics.tcp import TcpCounts, TcpState
+from optimizer.executors import SAMPLER_THREADS
 from tests.metrics.test_prometheus import full_snapshot
 
 TIMEOUT_S = 0.2
@@ -72,10 +74,12 @@ class FakeReader:
     calls: list[float] = field(default_factory=list)
     entered: threading.Event = field(default_factory=threading.Event)
     last_sessions: SessionSample | None = None
+    threads: set[int] = field(default_factory=set)
 
     def read(self, now: float) -> Any:
-        """Record the call, wait on the gate if any, then answer."""
+        """Record the call (and its thread), wait on the gate if any, then answer."""
         self.calls.append(now)
+        self.threads.add(threading.get_ident())
         self.entered.set()
         if self.gate is not None:
             self.gate.wait(GATE_LIMIT_S)
@@ -152,10 +156,14 @@ class Fakes:
     backend: FakeBackend = field(default_factory=FakeBackend)
     mediamtx: FakeMediaMtx = field(default_factory=FakeMediaMtx)
     tcp: FakeTcp = field(default_factory=FakeTcp)
+    # the daemon's shape: a pool of its own for the blocking reads (None: asyncio's default threads)
+    executor: ThreadPoolExecutor | None = None
 
     def sampler(self, *, clock: Any = time.monotonic, wall_clock: Any = time.time) -> Sampler:
         """A sampler over these fakes."""
-        return Sampler(self.sources(), source_timeout_seconds=TIMEOUT_S, clock=clock, wall_clock=wall_clock)
+        return Sampler(
+            self.sources(), source_timeout_seconds=TIMEOUT_S, clock=clock, wall_clock=wall_clock, executor=self.executor
+        )
 
     def sources(self) -> Sources:
         """Every built-in source, each over its fake."""
@@ -186,12 +194,15 @@ FAKED = Fakes().sources().names
 assert set(FAKED) <= set(SOURCE_NAMES)
 
 
-@pytest.fixture
-async def fakes() -> AsyncIterator[Fakes]:
-    """Fresh fakes; every gate is opened at the end, while the event loop still runs."""
-    made = Fakes()
+@pytest.fixture(params=["default_threads", "own_pool"])
+async def fakes(request: pytest.FixtureRequest) -> AsyncIterator[Fakes]:
+    """Fresh fakes, sampled through asyncio's threads or a pool of their own as the daemon does; every gate is
+    opened at the end, while the event loop still runs."""
+    made = Fakes(executor=ThreadPoolExecutor(SAMPLER_THREADS) if request.param == "own_pool" else None)
     yield made
     made.release()
+    if made.executor is not None:
+        made.executor.shutdown(wait=False)
 
 
 def parts(snap: Snapshot) -> dict[str, object]:
@@ -315,6 +326,48 @@ async def test_a_timeout_marks_only_that_source_down(fakes: Fakes) -> None:
     assert down(snap) == {"host": f"timed out after {TIMEOUT_S:g} s"}
     assert snap.sources["host"].duration_seconds >= TIMEOUT_S
     assert snap.database == DATABASE
+
+
+async def test_the_blocking_reads_of_a_sample_run_one_after_another_on_one_thread(
+    fakes: Fakes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With the daemon's pool, a sample's blocking reads are queued on one thread rather than one thread each."""
+    if fakes.executor is None:
+        pytest.skip("asyncio's default threads are not the sampler's to queue on")
+    monkeypatch.setattr("metrics.sampler.SPILL_AFTER_SECONDS", GATE_LIMIT_S)  # none is slow here
+    readers = (fakes.host, fakes.process, fakes.database, fakes.hls)
+    running: list[int] = [0, 0]  # now, most at once
+    lock = threading.Lock()
+
+    def lingering(read: Any) -> Any:
+        def wrapped(now: float) -> Any:
+            with lock:
+                running[0] += 1
+                running[1] = max(running)
+            time.sleep(0.02)  # long enough for reads started together to overlap if they had threads of their own
+            with lock:
+                running[0] -= 1
+            return read(now)
+
+        return wrapped
+
+    for reader in readers:
+        reader.read = lingering(reader.read)  # type: ignore[method-assign]
+    snap = await fakes.sampler().sample()
+    assert down(snap) == {}
+    assert running[1] == 1
+    assert len(set().union(*(reader.threads for reader in readers))) == 1
+
+
+async def test_a_stuck_read_holds_the_next_samples_reads_up_only_briefly(fakes: Fakes) -> None:
+    """While a read outlives its sample, the reads queued after it in later samples still answer."""
+    fakes.host.gate = threading.Event()
+    sampler = fakes.sampler()
+    await sampler.sample()
+    for _ in range(3):
+        snap = await sampler.sample()
+        assert down(snap) == {"host": "previous read still running"}
+        assert (snap.backend, snap.database, snap.hls) == (PROCESS, DATABASE, HLS)
 
 
 async def test_a_still_running_read_is_not_started_twice(fakes: Fakes) -> None:

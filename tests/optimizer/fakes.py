@@ -174,6 +174,27 @@ class ScriptedStrategy(Strategy):
         return self.reconcile_note
 
 
+def add_decision(store: StateStore, **overrides: Any) -> int | None:
+    """Insert one decision row into ``store`` (an applied WAL checkpoint unless ``overrides`` say otherwise)."""
+    row: dict[str, Any] = {
+        "run_id": "run1",
+        "strategy": "database",
+        "trigger": "scheduled",
+        "mode": "enforce",
+        "action": "wal_checkpoint",
+        "reason": "WAL is over its limit",
+        "signals": {"wal_bytes": 9e7},
+        "thresholds": {"wal_bytes": {"enter": 6.4e7, "exit": 5.7e7}},
+        "changes": [{"target": "wal", "before": "90 MB", "after": "0 B"}],
+        "outcome": "applied",
+        "error": None,
+        "duration_ms": 12.5,
+        "expected": {"signal": "wal_bytes", "direction": "down", "amount": 6e7, "settle_seconds": 30},
+    }
+    row.update(overrides)
+    return store.add_decision(**row)
+
+
 def snapshot_of(*, seq: int = 1, monotonic: float = 100.0, wall: float | None = None, **parts: Any) -> Snapshot:
     """A snapshot holding only the parts given (``database=``, ``sessions=``, ...), the others None; taken now
     unless ``wall`` says when."""

@@ -26,6 +26,7 @@ from tests.optimizer.fakes import (
     ScriptedStrategy,
     SetKnob,
     SnapshotBuilder,
+    add_decision,
     armed,
     breaker_open,
     cpu_down,
@@ -738,21 +739,7 @@ async def test_learned_state_survives_a_new_engine_on_the_same_store(
 async def test_load_reconciles_a_journal_intent_without_a_done_record(build: EngineFactory, store: StateStore) -> None:
     """An intent left by a dead daemon is handed to reconcile(); the journal and the decision say so."""
     plan = make_plan("cpu")
-    decision_id = store.add_decision(
-        run_id="r1",
-        strategy="cpu",
-        trigger="scheduled",
-        mode="enforce",
-        action="tune",
-        reason="cpu is hot",
-        signals={},
-        thresholds={},
-        changes=[],
-        outcome="applied",
-        error=None,
-        duration_ms=1.0,
-        expected=None,
-    )
+    decision_id = add_decision(store, strategy="cpu", action="tune", reason="cpu is hot")
     journal_id = store.journal_intent(decision_id=decision_id, strategy="cpu", plan=plan.as_dict())
     orphan_id = store.journal_intent(decision_id=None, strategy="gone", plan=plan.as_dict())
     assert journal_id is not None and orphan_id is not None

@@ -20,7 +20,7 @@ from optimizer.state import HistoryReader, StateStore
 from strategies.base import Plan, StrategyContext
 from testbed.harness import TestbedProcess
 from tests.harness import api_client, daemon_env, running_daemon
-from tests.optimizer.fakes import ScriptedStrategy, SnapshotBuilder, make_engine
+from tests.optimizer.fakes import ScriptedStrategy, SnapshotBuilder, add_decision, make_engine
 
 # generous bounds: they only tell "it finished" from "it hung behind the reads"
 FINISHED_WITHIN = 30.0
@@ -158,21 +158,7 @@ def test_history_reads_do_not_take_the_store_lock(tmp_path: Path) -> None:
     store.open()
     reader = HistoryReader(store)
     try:
-        store.add_decision(
-            run_id="r1",
-            strategy="database",
-            trigger="manual",
-            mode="enforce",
-            action="noop",
-            reason="test",
-            signals={},
-            thresholds={},
-            changes=[],
-            outcome="applied",
-            error=None,
-            duration_ms=1.0,
-            expected=None,
-        )
+        add_decision(store, trigger="manual")
         got: list[int] = []
         with store._lock:
             worker = threading.Thread(target=lambda: got.extend(r.id for r in reader.decisions(limit=10)))

@@ -16,6 +16,7 @@ import pytest
 from optimizer.clock import FakeClock
 from optimizer.state import HistoryReader, StateStore
 from tests.harness import Mount
+from tests.optimizer.fakes import add_decision
 
 DAY = 86400.0
 
@@ -47,27 +48,6 @@ def remount(point: Path, options: str) -> None:
     subprocess.run(["mount", "-o", f"remount,{options}", str(point)], capture_output=True, check=True)
 
 
-def add(store: StateStore, **overrides: Any) -> int | None:
-    """Insert one decision row with sensible defaults."""
-    row: dict[str, Any] = {
-        "run_id": "run1",
-        "strategy": "database",
-        "trigger": "scheduled",
-        "mode": "enforce",
-        "action": "wal_checkpoint",
-        "reason": "WAL is over its limit",
-        "signals": {"wal_bytes": 9e7},
-        "thresholds": {"wal_bytes": {"enter": 6.4e7, "exit": 5.7e7}},
-        "changes": [{"target": "wal", "before": "90 MB", "after": "0 B"}],
-        "outcome": "applied",
-        "error": None,
-        "duration_ms": 12.5,
-        "expected": {"signal": "wal_bytes", "direction": "down", "amount": 6e7, "settle_seconds": 30},
-    }
-    row.update(overrides)
-    return store.add_decision(**row)
-
-
 def count(store: StateStore) -> int:
     """Rows in the decision history."""
     return len(store.decisions(limit=1_000_000))
@@ -90,11 +70,11 @@ def test_database_is_in_wal_mode_with_a_schema_version(open_store: Callable[...,
 def test_decisions_insert_update_and_list_after_an_id(open_store: Callable[..., StateStore], clock: FakeClock) -> None:
     """Rows come back oldest first after a given id, filtered by strategy; updates fill in later facts."""
     store = open_store()
-    first = add(store)
+    first = add_decision(store)
     clock.advance(1)
-    second = add(store, strategy="cache", action="invalidate", outcome="dry_run", mode="dry_run")
+    second = add_decision(store, strategy="cache", action="invalidate", outcome="dry_run", mode="dry_run")
     clock.advance(1)
-    third = add(store, outcome="skipped_cooldown", expected=None, changes=[])
+    third = add_decision(store, outcome="skipped_cooldown", expected=None, changes=[])
     assert first is not None and second is not None and third is not None
     assert first < second < third
     assert [r.id for r in store.decisions(after=first)] == [second, third]
@@ -125,11 +105,11 @@ def test_decision_stats_count_attempts_only(open_store: Callable[..., StateStore
     """Stats cover applied/failed/timeout/error rows, not skips or dry runs."""
     store = open_store()
     assert store.decision_stats() == (0, 0, 0.0, None)
-    add(store, duration_ms=10.0)
-    add(store, outcome="failed", duration_ms=30.0)
-    add(store, outcome="skipped_cooldown", duration_ms=1000.0)
+    add_decision(store, duration_ms=10.0)
+    add_decision(store, outcome="failed", duration_ms=30.0)
+    add_decision(store, outcome="skipped_cooldown", duration_ms=1000.0)
     clock.advance(5)
-    add(store, outcome="dry_run", duration_ms=1000.0)
+    add_decision(store, outcome="dry_run", duration_ms=1000.0)
     assert store.decision_stats() == (2, 1, 20.0, clock.wall() - 5)
 
 
@@ -138,7 +118,7 @@ def test_history_survives_close_and_reopen(
 ) -> None:
     """Rows, journal, strategy state and baselines written before close are there after reopening."""
     store = open_store()
-    decision = add(store)
+    decision = add_decision(store)
     entry = store.journal_intent(decision_id=decision, strategy="database", plan={"reason": "x"})
     store.save_strategy("database", {"breaker_open": True})
     store.save_baseline("response_time_seconds", -1, 0.12, 500)
@@ -191,13 +171,13 @@ def test_journal_lifecycle(open_store: Callable[..., StateStore]) -> None:
 def test_retention_by_age(open_store: Callable[..., StateStore], clock: FakeClock) -> None:
     """trim() drops history and finished journal records older than the retention; open intents stay."""
     store = open_store(retention_days=30)
-    old = add(store)
+    old = add_decision(store)
     finished = store.journal_intent(decision_id=old, strategy="database", plan={})
     assert finished is not None
     store.journal_finish(finished, "done")
     open_intent = store.journal_intent(decision_id=old, strategy="database", plan={})
     clock.advance(29 * DAY)
-    recent = add(store)
+    recent = add_decision(store)
     store.trim()
     assert [r.id for r in store.decisions()] == [old, recent]
     clock.advance(2 * DAY)
@@ -209,7 +189,7 @@ def test_retention_by_age(open_store: Callable[..., StateStore], clock: FakeCloc
 def test_retention_by_row_count(open_store: Callable[..., StateStore]) -> None:
     """trim() keeps only the newest max_history_rows rows."""
     store = open_store(max_history_rows=10)
-    ids = [add(store, run_id=f"r{i}") for i in range(25)]
+    ids = [add_decision(store, run_id=f"r{i}") for i in range(25)]
     store.trim()
     assert [r.id for r in store.decisions()] == ids[-10:]
 
@@ -218,9 +198,9 @@ def test_retention_runs_by_itself_every_hundred_inserts(open_store: Callable[...
     """Without an explicit trim() the history is cut back after every hundredth insert."""
     store = open_store(max_history_rows=10)
     for i in range(99):
-        add(store, run_id=f"r{i}")
+        add_decision(store, run_id=f"r{i}")
     assert count(store) == 99
-    add(store, run_id="r99")
+    add_decision(store, run_id="r99")
     assert count(store) == 10
     assert store.decisions()[-1].run_id == "r99"
 
@@ -242,7 +222,7 @@ def test_a_file_of_random_bytes_is_moved_aside(
     assert store.moved_aside.name == "state.db.corrupt-" + time.strftime("%Y%m%dT%H%M%S", time.gmtime(clock.wall()))
     assert store.moved_aside.read_bytes() == junk
     assert store.decisions() == []
-    assert add(store) == 1
+    assert add_decision(store) == 1
     with sqlite3.connect(store.path) as conn:
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     conn.close()
@@ -254,7 +234,7 @@ def test_a_truncated_file_is_moved_aside(open_store: Callable[..., StateStore], 
     directory = tmp_path / "state"
     original = open_store(directory)
     for i in range(300):
-        add(original, run_id=f"r{i}", reason="x" * 200)
+        add_decision(original, run_id=f"r{i}", reason="x" * 200)
     original.close()
     data = (directory / "state.db").read_bytes()
     assert len(data) > 8 * 4096
@@ -264,7 +244,7 @@ def test_a_truncated_file_is_moved_aside(open_store: Callable[..., StateStore], 
     assert store.moved_aside is not None and store.moved_aside.read_bytes() == data[:size]
     assert store.healthy is True
     assert store.decisions() == []
-    assert add(store) == 1
+    assert add_decision(store) == 1
 
 
 def test_a_corrupt_file_that_cannot_be_moved_aside_falls_back_to_memory(
@@ -284,7 +264,7 @@ def test_a_corrupt_file_that_cannot_be_moved_aside_falls_back_to_memory(
     assert store.healthy is False
     assert store.last_error is not None
     assert "file is not a database" in store.last_error and "starting afresh failed" in store.last_error
-    assert add(store) == 1
+    assert add_decision(store) == 1
     assert [r.id for r in store.decisions()] == [1]
 
 
@@ -301,7 +281,7 @@ def test_a_state_directory_under_a_regular_file_runs_in_memory(
     assert store.healthy is False
     assert store.last_error is not None and store.last_error.startswith(f"cannot use {parent / 'state'}:")
     assert os.strerror(errno.ENOTDIR) in store.last_error
-    decision = add(store)
+    decision = add_decision(store)
     assert decision == 1
     store.update_decision(decision, verdict="neutral")
     assert [(r.id, r.verdict) for r in store.decisions()] == [(1, "neutral")]
@@ -323,7 +303,7 @@ def test_a_read_only_mount_runs_in_memory(tmpfs: Mount, open_store: Callable[...
         store = open_store(directory)
         assert store.healthy is False
         assert store.last_error is not None and store.path.parent.name in store.last_error
-        assert add(store) == 1
+        assert add_decision(store) == 1
         assert count(store) == 1
         store.close()
     assert os.listdir(point) == []
@@ -335,7 +315,7 @@ def test_a_directory_turned_read_only_keeps_the_saved_state(
     """An existing state file on a file system remounted read-only is served from memory, breakers included."""
     point = tmpfs("size=1m")
     store = open_store(point)
-    decision = add(store)
+    decision = add_decision(store)
     store.save_strategy("cpu", {"breaker_open": True, "breaker_reason": "3 regressions"})
     store.close()
     remount(point, "ro")
@@ -344,7 +324,7 @@ def test_a_directory_turned_read_only_keeps_the_saved_state(
     assert fallback.last_error is not None and "copy of the last saved state" in fallback.last_error
     assert fallback.load_strategies() == {"cpu": {"breaker_open": True, "breaker_reason": "3 regressions"}}
     assert [r.id for r in fallback.decisions()] == [decision]
-    assert add(fallback) == 2
+    assert add_decision(fallback) == 2
     fallback.close()
     remount(point, "rw")
     after = open_store(point)
@@ -356,7 +336,7 @@ def test_a_full_disk_makes_writes_fail_softly_and_recovers(tmpfs: Mount, open_st
     """When the file system fills up, writes return None with healthy False; freeing space makes it healthy."""
     point = tmpfs("size=1m")
     store = open_store(point)
-    assert add(store) == 1
+    assert add_decision(store) == 1
     filler = point / "filler"
     with filler.open("wb", buffering=0) as out:
         try:
@@ -367,7 +347,7 @@ def test_a_full_disk_makes_writes_fail_softly_and_recovers(tmpfs: Mount, open_st
             assert exc.errno == errno.ENOSPC
     failed = None
     for i in range(200):
-        if add(store, reason="y" * 4000, run_id=f"f{i}") is None:
+        if add_decision(store, reason="y" * 4000, run_id=f"f{i}") is None:
             failed = i
             break
     assert failed is not None
@@ -375,7 +355,7 @@ def test_a_full_disk_makes_writes_fail_softly_and_recovers(tmpfs: Mount, open_st
     assert "full" in (store.last_error or "")
     assert count(store) == failed + 1
     filler.unlink()
-    assert add(store) is not None
+    assert add_decision(store) is not None
     assert (store.healthy, store.last_error) == (True, None)
 
 
@@ -387,7 +367,7 @@ async def test_history_cache_reads_once_per_version_and_sees_a_new_decision_at_o
     from optimizer.api import HistoryCache
 
     store = open_store()
-    add(store, outcome="applied")
+    add_decision(store, outcome="applied")
     reads = 0
     real_read = HistoryCache._read
 
@@ -407,7 +387,7 @@ async def test_history_cache_reads_once_per_version_and_sees_a_new_decision_at_o
     await cache.get(store)
     assert reads == 1, "nothing written, nothing read again"
 
-    new_id = add(store, outcome="failed")
+    new_id = add_decision(store, outcome="failed")
     (total, ok, _, _), recent = await cache.get(store)
     assert reads == 2
     assert (total, ok) == (2, 1)
@@ -420,11 +400,11 @@ def test_a_state_file_moved_away_is_recreated_in_place_with_every_row(
     """Renamed away while open (link count still 1, nothing at the path): verify() recreates it at its path with
     every row, the moved file is left where it was put, and later writes land in the new file."""
     store = open_store()
-    first = add(store)
+    first = add_decision(store)
     store.save_strategy("cpu", {"mode_override": "observe"})
     (tmp_path / "state" / "state.db").rename(tmp_path / "state" / "state.db.bak")
     assert store.verify() is True
-    second = add(store)
+    second = add_decision(store)
     store.close()
     reopened = open_store()
     assert {r.id for r in reopened.decisions()} == {first, second}
@@ -438,7 +418,7 @@ def test_a_state_directory_with_uri_syntax_in_its_name_is_read_back(
 ) -> None:
     """The history reader and the in-memory fallback's copy open the file itself, whatever ``%``, ``#``, ``?`` say."""
     store = open_store(tmp_path / "state %41 #1 ?mode=rw")
-    decision = add(store)
+    decision = add_decision(store)
     reader = HistoryReader(store)
     try:
         assert [r.id for r in reader.decisions()] == [decision]

@@ -319,28 +319,6 @@ def test_counter_points_skip_samples_without_every_counter() -> None:
     assert [p.at for p in counter_points(windows)] == [1.0, 3.0]
 
 
-def test_an_emptied_cache_is_flagged_for_m_samples() -> None:
-    """52 entries dropping to 0 set cache_cleared for the next M samples, then it falls back to 0."""
-    windows = Windows(120)
-    push(windows, 1.0, hits=10, lookups=60, entries=52)
-    push(windows, 2.0, hits=10, lookups=60, entries=0)
-    for at in (3.0, 4.0, 5.0):
-        push(windows, at, hits=10, lookups=60, entries=2)
-    strategy = make(windows=windows)
-    strategy.triggers({})
-    assert windows.values(CLEARED) == [0.0, 1.0, 1.0, 1.0, 0.0]
-
-
-def test_a_partial_drop_is_not_a_clear() -> None:
-    """The sweep removing a third of the entries is not a clear."""
-    windows = Windows(120)
-    push(windows, 1.0, hits=10, lookups=60, entries=302)
-    push(windows, 2.0, hits=10, lookups=60, entries=200)
-    strategy = make(windows=windows)
-    strategy.triggers({})
-    assert windows.values(CLEARED) == [0.0, 0.0]
-
-
 def test_natural_expiry_of_a_small_cache_is_not_a_clear() -> None:
     """4 -> 1 entries with no removal counted is the backend's 60 s expiry sweep: no clear, no warm, no action.
 
@@ -365,21 +343,6 @@ async def test_natural_expiry_plans_nothing_even_by_hand() -> None:
     push(windows, 2.0, hits=31, lookups=42, entries=1, removals=7)
     strategy = make(windows=windows)
     assert await strategy.plan(ctx(snapshot(cache_stats(1, hits=31, misses=11)), windows, manual=True)) is None
-
-
-def test_a_clear_counted_in_the_removals_is_a_clear() -> None:
-    """The same drop with the dropped entries counted as invalidations is a clear; a counter reset is a restart."""
-    windows = Windows(120)
-    push(windows, 1.0, hits=30, lookups=40, entries=4, removals=7)
-    push(windows, 2.0, hits=30, lookups=40, entries=0, removals=11)
-    strategy = make(windows=windows)
-    strategy.triggers({})
-    assert windows.values(CLEARED) == [0.0, 1.0]
-    restart = Windows(120)
-    push(restart, 1.0, hits=30, lookups=40, entries=4, removals=7)
-    push(restart, 2.0, hits=1, lookups=2, entries=1, removals=0)
-    make(windows=restart).triggers({})
-    assert restart.values(CLEARED) == [0.0, 1.0]
 
 
 def sustained_junk(windows: Windows, *, start: float = 10.0, samples: int = 5) -> None:
@@ -438,24 +401,57 @@ def test_an_expiry_then_junk_three_minutes_later_is_junk() -> None:
     assert JUNK_SHARE in detector.armed_signals
 
 
-def test_misses_on_expired_hot_keys_are_not_junk() -> None:
-    """Many misses that store known keys again (the map does not grow) read as no junk at all."""
-    windows = Windows(120)
-    for i in range(5):
-        push(windows, 1.0 + 8 * i, hits=1000 + 20 * i, lookups=1100 + 120 * i, entries=40, removals=0)
-    make(windows=windows).triggers({})
-    assert windows.values(JUNK_SHARE) == [0.0] * 5
+Reading = tuple[float, int, int, int, int | None]  # at, hits, lookups, entries, removals
 
 
-def test_the_refill_after_a_clear_is_not_junk() -> None:
-    """After a clear every miss stores a new entry again: that refill does not count as junk."""
+@pytest.mark.parametrize(
+    ("readings", "signal", "expected"),
+    [
+        pytest.param(
+            [(1.0, 10, 60, 52, None), (2.0, 10, 60, 0, None), *[(at, 10, 60, 2, None) for at in (3.0, 4.0, 5.0)]],
+            CLEARED,
+            [0.0, 1.0, 1.0, 1.0, 0.0],
+            id="emptied-cache-flagged-for-m-samples",
+        ),
+        pytest.param(
+            [(1.0, 10, 60, 302, None), (2.0, 10, 60, 200, None)], CLEARED, [0.0, 0.0], id="partial-drop-is-no-clear"
+        ),
+        pytest.param(
+            [(1.0, 30, 40, 4, 7), (2.0, 30, 40, 0, 11)], CLEARED, [0.0, 1.0], id="drop-counted-in-removals-is-a-clear"
+        ),
+        pytest.param(
+            [(1.0, 30, 40, 4, 7), (2.0, 1, 2, 1, 0)], CLEARED, [0.0, 1.0], id="counter-reset-is-a-restart-so-a-clear"
+        ),
+        pytest.param(
+            [(1.0 + 8 * i, 1000 + 20 * i, 1100 + 120 * i, 40, 0) for i in range(5)],
+            JUNK_SHARE,
+            [0.0] * 5,
+            id="misses-on-expired-hot-keys-are-no-junk",
+        ),
+        pytest.param(
+            [
+                (1.0, 1000, 1100, 300, 0),
+                (2.0, 1000, 1100, 0, 300),
+                (3.0, 1000, 1200, 100, 300),
+                (4.0, 1010, 1300, 190, 300),
+            ],
+            JUNK_SHARE,
+            [0.0] * 4,
+            id="refill-after-a-clear-is-no-junk",
+        ),
+    ],
+)
+def test_a_derived_signal_reads_the_counter_history(
+    readings: list[Reading], signal: str, expected: list[float]
+) -> None:
+    """From the sampled lifetime counters (entries, removals), the strategy derives cache_cleared (an emptied
+    cache, flagged for M samples; a partial drop is a sweep) and the junk share (new entries per miss; misses that
+    store known keys again, or the refill after a clear, are not junk)."""
     windows = Windows(120)
-    push(windows, 1.0, hits=1000, lookups=1100, entries=300, removals=0)
-    push(windows, 2.0, hits=1000, lookups=1100, entries=0, removals=300)
-    push(windows, 3.0, hits=1000, lookups=1200, entries=100, removals=300)
-    push(windows, 4.0, hits=1010, lookups=1300, entries=190, removals=300)
+    for at, hits, lookups, entries, removals in readings:
+        push(windows, at, hits=hits, lookups=lookups, entries=entries, removals=removals)
     make(windows=windows).triggers({})
-    assert windows.values(JUNK_SHARE) == [0.0] * 4
+    assert windows.values(signal) == expected
 
 
 # ----- planning --------------------------------------------------------------------------------------------------
@@ -505,13 +501,19 @@ async def test_an_emptied_cache_plans_only_warming() -> None:
     assert plan.actions == (WarmCache(warm=HOT),)
 
 
-async def test_a_healthy_cache_plans_nothing_even_by_hand() -> None:
+@pytest.mark.parametrize(
+    "stats",
+    [
+        pytest.param(cache_stats(40, hits=9538, misses=502), id="healthy-stats"),
+        pytest.param(None, id="no-stats-at-all"),
+    ],
+)
+async def test_a_healthy_cache_plans_nothing_even_by_hand(stats: CacheStatsSample | None) -> None:
     """A manual request on a healthy cache finds nothing to do; no stats at all also means no plan."""
     windows = Windows(120)
     busy_history(windows)
     strategy = make(windows=windows)
-    assert await strategy.plan(ctx(snapshot(cache_stats(40, hits=9538, misses=502)), windows, manual=True)) is None
-    assert await strategy.plan(ctx(snapshot(None), windows, manual=True)) is None
+    assert await strategy.plan(ctx(snapshot(stats), windows, manual=True)) is None
 
 
 async def test_without_hot_endpoints_it_clears_or_does_nothing() -> None:
@@ -704,12 +706,17 @@ async def test_reconcile_warms_the_hot_endpoints(fake: tuple[FakeBackend, Backen
 @pytest.mark.parametrize(
     ("params", "expected"),
     [
-        ({"kind": "warm", "warm": list(HOT)}, WarmCache(warm=HOT)),
-        (
+        pytest.param({"kind": "warm", "warm": list(HOT)}, WarmCache(warm=HOT), id="warm"),
+        pytest.param(
             {"kind": "junk", "prefixes": ["/api/a"], "warm": list(HOT), "limit": 7, "clear_fallback": True},
             CleanCache(cause=Cause.JUNK, prefixes=("/api/a",), warm=HOT, limit=7, clear_fallback=True),
+            id="junk",
         ),
-        ({"kind": "response", "warm": list(HOT)}, CleanCache(cause=Cause.RESPONSE, prefixes=(), warm=HOT, limit=2000)),
+        pytest.param(
+            {"kind": "response", "warm": list(HOT)},
+            CleanCache(cause=Cause.RESPONSE, prefixes=(), warm=HOT, limit=2000),
+            id="response-defaults-the-limit",
+        ),
     ],
 )
 async def test_a_plan_journaled_before_typed_actions_is_rebuilt_and_reconciled(
@@ -836,9 +843,9 @@ def response_ctx(windows: Windows, health: float, baselines: dict[str, float], *
 @pytest.mark.parametrize(
     ("baselines", "line"),
     [
-        ({}, 0.5),  # nothing learned yet: the floor (response_time_floor_ms 500)
-        ({"response_time_seconds": 0.1}, 0.5),  # a fast normal: 0.1 x 3 is under the floor, which holds
-        ({"response_time_seconds": 0.4}, 1.2),  # a slow normal: baseline x factor lifts the line
+        pytest.param({}, 0.5, id="nothing-learned-the-floor"),
+        pytest.param({"response_time_seconds": 0.1}, 0.5, id="fast-normal-under-the-floor-which-holds"),
+        pytest.param({"response_time_seconds": 0.4}, 1.2, id="slow-normal-times-factor-lifts-the-line"),
     ],
 )
 def test_the_response_time_trigger_follows_the_baseline(baselines: dict[str, float], line: float) -> None:
@@ -873,20 +880,22 @@ async def test_slow_hot_endpoints_with_a_fast_health_plan_invalidation_and_warmi
     assert "900 ms (line 500 ms)" in plan.reason
 
 
-async def test_slowness_plans_nothing_when_health_is_slow_or_the_normal_is_slow() -> None:
-    """A slow /health (the whole backend) or a learned normal above the values: armed or not, no plan."""
+@pytest.mark.parametrize(
+    ("hot", "health", "baselines"),
+    [
+        pytest.param(HOT, 0.8, {}, id="health-slow-too-so-the-whole-backend"),
+        pytest.param(HOT, 0.01, {"response_time_seconds": 0.4}, id="learned-normal-above-the-values"),
+        pytest.param((), 0.01, {}, id="no-hot-endpoints-to-warm"),
+    ],
+)
+async def test_slowness_plans_nothing_a_cache_action_cannot_help(
+    hot: tuple[str, ...], health: float, baselines: dict[str, float]
+) -> None:
+    """Armed on response time, yet no plan: a slow /health (the whole backend is slow), a learned normal above
+    the values, or no hot endpoints to warm."""
     windows = slow_windows(0.9)
-    strategy = make(windows=windows, response_time_floor_ms=500)
-    assert await strategy.plan(response_ctx(windows, 0.8, {}, "response_time_seconds")) is None
-    slow_normal = {"response_time_seconds": 0.4}
-    assert await strategy.plan(response_ctx(windows, 0.01, slow_normal, "response_time_seconds")) is None
-
-
-async def test_slowness_without_hot_endpoints_plans_nothing() -> None:
-    """With no hot endpoints to warm there is nothing a cache action can do for the response time."""
-    windows = slow_windows(0.9)
-    strategy = make(windows=windows, hot=(), response_time_floor_ms=500)
-    assert await strategy.plan(response_ctx(windows, 0.01, {}, "response_time_seconds")) is None
+    strategy = make(windows=windows, hot=hot, response_time_floor_ms=500)
+    assert await strategy.plan(response_ctx(windows, health, baselines, "response_time_seconds")) is None
 
 
 async def test_apply_for_slowness_invalidates_and_warms_but_never_clears(

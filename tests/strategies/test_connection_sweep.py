@@ -18,7 +18,7 @@ from config.settings import ConnectionOptions, DetectionSettings
 from metrics.sqlite import DatabaseReader
 from metrics.window import Windows
 from strategies.actions.sessions import duration_seconds
-from strategies.base import Finding, Plan, StrategyContext, StrategyDeferred
+from strategies.base import Action, Finding, Plan, StrategyContext, StrategyDeferred
 from strategies.connection import ConnectionStrategy, EndStuckSessions, IdleReader, KickReaders, SweepProgress
 from tests.optimizer.fakes import snapshot_of
 
@@ -331,19 +331,40 @@ def test_progress_is_judged_between_samples_and_any_drop_restarts_it() -> None:
     assert progress.flat_for() == 0.0  # one sample: no span yet, however late the next look comes
 
 
-async def test_plans_journaled_before_typed_actions_are_rebuilt_and_reconciled(backend: sqlite3.Connection) -> None:
-    """Older ``params`` (mode sessions / kick) become the same typed actions; an interrupted end of sessions
-    reports what is still stale; an unknown mode is a clear ValueError."""
+@pytest.mark.parametrize(
+    ("params", "actions"),
+    [
+        pytest.param({"mode": "sessions", "count": 3}, (EndStuckSessions(count=3),), id="sessions"),
+        pytest.param(
+            {"mode": "kick", "readers": [{"kind": "rtspsession", "id": "a1", "bytes_sent": 5}]},
+            (KickReaders(readers=(IdleReader(kind="rtspsession", id="a1", bytes_sent=5),)),),
+            id="kick",
+        ),
+    ],
+)
+def test_plans_journaled_before_typed_actions_are_rebuilt(
+    backend: sqlite3.Connection, params: dict[str, object], actions: tuple[Action, ...]
+) -> None:
+    """Older ``params`` (mode sessions / kick) become the same typed actions."""
+    strategy = Round(path_of(backend)).strategy
+    old = {"strategy": "connection", "reason": "r", "changes": [], "params": params}
+    assert Plan.from_dict(old, legacy=strategy.legacy_actions).actions == actions
+
+
+async def test_an_interrupted_end_of_sessions_of_the_older_shape_reports_what_is_still_stale(
+    backend: sqlite3.Connection,
+) -> None:
+    """An interrupted end of sessions journaled with ``params`` is reconciled by what is still stale."""
     start_sessions(backend, 3, silent=600)
     strategy = Round(path_of(backend)).strategy
     old = {"strategy": "connection", "reason": "r", "changes": [], "params": {"mode": "sessions", "count": 3}}
     plan = Plan.from_dict(old, legacy=strategy.legacy_actions)
-    assert plan.actions == (EndStuckSessions(count=3),)
     assert (await strategy.reconcile(plan)).startswith("3 session(s) still stale")
-    kick = {"mode": "kick", "readers": [{"kind": "rtspsession", "id": "a1", "bytes_sent": 5}]}
-    assert strategy.legacy_actions(kick) == (
-        KickReaders(readers=(IdleReader(kind="rtspsession", id="a1", bytes_sent=5),)),
-    )
+
+
+def test_an_older_plan_of_an_unknown_mode_is_a_clear_value_error(backend: sqlite3.Connection) -> None:
+    """An older ``params`` whose mode no version knew is refused with the mode named."""
+    strategy = Round(path_of(backend)).strategy
     with pytest.raises(ValueError, match="unknown mode 'other'"):
         strategy.legacy_actions({"mode": "other"})
 
@@ -351,12 +372,15 @@ async def test_plans_journaled_before_typed_actions_are_rebuilt_and_reconciled(b
 @pytest.mark.parametrize(
     ("started", "ended", "seconds"),
     [
-        ("2026-12-04 05:00:00", "2026-12-04 05:00:30", 30),  # both local SQL texts: wall-clock fields
-        ("2026-12-04T05:00:00.000Z", "2026-12-04T12:01:00+07:00", 60),  # zoned ISO texts, each in its zone
-        ("2026-12-04 05:00:00", "2026-12-04T05:02:00.000Z", 120),  # local fields compared as if UTC
-        ("2026-12-04 05:00:30", "2026-12-04 05:00:00", 0),  # never negative
-        ("yesterday", "2026-12-04 05:00:00", 0),  # not a time: 0, as the backend's diffLocalSqlSeconds
-        (None, "2026-12-04 05:00:00", 0),
+        pytest.param("2026-12-04 05:00:00", "2026-12-04 05:00:30", 30, id="local-sql-texts-wall-clock-fields"),
+        pytest.param(
+            "2026-12-04T05:00:00.000Z", "2026-12-04T12:01:00+07:00", 60, id="zoned-iso-texts-each-in-its-zone"
+        ),
+        pytest.param("2026-12-04 05:00:00", "2026-12-04T05:02:00.000Z", 120, id="local-fields-compared-as-if-utc"),
+        pytest.param("2026-12-04 05:00:30", "2026-12-04 05:00:00", 0, id="never-negative"),
+        # not a time: 0, as the backend's diffLocalSqlSeconds
+        pytest.param("yesterday", "2026-12-04 05:00:00", 0, id="not-a-time"),
+        pytest.param(None, "2026-12-04 05:00:00", 0, id="no-start"),
     ],
 )
 def test_a_session_duration_is_counted_as_the_backend_counts_it(started: object, ended: object, seconds: int) -> None:

@@ -83,13 +83,13 @@ def ctx(windows: Windows, baselines: dict[str, float], *armed: str) -> StrategyC
     )
 
 
-@pytest.mark.parametrize("kicking", [False, True])
+@pytest.mark.parametrize("kicking", [pytest.param(False, id="watching"), pytest.param(True, id="kicking")])
 @pytest.mark.parametrize(
     ("baselines", "line"),
     [
-        ({}, 100.0),  # nothing learned yet: the floor
-        ({"tcp_established": 20.0}, 100.0),  # a quiet normal: 20 x 3 is under the floor, which holds
-        ({"tcp_established": 80.0}, 240.0),  # a busy normal: baseline x factor lifts the line
+        pytest.param({}, 100.0, id="nothing-learned-the-floor"),
+        pytest.param({"tcp_established": 20.0}, 100.0, id="quiet-normal-under-the-floor-which-holds"),
+        pytest.param({"tcp_established": 80.0}, 240.0, id="busy-normal-times-factor-lifts-the-line"),
     ],
 )
 def test_the_established_trigger_follows_the_baseline_with_or_without_kicking(
@@ -103,12 +103,18 @@ def test_the_established_trigger_follows_the_baseline_with_or_without_kicking(
     assert strategy.established_line(baselines) == pytest.approx(line)
 
 
-def test_the_same_load_arms_below_the_learned_normal_but_not_above_it() -> None:
+@pytest.mark.parametrize(
+    ("baselines", "arms"),
+    [
+        pytest.param({}, True, id="against-the-floor-100"),
+        pytest.param({"tcp_established": 80.0}, False, id="against-a-learned-normal-of-80-line-240"),
+    ],
+)
+def test_the_same_load_arms_below_the_learned_normal_but_not_above_it(baselines: dict[str, float], arms: bool) -> None:
     """150 sockets arm against the floor (100) but not once 80 is the learned normal (line 240)."""
     strategy = make()
     windows = windows_of(150, 150, 150)
-    assert Detector().update(strategy.triggers({}), windows, DETECTION) is True
-    assert Detector().update(strategy.triggers({"tcp_established": 80.0}), windows, DETECTION) is False
+    assert Detector().update(strategy.triggers(baselines), windows, DETECTION) is arms
 
 
 async def test_without_kicking_arming_plans_nothing_and_reports_the_numbers() -> None:
@@ -136,11 +142,17 @@ async def test_without_kicking_arming_plans_nothing_and_reports_the_numbers() ->
     }
 
 
-def test_under_the_line_there_is_no_finding() -> None:
+@pytest.mark.parametrize(
+    ("values", "baselines"),
+    [
+        pytest.param((90, 90, 300), {}, id="one-sample-past-the-line-not-n-of-m"),
+        pytest.param((300, 300, 300), {"tcp_established": 120.0}, id="all-under-a-learned-line-of-360"),
+    ],
+)
+def test_under_the_line_there_is_no_finding(values: tuple[int, ...], baselines: dict[str, float]) -> None:
     """One sample past the line (not N of M), or all under it: no connections-above-normal."""
     strategy = make()
-    assert [f.id for f in strategy.findings(ctx(windows_of(90, 90, 300), {}))] == []
-    assert [f.id for f in strategy.findings(ctx(windows_of(300, 300, 300), {"tcp_established": 120.0}))] == []
+    assert [f.id for f in strategy.findings(ctx(windows_of(*values), baselines))] == []
 
 
 @pytest.fixture

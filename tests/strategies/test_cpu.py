@@ -164,19 +164,35 @@ def make_strategy(
 # ----- finding recorders -----------------------------------------------------------------------------------------
 
 
-def test_recorder_is_ffmpeg_with_the_marker_or_the_pending_output() -> None:
-    """argv[0] ffmpeg plus -segment_time or a camera<ID>/pending/*.mp4.partial output; thumbnails and others are not."""
-    pending = "/rec/camera7/pending/20260101_000000.mp4.partial"
-    assert recorder_output(["ffmpeg", "-i", "x", pending], "-segment_time", None) == (True, 7, pending)
-    assert recorder_output(["/usr/bin/ffmpeg", "-segment_time", "600", "/rec/out.mp4"], "-segment_time", None) == (
-        True,
-        None,
-        "/rec/out.mp4",
-    )
-    assert recorder_output(["ffmpeg", "-i", "x", "-frames:v", "1", "/thumbs/1.jpg"], "-segment_time", None)[0] is False
-    assert recorder_output(["node", "-segment_time", pending], "-segment_time", None)[0] is False
-    assert recorder_output(["ffmpeg", "-segment_time", "600", pending], "-segment_time", Path("/other"))[0] is False
-    assert recorder_output(["ffmpeg", pending], "-segment_time", Path("/rec"))[0] is True
+PENDING = "/rec/camera7/pending/20260101_000000.mp4.partial"
+
+
+@pytest.mark.parametrize(
+    ("argv", "root", "expected"),
+    [
+        pytest.param(["ffmpeg", "-i", "x", PENDING], None, (True, 7, PENDING), id="pending-output"),
+        pytest.param(
+            ["/usr/bin/ffmpeg", "-segment_time", "600", "/rec/out.mp4"],
+            None,
+            (True, None, "/rec/out.mp4"),
+            id="segment-marker",
+        ),
+        pytest.param(
+            ["ffmpeg", "-i", "x", "-frames:v", "1", "/thumbs/1.jpg"], None, (False, None, None), id="thumbnail"
+        ),
+        pytest.param(["node", "-segment_time", PENDING], None, (False, None, None), id="not-ffmpeg"),
+        pytest.param(
+            ["ffmpeg", "-segment_time", "600", PENDING], Path("/other"), (False, None, None), id="outside-the-root"
+        ),
+        pytest.param(["ffmpeg", PENDING], Path("/rec"), (True, 7, PENDING), id="inside-the-root"),
+    ],
+)
+def test_recorder_is_ffmpeg_with_the_marker_or_the_pending_output(
+    argv: list[str], root: Path | None, expected: tuple[bool, int | None, str | None]
+) -> None:
+    """argv[0] ffmpeg plus -segment_time or a camera<ID>/pending/*.mp4.partial output (under the recordings root
+    when one is set); thumbnails and others are not."""
+    assert recorder_output(argv, "-segment_time", root) == expected
 
 
 def test_stat_is_parsed_after_the_last_parenthesis() -> None:
@@ -235,15 +251,29 @@ def test_scan_reads_a_fixture_proc_tree(tmp_path: Path) -> None:
 # ----- the priority action ---------------------------------------------------------------------------------------
 
 
-def test_io_priorities_are_compared_and_described() -> None:
+NONE = ioprio_value(IOPRIO_CLASS_NONE, 0)
+IDLE = ioprio_value(IOPRIO_CLASS_IDLE, 0)
+
+
+@pytest.mark.parametrize(
+    ("current", "target", "lower"),
+    [
+        pytest.param(NONE, BE7, True, id="none-to-be7"),
+        pytest.param(ioprio_value(IOPRIO_CLASS_BE, 4), BE7, True, id="be4-to-be7"),
+        pytest.param(BE7, BE7, False, id="be7-to-be7"),
+        pytest.param(IDLE, BE7, False, id="idle-to-be7"),
+        pytest.param(BE7, IDLE, True, id="be7-to-idle"),
+        pytest.param(ioprio_value(IOPRIO_CLASS_RT, 0), IDLE, False, id="real-time-is-never-demoted"),
+    ],
+)
+def test_io_priorities_are_compared(current: int, target: int, lower: bool) -> None:
     """be/7 is lower than none and be/4; idle is lowest; real-time is never demoted."""
-    none = ioprio_value(IOPRIO_CLASS_NONE, 0)
-    idle = ioprio_value(IOPRIO_CLASS_IDLE, 0)
-    assert io_lower_than(none, BE7) and io_lower_than(ioprio_value(IOPRIO_CLASS_BE, 4), BE7)
-    assert not io_lower_than(BE7, BE7) and not io_lower_than(idle, BE7)
-    assert io_lower_than(BE7, idle)
-    assert not io_lower_than(ioprio_value(IOPRIO_CLASS_RT, 0), idle)
-    assert [describe_ioprio(v) for v in (none, BE7, idle, None)] == ["none", "be/7", "idle", "-"]
+    assert io_lower_than(current, target) is lower
+
+
+def test_io_priorities_are_described() -> None:
+    """Each IO priority has a short name; an unknown one reads as a dash."""
+    assert [describe_ioprio(v) for v in (NONE, BE7, IDLE, None)] == ["none", "be/7", "idle", "-"]
 
 
 def test_unknown_machines_change_only_the_nice_value() -> None:
@@ -656,11 +686,19 @@ def _fail() -> Any:
     raise AssertionError("expected a plan")
 
 
-async def test_a_host_without_recorders_plans_nothing_while_hot(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("values", "manual"),
+    [
+        pytest.param([0.95, 0.97, 0.99], False, id="scheduled"),
+        pytest.param([0.99], True, id="asked-by-hand"),
+    ],
+)
+async def test_a_host_without_recorders_plans_nothing_while_hot(
+    tmp_path: Path, values: list[float], manual: bool
+) -> None:
     """No recorder to lower: no plan (and so no "0 recorder(s)" row), scheduled or asked by hand."""
     strategy = make_strategy(tmp_path / "no-recorders")
-    assert await strategy.plan(ctx(windows_with([0.95, 0.97, 0.99]))) is None
-    assert await strategy.plan(ctx(windows_with([0.99]), manual=True)) is None
+    assert await strategy.plan(ctx(windows_with(values), manual=manual)) is None
     assert strategy.sample_interval_factor == 1.0
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import sqlite3
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import MappingProxyType
@@ -173,22 +173,58 @@ def test_the_table_age_signal_reads_the_oldest_row(backend_db: Path) -> None:
 # ----- cutoffs, windows and the rules ----------------------------------------------------------------------------
 
 
-def test_cutoffs_follow_the_column_time_base() -> None:
-    """A local-time cutoff is the UTC one in the backend's zone: +7 for WIB, +8 for WITA."""
-    now = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
-    assert ret.cutoff_text(bt.TimeBase.UTC, now, 90, ZONE) == "2025-12-01 12:00:00"
-    assert ret.cutoff_text(bt.TimeBase.LOCAL, now, 90, ZONE) == "2025-12-01 19:00:00"
-    assert ret.cutoff_text(bt.TimeBase.LOCAL, now, 90, bt.resolve_zone("WITA", OFFSET)) == "2025-12-01 20:00:00"
+MARCH_NOON = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
+MARCH_FIRST = datetime(2026, 3, 1, 0, 0, 5, tzinfo=UTC)
 
 
-def test_quiet_windows_may_wrap_midnight() -> None:
-    """03:00-05:00 holds 03:00 but not 05:00; 23:00-02:00 holds 23:30 and 01:59; a malformed one is an error."""
-    at = datetime(2026, 1, 1)
-    assert ret.in_window("03:00-05:00", at.replace(hour=3))
-    assert not ret.in_window("03:00-05:00", at.replace(hour=5))
-    assert ret.in_window("23:00-02:00", at.replace(hour=23, minute=30))
-    assert ret.in_window("23:00-02:00", at.replace(hour=1, minute=59))
-    assert not ret.in_window("23:00-02:00", at.replace(hour=12))
+@pytest.mark.parametrize(
+    ("time_base", "now", "days", "zone", "expected"),
+    [
+        pytest.param(bt.TimeBase.UTC, MARCH_NOON, 90, ZONE, "2025-12-01 12:00:00", id="utc"),
+        pytest.param(bt.TimeBase.LOCAL, MARCH_NOON, 90, ZONE, "2025-12-01 19:00:00", id="local-wib-plus-7"),
+        pytest.param(
+            bt.TimeBase.LOCAL,
+            MARCH_NOON,
+            90,
+            bt.resolve_zone("WITA", OFFSET),
+            "2025-12-01 20:00:00",
+            id="local-wita-plus-8",
+        ),
+        pytest.param(
+            bt.TimeBase.UTC,
+            MARCH_FIRST,
+            365,
+            ZONE,
+            (MARCH_FIRST - timedelta(days=365)).strftime("%Y-%m-%d %H:%M:%S"),
+            id="days-back-exact-to-the-second",
+        ),
+    ],
+)
+def test_cutoffs_follow_the_column_time_base(
+    time_base: bt.TimeBase, now: datetime, days: int, zone: bt.Zone, expected: str
+) -> None:
+    """The cutoff text is exactly N days before now, to the second; a local-time cutoff is the UTC one in the
+    backend's zone: +7 for WIB, +8 for WITA."""
+    assert ret.cutoff_text(time_base, now, days, zone) == expected
+
+
+@pytest.mark.parametrize(
+    ("window", "hour", "minute", "inside"),
+    [
+        pytest.param("03:00-05:00", 3, 0, True, id="start-is-inside"),
+        pytest.param("03:00-05:00", 5, 0, False, id="end-is-outside"),
+        pytest.param("23:00-02:00", 23, 30, True, id="wrapping-before-midnight"),
+        pytest.param("23:00-02:00", 1, 59, True, id="wrapping-after-midnight"),
+        pytest.param("23:00-02:00", 12, 0, False, id="wrapping-midday-is-outside"),
+    ],
+)
+def test_quiet_windows_may_wrap_midnight(window: str, hour: int, minute: int, inside: bool) -> None:
+    """03:00-05:00 holds 03:00 but not 05:00; 23:00-02:00 holds 23:30 and 01:59 but not noon."""
+    assert ret.in_window(window, datetime(2026, 1, 1, hour, minute)) is inside
+
+
+def test_a_malformed_quiet_window_is_an_error() -> None:
+    """A window not written HH:MM-HH:MM is refused with the expected shape."""
     with pytest.raises(ValueError, match="HH:MM"):
         ret.parse_window("3-5")
 
@@ -226,37 +262,49 @@ def prune(path: Path, table: str, days: float = 90, **kwargs: Any) -> ret.PruneR
     return ret.prune_table(path, rule, cutoff, **options)
 
 
-def test_local_and_utc_columns_are_cut_at_their_own_time(backend_db: Path) -> None:
+@pytest.mark.parametrize(
+    ("table", "insert_sql", "text_of", "names_sql"),
+    [
+        pytest.param(
+            "viewer_sessions",
+            "INSERT INTO viewer_sessions (session_id, camera_id, ip_address, started_at, last_heartbeat, is_active)"
+            " VALUES (:name, 1, '10.0.0.5', :at, :at, 0)",
+            local,
+            "SELECT session_id FROM viewer_sessions",
+            id="local-text",
+        ),
+        pytest.param(
+            "login_attempts",
+            "INSERT INTO login_attempts (identifier, identifier_type, success, attempt_time)"
+            " VALUES (:name, 'username', 0, :at)",
+            iso,
+            "SELECT identifier FROM login_attempts",
+            id="iso-utc-text",
+        ),
+        pytest.param(
+            "playback_token_audit_logs",
+            "INSERT INTO playback_token_audit_logs (event_type, ip_address, created_at) VALUES (:name, '10.0.0.1', :at)",
+            utc,
+            "SELECT event_type FROM playback_token_audit_logs",
+            id="utc-sql-text",
+        ),
+    ],
+)
+def test_local_and_utc_columns_are_cut_at_their_own_time(
+    backend_db: Path, table: str, insert_sql: str, text_of: Callable[[float], str], names_sql: str
+) -> None:
     """Three hours either side of 90 days decides, in the column's own time base (local vs UTC, ISO UTC)."""
-    insert(
-        backend_db,
-        "INSERT INTO viewer_sessions (session_id, camera_id, ip_address, started_at, last_heartbeat, is_active)"
-        " VALUES (?, 1, '10.0.0.5', ?, ?, 0)",
-        [
-            (sid, local(days), local(days))
-            for sid, days in (("older-local", 90 + 3 / 24), ("younger-local", 90 - 3 / 24))
-        ],
-    )
-    insert(
-        backend_db,
-        "INSERT INTO login_attempts (identifier, identifier_type, success, attempt_time) VALUES (?, 'username', 0, ?)",
-        [("older-iso", iso(90 + 3 / 24)), ("younger-iso", iso(90 - 3 / 24))],
-    )
-    insert(
-        backend_db,
-        "INSERT INTO playback_token_audit_logs (event_type, ip_address, created_at) VALUES (?, '10.0.0.1', ?)",
-        [("older-utc", utc(90 + 3 / 24)), ("younger-utc", utc(90 - 3 / 24))],
-    )
-    prune(backend_db, "viewer_sessions")
-    prune(backend_db, "login_attempts")
-    prune(backend_db, "playback_token_audit_logs")
     with sqlite3.connect(backend_db) as conn:
-        sessions = {r[0] for r in conn.execute("SELECT session_id FROM viewer_sessions")}
-        users = {r[0] for r in conn.execute("SELECT identifier FROM login_attempts")}
-        actions = {r[0] for r in conn.execute("SELECT event_type FROM playback_token_audit_logs")}
-    assert "younger-local" in sessions and "older-local" not in sessions
-    assert "younger-iso" in users and "older-iso" not in users
-    assert "younger-utc" in actions and "older-utc" not in actions
+        conn.executemany(
+            insert_sql,
+            [{"name": name, "at": text_of(days)} for name, days in (("older", 90 + 3 / 24), ("younger", 90 - 3 / 24))],
+        )
+    conn.close()
+    prune(backend_db, table)
+    with sqlite3.connect(backend_db) as conn:
+        names = {r[0] for r in conn.execute(names_sql)}
+    conn.close()
+    assert "younger" in names and "older" not in names
 
 
 def test_live_sessions_are_never_pruned(backend_db: Path) -> None:
@@ -501,16 +549,17 @@ async def test_reconcile_says_what_sqlite_left(fragmented: Path) -> None:
 @pytest.mark.parametrize(
     ("params", "actions"),
     [
-        (
+        pytest.param(
             {"retention": True, "tables": ["login_attempts"], "cutoffs": {"login_attempts": "2026-01-01 00:00:00"}},
             (
                 PruneTables(
                     tables=("login_attempts",), cutoffs=MappingProxyType({"login_attempts": "2026-01-01 00:00:00"})
                 ),
             ),
+            id="retention",
         ),
-        ({"vacuum": True}, (Vacuum(),)),
-        (
+        pytest.param({"vacuum": True}, (Vacuum(),), id="vacuum"),
+        pytest.param(
             {
                 "database": "/x.db",
                 "limit": 1024,
@@ -520,8 +569,11 @@ async def test_reconcile_says_what_sqlite_left(fragmented: Path) -> None:
                 "quick_check": True,
             },
             (CheckpointWal(limit=1024, truncate=True), OptimizeStatistics(), QuickCheck()),
+            id="checkpoint-optimize-quick-check",
         ),
-        ({"database": "/x.db", "limit": 1024, "optimize": True}, (OptimizeStatistics(),)),
+        pytest.param(
+            {"database": "/x.db", "limit": 1024, "optimize": True}, (OptimizeStatistics(),), id="optimize-only"
+        ),
     ],
 )
 async def test_plans_journaled_before_typed_actions_are_rebuilt_and_reconciled(
@@ -537,13 +589,6 @@ async def test_plans_journaled_before_typed_actions_are_rebuilt_and_reconciled(
     assert note.startswith(("retention pruning was interrupted", "VACUUM was interrupted", "WAL is"))
     if isinstance(actions[0], CheckpointWal):
         assert "its limit of 1 KiB" in note
-
-
-def test_cutoff_days_back_from_now_are_exact() -> None:
-    """The cutoff text is exactly N days before now, to the second."""
-    now = datetime(2026, 3, 1, 0, 0, 5, tzinfo=UTC)
-    expected = (now - timedelta(days=365)).strftime("%Y-%m-%d %H:%M:%S")
-    assert ret.cutoff_text(bt.TimeBase.UTC, now, 365, ZONE) == expected
 
 
 async def test_a_manual_round_runs_quick_check_once_per_interval(backend_db: Path) -> None:

@@ -252,12 +252,13 @@ def test_the_parent_of_the_backends_data_directory_loses_nothing_but_segments(tm
 @pytest.mark.parametrize(
     "name",
     [
-        "9e9e9e9e9e9e_seg12.mp4",  # MediaMTX 1.9 fMP4 and low-latency
-        "9e9e9e9e9e9e_seg12.ts",  # MediaMTX 1.9 MPEG-TS
-        "9e9e9e9e9e9e_part40.mp4",  # a low-latency part
-        "9e9e9e9e9e9e_init.mp4",
-        "9e9e9e9e9e9e_main_seg3.mp4",  # gohlslib v2 (later MediaMTX): <prefix>_<stream>_...
-        "9e9e9e9e9e9e_video1_part9.mp4",
+        pytest.param("9e9e9e9e9e9e_seg12.mp4", id="mediamtx-1.9-fmp4-segment"),
+        pytest.param("9e9e9e9e9e9e_seg12.ts", id="mediamtx-1.9-mpegts-segment"),
+        pytest.param("9e9e9e9e9e9e_part40.mp4", id="low-latency-part"),
+        pytest.param("9e9e9e9e9e9e_init.mp4", id="init"),
+        # gohlslib v2 (later MediaMTX): <prefix>_<stream>_...
+        pytest.param("9e9e9e9e9e9e_main_seg3.mp4", id="gohlslib-v2-segment"),
+        pytest.param("9e9e9e9e9e9e_video1_part9.mp4", id="gohlslib-v2-part"),
     ],
 )
 def test_every_mediamtx_file_name_is_prunable(tmp_path: Path, name: str) -> None:
@@ -270,16 +271,16 @@ def test_every_mediamtx_file_name_is_prunable(tmp_path: Path, name: str) -> None
 @pytest.mark.parametrize(
     "name",
     [
-        "cctv.db",
-        "segment.ts",
-        "9e9e9e9e9e9e.mp4",
-        "9E9E9E9E9E9E_seg1.mp4",
-        "9e9e9e9e9e_seg1.mp4",
-        "9e9e9e9e9e9e_seg1.mp4.bak",
-        "9e9e9e9e9e9e_seg.mp4",
-        "9e9e9e9e9e9e_segx.ts",
-        "x9e9e9e9e9e9e_seg1.ts",
-        ".9e9e9e9e9e9e_seg1.ts",
+        pytest.param("cctv.db", id="database"),
+        pytest.param("segment.ts", id="no-prefix"),
+        pytest.param("9e9e9e9e9e9e.mp4", id="prefix-alone"),
+        pytest.param("9E9E9E9E9E9E_seg1.mp4", id="upper-case-prefix"),
+        pytest.param("9e9e9e9e9e_seg1.mp4", id="short-prefix"),
+        pytest.param("9e9e9e9e9e9e_seg1.mp4.bak", id="backup-suffix"),
+        pytest.param("9e9e9e9e9e9e_seg.mp4", id="segment-without-number"),
+        pytest.param("9e9e9e9e9e9e_segx.ts", id="segment-number-not-a-number"),
+        pytest.param("x9e9e9e9e9e9e_seg1.ts", id="long-prefix"),
+        pytest.param(".9e9e9e9e9e9e_seg1.ts", id="hidden"),
     ],
 )
 def test_anything_else_is_left_alone(tmp_path: Path, name: str) -> None:

@@ -157,14 +157,21 @@ def test_steady_growth_is_measured_and_projects_the_kill() -> None:
     assert eta == pytest.approx((524 * MIB - 60_000_000) / 100_000.0)
 
 
-def test_flat_noisy_or_short_series_are_not_steady_growth() -> None:
+@pytest.mark.parametrize(
+    "points",
+    [
+        pytest.param([(float(t), 300.0 * MIB) for t in range(0, 600, 10)], id="flat"),
+        pytest.param([(float(t), (300 + (50 if t % 20 else -50)) * MIB + t) for t in range(0, 600, 10)], id="zigzag"),
+        pytest.param([(float(t), 300.0 * MIB + 1000 * t) for t in range(0, 100, 10)], id="shorter-than-the-span"),
+    ],
+)
+def test_flat_noisy_or_short_series_are_not_steady_growth(points: list[tuple[float, float]]) -> None:
     """No growth is reported for a flat series, a zig-zag, or one shorter than the minimum span."""
-    flat = [(float(t), 300.0 * MIB) for t in range(0, 600, 10)]
-    zigzag = [(float(t), (300 + (50 if t % 20 else -50)) * MIB + t) for t in range(0, 600, 10)]
-    short = [(float(t), 300.0 * MIB + 1000 * t) for t in range(0, 100, 10)]
-    assert steady_growth(flat, min_span_seconds=300) is None
-    assert steady_growth(zigzag, min_span_seconds=300) is None
-    assert steady_growth(short, min_span_seconds=300) is None
+    assert steady_growth(points, min_span_seconds=300) is None
+
+
+def test_points_all_at_one_moment_fit_no_line() -> None:
+    """Readings that share one timestamp have no slope to fit."""
     assert fit_growth([(1.0, 1.0), (1.0, 2.0), (1.0, 3.0)]) is None
 
 
@@ -192,17 +199,26 @@ def test_process_figures_come_from_proc() -> None:
 # ----- triggers ---------------------------------------------------------------------------------------------------
 
 
-def test_triggers_follow_the_settings() -> None:
-    """Enter thresholds come from MEMORY_THRESHOLD, the options and GC_THRESHOLD x own budget; exits are lower."""
-    o = MemoryOptions(hls_budget_bytes=64 * MIB, cache_entries_limit=500, own_budget_bytes=200 * MIB)
-    specs = {s.signal: s for s in strategy(o, memory_threshold=0.85, gc_threshold=0.5).triggers({})}
-    assert specs["memory_used_ratio"].enter == 0.85
-    assert specs["hls_bytes"].enter == 64 * MIB
-    assert specs["cache_entries"].enter == 500
-    assert specs["backend_rss_bytes"].enter == o.backend_rss_limit_bytes
-    assert specs["own_rss_bytes"].enter == 100 * MIB
-    assert specs["own_rss_bytes"].exit == pytest.approx(90 * MIB)
-    assert specs["shm_used_ratio"].enter == o.shm_used_ratio
+SETTINGS = MemoryOptions(hls_budget_bytes=64 * MIB, cache_entries_limit=500, own_budget_bytes=200 * MIB)
+
+
+@pytest.mark.parametrize(
+    ("signal", "enter"),
+    [
+        pytest.param("memory_used_ratio", 0.85, id="host-memory-from-memory-threshold"),
+        pytest.param("hls_bytes", 64 * MIB, id="hls-budget"),
+        pytest.param("cache_entries", 500, id="cache-entries-limit"),
+        pytest.param("backend_rss_bytes", SETTINGS.backend_rss_limit_bytes, id="backend-rss-limit"),
+        pytest.param("own_rss_bytes", 100 * MIB, id="own-rss-gc-threshold-of-own-budget"),
+        pytest.param("shm_used_ratio", SETTINGS.shm_used_ratio, id="shm-used-ratio"),
+    ],
+)
+def test_triggers_follow_the_settings(signal: str, enter: float) -> None:
+    """Enter thresholds come from MEMORY_THRESHOLD, the options and GC_THRESHOLD x own budget; exits are 0.9 of
+    them."""
+    specs = {s.signal: s for s in strategy(SETTINGS, memory_threshold=0.85, gc_threshold=0.5).triggers({})}
+    assert specs[signal].enter == enter
+    assert specs[signal].exit == pytest.approx(enter * 0.9)
 
 
 def test_own_rss_is_not_watched_without_enable_gc() -> None:
@@ -251,12 +267,6 @@ async def test_host_memory_pressure_prunes_stale_files_even_under_the_hls_budget
     plan = await strategy(hls_root=tmp_path).plan(ctx(snapshot(hls=hls_sample(stale=7)), "memory_used_ratio"))
     assert plan is not None and plan.expected is not None
     assert (plan.expected.signal, plan.expected.amount) == ("hls_stale_files", 7)
-
-
-async def test_nothing_to_prune_and_nothing_else_means_no_plan(tmp_path: Path) -> None:
-    """Armed but with no stale file, a small cache and a lean daemon, there is no plan."""
-    snap = snapshot(hls=hls_sample(stale=0, total=900 * MIB), cache=cache_sample(3))
-    assert await strategy(hls_root=tmp_path).plan(ctx(snap, "hls_bytes", "memory_used_ratio")) is None
 
 
 async def test_a_bloated_cache_plans_invalidation_of_the_hot_prefixes(tmp_path: Path) -> None:
@@ -351,10 +361,39 @@ async def test_a_busy_moment_defers_the_restart_unless_the_kill_is_close() -> No
     assert "projected kill" in plan.reason
 
 
-async def test_unknown_viewers_never_count_as_quiet() -> None:
-    """Without session or reader figures no quiet moment can be chosen."""
-    s = strategy(restart_options(), enable_gc=False)
-    assert await s.plan(ctx(snapshot(backend=backend(600 * MIB)), "backend_rss_bytes")) is None
+@pytest.mark.parametrize(
+    ("options", "enable_gc", "with_hls_root", "parts", "armed"),
+    [
+        pytest.param(
+            MemoryOptions(),
+            True,
+            True,
+            {"hls": hls_sample(stale=0, total=900 * MIB), "cache": cache_sample(3)},
+            ("hls_bytes", "memory_used_ratio"),
+            id="no-stale-file-a-small-cache-and-a-lean-daemon",
+        ),
+        pytest.param(
+            restart_options(),
+            False,
+            False,
+            {"backend": backend(600 * MIB)},
+            ("backend_rss_bytes",),
+            id="unknown-viewers-never-count-as-quiet",
+        ),
+    ],
+)
+async def test_armed_with_nothing_safe_to_do_there_is_no_plan(
+    tmp_path: Path,
+    options: MemoryOptions,
+    enable_gc: bool,
+    with_hls_root: bool,
+    parts: dict[str, Any],
+    armed: tuple[str, ...],
+) -> None:
+    """Armed, but no stale file, a small cache and a lean daemon; or a restart wanted without session or reader
+    figures, so no quiet moment can be chosen: no plan."""
+    s = strategy(options, hls_root=tmp_path if with_hls_root else None, enable_gc=enable_gc)
+    assert await s.plan(ctx(snapshot(**parts), *armed)) is None
 
 
 # ----- findings ---------------------------------------------------------------------------------------------------
