@@ -236,11 +236,18 @@ async def sources_alone(sampler: Any, extra_ports: frozenset[int], repeat: int) 
     overlap and wait for each other; alone, each shows what it costs. ``tcp_unused_port`` is the TCP count for
     a port without connections: the part of ``tcp`` that does not grow with them.
     """
+    from metrics.source import BlockingSource, Reading
+    from metrics.sources import CacheSource, ProcessSource, TcpSource
+
+    del extra_ports  # the daemon's TCP counter adds them to every count
     sources = sampler.sources
-    backend = sources.backend
-    process = sources.process.read(time.monotonic()) if sources.process is not None else None
-    ports = frozenset(process.listen_ports if process is not None else ()) | sources.extra_ports | extra_ports
-    ports -= sources.upstream_ports
+    parts: dict[str, object] = {}
+    process = sources.find(ProcessSource)
+    if process is not None:
+        parts["process"] = process.read(Reading(monotonic=time.monotonic(), wall=time.time()))
+
+    def reading() -> Reading:
+        return Reading(monotonic=time.monotonic(), wall=time.time(), parts=parts)
 
     def blocking(fn: Any, *args: Any) -> Any:
         async def call() -> Any:
@@ -248,17 +255,18 @@ async def sources_alone(sampler: Any, extra_ports: frozenset[int], repeat: int) 
 
         return call
 
-    readers: dict[str, Any] = {
-        "host": blocking(lambda: sources.host.read(time.monotonic())),
-        "process": blocking(lambda: sources.process.read(time.monotonic())) if sources.process else None,
-        "tcp": blocking(sources.tcp.count, ports, sources.upstream_ports),
-        "tcp_unused_port": blocking(sources.tcp.count, frozenset({UNUSED_PORT})),
-        "probe": (lambda: backend.probe(sources.hot_endpoints)) if backend is not None else None,
-        "cache": backend.cache_stats if backend is not None and backend.has_credentials else None,
-        "database": blocking(lambda: sources.database.read(time.monotonic())) if sources.database else None,
-        "hls": blocking(lambda: sources.hls.read(time.time())) if sources.hls else None,
-        "mediamtx": sources.mediamtx.read if sources.mediamtx else None,
-    }
+    def alone(source: Any) -> Any:
+        if isinstance(source, BlockingSource):
+            return blocking(lambda: source.read(reading()))
+        return lambda: source.read(reading())
+
+    readers: dict[str, Any] = {source.name: alone(source) for source in sources}
+    cache = sources.find(CacheSource)
+    if cache is not None:
+        readers["cache"] = cache.backend.cache_stats  # a fresh reading each time, never the last one standing in
+    tcp = sources.find(TcpSource)
+    if tcp is not None:
+        readers["tcp_unused_port"] = blocking(tcp.counter.count, frozenset({UNUSED_PORT}))
     out: dict[str, dict[str, float]] = {"wall": {}, "cpu": {}}
     for name, read in readers.items():
         if read is None:

@@ -19,8 +19,8 @@ from prometheus_client.metrics import MetricWrapperBase
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
-from metrics.sampler import SOURCE_NAMES
 from metrics.snapshot import Snapshot
+from metrics.sources import SOURCE_NAMES
 
 PREFIX = "cctv_optimizer_"
 RESPONSE_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)

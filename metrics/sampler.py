@@ -1,5 +1,9 @@
 """The sampler: reads every source once, each on its own and under a timeout, into one frozen Snapshot.
 
+It knows sources only through their contract (metrics/source.py); which there are is the list in
+metrics/sources.py. A source that needs another's part (TCP needs the backend's listening ports) runs in a later
+phase, once every source of the phase before has ended.
+
 Blocking reads (/proc, psutil, sqlite3, the HLS directory walk) run in worker threads so the event loop
 never waits on them. A source that fails or times out is marked down in the snapshot and the others
 carry on. A source whose previous read is still running is not started again.
@@ -12,46 +16,20 @@ import os
 import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import Executor
-from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any, TypeVar
 
 import psutil
 
-from metrics.backend import BackendClient
 from metrics.errors import SamplingError
-from metrics.hls import HlsReader
-from metrics.host import HostReader
-from metrics.mediamtx import MediaMtxClient
-from metrics.process import ProcessReader
-from metrics.snapshot import OwnSample, ProcessSample, Snapshot, SourceStatus, TcpSample
-from metrics.sqlite import DatabaseReader
-from metrics.tcp import TcpCounter
+from metrics.snapshot import OwnSample, Snapshot, SourceStatus
+from metrics.source import AsyncSource, BlockingSource, Reading, Source, Sources
 
 T = TypeVar("T")
 
-SOURCE_NAMES = ("host", "process", "tcp", "probe", "cache", "database", "hls", "mediamtx")
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Sources:
-    """The readers the sampler uses; None where a source is not configured."""
-
-    host: HostReader
-    tcp: TcpCounter
-    process: ProcessReader | None = None
-    backend: BackendClient | None = None
-    database: DatabaseReader | None = None
-    hls: HlsReader | None = None
-    mediamtx: MediaMtxClient | None = None
-    hot_endpoints: tuple[str, ...] = ()
-    extra_ports: frozenset[int] = frozenset()
-    # services the backend connects to: their sockets are counted from the backend's (client) end
-    upstream_ports: frozenset[int] = frozenset()
-
 
 class Sampler:
-    """Takes snapshots; keeps nothing but the sequence number and what each reader keeps for rates."""
+    """Takes snapshots; keeps nothing but the sequence number and what each source keeps for rates."""
 
     def __init__(
         self,
@@ -74,7 +52,7 @@ class Sampler:
 
     @property
     def sources(self) -> Sources:
-        """The configured readers."""
+        """The configured sources."""
         return self._s
 
     async def _run(self, name: str, statuses: dict[str, SourceStatus], factory: Callable[[], Awaitable[T]]) -> T | None:
@@ -128,92 +106,54 @@ class Sampler:
         executor = self._executor
         return lambda: asyncio.get_running_loop().run_in_executor(executor, fn, *args)
 
+    def _reader(self, source: Source[T], at: Reading) -> Callable[[], Awaitable[T]]:
+        """How one source's read starts: in the sampler's pool when it blocks, else on the loop."""
+        if isinstance(source, BlockingSource):
+            return self._in_thread(source.read, at)
+        if isinstance(source, AsyncSource):
+            on_loop = source
+            return lambda: on_loop.read(at)
+        raise TypeError(f"source {source.name!r} is neither a BlockingSource nor an AsyncSource")
+
+    async def _read_phase(
+        self, phase: tuple[Source[Any], ...], at: Reading, statuses: dict[str, SourceStatus]
+    ) -> list[object | None]:
+        """Read a phase's sources at once, each in a task of its own; a source alone in its phase is read in this
+        task (a task of its own would only cost the loop a step)."""
+        if len(phase) == 1:
+            return [await self._run(phase[0].name, statuses, self._reader(phase[0], at))]
+        tasks = [asyncio.create_task(self._run(s.name, statuses, self._reader(s, at))) for s in phase]
+        return [await task for task in tasks]
+
     async def sample(self) -> Snapshot:
-        """Read every source once and return the snapshot."""
+        """Read every source once, phase by phase, and return the snapshot."""
         started = self._clock()
         wall = self._wall()
         statuses: dict[str, SourceStatus] = {}
-        s = self._s
-        backend = s.backend
-
-        def start(name: str, factory: Callable[[], Awaitable[T]] | None) -> asyncio.Task[T | None] | None:
-            if factory is None:
-                return None
-            return asyncio.create_task(self._run(name, statuses, factory))
-
-        async def result(task: asyncio.Task[T | None] | None) -> T | None:
-            return None if task is None else await task
-
-        host_t = start("host", self._in_thread(s.host.read, started))
-        proc_t = start("process", self._in_thread(s.process.read, started) if s.process else None)
-        probe_t = start("probe", (lambda: backend.probe(s.hot_endpoints)) if backend is not None else None)
-        hot_calls = len(s.hot_endpoints)
-        cache_t = start(
-            "cache",
-            (lambda: backend.sampled_cache_stats(hot_calls))
-            if backend is not None and backend.has_credentials
-            else None,
-        )
-        db_t = start("database", self._in_thread(s.database.read, started) if s.database else None)
-        hls_t = start("hls", self._in_thread(s.hls.read, wall) if s.hls else None)
-        mtx_t = start("mediamtx", s.mediamtx.read if s.mediamtx else None)
-        host = await result(host_t)
-        process = await result(proc_t)
-        probe = await result(probe_t)
-        cache = await result(cache_t)
-        database = await result(db_t)
-        hls = await result(hls_t)
-        mediamtx = await result(mtx_t)
-        if probe is not None and not probe.available and "probe" in statuses:
-            # the probe itself ran, but the backend did not answer properly: the source is down, and says why
-            statuses["probe"] = SourceStatus(
-                name="probe",
-                up=False,
-                error=probe.error or "backend unavailable",
-                duration_seconds=statuses["probe"].duration_seconds,
-            )
-        if isinstance(process, ProcessSample) and process.degraded is not None and "process" in statuses:
-            # measured, but perhaps not the server: up, with the reason shown wherever the sources are
-            statuses["process"] = SourceStatus(
-                name="process",
-                up=True,
-                error=process.degraded,
-                duration_seconds=statuses["process"].duration_seconds,
-            )
-        ports = set(s.extra_ports)
-        if isinstance(process, ProcessSample):
-            ports.update(process.listen_ports)
-        tcp = await self._run("tcp", statuses, self._in_thread(self._count_tcp, frozenset(ports - s.upstream_ports)))
-        sessions = s.database.last_sessions if s.database is not None and database is not None else None
+        parts: dict[str, object] = {}
+        for phase in self._s.phases:
+            at = Reading(monotonic=started, wall=wall, parts=MappingProxyType(dict(parts)))
+            for source, part in zip(phase, await self._read_phase(phase, at, statuses), strict=True):
+                if part is None:
+                    continue
+                parts[source.name] = part
+                statuses[source.name] = source.status(part, statuses[source.name])
+                parts.update(source.extra_parts(part))
         own = self._own_sample()
         self._seq += 1
-        return Snapshot(
+        return Snapshot.taken(
             seq=self._seq,
             monotonic=started,
             wall_time=wall,
             duration_seconds=self._clock() - started,
-            host=host,
-            backend=process,
-            tcp=tcp,
-            probe=probe,
-            cache=cache,
-            database=database,
-            hls=hls,
-            mediamtx=mediamtx,
-            sessions=sessions,
+            parts=parts,
             own=own,
             sources=MappingProxyType(statuses),
         )
 
-    def _count_tcp(self, ports: frozenset[int]) -> TcpSample:
-        upstream = self._s.upstream_ports
-        counts = self._s.tcp.count(ports, upstream) if upstream else self._s.tcp.count(ports)
-        return TcpSample(
-            ports=tuple(sorted(ports | upstream)),
-            by_state=MappingProxyType({str(k.value): v for k, v in counts.by_state.items()}),
-            total=counts.total,
-            method=str(counts.method),
-        )
+    async def close(self) -> None:
+        """Let every source release what it opened itself; one that fails to does not keep the others open."""
+        await asyncio.gather(*(source.close() for source in self._s), return_exceptions=True)
 
     def _own_sample(self) -> OwnSample | None:
         try:

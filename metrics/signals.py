@@ -8,29 +8,18 @@ labels and units from it, and a test checks every row against what a full sample
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass
+import dataclasses
+from collections.abc import Iterable, Mapping
 from types import MappingProxyType
+from typing import Any
 
 from config.units import Unit, unit_of
-
-
-@dataclass(frozen=True, slots=True)
-class Signal:
-    """One signal: its name, its readable label, its unit, who measures it, and its /metrics series."""
-
-    name: str
-    label: str
-    unit: Unit
-    # the sample source that measures it (the names of /health's sources), or the strategy that derives it
-    source: str
-    # the series on /metrics that shows it (``name{label="value"}``), None where /metrics has none
-    prometheus: str | None = None
-
+from metrics.source import Signal, Source
+from metrics.sources import SOURCES
 
 _P = "cctv_optimizer_"
 
-SIGNALS: tuple[Signal, ...] = (
+BUILT_IN: tuple[Signal, ...] = (
     Signal("cpu_ratio", "Host CPU", Unit.RATIO, "host", _P + "cpu_used_ratio"),
     Signal("memory_used_ratio", "Host memory used", Unit.RATIO, "host", _P + "memory_used_ratio"),
     Signal("load_per_core", "Load per core (1 min)", Unit.COUNT, "host", _P + "load_per_core_ratio"),
@@ -92,6 +81,16 @@ SIGNALS: tuple[Signal, ...] = (
     Signal("mediamtx_readers", "MediaMTX readers", Unit.COUNT, "mediamtx", _P + "mediamtx_readers"),
     Signal("own_rss_bytes", "Optimizer memory (RSS)", Unit.BYTES, "own", _P + "own_resident_memory_bytes"),
 )
+
+
+def table(sources: Iterable[type[Source[Any]]]) -> tuple[Signal, ...]:
+    """The built-in rows, then those each of ``sources`` declares (its ``signals``), labelled with its name."""
+    return BUILT_IN + tuple(
+        dataclasses.replace(row, source=source.name) for source in sources for row in source.signals
+    )
+
+
+SIGNALS: tuple[Signal, ...] = table(SOURCES)
 
 # a family of signals, one per table: the name is the prefix, then the table's name
 PER_TABLE = Signal("table_oldest_days:", "Oldest row in", Unit.DAYS, "database")

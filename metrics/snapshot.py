@@ -5,8 +5,21 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
+from typing import TYPE_CHECKING, Protocol, TypeVar, cast
+
+if TYPE_CHECKING:
+    from metrics.source import Source
 
 _EMPTY: Mapping[str, float] = MappingProxyType({})
+P = TypeVar("P")
+
+
+class MeasuresSignals(Protocol):
+    """A part that gives its own signals: how a source without a field on ``Snapshot`` feeds the windows."""
+
+    def signal_values(self, wall_time: float) -> Mapping[str, float]:
+        """This part's signals by name (each needs a row: the source's ``signals``, metrics/source.py)."""
+        ...
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -217,7 +230,11 @@ CACHE_SIGNALS = ("cache_hit_rate", "cache_entries", "cache_lookups", "cache_remo
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Snapshot:
-    """Everything one sample saw. Parts are None when their source was unavailable."""
+    """Everything one sample saw. Parts are None when their source was unavailable.
+
+    ``parts`` holds every part by its source's name (and the database's ``sessions``); the built-in parts are
+    also typed fields, and any source's part is ``snapshot.part(FooSource)``.
+    """
 
     seq: int
     monotonic: float
@@ -234,6 +251,49 @@ class Snapshot:
     sessions: SessionSample | None
     own: OwnSample | None
     sources: Mapping[str, SourceStatus]
+    parts: Mapping[str, object] = field(default_factory=lambda: MappingProxyType({}))
+
+    @classmethod
+    def taken(  # noqa: PLR0913 -- the sample's keyword-only header and its parts
+        cls,
+        *,
+        seq: int,
+        monotonic: float,
+        wall_time: float,
+        duration_seconds: float,
+        parts: Mapping[str, object],
+        own: OwnSample | None,
+        sources: Mapping[str, SourceStatus],
+    ) -> Snapshot:
+        """The snapshot of what the sources read, by name; each typed field is the part of its type, if any."""
+        by_type = {type(p): p for p in parts.values()}
+
+        def typed(kind: type[P]) -> P | None:
+            found = by_type.get(kind)
+            return found if isinstance(found, kind) else None
+
+        return cls(
+            seq=seq,
+            monotonic=monotonic,
+            wall_time=wall_time,
+            duration_seconds=duration_seconds,
+            host=typed(HostSample),
+            backend=typed(ProcessSample),
+            tcp=typed(TcpSample),
+            probe=typed(ProbeSample),
+            cache=typed(CacheStatsSample),
+            database=typed(DatabaseSample),
+            hls=typed(HlsSample),
+            mediamtx=typed(MediaMtxSample),
+            sessions=typed(SessionSample),
+            own=own,
+            sources=sources,
+            parts=MappingProxyType(dict(parts)),
+        )
+
+    def part(self, source: type[Source[P]]) -> P | None:
+        """What ``source`` read in this sample; None when it is not configured or was down."""
+        return cast("P | None", self.parts.get(source.name))
 
     def held_signals(self) -> frozenset[str]:
         """Signals this sample did not measure again although their source is up: their windows keep what they have."""
@@ -244,8 +304,18 @@ class Snapshot:
             held.add("response_time_seconds")
         return frozenset(held)
 
-    def signals(self) -> Mapping[str, float]:  # noqa: PLR0912 -- one signal per source field
+    def signals(self) -> Mapping[str, float]:
         """The flat numeric signals strategies detect on and the engine verifies against."""
+        out = self._field_signals()
+        for part in self.parts.values():
+            # a part with ``MeasuresSignals``'s method (looked up: an isinstance on a protocol costs microseconds)
+            values = getattr(part, "signal_values", None)
+            if values is not None:
+                out.update(values(self.wall_time))
+        return MappingProxyType(out) if out else _EMPTY
+
+    def _field_signals(self) -> dict[str, float]:  # noqa: PLR0912 -- one signal per source field
+        """The signals of the typed fields' parts."""
         out: dict[str, float] = {}
         if self.host is not None:
             h = self.host
@@ -296,4 +366,4 @@ class Snapshot:
             out["mediamtx_readers"] = float(self.mediamtx.readers)
         if self.own is not None:
             out["own_rss_bytes"] = float(self.own.rss_bytes)
-        return MappingProxyType(out) if out else _EMPTY
+        return out

@@ -20,7 +20,6 @@ from collections.abc import Coroutine, Mapping
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import structlog
 from aiohttp import web
@@ -41,16 +40,16 @@ from config.loader import (
 from config.settings import Settings
 from metrics.backend import BackendClient, Credentials
 from metrics.hls import HlsReader
-from metrics.host import HostReader
 from metrics.mediamtx import MediaMtxClient
 from metrics.process import ProcessReader, ProcessSpec
 from metrics.prometheus import DaemonMetrics, Exposition, SnapshotCollector
-from metrics.sampler import Sampler, Sources
+from metrics.sampler import Sampler
 from metrics.signals import BY_NAME, is_known_signal
 from metrics.snapshot import Snapshot
-from metrics.sqlite import DatabaseReader
+from metrics.source import SourceDeps
+from metrics.sources import build_sources, url_port
 from metrics.tables import TABLES
-from metrics.tcp import TcpCounter, make_tcp_counter
+from metrics.tcp import TcpCounter
 from metrics.window import Windows
 from optimizer import __version__, cadence
 from optimizer.alertmanager import AlertmanagerReceiver
@@ -111,12 +110,6 @@ class LifecycleState(StrEnum):
     RUNNING = "running"
     STOPPING = "stopping"
     STOPPED = "stopped"
-
-
-def url_port(url: str) -> int:
-    """The port of an http(s) URL, defaulting by scheme."""
-    parts = urlsplit(url)
-    return parts.port or (443 if parts.scheme == "https" else 80)
 
 
 def resolve_api_token(settings: Settings, environ: Mapping[str, str]) -> tuple[str, str]:
@@ -239,29 +232,17 @@ class Daemon:
         process_spec = ProcessSpec.parse(s.backend.process or f"port:{url_port(s.backend.url)}")
         self.process = ProcessReader(process_spec, self._proc_root, port=url_port(s.backend.url))
         self.hls = HlsReader(s.backend.hls_directory, s.strategies.memory.hls_stale_age_seconds)
-        database = (
-            DatabaseReader(
-                s.backend.database,
-                timezone_offset_hours=s.backend.timezone_offset_hours,
-                stuck_session_seconds=s.strategies.connection.stuck_session_seconds,
-                session_timeout_seconds=s.strategies.connection.session_timeout_seconds,
-                tables=UNCLEANED_TABLES,
-            )
-            if s.backend.database is not None
-            else None
-        )
         self.sampler = Sampler(
-            Sources(
-                host=HostReader(self._proc_root),
-                tcp=self._tcp_counter or make_tcp_counter(self._proc_root),
-                process=self.process,
-                backend=self.backend,
-                database=database,
-                hls=self.hls,
-                mediamtx=self.mediamtx,
-                hot_endpoints=s.backend.hot_endpoints,
-                extra_ports=frozenset({url_port(s.backend.url)}),
-                upstream_ports=frozenset({url_port(s.backend.mediamtx_url)}) - {url_port(s.backend.url)},
+            build_sources(
+                s,
+                SourceDeps(
+                    proc_root=self._proc_root,
+                    backend=self.backend,
+                    process=self.process,
+                    hls=self.hls,
+                    mediamtx=self.mediamtx,
+                    tcp_counter=self._tcp_counter,
+                ),
             ),
             source_timeout_seconds=s.sampler.source_timeout_seconds,
             clock=self.clock.monotonic,
@@ -670,6 +651,7 @@ class Daemon:
             if self._runner is not None:
                 await self._api_loop.call(self._close_api(self._runner))
             await self._api_loop.stop()
+        await self.sampler.close()
         await self.backend.close()
         await self.mediamtx.close()
         await self.engine.close()

@@ -21,11 +21,13 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, ParamSpec, TypeVar
 
+from metrics.sources import BLOCKING_SOURCES
+
 P = ParamSpec("P")
 T = TypeVar("T")
 
-# one per blocking source (host, process, database, HLS, TCP): the sampler never starts a source still running
-SAMPLER_THREADS = 5
+# one per blocking source (metrics/sources.py): the sampler never starts a source still running
+SAMPLER_THREADS = BLOCKING_SOURCES
 STATE_THREADS = 1
 HISTORY_THREADS = 2
 STRATEGY_THREADS = 8

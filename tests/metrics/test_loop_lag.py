@@ -20,7 +20,18 @@ from metrics.hls import HlsReader
 from metrics.host import HostReader
 from metrics.mediamtx import MediaMtxClient
 from metrics.process import ProcessReader, ProcessSpec
-from metrics.sampler import SOURCE_NAMES, Sampler, Sources
+from metrics.sampler import Sampler
+from metrics.source import BlockingSource, Sources
+from metrics.sources import (
+    CacheSource,
+    DatabaseSource,
+    HlsSource,
+    HostSource,
+    MediaMtxSource,
+    ProbeSource,
+    ProcessSource,
+    TcpSource,
+)
 from metrics.sqlite import DatabaseReader
 from metrics.tables import BY_TABLE
 from metrics.tcp import make_tcp_counter
@@ -42,22 +53,24 @@ def sources_for(tb: TestbedProcess) -> Sources:
     backend_port = urlsplit(tb.url).port
     mediamtx_port = urlsplit(tb.mediamtx_url).port
     assert backend_port is not None and mediamtx_port is not None
+    backend = BackendClient(
+        tb.url,
+        Credentials(username=env["CCTV_OPTIMIZER_BACKEND__ADMIN_USERNAME"], password=password, api_key=None),
+        user_agent="cctv-optimizer-test/1",
+        timeout_seconds=5.0,
+        requests_per_minute=90,
+    )
     return Sources(
-        host=HostReader(),
-        tcp=make_tcp_counter(),
-        process=ProcessReader(ProcessSpec.parse(env["CCTV_OPTIMIZER_BACKEND__PROCESS"])),
-        backend=BackendClient(
-            tb.url,
-            Credentials(username=env["CCTV_OPTIMIZER_BACKEND__ADMIN_USERNAME"], password=password, api_key=None),
-            user_agent="cctv-optimizer-test/1",
-            timeout_seconds=5.0,
-            requests_per_minute=90,
-        ),
-        database=DatabaseReader(tb.database, tables=TABLES, table_interval_seconds=0.0),
-        hls=HlsReader(tb.hls_dir, 120.0),
-        mediamtx=MediaMtxClient(tb.mediamtx_url, 5.0),
-        hot_endpoints=HOT,
-        extra_ports=frozenset({backend_port, mediamtx_port}),
+        [
+            HostSource(HostReader()),
+            ProcessSource(ProcessReader(ProcessSpec.parse(env["CCTV_OPTIMIZER_BACKEND__PROCESS"]))),
+            TcpSource(make_tcp_counter(), extra_ports=frozenset({backend_port, mediamtx_port})),
+            ProbeSource(backend, HOT),
+            CacheSource(backend, len(HOT)),
+            DatabaseSource(DatabaseReader(tb.database, tables=TABLES, table_interval_seconds=0.0)),
+            HlsSource(HlsReader(tb.hls_dir, 120.0)),
+            MediaMtxSource(MediaMtxClient(tb.mediamtx_url, 5.0)),
+        ]
     )
 
 
@@ -78,7 +91,7 @@ def testbed(tmp_path: Path) -> Iterator[TestbedProcess]:
 
 
 def record_threads(sources: Sources, seen: dict[str, set[int]]) -> None:
-    """Wrap each blocking reader so that the threads it ran on are recorded under its name."""
+    """Wrap each blocking source's read so that the threads it ran on are recorded under its name."""
 
     def wrap(name: str, owner: object, attr: str) -> None:
         original = getattr(owner, attr)
@@ -90,12 +103,9 @@ def record_threads(sources: Sources, seen: dict[str, set[int]]) -> None:
 
         setattr(owner, attr, recorded)
 
-    wrap("host", sources.host, "read")
-    wrap("tcp", sources.tcp, "count")
-    assert sources.process is not None and sources.database is not None and sources.hls is not None
-    wrap("process", sources.process, "read")
-    wrap("database", sources.database, "read")
-    wrap("hls", sources.hls, "read")
+    for source in sources:
+        if isinstance(source, BlockingSource):
+            wrap(source.name, source, "read")
 
 
 async def test_sampling_the_testbed_never_blocks_the_loop(testbed: TestbedProcess) -> None:
@@ -118,18 +128,20 @@ async def test_sampling_the_testbed_never_blocks_the_loop(testbed: TestbedProces
     finally:
         stop.set()
         await ticks
-        assert sources.backend is not None and sources.mediamtx is not None
-        await sources.backend.close()
-        await sources.mediamtx.close()
-        close = getattr(sources.tcp, "close", None)
+        probe, mediamtx, tcp = sources.find(ProbeSource), sources.find(MediaMtxSource), sources.find(TcpSource)
+        assert probe is not None and mediamtx is not None and tcp is not None
+        await probe.backend.close()
+        await mediamtx.client.close()
+        close = getattr(tcp.counter, "close", None)
         if close is not None:
             close()
     last = snapshots[-1]
     assert {name: status.error for name, status in last.sources.items() if not status.up} == {}
-    assert set(last.sources) == set(SOURCE_NAMES)
+    assert set(last.sources) == set(sources.names)
     assert last.hls is not None and last.hls.stale_files >= STALE_FILES
     assert last.sessions is not None and last.sessions.stuck >= STUCK_SESSIONS
-    assert set(seen) == {"host", "tcp", "process", "database", "hls"}
+    assert set(seen) == {s.name for s in sources if isinstance(s, BlockingSource)}
+    assert len(seen) == 5  # host, process, tcp, database, hls
     assert {name: loop_thread in threads for name, threads in seen.items()} == dict.fromkeys(seen, False)
     assert len(lags) >= SAMPLES  # the loop kept turning while the sources were read
     print(f"loop lag while sampling (information only): max {max(lags) * 1000:.1f} ms over {len(lags)} ticks")

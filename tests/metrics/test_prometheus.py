@@ -12,7 +12,6 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.parser import text_string_to_metric_families
 
 from metrics.prometheus import PREFIX, DaemonMetrics, Exposition, SnapshotCollector
-from metrics.sampler import SOURCE_NAMES
 from metrics.snapshot import (
     CacheStatsSample,
     DatabaseSample,
@@ -29,6 +28,7 @@ from metrics.snapshot import (
     TableStat,
     TcpSample,
 )
+from metrics.sources import SOURCE_NAMES
 
 VERSION = "9.8.7"
 

@@ -13,8 +13,9 @@ from typing import Any
 
 import pytest
 
+from config.settings import Settings
 from metrics.errors import SamplingError
-from metrics.sampler import SOURCE_NAMES, Sampler, Sources
+from metrics.sampler import Sampler
 from metrics.snapshot import (
     CacheStatsSample,
     DatabaseSample,
@@ -25,6 +26,19 @@ from metrics.snapshot import (
     ProcessSample,
     SessionSample,
     Snapshot,
+)
+from metrics.source import SourceDeps, Sources
+from metrics.sources import (
+    SOURCE_NAMES,
+    CacheSource,
+    DatabaseSource,
+    HlsSource,
+    HostSource,
+    MediaMtxSource,
+    ProbeSource,
+    ProcessSource,
+    TcpSource,
+    build_sources,
 )
 from metrics.tcp import TcpCounts, TcpState
 from tests.metrics.test_prometheus import full_snapshot
@@ -141,18 +155,22 @@ class Fakes:
 
     def sampler(self, *, clock: Any = time.monotonic, wall_clock: Any = time.time) -> Sampler:
         """A sampler over these fakes."""
-        sources = Sources(
-            host=self.host,  # type: ignore[arg-type]
-            tcp=self.tcp,
-            process=self.process,  # type: ignore[arg-type]
-            backend=self.backend,  # type: ignore[arg-type]
-            database=self.database,  # type: ignore[arg-type]
-            hls=self.hls,  # type: ignore[arg-type]
-            mediamtx=self.mediamtx,  # type: ignore[arg-type]
-            hot_endpoints=HOT,
-            extra_ports=frozenset({EXTRA_PORT}),
+        return Sampler(self.sources(), source_timeout_seconds=TIMEOUT_S, clock=clock, wall_clock=wall_clock)
+
+    def sources(self) -> Sources:
+        """Every built-in source, each over its fake."""
+        return Sources(
+            [
+                HostSource(self.host),  # type: ignore[arg-type]
+                ProcessSource(self.process),  # type: ignore[arg-type]
+                TcpSource(self.tcp, extra_ports=frozenset({EXTRA_PORT})),
+                ProbeSource(self.backend, HOT),  # type: ignore[arg-type]
+                CacheSource(self.backend, len(HOT)),  # type: ignore[arg-type]
+                DatabaseSource(self.database),  # type: ignore[arg-type]
+                HlsSource(self.hls),  # type: ignore[arg-type]
+                MediaMtxSource(self.mediamtx),  # type: ignore[arg-type]
+            ]
         )
-        return Sampler(sources, source_timeout_seconds=TIMEOUT_S, clock=clock, wall_clock=wall_clock)
 
     def release(self) -> None:
         """Open every gate, so no fake read is left waiting."""
@@ -161,6 +179,11 @@ class Fakes:
                 reader.gate.set()
         if self.backend.probe_gate is not None:
             self.backend.probe_gate.set()
+
+
+# the sources the fakes stand in for: every built-in one
+FAKED = Fakes().sources().names
+assert set(FAKED) <= set(SOURCE_NAMES)
 
 
 @pytest.fixture
@@ -173,16 +196,7 @@ async def fakes() -> AsyncIterator[Fakes]:
 
 def parts(snap: Snapshot) -> dict[str, object]:
     """The snapshot's part for each source name."""
-    return {
-        "host": snap.host,
-        "process": snap.backend,
-        "tcp": snap.tcp,
-        "probe": snap.probe,
-        "cache": snap.cache,
-        "database": snap.database,
-        "hls": snap.hls,
-        "mediamtx": snap.mediamtx,
-    }
+    return {name: snap.parts.get(name) for name in FAKED}
 
 
 def down(snap: Snapshot) -> dict[str, str | None]:
@@ -206,7 +220,7 @@ async def test_every_source_answers(fakes: Fakes) -> None:
     """All sources up: each part is the reader's value and every status is up."""
     snap = await fakes.sampler().sample()
     assert down(snap) == {}
-    assert set(snap.sources) == set(SOURCE_NAMES)
+    assert set(snap.sources) == set(FAKED)
     assert snap.seq == 1
     assert (snap.host, snap.backend, snap.database, snap.hls) == (HOST, PROCESS, DATABASE, HLS)
     assert (snap.probe, snap.cache, snap.mediamtx) == (PROBE, CACHE, MEDIAMTX)
@@ -247,7 +261,7 @@ def break_source(fakes: Fakes, name: str, error: BaseException) -> None:
         getattr(fakes, name).error = error
 
 
-@pytest.mark.parametrize("name", SOURCE_NAMES)
+@pytest.mark.parametrize("name", FAKED)
 async def test_each_source_fails_alone(fakes: Fakes, name: str) -> None:
     """A source raising SamplingError is down with its message, its part is None, the others are whole."""
     break_source(fakes, name, SamplingError(f"{name} is unhappy"))
@@ -280,8 +294,13 @@ async def test_sessions_need_a_database_read(fakes: Fakes) -> None:
 
 
 async def test_unconfigured_sources_are_left_out(fakes: Fakes) -> None:
-    """Sources set to None have no status and no part; without credentials the cache is not asked."""
-    sources = Sources(host=fakes.host, tcp=fakes.tcp, backend=FakeBackend(has_credentials=False))  # type: ignore[arg-type]
+    """Sources left out have no status and no part; without credentials the cache is not built, so not asked."""
+    settings = Settings()  # no database
+    deps = SourceDeps(backend=FakeBackend(has_credentials=False), tcp_counter=fakes.tcp)  # type: ignore[arg-type]
+    built = build_sources(settings, deps)
+    assert {"host", "tcp", "probe"} <= set(built.names)
+    assert "cache" not in built.names and "database" not in built.names
+    sources = Sources([HostSource(fakes.host), *(s for s in built if s.name in {"tcp", "probe"})])  # type: ignore[arg-type]
     snap = await Sampler(sources, source_timeout_seconds=TIMEOUT_S).sample()
     assert set(snap.sources) == {"host", "probe", "tcp"}
     assert (snap.cache, snap.database, snap.hls, snap.mediamtx, snap.backend) == (None,) * 5

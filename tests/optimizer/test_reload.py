@@ -17,6 +17,7 @@ from pathlib import Path
 import structlog
 from aiohttp import ClientSession
 
+from metrics.sources import DatabaseSource
 from optimizer.app import Daemon
 from optimizer.cli import Client, cmd_status
 from testbed.harness import TestbedProcess
@@ -84,13 +85,13 @@ async def test_a_new_database_at_reload_is_kept_for_a_restart_and_nothing_is_wri
             out = io.StringIO()
             with contextlib.redirect_stdout(out):
                 await asyncio.to_thread(cmd_status, Client(api_base(daemon), None), False)
-            running = (daemon.settings.backend.database, daemon.sampler.sources.database)
+            running = (daemon.settings.backend.database, daemon.sampler.sources.find(DatabaseSource))
             outcomes = [r.outcome for r in map(daemon.store.decision, result.decision_ids) if r is not None]
             await reload_with(daemon, config, first)
             cleared = daemon.status().get("restartNeeded")
     assert stuck_count(other) == STUCK  # before the fix: the strategy ended them here, in the wrong database
     assert stuck_count(testbed.database) == 0
-    assert running[0] == testbed.database and running[1] is not None and running[1].path == testbed.database
+    assert running[0] == testbed.database and running[1] is not None and running[1].reader.path == testbed.database
     assert outcomes == ["applied"]
     assert health["restartNeeded"] == ["backend.url", "backend.database"]
     assert metrics["restartNeeded"] == ["backend.url", "backend.database"]

@@ -26,6 +26,7 @@ from typing import Any
 
 import pytest
 
+from metrics.sources import SOURCE_NAMES
 from testbed.harness import TestbedProcess, wait_until
 from tests.harness import FAST, daemon_process
 from tests.sandbox import Identity, Sandbox, sandbox
@@ -35,7 +36,7 @@ UNIT = REPO / "systemd" / "cctv-optimizer.service"
 SHARED = 61259
 BACKEND = Identity(uid=61251, gid=61251, groups=(SHARED,), umask=0o002)
 STRATEGIES = ("memory", "cpu", "connection", "database", "cache")
-SOURCES = {"host", "process", "tcp", "probe", "cache", "database", "hls", "mediamtx"}
+SOURCES = set(SOURCE_NAMES)
 
 
 def unit_service() -> dict[str, list[str]]:
