@@ -306,7 +306,12 @@ class DaemonMetrics:
         self.last_round = TrackedGauge(
             PREFIX + "last_round_timestamp_seconds", "Wall time of the last finished round.", registry=registry
         )
-        self._all = tuple(metric for metric in vars(self).values() if isinstance(metric, _Tracked))
+        metrics = [metric for metric in vars(self).values() if isinstance(metric, MetricWrapperBase)]
+        untracked = [repr(metric) for metric in metrics if not isinstance(metric, _Tracked)]
+        if untracked:
+            # its changes would not move the version: /metrics would keep showing its first value
+            raise TypeError(f"daemon metrics must be tracked (TrackedCounter, TrackedGauge...): {untracked}")
+        self._all: tuple[_Tracked, ...] = tuple(metric for metric in metrics if isinstance(metric, _Tracked))
         for metric in self._all:
             metric.changes = self.changes
 

@@ -362,3 +362,16 @@ def test_tracked_gauges_refuse_function_values() -> None:
     metrics = DaemonMetrics(CollectorRegistry())
     with pytest.raises(TypeError, match="function"):
         metrics.sample_interval.set_function(lambda: 1.0)
+
+
+def test_an_untracked_daemon_metric_is_refused() -> None:
+    """A plain metric among the daemon's own would never move the version, so /metrics would not show its changes."""
+    from prometheus_client import Gauge
+
+    class WithPlainGauge(DaemonMetrics):
+        def __init__(self, registry: CollectorRegistry) -> None:
+            self.plain = Gauge(PREFIX + "plain", "Not tracked.", registry=registry)
+            super().__init__(registry)
+
+    with pytest.raises(TypeError, match="tracked"):
+        WithPlainGauge(CollectorRegistry())
