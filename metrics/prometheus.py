@@ -1,15 +1,22 @@
-"""Prometheus exposition: a collector over the latest snapshot, and the daemon's own counters.
+"""Prometheus exposition: a collector over the latest snapshot, the daemon's own counters, and the /metrics text.
 
 The snapshot collector reads a cached snapshot at scrape time and never samples. Names use one
-prefix (``cctv_optimizer_``), base units and low-cardinality labels only.
+prefix (``cctv_optimizer_``), base units and low-cardinality labels only. ``Exposition`` renders the text
+part by part and renders a part again only when what it shows has changed (a new snapshot, a counter bumped).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+import threading
+import time
+from collections.abc import Callable, Hashable, Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any, Protocol, Self
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily, InfoMetricFamily
+from prometheus_client.metrics import MetricWrapperBase
+from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
 from metrics.snapshot import Snapshot
@@ -33,6 +40,11 @@ class SnapshotCollector(Collector):
     def __init__(self, latest: Callable[[], Snapshot | None], version: str) -> None:
         self._latest = latest
         self._version = version
+
+    def key(self) -> Hashable:
+        """What the gauges depend on: the latest snapshot (its sequence number and when it was taken)."""
+        snap = self._latest()
+        return None if snap is None else (snap.seq, snap.monotonic)
 
     def describe(self) -> Iterator[GaugeMetricFamily]:
         """Nothing to describe up front: the families depend on which sources answer."""
@@ -142,58 +154,176 @@ class SnapshotCollector(Collector):
             yield _gauge("own_resident_memory_bytes", "RSS of the daemon itself.", snap.own.rss_bytes)
 
 
+class Changes:
+    """A version that moves after every change to the metrics sharing it: what a cached rendering is keyed by."""
+
+    __slots__ = ("_lock", "_version")
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._version = 0
+
+    @property
+    def version(self) -> int:
+        """The number of changes so far."""
+        return self._version
+
+    def bump(self) -> None:
+        """Count one change (from any thread)."""
+        with self._lock:
+            self._version += 1
+
+
+class _Tracked(MetricWrapperBase):
+    """A metric that counts every change in its ``changes``, after the change (so a rendering keyed by the
+    version it read first never misses one); its labelled children count theirs in the same place."""
+
+    changes: Changes | None = None
+
+    def _changed(self) -> None:
+        if self.changes is not None:
+            self.changes.bump()
+
+    def labels(self, *labelvalues: Any, **labelkwargs: Any) -> Self:
+        """The child for these label values (a new one is a new series: a change)."""
+        child = super().labels(*labelvalues, **labelkwargs)
+        child.changes = self.changes
+        self._changed()
+        return child
+
+    def remove(self, *labelvalues: Any) -> None:
+        """Drop one labelled series."""
+        super().remove(*labelvalues)
+        self._changed()
+
+    def clear(self) -> None:
+        """Drop every labelled series."""
+        super().clear()
+        self._changed()
+
+
+class TrackedCounter(_Tracked, Counter):
+    """A Counter whose changes are counted."""
+
+    def inc(self, amount: float = 1, exemplar: dict[str, str] | None = None) -> None:
+        """Increment, then count the change."""
+        super().inc(amount, exemplar)
+        self._changed()
+
+    def reset(self) -> None:
+        """Reset to zero, then count the change."""
+        super().reset()
+        self._changed()
+
+
+class TrackedGauge(_Tracked, Gauge):
+    """A Gauge whose changes are counted (``set_function`` is refused: its value would change unseen)."""
+
+    def inc(self, amount: float = 1) -> None:
+        """Increment, then count the change."""
+        super().inc(amount)
+        self._changed()
+
+    def dec(self, amount: float = 1) -> None:
+        """Decrement, then count the change."""
+        super().dec(amount)
+        self._changed()
+
+    def set(self, value: float) -> None:
+        """Set, then count the change."""
+        super().set(value)
+        self._changed()
+
+    def set_function(self, f: Callable[[], float]) -> None:
+        """Refused: a value read from a function at scrape time cannot be cached by version."""
+        raise TypeError("a tracked gauge has no function value; use a collector rendered at each scrape")
+
+
+class TrackedHistogram(_Tracked, Histogram):
+    """A Histogram whose observations are counted."""
+
+    def observe(self, amount: float, exemplar: dict[str, str] | None = None) -> None:
+        """Observe, then count the change."""
+        super().observe(amount, exemplar)
+        self._changed()
+
+
 class DaemonMetrics:
-    """The daemon's own counters, gauges and histograms, all in one registry."""
+    """The daemon's own counters, gauges and histograms, all in one registry.
+
+    Every change to them moves ``version``: /metrics renders them again only then.
+    """
 
     def __init__(self, registry: CollectorRegistry) -> None:
         self.registry = registry
-        self.response_time = Histogram(
+        self.changes = Changes()
+        self.response_time = TrackedHistogram(
             PREFIX + "backend_response_time_seconds",
             "Response time of the backend's hot endpoints, per sample.",
             buckets=RESPONSE_BUCKETS,
             registry=registry,
         )
-        self.sample_duration = Histogram(
+        self.sample_duration = TrackedHistogram(
             PREFIX + "sample_duration_seconds",
             "Time taken by one full sample.",
             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
             registry=registry,
         )
-        self.samples = Counter(PREFIX + "samples", "Samples taken.", registry=registry)
-        self.sample_interval = Gauge(
+        self.samples = TrackedCounter(PREFIX + "samples", "Samples taken.", registry=registry)
+        self.sample_interval = TrackedGauge(
             PREFIX + "sample_interval_seconds", "Current (adaptive) sample interval.", registry=registry
         )
-        self.rounds = Counter(PREFIX + "rounds", "Decision rounds run.", ["trigger"], registry=registry)
-        self.round_duration = Histogram(
+        self.rounds = TrackedCounter(PREFIX + "rounds", "Decision rounds run.", ["trigger"], registry=registry)
+        self.round_duration = TrackedHistogram(
             PREFIX + "round_duration_seconds", "Duration of decision rounds.", registry=registry
         )
-        self.actions = Counter(
+        self.actions = TrackedCounter(
             PREFIX + "actions",
             "Decisions by strategy, action, outcome and mode.",
             ["strategy", "action", "outcome", "mode"],
             registry=registry,
         )
-        self.verdicts = Counter(
+        self.verdicts = TrackedCounter(
             PREFIX + "verdicts", "Verified effects by strategy and verdict.", ["strategy", "verdict"], registry=registry
         )
-        self.reverts = Counter(PREFIX + "reverts", "Changes reverted.", ["strategy"], registry=registry)
-        self.breaker_open = Gauge(
+        self.reverts = TrackedCounter(PREFIX + "reverts", "Changes reverted.", ["strategy"], registry=registry)
+        self.breaker_open = TrackedGauge(
             PREFIX + "breaker_open", "1 when the strategy's circuit breaker is open.", ["strategy"], registry=registry
         )
-        self.armed = Gauge(PREFIX + "strategy_armed", "1 when the strategy is armed.", ["strategy"], registry=registry)
-        self.cooldown = Gauge(
+        self.armed = TrackedGauge(
+            PREFIX + "strategy_armed", "1 when the strategy is armed.", ["strategy"], registry=registry
+        )
+        self.cooldown = TrackedGauge(
             PREFIX + "strategy_cooldown_seconds", "Current cooldown of the strategy.", ["strategy"], registry=registry
         )
-        self.score = Gauge(
+        self.score = TrackedGauge(
             PREFIX + "strategy_score", "Score over recent verdicts, -1..1.", ["strategy"], registry=registry
         )
-        self.findings = Gauge(PREFIX + "findings", "Open findings by strategy.", ["strategy"], registry=registry)
-        self.baseline = Gauge(
+        self.findings = TrackedGauge(PREFIX + "findings", "Open findings by strategy.", ["strategy"], registry=registry)
+        self.baseline = TrackedGauge(
             PREFIX + "baseline", "Learned baselines (p95 of the last hour).", ["signal"], registry=registry
         )
-        self.last_round = Gauge(
+        self.last_round = TrackedGauge(
             PREFIX + "last_round_timestamp_seconds", "Wall time of the last finished round.", registry=registry
         )
+        metrics = [metric for metric in vars(self).values() if isinstance(metric, MetricWrapperBase)]
+        untracked = [repr(metric) for metric in metrics if not isinstance(metric, _Tracked)]
+        if untracked:
+            # its changes would not move the version: /metrics would keep showing its first value
+            raise TypeError(f"daemon metrics must be tracked (TrackedCounter, TrackedGauge...): {untracked}")
+        self._all: tuple[_Tracked, ...] = tuple(metric for metric in metrics if isinstance(metric, _Tracked))
+        for metric in self._all:
+            metric.changes = self.changes
+
+    @property
+    def version(self) -> int:
+        """Moves after every change to any of these metrics."""
+        return self.changes.version
+
+    def collect(self) -> Iterator[Metric]:
+        """Every family, in the order the registry lists them."""
+        for metric in self._all:
+            yield from metric.collect()
 
     def observe_snapshot(self, snap: Snapshot) -> None:
         """Record the per-sample histograms."""
@@ -201,3 +331,66 @@ class DaemonMetrics:
         self.sample_duration.observe(snap.duration_seconds)
         if snap.probe is not None and snap.probe.response_time_seconds is not None:
             self.response_time.observe(snap.probe.response_time_seconds)
+
+
+class _Collecting(Protocol):
+    def collect(self) -> Iterable[Metric]: ...
+
+
+@dataclass(slots=True)
+class _Part:
+    """Some of the families, and their last rendering."""
+
+    source: _Collecting
+    # what the families depend on; None: rendered again once ``max_age`` has passed (figures read live)
+    key: Callable[[], Hashable] | None
+    max_age: float
+    rendered_key: Hashable = None
+    rendered_at: float = float("-inf")
+    payload: bytes | None = None
+
+    def render(self, now: float) -> bytes:
+        if self.key is None:
+            if self.payload is None or now - self.rendered_at >= self.max_age:
+                self.payload, self.rendered_at = generate_latest(self.source), now
+            return self.payload
+        # the key is read before rendering: a change made while rendering moves it again, so is never missed
+        key = self.key()
+        if self.payload is None or key is None or key != self.rendered_key:
+            self.payload, self.rendered_key = generate_latest(self.source), key
+        return self.payload
+
+
+class Exposition:
+    """The /metrics text, rendered part by part: a part is rendered again only when its key has moved.
+
+    An idle daemon is scraped more often than anything changes (every 15 s, sampled every 30 s), and a
+    rendering is most of a scrape's cost. A part with a key (the daemon's own metrics: their version; the
+    snapshot's gauges: the snapshot) is never stale: the next scrape after a change shows it. A part without one
+    holds figures read live (the process's CPU and memory, the API's connections): it is rendered again when its
+    last rendering is ``max_age`` seconds old, so many scrapers in a burst share one.
+    """
+
+    def __init__(self, *, max_age: float = 1.0, clock: Callable[[], float] = time.monotonic) -> None:
+        self._parts: list[_Part] = []
+        self._max_age = max_age
+        self._clock = clock
+        self._lock = threading.Lock()
+
+    def add(self, source: _Collecting, key: Callable[[], Hashable] | None = None) -> None:
+        """Append a part: ``source``'s families, keyed by ``key`` (None: read live, see the class)."""
+        with self._lock:
+            self._parts.append(_Part(source, key, self._max_age))
+
+    def render(self) -> bytes:
+        """The text exposition of every part, in the order they were added."""
+        with self._lock:
+            now = self._clock()
+            return b"".join(part.render(now) for part in self._parts)
+
+    def collect(self) -> Iterator[Metric]:
+        """Every part's families, freshly collected (so the exposition is itself a collector)."""
+        with self._lock:
+            sources = [part.source for part in self._parts]
+        for source in sources:
+            yield from source.collect()

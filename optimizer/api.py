@@ -24,9 +24,10 @@ from typing import Any, TypeVar
 
 import structlog
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from config.settings import Mode, Settings
+from metrics.prometheus import Exposition
 from metrics.signals import signal_label, signal_unit
 from optimizer.engine import Engine, EngineStopping
 from optimizer.executors import run_in
@@ -35,8 +36,6 @@ from optimizer.state import RECENT_KEPT, UNCHANGED, HistoryReader, HistoryStats,
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 T = TypeVar("T")
 MAX_ROW_ID = 2**63 - 1
-# A rendered /metrics payload is reused for the same snapshot this long (scrapes never sample or re-render).
-SCRAPE_CACHE_SECONDS = 1.0
 # A client that sends its headers and then stalls must not hold a handler (and a connection) forever.
 BODY_TIMEOUT_SECONDS = 10.0
 # Idle connections, and ones still sending their request line and headers, are closed after this long.
@@ -85,11 +84,11 @@ def iso_now(wall: float) -> str:
 
 @dataclass(slots=True)
 class ApiContext:
-    """What the handlers read: the engine, the store, the registry, the settings and the daemon's facts."""
+    """What the handlers read: the engine, the store, the metrics, the settings and the daemon's facts."""
 
     engine: Engine
     store: StateStore
-    registry: CollectorRegistry
+    exposition: Exposition
     settings: Callable[[], Settings]
     token: str | None
     started_wall: float
@@ -674,39 +673,9 @@ async def performance_optimize(request: web.Request) -> web.Response:
     )
 
 
-@dataclass(slots=True)
-class ScrapeCache:
-    """The last rendered /metrics payload, reused for the same snapshot within ``max_age`` seconds.
-
-    Rendering the registry is pure Python (about a millisecond); several scrapers, or one scraping often, would
-    otherwise pay it per request. Counters bumped by a decision show up at most ``max_age`` later.
-    """
-
-    max_age: float = SCRAPE_CACHE_SECONDS
-    key: int | None = None
-    rendered_at: float = float("-inf")
-    payload: bytes = b""
-
-    def get(self, key: int | None, now: float, render: Callable[[], bytes]) -> bytes:
-        """The cached payload when fresh for ``key``, else a new rendering."""
-        if key is None or key != self.key or now - self.rendered_at >= self.max_age:
-            self.payload, self.key, self.rendered_at = render(), key, now
-        return self.payload
-
-
-SCRAPES: web.AppKey[ScrapeCache] = web.AppKey("scrapes", ScrapeCache)
-
-
 async def metrics_handler(request: web.Request) -> web.Response:
-    """GET /metrics: the daemon's own registry, from the cached snapshot (never samples)."""
-    ctx = request.app[CTX]
-    latest = ctx.engine.latest
-    payload = request.app[SCRAPES].get(
-        latest.seq if latest is not None else None,
-        asyncio.get_running_loop().time(),
-        lambda: generate_latest(ctx.registry),
-    )
-    return web.Response(body=payload, headers={"Content-Type": CONTENT_TYPE_LATEST})
+    """GET /metrics: the daemon's own metrics and the cached snapshot's (never samples; rendered once per change)."""
+    return web.Response(body=request.app[CTX].exposition.render(), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
 async def health(request: web.Request) -> web.Response:
@@ -1044,7 +1013,6 @@ def build_app(ctx: ApiContext, *, client_max_size: int) -> web.Application:
     """The aiohttp application with every route and the error middleware."""
     app = web.Application(middlewares=[host_middleware, errors_middleware], client_max_size=client_max_size)
     app[CTX] = ctx
-    app[SCRAPES] = ScrapeCache()
     app[HISTORY] = HistoryCache()
     app[PAGES] = PageCache()
     app[SUMMARIES] = KnownSummary()

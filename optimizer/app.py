@@ -42,7 +42,7 @@ from metrics.backend import BackendClient, Credentials
 from metrics.hls import HlsReader
 from metrics.mediamtx import MediaMtxClient
 from metrics.process import ProcessReader, ProcessSpec
-from metrics.prometheus import DaemonMetrics, SnapshotCollector
+from metrics.prometheus import DaemonMetrics, Exposition, SnapshotCollector
 from metrics.sampler import Sampler
 from metrics.signals import BY_NAME, is_known_signal
 from metrics.snapshot import Snapshot
@@ -213,8 +213,15 @@ class Daemon:
         self.history = HistoryReader(self.store)
         self.registry = CollectorRegistry()
         self.metrics = DaemonMetrics(self.registry)
-        self.registry.register(SnapshotCollector(lambda: self.engine.latest, VERSION))
-        ProcessCollector(registry=self.registry, namespace="cctv_optimizer")
+        snapshots = SnapshotCollector(lambda: self.engine.latest, VERSION)
+        self.registry.register(snapshots)
+        process = ProcessCollector(registry=self.registry, namespace="cctv_optimizer")
+        # /metrics in the registry's order: each part rendered again only when it changed, the live ones at most
+        # once a second
+        self.exposition = Exposition()
+        self.exposition.add(self.metrics, key=lambda: self.metrics.version)
+        self.exposition.add(snapshots, key=snapshots.key)
+        self.exposition.add(process)
         self.backend = BackendClient(
             s.backend.url,
             Credentials(username=s.backend.admin_username, password=password, api_key=api_key),
@@ -308,7 +315,7 @@ class Daemon:
             ApiContext(
                 engine=self.engine,
                 store=self.store,
-                registry=self.registry,
+                exposition=self.exposition,
                 settings=lambda: self.settings,
                 token=self.token,
                 started_wall=self.started_wall,
@@ -345,7 +352,9 @@ class Daemon:
             ),
             api.header_timeout_seconds,
         )
-        self.registry.register(ConnectionCollector(self.connection_limiter, self.accept_errors))
+        connections = ConnectionCollector(self.connection_limiter, self.accept_errors)
+        self.registry.register(connections)
+        self.exposition.add(connections)
         self._api_loop = ApiLoop()
         self._api_loop.start()
         self.api_host = host

@@ -16,7 +16,10 @@ from strategies.base import TriggerSpec
 
 NEAR_PROXIMITY = 0.8
 CALM_PROXIMITY = 0.5
-STRETCH_FACTOR = 1.25
+# Calm, the interval doubles (as it halves near a line): from the 5 s base to the 30 s bound in three samples.
+# Once there the interval is the same whatever the step; only the way back after start or after an episode is
+# shorter (three samples in 35 s instead of nine in two minutes), and a signal nearing its line halves it at once.
+STRETCH_FACTOR = 2.0
 # The daemon's own figures: its RSS sits near 60% of its soft line from the libraries alone, so counting it
 # would hold the sample interval at its base for ever; nearing it is no reason to watch the host more closely.
 OWN_SIGNALS = frozenset({"own_rss_bytes"})
@@ -61,7 +64,7 @@ def signal_proximity(specs: Sequence[TriggerSpec], windows: Windows) -> float:
 def next_sample_interval(  # noqa: PLR0913 -- the interval's inputs are separate quantities
     current: float, *, base: float, low: float, high: float, proximity: float, armed: bool
 ) -> float:
-    """The next sample interval: halve toward ``low`` near a line, stretch by 1.25 toward ``high`` when calm.
+    """The next sample interval: halve toward ``low`` near a line, double toward ``high`` when calm.
 
     Between calm and near the configured base interval is used again. The result is always within bounds.
     """

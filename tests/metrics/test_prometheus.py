@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterator
 from types import MappingProxyType
 
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.parser import text_string_to_metric_families
 
-from metrics.prometheus import PREFIX, DaemonMetrics, SnapshotCollector
+from metrics.prometheus import PREFIX, DaemonMetrics, Exposition, SnapshotCollector
 from metrics.snapshot import (
     CacheStatsSample,
     DatabaseSample,
@@ -282,3 +284,94 @@ def test_two_daemons_need_two_registries() -> None:
     DaemonMetrics(registry)
     with pytest.raises(ValueError, match="Duplicated"):
         DaemonMetrics(registry)
+
+
+def _exposed(snapshot: list[Snapshot | None]) -> tuple[CollectorRegistry, DaemonMetrics, Exposition]:
+    """A registry and an Exposition over the same daemon metrics and snapshot collector, on a clock that never moves."""
+    registry = CollectorRegistry()
+    metrics = DaemonMetrics(registry)
+    snapshots = SnapshotCollector(lambda: snapshot[0], VERSION)
+    registry.register(snapshots)
+    exposition = Exposition(clock=lambda: 100.0)
+    exposition.add(metrics, key=lambda: metrics.version)
+    exposition.add(snapshots, key=snapshots.key)
+    return registry, metrics, exposition
+
+
+def test_exposition_shows_every_change_at_the_next_render() -> None:
+    """Each kind of change shows in the very next rendering (no time passes), exactly as the registry renders it."""
+    current: list[Snapshot | None] = [None]
+    registry, metrics, exposition = _exposed(current)
+    changes = [
+        metrics.samples.inc,
+        lambda: metrics.rounds.labels(trigger="manual").inc(),
+        lambda: metrics.rounds.labels(trigger="manual").inc(2),
+        lambda: metrics.breaker_open.labels(strategy="memory").set(1),
+        lambda: metrics.breaker_open.labels(strategy="memory").set(0),
+        lambda: metrics.cooldown.labels(strategy="cpu").inc(5),
+        lambda: metrics.cooldown.labels(strategy="cpu").dec(2),
+        lambda: metrics.round_duration.observe(0.2),
+        lambda: metrics.breaker_open.remove("memory"),
+        lambda: metrics.armed.labels(strategy="cpu"),
+        metrics.armed.clear,
+        metrics.samples.reset,
+        lambda: metrics.observe_snapshot(full_snapshot()),
+        lambda: current.__setitem__(0, full_snapshot()),
+        lambda: current.__setitem__(0, dataclasses.replace(full_snapshot(), seq=8, hls=None)),
+    ]
+    assert exposition.render() == generate_latest(registry)
+    for change in changes:
+        before = exposition.render()
+        change()
+        after = exposition.render()
+        assert after == generate_latest(registry)
+        assert after != before
+
+
+def test_exposition_renders_an_unchanged_part_once() -> None:
+    """A keyed part is collected again only when its key moves; a live one when its rendering is max_age old."""
+    collected: list[str] = []
+
+    class Counting:
+        def __init__(self, name: str) -> None:
+            self.name = name
+
+        def collect(self) -> Iterator[GaugeMetricFamily]:
+            collected.append(self.name)
+            yield GaugeMetricFamily(PREFIX + self.name, "A figure.", value=len(collected))
+
+    key = [1]
+    now = [100.0]
+    exposition = Exposition(max_age=1.0, clock=lambda: now[0])
+    exposition.add(Counting("keyed"), key=lambda: key[0])
+    exposition.add(Counting("live"))
+    first = exposition.render()
+    assert exposition.render() == first
+    assert collected == ["keyed", "live"]
+    key[0] = 2
+    exposition.render()
+    assert collected == ["keyed", "live", "keyed"]
+    now[0] += 1.0
+    exposition.render()
+    assert collected == ["keyed", "live", "keyed", "live"]
+    assert {family.name for family in exposition.collect()} == {PREFIX + "keyed", PREFIX + "live"}
+
+
+def test_tracked_gauges_refuse_function_values() -> None:
+    """A gauge read from a function at scrape time would change without moving the version: refused."""
+    metrics = DaemonMetrics(CollectorRegistry())
+    with pytest.raises(TypeError, match="function"):
+        metrics.sample_interval.set_function(lambda: 1.0)
+
+
+def test_an_untracked_daemon_metric_is_refused() -> None:
+    """A plain metric among the daemon's own would never move the version, so /metrics would not show its changes."""
+    from prometheus_client import Gauge
+
+    class WithPlainGauge(DaemonMetrics):
+        def __init__(self, registry: CollectorRegistry) -> None:
+            self.plain = Gauge(PREFIX + "plain", "Not tracked.", registry=registry)
+            super().__init__(registry)
+
+    with pytest.raises(TypeError, match="tracked"):
+        WithPlainGauge(CollectorRegistry())

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 from aiohttp import ClientSession
+from prometheus_client.parser import text_string_to_metric_families
 
 from optimizer import __version__
 from optimizer.api import ROUTES
@@ -252,23 +253,24 @@ async def test_client_session_is_usable_with_no_backend(tmp_path: Path) -> None:
     assert body["sources"]["mediamtx"]["up"] is False
 
 
-def test_scrape_cache_reuses_a_rendering_only_for_the_same_snapshot_and_briefly() -> None:
-    """/metrics renders once per snapshot and second; a new snapshot or an older rendering renders again."""
-    from optimizer.api import ScrapeCache
+async def test_a_change_shows_at_the_next_scrape_without_a_new_sample(testbed: TestbedProcess, tmp_path: Path) -> None:
+    """/metrics is rendered once per change, and never stale: a round's counters show at once, same snapshot."""
+    async with running_daemon(daemon_env(testbed, tmp_path / "s")) as daemon, api_client(daemon) as http:
+        await sample_times(daemon, 1)
 
-    renders: list[int] = []
+        async def rounds() -> float:
+            async with http.get("/metrics") as resp:
+                families = text_string_to_metric_families(await resp.text())
+            counts = [s.value for f in families for s in f.samples if s.name == "cctv_optimizer_rounds_total"]
+            return sum(counts)
 
-    def render() -> bytes:
-        renders.append(1)
-        return f"render {len(renders)}".encode()
-
-    cache = ScrapeCache(max_age=1.0)
-    assert cache.get(7, 100.0, render) == b"render 1"
-    assert cache.get(7, 100.5, render) == b"render 1"
-    assert cache.get(8, 100.6, render) == b"render 2"
-    assert cache.get(8, 101.6, render) == b"render 3"
-    assert cache.get(None, 101.7, render) == b"render 4"
-    assert cache.get(None, 101.8, render) == b"render 5"
+        before = await rounds()
+        seq = daemon.engine.latest.seq if daemon.engine.latest is not None else None
+        for n in range(1, 3):
+            await daemon.engine.request_round(trigger="scheduled")
+            assert await rounds() == before + n
+        # no sample was taken in between: the snapshot's part was reused, the daemon's own was not
+        assert daemon.engine.latest is not None and daemon.engine.latest.seq == seq
 
 
 async def test_head_answers_wherever_get_does(testbed: TestbedProcess, tmp_path: Path) -> None:

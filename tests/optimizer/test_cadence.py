@@ -35,7 +35,7 @@ def windows(**values: float) -> Windows:
 @pytest.mark.parametrize(
     ("proximity", "armed", "current", "expected"),
     [
-        (0.1, False, 5.0, 6.25),  # calm: stretch by 1.25
+        (0.1, False, 5.0, 10.0),  # calm: double
         (0.1, False, 28.0, 30.0),  # ... never past the upper bound
         (0.6, False, 20.0, 5.0),  # between calm and near: back to the base
         (0.85, False, 5.0, 2.5),  # near a line: halve
@@ -181,9 +181,9 @@ def test_a_disabled_strategy_is_nobodys_concern() -> None:
 
 
 def test_adapt_walks_up_while_calm_tightens_near_a_line_and_stretches_for_a_factor() -> None:
-    """One step at a time: calm stretches by 1.25, near halves, a factor doubles the interval in use only."""
+    """One step at a time: calm doubles, near halves, a factor doubles the interval in use only."""
     calm = [Watch(specs=(CPU,), armed=False)]
-    assert adapt(5.0, BOUNDS, calm, windows(host_cpu_ratio=0.1)) == (6.25, 6.25)
+    assert adapt(5.0, BOUNDS, calm, windows(host_cpu_ratio=0.1)) == (10.0, 10.0)
     assert adapt(5.0, BOUNDS, calm, windows(host_cpu_ratio=0.85)) == (2.5, 2.5)
     stretching = [*calm, Watch(specs=(), armed=False, factor=2.0)]
     assert adapt(5.0, BOUNDS, stretching, windows(host_cpu_ratio=0.6)) == (5.0, 10.0)

@@ -1116,7 +1116,7 @@ async def test_the_sample_interval_stretches_while_calm_and_tightens_near_a_thre
         interval, _ = cadence.adapt(interval, bounds, engine.watches(), engine.windows)
         seen.append(interval)
     assert cadence.interval_pressure(engine.watches(), engine.windows)[0] == pytest.approx(0.3 / 0.95)
-    assert seen[0] == 6.25 and seen[-1] == 30.0 and seen == sorted(seen)
+    assert seen[0] == 10.0 and seen[-1] == 30.0 and seen == sorted(seen)
     clock.advance(interval)
     engine.on_snapshot(samples.build(cpu=0.8, hit_rate=0.95))  # 0.8 / 0.9: near the cpu line
     interval, _ = cadence.adapt(interval, bounds, engine.watches(), engine.windows)

@@ -20,7 +20,7 @@ from tests.optimizer.conftest import recorder_env
 from tests.optimizer.fakes import SnapshotBuilder, armed
 
 MIB = 1024 * 1024
-# samples enough for the interval to stretch from its base to its bound by 1.25 a sample (0.2 s to 30 s: 23)
+# samples enough for the interval to stretch from its base to its bound, doubling a sample (0.2 s to 30 s: 8)
 RAMP = 30
 
 
