@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from types import MappingProxyType
 
 import pytest
@@ -302,7 +302,7 @@ def test_exposition_shows_every_change_at_the_next_render() -> None:
     """Each kind of change shows in the very next rendering (no time passes), exactly as the registry renders it."""
     current: list[Snapshot | None] = [None]
     registry, metrics, exposition = _exposed(current)
-    changes = [
+    changes: list[Callable[[], object]] = [
         metrics.samples.inc,
         lambda: metrics.rounds.labels(trigger="manual").inc(),
         lambda: metrics.rounds.labels(trigger="manual").inc(2),

@@ -442,12 +442,16 @@ async def test_the_metrics_page_is_rendered_ahead_at_a_round_end_while_it_is_pol
         app = daemon._app
         assert app is not None
         pages = app[PAGES]
+
+        def kept() -> object:
+            return pages.key
+
         await daemon.engine.request_round(trigger="manual", strategy="cache", manual=True)
-        assert pages.key is None  # not asked for yet
+        assert kept() is None  # not asked for yet
         async with http.get("/performance-metrics") as resp:
             assert resp.status == 200
         result = await daemon.engine.request_round(trigger="manual", strategy="cache", manual=True)
-        assert pages.key == _page_key(app[CTX])  # rendered for this round's end, before any request
+        assert kept() == _page_key(app[CTX])  # rendered for this round's end, before any request
         ahead = json.loads(pages.fresh(pages.key, time.monotonic()) or b"null")
         assert {i["id"] for i in ahead["recentOptimizations"]} >= set(result.decision_ids)
         async with http.get("/performance-metrics") as resp:
@@ -455,10 +459,10 @@ async def test_the_metrics_page_is_rendered_ahead_at_a_round_end_while_it_is_pol
         assert served["timestamp"] == ahead["timestamp"]  # that rendering
         assert served["performance"]["isOptimizing"] is False
         await daemon.sample_now()
-        assert pages.key == _page_key(app[CTX])  # and for a new sample
+        assert kept() == _page_key(app[CTX])  # and for a new sample
         pages.asked_at = time.monotonic() - 1000  # not polled lately
         await daemon.engine.request_round(trigger="manual", strategy="cache", manual=True)
-        assert pages.key != _page_key(app[CTX])
+        assert kept() != _page_key(app[CTX])
 
 
 async def test_a_rendering_superseded_while_it_ran_is_answered_but_not_kept(
