@@ -85,6 +85,24 @@ async def sample_times(daemon: Daemon, n: int) -> None:
         await daemon.sample_now()
 
 
+OBSERVE_AND_DRY_RUN_COLUMNS = ("setting", "outcome", "mode", "first_action")
+
+
+def observe_and_dry_run_cases(strategy: str, action: str) -> list[Any]:
+    """The two ways a strategy is kept from acting, as table rows: optimization switched off (the armed strategy is
+    recorded as observed, with no action), and the strategy in dry_run (its first action is recorded)."""
+    return [
+        pytest.param({"ENABLE_PERFORMANCE_OPTIMIZATION": "false"}, "observed", "observe", [], id="observe"),
+        pytest.param(
+            {f"CCTV_OPTIMIZER_STRATEGIES__{strategy.upper()}__MODE": "dry_run"},
+            "dry_run",
+            "dry_run",
+            [action],
+            id="dry-run",
+        ),
+    ]
+
+
 def api_base(daemon: Daemon) -> str:
     """The daemon's API base URL."""
     return f"http://{daemon.api_url_host}:{daemon.api_port}"

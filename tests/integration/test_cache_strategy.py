@@ -12,7 +12,14 @@ from aiohttp import ClientSession, web
 from optimizer.app import Daemon
 from optimizer.state import DecisionRecord
 from testbed.harness import TestbedProcess
-from tests.harness import daemon_env, running_daemon, running_testbed, sample_times
+from tests.harness import (
+    OBSERVE_AND_DRY_RUN_COLUMNS,
+    daemon_env,
+    observe_and_dry_run_cases,
+    running_daemon,
+    running_testbed,
+    sample_times,
+)
 
 HOT = "/api/cameras/active"
 ONLY_CACHE = {
@@ -119,19 +126,7 @@ async def test_a_clear_by_someone_else_is_followed_by_warming(testbed: TestbedPr
         assert daemon.windows.last("cache_cleared") == 0.0
 
 
-@pytest.mark.parametrize(
-    ("setting", "outcome", "mode", "first_action"),
-    [
-        pytest.param({"ENABLE_PERFORMANCE_OPTIMIZATION": "false"}, "observed", "observe", [], id="observe"),
-        pytest.param(
-            {"CCTV_OPTIMIZER_STRATEGIES__CACHE__MODE": "dry_run"},
-            "dry_run",
-            "dry_run",
-            ["cache_invalidate"],
-            id="dry-run",
-        ),
-    ],
-)
+@pytest.mark.parametrize(OBSERVE_AND_DRY_RUN_COLUMNS, observe_and_dry_run_cases("cache", "cache_invalidate"))
 async def test_observe_and_dry_run_change_nothing(
     testbed: TestbedProcess,
     tmp_path: Path,

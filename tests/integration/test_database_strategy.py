@@ -9,7 +9,13 @@ from pathlib import Path
 import pytest
 
 from testbed.harness import TestbedProcess
-from tests.harness import daemon_env, running_daemon, sample_times
+from tests.harness import (
+    OBSERVE_AND_DRY_RUN_COLUMNS,
+    daemon_env,
+    observe_and_dry_run_cases,
+    running_daemon,
+    sample_times,
+)
 
 LIMIT = 2 * 1024 * 1024
 
@@ -67,19 +73,7 @@ async def test_grown_wal_is_truncated_once_the_trigger_holds(testbed: TestbedPro
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
 
 
-@pytest.mark.parametrize(
-    ("setting", "outcome", "mode", "first_action"),
-    [
-        pytest.param({"ENABLE_PERFORMANCE_OPTIMIZATION": "false"}, "observed", "observe", [], id="observe"),
-        pytest.param(
-            {"CCTV_OPTIMIZER_STRATEGIES__DATABASE__MODE": "dry_run"},
-            "dry_run",
-            "dry_run",
-            ["wal_checkpoint"],
-            id="dry-run",
-        ),
-    ],
-)
+@pytest.mark.parametrize(OBSERVE_AND_DRY_RUN_COLUMNS, observe_and_dry_run_cases("database", "wal_checkpoint"))
 async def test_observe_and_dry_run_change_nothing(
     testbed: TestbedProcess,
     tmp_path: Path,
