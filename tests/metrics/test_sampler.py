@@ -328,12 +328,11 @@ async def test_a_timeout_marks_only_that_source_down(fakes: Fakes) -> None:
     assert snap.database == DATABASE
 
 
+@pytest.mark.parametrize("fakes", ["own_pool"], indirect=True)  # asyncio's default threads are not the sampler's
 async def test_the_blocking_reads_of_a_sample_run_one_after_another_on_one_thread(
     fakes: Fakes, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """With the daemon's pool, a sample's blocking reads are queued on one thread rather than one thread each."""
-    if fakes.executor is None:
-        pytest.skip("asyncio's default threads are not the sampler's to queue on")
     monkeypatch.setattr("metrics.sampler.SPILL_AFTER_SECONDS", GATE_LIMIT_S)  # none is slow here
     readers = (fakes.host, fakes.process, fakes.database, fakes.hls)
     running: list[int] = [0, 0]  # now, most at once
