@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from metrics.errors import SamplingError
+from metrics.memory import read_whole
 from metrics.snapshot import HostSample, PsiSample
 
 _SECTOR_BYTES = 512
@@ -33,19 +34,13 @@ class _Counters:
 def _read(path: str) -> str:
     """Read a small text file, turning OS errors into SamplingError.
 
-    Plain descriptor reads: a text file object costs more than the kernel takes to print most /proc files.
+    Through read_whole: a text file object costs more than the kernel takes to print most /proc files.
     """
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-        try:
-            chunks = []
-            while chunk := os.read(fd, 65536):
-                chunks.append(chunk)
-        finally:
-            os.close(fd)
+        data = read_whole(path)
     except OSError as exc:
         raise SamplingError(f"cannot read {path}: {exc.strerror}") from None
-    return b"".join(chunks).decode("ascii", errors="replace")
+    return data.decode("ascii", errors="replace")
 
 
 def parse_cpu(stat_text: str) -> tuple[int, int]:

@@ -17,24 +17,27 @@ _PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
 _STARTTIME_FIELD = 19  # index of starttime after the ")" that ends the command name (field 22 of stat)
 
 
-def read_small(path: str) -> bytes | None:
-    """The whole of a small file (a /proc one) through a plain descriptor; None when it cannot be read.
+def read_whole(path: str) -> bytes:
+    """The whole of a small file (a /proc one) through a plain descriptor; OSError when it cannot be read.
 
     Cheaper than a file object, which costs more than the kernel takes to print most /proc files.
     """
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    except OSError:
-        return None
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     try:
         chunks = []
         while chunk := os.read(fd, 65536):
             chunks.append(chunk)
-    except OSError:
-        return None
     finally:
         os.close(fd)
     return b"".join(chunks)
+
+
+def read_small(path: str) -> bytes | None:
+    """``read_whole``, with None when the file cannot be read (the process is gone)."""
+    try:
+        return read_whole(path)
+    except OSError:
+        return None
 
 
 def rss_bytes(pid: int, proc_root: Path = PROC) -> int | None:
