@@ -543,7 +543,12 @@ def _performance_dict(ctx: ApiContext, summary: DecisionSummary) -> dict[str, An
     return body
 
 
-DecisionSummary = tuple[tuple[int, int, float, float | None], list[dict[str, Any]]]
+DecisionSummary = tuple[HistoryStats, list[dict[str, Any]]]
+
+
+def _summary(stats: HistoryStats, rows: Iterable[tuple[Any, ...]]) -> DecisionSummary:
+    """The history figures as the page shows them: the counts, and the newest rows as decision dicts."""
+    return stats, [StateStore._record(r).as_dict() for r in rows]
 
 
 class KnownSummary:
@@ -562,7 +567,7 @@ class KnownSummary:
         held = self._held
         if held is not None and held[0] == version:
             return held[1]
-        summary = (stats, [StateStore._record(r).as_dict() for r in rows])
+        summary = _summary(stats, rows)
         self._held = (version, summary)
         return summary
 
@@ -611,7 +616,7 @@ class HistoryCache:
                 def read(history: HistoryReader | StateStore) -> DecisionSummary:
                     stats, rows = HistoryCache._read(history)
                     store.offer_history_summary(version, stats, rows)
-                    return stats, [StateStore._record(r).as_dict() for r in rows]
+                    return _summary(stats, rows)
 
                 self.pending = asyncio.ensure_future(run(read) if run is not None else asyncio.to_thread(read, store))
         pending = self.pending
