@@ -459,7 +459,7 @@ class StateStore:
                 self._stats = self._recent = None
                 return
             self._recent = (inserted, *self._recent[: RECENT_KEPT - 1])
-            if inserted[11] in COUNTED_OUTCOMES:
+            if inserted[self._OUTCOME] in COUNTED_OUTCOMES:
                 self._stats = None
 
     def history_summary(self) -> tuple[int, HistoryStats, tuple[tuple[Any, ...], ...]] | None:
@@ -599,6 +599,8 @@ class StateStore:
         "id, run_id, at, strategy, trigger, mode, action, reason, signals, thresholds, changes, outcome, error,"
         " duration_ms, expected, verdict, verdict_detail"
     )
+    # where a row's outcome is
+    _OUTCOME = [column.strip() for column in _COLUMNS.split(",")].index("outcome")
 
     @staticmethod
     def _record(row: tuple[Any, ...]) -> DecisionRecord:
