@@ -221,6 +221,11 @@ class DatabaseReader:
         self.last_sessions: SessionSample | None = None
 
     @property
+    def tables(self) -> tuple[TableSpec, ...]:
+        """The dated tables whose statistics this reader samples."""
+        return self._tables
+
+    @property
     def path(self) -> Path:
         """The database file."""
         return self._path

@@ -48,7 +48,6 @@ from metrics.signals import BY_NAME, is_known_signal
 from metrics.snapshot import Snapshot
 from metrics.source import SourceDeps
 from metrics.sources import build_sources, url_port
-from metrics.tables import TABLES
 from metrics.tcp import TcpCounter
 from metrics.window import Windows
 from optimizer import __version__, cadence
@@ -86,9 +85,6 @@ from strategies.base import StrategyDeps
 
 VERSION = __version__
 log = structlog.get_logger("daemon")
-
-# the dated tables the database reader samples, each column in its own time base (metrics/tables.py)
-UNCLEANED_TABLES = TABLES
 
 EX_OK, EX_FAIL, EX_CONFIG = 0, 1, 78
 # bind() errors that restarting cannot fix: the address is not on this host, or the port needs a privilege

@@ -13,12 +13,14 @@ from typing import Any
 
 import pytest
 
-from config.settings import DatabaseOptions
+from config.settings import BackendSettings, DatabaseOptions, Settings
 from metrics import backendtime as bt
 from metrics.snapshot import DatabaseSample, Snapshot
+from metrics.source import SourceDeps
+from metrics.sources import DatabaseSource
 from metrics.sqlite import DatabaseReader
+from metrics.tables import TABLES
 from metrics.window import Windows
-from optimizer.app import UNCLEANED_TABLES
 from strategies.actions import retention as ret
 from strategies.base import Action, Direction, Plan, Risk, StrategyContext, StrategyError
 from strategies.database import CheckpointWal, DatabaseStrategy, OptimizeStatistics, PruneTables, QuickCheck, Vacuum
@@ -58,7 +60,7 @@ def db_without_archive(tmp_path: Path) -> Iterator[Path]:
 
 def sample(path: Path) -> DatabaseSample:
     """A real reading of the file by the sampler's reader, table statistics included."""
-    return DatabaseReader(path, timezone_offset_hours=OFFSET, tables=UNCLEANED_TABLES).read(0.0)
+    return DatabaseReader(path, timezone_offset_hours=OFFSET, tables=TABLES).read(0.0)
 
 
 def snapshot(database: DatabaseSample | None, wall: float | None = None) -> Snapshot:
@@ -135,7 +137,11 @@ def test_history_past_90_days_means_the_archive_job_is_behind(backend_db: Path) 
 
 def test_every_table_retention_prunes_is_one_the_daemon_samples() -> None:
     """Retention's rules and the daemon's sampled tables come from one list, so no rule's trigger is left unfed."""
-    sampled = {t.table for t in UNCLEANED_TABLES}
+    source = DatabaseSource.from_config(
+        Settings(backend=BackendSettings(database=Path("/nonexistent/cctv.db"))), SourceDeps()
+    )
+    assert source is not None
+    sampled = {t.table for t in source.reader.tables}
     assert {rule.table for rule in ret.RULES} <= sampled
     assert "playback_viewer_session_history_archive" in sampled & set(ret.RULES_BY_TABLE)
 
@@ -143,7 +149,7 @@ def test_every_table_retention_prunes_is_one_the_daemon_samples() -> None:
 def test_uncleaned_tables_are_reported_by_age_and_by_size(backend_db: Path) -> None:
     """Each table nobody cleans with rows past retention gets its own stable id; a row count alone also counts."""
     findings = {f.id: f for f in strategy(backend_db).findings(ctx(snapshot(sample(backend_db))))}
-    expected = {f"uncleaned-{t.table}" for t in UNCLEANED_TABLES if t.table in ret.RULES_BY_TABLE}
+    expected = {f"uncleaned-{t.table}" for t in TABLES if t.table in ret.RULES_BY_TABLE}
     # empty: nothing archived yet
     expected -= {"uncleaned-viewer_session_history_archive", "uncleaned-playback_viewer_session_history_archive"}
     assert expected <= set(findings)
