@@ -29,6 +29,12 @@ HEADER_TIMEOUT = "5"
 ANSWERED_WITHIN = 60.0
 
 
+def address_of(base: str) -> tuple[str, int]:
+    """The (host, port) the daemon's API listens on, from its base URL."""
+    parts = urlsplit(base)
+    return parts.hostname or "127.0.0.1", parts.port or 80
+
+
 def health(base: str, timeout: float = 5.0) -> int:
     """GET /health's status, or 0 when the connection was refused, reset or timed out."""
     try:
@@ -96,8 +102,7 @@ def test_trickling_clients_over_the_cap_cannot_starve_the_daemon(testbed: Testbe
         base = started["api"]
         cap = started["api_connection_cap"]
         assert 0 < cap <= NOFILE - 64
-        parts = urlsplit(base)
-        host, port = parts.hostname or "127.0.0.1", parts.port or 80
+        host, port = address_of(base)
         tricklers = open_tricklers(host, port, TRICKLERS)
         try:
             assert len(tricklers) > cap
@@ -241,8 +246,7 @@ def test_health_is_answered_after_a_burst_of_connections_larger_than_the_accept_
     )
     with daemon_process(env) as daemon:
         base = daemon.wait_event("daemon_started")["api"]
-        parts = urlsplit(base)
-        address = (parts.hostname or "127.0.0.1", parts.port or 80)
+        address = address_of(base)
         idle: list[socket.socket] = []
         probe = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         daemon.proc.send_signal(signal.SIGSTOP)
@@ -376,8 +380,7 @@ def test_in_one_accept_burst_over_the_cap_the_newest_connections_are_kept(
     )
     with daemon_process(env) as daemon:
         base = daemon.wait_event("daemon_started")["api"]
-        parts = urlsplit(base)
-        address = (parts.hostname or "127.0.0.1", parts.port or 80)
+        address = address_of(base)
         idle: list[socket.socket] = []
         daemon.proc.send_signal(signal.SIGSTOP)
         try:
