@@ -28,6 +28,11 @@ ACTION_RESERVE = 2.0
 MIN_BUDGET_WAIT_SECONDS = 0.05
 # the share of the request budget that sampling may spend on cache stats: the rest is the hot-endpoint probe's
 CACHE_STATS_SHARE = 0.25
+# How long an idle connection to the backend is kept for the next request: longer than a calm sample interval
+# (sampler.max_interval_ms, 30 s by default), so a calm daemon's probes reuse one connection instead of opening and
+# closing one per sample, and shorter than the backend's own keep-alive (Fastify's keepAliveTimeout, 72 s), so the
+# daemon closes first and never sends on a connection the backend is closing.
+KEEPALIVE_SECONDS = 45.0
 
 
 class BackendError(SamplingError):
@@ -198,8 +203,10 @@ class BackendClient:
         timeout_seconds: float,
         requests_per_minute: int,
         clock: Callable[[], float] = time.monotonic,
+        keepalive_seconds: float = KEEPALIVE_SECONDS,
     ) -> None:
         self._base = base_url.rstrip("/")
+        self._keepalive = keepalive_seconds
         self._credentials = credentials
         self._user_agent = user_agent
         self._timeout = aiohttp.ClientTimeout(total=timeout_seconds)
@@ -237,7 +244,7 @@ class BackendClient:
                 timeout=self._timeout,
                 cookie_jar=aiohttp.DummyCookieJar(),
                 headers={"User-Agent": self._user_agent},
-                connector=aiohttp.TCPConnector(limit=4, force_close=False),
+                connector=aiohttp.TCPConnector(limit=4, force_close=False, keepalive_timeout=self._keepalive),
             )
         return self._session
 

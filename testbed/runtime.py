@@ -140,6 +140,8 @@ class Testbed:
         await self.mediamtx.start()
         runner = web.AppRunner(
             app,
+            # the real backend's idle connections last Fastify's keepAliveTimeout (72 s), not aiohttp's 75 s
+            keepalive_timeout=72.0,
             handle_signals=False,
             shutdown_timeout=2.0,
             access_log=logging.getLogger("aiohttp.access") if settings.verbose else None,

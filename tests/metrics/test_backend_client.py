@@ -15,7 +15,9 @@ from typing import Any
 import pytest
 from aiohttp import web
 
+from config.settings import SamplerSettings
 from metrics.backend import (
+    KEEPALIVE_SECONDS,
     LOGIN_BACKOFF_SECONDS,
     MAX_BODY_BYTES,
     BackendClient,
@@ -89,6 +91,7 @@ async def make_client() -> AsyncIterator[Callable[..., BackendClient]]:
         per_minute: int = 600,
         timeout: float = 5.0,
         clock: Callable[[], float] = time.monotonic,
+        keepalive: float = KEEPALIVE_SECONDS,
     ) -> BackendClient:
         client = BackendClient(
             base_url,
@@ -97,6 +100,7 @@ async def make_client() -> AsyncIterator[Callable[..., BackendClient]]:
             timeout_seconds=timeout,
             requests_per_minute=per_minute,
             clock=clock,
+            keepalive_seconds=keepalive,
         )
         clients.append(client)
         return client
@@ -870,3 +874,36 @@ async def test_cache_stats_are_read_every_sample_while_the_budget_has_room(odd: 
         clock.advance(1.0)
     assert ages == [0.0] * 10
     assert odd.paths().count("/api/cache/stats") == 10
+
+
+# ----- kept-alive connections -----------------------------------------------------------------------------
+
+
+def test_the_keep_alive_outlasts_a_calm_interval_and_ends_before_the_backends() -> None:
+    """A calm daemon samples every ``sampler.max_interval_ms`` (30 s by default): the connection it probed with is
+    still open for the next sample; the real backend (Fastify, keepAliveTimeout 72 s) keeps it longer still, so the
+    daemon is the one that closes it."""
+    calm_seconds = SamplerSettings().max_interval_ms / 1000
+    assert calm_seconds < KEEPALIVE_SECONDS < 72.0
+
+
+@pytest.mark.parametrize(("keepalive", "same"), [(KEEPALIVE_SECONDS, True), (0.5, False)], ids=["default", "short"])
+async def test_probes_a_pause_apart_share_one_connection(
+    odd: OddServer, make_client: Any, keepalive: float, same: bool
+) -> None:
+    """Two probes 1.5 s apart come over one connection with the default keep-alive (the second probe opens none),
+    and over two when the keep-alive is shorter than the pause: the check can tell them apart."""
+    peers: list[Any] = []
+
+    async def health(request: web.Request) -> web.Response:
+        assert request.transport is not None
+        peers.append(request.transport.get_extra_info("peername"))
+        return json_response({"status": "ok"})
+
+    odd.routes["/health"] = health
+    client = make_client(odd.url, keepalive=keepalive)
+    await client.get_public("/health")
+    await asyncio.sleep(1.5)
+    await client.get_public("/health")
+    assert len(peers) == 2
+    assert (peers[0] == peers[1]) is same
