@@ -235,6 +235,18 @@ def managed_process(
         managed.stop()
 
 
+@contextlib.contextmanager
+def running_floor(work: Path) -> Iterator[tuple[ManagedProcess, str]]:
+    """bench/floor.py (a bare aiohttp process on the daemon's libraries, one /metrics handler) on a free port:
+    the process and its /metrics URL, once it answers; stopped at the end."""
+    port = free_port()
+    argv = [sys.executable, str(ROOT / "bench" / "floor.py"), str(port)]
+    with managed_process("floor", argv, log_dir=work) as floor:
+        url = f"http://127.0.0.1:{port}/metrics"
+        wait_until(lambda: floor.alive() and answers(url), timeout=30, what="floor")
+        yield floor, url
+
+
 def python_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
     """This environment with the repository on PYTHONPATH, plus ``extra``."""
     env = dict(os.environ)

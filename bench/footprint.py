@@ -23,7 +23,6 @@ from typing import Any
 import psutil
 
 from bench.common import (
-    ROOT,
     VENVS_DIR,
     answers,
     cpu_seconds,
@@ -34,6 +33,7 @@ from bench.common import (
     median,
     row,
     running_daemon,
+    running_floor,
     running_testbed,
     scratch_dir,
     wait_until,
@@ -75,11 +75,8 @@ def subjects(work: Path, tb_env: dict[str, str]) -> Iterator[dict[str, tuple[int
         found: dict[str, tuple[int, str]] = {}
         daemon = stack.enter_context(running_daemon(tb_env, work, name="daemon"))
         found["daemon"] = (daemon.pid, daemon.base + "/metrics")
-        port = free_port()
-        floor = stack.enter_context(
-            managed_process("floor", [sys.executable, str(ROOT / "bench" / "floor.py"), str(port)], log_dir=work)
-        )
-        found["floor"] = (floor.pid, f"http://127.0.0.1:{port}/metrics")
+        floor, floor_url = stack.enter_context(running_floor(work))
+        found["floor"] = (floor.pid, floor_url)
         if Path(NODE_EXPORTER).is_file():
             port = free_port()
             argv = [NODE_EXPORTER, f"--web.listen-address=127.0.0.1:{port}"]

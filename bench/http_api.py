@@ -33,6 +33,7 @@ from bench.common import (
     python_env,
     row,
     running_daemon,
+    running_floor,
     running_testbed,
     scratch_dir,
     skipped,
@@ -257,16 +258,20 @@ def split_by_window(
     return [s for s in samples if within(s[0], idle)], [s for s in samples if within(s[0], busy)]
 
 
-def alternating(base: str, path: str, token: str, seconds: float, *, rate: float = OPEN_LOOP_RATE) -> dict[str, Any]:
-    """GET ``base + path`` at a fixed ``rate`` for ``2 * seconds`` while rounds run back to back in every second
-    one-second window; the idle and busy percentiles (timed from each request's scheduled send), the rounds.
+def alternating(  # noqa: PLR0913 -- the daemon, the route or URL, and the run's length and rate
+    base: str, path: str, token: str, seconds: float, *, rate: float = OPEN_LOOP_RATE, target: str | None = None
+) -> dict[str, Any]:
+    """GET ``base + path`` (or the whole URL ``target``) at a fixed ``rate`` for ``2 * seconds`` while the daemon
+    at ``base`` runs rounds back to back in every second one-second window; the idle and busy percentiles (timed
+    from each request's scheduled send), the rounds.
 
     The client runs in a process of its own, so that the thread posting rounds in this one never holds up its
     schedule.
     """
     windows = max(2, round(seconds / WINDOW_S)) * 2
+    url = target if target is not None else base + path
     child = subprocess.Popen(
-        [sys.executable, "-c", _OPEN_LOOP_CHILD, base + path, str(windows * WINDOW_S + 0.5), str(rate)],
+        [sys.executable, "-c", _OPEN_LOOP_CHILD, url, str(windows * WINDOW_S + 0.5), str(rate)],
         stdout=subprocess.PIPE,
         text=True,
         env=python_env(),
@@ -316,11 +321,18 @@ ROUTES = (
     ("/performance-metrics", "performance_metrics"),
     ("/optimizations", "optimizations"),
 )
+# The host's floor: the same client and windows on bench/floor.py (a bare aiohttp process on the daemon's
+# libraries, sharing nothing with the daemon but the machine) while the daemon runs the rounds. Whatever its p99
+# grows by is what the rounds' load on the machine costs any server there, the daemon's API included.
+FLOOR = "floor"
 
 
-def measure_daemon(base: str, token: str, seconds: int, *, with_rounds: bool) -> dict[str, Any]:
+def measure_daemon(
+    base: str, token: str, seconds: int, *, with_rounds: bool, floor_url: str | None = None
+) -> dict[str, Any]:
     """wrk on the daemon's paths idle, and (``with_rounds``) again while rounds run back to back; then the
-    fixed-rate open-loop client on the same paths, in windows without and with rounds back to back.
+    fixed-rate open-loop client on the same paths, in windows without and with rounds back to back, and on
+    ``floor_url`` (another process, the host's floor) while the same daemon runs the rounds.
 
     Without rounds (the uvloop comparison) only /metrics is measured under wrk: it keeps ``make bench`` under 15
     minutes.
@@ -339,6 +351,8 @@ def measure_daemon(base: str, token: str, seconds: int, *, with_rounds: bool) ->
     # a p99 is the 1 % slowest: a few stalls of a shared machine can make it; three times wrk's duration per route
     # (about 3,000 requests on each side) lets them fall on both sides alike
     out["fixed_rate"] = {name: alternating(base, path, token, seconds * FIXED_RATE_X) for path, name in ROUTES}
+    if floor_url is not None:
+        out["fixed_rate"][FLOOR] = alternating(base, "", token, seconds * FIXED_RATE_X, target=floor_url)
     return out
 
 
@@ -359,8 +373,10 @@ def run(quick: bool) -> dict[str, Any]:
                 wait_until(lambda: exporter.alive() and answers(url), timeout=30, what="node_exporter")
                 figures["node_exporter"] = wrk(url, seconds)
         # The daemon as it runs today (asyncio's loop) carries the goals; uvloop is measured beside it.
-        with running_daemon(tb.env, work, name="daemon") as daemon:
-            figures["daemon"] = measure_daemon(daemon.base, daemon.token, seconds, with_rounds=True)
+        with running_daemon(tb.env, work, name="daemon") as daemon, running_floor(work) as (_, floor_url):
+            figures["daemon"] = measure_daemon(
+                daemon.base, daemon.token, seconds, with_rounds=True, floor_url=floor_url
+            )
         figures["daemon"]["event_loop"] = "asyncio"
         if has_uvloop:
             with running_daemon(tb.env, work, name="daemon-uvloop", uvloop=True) as fast:
@@ -439,6 +455,22 @@ def summarise(figures: dict[str, Any], has_uvloop: bool) -> dict[str, Any]:
                 met=(x <= GOAL_P99_X and failed == 0) if goal_route else None,
             )
         )
+    floor = d["fixed_rate"].get(FLOOR)
+    floor_x = None
+    if floor is not None:
+        idle, busy = floor["idle"], floor["rounds"]
+        floor_x = busy["p99_s"] / idle["p99_s"]
+        rows.append(
+            row(
+                f"p99 of GET /metrics of bench/floor.py (another process) at {floor['rate_per_s']:.0f} req/s while"
+                " the daemon's rounds run back to back: the host's floor",
+                f"{_ms(busy['p99_s'])} (p50 {_ms(busy['p50_s'])}, p90 {_ms(busy['p90_s'])}, max {_ms(busy['max_s'])};"
+                f" {busy['rounds_completed']} rounds)",
+                reference=f"idle {_ms(idle['p99_s'])} (p50 {_ms(idle['p50_s'])}, p90 {_ms(idle['p90_s'])})",
+                ratio_text=f"{floor_x:.2f}x",
+                goal="reported (what the rounds' load costs any server on this host)",
+            )
+        )
     uvloop_gain = {}
     if has_uvloop:
         fast = figures["daemon_uvloop"]
@@ -462,6 +494,7 @@ def summarise(figures: dict[str, Any], has_uvloop: bool) -> dict[str, Any]:
         "goal_met": all(verdicts) if verdicts else None,
         "ratio_metrics_vs_node_exporter": throughput_x,
         "ratio_p99_rounds_vs_idle": p99_ratios,
+        "ratio_p99_rounds_vs_idle_floor": floor_x,
         "ratio_p99_rounds_vs_idle_saturated": saturated_ratios,
         "ratio_uvloop_vs_asyncio": uvloop_gain,
         "rows": rows,
@@ -469,15 +502,22 @@ def summarise(figures: dict[str, Any], has_uvloop: bool) -> dict[str, Any]:
 
 
 def fixed_rate_only(seconds: float) -> dict[str, Any]:
-    """Only the fixed-rate part, on a daemon of its own: each route's idle and busy percentiles and their p99 ratio.
+    """Only the fixed-rate part, on a daemon of its own: each route's idle and busy percentiles and their p99 ratio,
+    and the host's floor (bench/floor.py under the same rounds).
 
     ``python -m bench.http_api --fixed-rate 20`` (20 s per route, half of it with rounds back to back): a quick
     check of the goal's figure while working on it; the published figures come from ``python -m bench.run``.
     """
     out: dict[str, Any] = {}
-    with scratch_dir(NAME) as work, running_testbed(work / "testbed") as tb, running_daemon(tb.env, work) as daemon:
-        for path, _ in ROUTES:
-            fixed = alternating(daemon.base, path, daemon.token, seconds / 2)
+    with (
+        scratch_dir(NAME) as work,
+        running_testbed(work / "testbed") as tb,
+        running_daemon(tb.env, work) as daemon,
+        running_floor(work) as (_, floor_url),
+    ):
+        targets = [(path, None) for path, _ in ROUTES] + [(f"{FLOOR} {floor_url}", floor_url)]
+        for path, target in targets:
+            fixed = alternating(daemon.base, path, daemon.token, seconds / 2, target=target)
             idle, busy = fixed["idle"], fixed["rounds"]
             out[path] = {
                 "idle_ms": {p: round(idle[f"{p}_s"] * 1e3, 2) for p in ("p50", "p90", "p99")},
