@@ -9,6 +9,7 @@ import sys
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 
 from tests.contract.real import RealBackend
@@ -52,6 +53,35 @@ async def test_connections_are_counted_once(real: RealBackend, tmp_path: Path) -
     finally:
         for conn in visitors:
             conn.close()
+
+
+def own_connections(port: int) -> set[int]:
+    """Local ports of this process's established connections to ``port`` (the in-process daemon's)."""
+    return {
+        c.laddr.port
+        for c in psutil.Process().net_connections(kind="tcp")
+        if c.raddr and c.raddr.port == port and c.status == psutil.CONN_ESTABLISHED
+    }
+
+
+async def test_calm_samples_reuse_one_connection(real: RealBackend, tmp_path: Path) -> None:
+    """Two samples a calm interval apart (35 s, more than the default 30 s) probe the backend over the connection
+    the first one opened: the daemon keeps it 45 s, Fastify 72 s. With aiohttp's own 15 s keep-alive, each calm
+    sample opened and closed a connection of its own."""
+    async with running_daemon(real.daemon_env(tmp_path / "state", **ALL_OFF)) as daemon:
+        first = await daemon.sample_now()
+        opened = own_connections(real.port)
+        await asyncio.sleep(35)
+        kept = own_connections(real.port)
+        second = await daemon.sample_now()
+        after = own_connections(real.port)
+    print(f"connections to :{real.port}: {sorted(opened)} after the first sample, {sorted(kept)} 35 s later,")
+    print(f"{sorted(after)} after the second")
+    assert first.probe is not None and first.probe.available
+    assert second.probe is not None and second.probe.available
+    assert opened, "the first sample probed the backend over no connection of this process"
+    assert kept == opened  # none closed over the calm pause
+    assert opened <= after  # and the second sample found them open (it may open one more for a parallel read)
 
 
 async def test_the_request_budget_keeps_the_hot_endpoint_probe(real: RealBackend, tmp_path: Path) -> None:
