@@ -1,4 +1,5 @@
-"""Run the benchmarks, write ``bench/results/<name>.json`` and ``SUMMARY.md``, and splice the summary into docs/BENCHMARKS.md.
+"""Run the benchmarks, write ``bench/results/<name>.json`` and ``SUMMARY.md``, and splice the summary into
+docs/BENCHMARKS.md and the goals (each figure that has one, met or not) into the README.
 
     python -m bench.run [--only NAME ...] [--quick] [--no-readme]
 
@@ -30,7 +31,7 @@ elif str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from bench.common import RESULTS_DIR, machine_info, row  # noqa: E402
-from bench.readme import BENCHMARKS_DOC, splice_readme  # noqa: E402
+from bench.readme import BENCHMARKS_DOC, GOALS_MARKERS, README, splice_readme  # noqa: E402
 
 # Order matters: the idle-footprint benchmark runs last, alone, so nothing else disturbs its ten minutes.
 REGISTRY = ("tcp_count", "whole_sample", "scale", "loadgen", "http_api", "detection", "effect", "footprint")
@@ -95,8 +96,8 @@ def _cell(value: Any) -> str:
     return str(value).replace("|", "\\|").replace("\n", " ")
 
 
-def build_summary(results_dir: Path) -> str:
-    """The Markdown summary of every result file present, in registry order."""
+def _records(results_dir: Path) -> list[dict[str, Any]]:
+    """The result records present, in registry order."""
     records = []
     for name in REGISTRY:
         path = results_dir / f"{name}.json"
@@ -109,6 +110,16 @@ def build_summary(results_dir: Path) -> str:
             record = {"title": name, "machine": record.get("machine", {}), "result": record}
         if isinstance(record, dict) and isinstance(record["result"], dict):
             records.append(record)
+    return records
+
+
+def _title(record: dict[str, Any]) -> str:
+    return str(record.get("title", "")) + (" (quick)" if record.get("quick") else "")
+
+
+def build_summary(results_dir: Path) -> str:
+    """The Markdown summary of every result file present, in registry order."""
+    records = _records(results_dir)
     lines: list[str] = []
     machine = next((r["machine"] for r in records if r.get("machine", {}).get("nproc")), None)
     if machine is not None:
@@ -121,10 +132,31 @@ def build_summary(results_dir: Path) -> str:
     lines.append("| benchmark | figure | value | reference | ratio | goal | met |")
     lines.append("|---|---|---|---|---|---|---|")
     for record in records:
-        title = str(record.get("title", "")) + (" (quick)" if record.get("quick") else "")
+        title = _title(record)
         for item in record["result"].get("rows") or []:
             cells = [_cell(item.get(column)) for column in SUMMARY_COLUMNS]
             lines.append("| " + " | ".join([_cell(title), *cells]) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def build_goals(results_dir: Path) -> str:
+    """The README's summary: every figure that has a goal, whether it was met, and when it was measured."""
+    records = _records(results_dir)
+    goals = [(record, item) for record in records for item in record["result"].get("rows") or []]
+    goals = [(record, item) for record, item in goals if item.get("met") is not None]
+    met = sum(1 for _, item in goals if item["met"] is True)
+    days = sorted({str(r["timestamp"])[:10] for r in records if r.get("timestamp")})
+    when = "measured " + " to ".join(days[:1] + days[1:][-1:]) if days else "measured"
+    lines = [
+        f"{met} of {len(goals)} goals met by `make bench` ({when}; the figures, references and how each is measured:"
+        " [docs/BENCHMARKS.md](docs/BENCHMARKS.md)).",
+        "",
+        "| benchmark | figure | value | ratio | goal | met |",
+        "|---|---|---|---|---|---|",
+    ]
+    for record, item in goals:
+        cells = [_cell(item.get(column)) for column in ("figure", "value", "ratio", "goal", "met")]
+        lines.append("| " + " | ".join([_cell(_title(record)), *cells]) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -133,7 +165,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--only", action="append", choices=REGISTRY, metavar="NAME", help="run only this benchmark")
     parser.add_argument("--quick", action="store_true", help="shorter runs for development (marked in the output)")
-    parser.add_argument("--no-readme", action="store_true", help="do not splice the summary into docs/BENCHMARKS.md")
+    parser.add_argument(
+        "--no-readme", action="store_true", help="do not splice the summaries into docs/BENCHMARKS.md and the README"
+    )
     parser.add_argument("--results", type=Path, default=RESULTS_DIR, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     selected = [name for name in REGISTRY if not args.only or name in args.only]
@@ -156,6 +190,7 @@ def main(argv: list[str] | None = None) -> int:
     print(summary)
     if not args.no_readme:
         print(splice_readme(BENCHMARKS_DOC, summary))
+        print(splice_readme(README, build_goals(args.results), markers=GOALS_MARKERS))
     return 0
 
 
