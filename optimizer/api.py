@@ -764,7 +764,7 @@ async def optimizations(request: web.Request) -> web.Response:
                 if kept is not None:
                     return kept
                 page, last, full = await ctx.read_history(
-                    lambda history: _read_history_page(history, after, limit, strategy, rows)
+                    lambda history: _history_page(history, after, limit, strategy, rows)
                 )
                 pages.put(version, key, page, last=last, full=full)
                 return page
@@ -779,23 +779,13 @@ def _history_page(
     limit: int,
     strategy: str | None,
     rows: EncodedRows | None = None,
-) -> bytes:
-    """(In a history thread.) One page of GET /optimizations, read and encoded off the API's loop.
+) -> tuple[bytes, int, bool]:
+    """(In a history thread.) One page of GET /optimizations, read and encoded off the API's loop: its bytes, the
+    id of its newest row, and whether it is full (as many rows as asked for).
 
     The bytes are those of ``json.dumps({"items": [...], "last": ID})``, each item encoded once per content of
     its row (``rows``) rather than once per page.
     """
-    return _read_history_page(history, after, limit, strategy, rows)[0]
-
-
-def _read_history_page(
-    history: HistoryReader | StateStore,
-    after: int,
-    limit: int,
-    strategy: str | None,
-    rows: EncodedRows | None = None,
-) -> tuple[bytes, int, bool]:
-    """(In a history thread.) ``_history_page``'s bytes, the id of its newest row, and whether it is full."""
     found = history.decision_rows(after=after, limit=limit, strategy=strategy)
     encode = rows.encoded if rows is not None else _encode_row
     items = b", ".join(encode(row) for row in found)

@@ -25,7 +25,6 @@ from optimizer.api import (
     PageCache,
     _history_page,
     _page_key,
-    _read_history_page,
 )
 from optimizer.state import UNCHANGED, HistoryReader, StateStore
 from testbed.harness import TestbedProcess
@@ -72,9 +71,9 @@ def test_history_pages_are_the_bytes_of_the_plain_encoding(tmp_path: Path) -> No
         rows = EncodedRows()
         for after, limit, strategy in ((0, 100, None), (2, 3, None), (0, 2, "memory"), (9, 10, None), (0, 5, "nope")):
             expected = _plain_page(store, after, limit, strategy)
-            assert _history_page(reader, after, limit, strategy, rows) == expected
-            assert _history_page(reader, after, limit, strategy, rows) == expected  # from the cached rows
-            assert _history_page(store, after, limit, strategy) == expected
+            assert _history_page(reader, after, limit, strategy, rows)[0] == expected
+            assert _history_page(reader, after, limit, strategy, rows)[0] == expected  # from the cached rows
+            assert _history_page(store, after, limit, strategy)[0] == expected
         assert len(rows) == 9
     finally:
         reader.close()
@@ -89,13 +88,13 @@ def test_a_cached_row_is_not_served_after_its_row_changed(tmp_path: Path) -> Non
     try:
         ids = _decide(store, "database", 3)
         rows = EncodedRows()
-        before = json.loads(_history_page(reader, 0, 100, None, rows))
+        before = json.loads(_history_page(reader, 0, 100, None, rows)[0])
         assert [i["verdict"] for i in before["items"]] == [None, None, None]
         store.update_decision(ids[1], verdict="improved", verdict_detail={"wal_bytes": -900})
-        after = json.loads(_history_page(reader, 0, 100, None, rows))
+        after = json.loads(_history_page(reader, 0, 100, None, rows)[0])
         assert [i["verdict"] for i in after["items"]] == [None, "improved", None]
         assert after["items"][1]["verdictDetail"] == {"wal_bytes": -900}
-        assert _history_page(reader, 0, 100, None, rows) == _plain_page(store, 0, 100, None)
+        assert _history_page(reader, 0, 100, None, rows)[0] == _plain_page(store, 0, 100, None)
     finally:
         reader.close()
         store.close()
@@ -107,9 +106,9 @@ def test_encoded_rows_stay_within_their_byte_budget(tmp_path: Path) -> None:
     store.open()
     try:
         _decide(store, "database", 40)
-        one = len(_history_page(store, 0, 1, None))
+        one = len(_history_page(store, 0, 1, None)[0])
         rows = EncodedRows(budget=one * 2 * 10)
-        assert _history_page(store, 0, 40, None, rows) == _plain_page(store, 0, 40, None)
+        assert _history_page(store, 0, 40, None, rows)[0] == _plain_page(store, 0, 40, None)
         assert 0 < len(rows) <= 10
         assert rows.size <= rows.budget
     finally:
@@ -184,7 +183,7 @@ def _cached_page(
     cached = pages.get(version, key)
     if cached is not None:
         return cached, True
-    page, last, full = _read_history_page(reader, *key)
+    page, last, full = _history_page(reader, *key)
     pages.put(version, key, page, last=last, full=full)
     return page, False
 
