@@ -650,11 +650,12 @@ class StateStore:
         rows = self._read(f"SELECT {self._COLUMNS} FROM decisions WHERE id = ?", (decision_id,))
         return self._record(rows[0]) if rows else None
 
-    def decision_stats(self) -> tuple[int, int, float, float | None]:
+    def decision_stats(self) -> HistoryStats:
         """(count of applied attempts, successes, mean duration ms, wall time of the last one)."""
         rows = self._read(
             "SELECT count(*), sum(outcome = 'applied'), avg(duration_ms), max(at) FROM decisions"
-            " WHERE outcome IN ('applied', 'failed', 'timeout', 'error')"
+            f" WHERE outcome IN ({', '.join('?' * len(COUNTED_OUTCOMES))})",
+            COUNTED_OUTCOMES,
         )
         if not rows or rows[0][0] == 0:
             return 0, 0, 0.0, None
@@ -787,7 +788,7 @@ class HistoryReader:
         """The newest rows, newest first, as stored."""
         return StateStore.recent_rows(self, limit)  # type: ignore[arg-type]
 
-    def decision_stats(self) -> tuple[int, int, float, float | None]:
+    def decision_stats(self) -> HistoryStats:
         """(count of applied attempts, successes, mean duration ms, wall time of the last one)."""
         return StateStore.decision_stats(self)  # type: ignore[arg-type]
 
