@@ -234,7 +234,7 @@ def copy_database(source: Path, target: Path) -> None:
 UNUSED_PORT = 1
 
 
-async def sources_alone(sampler: Any, extra_ports: frozenset[int], repeat: int) -> dict[str, dict[str, float]]:
+async def sources_alone(sampler: Any, repeat: int) -> dict[str, dict[str, float]]:
     """Each source read alone, one after another: what a sample's fixed cost is made of, as the median wall
     time (``wall``) and this process's CPU time (``cpu``, which other processes on the machine do not inflate).
 
@@ -245,7 +245,6 @@ async def sources_alone(sampler: Any, extra_ports: frozenset[int], repeat: int) 
     from metrics.source import BlockingSource, Reading
     from metrics.sources import CacheSource, ProcessSource, TcpSource
 
-    del extra_ports  # the daemon's TCP counter adds them to every count
     sources = sampler.sources
     parts: dict[str, object] = {}
     process = sources.find(ProcessSource)
@@ -275,8 +274,6 @@ async def sources_alone(sampler: Any, extra_ports: frozenset[int], repeat: int) 
         readers["tcp_unused_port"] = blocking(tcp.counter.count, frozenset({UNUSED_PORT}))
     out: dict[str, dict[str, float]] = {"wall": {}, "cpu": {}}
     for name, read in readers.items():
-        if read is None:
-            continue
         walls, cpus = [], []
         for _ in range(repeat):
             started, cpu_started = time.perf_counter(), time.process_time()
@@ -327,7 +324,7 @@ async def measure(  # noqa: PLR0913 -- a benchmark point is named by its paramet
             for name, status in snap.sources.items():
                 sources.setdefault(name, []).append(status.duration_seconds)
         cpu_per_sample = (time.process_time() - cpu_before) / samples
-        alone = await sources_alone(daemon.sampler, extra_ports, samples) if breakdown else {}
+        alone = await sources_alone(daemon.sampler, samples) if breakdown else {}
         return {
             "sources_alone": alone,
             "sample_cpu_s": cpu_per_sample,
